@@ -1,0 +1,273 @@
+//! The agent's configuration: a TOML file plus `FLOTILLA_…` environment overrides
+//! (`FLOTILLA_NATS__URL` overrides `[nats] url`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use flotilla_schemas::{InstanceId, ServiceName};
+use serde::Deserialize;
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read agent configuration {path}: {source}")]
+    Load {
+        path: PathBuf,
+        source: config::ConfigError,
+    },
+    #[error("invalid agent configuration {path}: {source}")]
+    Invalid {
+        path: PathBuf,
+        source: config::ConfigError,
+    },
+    #[error("invalid agent configuration {path}: {reason}")]
+    Rule { path: PathBuf, reason: String },
+}
+
+/// Everything the agent needs to know about itself, its bus and its service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    #[serde(default)]
+    pub nats: NatsConfig,
+    pub agent: AgentSection,
+    pub service: ServiceConfig,
+    /// Values for `${var:NAME}` placeholders in written files.
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
+    #[serde(default)]
+    pub secrets: SecretSources,
+    #[serde(default)]
+    pub commands: CommandPolicy,
+}
+
+/// How to reach NATS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    #[serde(default = "default_nats_url")]
+    pub url: String,
+    /// Subject prefix shared with the coordinator.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: default_nats_url(),
+            prefix: default_prefix(),
+            connect_timeout: default_connect_timeout(),
+        }
+    }
+}
+
+fn default_nats_url() -> String {
+    "nats://127.0.0.1:4222".to_owned()
+}
+
+fn default_prefix() -> String {
+    flotilla_schemas::subjects::DEFAULT_PREFIX.to_owned()
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// The agent itself.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSection {
+    /// This instance's name among the agents of the same service.
+    pub instance: InstanceId,
+    /// Where the journal and the backups live. Must survive restarts.
+    pub state_dir: PathBuf,
+}
+
+/// The service this agent looks after.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    pub name: ServiceName,
+    /// The service's directory; every step is confined to it.
+    pub root: PathBuf,
+    /// The program and arguments the agent runs and supervises.
+    pub command: Vec<String>,
+    /// Extra environment for the service process.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// The health endpoint checked before and after a migration.
+    pub health_url: String,
+    /// How long the service may take to become healthy after a start.
+    #[serde(default = "default_startup_timeout", with = "humantime_serde")]
+    pub startup_timeout: Duration,
+    /// How long the service may take to stop on SIGTERM before it is killed.
+    #[serde(default = "default_stop_timeout", with = "humantime_serde")]
+    pub stop_timeout: Duration,
+}
+
+fn default_startup_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_stop_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// Where `${secret:NAME}` values come from, tried in order: the environment, then a directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSources {
+    /// `NAME` is read from the environment variable `<env_prefix>NAME`.
+    #[serde(default = "default_secret_env_prefix")]
+    pub env_prefix: String,
+    /// `NAME` is read from the file `<dir>/NAME` (e.g. `/run/secrets`).
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+}
+
+impl Default for SecretSources {
+    fn default() -> Self {
+        Self {
+            env_prefix: default_secret_env_prefix(),
+            dir: None,
+        }
+    }
+}
+
+fn default_secret_env_prefix() -> String {
+    "FLOTILLA_SECRET_".to_owned()
+}
+
+/// Which programs `run_command` steps may run.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandPolicy {
+    /// Program names or paths, matched exactly. Empty: no command may run.
+    #[serde(default)]
+    pub allow: Vec<String>,
+}
+
+impl AgentConfig {
+    /// Loads `path`, then applies `FLOTILLA_…` environment overrides.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let settings = config::Config::builder()
+            .add_source(
+                config::File::from(path)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            )
+            .add_source(
+                config::Environment::with_prefix("FLOTILLA")
+                    .prefix_separator("_")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()
+            .map_err(|source| ConfigError::Load {
+                path: path.to_owned(),
+                source,
+            })?;
+        let config: AgentConfig =
+            settings
+                .try_deserialize()
+                .map_err(|source| ConfigError::Invalid {
+                    path: path.to_owned(),
+                    source,
+                })?;
+        config.check().map_err(|reason| ConfigError::Rule {
+            path: path.to_owned(),
+            reason,
+        })?;
+        Ok(config)
+    }
+
+    /// Rules serde cannot express.
+    fn check(&self) -> Result<(), String> {
+        if self.service.command.is_empty() {
+            return Err("service.command must name a program".into());
+        }
+        if !self.service.root.is_absolute() {
+            return Err(format!(
+                "service.root {:?} must be an absolute path",
+                self.service.root
+            ));
+        }
+        if !self.agent.state_dir.is_absolute() {
+            return Err(format!(
+                "agent.state_dir {:?} must be an absolute path",
+                self.agent.state_dir
+            ));
+        }
+        if self.agent.state_dir.starts_with(&self.service.root) {
+            return Err("agent.state_dir must not be inside service.root (backups would back themselves up)".into());
+        }
+        flotilla_schemas::subjects::Subjects::new(&self.nats.prefix)
+            .map_err(|e| format!("nats.prefix: {e}"))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let path = dir.join("agent.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    const GOOD: &str = r#"
+[agent]
+instance = "a"
+state_dir = "/var/lib/flotilla/inference"
+[service]
+name = "inference"
+root = "/srv/inference"
+command = ["flotilla-sample", "--role", "inference"]
+health_url = "http://127.0.0.1:18081/health"
+startup_timeout = "5s"
+"#;
+
+    #[test]
+    fn loads_a_valid_file_with_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = AgentConfig::load(&write(dir.path(), GOOD)).unwrap();
+        assert_eq!(config.service.name.as_str(), "inference");
+        assert_eq!(config.service.startup_timeout, Duration::from_secs(5));
+        assert_eq!(config.nats.prefix, "flotilla");
+        assert!(config.commands.allow.is_empty());
+    }
+
+    #[test]
+    fn a_typo_is_an_error_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = GOOD.replace("health_url", "helth_url");
+        let err = AgentConfig::load(&write(dir.path(), &text))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("helth_url"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_service_name_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = GOOD.replace("name = \"inference\"", "name = \"../x\"");
+        let err = AgentConfig::load(&write(dir.path(), &text))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("may only hold"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error_naming_it() {
+        let err = AgentConfig::load(Path::new("/nonexistent/agent.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/agent.toml"), "{err}");
+    }
+}

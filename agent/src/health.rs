@@ -1,0 +1,100 @@
+//! HTTP health checks, with the run's correlation ID on every request so that the service's own
+//! logs join the run.
+
+use std::time::{Duration, Instant};
+
+use flotilla_schemas::{HTTP_CORRELATION_HEADER, HttpCheck, RunId};
+
+/// How often a check is retried until its deadline.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Why a health check failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HealthError {
+    #[error("{url} is unreachable: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("{url} answered {status}, expected {expected}")]
+    Status {
+        url: String,
+        status: u16,
+        expected: u16,
+    },
+    #[error("{url} answered without {expected:?} in its body")]
+    Body { url: String, expected: String },
+}
+
+/// One attempt. With `expect_status` `None`, any HTTP answer passes: the service is serving.
+pub async fn probe(
+    http: &reqwest::Client,
+    url: &str,
+    expect_status: Option<u16>,
+    body_contains: Option<&str>,
+    run_id: Option<RunId>,
+) -> Result<(), HealthError> {
+    let mut request = http.get(url).timeout(Duration::from_secs(2));
+    if let Some(run_id) = run_id {
+        request = request.header(HTTP_CORRELATION_HEADER, run_id.to_string());
+    }
+    let unreachable = |e: reqwest::Error| HealthError::Unreachable {
+        url: url.to_owned(),
+        reason: error_chain(&e),
+    };
+    let response = request.send().await.map_err(unreachable)?;
+    let status = response.status().as_u16();
+    if let Some(expected) = expect_status
+        && status != expected
+    {
+        return Err(HealthError::Status {
+            url: url.to_owned(),
+            status,
+            expected,
+        });
+    }
+    if let Some(expected) = body_contains {
+        let body = response.text().await.map_err(unreachable)?;
+        if !body.contains(expected) {
+            return Err(HealthError::Body {
+                url: url.to_owned(),
+                expected: expected.to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Retries `check` until it passes or its deadline passes; returns the last failure.
+pub async fn check(
+    http: &reqwest::Client,
+    url: &str,
+    check: &HttpCheck,
+    run_id: RunId,
+) -> Result<Duration, HealthError> {
+    let started = Instant::now();
+    let deadline = started + Duration::from_millis(check.timeout_ms);
+    loop {
+        match probe(
+            http,
+            url,
+            Some(check.expect_status),
+            check.body_contains.as_deref(),
+            Some(run_id),
+        )
+        .await
+        {
+            Ok(()) => return Ok(started.elapsed()),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(POLL_INTERVAL).await,
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

@@ -1,0 +1,124 @@
+//! `flotilla-agent`: the sidecar that migrates one service safely.
+//!
+//! On start it recovers whatever a crash interrupted (from its journal), starts the service,
+//! connects to NATS and serves commands until shut down.
+
+pub mod backup;
+pub mod config;
+mod confine;
+mod events;
+mod health;
+pub mod journal;
+mod lifecycle;
+mod metrics;
+mod session;
+pub mod steps;
+mod supervisor;
+mod template;
+pub mod tree;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use flotilla_bus::BusOptions;
+use flotilla_schemas::AgentState;
+use flotilla_schemas::subjects::Subjects;
+use tokio_util::sync::CancellationToken;
+
+pub use config::AgentConfig;
+pub use lifecycle::error_chain;
+
+use crate::backup::BackupStore;
+use crate::journal::Journal;
+use crate::lifecycle::Lifecycle;
+use crate::session::Status;
+use crate::supervisor::Supervisor;
+
+/// Why the agent stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Journal(#[from] journal::JournalError),
+    #[error(transparent)]
+    Session(#[from] session::SessionError),
+    #[error("cannot build the HTTP client for health checks")]
+    Http(#[source] reqwest::Error),
+    #[error("invalid subject prefix")]
+    Prefix(#[source] flotilla_schemas::IdError),
+}
+
+/// Runs the agent until `shutdown` is cancelled, then stops the service it supervises.
+pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+    let subjects = Subjects::new(&config.nats.prefix).map_err(AgentError::Prefix)?;
+    let journal = Journal::open(&config.agent.state_dir)?;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .map_err(AgentError::Http)?;
+    let supervisor = Supervisor::new(
+        config.service.clone(),
+        config.agent.state_dir.join("service-output.log"),
+        http.clone(),
+    );
+    let backups = BackupStore::new(&config.agent.state_dir);
+    let mut lifecycle = Lifecycle {
+        config,
+        journal,
+        backups,
+        supervisor,
+        http,
+    };
+
+    let recovered = lifecycle.recover()?;
+    if !recovered.is_empty() {
+        tracing::warn!(
+            count = recovered.len(),
+            "recovered interrupted commands; their results go out once connected"
+        );
+    }
+    if let Err(e) = lifecycle.supervisor.start().await {
+        // The agent stays up: a broken service is exactly when an operator needs it reachable.
+        tracing::error!(error = %error_chain(&e), "the service did not start healthy");
+    }
+    let status = Arc::new(Mutex::new(Status {
+        state: AgentState::Idle,
+        current_run: None,
+        service_pid: lifecycle.supervisor.pid(),
+    }));
+
+    let options = BusOptions {
+        url: lifecycle.config.nats.url.clone(),
+        name: format!(
+            "flotilla-agent {}/{}",
+            lifecycle.config.service.name, lifecycle.config.agent.instance
+        ),
+        connect_timeout: lifecycle.config.nats.connect_timeout,
+        allow_old_server: false,
+    };
+    let client = loop {
+        match flotilla_bus::connect(&options).await {
+            Ok(client) => break client,
+            Err(e @ flotilla_bus::BusError::OldServer { .. }) => {
+                lifecycle.supervisor.stop().await;
+                return Err(session::SessionError::Bus(e).into());
+            }
+            Err(e) => {
+                tracing::warn!(error = %error_chain(&e), "NATS not reachable yet, retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        lifecycle.supervisor.stop().await;
+                        return Ok(());
+                    }
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    };
+
+    let served = session::serve(client.clone(), subjects, lifecycle, status, shutdown).await;
+    let _ = client.drain().await;
+    let mut lifecycle = served?;
+    lifecycle.supervisor.stop().await;
+    tracing::info!("agent stopped");
+    Ok(())
+}

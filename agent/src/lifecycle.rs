@@ -1,0 +1,598 @@
+//! One command's life at the agent:
+//! `accepted → precheck → backup → apply → restart → validate → done`, or on any failure after
+//! the backup `→ rollback → rolled_back | rollback_failed`. Every transition that matters for
+//! recovery is journalled before it is acted on.
+
+use std::time::{Duration, Instant};
+
+use flotilla_schemas::{
+    Action, Command, CommandId, HttpCheck, Measurements, Outcome, Phase, PhaseReport, PhaseStatus,
+    RunResult, Step,
+};
+use time::OffsetDateTime;
+
+use crate::backup::{self, BackupStore};
+use crate::config::AgentConfig;
+use crate::events::Events;
+use crate::journal::{Journal, JournalError, Record};
+use crate::steps::{self, RootDir};
+use crate::supervisor::Supervisor;
+use crate::template::Renderer;
+use crate::{confine, health, metrics};
+
+/// A failure of the phase named in it; its message becomes the result's reason.
+struct PhaseFailure {
+    phase: Phase,
+    reason: String,
+}
+
+/// Drives commands for one service.
+pub struct Lifecycle {
+    pub config: AgentConfig,
+    pub journal: Journal,
+    pub backups: BackupStore,
+    pub supervisor: Supervisor,
+    pub http: reqwest::Client,
+}
+
+/// Collects phase reports and publishes progress as phases start and end.
+struct Tracker<'a> {
+    events: &'a Events,
+    command: &'a Command,
+    phases: Vec<PhaseReport>,
+}
+
+impl Tracker<'_> {
+    async fn run<T, F>(&mut self, phase: Phase, work: F) -> Result<T, PhaseFailure>
+    where
+        F: Future<Output = Result<T, String>>,
+    {
+        self.events
+            .progress(self.command, phase, PhaseStatus::Started, None, None)
+            .await;
+        let started = Instant::now();
+        let outcome = work.await;
+        let elapsed = started.elapsed();
+        let (status, detail) = match &outcome {
+            Ok(_) => (PhaseStatus::Succeeded, None),
+            Err(reason) => (PhaseStatus::Failed, Some(reason.clone())),
+        };
+        tracing::info!(
+            phase = phase.as_str(),
+            ?status,
+            elapsed_ms = elapsed.as_millis() as u64,
+            detail,
+            "phase ended"
+        );
+        self.events
+            .progress(self.command, phase, status, Some(elapsed), detail.clone())
+            .await;
+        self.phases.push(PhaseReport {
+            phase,
+            status,
+            duration_ms: elapsed.as_millis() as u64,
+            detail,
+        });
+        outcome.map_err(|reason| PhaseFailure { phase, reason })
+    }
+}
+
+/// Content of `write_file` steps after placeholders are resolved, in step order.
+type Rendered = Vec<Option<String>>;
+
+impl Lifecycle {
+    /// Handles a command that is not in the journal yet, or re-sends the stored result of one
+    /// that is. Returns the result to publish.
+    pub async fn handle(
+        &mut self,
+        command: Command,
+        events: &Events,
+    ) -> Result<RunResult, JournalError> {
+        if let Some(result) = self
+            .journal
+            .get(command.command_id)
+            .and_then(|e| e.result.clone())
+        {
+            tracing::info!(command_id = %command.command_id, "command already handled, re-sending its result");
+            return Ok(RunResult {
+                replayed: true,
+                ..result
+            });
+        }
+        if let Some(reason) = self.refusal(&command) {
+            let result = refused(&command, reason, Vec::new());
+            self.journal.append(Record::Accepted { command })?;
+            self.journal.append(Record::Finished {
+                result: result.clone(),
+            })?;
+            return Ok(result);
+        }
+        self.journal.append(Record::Accepted {
+            command: command.clone(),
+        })?;
+        let mut tracker = Tracker {
+            events,
+            command: &command,
+            phases: Vec::new(),
+        };
+        let result = match &command.action {
+            Action::Migrate { steps, health } => {
+                self.migrate(&command, steps, health, &mut tracker).await?
+            }
+            Action::Rollback { migration } => {
+                self.rollback_migration(&command, *migration, &mut tracker)
+                    .await
+            }
+            Action::Finalize { migration } => {
+                self.finalize(&command, *migration, &mut tracker).await
+            }
+        };
+        self.journal.append(Record::Finished {
+            result: result.clone(),
+        })?;
+        Ok(result)
+    }
+
+    /// Why the command must be refused outright, if it must.
+    fn refusal(&self, command: &Command) -> Option<String> {
+        if command.service != self.config.service.name
+            || command.instance != self.config.agent.instance
+        {
+            return Some(format!(
+                "command is addressed to {}/{}, this agent is {}/{}",
+                command.service,
+                command.instance,
+                self.config.service.name,
+                self.config.agent.instance
+            ));
+        }
+        let now = OffsetDateTime::now_utc();
+        if command.expires_at < now {
+            return Some(format!("command expired at {}", command.expires_at));
+        }
+        None
+    }
+
+    async fn migrate(
+        &mut self,
+        command: &Command,
+        steps: &[Step],
+        checks: &[HttpCheck],
+        tracker: &mut Tracker<'_>,
+    ) -> Result<RunResult, JournalError> {
+        let mut measurements = Measurements::default();
+        let rendered = match tracker
+            .run(Phase::Precheck, self.precheck(steps, &mut measurements))
+            .await
+        {
+            Ok(rendered) => rendered,
+            Err(failure) => {
+                return Ok(refused(
+                    command,
+                    failure.to_string(),
+                    tracker.phases.clone(),
+                ));
+            }
+        };
+        let root = self.config.service.root.clone();
+        let backups = self.backups.clone();
+        let id = command.command_id;
+        let backup = tracker
+            .run(Phase::Backup, async {
+                backups.take(&root, id).map_err(|e| error_chain(&e))
+            })
+            .await;
+        let backup = match backup {
+            Ok(backup) => backup,
+            Err(failure) => {
+                return Ok(refused(
+                    command,
+                    failure.to_string(),
+                    tracker.phases.clone(),
+                ));
+            }
+        };
+        measurements.backup_files = Some(backup.manifest.files());
+        measurements.backup_bytes = Some(backup.manifest.bytes());
+        self.journal.append(Record::BackedUp { command_id: id })?;
+        self.journal.append(Record::Applying { command_id: id })?;
+
+        let change = async {
+            tracker
+                .run(Phase::Apply, self.apply(steps, &rendered))
+                .await?;
+            let startup = tracker
+                .run(Phase::Restart, async {
+                    self.supervisor.restart().await.map_err(|e| error_chain(&e))
+                })
+                .await?;
+            measurements.startup_ms_after = Some(startup.as_millis() as u64);
+            tracker
+                .run(Phase::Validate, self.validate(command, checks))
+                .await?;
+            measurements.rss_bytes_after = self.supervisor.pid().and_then(metrics::tree_rss);
+            Ok::<_, PhaseFailure>(())
+        };
+        match change.await {
+            Ok(()) => Ok(RunResult {
+                phases: tracker.phases.clone(),
+                ..result(command, Outcome::Succeeded, None, measurements)
+            }),
+            Err(failure) => {
+                let (outcome, reason) = self.roll_back(&backup, failure.to_string(), tracker).await;
+                Ok(RunResult {
+                    phases: tracker.phases.clone(),
+                    ..result(command, outcome, Some(reason), measurements)
+                })
+            }
+        }
+    }
+
+    /// Checks everything that can be checked before a change: paths, allowed programs, that
+    /// every placeholder resolves, and that the service is healthy now. Takes the baseline.
+    async fn precheck(
+        &self,
+        steps: &[Step],
+        measurements: &mut Measurements,
+    ) -> Result<Rendered, String> {
+        let renderer = Renderer {
+            vars: &self.vars(),
+            secrets: &self.config.secrets,
+        };
+        let mut rendered = Vec::with_capacity(steps.len());
+        for (index, step) in steps.iter().enumerate() {
+            let at =
+                |e: &dyn std::fmt::Display| format!("step {} ({}): {e}", index + 1, step.name());
+            let content = match step {
+                Step::WriteFile { path, content, .. } => {
+                    confine::relative_path(path).map_err(|e| at(&e))?;
+                    Some(renderer.render(content).map_err(|e| at(&e))?)
+                }
+                Step::ReplaceText { path, .. } | Step::Delete { path } => {
+                    confine::relative_path(path).map_err(|e| at(&e))?;
+                    None
+                }
+                Step::RunCommand { program, .. } => {
+                    if !self
+                        .config
+                        .commands
+                        .allow
+                        .iter()
+                        .any(|allowed| allowed == program)
+                    {
+                        return Err(at(&steps::StepError::NotAllowed {
+                            program: program.clone(),
+                        }));
+                    }
+                    None
+                }
+                Step::Restart => None,
+            };
+            rendered.push(content);
+        }
+        health::probe(
+            &self.http,
+            &self.config.service.health_url,
+            Some(200),
+            None,
+            None,
+        )
+        .await
+        .map_err(|e| format!("the service is not healthy before the migration: {e}"))?;
+        measurements.startup_ms_before =
+            self.supervisor.last_startup().map(|d| d.as_millis() as u64);
+        measurements.rss_bytes_before = self.supervisor.pid().and_then(metrics::tree_rss);
+        Ok(rendered)
+    }
+
+    fn vars(&self) -> std::collections::BTreeMap<String, String> {
+        let mut vars = self.config.vars.clone();
+        vars.entry("service".into())
+            .or_insert_with(|| self.config.service.name.to_string());
+        vars.entry("instance".into())
+            .or_insert_with(|| self.config.agent.instance.to_string());
+        vars
+    }
+
+    async fn apply(&mut self, steps: &[Step], rendered: &Rendered) -> Result<(), String> {
+        let root = RootDir::open(&self.config.service.root).map_err(|e| error_chain(&e))?;
+        for (index, (step, content)) in steps.iter().zip(rendered).enumerate() {
+            let at = |e: String| format!("step {} ({}): {e}", index + 1, step.name());
+            let outcome = match step {
+                Step::WriteFile { path, mode, .. } => {
+                    let content = content
+                        .as_deref()
+                        .expect("precheck rendered every write_file");
+                    root.write_file(path, content.as_bytes(), *mode)
+                        .map_err(|e| e.to_string())
+                }
+                Step::ReplaceText {
+                    path,
+                    find,
+                    replace,
+                } => root
+                    .replace_text(path, find, replace)
+                    .map_err(|e| e.to_string()),
+                Step::Delete { path } => root.delete(path).map_err(|e| e.to_string()),
+                Step::RunCommand {
+                    program,
+                    args,
+                    timeout_ms,
+                    env,
+                } => steps::run_command(
+                    &self.config.service.root,
+                    program,
+                    args,
+                    env,
+                    Duration::from_millis(*timeout_ms),
+                )
+                .await
+                .map_err(|e| e.to_string()),
+                Step::Restart => self
+                    .supervisor
+                    .restart()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| error_chain(&e)),
+            };
+            outcome.map_err(at)?;
+        }
+        Ok(())
+    }
+
+    async fn validate(&self, command: &Command, checks: &[HttpCheck]) -> Result<(), String> {
+        let default_check;
+        let checks = if checks.is_empty() {
+            default_check = [HttpCheck {
+                url: None,
+                expect_status: 200,
+                body_contains: None,
+                timeout_ms: self.config.service.startup_timeout.as_millis() as u64,
+            }];
+            &default_check[..]
+        } else {
+            checks
+        };
+        for check in checks {
+            let url = check
+                .url
+                .as_deref()
+                .unwrap_or(&self.config.service.health_url);
+            health::check(&self.http, url, check, command.run_id)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Restores `backup`, restarts the service and proves it healthy.
+    async fn roll_back(
+        &mut self,
+        backup: &backup::Backup,
+        cause: String,
+        tracker: &mut Tracker<'_>,
+    ) -> (Outcome, String) {
+        let root = self.config.service.root.clone();
+        let restored = tracker
+            .run(Phase::Rollback, async {
+                self.supervisor.stop().await;
+                backup::restore(backup, &root)
+                    .map_err(|e| format!("restore: {}", error_chain(&e)))?;
+                self.supervisor
+                    .start()
+                    .await
+                    .map_err(|e| format!("restart after restore: {}", error_chain(&e)))?;
+                let check = HttpCheck {
+                    url: None,
+                    expect_status: 200,
+                    body_contains: None,
+                    timeout_ms: self.config.service.startup_timeout.as_millis() as u64,
+                };
+                health::check(
+                    &self.http,
+                    &self.config.service.health_url,
+                    &check,
+                    tracker.command.run_id,
+                )
+                .await
+                .map_err(|e| format!("unhealthy after restore: {e}"))?;
+                Ok(())
+            })
+            .await;
+        match restored {
+            Ok(()) => (Outcome::RolledBack, cause),
+            Err(failure) => (Outcome::RollbackFailed, format!("{cause}; then {failure}")),
+        }
+    }
+
+    /// A rollback asked for after the migration had succeeded (the run failed elsewhere).
+    async fn rollback_migration(
+        &mut self,
+        command: &Command,
+        migration: CommandId,
+        tracker: &mut Tracker<'_>,
+    ) -> RunResult {
+        let migrated = self
+            .journal
+            .get(migration)
+            .and_then(|e| e.result.as_ref())
+            .map(|r| r.outcome);
+        if migrated != Some(Outcome::Succeeded) {
+            let state = migrated.map_or("unknown to this agent", Outcome::as_str);
+            return refused(
+                command,
+                format!("migration {migration} is {state}: nothing to roll back"),
+                Vec::new(),
+            );
+        }
+        let backup = match self.backups.load(migration) {
+            Ok(backup) => backup,
+            Err(e) => {
+                return refused(
+                    command,
+                    format!("cannot roll back: {}", error_chain(&e)),
+                    Vec::new(),
+                );
+            }
+        };
+        let (outcome, reason) = self
+            .roll_back(
+                &backup,
+                "rollback requested by the coordinator".into(),
+                tracker,
+            )
+            .await;
+        RunResult {
+            phases: tracker.phases.clone(),
+            ..result(command, outcome, Some(reason), Measurements::default())
+        }
+    }
+
+    /// Drops the backup of a migration: the run is closed.
+    async fn finalize(
+        &mut self,
+        command: &Command,
+        migration: CommandId,
+        tracker: &mut Tracker<'_>,
+    ) -> RunResult {
+        let backups = self.backups.clone();
+        let dropped = tracker
+            .run(Phase::Finalize, async {
+                backups.discard(migration).map_err(|e| error_chain(&e))
+            })
+            .await;
+        match dropped {
+            Ok(()) => RunResult {
+                phases: tracker.phases.clone(),
+                ..result(command, Outcome::Finalized, None, Measurements::default())
+            },
+            Err(failure) => refused(command, failure.to_string(), tracker.phases.clone()),
+        }
+    }
+
+    /// Finishes what a crash interrupted: a migration that had backed up is restored; one that
+    /// had not changed anything is refused. Runs before the service starts and before the agent
+    /// takes new commands. Returns the results to publish.
+    pub fn recover(&mut self) -> Result<Vec<RunResult>, JournalError> {
+        let mut results = Vec::new();
+        for entry in self.journal.unfinished() {
+            let command = entry.command.expect("unfinished entries have a command");
+            let id = command.command_id;
+            let recover_phase = |status, detail: Option<String>| PhaseReport {
+                phase: Phase::Recover,
+                status,
+                duration_ms: 0,
+                detail,
+            };
+            let result = if entry.applying || entry.backed_up {
+                let restored = self
+                    .backups
+                    .load(id)
+                    .and_then(|b| backup::restore(&b, &self.config.service.root));
+                match restored {
+                    Ok(()) => RunResult {
+                        phases: vec![recover_phase(
+                            PhaseStatus::Succeeded,
+                            Some("restored the backup".into()),
+                        )],
+                        ..result(
+                            &command,
+                            Outcome::RolledBack,
+                            Some(
+                                "the agent was interrupted mid-migration; the backup was restored"
+                                    .into(),
+                            ),
+                            Measurements::default(),
+                        )
+                    },
+                    Err(e) => RunResult {
+                        phases: vec![recover_phase(PhaseStatus::Failed, Some(error_chain(&e)))],
+                        ..result(
+                            &command,
+                            Outcome::RollbackFailed,
+                            Some(format!(
+                                "the agent was interrupted mid-migration and the restore failed: {}",
+                                error_chain(&e)
+                            )),
+                            Measurements::default(),
+                        )
+                    },
+                }
+            } else {
+                let _ = self.backups.discard(id);
+                RunResult {
+                    phases: vec![recover_phase(
+                        PhaseStatus::Succeeded,
+                        Some("nothing had changed".into()),
+                    )],
+                    ..result(
+                        &command,
+                        Outcome::Refused,
+                        Some("the agent was interrupted before changing anything".into()),
+                        Measurements::default(),
+                    )
+                }
+            };
+            tracing::warn!(command_id = %id, outcome = result.outcome.as_str(), "recovered an interrupted command");
+            self.journal.append(Record::Finished {
+                result: result.clone(),
+            })?;
+            results.push(result);
+        }
+        Ok(results)
+    }
+}
+
+impl std::fmt::Display for PhaseFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.phase.as_str(), self.reason)
+    }
+}
+
+fn result(
+    command: &Command,
+    outcome: Outcome,
+    reason: Option<String>,
+    measurements: Measurements,
+) -> RunResult {
+    RunResult {
+        schema: Default::default(),
+        run_id: command.run_id,
+        command_id: command.command_id,
+        service: command.service.clone(),
+        instance: command.instance.clone(),
+        at: OffsetDateTime::now_utc(),
+        outcome,
+        reason,
+        phases: Vec::new(),
+        measurements,
+        replayed: false,
+    }
+}
+
+fn refused(command: &Command, reason: String, phases: Vec<PhaseReport>) -> RunResult {
+    RunResult {
+        phases,
+        ..result(
+            command,
+            Outcome::Refused,
+            Some(reason),
+            Measurements::default(),
+        )
+    }
+}
+
+/// An error and its sources on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}

@@ -1,0 +1,280 @@
+//! The agent's NATS session: reads its own commands through a durable consumer, answers
+//! presence requests, and hands commands to the lifecycle one at a time.
+
+use std::sync::{Arc, Mutex};
+
+use async_nats::jetstream::{self, AckKind, consumer};
+use flotilla_bus::BusError;
+use flotilla_schemas::subjects::Subjects;
+use flotilla_schemas::{
+    AgentState, Command, CommandId, CommandSchema, DecodeError, InstanceId, Measurements, Outcome,
+    Presence, RunId, RunResult, ServiceName, decode, encode,
+};
+use futures::StreamExt;
+use serde::Deserialize;
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use crate::events::Events;
+use crate::journal::Record;
+use crate::lifecycle::{Lifecycle, error_chain};
+
+/// Why the session ended with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("cannot create the consumer {name}")]
+    Consumer {
+        name: String,
+        #[source]
+        source: jetstream::stream::ConsumerError,
+    },
+    #[error("cannot read commands from {name}")]
+    Messages {
+        name: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("cannot subscribe to {subject}")]
+    Subscribe {
+        subject: String,
+        #[source]
+        source: async_nats::SubscribeError,
+    },
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
+}
+
+/// What presence answers report; shared between the command loop and the presence responder.
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub state: AgentState,
+    pub current_run: Option<RunId>,
+    pub service_pid: Option<u32>,
+}
+
+/// Serves commands until `shutdown` is cancelled. The command in hand is always finished first.
+pub async fn serve(
+    client: async_nats::Client,
+    subjects: Subjects,
+    mut lifecycle: Lifecycle,
+    status: Arc<Mutex<Status>>,
+    shutdown: CancellationToken,
+) -> Result<Lifecycle, SessionError> {
+    let js = jetstream::new(client.clone());
+    let commands = flotilla_bus::commands_stream(&js, &subjects).await?;
+    flotilla_bus::events_stream(&js, &subjects).await?;
+    let service = lifecycle.config.service.name.clone();
+    let instance = lifecycle.config.agent.instance.clone();
+    let events = Events::new(
+        js.clone(),
+        subjects.clone(),
+        service.clone(),
+        instance.clone(),
+    );
+
+    // Results that a crash kept from the stream go out before anything new is taken.
+    for result in lifecycle.journal.unpublished() {
+        publish_result(&mut lifecycle, &events, &result).await?;
+    }
+
+    let presence = tokio::spawn(answer_presence(
+        client.clone(),
+        subjects.clone(),
+        presence_template(&lifecycle),
+        status.clone(),
+        shutdown.clone(),
+    ));
+
+    let name = subjects.agent_consumer(&service, &instance);
+    let consumer = commands
+        .get_or_create_consumer(
+            &name,
+            consumer::pull::Config {
+                durable_name: Some(name.clone()),
+                description: Some(format!("commands for the agent of {service}/{instance}")),
+                filter_subject: subjects.command(&service, &instance),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: std::time::Duration::from_secs(30),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|source| SessionError::Consumer {
+            name: name.clone(),
+            source,
+        })?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|source| SessionError::Messages {
+            name: name.clone(),
+            source: Box::new(source),
+        })?;
+    tracing::info!(%service, %instance, consumer = %name, "ready for commands");
+
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            next = messages.next() => match next {
+                Some(Ok(message)) => message,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "command stream hiccup");
+                    continue;
+                }
+                None => break,
+            },
+        };
+        let command = match decode::<Command>(&message.payload) {
+            Ok(command) => command,
+            Err(e) => {
+                refuse_undecodable(&events, &message.payload, &e, &service, &instance).await;
+                let _ = message.ack_with(AckKind::Term).await;
+                continue;
+            }
+        };
+        set_status(
+            &status,
+            AgentState::Busy,
+            Some(command.run_id),
+            lifecycle.supervisor.pid(),
+        );
+        let span = tracing::info_span!("command", run_id = %command.run_id, command_id = %command.command_id);
+        let _enter = span.enter();
+        // Once the journal holds the command, it owns it: ack now so the broker stops redelivering;
+        // a crash from here on is recovered from the journal, not from the broker.
+        let handled = lifecycle.handle(command, &events).await;
+        let result = match handled {
+            Ok(result) => result,
+            Err(e) => {
+                tracing::error!(error = %error_chain(&e), "journal write failed; stopping");
+                return Err(e.into());
+            }
+        };
+        let _ = message.double_ack().await;
+        publish_result(&mut lifecycle, &events, &result).await?;
+        drop(_enter);
+        set_status(&status, AgentState::Idle, None, lifecycle.supervisor.pid());
+    }
+    presence.abort();
+    Ok(lifecycle)
+}
+
+async fn publish_result(
+    lifecycle: &mut Lifecycle,
+    events: &Events,
+    result: &RunResult,
+) -> Result<(), SessionError> {
+    match events.result(result).await {
+        Ok(()) => {
+            if !result.replayed {
+                lifecycle.journal.append(Record::Published {
+                    command_id: result.command_id,
+                })?;
+            }
+            tracing::info!(
+                outcome = result.outcome.as_str(),
+                reason = result.reason.as_deref(),
+                "result published"
+            );
+        }
+        // The journal still marks it unpublished: it goes out on the next start.
+        Err(e) => tracing::warn!(error = %error_chain(&e), "result not published"),
+    }
+    Ok(())
+}
+
+/// A message that is not a command we understand still gets an answer, when it carries enough
+/// to address one, so the coordinator hears why instead of waiting.
+async fn refuse_undecodable(
+    events: &Events,
+    payload: &[u8],
+    error: &DecodeError,
+    service: &ServiceName,
+    instance: &InstanceId,
+) {
+    #[derive(Deserialize)]
+    struct Loose {
+        run_id: RunId,
+        command_id: CommandId,
+    }
+    tracing::warn!(error = %error_chain(error), "refusing a command that cannot be decoded");
+    let Ok(loose) = serde_json::from_slice::<Loose>(payload) else {
+        return;
+    };
+    let result = RunResult {
+        schema: Default::default(),
+        run_id: loose.run_id,
+        command_id: loose.command_id,
+        service: service.clone(),
+        instance: instance.clone(),
+        at: OffsetDateTime::now_utc(),
+        outcome: Outcome::Refused,
+        reason: Some(error_chain(error)),
+        phases: Vec::new(),
+        measurements: Measurements::default(),
+        replayed: false,
+    };
+    if let Err(e) = events.result(&result).await {
+        tracing::warn!(error = %error_chain(&e), "refusal not published");
+    }
+}
+
+fn set_status(status: &Mutex<Status>, state: AgentState, run: Option<RunId>, pid: Option<u32>) {
+    let mut status = status.lock().expect("status lock is never poisoned");
+    status.state = state;
+    status.current_run = run;
+    status.service_pid = pid;
+}
+
+fn presence_template(lifecycle: &Lifecycle) -> Presence {
+    Presence {
+        schema: Default::default(),
+        service: lifecycle.config.service.name.clone(),
+        instance: lifecycle.config.agent.instance.clone(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        accepts: vec![CommandSchema::VALUE.to_owned()],
+        host: hostname::get()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        state: AgentState::Idle,
+        current_run: None,
+        service_pid: None,
+        started_at: OffsetDateTime::now_utc(),
+    }
+}
+
+async fn answer_presence(
+    client: async_nats::Client,
+    subjects: Subjects,
+    template: Presence,
+    status: Arc<Mutex<Status>>,
+    shutdown: CancellationToken,
+) -> Result<(), SessionError> {
+    let subject = subjects.presence();
+    let mut requests = client
+        .subscribe(subject.clone())
+        .await
+        .map_err(|source| SessionError::Subscribe { subject, source })?;
+    loop {
+        let request = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            next = requests.next() => match next { Some(r) => r, None => return Ok(()) },
+        };
+        let Some(reply) = request.reply else { continue };
+        let snapshot = status
+            .lock()
+            .expect("status lock is never poisoned")
+            .clone();
+        let presence = Presence {
+            state: snapshot.state,
+            current_run: snapshot.current_run,
+            service_pid: snapshot.service_pid,
+            ..template.clone()
+        };
+        if let Err(e) = client.publish(reply, encode(&presence).into()).await {
+            tracing::warn!(error = %e, "presence answer not sent");
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! The step vocabulary, executed inside the service root through a capability-confined
+//! directory handle. A step that would reach outside the root fails without touching anything.
+
+use std::path::Path;
+use std::time::Duration;
+
+use cap_std::ambient_authority;
+use cap_std::fs::{Dir, Permissions, PermissionsExt};
+
+use crate::confine;
+
+/// Why a step failed. Messages name paths and programs, never written content.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Path(#[from] confine::PathError),
+    #[error("cannot open the service root {path}")]
+    Root {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("replace_text: {find:?} does not occur in {path}")]
+    TextNotFound { path: String, find: String },
+    #[error("delete: {0} does not exist")]
+    NothingToDelete(String),
+    #[error("run_command: {program} is not on the agent's allow-list")]
+    NotAllowed { program: String },
+    #[error("run_command: cannot start {program}: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("run_command: {program} did not finish within {timeout:?}")]
+    Timeout { program: String, timeout: Duration },
+    #[error("run_command: {program} exited with {status}{stderr}")]
+    Failed {
+        program: String,
+        status: String,
+        stderr: String,
+    },
+}
+
+fn io<'a>(op: &'static str, path: &'a str) -> impl FnOnce(std::io::Error) -> StepError + 'a {
+    move |source| StepError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// File operations confined to one service root.
+pub struct RootDir {
+    dir: Dir,
+}
+
+impl RootDir {
+    /// Opens the service root.
+    pub fn open(root: &Path) -> Result<Self, StepError> {
+        let dir =
+            Dir::open_ambient_dir(root, ambient_authority()).map_err(|source| StepError::Root {
+                path: root.to_owned(),
+                source,
+            })?;
+        Ok(Self { dir })
+    }
+
+    /// Writes `content` to `path` (write to a temporary name, then rename over), creating parent
+    /// directories. Keeps an existing file's mode unless `mode` is given.
+    pub fn write_file(
+        &self,
+        path: &str,
+        content: &[u8],
+        mode: Option<u32>,
+    ) -> Result<(), StepError> {
+        let relative = confine::relative_path(path)?;
+        if let Some(parent) = relative.parent().filter(|p| !p.as_os_str().is_empty()) {
+            self.dir
+                .create_dir_all(parent)
+                .map_err(io("create directory for", path))?;
+        }
+        let existing_mode = self
+            .dir
+            .symlink_metadata(&relative)
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.permissions().mode());
+        let mode = mode.or(existing_mode).unwrap_or(0o644) & 0o7777;
+        let file_name = relative
+            .file_name()
+            .expect("a checked relative path ends in a name")
+            .to_string_lossy();
+        let temp = relative.with_file_name(format!(".{file_name}.flotilla-tmp"));
+        self.dir.write(&temp, content).map_err(io("write", path))?;
+        self.dir
+            .set_permissions(&temp, Permissions::from_mode(mode))
+            .map_err(io("chmod", path))?;
+        let synced = self.dir.open(&temp).and_then(|f| f.sync_all());
+        synced.map_err(io("fsync", path))?;
+        self.dir
+            .rename(&temp, &self.dir, &relative)
+            .map_err(io("rename into", path))?;
+        Ok(())
+    }
+
+    /// Replaces every occurrence of `find` in `path` with `replace`.
+    pub fn replace_text(&self, path: &str, find: &str, replace: &str) -> Result<(), StepError> {
+        let relative = confine::relative_path(path)?;
+        let text = self
+            .dir
+            .read_to_string(&relative)
+            .map_err(io("read", path))?;
+        if find.is_empty() || !text.contains(find) {
+            return Err(StepError::TextNotFound {
+                path: path.to_owned(),
+                find: find.to_owned(),
+            });
+        }
+        self.write_file(path, text.replace(find, replace).as_bytes(), None)
+    }
+
+    /// Deletes a file, a symlink (not its target), or a directory and everything under it.
+    pub fn delete(&self, path: &str) -> Result<(), StepError> {
+        let relative = confine::relative_path(path)?;
+        let meta = match self.dir.symlink_metadata(&relative) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StepError::NothingToDelete(path.to_owned()));
+            }
+            Err(e) => return Err(io("stat", path)(e)),
+        };
+        if meta.is_dir() {
+            self.dir
+                .remove_dir_all(&relative)
+                .map_err(io("delete", path))
+        } else {
+            self.dir.remove_file(&relative).map_err(io("delete", path))
+        }
+    }
+}
+
+/// Runs an allowed program in `root` without a shell, with a clean environment plus `env`.
+pub async fn run_command(
+    root: &Path,
+    program: &str,
+    args: &[String],
+    env: &std::collections::BTreeMap<String, String>,
+    timeout: Duration,
+) -> Result<(), StepError> {
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(args)
+        .current_dir(root)
+        .env_clear()
+        .env(
+            "PATH",
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
+        )
+        .envs(env)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let child = command.spawn().map_err(|source| StepError::Spawn {
+        program: program.to_owned(),
+        source,
+    })?;
+    let output = tokio::time::timeout(timeout, child.wait_with_output())
+        .await
+        .map_err(|_| StepError::Timeout {
+            program: program.to_owned(),
+            timeout,
+        })?
+        .map_err(|source| StepError::Spawn {
+            program: program.to_owned(),
+            source,
+        })?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let last = stderr
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    let stderr = if last.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", truncate(last, 200))
+    };
+    Err(StepError::Failed {
+        program: program.to_owned(),
+        status: output.status.to_string(),
+        stderr,
+    })
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((at, _)) => &s[..at],
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn writes_replaces_and_deletes_inside_the_root() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = RootDir::open(tmp.path()).unwrap();
+        root.write_file("config/service.toml", b"a = 1\n", Some(0o600))
+            .unwrap();
+        root.replace_text("config/service.toml", "a = 1", "a = 2")
+            .unwrap();
+        let path = tmp.path().join("config/service.toml");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a = 2\n");
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(
+                &std::fs::metadata(&path).unwrap().permissions()
+            ) & 0o777,
+            0o600
+        );
+        root.delete("config").unwrap();
+        assert!(!tmp.path().join("config").exists());
+        assert!(matches!(
+            root.delete("config"),
+            Err(StepError::NothingToDelete(_))
+        ));
+    }
+
+    #[test]
+    fn a_planted_symlink_does_not_lead_outside() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (svc, outside) = (tmp.path().join("svc"), tmp.path().join("outside"));
+        std::fs::create_dir_all(&svc).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("victim"), "untouched").unwrap();
+        symlink(&outside, svc.join("escape")).unwrap();
+        let root = RootDir::open(&svc).unwrap();
+        assert!(root.write_file("escape/victim", b"owned", None).is_err());
+        assert!(
+            root.replace_text("escape/victim", "untouched", "owned")
+                .is_err()
+        );
+        assert!(root.write_file("escape/new", b"owned", None).is_err());
+        assert_eq!(
+            std::fs::read_to_string(outside.join("victim")).unwrap(),
+            "untouched"
+        );
+        assert!(!outside.join("new").exists());
+        // Deleting the link removes the link, not the directory it points to.
+        root.delete("escape").unwrap();
+        assert!(outside.join("victim").exists());
+    }
+
+    #[test]
+    fn replace_text_fails_when_the_text_is_absent() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("f"), "abc").unwrap();
+        let root = RootDir::open(tmp.path()).unwrap();
+        assert!(matches!(
+            root.replace_text("f", "zzz", "y"),
+            Err(StepError::TextNotFound { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn run_command_reports_exit_status_and_timeout() {
+        let tmp = tempfile::tempdir().unwrap();
+        let env = Default::default();
+        run_command(tmp.path(), "true", &[], &env, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let err = run_command(
+            tmp.path(),
+            "sh",
+            &["-c".into(), "echo boom >&2; exit 3".into()],
+            &env,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "run_command: sh exited with exit status: 3: boom"
+        );
+        let err = run_command(
+            tmp.path(),
+            "sleep",
+            &["5".into()],
+            &env,
+            Duration::from_millis(100),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, StepError::Timeout { .. }));
+    }
+}

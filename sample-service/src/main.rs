@@ -1,0 +1,59 @@
+//! `flotilla-sample`: a small service that plays one of the five trading
+//! services (inference, training, ingest, execution, preprocess) so that the
+//! Flotilla migration tool can be exercised against a real process.
+
+mod ballast;
+mod config;
+mod logging;
+mod server;
+#[cfg(test)]
+mod testutil;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::config::Role;
+
+/// Exit code for a missing or invalid configuration.
+const EXIT_CONFIG: u8 = 2;
+
+/// Command line of `flotilla-sample`.
+#[derive(Debug, Parser)]
+#[command(name = "flotilla-sample", version, about)]
+struct Cli {
+    /// Which trading service to play.
+    #[arg(long, value_enum)]
+    role: Role,
+    /// Directory holding `config/service.toml` (standard) or `legacy.conf` (legacy).
+    #[arg(long)]
+    root: PathBuf,
+    /// Port to listen on, overriding the configured one.
+    #[arg(long)]
+    port: Option<u16>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut config = match config::load(&cli.root, cli.role) {
+        Ok(config) => config,
+        Err(err) => return fail(&err, EXIT_CONFIG),
+    };
+    if let Some(port) = cli.port {
+        config.port = port;
+    }
+    match server::run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => fail(&err, 1),
+    }
+}
+
+/// Prints `err` as a single line on stderr and returns `code`.
+fn fail(err: &anyhow::Error, code: u8) -> ExitCode {
+    // Callers (and the migration tool's tests) rely on exactly one line.
+    let message = format!("{err:#}").replace(['\r', '\n'], " ");
+    eprintln!("flotilla-sample: error: {message}");
+    ExitCode::from(code)
+}

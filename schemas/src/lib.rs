@@ -1,0 +1,27 @@
+//! The Flotilla wire contract.
+//!
+//! Everything the coordinator and the agents say to each other is defined here, once: message
+//! types with their schema versions, the subjects they travel on, and validated identifiers.
+//! This crate does no I/O, so another implementation can speak Flotilla from these types (or
+//! from the JSON Schema files generated from them under `schemas/json/`) alone.
+
+mod codec;
+mod ids;
+pub mod messages;
+pub mod subjects;
+mod version;
+
+pub use codec::{DecodeError, MAX_MESSAGE_BYTES, decode, encode, schema_of};
+pub use ids::{CommandId, IdError, InstanceId, RunId, ServiceName};
+pub use messages::{
+    Action, AgentState, Command, CommandSchema, HttpCheck, Measurements, Outcome, Phase,
+    PhaseReport, PhaseStatus, Presence, Progress, ProgressSchema, ResultSchema, RunResult, Step,
+    WireMessage,
+};
+pub use version::SchemaTag;
+
+/// The header that carries the run's correlation ID next to the W3C `traceparent`.
+pub const HEADER_RUN_ID: &str = "Flotilla-Run-Id";
+
+/// The HTTP header the agent sends to its service so the service's logs join the run.
+pub const HTTP_CORRELATION_HEADER: &str = "x-flotilla-run-id";

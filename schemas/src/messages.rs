@@ -1,0 +1,21 @@
+//! The messages. Each starts with a `schema` field naming its type and version.
+
+mod command;
+mod presence;
+mod progress;
+mod result;
+
+pub use command::{Action, Command, CommandSchema, HttpCheck, Step};
+pub use presence::{AgentState, Presence, PresenceSchema};
+pub use progress::{Phase, PhaseStatus, Progress, ProgressSchema};
+pub use result::{Measurements, Outcome, PhaseReport, ResultSchema, RunResult};
+
+use schemars::JsonSchema;
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::SchemaTag;
+
+/// Every message type on the bus.
+pub trait WireMessage: Serialize + DeserializeOwned + JsonSchema + SchemaTag {}
+
+impl<T: Serialize + DeserializeOwned + JsonSchema + SchemaTag> WireMessage for T {}

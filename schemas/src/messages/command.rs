@@ -1,0 +1,129 @@
+//! Commands: what the coordinator asks one agent to do.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::version::schema_tag;
+use crate::{CommandId, InstanceId, RunId, SchemaTag, ServiceName};
+
+schema_tag!(CommandSchema, "flotilla.command.v1");
+
+/// One command, addressed to one agent (service and instance).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Command {
+    pub schema: CommandSchema,
+    /// Unique per command; the agent applies it at most once.
+    pub command_id: CommandId,
+    /// The run this command belongs to; also the correlation ID.
+    pub run_id: RunId,
+    pub service: ServiceName,
+    pub instance: InstanceId,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String")]
+    pub issued_at: OffsetDateTime,
+    /// The agent refuses the command after this instant.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String")]
+    pub expires_at: OffsetDateTime,
+    pub action: Action,
+}
+
+impl SchemaTag for Command {
+    const SCHEMA: &'static str = CommandSchema::VALUE;
+}
+
+/// What the agent is asked to do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Action {
+    /// Back the service up, apply the steps, restart, validate; roll back on any failure.
+    Migrate {
+        steps: Vec<Step>,
+        /// Health checks after the migration; empty means the agent's configured check.
+        #[serde(default)]
+        health: Vec<HttpCheck>,
+    },
+    /// Restore the backup taken by an earlier migrate command of the same run.
+    Rollback { migration: CommandId },
+    /// The run is closed: drop the backup of an earlier migrate command.
+    Finalize { migration: CommandId },
+}
+
+/// One declared change. Paths are relative to the service root and never leave it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Step {
+    /// Write a file. `${secret:NAME}` and `${var:NAME}` placeholders are resolved by the agent.
+    WriteFile {
+        path: String,
+        content: String,
+        /// Unix permission bits, e.g. `0o600`; the default keeps an existing file's mode or
+        /// uses 0o644.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<u32>,
+    },
+    /// Replace every occurrence of `find` with `replace`; fails when `find` does not occur.
+    ReplaceText {
+        path: String,
+        find: String,
+        replace: String,
+    },
+    /// Delete a file, or a directory with everything under it.
+    Delete { path: String },
+    /// Run a program from the agent's allow-list, in the service root, without a shell.
+    RunCommand {
+        program: String,
+        #[serde(default)]
+        args: Vec<String>,
+        #[serde(default = "default_command_timeout_ms")]
+        timeout_ms: u64,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        env: BTreeMap<String, String>,
+    },
+    /// Restart the service now (the migration always restarts it once after the last step).
+    Restart,
+}
+
+fn default_command_timeout_ms() -> u64 {
+    60_000
+}
+
+/// An HTTP health check: GET `url` until it answers `expect_status` (and holds
+/// `body_contains`, when set) or `timeout_ms` has passed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpCheck {
+    /// The URL to check; absent means the health URL in the agent's configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default = "default_expect_status")]
+    pub expect_status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_contains: Option<String>,
+    #[serde(default = "default_check_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_expect_status() -> u16 {
+    200
+}
+
+fn default_check_timeout_ms() -> u64 {
+    10_000
+}
+
+impl Step {
+    /// The step's name as written in plans (`write_file`, ...).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Step::WriteFile { .. } => "write_file",
+            Step::ReplaceText { .. } => "replace_text",
+            Step::Delete { .. } => "delete",
+            Step::RunCommand { .. } => "run_command",
+            Step::Restart => "restart",
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! Presence: how an agent answers "who is out there?".
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::version::schema_tag;
+use crate::{InstanceId, RunId, SchemaTag, ServiceName};
+
+schema_tag!(PresenceSchema, "flotilla.presence.v1");
+
+/// What the agent is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentState {
+    /// Waiting for commands.
+    Idle,
+    /// Handling a command.
+    Busy,
+    /// Finishing or undoing a migration that a crash interrupted.
+    Recovering,
+}
+
+/// An agent's answer to a presence request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Presence {
+    pub schema: PresenceSchema,
+    pub service: ServiceName,
+    pub instance: InstanceId,
+    /// The agent's own version (semver).
+    pub version: String,
+    /// The command schemas this agent understands.
+    pub accepts: Vec<String>,
+    pub host: String,
+    pub state: AgentState,
+    /// The run the agent is working on, when busy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_run: Option<RunId>,
+    /// The PID of the supervised service, when running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_pid: Option<u32>,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String")]
+    pub started_at: OffsetDateTime,
+}
+
+impl SchemaTag for Presence {
+    const SCHEMA: &'static str = PresenceSchema::VALUE;
+}

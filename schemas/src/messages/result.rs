@@ -1,0 +1,97 @@
+//! Results: the one terminal message per command.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::version::schema_tag;
+use crate::{CommandId, InstanceId, Phase, PhaseStatus, RunId, SchemaTag, ServiceName};
+
+schema_tag!(ResultSchema, "flotilla.result.v1");
+
+/// How a command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Migrated and validated.
+    Succeeded,
+    /// Something failed and the service was restored to its backup, healthy.
+    RolledBack,
+    /// Something failed and the restore failed too: a human must look.
+    RollbackFailed,
+    /// Refused before anything changed (bad or stale command, failed precondition).
+    Refused,
+    /// The backup was dropped; the run is closed for this service.
+    Finalized,
+}
+
+impl Outcome {
+    /// The outcome's name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::RolledBack => "rolled_back",
+            Outcome::RollbackFailed => "rollback_failed",
+            Outcome::Refused => "refused",
+            Outcome::Finalized => "finalized",
+        }
+    }
+}
+
+/// What one phase did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PhaseReport {
+    pub phase: Phase,
+    pub status: PhaseStatus,
+    pub duration_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// Figures measured by the agent, before and after the change.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Measurements {
+    /// Time from (re)start to healthy before the migration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_ms_before: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_ms_after: Option<u64>,
+    /// Resident memory of the service's process tree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_bytes_before: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_bytes_after: Option<u64>,
+    /// Files in the backup and their total size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_files: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_bytes: Option<u64>,
+}
+
+/// The terminal report of one command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RunResult {
+    pub schema: ResultSchema,
+    pub run_id: RunId,
+    pub command_id: CommandId,
+    pub service: ServiceName,
+    pub instance: InstanceId,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String")]
+    pub at: OffsetDateTime,
+    pub outcome: Outcome,
+    /// Why it did not succeed; for a rollback, the failure that caused it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub phases: Vec<PhaseReport>,
+    #[serde(default)]
+    pub measurements: Measurements,
+    /// True when this result was re-sent for a command the agent had already handled.
+    #[serde(default)]
+    pub replayed: bool,
+}
+
+impl SchemaTag for RunResult {
+    const SCHEMA: &'static str = ResultSchema::VALUE;
+}

@@ -1,0 +1,113 @@
+//! Subjects, stream and bucket names, built in one place so both sides always agree.
+//!
+//! | subject | what travels |
+//! |---|---|
+//! | `<prefix>.cmd.<service>.<instance>` | commands, in the commands stream |
+//! | `<prefix>.evt.<run>.<service>.<instance>` | progress and results, in the events stream |
+//! | `<prefix>.presence` | presence requests; every agent answers |
+
+use crate::{InstanceId, RunId, ServiceName};
+
+/// The default subject prefix.
+pub const DEFAULT_PREFIX: &str = "flotilla";
+
+/// Subject and resource names under one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subjects {
+    prefix: String,
+}
+
+impl Default for Subjects {
+    fn default() -> Self {
+        Self {
+            prefix: DEFAULT_PREFIX.to_owned(),
+        }
+    }
+}
+
+impl Subjects {
+    /// Subjects under `prefix`, which must be a valid service-style name.
+    pub fn new(prefix: &str) -> Result<Self, crate::IdError> {
+        ServiceName::parse(prefix)?;
+        Ok(Self {
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    /// The prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Where commands for one agent are published.
+    pub fn command(&self, service: &ServiceName, instance: &InstanceId) -> String {
+        format!("{}.cmd.{service}.{instance}", self.prefix)
+    }
+
+    /// Every command subject (the commands stream's filter).
+    pub fn all_commands(&self) -> String {
+        format!("{}.cmd.>", self.prefix)
+    }
+
+    /// Where one agent publishes the progress and results of one run.
+    pub fn event(&self, run: &RunId, service: &ServiceName, instance: &InstanceId) -> String {
+        format!("{}.evt.{run}.{service}.{instance}", self.prefix)
+    }
+
+    /// Every event of one run.
+    pub fn run_events(&self, run: &RunId) -> String {
+        format!("{}.evt.{run}.>", self.prefix)
+    }
+
+    /// Every event (the events stream's filter).
+    pub fn all_events(&self) -> String {
+        format!("{}.evt.>", self.prefix)
+    }
+
+    /// Where presence requests are published.
+    pub fn presence(&self) -> String {
+        format!("{}.presence", self.prefix)
+    }
+
+    /// The JetStream stream that holds commands.
+    pub fn commands_stream(&self) -> String {
+        format!(
+            "{}_COMMANDS",
+            self.prefix.to_ascii_uppercase().replace('-', "_")
+        )
+    }
+
+    /// The JetStream stream that holds progress and results: the run's audit log.
+    pub fn events_stream(&self) -> String {
+        format!(
+            "{}_EVENTS",
+            self.prefix.to_ascii_uppercase().replace('-', "_")
+        )
+    }
+
+    /// The durable consumer through which one agent reads its commands.
+    pub fn agent_consumer(&self, service: &ServiceName, instance: &InstanceId) -> String {
+        format!("agent_{service}_{instance}")
+    }
+
+    /// The key-value bucket that holds run records.
+    pub fn runs_bucket(&self) -> String {
+        format!("{}_runs", self.prefix.replace('-', "_"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_are_built_from_validated_tokens() {
+        let s = Subjects::default();
+        let svc = ServiceName::parse("inference").unwrap();
+        let inst = InstanceId::parse("a1").unwrap();
+        assert_eq!(s.command(&svc, &inst), "flotilla.cmd.inference.a1");
+        assert_eq!(s.commands_stream(), "FLOTILLA_COMMANDS");
+        assert_eq!(s.agent_consumer(&svc, &inst), "agent_inference_a1");
+        assert!(Subjects::new("bad.prefix").is_err());
+    }
+}

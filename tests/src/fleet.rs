@@ -1,0 +1,243 @@
+//! A fleet of sample services with their agents, laid out in a temp dir from the demo's legacy
+//! configurations (`deploy/demo/legacy/<role>/`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+
+/// The five services of T006.
+pub const ROLES: [&str; 5] = ["inference", "training", "ingest", "execution", "preprocess"];
+
+/// One service and its agent.
+struct Member {
+    port: u16,
+    agent: Option<Child>,
+    config: PathBuf,
+}
+
+/// Sample services with sidecar agents, stopped on drop.
+pub struct Fleet {
+    dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    nats_url: String,
+    members: BTreeMap<String, Member>,
+}
+
+impl Fleet {
+    /// Lays out and starts `roles` against the NATS server at `nats_url`, in a fresh temp dir.
+    pub fn start(nats_url: &str, roles: &[&str]) -> anyhow::Result<Self> {
+        let temp = tempfile::tempdir()?;
+        let dir = temp.path().to_owned();
+        Self::start_in(&dir, Some(temp), nats_url, roles)
+    }
+
+    /// Like [`Fleet::start`], in `dir` (kept after the fleet stops when `temp` is `None`).
+    pub fn start_in(
+        dir: &Path,
+        temp: Option<tempfile::TempDir>,
+        nats_url: &str,
+        roles: &[&str],
+    ) -> anyhow::Result<Self> {
+        let mut fleet = Fleet {
+            dir: dir.to_owned(),
+            _temp: temp,
+            nats_url: nats_url.to_owned(),
+            members: BTreeMap::new(),
+        };
+        for role in roles {
+            let member = fleet.lay_out(role)?;
+            fleet.members.insert((*role).to_owned(), member);
+        }
+        for role in roles {
+            fleet.start_agent(role)?;
+        }
+        fleet.wait_ready(Duration::from_secs(30))?;
+        Ok(fleet)
+    }
+
+    fn lay_out(&self, role: &str) -> anyhow::Result<Member> {
+        let port = crate::free_port();
+        let root = self.root(role);
+        let (state, secrets, logs) = (
+            self.dir.join("state").join(role),
+            self.dir.join("secrets").join(role),
+            self.dir.join("logs"),
+        );
+        for dir in [&root, &state, &secrets, &logs] {
+            std::fs::create_dir_all(dir)?;
+        }
+        let log_file = logs.join(format!("{role}.log"));
+        let legacy = std::fs::read_to_string(
+            crate::repo_root()
+                .join("deploy/demo/legacy")
+                .join(role)
+                .join("legacy.conf"),
+        )
+        .with_context(|| format!("legacy configuration of {role}"))?;
+        let legacy: String = legacy
+            .lines()
+            .map(|line| match line.split_once('=') {
+                Some(("listen_port", _)) => format!("listen_port={port}\n"),
+                Some(("log_file", _)) => format!("log_file={}\n", log_file.display()),
+                _ => format!("{line}\n"),
+            })
+            .collect();
+        std::fs::write(root.join("legacy.conf"), legacy)?;
+        std::fs::write(secrets.join("API_KEY"), format!("demo-{role}-key-123\n"))?;
+        let config = self.dir.join(format!("agent-{role}.toml"));
+        let sample = crate::binary("flotilla-sample");
+        std::fs::write(
+            &config,
+            format!(
+                r#"[nats]
+url = "{nats}"
+
+[agent]
+instance = "a"
+state_dir = "{state}"
+
+[service]
+name = "{role}"
+root = "{root}"
+command = ["{sample}", "--role", "{role}", "--root", "{root}"]
+health_url = "http://127.0.0.1:{port}/health"
+startup_timeout = "15s"
+
+[vars]
+port = "{port}"
+log_file = "{log}"
+
+[secrets]
+dir = "{secrets}"
+
+[commands]
+allow = ["true", "false", "sh"]
+"#,
+                nats = self.nats_url,
+                state = state.display(),
+                root = root.display(),
+                sample = sample.display(),
+                log = log_file.display(),
+                secrets = secrets.display(),
+            ),
+        )?;
+        Ok(Member {
+            port,
+            agent: None,
+            config,
+        })
+    }
+
+    /// Starts (or restarts) the agent of `role`.
+    pub fn start_agent(&mut self, role: &str) -> anyhow::Result<()> {
+        let output = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("agent-{role}.log")))?;
+        let member = self.members.get_mut(role).context("unknown role")?;
+        let child = Command::new(crate::binary("flotilla-agent"))
+            .arg("--config")
+            .arg(&member.config)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(output.try_clone()?)
+            .stderr(output)
+            .spawn()
+            .context("cannot start flotilla-agent")?;
+        member.agent = Some(child);
+        Ok(())
+    }
+
+    /// Stops the agent of `role` with SIGTERM (which stops its service too) and waits.
+    pub fn stop_agent(&mut self, role: &str) {
+        if let Some(mut child) = self.members.get_mut(role).and_then(|m| m.agent.take()) {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits until every agent answers presence.
+    pub fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let expected = self.members.len();
+        let mut seen = 0;
+        crate::wait_for("every agent to answer presence", timeout, || {
+            seen = self.agents().map(|a| a.len()).unwrap_or(0);
+            seen >= expected
+        })
+        .with_context(|| {
+            format!(
+                "{seen} of {expected} agents answered; agent logs in {}",
+                self.dir.display()
+            )
+        })
+    }
+
+    /// `flotilla agents --output json`, parsed.
+    pub fn agents(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let out = self.flotilla(&["agents", "--output", "json", "--discovery-window", "500ms"]);
+        anyhow::ensure!(
+            out.status.success(),
+            "flotilla agents failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// Runs the `flotilla` CLI against this fleet's NATS.
+    pub fn flotilla(&self, args: &[&str]) -> Output {
+        Command::new(crate::binary("flotilla"))
+            .args(args)
+            .env("FLOTILLA_NATS_URL", &self.nats_url)
+            .env("NO_COLOR", "1")
+            .current_dir(crate::repo_root())
+            .output()
+            .expect("flotilla runs")
+    }
+
+    /// The fleet's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The service root of `role`.
+    pub fn root(&self, role: &str) -> PathBuf {
+        self.dir.join("services").join(role)
+    }
+
+    /// The service's log file (outside its root, so a restore does not rewind it).
+    pub fn service_log(&self, role: &str) -> PathBuf {
+        self.dir.join("logs").join(format!("{role}.log"))
+    }
+
+    /// The HTTP port of `role`.
+    pub fn port(&self, role: &str) -> u16 {
+        self.members[role].port
+    }
+
+    /// GET /health of `role`: status and body.
+    pub fn health(&self, role: &str) -> Option<(u16, String)> {
+        crate::http_get(self.port(role), "/health")
+    }
+
+    /// Writes a plan into the fleet's directory and returns its path.
+    pub fn write_plan(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.join(name);
+        std::fs::write(&path, text).expect("plan written");
+        path
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        let roles: Vec<String> = self.members.keys().cloned().collect();
+        for role in roles {
+            self.stop_agent(&role);
+        }
+    }
+}
