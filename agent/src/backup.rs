@@ -22,6 +22,8 @@ pub enum BackupError {
         available: u64,
         dir: PathBuf,
     },
+    #[error("the backup would take {needed} bytes, over the agent's max_backup_bytes of {limit}")]
+    OverLimit { needed: u64, limit: u64 },
     #[error("no backup for command {0}")]
     Missing(CommandId),
     #[error("backup manifest {path} is unreadable")]
@@ -47,6 +49,7 @@ pub enum BackupError {
 #[derive(Debug, Clone)]
 pub struct BackupStore {
     dir: PathBuf,
+    max_bytes: Option<u64>,
 }
 
 /// A complete, durable backup.
@@ -61,7 +64,13 @@ impl BackupStore {
     pub fn new(state_dir: &Path) -> Self {
         Self {
             dir: state_dir.join("backups"),
+            max_bytes: None,
         }
+    }
+
+    /// Refuses backups larger than `max_bytes`.
+    pub fn with_limit(self, max_bytes: Option<u64>) -> Self {
+        Self { max_bytes, ..self }
     }
 
     fn path(&self, id: CommandId) -> PathBuf {
@@ -109,6 +118,11 @@ impl BackupStore {
             .filter_map(|e| e.metadata().ok())
             .map(|m| m.len().div_ceil(4096) * 4096 + 4096)
             .sum();
+        if let Some(limit) = self.max_bytes
+            && needed > limit
+        {
+            return Err(BackupError::OverLimit { needed, limit });
+        }
         let stat =
             rustix::fs::statvfs(&self.dir).map_err(|e| io("statvfs", &self.dir, e.into()))?;
         let available = stat.f_bavail.saturating_mul(stat.f_frsize);

@@ -85,6 +85,10 @@ pub struct AgentSection {
     pub instance: InstanceId,
     /// Where the journal and the backups live. Must survive restarts.
     pub state_dir: PathBuf,
+    /// The largest backup the agent may take; a bigger service root is refused before any
+    /// change. Unset: limited by the free space only.
+    #[serde(default)]
+    pub max_backup_bytes: Option<u64>,
 }
 
 /// The service this agent looks after.

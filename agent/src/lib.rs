@@ -6,6 +6,7 @@
 pub mod backup;
 pub mod config;
 mod confine;
+pub mod crashpoint;
 mod events;
 mod health;
 pub mod journal;
@@ -60,7 +61,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         config.agent.state_dir.join("service-output.log"),
         http.clone(),
     );
-    let backups = BackupStore::new(&config.agent.state_dir);
+    let backups =
+        BackupStore::new(&config.agent.state_dir).with_limit(config.agent.max_backup_bytes);
     let mut lifecycle = Lifecycle {
         config,
         journal,

@@ -6,8 +6,8 @@
 use std::time::{Duration, Instant};
 
 use flotilla_schemas::{
-    Action, Command, CommandId, HttpCheck, Measurements, Outcome, Phase, PhaseReport, PhaseStatus,
-    RunResult, Step,
+    Action, Command, CommandId, GateReport, Gates, HttpCheck, Measurements, Outcome, Phase,
+    PhaseReport, PhaseStatus, RunResult, Step,
 };
 use time::OffsetDateTime;
 
@@ -18,7 +18,7 @@ use crate::journal::{Journal, JournalError, Record};
 use crate::steps::{self, RootDir};
 use crate::supervisor::Supervisor;
 use crate::template::Renderer;
-use crate::{confine, health, metrics};
+use crate::{confine, crashpoint, health, metrics};
 
 /// A failure of the phase named in it; its message becomes the result's reason.
 struct PhaseFailure {
@@ -110,14 +110,20 @@ impl Lifecycle {
         self.journal.append(Record::Accepted {
             command: command.clone(),
         })?;
+        crashpoint::reached(&self.config.agent.state_dir, "accepted");
         let mut tracker = Tracker {
             events,
             command: &command,
             phases: Vec::new(),
         };
         let result = match &command.action {
-            Action::Migrate { steps, health } => {
-                self.migrate(&command, steps, health, &mut tracker).await?
+            Action::Migrate {
+                steps,
+                health,
+                gates,
+            } => {
+                self.migrate(&command, steps, health, gates, &mut tracker)
+                    .await?
             }
             Action::Rollback { migration } => {
                 self.rollback_migration(&command, *migration, &mut tracker)
@@ -158,6 +164,7 @@ impl Lifecycle {
         command: &Command,
         steps: &[Step],
         checks: &[HttpCheck],
+        gates: &Gates,
         tracker: &mut Tracker<'_>,
     ) -> Result<RunResult, JournalError> {
         let mut measurements = Measurements::default();
@@ -195,8 +202,10 @@ impl Lifecycle {
         measurements.backup_files = Some(backup.manifest.files());
         measurements.backup_bytes = Some(backup.manifest.bytes());
         self.journal.append(Record::BackedUp { command_id: id })?;
+        crashpoint::reached(&self.config.agent.state_dir, "backed_up");
         self.journal.append(Record::Applying { command_id: id })?;
 
+        let mut gate_reports = Vec::new();
         let change = async {
             tracker
                 .run(Phase::Apply, self.apply(steps, &rendered))
@@ -206,26 +215,26 @@ impl Lifecycle {
                     self.supervisor.restart().await.map_err(|e| error_chain(&e))
                 })
                 .await?;
+            crashpoint::reached(&self.config.agent.state_dir, "restarted");
             measurements.startup_ms_after = Some(startup.as_millis() as u64);
-            tracker
-                .run(Phase::Validate, self.validate(command, checks))
-                .await?;
-            measurements.rss_bytes_after = self.supervisor.pid().and_then(metrics::tree_rss);
+            let validation =
+                self.validate(command, checks, gates, &mut measurements, &mut gate_reports);
+            tracker.run(Phase::Validate, validation).await?;
+            crashpoint::reached(&self.config.agent.state_dir, "validated");
             Ok::<_, PhaseFailure>(())
         };
-        match change.await {
-            Ok(()) => Ok(RunResult {
-                phases: tracker.phases.clone(),
-                ..result(command, Outcome::Succeeded, None, measurements)
-            }),
+        let finished = match change.await {
+            Ok(()) => result(command, Outcome::Succeeded, None, measurements),
             Err(failure) => {
                 let (outcome, reason) = self.roll_back(&backup, failure.to_string(), tracker).await;
-                Ok(RunResult {
-                    phases: tracker.phases.clone(),
-                    ..result(command, outcome, Some(reason), measurements)
-                })
+                result(command, outcome, Some(reason), measurements)
             }
-        }
+        };
+        Ok(RunResult {
+            phases: tracker.phases.clone(),
+            gates: gate_reports,
+            ..finished
+        })
     }
 
     /// Checks everything that can be checked before a change: paths, allowed programs, that
@@ -336,11 +345,22 @@ impl Lifecycle {
                     .map_err(|e| error_chain(&e)),
             };
             outcome.map_err(at)?;
+            if index == 0 {
+                crashpoint::reached(&self.config.agent.state_dir, "applying");
+            }
         }
         Ok(())
     }
 
-    async fn validate(&self, command: &Command, checks: &[HttpCheck]) -> Result<(), String> {
+    /// Health checks, then the regression gates against the baseline.
+    async fn validate(
+        &self,
+        command: &Command,
+        checks: &[HttpCheck],
+        gates: &Gates,
+        measurements: &mut Measurements,
+        reports: &mut Vec<GateReport>,
+    ) -> Result<(), String> {
         let default_check;
         let checks = if checks.is_empty() {
             default_check = [HttpCheck {
@@ -362,7 +382,23 @@ impl Lifecycle {
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        Ok(())
+        measurements.rss_bytes_after = self.supervisor.pid().and_then(metrics::tree_rss);
+        *reports = evaluate_gates(gates, measurements);
+        let tripped: Vec<String> = reports
+            .iter()
+            .filter(|g| !g.passed)
+            .map(|g| {
+                format!(
+                    "{} regression: {} after, {} before, limit {}",
+                    g.gate, g.after, g.before, g.limit
+                )
+            })
+            .collect();
+        if tripped.is_empty() {
+            Ok(())
+        } else {
+            Err(tripped.join("; "))
+        }
     }
 
     /// Restores `backup`, restarts the service and proves it healthy.
@@ -543,6 +579,42 @@ impl Lifecycle {
     }
 }
 
+/// Compares the figures after the change with the baseline. A gate without both figures is not
+/// evaluated (e.g. no startup baseline when the agent could not start the service itself).
+fn evaluate_gates(gates: &Gates, m: &Measurements) -> Vec<GateReport> {
+    let gate = |name: &str, before: Option<u64>, after: Option<u64>, pct: f64, slack: u64| {
+        let (before, after) = (before?, after?);
+        let limit =
+            ((before as f64 * (1.0 + pct / 100.0)) as u64).max(before.saturating_add(slack));
+        Some(GateReport {
+            gate: name.to_owned(),
+            before,
+            after,
+            limit,
+            passed: after <= limit,
+        })
+    };
+    [
+        gate(
+            "startup_ms",
+            m.startup_ms_before,
+            m.startup_ms_after,
+            gates.startup_max_increase_pct,
+            gates.startup_slack_ms,
+        ),
+        gate(
+            "memory_bytes",
+            m.rss_bytes_before,
+            m.rss_bytes_after,
+            gates.memory_max_increase_pct,
+            gates.memory_slack_bytes,
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
 impl std::fmt::Display for PhaseFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.phase.as_str(), self.reason)
@@ -566,6 +638,7 @@ fn result(
         reason,
         phases: Vec::new(),
         measurements,
+        gates: Vec::new(),
         replayed: false,
     }
 }
@@ -595,4 +668,36 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gates_trip_only_past_both_the_relative_limit_and_the_slack() {
+        let gates = Gates::default();
+        let m = |before, after| Measurements {
+            startup_ms_before: Some(before),
+            startup_ms_after: Some(after),
+            ..Default::default()
+        };
+        // +40% but only 20 ms: within the 100 ms slack.
+        assert!(evaluate_gates(&gates, &m(50, 70))[0].passed);
+        // Twice a one-second start: tripped.
+        let report = &evaluate_gates(&gates, &m(1000, 2000))[0];
+        assert!(!report.passed);
+        assert_eq!(report.limit, 1200);
+        // No baseline: not evaluated.
+        assert!(
+            evaluate_gates(
+                &gates,
+                &Measurements {
+                    startup_ms_after: Some(5),
+                    ..Default::default()
+                }
+            )
+            .is_empty()
+        );
+    }
 }

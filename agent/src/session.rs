@@ -214,6 +214,7 @@ async fn refuse_undecodable(
         reason: Some(error_chain(error)),
         phases: Vec::new(),
         measurements: Measurements::default(),
+        gates: Vec::new(),
         replayed: false,
     };
     if let Err(e) = events.result(&result).await {

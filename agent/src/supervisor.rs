@@ -41,17 +41,21 @@ pub struct Supervisor {
     http: reqwest::Client,
     child: Option<Child>,
     last_startup: Option<Duration>,
+    pid_file: PathBuf,
 }
 
 impl Supervisor {
     /// A supervisor for `service`; its stdout and stderr go to `output_log`.
+    /// The PID file (beside `output_log`) lets a restarted agent find a service that outlived it.
     pub fn new(service: ServiceConfig, output_log: PathBuf, http: reqwest::Client) -> Self {
+        let pid_file = output_log.with_file_name("service.pid");
         Self {
             service,
             output_log,
             http,
             child: None,
             last_startup: None,
+            pid_file,
         }
     }
 
@@ -84,6 +88,7 @@ impl Supervisor {
             .command
             .split_first()
             .expect("config check: command is not empty");
+        self.stop_orphan(program).await;
         let started = Instant::now();
         let child = Command::new(program)
             .args(args)
@@ -99,6 +104,9 @@ impl Supervisor {
                 source,
             })?;
         tracing::info!(pid = child.id(), %program, "service started");
+        if let Some(pid) = child.id() {
+            let _ = std::fs::write(&self.pid_file, pid.to_string());
+        }
         self.child = Some(child);
         let elapsed = self.wait_serving(started).await?;
         self.last_startup = Some(elapsed);
@@ -135,11 +143,50 @@ impl Supervisor {
         }
     }
 
+    /// A service started by an agent that was then killed (kill -9 leaves children running) still
+    /// holds its port and runs the old files: stop it before starting a new one. The PID file is
+    /// trusted only while that process still runs our program.
+    async fn stop_orphan(&self, program: &str) {
+        let Some(pid) = std::fs::read_to_string(&self.pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+        else {
+            return;
+        };
+        let running_ours = |pid: i32| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let zombie = stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+            !zombie && cmdline.split(|b| *b == 0).next() == Some(program.as_bytes())
+        };
+        if self.child.as_ref().and_then(Child::id) == Some(pid as u32) || !running_ours(pid) {
+            return;
+        }
+        tracing::warn!(pid, "stopping a service left running by a previous agent");
+        let Some(target) = Pid::from_raw(pid) else {
+            return;
+        };
+        let _ = kill_process(target, Signal::TERM);
+        let deadline = Instant::now() + self.service.stop_timeout;
+        while running_ours(pid) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if running_ours(pid) {
+            let _ = kill_process(target, Signal::KILL);
+            while running_ours(pid) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
     /// Stops the service: SIGTERM, then SIGKILL after the stop timeout.
     pub async fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;
         };
+        let _ = std::fs::remove_file(&self.pid_file);
         if let Some(pid) = child.id().and_then(|id| Pid::from_raw(id as i32)) {
             let _ = kill_process(pid, Signal::TERM);
         }

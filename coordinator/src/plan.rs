@@ -18,7 +18,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use flotilla_schemas::{HttpCheck, ServiceName, Step};
+use flotilla_schemas::{Gates, HttpCheck, ServiceName, Step};
 use serde::Deserialize;
 
 /// Why a plan was refused.
@@ -54,6 +54,9 @@ pub struct Plan {
     /// Checks for every service that declares none of its own.
     #[serde(rename = "health", default)]
     pub default_health: Vec<HttpCheck>,
+    /// Regression gates for every service that declares none of its own.
+    #[serde(rename = "gates", default)]
+    pub default_gates: Gates,
     #[serde(rename = "service")]
     pub services: Vec<ServicePlan>,
 }
@@ -83,6 +86,9 @@ pub struct ServicePlan {
     /// Checks after the migration; none means the agent's configured health check.
     #[serde(default)]
     pub health: Vec<HttpCheck>,
+    /// Regression gates; absent means the plan's `[gates]`.
+    #[serde(default)]
+    pub gates: Option<Gates>,
 }
 
 impl Plan {
@@ -118,6 +124,9 @@ impl Plan {
             }
             if service.health.is_empty() {
                 service.health = plan.default_health.clone();
+            }
+            if service.gates.is_none() {
+                service.gates = Some(plan.default_gates.clone());
             }
         }
         plan.check().map_err(|reason| PlanError::Rule {

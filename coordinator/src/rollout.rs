@@ -110,6 +110,7 @@ impl<P: ProgressSink> Rollout<'_, P> {
             let action = Action::Migrate {
                 steps: service_plan.steps.clone(),
                 health: service_plan.health.clone(),
+                gates: service_plan.gates.clone().unwrap_or_default(),
             };
             let command = self.command(run_id, target, action);
             reports.push(ServiceReport {

@@ -5,10 +5,10 @@ mod presence;
 mod progress;
 mod result;
 
-pub use command::{Action, Command, CommandSchema, HttpCheck, Step};
+pub use command::{Action, Command, CommandSchema, Gates, HttpCheck, Step};
 pub use presence::{AgentState, Presence, PresenceSchema};
 pub use progress::{Phase, PhaseStatus, Progress, ProgressSchema};
-pub use result::{Measurements, Outcome, PhaseReport, ResultSchema, RunResult};
+pub use result::{GateReport, Measurements, Outcome, PhaseReport, ResultSchema, RunResult};
 
 use schemars::JsonSchema;
 use serde::{Serialize, de::DeserializeOwned};

@@ -45,6 +45,9 @@ pub enum Action {
         /// Health checks after the migration; empty means the agent's configured check.
         #[serde(default)]
         health: Vec<HttpCheck>,
+        /// Regression limits against the baseline taken before the change.
+        #[serde(default)]
+        gates: Gates,
     },
     /// Restore the backup taken by an earlier migrate command of the same run.
     Rollback { migration: CommandId },
@@ -105,6 +108,50 @@ pub struct HttpCheck {
     pub body_contains: Option<String>,
     #[serde(default = "default_check_timeout_ms")]
     pub timeout_ms: u64,
+}
+
+/// Regression gates: the migrated service may be at most this much slower to start and this
+/// much larger in memory than before (T006: +20 % startup, +15 % memory). A gate trips only when
+/// both the relative limit and the absolute slack are exceeded, so that a 50 ms start that
+/// jitters by 12 ms does not roll a fleet back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Gates {
+    #[serde(default = "default_startup_pct")]
+    pub startup_max_increase_pct: f64,
+    #[serde(default = "default_startup_slack_ms")]
+    pub startup_slack_ms: u64,
+    #[serde(default = "default_memory_pct")]
+    pub memory_max_increase_pct: f64,
+    #[serde(default = "default_memory_slack_bytes")]
+    pub memory_slack_bytes: u64,
+}
+
+impl Default for Gates {
+    fn default() -> Self {
+        Self {
+            startup_max_increase_pct: default_startup_pct(),
+            startup_slack_ms: default_startup_slack_ms(),
+            memory_max_increase_pct: default_memory_pct(),
+            memory_slack_bytes: default_memory_slack_bytes(),
+        }
+    }
+}
+
+fn default_startup_pct() -> f64 {
+    20.0
+}
+
+fn default_startup_slack_ms() -> u64 {
+    100
+}
+
+fn default_memory_pct() -> f64 {
+    15.0
+}
+
+fn default_memory_slack_bytes() -> u64 {
+    4 * 1024 * 1024
 }
 
 fn default_expect_status() -> u16 {

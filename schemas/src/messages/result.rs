@@ -68,6 +68,18 @@ pub struct Measurements {
     pub backup_bytes: Option<u64>,
 }
 
+/// One regression gate's verdict, with its figures whether it passed or not.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct GateReport {
+    /// `startup` or `memory`.
+    pub gate: String,
+    pub before: u64,
+    pub after: u64,
+    /// The highest `after` that passes.
+    pub limit: u64,
+    pub passed: bool,
+}
+
 /// The terminal report of one command.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RunResult {
@@ -87,6 +99,9 @@ pub struct RunResult {
     pub phases: Vec<PhaseReport>,
     #[serde(default)]
     pub measurements: Measurements,
+    /// Regression gates evaluated during validation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<GateReport>,
     /// True when this result was re-sent for a command the agent had already handled.
     #[serde(default)]
     pub replayed: bool,
