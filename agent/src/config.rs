@@ -155,6 +155,14 @@ pub struct CommandPolicy {
     pub allow: Vec<String>,
 }
 
+/// `FLOTILLA_<SECTION>__<KEY>` variables only: other `FLOTILLA_…` variables (secrets such as
+/// `FLOTILLA_SECRET_API_KEY`, `FLOTILLA_AGENT_CONFIG`) are not configuration keys.
+fn section_overrides() -> std::collections::HashMap<String, String> {
+    std::env::vars()
+        .filter(|(name, _)| name.starts_with("FLOTILLA_") && name.contains("__"))
+        .collect()
+}
+
 impl AgentConfig {
     /// Loads `path`, then applies `FLOTILLA_…` environment overrides.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -168,7 +176,8 @@ impl AgentConfig {
                 config::Environment::with_prefix("FLOTILLA")
                     .prefix_separator("_")
                     .separator("__")
-                    .try_parsing(true),
+                    .try_parsing(true)
+                    .source(Some(section_overrides())),
             )
             .build()
             .map_err(|source| ConfigError::Load {

@@ -77,40 +77,56 @@ impl Tracker<'_> {
     }
 }
 
+/// What [`Lifecycle::accept`] decided.
+pub enum Acceptance {
+    /// Already answered: publish this result.
+    Done(Box<RunResult>),
+    /// Journalled: go on with [`Lifecycle::execute`].
+    Proceed,
+}
+
 /// Content of `write_file` steps after placeholders are resolved, in step order.
 type Rendered = Vec<Option<String>>;
 
 impl Lifecycle {
-    /// Handles a command that is not in the journal yet, or re-sends the stored result of one
-    /// that is. Returns the result to publish.
-    pub async fn handle(
-        &mut self,
-        command: Command,
-        events: &Events,
-    ) -> Result<RunResult, JournalError> {
+    /// Journals a new command, or answers at once for one that is already known (its stored
+    /// result, marked replayed) or must be refused. Once this returns `Proceed`, the journal owns
+    /// the command: the broker may forget it, a crash is recovered from the journal.
+    pub fn accept(&mut self, command: &Command) -> Result<Acceptance, JournalError> {
         if let Some(result) = self
             .journal
             .get(command.command_id)
             .and_then(|e| e.result.clone())
         {
             tracing::info!(command_id = %command.command_id, "command already handled, re-sending its result");
-            return Ok(RunResult {
+            return Ok(Acceptance::Done(Box::new(RunResult {
                 replayed: true,
                 ..result
-            });
+            })));
         }
-        if let Some(reason) = self.refusal(&command) {
-            let result = refused(&command, reason, Vec::new());
-            self.journal.append(Record::Accepted { command })?;
+        if let Some(reason) = self.refusal(command) {
+            let result = refused(command, reason, Vec::new());
+            self.journal.append(Record::Accepted {
+                command: command.clone(),
+            })?;
             self.journal.append(Record::Finished {
                 result: result.clone(),
             })?;
-            return Ok(result);
+            return Ok(Acceptance::Done(Box::new(result)));
         }
         self.journal.append(Record::Accepted {
             command: command.clone(),
         })?;
         crashpoint::reached(&self.config.agent.state_dir, "accepted");
+        Ok(Acceptance::Proceed)
+    }
+
+    /// Carries out a command that [`Lifecycle::accept`] took; returns its journalled result.
+    pub async fn execute(
+        &mut self,
+        command: Command,
+        events: &Events,
+    ) -> Result<RunResult, JournalError> {
         let mut tracker = Tracker {
             events,
             command: &command,

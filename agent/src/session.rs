@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events::Events;
 use crate::journal::Record;
-use crate::lifecycle::{Lifecycle, error_chain};
+use crate::lifecycle::{Acceptance, Lifecycle, error_chain};
 
 /// Why the session ended with an error.
 #[derive(Debug, thiserror::Error)]
@@ -142,9 +142,19 @@ pub async fn serve(
         );
         let span = tracing::info_span!("command", run_id = %command.run_id, command_id = %command.command_id);
         let _enter = span.enter();
-        // Once the journal holds the command, it owns it: ack now so the broker stops redelivering;
-        // a crash from here on is recovered from the journal, not from the broker.
-        let handled = lifecycle.handle(command, &events).await;
+        let handled = match lifecycle.accept(&command) {
+            Ok(Acceptance::Done(result)) => Ok(*result),
+            Ok(Acceptance::Proceed) => {
+                // The journal owns the command now: ack so the broker stops redelivering it. A
+                // crash from here on is recovered from the journal; a redelivery anyway (acks
+                // are not durable across a broker crash) is answered from it.
+                if let Err(e) = message.double_ack().await {
+                    tracing::warn!(error = %e, "ack not confirmed; a redelivery will be answered from the journal");
+                }
+                lifecycle.execute(command, &events).await
+            }
+            Err(e) => Err(e),
+        };
         let result = match handled {
             Ok(result) => result,
             Err(e) => {
@@ -152,7 +162,7 @@ pub async fn serve(
                 return Err(e.into());
             }
         };
-        let _ = message.double_ack().await;
+        let _ = message.ack().await;
         publish_result(&mut lifecycle, &events, &result).await?;
         drop(_enter);
         set_status(&status, AgentState::Idle, None, lifecycle.supervisor.pid());

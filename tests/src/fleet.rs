@@ -16,6 +16,7 @@ struct Member {
     port: u16,
     agent: Option<Child>,
     config: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 /// Sample services with sidecar agents, stopped on drop.
@@ -29,33 +30,41 @@ pub struct Fleet {
 impl Fleet {
     /// Lays out and starts `roles` against the NATS server at `nats_url`, in a fresh temp dir.
     pub fn start(nats_url: &str, roles: &[&str]) -> anyhow::Result<Self> {
-        let temp = tempfile::tempdir()?;
-        let dir = temp.path().to_owned();
-        Self::start_in(&dir, Some(temp), nats_url, roles)
+        Self::start_with_env(nats_url, roles, &[])
     }
 
-    /// Like [`Fleet::start`], in `dir` (kept after the fleet stops when `temp` is `None`).
-    pub fn start_in(
-        dir: &Path,
-        temp: Option<tempfile::TempDir>,
+    /// Like [`Fleet::start`], with extra environment for every agent (e.g. `FLOTILLA_AGENT__…`
+    /// overrides or a test crash point).
+    pub fn start_with_env(
         nats_url: &str,
         roles: &[&str],
+        env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
+        let temp = tempfile::tempdir()?;
+        let dir = temp.path().to_owned();
         let mut fleet = Fleet {
-            dir: dir.to_owned(),
-            _temp: temp,
+            dir,
+            _temp: Some(temp),
             nats_url: nats_url.to_owned(),
             members: BTreeMap::new(),
         };
-        for role in roles {
-            let member = fleet.lay_out(role)?;
-            fleet.members.insert((*role).to_owned(), member);
-        }
-        for role in roles {
-            fleet.start_agent(role)?;
-        }
-        fleet.wait_ready(Duration::from_secs(30))?;
+        fleet.launch(roles, env)?;
         Ok(fleet)
+    }
+
+    fn launch(&mut self, roles: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
+        for role in roles {
+            let mut member = self.lay_out(role)?;
+            member.env = env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            self.members.insert((*role).to_owned(), member);
+        }
+        for role in roles {
+            self.start_agent(role)?;
+        }
+        self.wait_ready(Duration::from_secs(30))
     }
 
     fn lay_out(&self, role: &str) -> anyhow::Result<Member> {
@@ -128,6 +137,7 @@ allow = ["true", "false", "sh"]
             port,
             agent: None,
             config,
+            env: Vec::new(),
         })
     }
 
@@ -142,6 +152,7 @@ allow = ["true", "false", "sh"]
             .arg("--config")
             .arg(&member.config)
             .env("NO_COLOR", "1")
+            .envs(member.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(output.try_clone()?)
             .stderr(output)
@@ -149,6 +160,39 @@ allow = ["true", "false", "sh"]
             .context("cannot start flotilla-agent")?;
         member.agent = Some(child);
         Ok(())
+    }
+
+    /// Forgets the extra environment of `role`'s agent, for its next start.
+    pub fn clear_agent_env(&mut self, role: &str) {
+        if let Some(member) = self.members.get_mut(role) {
+            member.env.clear();
+        }
+    }
+
+    /// Kills the agent of `role` with SIGKILL: no clean-up, its service keeps running.
+    pub fn kill_agent(&mut self, role: &str) {
+        if let Some(mut child) = self.members.get_mut(role).and_then(|m| m.agent.take()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts `flotilla` in the background (stdout piped), for tests that act during a run.
+    pub fn spawn_flotilla(&self, args: &[&str]) -> Child {
+        Command::new(crate::binary("flotilla"))
+            .args(args)
+            .env("FLOTILLA_NATS_URL", &self.nats_url)
+            .env("NO_COLOR", "1")
+            .current_dir(crate::repo_root())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("flotilla starts")
+    }
+
+    /// The NATS URL the fleet uses.
+    pub fn nats_url(&self) -> &str {
+        &self.nats_url
     }
 
     /// Stops the agent of `role` with SIGTERM (which stops its service too) and waits.

@@ -109,11 +109,22 @@ fn main() -> anyhow::Result<()> {
             .args(["-f", "-c", "%T"])
             .arg(work.path()),
     )?;
+    // `stat -f` cannot tell ext4 from ext2/ext3 (one magic number); `df` reads the mount table.
+    let mount_type = command(Command::new("df").arg("--output=fstype").arg(work.path()))?;
+    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("# flotilla-bench-backup\n");
     println!(
-        "- machine: {} CPUs (`nproc`), kernel {} (`uname -r`), {fs_type} at {}",
+        "- machine: {} CPUs (`nproc`), kernel {} (`uname -r`), load average {} at the end",
         command(&mut Command::new("nproc"))?,
         command(Command::new("uname").arg("-r"))?,
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+    );
+    println!(
+        "- file system: {fs_type} (`stat -f -c %T`), {} (`df`), at {}",
+        mount_type.lines().last().unwrap_or("?"),
         work.path().display(),
     );
     println!(

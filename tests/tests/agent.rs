@@ -1,0 +1,297 @@
+//! The agent's promises, end to end: crash safety at every phase, regression gates, at-most-once
+//! application, and refusals that change nothing.
+
+use std::time::Duration;
+
+use flotilla_schemas::subjects::Subjects;
+use flotilla_schemas::{
+    Action, Command, CommandId, InstanceId, RunId, RunResult, ServiceName, Step, decode, encode,
+};
+use flotilla_tests::{Fleet, NatsServer, snapshot, wait_for};
+use futures::StreamExt;
+use serde_json::Value;
+
+/// The T006 migration of one service (the demo plan's steps).
+const MIGRATE_INFERENCE: &str = r#"
+name = "inference-to-standard"
+command_timeout = "60s"
+[[service]]
+name = "inference"
+[[service.step]]
+action = "write_file"
+path = "config/service.toml"
+content = """
+[service]
+name = "inference"
+environment = "demo"
+[server]
+host = "127.0.0.1"
+port = ${var:port}
+[logging]
+format = "json"
+level = "info"
+file = "${var:log_file}"
+"""
+[[service.step]]
+action = "delete"
+path = "legacy.conf"
+"#;
+
+fn report_of(out: &std::process::Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// kill -9 of the agent at `point`, then a restart: the service must end byte-identical to
+/// before, healthy, and the coordinator must hear what happened.
+fn crash_at(point: &str, expected_status: &str) {
+    let nats = NatsServer::start().unwrap();
+    let mut fleet = Fleet::start_with_env(
+        nats.url(),
+        &["inference"],
+        &[(flotilla_agent::crashpoint::ENV, point)],
+    )
+    .unwrap();
+    let before = snapshot(&fleet.root("inference"));
+    let plan = fleet.write_plan("plan.toml", MIGRATE_INFERENCE);
+    let run = fleet.spawn_flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"]);
+
+    let marker = fleet
+        .dir()
+        .join("state/inference")
+        .join(format!("crashpoint-{point}"));
+    wait_for(
+        &format!("the agent to reach {point}"),
+        Duration::from_secs(30),
+        || marker.exists(),
+    )
+    .unwrap();
+    fleet.kill_agent("inference");
+    fleet.clear_agent_env("inference");
+    fleet.start_agent("inference").unwrap();
+
+    let out = run.wait_with_output().unwrap();
+    let report = report_of(&out);
+    let service = &report["services"][0];
+    assert_eq!(
+        service["status"], expected_status,
+        "crash at {point}: {report:#}"
+    );
+    assert!(
+        service["reason"].as_str().unwrap().contains("interrupted"),
+        "{report:#}"
+    );
+    assert_eq!(
+        snapshot(&fleet.root("inference")),
+        before,
+        "crash at {point} left a changed tree"
+    );
+    let (status, body) = fleet
+        .health("inference")
+        .expect("service answers after recovery");
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("\"layout\":\"legacy\""),
+        "crash at {point}: {body}"
+    );
+}
+
+#[test]
+fn kill_9_after_accepting_changes_nothing() {
+    crash_at("accepted", "refused");
+}
+
+#[test]
+fn kill_9_after_the_backup_restores() {
+    crash_at("backed_up", "rolled_back");
+}
+
+#[test]
+fn kill_9_in_the_middle_of_apply_restores() {
+    crash_at("applying", "rolled_back");
+}
+
+#[test]
+fn kill_9_after_the_restart_restores_and_stops_the_orphaned_service() {
+    crash_at("restarted", "rolled_back");
+}
+
+#[test]
+fn kill_9_after_validation_restores() {
+    crash_at("validated", "rolled_back");
+}
+
+#[test]
+fn twice_slower_start_or_twice_the_memory_trips_the_gates_with_figures() {
+    let nats = NatsServer::start().unwrap();
+    let fleet = Fleet::start(nats.url(), &["inference", "ingest"]).unwrap();
+    let before_inference = snapshot(&fleet.root("inference"));
+    let before_ingest = snapshot(&fleet.root("ingest"));
+    let plan = r#"
+name = "regressions"
+on_failure = "leave"
+[[service]]
+name = "inference"
+[[service.step]]
+action = "replace_text"
+path = "legacy.conf"
+find = "startup_delay_ms=0"
+replace = "startup_delay_ms=600"
+[[service]]
+name = "ingest"
+[[service.step]]
+action = "replace_text"
+path = "legacy.conf"
+find = "extra_memory_mb=0"
+replace = "extra_memory_mb=64"
+"#;
+    let plan = fleet.write_plan("regress.toml", plan);
+    let out = fleet.flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"]);
+    let report = report_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{report:#}");
+    for (role, gate) in [("inference", "startup_ms"), ("ingest", "memory_bytes")] {
+        let service = report["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["service"] == role)
+            .unwrap();
+        assert_eq!(service["status"], "rolled_back", "{service:#}");
+        assert!(
+            service["reason"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("{gate} regression")),
+            "{service:#}"
+        );
+        let m = &service["measurements"];
+        let (before, after) = match gate {
+            "startup_ms" => (
+                m["startup_ms_before"].as_u64().unwrap(),
+                m["startup_ms_after"].as_u64().unwrap(),
+            ),
+            _ => (
+                m["rss_bytes_before"].as_u64().unwrap(),
+                m["rss_bytes_after"].as_u64().unwrap(),
+            ),
+        };
+        assert!(after >= 2 * before, "{role}: {before} -> {after}");
+    }
+    assert_eq!(snapshot(&fleet.root("inference")), before_inference);
+    assert_eq!(snapshot(&fleet.root("ingest")), before_ingest);
+}
+
+#[test]
+fn a_backup_over_the_quota_is_refused_before_any_change() {
+    let nats = NatsServer::start().unwrap();
+    let fleet = Fleet::start_with_env(
+        nats.url(),
+        &["preprocess"],
+        &[("FLOTILLA_AGENT__MAX_BACKUP_BYTES", "100")],
+    )
+    .unwrap();
+    let before = snapshot(&fleet.root("preprocess"));
+    let plan = fleet.write_plan(
+        "quota.toml",
+        "name = \"q\"\n[[service]]\nname = \"preprocess\"\n[[service.step]]\naction = \"delete\"\npath = \"legacy.conf\"\n",
+    );
+    let out = fleet.flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"]);
+    let report = report_of(&out);
+    let service = &report["services"][0];
+    assert_eq!(service["status"], "refused", "{report:#}");
+    assert!(
+        service["reason"]
+            .as_str()
+            .unwrap()
+            .contains("max_backup_bytes"),
+        "{report:#}"
+    );
+    assert_eq!(snapshot(&fleet.root("preprocess")), before);
+}
+
+/// The same command delivered twice (a coordinator re-send or a broker redelivery): applied
+/// once, answered twice, the second answer marked as a replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicated_command_is_applied_once() {
+    let nats = NatsServer::start().unwrap();
+    let fleet = tokio::task::block_in_place(|| Fleet::start(nats.url(), &["training"]).unwrap());
+    let client = async_nats::connect(fleet.nats_url()).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    let subjects = Subjects::default();
+    let (service, instance) = (
+        ServiceName::parse("training").unwrap(),
+        InstanceId::parse("a").unwrap(),
+    );
+    let now = time::OffsetDateTime::now_utc();
+    let command = Command {
+        schema: Default::default(),
+        command_id: CommandId::new(),
+        run_id: RunId::new(),
+        service: service.clone(),
+        instance: instance.clone(),
+        issued_at: now,
+        expires_at: now + Duration::from_secs(60),
+        action: Action::Migrate {
+            steps: vec![Step::RunCommand {
+                program: "sh".into(),
+                args: vec!["-c".into(), "echo applied >> counter.txt".into()],
+                timeout_ms: 5000,
+                env: Default::default(),
+            }],
+            health: Vec::new(),
+            gates: Default::default(),
+        },
+    };
+    let events = js.get_stream(subjects.events_stream()).await.unwrap();
+    let consumer = events
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            filter_subject: subjects.event(&command.run_id, &service, &instance),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    // Two distinct message IDs, so the broker's own deduplication does not hide the copy.
+    for copy in 0..2 {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            "Nats-Msg-Id",
+            format!("{}-{copy}", command.command_id).as_str(),
+        );
+        let subject = subjects.command(&service, &instance);
+        js.publish_with_headers(subject, headers, encode(&command).into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let mut results: Vec<RunResult> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while results.len() < 2 {
+        let message = tokio::time::timeout_at(deadline, messages.next())
+            .await
+            .expect("two results")
+            .unwrap()
+            .unwrap();
+        if let Ok(result) = decode::<RunResult>(&message.payload) {
+            results.push(result);
+        }
+    }
+    assert_eq!(
+        results[0].outcome,
+        flotilla_schemas::Outcome::Succeeded,
+        "{:?}",
+        results[0]
+    );
+    assert!(!results[0].replayed);
+    assert!(results[1].replayed, "the second answer must be a replay");
+    assert_eq!(results[1].outcome, results[0].outcome);
+    let counter = std::fs::read_to_string(fleet.root("training").join("counter.txt")).unwrap();
+    assert_eq!(counter, "applied\n", "the step ran more than once");
+    tokio::task::block_in_place(|| drop(fleet));
+}
