@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use flotilla_schemas::{HTTP_CORRELATION_HEADER, HttpCheck, RunId};
+use flotilla_telemetry::error_chain;
 
 /// How often a check is retried until its deadline.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -86,15 +87,4 @@ pub async fn check(
             Err(_) => tokio::time::sleep(POLL_INTERVAL).await,
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

@@ -27,7 +27,7 @@ use flotilla_schemas::subjects::Subjects;
 use tokio_util::sync::CancellationToken;
 
 pub use config::AgentConfig;
-pub use lifecycle::error_chain;
+pub use flotilla_telemetry::error_chain;
 
 use crate::backup::BackupStore;
 use crate::journal::Journal;

@@ -19,6 +19,7 @@ use crate::steps::{self, RootDir};
 use crate::supervisor::Supervisor;
 use crate::template::Renderer;
 use crate::{confine, crashpoint, health, metrics};
+use flotilla_telemetry::error_chain;
 
 /// A failure of the phase named in it; its message becomes the result's reason.
 struct PhaseFailure {
@@ -669,21 +670,6 @@ fn refused(command: &Command, reason: String, phases: Vec<PhaseReport>) -> RunRe
             Measurements::default(),
         )
     }
-}
-
-/// An error and its sources on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events::Events;
 use crate::journal::Record;
-use crate::lifecycle::{Acceptance, Lifecycle, error_chain};
+use crate::lifecycle::{Acceptance, Lifecycle};
+use flotilla_telemetry::error_chain;
 
 /// Why the session ended with an error.
 #[derive(Debug, thiserror::Error)]

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use flotilla_bus::BusOptions;
 use flotilla_schemas::subjects::Subjects;
 use flotilla_schemas::{PhaseStatus, Progress, RunResult};
+use flotilla_telemetry::error_chain;
 
 pub use cli::{Cli, CommandKind, OutputFormat};
 pub use report::{RunReport, ServiceReport, ServiceStatus};
@@ -35,20 +36,6 @@ pub async fn run(cli: Cli) -> u8 {
 fn fail(code: u8, message: impl std::fmt::Display) -> u8 {
     eprintln!("error: {message}");
     code
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 async fn connect(cli: &Cli) -> Result<(async_nats::Client, Subjects), u8> {

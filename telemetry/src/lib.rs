@@ -43,3 +43,19 @@ fn use_colour() -> bool {
 pub struct TelemetryGuard {
     _private: (),
 }
+
+/// An error and its sources on one line (`a: b: c`), skipping a source whose text its parent
+/// already shows, for log fields and reasons sent to the coordinator.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
