@@ -85,3 +85,43 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
         .unwrap_or_default();
     Some((status, body))
 }
+
+/// A plan's `[[service.step]]` that writes `role`'s configuration in the standard layout (T006's
+/// unified `config/service.toml`), with `behaviour` appended as its `[behaviour]` table when not
+/// empty (the sample service's test knobs, e.g. `fail_health = true`).
+pub fn standard_config_step(role: &str, behaviour: &str) -> String {
+    let behaviour = if behaviour.is_empty() {
+        String::new()
+    } else {
+        format!("[behaviour]\n{behaviour}\n")
+    };
+    format!(
+        r#"[[service.step]]
+action = "write_file"
+path = "config/service.toml"
+content = """
+[service]
+name = "{role}"
+environment = "demo"
+[server]
+host = "127.0.0.1"
+port = ${{var:port}}
+[logging]
+format = "json"
+level = "info"
+file = "${{var:log_file}}"
+{behaviour}"""
+"#
+    )
+}
+
+/// Parses a command's stdout as JSON, showing stdout and stderr when it is not.
+pub fn json_stdout(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}

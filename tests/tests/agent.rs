@@ -7,44 +7,16 @@ use flotilla_schemas::subjects::Subjects;
 use flotilla_schemas::{
     Action, Command, CommandId, InstanceId, RunId, RunResult, ServiceName, Step, decode, encode,
 };
-use flotilla_tests::{Fleet, NatsServer, snapshot, wait_for};
+use flotilla_tests::{Fleet, NatsServer, json_stdout, snapshot, standard_config_step, wait_for};
 use futures::StreamExt;
-use serde_json::Value;
 
 /// The T006 migration of one service (the demo plan's steps).
-const MIGRATE_INFERENCE: &str = r#"
-name = "inference-to-standard"
-command_timeout = "60s"
-[[service]]
-name = "inference"
-[[service.step]]
-action = "write_file"
-path = "config/service.toml"
-content = """
-[service]
-name = "inference"
-environment = "demo"
-[server]
-host = "127.0.0.1"
-port = ${var:port}
-[logging]
-format = "json"
-level = "info"
-file = "${var:log_file}"
-"""
-[[service.step]]
-action = "delete"
-path = "legacy.conf"
-"#;
-
-fn report_of(out: &std::process::Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
+fn migrate_inference_plan() -> String {
+    format!(
+        "name = \"inference-to-standard\"\ncommand_timeout = \"60s\"\n[[service]]\nname = \"inference\"\n{}{}",
+        standard_config_step("inference", ""),
+        "[[service.step]]\naction = \"delete\"\npath = \"legacy.conf\"\n"
+    )
 }
 
 /// kill -9 of the agent at `point`, then a restart: the service must end byte-identical to
@@ -58,7 +30,7 @@ fn crash_at(point: &str, expected_status: &str) {
     )
     .unwrap();
     let before = snapshot(&fleet.root("inference"));
-    let plan = fleet.write_plan("plan.toml", MIGRATE_INFERENCE);
+    let plan = fleet.write_plan("plan.toml", &migrate_inference_plan());
     let run = fleet.spawn_flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"]);
 
     let marker = fleet
@@ -76,7 +48,7 @@ fn crash_at(point: &str, expected_status: &str) {
     fleet.start_agent("inference").unwrap();
 
     let out = run.wait_with_output().unwrap();
-    let report = report_of(&out);
+    let report = json_stdout(&out);
     let service = &report["services"][0];
     assert_eq!(
         service["status"], expected_status,
@@ -152,7 +124,7 @@ replace = "extra_memory_mb=64"
 "#;
     let plan = fleet.write_plan("regress.toml", plan);
     let out = fleet.flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"]);
-    let report = report_of(&out);
+    let report = json_stdout(&out);
     assert_eq!(out.status.code(), Some(1), "{report:#}");
     for (role, gate) in [("inference", "startup_ms"), ("ingest", "memory_bytes")] {
         let service = report["services"]
@@ -201,7 +173,7 @@ fn a_backup_over_the_quota_is_refused_before_any_change() {
         "name = \"q\"\n[[service]]\nname = \"preprocess\"\n[[service.step]]\naction = \"delete\"\npath = \"legacy.conf\"\n",
     );
     let out = fleet.flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"]);
-    let report = report_of(&out);
+    let report = json_stdout(&out);
     let service = &report["services"][0];
     assert_eq!(service["status"], "refused", "{report:#}");
     assert!(

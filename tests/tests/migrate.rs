@@ -3,18 +3,10 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use flotilla_tests::{Fleet, NatsServer, ROLES, repo_root, snapshot};
+use flotilla_tests::{
+    Fleet, NatsServer, ROLES, json_stdout, repo_root, snapshot, standard_config_step,
+};
 use serde_json::Value;
-
-fn json(out: &std::process::Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
 
 fn service<'a>(report: &'a Value, name: &str) -> &'a Value {
     report["services"]
@@ -31,7 +23,7 @@ fn the_demo_plan_moves_all_five_services_to_the_standard_layout() {
     let fleet = Fleet::start(nats.url(), &ROLES).unwrap();
     let plan = repo_root().join("deploy/demo/plan.toml");
     let out = fleet.flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"]);
-    let report = json(&out);
+    let report = json_stdout(&out);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -84,30 +76,11 @@ fn the_demo_plan_moves_all_five_services_to_the_standard_layout() {
     }
 }
 
-const BREAK_INFERENCE: &str = r#"
-name = "breaks-inference"
-command_timeout = "30s"
-
-[[service]]
-name = "inference"
-[[service.step]]
-action = "write_file"
-path = "config/service.toml"
-content = """
-[service]
-name = "inference"
-environment = "demo"
-[server]
-host = "127.0.0.1"
-port = ${var:port}
-[logging]
-format = "json"
-level = "info"
-file = "${var:log_file}"
-[behaviour]
-fail_health = true
-"""
-[[service.step]]
+fn break_inference_plan() -> String {
+    format!(
+        "name = \"breaks-inference\"\ncommand_timeout = \"30s\"\n\n[[service]]\nname = \"inference\"\n{}{}",
+        standard_config_step("inference", "fail_health = true"),
+        r#"[[service.step]]
 action = "delete"
 path = "legacy.conf"
 [[service.health]]
@@ -120,7 +93,9 @@ action = "replace_text"
 path = "legacy.conf"
 find = "batch_size"
 replace = "batch_size_renamed"
-"#;
+"#
+    )
+}
 
 #[test]
 fn a_service_that_fails_validation_is_restored_byte_identical_and_the_run_rolls_back() {
@@ -128,9 +103,9 @@ fn a_service_that_fails_validation_is_restored_byte_identical_and_the_run_rolls_
     let fleet = Fleet::start(nats.url(), &["inference", "ingest"]).unwrap();
     let before_inference = snapshot(&fleet.root("inference"));
     let before_ingest = snapshot(&fleet.root("ingest"));
-    let plan = fleet.write_plan("break.toml", BREAK_INFERENCE);
+    let plan = fleet.write_plan("break.toml", &break_inference_plan());
     let out = fleet.flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"]);
-    let report = json(&out);
+    let report = json_stdout(&out);
     assert_eq!(out.status.code(), Some(1), "{report:#}");
     assert_eq!(report["status"], "failed");
     assert_eq!(report["finalized"], false);
@@ -196,7 +171,7 @@ fn a_refused_step_changes_nothing_and_says_why() {
             &format!("name = \"refused\"\n[[service]]\nname = \"training\"\n[[service.step]]\naction = \"{action}\"\n{fields}\n"),
         );
         let out = fleet.flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"]);
-        let report = json(&out);
+        let report = json_stdout(&out);
         assert_eq!(out.status.code(), Some(1), "{report:#}");
         let training = service(&report, "training");
         assert_eq!(training["status"], "refused");
@@ -223,7 +198,7 @@ fn an_agent_that_does_not_answer_in_time_is_reported_timed_out() {
     );
     let started = std::time::Instant::now();
     let out = fleet.flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"]);
-    let report = json(&out);
+    let report = json_stdout(&out);
     assert_eq!(out.status.code(), Some(6), "{report:#}");
     assert_eq!(service(&report, "execution")["status"], "timed_out");
     assert!(
