@@ -15,3 +15,6 @@ pub const BUS: u8 = 4;
 pub const ROLLBACK_FAILED: u8 = 5;
 /// At least one agent did not answer in time (its service's state is unknown).
 pub const TIMED_OUT: u8 = 6;
+/// The run was cancelled (Ctrl-C or `flotilla cancel`): nothing more was dispatched, and
+/// `flotilla resume RUN` finishes it.
+pub const CANCELLED: u8 = 7;

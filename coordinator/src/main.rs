@@ -1,6 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -16,5 +17,7 @@ async fn main() -> ExitCode {
         }
     };
     let _telemetry = flotilla_telemetry::init(flotilla_telemetry::LogFormat::Text, "warn");
-    ExitCode::from(flotilla_coordinator::run(cli).await)
+    let shutdown = CancellationToken::new();
+    tokio::spawn(flotilla_coordinator::cancel_on_interrupt(shutdown.clone()));
+    ExitCode::from(flotilla_coordinator::run(cli, shutdown).await)
 }

@@ -1,9 +1,18 @@
-//! Migration plans: TOML files that say which services change, how, and how to check them.
+//! Migration plans: TOML files that say which services change, how, in which waves, and how to
+//! check them. `docs/plan-reference.md` documents every key.
 //!
 //! ```toml
 //! name = "t006-standard-config"
 //! command_timeout = "2m"     # how long one service may take, from dispatch to result
-//! on_failure = "rollback"    # or "leave": what happens to services that succeeded
+//! on_failure = "rollback"    # or "leave" / "continue": what happens once the budget is broken
+//! failure_budget = 0         # failed services tolerated (a count, or "10%")
+//! max_parallel = 4           # services migrating at once inside a wave
+//!
+//! [[wave]]
+//! name = "canary"
+//! services = ["inference"]
+//! [[wave]]
+//! name = "rest"              # no `services` and no `size`: every service not yet placed
 //!
 //! [[service]]
 //! name = "inference"
@@ -11,15 +20,21 @@
 //! action = "write_file"
 //! path = "config/service.toml"
 //! content = "..."
-//! [[service.health]]
-//! body_contains = '"layout":"standard"'
 //! ```
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
 
-use flotilla_schemas::{Gates, HttpCheck, ServiceName, Step};
-use serde::Deserialize;
+use flotilla_schemas::{Check, Gates, HttpCheck, Precondition, ServiceName, Step};
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+mod amount;
+mod waves;
+
+pub use amount::Amount;
 
 /// Why a plan was refused.
 #[derive(Debug, thiserror::Error)]
@@ -31,212 +46,391 @@ pub enum PlanError {
     },
     #[error("invalid plan {path}: {message}")]
     Parse { path: String, message: String },
-    #[error("invalid plan {path}: {reason}")]
-    Rule { path: String, reason: String },
+    /// A rule between keys was broken; `at` names the line and key when known.
+    #[error("invalid plan {path}: {at}{reason}")]
+    Rule {
+        path: String,
+        at: String,
+        reason: String,
+    },
 }
 
-/// A parsed, checked plan.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A parsed, checked plan, with its waves resolved.
+#[derive(Debug, Clone)]
 pub struct Plan {
     pub name: String,
-    #[serde(default)]
     pub description: Option<String>,
-    /// How long one service may take from dispatch to its result.
-    #[serde(default = "default_command_timeout", with = "humantime_serde")]
+    /// How long one service may take from dispatch to its result, unless it says otherwise.
     pub command_timeout: Duration,
-    /// What happens to the services that succeeded when another one fails.
-    #[serde(default)]
+    /// What happens once the failure budget is broken.
     pub on_failure: OnFailure,
-    /// Steps for every service that declares none of its own.
-    #[serde(rename = "step", default)]
-    pub default_steps: Vec<Step>,
-    /// Checks for every service that declares none of its own.
-    #[serde(rename = "health", default)]
-    pub default_health: Vec<HttpCheck>,
-    /// Regression gates for every service that declares none of its own.
-    #[serde(rename = "gates", default)]
-    pub default_gates: Gates,
-    #[serde(rename = "service")]
+    /// Failed services the run tolerates before it stops.
+    pub failure_budget: Amount,
+    /// Services migrating at once inside a wave, unless the wave says otherwise; `None` is no cap.
+    pub max_parallel: Option<u32>,
+    /// Every service, each with the plan-level defaults filled in.
     pub services: Vec<ServicePlan>,
+    /// The waves, in order; every service is in exactly one.
+    pub waves: Vec<Wave>,
 }
+
+/// What to do when the failure budget is broken.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// Stop dispatching and roll back every migrated service, latest wave first (the default):
+    /// the fleet ends where it started.
+    #[default]
+    Rollback,
+    /// Stop dispatching and leave the migrated services as they are (not finalized, so
+    /// `flotilla rollback` can still restore them).
+    Leave,
+    /// Go on with the remaining waves; nothing is finalized when the run ends over budget.
+    Continue,
+}
+
+impl OnFailure {
+    /// The value as written in plans.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnFailure::Rollback => "rollback",
+            OnFailure::Leave => "leave",
+            OnFailure::Continue => "continue",
+        }
+    }
+}
+
+/// What happens to one service (every instance of it).
+#[derive(Debug, Clone)]
+pub struct ServicePlan {
+    pub name: ServiceName,
+    pub steps: Vec<Step>,
+    /// Checks after the migration; none means the agent's configured health check.
+    pub health: Vec<HttpCheck>,
+    pub gates: Gates,
+    /// What must hold before anything changes.
+    pub preconditions: Vec<Precondition>,
+    /// Functional checks after the health checks.
+    pub checks: Vec<Check>,
+    /// Services that must be migrated in an earlier wave.
+    pub depends_on: Vec<ServiceName>,
+    /// This service's own `command_timeout`.
+    pub command_timeout: Duration,
+}
+
+/// One wave: services migrated together, at most `max_parallel` at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Wave {
+    pub name: String,
+    pub services: Vec<ServiceName>,
+    /// `None`: no cap.
+    pub max_parallel: Option<u32>,
+}
+
+/// The file as written, with the positions of the keys that rules talk about.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlan {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    command_timeout: Option<Spanned<HumanDuration>>,
+    #[serde(default)]
+    on_failure: OnFailure,
+    #[serde(default)]
+    failure_budget: Option<Spanned<Amount>>,
+    #[serde(default)]
+    max_parallel: Option<Spanned<u32>>,
+    #[serde(rename = "step", default)]
+    default_steps: Vec<Step>,
+    #[serde(rename = "health", default)]
+    default_health: Vec<HttpCheck>,
+    #[serde(rename = "gates", default)]
+    default_gates: Gates,
+    #[serde(rename = "precondition", default)]
+    default_preconditions: Vec<Precondition>,
+    #[serde(rename = "check", default)]
+    default_checks: Vec<Check>,
+    #[serde(rename = "wave", default)]
+    waves: Vec<RawWave>,
+    #[serde(rename = "service", default)]
+    services: Vec<RawService>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWave {
+    name: Spanned<String>,
+    #[serde(default)]
+    services: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    size: Option<Spanned<Amount>>,
+    #[serde(default)]
+    max_parallel: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: Spanned<ServiceName>,
+    #[serde(rename = "step", default)]
+    steps: Vec<Step>,
+    #[serde(default)]
+    health: Vec<HttpCheck>,
+    #[serde(default)]
+    gates: Option<Gates>,
+    #[serde(rename = "precondition", default)]
+    preconditions: Vec<Precondition>,
+    #[serde(rename = "check", default)]
+    checks: Vec<Check>,
+    #[serde(default)]
+    depends_on: Vec<Spanned<String>>,
+    #[serde(default)]
+    command_timeout: Option<Spanned<HumanDuration>>,
+}
+
+/// A duration written the humantime way (`"90s"`, `"2m"`).
+#[derive(Debug, Clone, Copy)]
+struct HumanDuration(Duration);
+
+/// A broken rule: where (a byte range of the text and the key's name) and why.
+#[derive(Debug)]
+struct RuleError {
+    span: Option<Range<usize>>,
+    key: String,
+    reason: String,
+}
+
+/// The shortest `command_timeout` accepted.
+const MIN_COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn default_command_timeout() -> Duration {
     Duration::from_secs(120)
 }
 
-/// What to do with the rest of the run when a service fails.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OnFailure {
-    /// Roll back every service that was migrated (the default): the fleet ends where it started.
-    #[default]
-    Rollback,
-    /// Leave the services that succeeded migrated.
-    Leave,
-}
-
-/// What happens to one service (every instance of it).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServicePlan {
-    pub name: ServiceName,
-    #[serde(rename = "step", default)]
-    pub steps: Vec<Step>,
-    /// Checks after the migration; none means the agent's configured health check.
-    #[serde(default)]
-    pub health: Vec<HttpCheck>,
-    /// Regression gates; absent means the plan's `[gates]`.
-    #[serde(default)]
-    pub gates: Option<Gates>,
-}
+// === impl Plan ===
 
 impl Plan {
     /// Reads and checks the plan at `path`.
     pub fn load(path: &Path) -> Result<Self, PlanError> {
-        let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| PlanError::Read {
-            path: shown.clone(),
+            path: path.display().to_string(),
             source,
         })?;
-        Self::parse(&text).map_err(|e| match e {
-            PlanError::Parse { message, .. } => PlanError::Parse {
-                path: shown.clone(),
-                message,
-            },
-            PlanError::Rule { reason, .. } => PlanError::Rule {
-                path: shown.clone(),
-                reason,
-            },
-            other => other,
-        })
+        Self::parse_named(&text, &path.display().to_string())
     }
 
     /// Parses and checks plan text.
     pub fn parse(text: &str) -> Result<Self, PlanError> {
-        let mut plan: Plan = toml::from_str(text).map_err(|e| PlanError::Parse {
-            path: String::new(),
+        Self::parse_named(text, "(text)")
+    }
+
+    /// Parses and checks plan text; errors name it `path`.
+    pub fn parse_named(text: &str, path: &str) -> Result<Self, PlanError> {
+        let raw: RawPlan = toml::from_str(text).map_err(|e| PlanError::Parse {
+            path: path.to_owned(),
             message: e.to_string().trim_end().replace('\n', "\n  "),
         })?;
-        for service in &mut plan.services {
-            if service.steps.is_empty() {
-                service.steps = plan.default_steps.clone();
-            }
-            if service.health.is_empty() {
-                service.health = plan.default_health.clone();
-            }
-            if service.gates.is_none() {
-                service.gates = Some(plan.default_gates.clone());
-            }
-        }
-        plan.check().map_err(|reason| PlanError::Rule {
-            path: String::new(),
-            reason,
-        })?;
-        Ok(plan)
+        Self::from_raw(raw).map_err(|e| PlanError::Rule {
+            path: path.to_owned(),
+            at: match &e.span {
+                Some(span) => format!("line {}, key {}: ", line_of(text, span.start), e.key),
+                None if e.key.is_empty() => String::new(),
+                None => format!("key {}: ", e.key),
+            },
+            reason: e.reason,
+        })
     }
 
-    fn check(&self) -> Result<(), String> {
-        if self.services.is_empty() {
-            return Err("the plan names no [[service]]".into());
+    fn from_raw(raw: RawPlan) -> Result<Self, RuleError> {
+        let command_timeout = match &raw.command_timeout {
+            Some(t) => checked_timeout(t, "command_timeout")?,
+            None => default_command_timeout(),
+        };
+        let max_parallel = raw
+            .max_parallel
+            .as_ref()
+            .map(|m| checked_parallel(m, "max_parallel"))
+            .transpose()?;
+        if raw.services.is_empty() {
+            return Err(RuleError::plain("the plan names no [[service]]"));
         }
-        let mut seen = std::collections::BTreeSet::new();
-        for service in &self.services {
-            if !seen.insert(&service.name) {
-                return Err(format!("service {} appears twice", service.name));
-            }
-            if service.steps.is_empty() {
-                return Err(format!(
-                    "service {} has no steps: give it [[service.step]] or the plan [[step]]",
-                    service.name
+        let mut services = Vec::new();
+        let mut seen = BTreeSet::new();
+        for (i, s) in raw.services.iter().enumerate() {
+            let name = s.name.get_ref().clone();
+            if !seen.insert(name.clone()) {
+                return Err(RuleError::at(
+                    &s.name,
+                    format!("service[{i}].name"),
+                    format!("service {name} appears twice"),
                 ));
             }
+            let steps = if s.steps.is_empty() {
+                raw.default_steps.clone()
+            } else {
+                s.steps.clone()
+            };
+            if steps.is_empty() {
+                return Err(RuleError::at(
+                    &s.name,
+                    format!("service[{i}]"),
+                    format!(
+                        "service {name} has no steps: give it [[service.step]] or the plan [[step]]"
+                    ),
+                ));
+            }
+            let command_timeout = match &s.command_timeout {
+                Some(t) => checked_timeout(t, &format!("service[{i}].command_timeout"))?,
+                None => command_timeout,
+            };
+            services.push(ServicePlan {
+                name,
+                steps,
+                health: or_default(&s.health, &raw.default_health),
+                gates: s.gates.clone().unwrap_or_else(|| raw.default_gates.clone()),
+                preconditions: or_default(&s.preconditions, &raw.default_preconditions),
+                checks: or_default(&s.checks, &raw.default_checks),
+                depends_on: Vec::new(),
+                command_timeout,
+            });
         }
-        if self.command_timeout < Duration::from_secs(1) {
-            return Err("command_timeout must be at least 1s".into());
+        for (i, s) in raw.services.iter().enumerate() {
+            for (j, dep) in s.depends_on.iter().enumerate() {
+                let key = format!("service[{i}].depends_on[{j}]");
+                let known = ServiceName::parse(dep.get_ref().as_str())
+                    .ok()
+                    .filter(|d| seen.contains(d));
+                let Some(dep_name) = known else {
+                    return Err(RuleError::at(
+                        dep,
+                        key,
+                        format!(
+                            "service {} depends on {:?}, which is not a [[service]] of this plan",
+                            s.name.get_ref(),
+                            dep.get_ref()
+                        ),
+                    ));
+                };
+                if &dep_name == s.name.get_ref() {
+                    return Err(RuleError::at(
+                        dep,
+                        key,
+                        format!("service {dep_name} depends on itself"),
+                    ));
+                }
+                services[i].depends_on.push(dep_name);
+            }
         }
-        Ok(())
+        if let Some(budget) = &raw.failure_budget
+            && let Amount::Percent(p) = budget.get_ref()
+            && !(0.0..=100.0).contains(p)
+        {
+            return Err(RuleError::at(
+                budget,
+                "failure_budget".into(),
+                "a percentage must be between 0% and 100%".into(),
+            ));
+        }
+        let waves = waves::resolve(&raw, &services, max_parallel)?;
+        Ok(Plan {
+            name: raw.name,
+            description: raw.description,
+            command_timeout,
+            on_failure: raw.on_failure,
+            failure_budget: raw
+                .failure_budget
+                .map(Spanned::into_inner)
+                .unwrap_or(Amount::Count(0)),
+            max_parallel,
+            services,
+            waves,
+        })
+    }
+
+    /// The plan of service `name`.
+    pub fn service(&self, name: &ServiceName) -> Option<&ServicePlan> {
+        self.services.iter().find(|s| &s.name == name)
+    }
+
+    /// The failures tolerated among `targets` agents.
+    pub fn allowed_failures(&self, targets: usize) -> usize {
+        self.failure_budget.of(targets, false)
     }
 }
+
+fn or_default<T: Clone>(own: &[T], plan: &[T]) -> Vec<T> {
+    if own.is_empty() {
+        plan.to_vec()
+    } else {
+        own.to_vec()
+    }
+}
+
+fn checked_timeout(t: &Spanned<HumanDuration>, key: &str) -> Result<Duration, RuleError> {
+    let value = t.get_ref().0;
+    if value < MIN_COMMAND_TIMEOUT {
+        return Err(RuleError::at(
+            t,
+            key.to_owned(),
+            "command_timeout must be at least 1s".into(),
+        ));
+    }
+    Ok(value)
+}
+
+fn checked_parallel(m: &Spanned<u32>, key: &str) -> Result<u32, RuleError> {
+    if *m.get_ref() == 0 {
+        return Err(RuleError::at(
+            m,
+            key.to_owned(),
+            "max_parallel must be at least 1 (leave it out for no cap)".into(),
+        ));
+    }
+    Ok(*m.get_ref())
+}
+
+/// The 1-based line of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset)
+        .map_or(0, |before| before.matches('\n').count())
+        + 1
+}
+
+// === impl RuleError ===
+
+impl RuleError {
+    fn at<T>(spanned: &Spanned<T>, key: String, reason: String) -> Self {
+        Self {
+            span: Some(spanned.span()),
+            key,
+            reason,
+        }
+    }
+
+    fn plain(reason: &str) -> Self {
+        Self {
+            span: None,
+            key: String::new(),
+            reason: reason.to_owned(),
+        }
+    }
+}
+
+// === impl HumanDuration ===
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(&text)
+            .map(HumanDuration)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e}")))
+    }
+}
+
+/// Services by name → their index in the plan, for wave resolution.
+type ServiceIndex = BTreeMap<ServiceName, usize>;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GOOD: &str = r#"
-name = "demo"
-command_timeout = "30s"
-
-[[service]]
-name = "inference"
-[[service.step]]
-action = "write_file"
-path = "config/service.toml"
-content = "x"
-[[service.step]]
-action = "restart"
-[[service.health]]
-body_contains = "standard"
-"#;
-
-    #[test]
-    fn parses_a_plan() {
-        let plan = Plan::parse(GOOD).unwrap();
-        assert_eq!(plan.command_timeout, Duration::from_secs(30));
-        assert_eq!(plan.on_failure, OnFailure::Rollback);
-        assert_eq!(plan.services[0].steps.len(), 2);
-        assert_eq!(plan.services[0].health[0].url, None);
-    }
-
-    #[test]
-    fn an_unknown_step_names_the_line_and_the_variants() {
-        let err = Plan::parse(&GOOD.replace("action = \"restart\"", "action = \"reboot\""))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("line 12"), "{err}");
-        assert!(err.contains("reboot"), "{err}");
-    }
-
-    #[test]
-    fn an_unknown_key_is_named() {
-        let err = Plan::parse(&GOOD.replace("command_timeout", "comand_timeout"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("comand_timeout"), "{err}");
-    }
-
-    #[test]
-    fn plan_level_steps_apply_to_services_without_their_own() {
-        let text = "name = \"x\"\n[[step]]\naction = \"restart\"\n[[health]]\nbody_contains = \"ok\"\n[[service]]\nname = \"a\"\n[[service]]\nname = \"b\"\n[[service.step]]\naction = \"delete\"\npath = \"f\"\n";
-        let plan = Plan::parse(text).unwrap();
-        assert_eq!(plan.services[0].steps, vec![Step::Restart]);
-        assert_eq!(plan.services[1].steps[0].name(), "delete");
-        assert_eq!(plan.services[1].health.len(), 1);
-    }
-
-    #[test]
-    fn rules_are_checked() {
-        let twice = format!(
-            "{GOOD}\n[[service]]\nname = \"inference\"\n[[service.step]]\naction = \"restart\"\n"
-        );
-        assert!(
-            Plan::parse(&twice)
-                .unwrap_err()
-                .to_string()
-                .contains("appears twice")
-        );
-        assert!(
-            Plan::parse("name = \"x\"\nservice = []\n")
-                .unwrap_err()
-                .to_string()
-                .contains("no [[service]]")
-        );
-        let bad_name = GOOD.replace("name = \"inference\"", "name = \"In.ference\"");
-        assert!(
-            Plan::parse(&bad_name)
-                .unwrap_err()
-                .to_string()
-                .contains("may only hold")
-        );
-    }
-}
+mod tests;

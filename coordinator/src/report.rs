@@ -1,16 +1,24 @@
-//! What a run produced, for people (a table) and machines (JSON).
+//! What a run produced, built from its record: a table for people, JSON for machines, Markdown
+//! (the migration guide) and JUnit XML for CI.
 
 use std::fmt::Write as _;
 
 use flotilla_schemas::{
-    CommandId, InstanceId, Measurements, Outcome, PhaseReport, RunId, ServiceName,
+    CommandId, GateReport, InstanceId, Measurements, Outcome, Phase, PhaseReport, PhaseStatus,
+    RunId, ServiceName,
 };
 use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::exit;
+use crate::store::{CommandRecord, RunRecord, Stage, TargetRecord, WaveStatus};
 
-/// How one service ended.
+pub use crate::store::RunStatus;
+
+mod junit;
+mod markdown;
+
+/// How one service ended (or stands, while the run goes on).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ServiceStatus {
@@ -18,13 +26,109 @@ pub enum ServiceStatus {
     RolledBack,
     RollbackFailed,
     Refused,
-    /// The agent did not report within the plan's `command_timeout`.
+    /// The agent did not report within the service's `command_timeout`.
     TimedOut,
     /// The command never reached the bus.
     NotDelivered,
+    /// Never dispatched: the run stopped before this service's turn (or has not reached it).
+    NotStarted,
+    /// Dispatched, no result yet.
+    InFlight,
 }
 
+/// Why a service failed, distinct for each cause (the failure taxonomy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The command never reached the bus.
+    NotDelivered,
+    /// No result within the deadline: the agent is silent or stuck.
+    TimedOut,
+    /// Refused before anything changed (precheck, precondition, stale or bad command).
+    Refused,
+    /// Backup, apply or restart failed; the agent rolled the service back.
+    FailedApply,
+    /// Health, functional checks or regression gates failed; the agent rolled it back.
+    FailedValidation,
+    /// The agent was interrupted mid-migration and restored the backup when it came back.
+    Interrupted,
+    /// The restore failed too: a human must look.
+    RollbackFailed,
+}
+
+/// One service instance's part of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceReport {
+    pub service: ServiceName,
+    pub instance: InstanceId,
+    pub wave: String,
+    pub status: ServiceStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<FailureKind>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The migrate command's ID (absent when it was never dispatched).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command_id: Option<CommandId>,
+    pub phases: Vec<PhaseReport>,
+    pub measurements: Measurements,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<GateReport>,
+    /// True when this service was restored from its backup and proved healthy after a
+    /// successful migration (a rehearsal, a fleet rollback): its rollback is tested.
+    pub rollback_validated: bool,
+    /// When the agent reported the restore, for a service rolled back after it had succeeded.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub rolled_back_at: Option<OffsetDateTime>,
+    /// True when the agent dropped its backup.
+    pub finalized: bool,
+}
+
+/// One wave in the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct WaveReport {
+    pub name: String,
+    pub status: WaveStatus,
+    pub max_parallel: Option<u32>,
+    pub services: Vec<String>,
+}
+
+/// The report of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub run_id: RunId,
+    pub plan: String,
+    pub status: RunStatus,
+    pub stage: Stage,
+    pub rehearsal: bool,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+    pub duration_ms: u64,
+    /// When the record was last written: a `running` run whose record stopped changing lost
+    /// its coordinator (`flotilla resume` it).
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    /// True when every migrated service's agent dropped its backup: the run is closed.
+    pub finalized: bool,
+    pub coordinator: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    pub waves: Vec<WaveReport>,
+    pub services: Vec<ServiceReport>,
+    /// The plan, for the migration guide.
+    #[serde(skip)]
+    plan_text: String,
+}
+
+// === impl ServiceStatus ===
+
 impl ServiceStatus {
+    /// The status as written in reports.
     pub fn as_str(self) -> &'static str {
         match self {
             ServiceStatus::Succeeded => "succeeded",
@@ -33,6 +137,8 @@ impl ServiceStatus {
             ServiceStatus::Refused => "refused",
             ServiceStatus::TimedOut => "timed_out",
             ServiceStatus::NotDelivered => "not_delivered",
+            ServiceStatus::NotStarted => "not_started",
+            ServiceStatus::InFlight => "in_flight",
         }
     }
 
@@ -47,46 +153,217 @@ impl ServiceStatus {
     }
 }
 
-/// One service instance's part of a run.
-#[derive(Debug, Clone, Serialize)]
-pub struct ServiceReport {
-    pub service: ServiceName,
-    pub instance: InstanceId,
-    pub status: ServiceStatus,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    pub command_id: CommandId,
-    pub phases: Vec<PhaseReport>,
-    pub measurements: Measurements,
+impl FailureKind {
+    /// The kind as written in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::NotDelivered => "not delivered",
+            FailureKind::TimedOut => "timed out",
+            FailureKind::Refused => "refused",
+            FailureKind::FailedApply => "failed apply",
+            FailureKind::FailedValidation => "failed validation",
+            FailureKind::Interrupted => "interrupted",
+            FailureKind::RollbackFailed => "rollback failed",
+        }
+    }
 }
 
-/// How the whole run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunStatus {
-    /// Every service migrated, validated and finalized.
-    Succeeded,
-    /// Something failed; see the services.
-    Failed,
+// === impl ServiceReport ===
+
+impl ServiceReport {
+    fn from_target(record: &RunRecord, target: &TargetRecord) -> Self {
+        let mut report = ServiceReport {
+            service: target.service.clone(),
+            instance: target.instance.clone(),
+            wave: record
+                .waves
+                .get(target.wave)
+                .map(|w| w.name.clone())
+                .unwrap_or_default(),
+            status: ServiceStatus::NotStarted,
+            failure: None,
+            reason: None,
+            command_id: None,
+            phases: Vec::new(),
+            measurements: Measurements::default(),
+            gates: Vec::new(),
+            rollback_validated: false,
+            rolled_back_at: None,
+            finalized: false,
+        };
+        let Some(migrate) = &target.migrate else {
+            if record.stage != Stage::Migrating || record.status != crate::store::RunStatus::Running
+            {
+                report.reason = Some("not started: the run stopped before its turn".into());
+            }
+            return report;
+        };
+        report.command_id = Some(migrate.command.command_id);
+        match (&migrate.result, &migrate.not_delivered) {
+            (None, Some(why)) => {
+                report.status = ServiceStatus::NotDelivered;
+                report.failure = Some(FailureKind::NotDelivered);
+                report.reason = Some(why.clone());
+            }
+            (None, None) if migrate.timed_out => {
+                report.status = ServiceStatus::TimedOut;
+                report.failure = Some(FailureKind::TimedOut);
+                report.reason =
+                    Some("no result within command_timeout: the agent is silent or stuck".into());
+            }
+            (None, None) => {
+                report.status = if migrate.sent_at.is_some() {
+                    ServiceStatus::InFlight
+                } else {
+                    ServiceStatus::NotStarted
+                };
+            }
+            (Some(result), _) => {
+                report.status = ServiceStatus::from_outcome(result.outcome);
+                report.reason = result.reason.clone();
+                report.phases = result.phases.clone();
+                report.measurements = result.measurements.clone();
+                report.gates = result.gates.clone();
+                report.failure = failure_kind(result.outcome, &result.phases);
+            }
+        }
+        if report.status == ServiceStatus::Succeeded
+            && let Some(rollback) = &target.rollback
+        {
+            report.apply_rollback(rollback);
+        }
+        report.finalized = target
+            .finalize
+            .as_ref()
+            .and_then(|f| f.result.as_ref())
+            .is_some_and(|r| r.outcome == Outcome::Finalized);
+        report
+    }
+
+    fn apply_rollback(&mut self, rollback: &CommandRecord) {
+        let cause = rollback
+            .cause
+            .clone()
+            .unwrap_or_else(|| "rolled back".into());
+        match (&rollback.result, rollback.timed_out) {
+            (Some(result), _) => {
+                self.phases.extend(result.phases.clone());
+                self.rolled_back_at = Some(result.at);
+                match result.outcome {
+                    Outcome::RolledBack => {
+                        self.status = ServiceStatus::RolledBack;
+                        self.rollback_validated = true;
+                        self.reason = Some(cause);
+                    }
+                    Outcome::RollbackFailed => {
+                        self.status = ServiceStatus::RollbackFailed;
+                        self.failure = Some(FailureKind::RollbackFailed);
+                        self.reason = result.reason.clone();
+                    }
+                    _ => {
+                        self.reason = Some(format!(
+                            "rollback {}: {}",
+                            result.outcome.as_str(),
+                            result.reason.clone().unwrap_or_default()
+                        ));
+                    }
+                }
+            }
+            (None, true) => {
+                self.status = ServiceStatus::TimedOut;
+                self.failure = Some(FailureKind::TimedOut);
+                self.reason = Some("rollback: no result within command_timeout".into());
+            }
+            (None, false) => {
+                self.reason = Some(format!("{cause} (rollback in flight)"));
+            }
+        }
+    }
 }
 
-/// The report of one run.
-#[derive(Debug, Clone, Serialize)]
-pub struct RunReport {
-    pub run_id: RunId,
-    pub plan: String,
-    pub status: RunStatus,
-    #[serde(with = "time::serde::rfc3339")]
-    pub started_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    pub finished_at: OffsetDateTime,
-    pub duration_ms: u64,
-    /// True when the agents dropped their backups: the run is closed.
-    pub finalized: bool,
-    pub services: Vec<ServiceReport>,
+/// When the run last moved: the header's last write, or the latest command sent or answered
+/// (those are written under the targets' own keys).
+fn last_activity(record: &RunRecord) -> OffsetDateTime {
+    record
+        .targets
+        .iter()
+        .flat_map(|t| [&t.migrate, &t.rollback, &t.finalize])
+        .flatten()
+        .flat_map(|c| [c.sent_at, c.result.as_ref().map(|r| r.at)])
+        .flatten()
+        .fold(record.updated_at, OffsetDateTime::max)
 }
+
+/// The failure taxonomy of one migrate result.
+fn failure_kind(outcome: Outcome, phases: &[PhaseReport]) -> Option<FailureKind> {
+    let failed = phases
+        .iter()
+        .find(|p| p.status == PhaseStatus::Failed && p.phase != Phase::Rollback)
+        .map(|p| p.phase);
+    match outcome {
+        Outcome::Succeeded | Outcome::Finalized => None,
+        Outcome::Refused => Some(FailureKind::Refused),
+        Outcome::RollbackFailed => Some(FailureKind::RollbackFailed),
+        Outcome::RolledBack => Some(match failed {
+            Some(Phase::Validate) => FailureKind::FailedValidation,
+            Some(Phase::Recover) | None => FailureKind::Interrupted,
+            Some(_) => FailureKind::FailedApply,
+        }),
+    }
+}
+
+// === impl RunReport ===
 
 impl RunReport {
+    /// The report of a run, from its record.
+    pub fn from_record(record: &RunRecord) -> Self {
+        let services: Vec<ServiceReport> = record
+            .targets
+            .iter()
+            .map(|t| ServiceReport::from_target(record, t))
+            .collect();
+        let end = record.finished_at.unwrap_or(record.updated_at);
+        let migrated = services
+            .iter()
+            .filter(|s| s.status == ServiceStatus::Succeeded || s.rollback_validated)
+            .count();
+        RunReport {
+            run_id: record.run_id,
+            plan: record.plan_name.clone(),
+            status: record.status,
+            stage: record.stage,
+            rehearsal: record.rehearse,
+            started_at: record.started_at,
+            finished_at: record.finished_at,
+            duration_ms: (end - record.started_at).whole_milliseconds().max(0) as u64,
+            updated_at: last_activity(record),
+            finalized: migrated > 0 && services.iter().all(|s| s.finalized),
+            coordinator: record.coordinator.clone(),
+            notes: record.notes.clone(),
+            waves: record
+                .waves
+                .iter()
+                .map(|w| WaveReport {
+                    name: w.name.clone(),
+                    status: w.status,
+                    max_parallel: w.max_parallel,
+                    services: w
+                        .targets
+                        .iter()
+                        .map(|&t| {
+                            format!(
+                                "{}/{}",
+                                record.targets[t].service, record.targets[t].instance
+                            )
+                        })
+                        .collect(),
+                })
+                .collect(),
+            services,
+            plan_text: record.plan_text.clone(),
+        }
+    }
+
     /// The exit code this run deserves: the most serious status wins.
     pub fn exit_code(&self) -> u8 {
         let has = |s: ServiceStatus| self.services.iter().any(|r| r.status == s);
@@ -94,10 +371,14 @@ impl RunReport {
             exit::ROLLBACK_FAILED
         } else if has(ServiceStatus::TimedOut) || has(ServiceStatus::NotDelivered) {
             exit::TIMED_OUT
-        } else if self.status == RunStatus::Succeeded {
-            exit::OK
         } else {
-            exit::FAILED
+            match self.status {
+                RunStatus::Succeeded | RunStatus::Rehearsed | RunStatus::Running => exit::OK,
+                RunStatus::Cancelled => exit::CANCELLED,
+                RunStatus::SucceededWithFailures | RunStatus::Failed | RunStatus::RolledBack => {
+                    exit::FAILED
+                }
+            }
         }
     }
 
@@ -111,6 +392,13 @@ impl RunReport {
             .max()
             .unwrap_or(7)
             .max(7);
+        let wave_width = self
+            .services
+            .iter()
+            .map(|s| s.wave.len())
+            .max()
+            .unwrap_or(4)
+            .max(4);
         let _ = writeln!(
             out,
             "run {} ({}): {}",
@@ -118,10 +406,13 @@ impl RunReport {
             self.plan,
             self.status_text()
         );
+        for note in &self.notes {
+            let _ = writeln!(out, "  note: {note}");
+        }
         let _ = writeln!(
             out,
-            "{:width$}  {:15}  {:>8}  {:>8}  reason",
-            "SERVICE", "STATUS", "TIME", "STARTUP"
+            "{:width$}  {:wave_width$}  {:15}  {:>8}  {:>8}  reason",
+            "SERVICE", "WAVE", "STATUS", "TIME", "STARTUP"
         );
         for s in &self.services {
             let total: u64 = s.phases.iter().map(|p| p.duration_ms).sum();
@@ -130,35 +421,81 @@ impl RunReport {
                 .startup_ms_after
                 .map(|ms| format!("{ms}ms"))
                 .unwrap_or_else(|| "-".into());
+            let reason = match (s.failure, s.reason.as_deref()) {
+                (Some(kind), Some(reason)) => format!("[{}] {reason}", kind.as_str()),
+                (Some(kind), None) => format!("[{}]", kind.as_str()),
+                (None, reason) => reason.unwrap_or("").to_owned(),
+            };
             let _ = writeln!(
                 out,
-                "{:width$}  {:15}  {:>8}  {:>8}  {}",
+                "{:width$}  {:wave_width$}  {:15}  {:>8}  {:>8}  {}",
                 format!("{}/{}", s.service, s.instance),
+                s.wave,
                 s.status.as_str(),
                 format!("{total}ms"),
                 startup,
-                s.reason.as_deref().unwrap_or(""),
+                reason,
             );
         }
-        let _ = writeln!(out, "finished in {:.1}s", self.duration_ms as f64 / 1000.0);
+        let _ = writeln!(out, "took {:.1}s", self.duration_ms as f64 / 1000.0);
         out
     }
 
+    fn count(&self, status: ServiceStatus) -> usize {
+        self.services.iter().filter(|r| r.status == status).count()
+    }
+
     fn status_text(&self) -> String {
-        let count = |s: ServiceStatus| self.services.iter().filter(|r| r.status == s).count();
+        let count = |s| self.count(s);
+        let tally = format!(
+            "{} succeeded, {} rolled back, {} refused, {} timed out, {} rollback failed, {} not started",
+            count(ServiceStatus::Succeeded),
+            count(ServiceStatus::RolledBack),
+            count(ServiceStatus::Refused),
+            count(ServiceStatus::TimedOut) + count(ServiceStatus::NotDelivered),
+            count(ServiceStatus::RollbackFailed),
+            count(ServiceStatus::NotStarted),
+        );
         match self.status {
             RunStatus::Succeeded => format!(
                 "succeeded, {} service(s) migrated and finalized",
                 self.services.len()
             ),
-            RunStatus::Failed => format!(
-                "FAILED: {} succeeded, {} rolled back, {} refused, {} timed out, {} rollback failed",
-                count(ServiceStatus::Succeeded),
-                count(ServiceStatus::RolledBack),
-                count(ServiceStatus::Refused),
-                count(ServiceStatus::TimedOut) + count(ServiceStatus::NotDelivered),
-                count(ServiceStatus::RollbackFailed),
+            RunStatus::Rehearsed => format!(
+                "rehearsed: {} service(s) migrated, validated and rolled back; rollback validated",
+                self.services
+                    .iter()
+                    .filter(|s| s.rollback_validated)
+                    .count()
             ),
+            RunStatus::Running => {
+                let idle = (OffsetDateTime::now_utc() - self.updated_at).whole_seconds();
+                format!(
+                    "running, stage {} (record last written {idle}s ago by {}; if that coordinator is gone, `flotilla resume {}`): {tally}",
+                    self.stage.as_str(),
+                    self.coordinator,
+                    self.run_id
+                )
+            }
+            RunStatus::Cancelled => format!("CANCELLED, resumable: {tally}"),
+            RunStatus::SucceededWithFailures => {
+                format!("succeeded within the failure budget: {tally}")
+            }
+            RunStatus::Failed => format!("FAILED: {tally}"),
+            RunStatus::RolledBack => format!("rolled back on request: {tally}"),
         }
     }
+
+    /// The Markdown report: the run's summary and, per service, the migration guide.
+    pub fn to_markdown(&self) -> String {
+        markdown::render(self)
+    }
+
+    /// JUnit XML: one test suite per wave, one test case per service.
+    pub fn to_junit(&self) -> String {
+        junit::render(self)
+    }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,4 +1,8 @@
-//! The rollout engine: dispatch commands, follow their events, roll back or finalize.
+//! The rollout engine: dispatch commands wave by wave, follow their events, and roll back or
+//! finalize. Every decision is written to the run record first, so a coordinator killed at any
+//! point can be replaced by `flotilla resume`, which carries on from the record: a command
+//! that was recorded is re-sent with the same command ID (agents and the stream dedupe it), and
+//! results published while no coordinator listened are read back from the events stream.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -6,21 +10,27 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer};
 use flotilla_schemas::subjects::Subjects;
 use flotilla_schemas::{
-    Action, Command, CommandId, HEADER_RUN_ID, InstanceId, Outcome, Presence, Progress, RunId,
-    RunResult, ServiceName, decode, encode, schema_of,
+    Action, Command, CommandId, HEADER_RUN_ID, Outcome, Presence, Progress, RunId, RunResult,
+    ServiceName, decode, encode, schema_of,
 };
 use futures::StreamExt;
 use time::OffsetDateTime;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::plan::{OnFailure, Plan};
-use crate::report::{RunReport, RunStatus, ServiceReport, ServiceStatus};
+use crate::store::{
+    CommandRecord, Revisions, RunRecord, RunStatus, Stage, Store, StoreError, TargetRecord,
+    WaveStatus,
+};
 
 /// Why a run could not proceed at all.
 #[derive(Debug, thiserror::Error)]
 pub enum RolloutError {
     #[error(transparent)]
     Bus(#[from] flotilla_bus::BusError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("cannot follow the run's events")]
     Follow(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -29,7 +39,7 @@ pub enum RolloutError {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Target {
     pub service: ServiceName,
-    pub instance: InstanceId,
+    pub instance: flotilla_schemas::InstanceId,
 }
 
 /// Pre-flight: every service of the plan needs at least one live agent that speaks our command
@@ -76,228 +86,688 @@ pub fn preflight(plan: &Plan, agents: &[Presence]) -> Result<Vec<Target>, Vec<St
 
 /// Receives progress as it happens.
 pub trait ProgressSink {
+    /// An agent reported a phase.
     fn progress(&mut self, progress: &Progress);
+    /// An agent reported a command's result.
     fn result(&mut self, result: &RunResult);
+    /// A wave starts (`index` from 0), or a stage of the run (rollback, finalize) does.
+    fn stage(&mut self, _what: &str) {}
+    /// The engine decided something worth a line (a timeout, a stop).
+    fn note(&mut self, _note: &str) {}
+    /// A batch of commands starts: a wave, or a wave's rollback; `targets` as `service/instance`.
+    fn batch(&mut self, _name: &str, _targets: &[String]) {}
 }
 
-/// Runs `plan` against `targets` and reports how every one ended.
-pub struct Rollout<'a, P: ProgressSink> {
+/// The kinds of command one target receives over a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Migrate,
+    Rollback,
+    Finalize,
+}
+
+/// How a batch of commands ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    /// Every command has an outcome.
+    Done,
+    /// The failure budget was broken: nothing more was dispatched.
+    Stopped,
+    /// A cancel was requested: nothing more was dispatched.
+    Cancelled,
+}
+
+/// Drives one run, from its record.
+pub struct Engine<'a, P: ProgressSink> {
+    client: &'a async_nats::Client,
+    js: jetstream::Context,
+    subjects: &'a Subjects,
+    store: Store,
+    revisions: Revisions,
+    plan: Plan,
+    record: RunRecord,
+    sink: P,
+    follower: Follower,
+    shutdown: CancellationToken,
+    deadlines: HashMap<CommandId, Instant>,
+}
+
+/// What the engine needs from the outside.
+pub struct EngineParts<'a, P: ProgressSink> {
     pub client: &'a async_nats::Client,
     pub subjects: &'a Subjects,
-    pub plan: &'a Plan,
+    pub store: Store,
     pub sink: P,
+    /// Cancelled on Ctrl-C: stop dispatching, let in-flight commands finish.
+    pub shutdown: CancellationToken,
 }
 
-impl<P: ProgressSink> Rollout<'_, P> {
-    pub async fn run(mut self, targets: Vec<Target>) -> Result<RunReport, RolloutError> {
-        let started_at = OffsetDateTime::now_utc();
+// === impl Engine ===
+
+impl<'a, P: ProgressSink> Engine<'a, P> {
+    /// Records a new run of `plan` over `targets`; nothing is dispatched yet.
+    pub async fn create(
+        parts: EngineParts<'a, P>,
+        plan: Plan,
+        plan_path: &str,
+        plan_text: &str,
+        targets: &[Target],
+        rehearse: bool,
+    ) -> Result<Self, RolloutError> {
         let run_id = RunId::new();
-        let js = jetstream::new(self.client.clone());
-        flotilla_bus::commands_stream(&js, self.subjects).await?;
-        let events = flotilla_bus::events_stream(&js, self.subjects).await?;
-        let mut follower = Follower::new(&events, self.subjects, run_id).await?;
-        tracing::info!(%run_id, plan = %self.plan.name, targets = targets.len(), "run started");
-
-        let mut reports: Vec<ServiceReport> = Vec::new();
-        let mut pending = HashMap::new();
-        for target in &targets {
-            let service_plan = self
-                .plan
-                .services
-                .iter()
-                .find(|s| s.name == target.service)
-                .expect("targets come from the plan");
-            let action = Action::Migrate {
-                steps: service_plan.steps.clone(),
-                health: service_plan.health.clone(),
-                gates: service_plan.gates.clone().unwrap_or_default(),
-            };
-            let command = self.command(run_id, target, action);
-            reports.push(ServiceReport {
-                service: target.service.clone(),
-                instance: target.instance.clone(),
-                status: ServiceStatus::TimedOut,
-                reason: None,
-                command_id: command.command_id,
-                phases: Vec::new(),
-                measurements: Default::default(),
-            });
-            match self.send(&js, &command).await {
-                Ok(()) => {
-                    pending.insert(command.command_id, reports.len() - 1);
-                }
-                Err(reason) => {
-                    let report = reports.last_mut().expect("just pushed");
-                    report.status = ServiceStatus::NotDelivered;
-                    report.reason = Some(reason);
-                }
-            }
-        }
-        let results = follower
-            .wait(
-                pending.keys().copied().collect(),
-                self.plan.command_timeout,
-                &mut self.sink,
-            )
-            .await;
-        for (command_id, index) in &pending {
-            let report = &mut reports[*index];
-            match results.get(command_id) {
-                Some(result) => {
-                    report.status = ServiceStatus::from_outcome(result.outcome);
-                    report.reason = result.reason.clone();
-                    report.phases = result.phases.clone();
-                    report.measurements = result.measurements.clone();
-                }
-                None => {
-                    report.reason = Some(format!(
-                        "no result within {:?}: the agent is silent or stuck",
-                        self.plan.command_timeout
-                    ));
-                }
-            }
-        }
-
-        let all_ok = reports.iter().all(|r| r.status == ServiceStatus::Succeeded);
-        let finalized = if all_ok {
-            self.close(&js, &mut follower, run_id, &reports, Close::Finalize)
-                .await
-        } else {
-            if self.plan.on_failure == OnFailure::Rollback {
-                self.close(&js, &mut follower, run_id, &reports, Close::Rollback)
-                    .await;
-                let rolled: Vec<_> = follower.closing.drain().collect();
-                for (migration, result) in rolled {
-                    if let Some(report) = reports.iter_mut().find(|r| r.command_id == migration) {
-                        report.status = ServiceStatus::from_outcome(result.outcome);
-                        report.reason = Some(match result.outcome {
-                            Outcome::RolledBack => {
-                                "rolled back because another service of the run failed".to_owned()
-                            }
-                            _ => result.reason.unwrap_or_default(),
-                        });
-                        report.phases.extend(result.phases);
-                    }
-                }
-            }
-            false
-        };
-        let finished_at = OffsetDateTime::now_utc();
-        Ok(RunReport {
+        let pairs: Vec<_> = targets
+            .iter()
+            .map(|t| (t.service.clone(), t.instance.clone()))
+            .collect();
+        let record = RunRecord::new(
             run_id,
-            plan: self.plan.name.clone(),
-            status: if all_ok {
-                RunStatus::Succeeded
-            } else {
-                RunStatus::Failed
-            },
-            started_at,
-            finished_at,
-            duration_ms: (finished_at - started_at).whole_milliseconds().max(0) as u64,
-            finalized,
-            services: reports,
+            &plan.name,
+            plan_path,
+            plan_text,
+            &plan.waves,
+            &pairs,
+            rehearse,
+        );
+        let revisions = parts.store.create(&record).await?;
+        Self::assemble(parts, plan, record, revisions).await
+    }
+
+    /// Takes over a recorded run (resume, rollback).
+    pub async fn attach(
+        parts: EngineParts<'a, P>,
+        plan: Plan,
+        record: RunRecord,
+        revisions: Revisions,
+    ) -> Result<Self, RolloutError> {
+        Self::assemble(parts, plan, record, revisions).await
+    }
+
+    async fn assemble(
+        parts: EngineParts<'a, P>,
+        plan: Plan,
+        record: RunRecord,
+        revisions: Revisions,
+    ) -> Result<Self, RolloutError> {
+        let js = jetstream::new(parts.client.clone());
+        flotilla_bus::commands_stream(&js, parts.subjects).await?;
+        let events = flotilla_bus::events_stream(&js, parts.subjects).await?;
+        let follower = Follower::new(&events, parts.subjects, record.run_id).await?;
+        Ok(Self {
+            client: parts.client,
+            js,
+            subjects: parts.subjects,
+            store: parts.store,
+            revisions,
+            plan,
+            record,
+            sink: parts.sink,
+            follower,
+            shutdown: parts.shutdown,
+            deadlines: HashMap::new(),
         })
     }
 
-    fn command(&self, run_id: RunId, target: &Target, action: Action) -> Command {
-        let now = OffsetDateTime::now_utc();
-        Command {
-            schema: Default::default(),
-            command_id: CommandId::new(),
-            run_id,
-            service: target.service.clone(),
-            instance: target.instance.clone(),
-            issued_at: now,
-            expires_at: now + self.plan.command_timeout,
-            action,
+    /// The run's ID.
+    pub fn run_id(&self) -> RunId {
+        self.record.run_id
+    }
+
+    /// Carries the run on from wherever its record says it stands, to its end (or to a cancel).
+    pub async fn drive(mut self) -> Result<RunRecord, RolloutError> {
+        // Resuming is the answer to a cancel: forget it, or the run would stop again at once.
+        self.record.status = RunStatus::Running;
+        self.store.clear_cancel(&self.record.run_id).await?;
+        self.record.coordinator = crate::store::coordinator_name();
+        self.save().await?;
+        tracing::info!(run_id = %self.record.run_id, plan = %self.plan.name, stage = ?self.record.stage, "driving run");
+
+        if self.record.stage == Stage::Migrating && self.migrate_waves().await? == Flow::Cancelled {
+            return self.cancelled().await;
+        }
+        if self.record.stage == Stage::RollingBack {
+            let cause = if self.record.rehearse && !self.budget_broken() {
+                "rehearsal: restored after validation and proved healthy"
+            } else {
+                "rolled back because another service of the run failed"
+            };
+            if self.roll_back_waves(None, cause).await? == Flow::Cancelled {
+                return self.cancelled().await;
+            }
+            if self.record.rehearse && self.failures() == 0 {
+                self.record.stage = Stage::Finalizing;
+            } else {
+                self.finish(RunStatus::Failed).await?;
+            }
+        }
+        if self.record.stage == Stage::Finalizing {
+            self.sink.stage("finalize: agents drop their backups");
+            let names: Vec<String> = self
+                .record
+                .targets
+                .iter()
+                .enumerate()
+                .filter(|(t, _)| self.migrated(*t))
+                .map(|(_, t)| format!("{}/{}", t.service, t.instance))
+                .collect();
+            self.sink.batch("finalize", &names);
+            let members: Vec<usize> = (0..self.record.targets.len())
+                .filter(|&t| self.migrated(t))
+                .collect();
+            if self
+                .run_commands(Kind::Finalize, &members, None, None, false)
+                .await?
+                == Flow::Cancelled
+            {
+                return self.cancelled().await;
+            }
+            let rolled_back_ok = self.record.targets.iter().all(|t| {
+                t.rollback
+                    .as_ref()
+                    .and_then(|r| r.result.as_ref())
+                    .is_some_and(|r| r.outcome == Outcome::RolledBack)
+            });
+            let status = if self.record.rehearse {
+                if rolled_back_ok {
+                    RunStatus::Rehearsed
+                } else {
+                    RunStatus::Failed
+                }
+            } else if self.failures() == 0 {
+                RunStatus::Succeeded
+            } else {
+                RunStatus::SucceededWithFailures
+            };
+            self.finish(status).await?;
+        }
+        Ok(self.record)
+    }
+
+    /// Rolls back the services of a finished (or interrupted) run that are still migrated,
+    /// latest wave first; `only` limits it to one service.
+    pub async fn roll_back(mut self, only: Option<ServiceName>) -> Result<RunRecord, RolloutError> {
+        self.record.status = RunStatus::Running;
+        self.record.stage = Stage::RollingBack;
+        self.store.clear_cancel(&self.record.run_id).await?;
+        self.record.notes.push(match &only {
+            Some(s) => format!("rollback of {s} requested"),
+            None => "rollback of the run requested".into(),
+        });
+        self.save().await?;
+        if self
+            .roll_back_waves(only.as_ref(), "rolled back on request (flotilla rollback)")
+            .await?
+            == Flow::Cancelled
+        {
+            return self.cancelled().await;
+        }
+        self.finish(RunStatus::RolledBack).await?;
+        Ok(self.record)
+    }
+
+    async fn migrate_waves(&mut self) -> Result<Flow, RolloutError> {
+        let total = self.record.waves.len();
+        for w in 0..total {
+            if self.record.waves[w].status == WaveStatus::Done {
+                continue;
+            }
+            if self.budget_broken() && self.plan.on_failure != OnFailure::Continue {
+                break;
+            }
+            let wave = &self.record.waves[w];
+            let members = wave.targets.clone();
+            let names: Vec<String> = members
+                .iter()
+                .map(|&t| {
+                    let t = &self.record.targets[t];
+                    format!("{}/{}", t.service, t.instance)
+                })
+                .collect();
+            self.sink.stage(&format!(
+                "wave {}/{total} {:?} ({} at a time): {}",
+                w + 1,
+                wave.name,
+                wave.max_parallel
+                    .map_or_else(|| "all".to_owned(), |n| n.to_string()),
+                names.join(", ")
+            ));
+            self.sink
+                .batch(&format!("wave {}/{total} {}", w + 1, wave.name), &names);
+            self.record.waves[w].status = WaveStatus::Running;
+            self.save().await?;
+            let cap = self.record.waves[w].max_parallel;
+            let flow = self
+                .run_commands(Kind::Migrate, &members, cap, None, true)
+                .await?;
+            self.record.waves[w].status = if flow == Flow::Done {
+                WaveStatus::Done
+            } else {
+                WaveStatus::Stopped
+            };
+            self.save().await?;
+            if flow == Flow::Cancelled {
+                return Ok(Flow::Cancelled);
+            }
+        }
+        let allowed = self.plan.allowed_failures(self.record.targets.len());
+        if self.budget_broken() {
+            let note = format!(
+                "{} service(s) failed, over the failure budget of {allowed}; on_failure = {}",
+                self.failures(),
+                self.plan.on_failure.as_str()
+            );
+            self.sink.note(&note);
+            self.record.notes.push(note);
+            match self.plan.on_failure {
+                // A rehearsal promises to leave the fleet as it was, whatever the plan says.
+                _ if self.record.rehearse => self.record.stage = Stage::RollingBack,
+                OnFailure::Rollback => self.record.stage = Stage::RollingBack,
+                OnFailure::Leave | OnFailure::Continue => {
+                    self.record.notes.push(
+                        "the migrated services were left as they are, not finalized: `flotilla rollback RUN` restores them".into(),
+                    );
+                    self.finish(RunStatus::Failed).await?;
+                }
+            }
+        } else if self.record.rehearse {
+            self.record.stage = Stage::RollingBack;
+        } else {
+            self.record.stage = Stage::Finalizing;
+        }
+        self.save().await?;
+        Ok(Flow::Done)
+    }
+
+    /// Rolls back every migrated service (of `only`, when given), latest wave first.
+    async fn roll_back_waves(
+        &mut self,
+        only: Option<&ServiceName>,
+        cause: &str,
+    ) -> Result<Flow, RolloutError> {
+        for w in (0..self.record.waves.len()).rev() {
+            let members: Vec<usize> = self.record.waves[w]
+                .targets
+                .iter()
+                .copied()
+                .filter(|&t| self.migrated(t))
+                .filter(|&t| only.is_none_or(|s| &self.record.targets[t].service == s))
+                .collect();
+            if members.is_empty() {
+                continue;
+            }
+            self.sink.stage(&format!(
+                "rollback of wave {:?}: {}",
+                self.record.waves[w].name,
+                members
+                    .iter()
+                    .map(|&t| self.record.targets[t].service.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            let names: Vec<String> = members
+                .iter()
+                .map(|&t| {
+                    let t = &self.record.targets[t];
+                    format!("{}/{}", t.service, t.instance)
+                })
+                .collect();
+            self.sink
+                .batch(&format!("rollback {}", self.record.waves[w].name), &names);
+            let cap = self.record.waves[w].max_parallel;
+            let flow = self
+                .run_commands(Kind::Rollback, &members, cap, Some(cause), false)
+                .await?;
+            if flow == Flow::Cancelled {
+                return Ok(flow);
+            }
+        }
+        Ok(Flow::Done)
+    }
+
+    /// Sends `kind` to every target in `members`, at most `cap` in flight, and waits for the
+    /// answers. With `stop_on_budget`, stops dispatching once the failure budget is broken.
+    async fn run_commands(
+        &mut self,
+        kind: Kind,
+        members: &[usize],
+        cap: Option<u32>,
+        cause: Option<&str>,
+        stop_on_budget: bool,
+    ) -> Result<Flow, RolloutError> {
+        let cap = cap.map_or(usize::MAX, |c| c as usize);
+        let mut flow = Flow::Done;
+        loop {
+            while flow == Flow::Done {
+                let in_flight = members.iter().filter(|&&t| self.in_flight(t, kind)).count();
+                if in_flight >= cap {
+                    break;
+                }
+                let Some(&next) = members.iter().find(|&&t| self.needs_dispatch(t, kind)) else {
+                    break;
+                };
+                if stop_on_budget
+                    && self.budget_broken()
+                    && self.plan.on_failure != OnFailure::Continue
+                {
+                    flow = Flow::Stopped;
+                    break;
+                }
+                if self.cancel_requested().await? {
+                    self.sink
+                        .note("cancel requested: no new dispatches, waiting for those in flight");
+                    flow = Flow::Cancelled;
+                    break;
+                }
+                self.dispatch(next, kind, cause).await?;
+            }
+            let in_flight: Vec<usize> = members
+                .iter()
+                .copied()
+                .filter(|&t| self.in_flight(t, kind))
+                .collect();
+            if in_flight.is_empty() {
+                break;
+            }
+            let now = Instant::now();
+            let mut earliest = None;
+            for &t in &in_flight {
+                let id = slot(&self.record.targets[t], kind)
+                    .as_ref()
+                    .map(|c| c.command.command_id);
+                let timeout = self.timeout_of(t);
+                if let Some(id) = id {
+                    let deadline = *self.deadlines.entry(id).or_insert(now + timeout);
+                    earliest = Some(earliest.map_or(deadline, |e: Instant| e.min(deadline)));
+                }
+            }
+            let deadline = earliest.unwrap_or(now);
+            match self.follower.next_result(deadline, &mut self.sink).await {
+                Some(result) => self.apply(result).await?,
+                None => self.expire(&in_flight, kind).await?,
+            }
+        }
+        Ok(flow)
+    }
+
+    /// Records the command (before sending it: a crash in between re-sends the same ID), then
+    /// sends it.
+    async fn dispatch(
+        &mut self,
+        t: usize,
+        kind: Kind,
+        cause: Option<&str>,
+    ) -> Result<(), RolloutError> {
+        if slot(&self.record.targets[t], kind).is_none() {
+            let action = self.action(t, kind);
+            let timeout = self.timeout_of(t);
+            let target = &self.record.targets[t];
+            let now = OffsetDateTime::now_utc();
+            let command = Command {
+                schema: Default::default(),
+                command_id: CommandId::new(),
+                run_id: self.record.run_id,
+                service: target.service.clone(),
+                instance: target.instance.clone(),
+                issued_at: now,
+                expires_at: now + timeout,
+                action,
+            };
+            *slot_mut(&mut self.record.targets[t], kind) = Some(CommandRecord {
+                command,
+                sent_at: None,
+                result: None,
+                timed_out: false,
+                not_delivered: None,
+                cause: cause.map(str::to_owned),
+            });
+            self.save_target(t).await?;
+        }
+        let command = slot(&self.record.targets[t], kind)
+            .as_ref()
+            .map(|c| c.command.clone())
+            .expect("the command was recorded above");
+        let sent = self.send(&command).await;
+        let timeout = self.timeout_of(t);
+        let record = slot_mut(&mut self.record.targets[t], kind)
+            .as_mut()
+            .expect("the command was recorded above");
+        match sent {
+            Ok(()) => {
+                record.sent_at = Some(OffsetDateTime::now_utc());
+                self.deadlines
+                    .insert(command.command_id, Instant::now() + timeout);
+            }
+            Err(reason) => {
+                self.sink.note(&format!(
+                    "{}/{}: {reason}",
+                    command.service, command.instance
+                ));
+                record.not_delivered = Some(reason);
+            }
+        }
+        self.save_target(t).await
+    }
+
+    fn action(&self, t: usize, kind: Kind) -> Action {
+        let target = &self.record.targets[t];
+        let migration = target
+            .migrate
+            .as_ref()
+            .map(|m| m.command.command_id)
+            .unwrap_or_default();
+        match kind {
+            Kind::Migrate => {
+                let service = self
+                    .plan
+                    .service(&target.service)
+                    .expect("targets come from the plan");
+                Action::Migrate {
+                    steps: service.steps.clone(),
+                    health: service.health.clone(),
+                    gates: service.gates.clone(),
+                    preconditions: service.preconditions.clone(),
+                    checks: service.checks.clone(),
+                }
+            }
+            Kind::Rollback => Action::Rollback { migration },
+            Kind::Finalize => Action::Finalize { migration },
         }
     }
 
     /// Publishes a command into the commands stream and waits for the stream to store it.
-    async fn send(&self, js: &jetstream::Context, command: &Command) -> Result<(), String> {
+    async fn send(&self, command: &Command) -> Result<(), String> {
         let subject = self.subjects.command(&command.service, &command.instance);
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", command.command_id.to_string().as_str());
         headers.insert(HEADER_RUN_ID, command.run_id.to_string().as_str());
         let ack = async {
-            js.publish_with_headers(subject.clone(), headers, encode(command).into())
+            self.js
+                .publish_with_headers(subject.clone(), headers, encode(command).into())
                 .await?
                 .await
         };
-        ack.await
+        let sent = ack
+            .await
             .map(|_| ())
-            .map_err(|e| format!("command not delivered to {subject}: {e}"))
+            .map_err(|e| format!("command not delivered to {subject}: {e}"));
+        let _ = self.client.flush().await;
+        sent
     }
 
-    /// Sends finalize (or rollback) to every service that succeeded and waits for the answers.
-    /// Returns true when every one confirmed.
-    async fn close(
-        &mut self,
-        js: &jetstream::Context,
-        follower: &mut Follower,
-        run_id: RunId,
-        reports: &[ServiceReport],
-        how: Close,
-    ) -> bool {
-        let mut sent = HashMap::new();
-        for report in reports
-            .iter()
-            .filter(|r| r.status == ServiceStatus::Succeeded)
-        {
-            let target = Target {
-                service: report.service.clone(),
-                instance: report.instance.clone(),
-            };
-            let action = match how {
-                Close::Finalize => Action::Finalize {
-                    migration: report.command_id,
-                },
-                Close::Rollback => Action::Rollback {
-                    migration: report.command_id,
-                },
-            };
-            let command = self.command(run_id, &target, action);
-            if self.send(js, &command).await.is_ok() {
-                sent.insert(command.command_id, report.command_id);
-            }
-        }
-        let expected = sent.len();
-        let results = follower
-            .wait(
-                sent.keys().copied().collect(),
-                self.plan.command_timeout,
-                &mut self.sink,
-            )
-            .await;
-        let wanted = match how {
-            Close::Finalize => Outcome::Finalized,
-            Close::Rollback => Outcome::RolledBack,
+    /// Files a result under the command it answers; the first answer wins (a replayed one
+    /// carries the same outcome).
+    async fn apply(&mut self, result: RunResult) -> Result<(), RolloutError> {
+        let Some(t) = self.record.find_target(result.command_id) else {
+            return Ok(());
         };
-        let mut confirmed = 0;
-        for (command_id, result) in results {
-            if result.outcome == wanted {
-                confirmed += 1;
-            }
-            follower.closing.insert(sent[&command_id], result);
+        let Some(command) = self.record.find_command(result.command_id) else {
+            return Ok(());
+        };
+        if command.result.is_some() {
+            return Ok(());
         }
-        confirmed == expected
+        command.result = Some(result);
+        self.save_target(t).await
+    }
+
+    /// Marks the in-flight commands whose deadline passed as timed out.
+    async fn expire(&mut self, in_flight: &[usize], kind: Kind) -> Result<(), RolloutError> {
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        for &t in in_flight {
+            let target = &mut self.record.targets[t];
+            let (service, instance) = (target.service.clone(), target.instance.clone());
+            let Some(command) = slot_mut(target, kind).as_mut() else {
+                continue;
+            };
+            if self
+                .deadlines
+                .get(&command.command_id())
+                .is_some_and(|d| *d <= now)
+            {
+                command.timed_out = true;
+                expired.push(t);
+                self.sink.note(&format!(
+                    "{service}/{instance}: no result within its command_timeout; the agent is silent or stuck"
+                ));
+            }
+        }
+        for t in expired {
+            self.save_target(t).await?;
+        }
+        Ok(())
+    }
+
+    async fn cancel_requested(&self) -> Result<bool, RolloutError> {
+        if self.shutdown.is_cancelled() {
+            return Ok(true);
+        }
+        Ok(self.store.cancel_requested(&self.record.run_id).await?)
+    }
+
+    fn timeout_of(&self, t: usize) -> Duration {
+        self.plan
+            .service(&self.record.targets[t].service)
+            .map_or(self.plan.command_timeout, |s| s.command_timeout)
+    }
+
+    fn needs_dispatch(&self, t: usize, kind: Kind) -> bool {
+        match slot(&self.record.targets[t], kind) {
+            None => true,
+            Some(c) => c.sent_at.is_none() && c.not_delivered.is_none() && c.result.is_none(),
+        }
+    }
+
+    fn in_flight(&self, t: usize, kind: Kind) -> bool {
+        slot(&self.record.targets[t], kind)
+            .as_ref()
+            .is_some_and(|c| {
+                c.sent_at.is_some()
+                    && c.result.is_none()
+                    && !c.timed_out
+                    && c.not_delivered.is_none()
+            })
+    }
+
+    /// True when the target's migration succeeded and it has not been finalized.
+    fn migrated(&self, t: usize) -> bool {
+        let target = &self.record.targets[t];
+        let succeeded = target
+            .migrate
+            .as_ref()
+            .and_then(|m| m.result.as_ref())
+            .is_some_and(|r| r.outcome == Outcome::Succeeded);
+        let finalized = target
+            .finalize
+            .as_ref()
+            .and_then(|f| f.result.as_ref())
+            .is_some_and(|r| r.outcome == Outcome::Finalized);
+        succeeded && !finalized
+    }
+
+    /// Targets whose migration ended in anything but success.
+    fn failures(&self) -> usize {
+        self.record
+            .targets
+            .iter()
+            .filter(|t| migrate_failed(t))
+            .count()
+    }
+
+    fn budget_broken(&self) -> bool {
+        self.failures() > self.plan.allowed_failures(self.record.targets.len())
+    }
+
+    async fn cancelled(mut self) -> Result<RunRecord, RolloutError> {
+        self.record.status = RunStatus::Cancelled;
+        self.record.notes.push(
+            "cancelled: nothing more was dispatched; `flotilla resume RUN` finishes the run".into(),
+        );
+        self.save().await?;
+        Ok(self.record)
+    }
+
+    async fn finish(&mut self, status: RunStatus) -> Result<(), RolloutError> {
+        self.record.status = status;
+        self.record.stage = Stage::Done;
+        self.record.finished_at = Some(OffsetDateTime::now_utc());
+        self.save().await
+    }
+
+    /// Writes the run's header (status, stage, waves, notes).
+    async fn save(&mut self) -> Result<(), RolloutError> {
+        self.record.updated_at = OffsetDateTime::now_utc();
+        self.store
+            .save_header(&self.record, &mut self.revisions)
+            .await?;
+        Ok(())
+    }
+
+    /// Writes target `t` (its commands and results).
+    async fn save_target(&mut self, t: usize) -> Result<(), RolloutError> {
+        self.store
+            .save_target(&self.record, t, &mut self.revisions)
+            .await?;
+        Ok(())
     }
 }
 
-#[derive(Clone, Copy)]
-enum Close {
-    Finalize,
-    Rollback,
+/// True when a migrate command ended in anything but success (or never got an answer).
+pub(crate) fn migrate_failed(target: &TargetRecord) -> bool {
+    target.migrate.as_ref().is_some_and(|m| match &m.result {
+        Some(r) => r.outcome != Outcome::Succeeded,
+        None => m.timed_out || m.not_delivered.is_some(),
+    })
+}
+
+fn slot(target: &TargetRecord, kind: Kind) -> &Option<CommandRecord> {
+    match kind {
+        Kind::Migrate => &target.migrate,
+        Kind::Rollback => &target.rollback,
+        Kind::Finalize => &target.finalize,
+    }
+}
+
+fn slot_mut(target: &mut TargetRecord, kind: Kind) -> &mut Option<CommandRecord> {
+    match kind {
+        Kind::Migrate => &mut target.migrate,
+        Kind::Rollback => &mut target.rollback,
+        Kind::Finalize => &mut target.finalize,
+    }
+}
+
+impl CommandRecord {
+    fn command_id(&self) -> CommandId {
+        self.command.command_id
+    }
 }
 
 /// Reads a run's events from the events stream, from its first message: whatever was published
-/// before the coordinator started listening is not lost.
+/// before the coordinator started listening (or while it was down) is not lost.
 struct Follower {
     messages: consumer::pull::Ordered,
-    results: HashMap<CommandId, RunResult>,
-    /// Results of finalize/rollback commands, keyed by the migration they close.
-    closing: HashMap<CommandId, RunResult>,
 }
+
+// === impl Follower ===
 
 impl Follower {
     async fn new(
@@ -317,35 +787,23 @@ impl Follower {
             .messages()
             .await
             .map_err(|e| RolloutError::Follow(Box::new(e)))?;
-        Ok(Self {
-            messages,
-            results: HashMap::new(),
-            closing: HashMap::new(),
-        })
+        Ok(Self { messages })
     }
 
-    /// Waits until every command in `expected` has a result, or `timeout` passes.
-    async fn wait(
+    /// The next result of the run, passing progress to `sink` on the way; `None` at `deadline`.
+    async fn next_result(
         &mut self,
-        expected: Vec<CommandId>,
-        timeout: Duration,
+        deadline: Instant,
         sink: &mut impl ProgressSink,
-    ) -> HashMap<CommandId, RunResult> {
-        let deadline = Instant::now() + timeout;
-        let mut found = HashMap::new();
-        for id in &expected {
-            if let Some(result) = self.results.remove(id) {
-                found.insert(*id, result);
-            }
-        }
-        while found.len() < expected.len() {
+    ) -> Option<RunResult> {
+        loop {
             let message = match tokio::time::timeout_at(deadline, self.messages.next()).await {
                 Ok(Some(Ok(message))) => message,
                 Ok(Some(Err(e))) => {
                     tracing::warn!(error = %e, "event stream hiccup");
                     continue;
                 }
-                Ok(None) | Err(_) => break,
+                Ok(None) | Err(_) => return None,
             };
             match schema_of(&message.payload).as_deref() {
                 Ok(flotilla_schemas::ProgressSchema::VALUE) => {
@@ -358,11 +816,7 @@ impl Follower {
                     match decode::<RunResult>(&message.payload) {
                         Ok(result) => {
                             sink.result(&result);
-                            if expected.contains(&result.command_id) {
-                                found.entry(result.command_id).or_insert(result);
-                            } else {
-                                self.results.entry(result.command_id).or_insert(result);
-                            }
+                            return Some(result);
                         }
                         Err(e) => tracing::warn!(error = %e, "ignoring a malformed result"),
                     }
@@ -370,6 +824,5 @@ impl Follower {
                 other => tracing::warn!(schema = ?other, "ignoring an event of unknown schema"),
             }
         }
-        found
     }
 }

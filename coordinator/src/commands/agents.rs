@@ -1,0 +1,52 @@
+//! `flotilla agents`: the live agents.
+
+use flotilla_telemetry::error_chain;
+
+use super::{connect, fail};
+use crate::cli::{Cli, OutputFormat};
+use crate::{discovery, exit};
+
+/// Lists the agents that answer presence.
+pub(super) async fn agents(cli: &Cli) -> u8 {
+    let (client, subjects) = match connect(cli).await {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let found = match discovery::discover(&client, &subjects, cli.discovery_window).await {
+        Ok(found) => found,
+        Err(e) => return fail(exit::BUS, error_chain(&e)),
+    };
+    match cli.output {
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&found).expect("presence serializes")
+        ),
+        OutputFormat::Text => {
+            println!(
+                "{:16} {:10} {:8} {:10} {:8} HOST",
+                "SERVICE", "INSTANCE", "VERSION", "STATE", "PID"
+            );
+            for a in &found {
+                let state = serde_json::to_value(a.state)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                let pid = a
+                    .service_pid
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|| "-".into());
+                println!(
+                    "{:16} {:10} {:8} {:10} {:8} {}",
+                    a.service.as_str(),
+                    a.instance.as_str(),
+                    a.version,
+                    state,
+                    pid,
+                    a.host
+                );
+            }
+            eprintln!("{} agent(s)", found.len());
+        }
+    }
+    exit::OK
+}

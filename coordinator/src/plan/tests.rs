@@ -1,0 +1,289 @@
+use super::*;
+
+const GOOD: &str = r#"
+name = "demo"
+command_timeout = "30s"
+
+[[service]]
+name = "inference"
+[[service.step]]
+action = "write_file"
+path = "config/service.toml"
+content = "x"
+[[service.step]]
+action = "restart"
+[[service.health]]
+body_contains = "standard"
+"#;
+
+fn five(extra: &str, services_extra: &[(&str, &str)]) -> String {
+    let mut text = format!("name = \"five\"\n{extra}\n[[step]]\naction = \"restart\"\n");
+    for name in ["a", "b", "c", "d", "e"] {
+        text.push_str(&format!("[[service]]\nname = \"{name}\"\n"));
+        for (svc, line) in services_extra {
+            if *svc == name {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+    }
+    text
+}
+
+fn wave_names(plan: &Plan) -> Vec<(String, Vec<String>)> {
+    plan.waves
+        .iter()
+        .map(|w| {
+            (
+                w.name.clone(),
+                w.services.iter().map(|s| s.to_string()).collect(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn parses_a_plan() {
+    let plan = Plan::parse(GOOD).unwrap();
+    assert_eq!(plan.command_timeout, Duration::from_secs(30));
+    assert_eq!(plan.on_failure, OnFailure::Rollback);
+    assert_eq!(plan.failure_budget, Amount::Count(0));
+    assert_eq!(plan.services[0].steps.len(), 2);
+    assert_eq!(plan.services[0].health[0].url, None);
+    assert_eq!(plan.waves.len(), 1);
+    assert_eq!(plan.waves[0].name, "all");
+}
+
+#[test]
+fn an_unknown_step_names_the_line_and_the_variants() {
+    let err = Plan::parse(&GOOD.replace("action = \"restart\"", "action = \"reboot\""))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("line 12"), "{err}");
+    assert!(err.contains("reboot"), "{err}");
+}
+
+#[test]
+fn an_unknown_key_is_named() {
+    let err = Plan::parse(&GOOD.replace("command_timeout", "comand_timeout"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("comand_timeout"), "{err}");
+}
+
+#[test]
+fn plan_level_steps_apply_to_services_without_their_own() {
+    let text = "name = \"x\"\n[[step]]\naction = \"restart\"\n[[health]]\nbody_contains = \"ok\"\n[[service]]\nname = \"a\"\n[[service]]\nname = \"b\"\n[[service.step]]\naction = \"delete\"\npath = \"f\"\n";
+    let plan = Plan::parse(text).unwrap();
+    assert_eq!(plan.services[0].steps, vec![Step::Restart]);
+    assert_eq!(plan.services[1].steps[0].name(), "delete");
+    assert_eq!(plan.services[1].health.len(), 1);
+}
+
+#[test]
+fn rules_are_checked() {
+    let twice = format!(
+        "{GOOD}\n[[service]]\nname = \"inference\"\n[[service.step]]\naction = \"restart\"\n"
+    );
+    let err = Plan::parse(&twice).unwrap_err().to_string();
+    assert!(
+        err.contains("appears twice") && err.contains("line 17, key service[1].name"),
+        "{err}"
+    );
+    assert!(
+        Plan::parse("name = \"x\"\nservice = []\n")
+            .unwrap_err()
+            .to_string()
+            .contains("no [[service]]")
+    );
+    let bad_name = GOOD.replace("name = \"inference\"", "name = \"In.ference\"");
+    assert!(
+        Plan::parse(&bad_name)
+            .unwrap_err()
+            .to_string()
+            .contains("may only hold")
+    );
+    let err = Plan::parse(&GOOD.replace("\"30s\"", "\"10ms\""))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("line 3, key command_timeout"), "{err}");
+}
+
+#[test]
+fn waves_by_name_size_and_the_rest() {
+    let plan = Plan::parse(&five(
+        "max_parallel = 2\n[[wave]]\nname = \"canary\"\nservices = [\"c\"]\n[[wave]]\nname = \"early\"\nsize = \"50%\"\nmax_parallel = 1\n[[wave]]\nname = \"late\"\n",
+        &[],
+    ))
+    .unwrap();
+    assert_eq!(
+        wave_names(&plan),
+        [
+            ("canary".to_owned(), vec!["c".to_owned()]),
+            (
+                "early".to_owned(),
+                vec!["a".to_owned(), "b".to_owned(), "d".to_owned()]
+            ),
+            ("late".to_owned(), vec!["e".to_owned()]),
+        ]
+    );
+    assert_eq!(plan.waves[0].max_parallel, Some(2));
+    assert_eq!(plan.waves[1].max_parallel, Some(1));
+}
+
+#[test]
+fn services_in_no_wave_go_to_an_implicit_last_wave() {
+    let plan = Plan::parse(&five(
+        "[[wave]]\nname = \"canary\"\nservices = [\"a\"]\n[[wave]]\nname = \"two\"\nsize = 2\n",
+        &[],
+    ))
+    .unwrap();
+    let names: Vec<String> = plan.waves.iter().map(|w| w.name.clone()).collect();
+    assert_eq!(names, ["canary", "two", "rest"]);
+    assert_eq!(plan.waves[2].services.len(), 2);
+}
+
+#[test]
+fn depends_on_derives_waves_when_none_are_declared() {
+    let plan = Plan::parse(&five(
+        "",
+        &[
+            ("a", "depends_on = [\"b\"]"),
+            ("b", "depends_on = [\"c\", \"d\"]"),
+        ],
+    ))
+    .unwrap();
+    assert_eq!(
+        wave_names(&plan),
+        [
+            (
+                "level-1".to_owned(),
+                vec!["c".to_owned(), "d".to_owned(), "e".to_owned()]
+            ),
+            ("level-2".to_owned(), vec!["b".to_owned()]),
+            ("level-3".to_owned(), vec!["a".to_owned()]),
+        ]
+    );
+}
+
+#[test]
+fn wave_errors_point_at_the_line_and_key() {
+    let cases = [
+        (
+            five("[[wave]]\nname = \"canary\"\nservices = [\"zz\"]\n", &[]),
+            "line 4, key wave[0].services[0]",
+            "not a [[service]]",
+        ),
+        (
+            five(
+                "[[wave]]\nname = \"one\"\nservices = [\"a\"]\n[[wave]]\nname = \"two\"\nservices = [\"a\"]\n",
+                &[],
+            ),
+            "key wave[1].services[0]",
+            "already in wave \"one\"",
+        ),
+        (
+            five(
+                "[[wave]]\nname = \"one\"\n[[wave]]\nname = \"two\"\nsize = 1\n",
+                &[],
+            ),
+            "key wave[0]",
+            "only the last wave may take the rest",
+        ),
+        (
+            five("[[wave]]\nname = \"one\"\nsize = \"150%\"\n", &[]),
+            "line 4",
+            "between 0% and 100%",
+        ),
+        (
+            five("max_parallel = 0\n", &[]),
+            "line 2, key max_parallel",
+            "at least 1",
+        ),
+        (
+            five("", &[("a", "depends_on = [\"a\"]")]),
+            "key service[0].depends_on[0]",
+            "depends on itself",
+        ),
+        (
+            five(
+                "",
+                &[("a", "depends_on = [\"b\"]"), ("b", "depends_on = [\"a\"]")],
+            ),
+            "key service[0].depends_on",
+            "cycle",
+        ),
+        (
+            five(
+                "[[wave]]\nname = \"one\"\nservices = [\"a\", \"b\"]\n",
+                &[("a", "depends_on = [\"b\"]")],
+            ),
+            "key service[0].depends_on[0]",
+            "must be in an earlier wave",
+        ),
+        (
+            five("failure_budget = \"lots\"\n", &[]),
+            "line 2",
+            "not a percentage",
+        ),
+    ];
+    for (text, at, why) in cases {
+        let err = Plan::parse(&text).unwrap_err().to_string();
+        assert!(
+            err.contains(at) && err.contains(why),
+            "{err}\nwanted {at} / {why}\n{text}"
+        );
+    }
+}
+
+#[test]
+fn the_failure_budget_is_a_count_or_a_share() {
+    let plan = Plan::parse(&five(
+        "failure_budget = \"40%\"\non_failure = \"continue\"\n",
+        &[],
+    ))
+    .unwrap();
+    assert_eq!(plan.allowed_failures(5), 2);
+    assert_eq!(plan.allowed_failures(2), 0);
+    assert_eq!(plan.on_failure, OnFailure::Continue);
+    let plan = Plan::parse(&five("failure_budget = 1\n", &[])).unwrap();
+    assert_eq!(plan.allowed_failures(5), 1);
+}
+
+#[test]
+fn a_service_may_override_the_timeout() {
+    let plan = Plan::parse(&five("", &[("b", "command_timeout = \"5s\"")])).unwrap();
+    assert_eq!(plan.services[1].command_timeout, Duration::from_secs(5));
+    assert_eq!(plan.services[0].command_timeout, Duration::from_secs(120));
+}
+
+#[test]
+fn the_reference_example_is_a_valid_plan() {
+    let doc = include_str!("../../../docs/plan-reference.md");
+    let start = doc
+        .find("## A complete example")
+        .and_then(|i| doc[i..].find("```toml\n").map(|j| i + j + 8))
+        .expect("the reference has a complete example");
+    let end = start + doc[start..].find("\n```").expect("the example ends");
+    let plan = Plan::parse(&doc[start..end]).unwrap();
+    assert_eq!(
+        wave_names(&plan),
+        [
+            ("canary".to_owned(), vec!["inference".to_owned()]),
+            (
+                "early".to_owned(),
+                vec!["ingest".to_owned(), "preprocess".to_owned()]
+            ),
+            (
+                "rest".to_owned(),
+                vec!["training".to_owned(), "execution".to_owned()]
+            ),
+        ]
+    );
+    let training = plan
+        .service(&ServiceName::parse("training").unwrap())
+        .unwrap();
+    assert_eq!(training.command_timeout, Duration::from_secs(300));
+    assert_eq!(training.gates.startup_max_increase_pct, 50.0);
+    assert_eq!(training.gates.memory_max_increase_pct, 15.0);
+}

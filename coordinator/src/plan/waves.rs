@@ -1,0 +1,241 @@
+//! Resolving waves: explicit `[[wave]]` tables (named services, a `size`, or "the rest"), or
+//! without them, an order derived from `depends_on` (one wave per dependency level).
+
+use std::collections::BTreeSet;
+
+use flotilla_schemas::ServiceName;
+
+use super::{RawPlan, RuleError, ServiceIndex, ServicePlan, Wave, checked_parallel};
+
+/// The name of the wave that takes the services no `[[wave]]` placed.
+pub(super) const IMPLICIT_WAVE: &str = "rest";
+
+/// Resolves the plan's waves; every service ends in exactly one, after its dependencies.
+pub(super) fn resolve(
+    raw: &RawPlan,
+    services: &[ServicePlan],
+    max_parallel: Option<u32>,
+) -> Result<Vec<Wave>, RuleError> {
+    let index: ServiceIndex = services
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.clone(), i))
+        .collect();
+    let (order, levels) = dependency_order(raw, services, &index)?;
+    let mut waves: Vec<Wave> = Vec::new();
+    if raw.waves.is_empty() {
+        let depth = levels.iter().copied().max().unwrap_or(0);
+        let has_dependencies = services.iter().any(|s| !s.depends_on.is_empty());
+        for level in 0..=depth {
+            waves.push(Wave {
+                name: if has_dependencies {
+                    format!("level-{}", level + 1)
+                } else {
+                    "all".into()
+                },
+                services: order
+                    .iter()
+                    .filter(|&&i| levels[i] == level)
+                    .map(|&i| services[i].name.clone())
+                    .collect(),
+                max_parallel,
+            });
+        }
+        return Ok(waves);
+    }
+
+    let mut names = BTreeSet::new();
+    let mut assigned: Vec<Option<usize>> = vec![None; services.len()];
+    for (w, wave) in raw.waves.iter().enumerate() {
+        let name = wave.name.get_ref();
+        if name.trim().is_empty() {
+            return Err(RuleError::at(
+                &wave.name,
+                format!("wave[{w}].name"),
+                "a wave needs a name".into(),
+            ));
+        }
+        if !names.insert(name.clone()) {
+            return Err(RuleError::at(
+                &wave.name,
+                format!("wave[{w}].name"),
+                format!("wave {name:?} appears twice"),
+            ));
+        }
+        if let (Some(_), Some(size)) = (&wave.services, &wave.size) {
+            return Err(RuleError::at(
+                size,
+                format!("wave[{w}].size"),
+                "a wave takes either `services` or `size`, not both".into(),
+            ));
+        }
+        if let Some(size) = &wave.size
+            && size.get_ref().of(services.len(), true) == 0
+        {
+            return Err(RuleError::at(
+                size,
+                format!("wave[{w}].size"),
+                "a wave's size must be at least 1".into(),
+            ));
+        }
+        for (j, entry) in wave.services.iter().flatten().enumerate() {
+            let key = format!("wave[{w}].services[{j}]");
+            let found = ServiceName::parse(entry.get_ref().as_str())
+                .ok()
+                .and_then(|n| index.get(&n).copied());
+            let Some(i) = found else {
+                return Err(RuleError::at(
+                    entry,
+                    key,
+                    format!("{:?} is not a [[service]] of this plan", entry.get_ref()),
+                ));
+            };
+            if let Some(other) = assigned[i] {
+                return Err(RuleError::at(
+                    entry,
+                    key,
+                    format!(
+                        "service {} is already in wave {:?}",
+                        services[i].name,
+                        raw.waves[other].name.get_ref()
+                    ),
+                ));
+            }
+            assigned[i] = Some(w);
+        }
+    }
+    let last = raw.waves.len() - 1;
+    for (w, wave) in raw.waves.iter().enumerate() {
+        let take = match (&wave.services, &wave.size) {
+            (Some(_), _) => continue,
+            (None, Some(size)) => size.get_ref().of(services.len(), true),
+            (None, None) if w == last => usize::MAX,
+            (None, None) => {
+                return Err(RuleError::at(
+                    &wave.name,
+                    format!("wave[{w}]"),
+                    format!(
+                        "wave {:?} has neither `services` nor `size`; only the last wave may take the rest",
+                        wave.name.get_ref()
+                    ),
+                ));
+            }
+        };
+        let chosen: Vec<usize> = order
+            .iter()
+            .copied()
+            .filter(|&i| assigned[i].is_none())
+            .take(take)
+            .collect();
+        for i in chosen {
+            assigned[i] = Some(w);
+        }
+    }
+    for (w, wave) in raw.waves.iter().enumerate() {
+        let parallel = wave
+            .max_parallel
+            .as_ref()
+            .map(|m| checked_parallel(m, &format!("wave[{w}].max_parallel")))
+            .transpose()?
+            .or(max_parallel);
+        waves.push(Wave {
+            name: wave.name.get_ref().clone(),
+            services: order
+                .iter()
+                .filter(|&&i| assigned[i] == Some(w))
+                .map(|&i| services[i].name.clone())
+                .collect(),
+            max_parallel: parallel,
+        });
+    }
+    let rest: Vec<ServiceName> = order
+        .iter()
+        .filter(|&&i| assigned[i].is_none())
+        .map(|&i| services[i].name.clone())
+        .collect();
+    if !rest.is_empty() {
+        waves.push(Wave {
+            name: if names.contains(IMPLICIT_WAVE) {
+                format!("{IMPLICIT_WAVE}-{}", waves.len() + 1)
+            } else {
+                IMPLICIT_WAVE.into()
+            },
+            services: rest,
+            max_parallel,
+        });
+    }
+    waves.retain(|w| !w.services.is_empty());
+
+    let wave_of = |name: &ServiceName| waves.iter().position(|w| w.services.contains(name));
+    for (i, s) in raw.services.iter().enumerate() {
+        for (j, dep) in s.depends_on.iter().enumerate() {
+            let dep_name = &services[i].depends_on[j];
+            let (mine, theirs) = (wave_of(&services[i].name), wave_of(dep_name));
+            if theirs >= mine {
+                return Err(RuleError::at(
+                    dep,
+                    format!("service[{i}].depends_on[{j}]"),
+                    format!(
+                        "service {} depends on {dep_name}, so {dep_name} must be in an earlier wave (it is in wave {:?}, {} in {:?})",
+                        services[i].name,
+                        theirs.map_or("?", |w| waves[w].name.as_str()),
+                        services[i].name,
+                        mine.map_or("?", |w| waves[w].name.as_str()),
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(waves)
+}
+
+/// The services in dependency order (plan order among equals), and each one's level: 0 for no
+/// dependencies, else one more than its deepest dependency.
+fn dependency_order(
+    raw: &RawPlan,
+    services: &[ServicePlan],
+    index: &ServiceIndex,
+) -> Result<(Vec<usize>, Vec<usize>), RuleError> {
+    let mut levels: Vec<Option<usize>> = vec![None; services.len()];
+    let mut order = Vec::new();
+    while order.len() < services.len() {
+        let ready: Vec<usize> = (0..services.len())
+            .filter(|&i| levels[i].is_none())
+            .filter(|&i| {
+                services[i]
+                    .depends_on
+                    .iter()
+                    .all(|d| levels[index[d]].is_some())
+            })
+            .collect();
+        let Some(_) = ready.first() else {
+            let stuck = (0..services.len())
+                .find(|&i| levels[i].is_none())
+                .unwrap_or(0);
+            let cycle: Vec<String> = (0..services.len())
+                .filter(|&i| levels[i].is_none())
+                .map(|i| services[i].name.to_string())
+                .collect();
+            let reason = format!("depends_on forms a cycle between {}", cycle.join(", "));
+            return Err(match raw.services[stuck].depends_on.first() {
+                Some(dep) => RuleError::at(dep, format!("service[{stuck}].depends_on"), reason),
+                None => RuleError::plain(&reason),
+            });
+        };
+        for &i in &ready {
+            let level = services[i]
+                .depends_on
+                .iter()
+                .filter_map(|d| levels[index[d]])
+                .map(|l| l + 1)
+                .max()
+                .unwrap_or(0);
+            levels[i] = Some(level);
+            order.push(i);
+        }
+    }
+    // Plan order within a level keeps the order people wrote.
+    let levels: Vec<usize> = levels.into_iter().map(|l| l.unwrap_or(0)).collect();
+    order.sort_by_key(|&i| (levels[i], i));
+    Ok((order, levels))
+}

@@ -1,0 +1,158 @@
+use flotilla_schemas::{Action, Command, CommandId, InstanceId, RunResult, ServiceName};
+
+use super::*;
+use crate::plan::Plan;
+use crate::store::{CommandRecord, RunRecord};
+
+const PLAN: &str = "name = \"p\"\n[[wave]]\nname = \"canary\"\nservices = [\"a\"]\n[[step]]\naction = \"restart\"\n[[service]]\nname = \"a\"\n[[service]]\nname = \"b\"\n[[service]]\nname = \"c\"\n";
+
+fn record() -> RunRecord {
+    let plan = Plan::parse(PLAN).unwrap();
+    let targets: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|s| {
+            (
+                ServiceName::parse(*s).unwrap(),
+                InstanceId::parse("x").unwrap(),
+            )
+        })
+        .collect();
+    RunRecord::new(
+        RunId::new(),
+        "p",
+        "p.toml",
+        PLAN,
+        &plan.waves,
+        &targets,
+        false,
+    )
+}
+
+fn command(record: &RunRecord, t: usize) -> CommandRecord {
+    let now = OffsetDateTime::now_utc();
+    CommandRecord {
+        command: Command {
+            schema: Default::default(),
+            command_id: CommandId::new(),
+            run_id: record.run_id,
+            service: record.targets[t].service.clone(),
+            instance: record.targets[t].instance.clone(),
+            issued_at: now,
+            expires_at: now,
+            action: Action::Finalize {
+                migration: CommandId::new(),
+            },
+        },
+        sent_at: Some(now),
+        result: None,
+        timed_out: false,
+        not_delivered: None,
+        cause: None,
+    }
+}
+
+fn result(c: &CommandRecord, outcome: Outcome, failed: Option<Phase>) -> RunResult {
+    RunResult {
+        schema: Default::default(),
+        run_id: c.command.run_id,
+        command_id: c.command.command_id,
+        service: c.command.service.clone(),
+        instance: c.command.instance.clone(),
+        at: OffsetDateTime::now_utc(),
+        outcome,
+        reason: Some("health <check> said \"no\" & more".into()),
+        phases: failed
+            .map(|phase| PhaseReport {
+                phase,
+                status: PhaseStatus::Failed,
+                duration_ms: 3,
+                detail: None,
+            })
+            .into_iter()
+            .collect(),
+        measurements: Measurements::default(),
+        gates: Vec::new(),
+        replayed: false,
+    }
+}
+
+#[test]
+fn the_taxonomy_and_exit_codes_follow_the_record() {
+    let mut record = record();
+    let mut a = command(&record, 0);
+    a.result = Some(result(&a, Outcome::RolledBack, Some(Phase::Validate)));
+    record.targets[0].migrate = Some(a);
+    record.status = RunStatus::Failed;
+    let report = RunReport::from_record(&record);
+    assert_eq!(report.services[0].status, ServiceStatus::RolledBack);
+    assert_eq!(
+        report.services[0].failure,
+        Some(FailureKind::FailedValidation)
+    );
+    assert_eq!(report.services[1].status, ServiceStatus::NotStarted);
+    assert_eq!(report.services[1].wave, "rest");
+    assert_eq!(report.exit_code(), exit::FAILED);
+
+    let mut b = command(&record, 1);
+    b.timed_out = true;
+    record.targets[1].migrate = Some(b);
+    let report = RunReport::from_record(&record);
+    assert_eq!(report.services[1].failure, Some(FailureKind::TimedOut));
+    assert_eq!(report.exit_code(), exit::TIMED_OUT);
+
+    let mut c = command(&record, 2);
+    c.result = Some(result(&c, Outcome::Succeeded, None));
+    let mut rollback = command(&record, 2);
+    rollback.result = Some(result(
+        &rollback,
+        Outcome::RollbackFailed,
+        Some(Phase::Rollback),
+    ));
+    record.targets[2].migrate = Some(c);
+    record.targets[2].rollback = Some(rollback);
+    let report = RunReport::from_record(&record);
+    assert_eq!(
+        report.services[2].failure,
+        Some(FailureKind::RollbackFailed)
+    );
+    assert_eq!(report.exit_code(), exit::ROLLBACK_FAILED);
+
+    record.targets[1].migrate = None;
+    record.targets[2].migrate = None;
+    record.targets[2].rollback = None;
+    record.status = RunStatus::Cancelled;
+    assert_eq!(RunReport::from_record(&record).exit_code(), exit::CANCELLED);
+}
+
+#[test]
+fn junit_escapes_and_classifies() {
+    let mut record = record();
+    let mut a = command(&record, 0);
+    a.result = Some(result(&a, Outcome::Refused, Some(Phase::Precheck)));
+    record.targets[0].migrate = Some(a);
+    record.status = RunStatus::Failed;
+    let xml = RunReport::from_record(&record).to_junit();
+    assert!(
+        xml.contains("<failure type=\"refused\" message=\"health &lt;check&gt; said &quot;no&quot; &amp; more\">"),
+        "{xml}"
+    );
+    assert!(
+        xml.contains("tests=\"3\" failures=\"1\" skipped=\"2\""),
+        "{xml}"
+    );
+    assert!(xml.contains("<testsuite name=\"canary\""), "{xml}");
+}
+
+#[test]
+fn markdown_is_a_guide_per_service() {
+    let mut record = record();
+    let mut a = command(&record, 0);
+    a.result = Some(result(&a, Outcome::RolledBack, Some(Phase::Apply)));
+    record.targets[0].migrate = Some(a);
+    record.status = RunStatus::Failed;
+    let md = RunReport::from_record(&record).to_markdown();
+    assert!(md.contains("### a/x"), "{md}");
+    assert!(md.contains("1. restart the service"), "{md}");
+    assert!(md.contains("failed apply: health <check>"), "{md}");
+    assert!(md.contains("| 1 | canary | all | pending | a/x |"), "{md}");
+}

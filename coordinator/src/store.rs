@@ -1,0 +1,587 @@
+//! Durable runs: one record per run in a JetStream key-value bucket, written as the run
+//! proceeds, so `flotilla status`, `runs`, `resume`, `rollback` and `cancel` work from any
+//! machine and after the coordinator was killed.
+//!
+//! Keys: `<run_id>` holds the run's header, a [`RunRecord`] (JSON, schema `flotilla.run.v1`)
+//! whose targets carry no commands; `<run_id>.t.<index>` holds one target with its commands
+//! and results, so that a result costs one small write and a run is not capped by the
+//! server's maximum message size; `<run_id>.cancel` exists while a cancel is requested. The
+//! cancel flag has its own key so that the engine, which rewrites the header, can never
+//! overwrite a request it has not seen. Every write is a compare-and-set on the key's
+//! revision, so two coordinators can never drive one run.
+
+use std::collections::HashMap;
+
+use async_nats::jetstream::{self, kv};
+use flotilla_schemas::subjects::Subjects;
+use flotilla_schemas::{Command, CommandId, InstanceId, RunId, RunResult, ServiceName};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::plan::Wave;
+
+/// The run record's schema tag.
+pub const RUN_SCHEMA: &str = "flotilla.run.v1";
+
+/// Suffix of the key that flags a cancel request.
+const CANCEL_SUFFIX: &str = ".cancel";
+
+/// Why the run store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open or create the key-value bucket {bucket}")]
+    Open {
+        bucket: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("cannot read run {key} from the run store")]
+    Read {
+        key: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("cannot write run {key} to the run store")]
+    Write {
+        key: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error(
+        "run {key} was changed by someone else (another coordinator resumed it?); stopping so that two coordinators never drive one run"
+    )]
+    Conflict { key: String },
+    #[error("run record {key} is unreadable: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+/// Where a run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Being driven by a coordinator, or interrupted (a killed coordinator): `resume` it.
+    Running,
+    /// Every service migrated, validated and finalized.
+    Succeeded,
+    /// Some services failed within the failure budget; the others were finalized.
+    SucceededWithFailures,
+    /// The failure budget was broken; see `on_failure` for what happened to the rest.
+    Failed,
+    /// The run was rolled back on request (`flotilla rollback`).
+    RolledBack,
+    /// `--rehearse`: every service migrated, validated, rolled back and proved healthy.
+    Rehearsed,
+    /// Dispatching stopped on request; `resume` finishes the run.
+    Cancelled,
+}
+
+/// Which part of the run comes next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Migrating,
+    RollingBack,
+    Finalizing,
+    Done,
+}
+
+/// The durable record of one run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// Always [`RUN_SCHEMA`].
+    pub schema: String,
+    pub run_id: RunId,
+    pub plan_name: String,
+    /// Where the plan was read from, as given on the command line.
+    pub plan_path: String,
+    /// The plan's text, so the run can be resumed where the file is not.
+    pub plan_text: String,
+    /// `--rehearse`: roll everything back after validation.
+    #[serde(default)]
+    pub rehearse: bool,
+    pub status: RunStatus,
+    pub stage: Stage,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+    /// The host and process driving (or that last drove) the run.
+    pub coordinator: String,
+    /// Why the run stopped early, or what it decided.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    pub waves: Vec<WaveRecord>,
+    pub targets: Vec<TargetRecord>,
+}
+
+/// One wave's progress.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WaveRecord {
+    pub name: String,
+    pub max_parallel: Option<u32>,
+    /// Indices into [`RunRecord::targets`].
+    pub targets: Vec<usize>,
+    pub status: WaveStatus,
+}
+
+/// Where a wave stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WaveStatus {
+    Pending,
+    Running,
+    /// Every service of the wave has a result.
+    Done,
+    /// The run stopped before the wave finished.
+    Stopped,
+}
+
+// === impl Stage ===
+
+impl Stage {
+    /// The stage as written in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Migrating => "migrating",
+            Stage::RollingBack => "rolling_back",
+            Stage::Finalizing => "finalizing",
+            Stage::Done => "done",
+        }
+    }
+}
+
+// === impl WaveStatus ===
+
+impl WaveStatus {
+    /// The status as written in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WaveStatus::Pending => "pending",
+            WaveStatus::Running => "running",
+            WaveStatus::Done => "done",
+            WaveStatus::Stopped => "stopped",
+        }
+    }
+}
+
+/// One agent of the run, and the commands sent to it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TargetRecord {
+    pub service: ServiceName,
+    pub instance: InstanceId,
+    /// Index into [`RunRecord::waves`].
+    pub wave: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrate: Option<CommandRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<CommandRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finalize: Option<CommandRecord>,
+}
+
+/// A command: recorded before it is sent (so a resumed run re-sends the same command ID, which
+/// agents dedupe), then when it was sent and how it ended.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommandRecord {
+    pub command: Command,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub sent_at: Option<OffsetDateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<RunResult>,
+    /// No result came within the deadline.
+    #[serde(default)]
+    pub timed_out: bool,
+    /// The command never reached the bus: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_delivered: Option<String>,
+    /// Why the coordinator sent it (for rollbacks: the run failed, a rehearsal, a request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
+}
+
+/// The revisions of a run's keys, for compare-and-set writes.
+#[derive(Debug, Clone, Default)]
+pub struct Revisions {
+    header: u64,
+    targets: HashMap<usize, u64>,
+}
+
+/// The run store: a handle on the bucket.
+#[derive(Clone)]
+pub struct Store {
+    kv: kv::Store,
+}
+
+// === impl RunRecord ===
+
+impl RunRecord {
+    /// A new record for `targets` in `waves`.
+    pub fn new(
+        run_id: RunId,
+        plan_name: &str,
+        plan_path: &str,
+        plan_text: &str,
+        waves: &[Wave],
+        targets: &[(ServiceName, InstanceId)],
+        rehearse: bool,
+    ) -> Self {
+        let now = OffsetDateTime::now_utc();
+        let mut record = RunRecord {
+            schema: RUN_SCHEMA.into(),
+            run_id,
+            plan_name: plan_name.to_owned(),
+            plan_path: plan_path.to_owned(),
+            plan_text: plan_text.to_owned(),
+            rehearse,
+            status: RunStatus::Running,
+            stage: Stage::Migrating,
+            started_at: now,
+            updated_at: now,
+            finished_at: None,
+            coordinator: coordinator_name(),
+            notes: Vec::new(),
+            waves: Vec::new(),
+            targets: Vec::new(),
+        };
+        for (w, wave) in waves.iter().enumerate() {
+            let mut members = Vec::new();
+            for service in &wave.services {
+                for (s, i) in targets.iter().filter(|(s, _)| s == service) {
+                    members.push(record.targets.len());
+                    record.targets.push(TargetRecord {
+                        service: s.clone(),
+                        instance: i.clone(),
+                        wave: w,
+                        migrate: None,
+                        rollback: None,
+                        finalize: None,
+                    });
+                }
+            }
+            record.waves.push(WaveRecord {
+                name: wave.name.clone(),
+                max_parallel: wave.max_parallel,
+                targets: members,
+                status: WaveStatus::Pending,
+            });
+        }
+        record
+    }
+
+    /// The index of the target that `command_id` was sent to.
+    pub fn find_target(&self, command_id: CommandId) -> Option<usize> {
+        self.targets.iter().position(|t| {
+            [&t.migrate, &t.rollback, &t.finalize]
+                .into_iter()
+                .flatten()
+                .any(|c| c.command.command_id == command_id)
+        })
+    }
+
+    /// The command record of `command_id`.
+    pub fn find_command(&mut self, command_id: CommandId) -> Option<&mut CommandRecord> {
+        self.targets.iter_mut().find_map(|t| {
+            [&mut t.migrate, &mut t.rollback, &mut t.finalize]
+                .into_iter()
+                .flatten()
+                .find(|c| c.command.command_id == command_id)
+        })
+    }
+
+    /// True when the run may be resumed.
+    pub fn resumable(&self) -> bool {
+        matches!(self.status, RunStatus::Running | RunStatus::Cancelled)
+    }
+}
+
+/// `host:pid` of this process.
+pub(crate) fn coordinator_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown-host".into());
+    format!("{host}:{}", std::process::id())
+}
+
+// === impl Store ===
+
+impl Store {
+    /// Opens the runs bucket, creating it when it does not exist.
+    pub async fn open(js: &jetstream::Context, subjects: &Subjects) -> Result<Self, StoreError> {
+        let bucket = subjects.runs_bucket();
+        if let Ok(kv) = js.get_key_value(&bucket).await {
+            return Ok(Self { kv });
+        }
+        js.create_key_value(kv::Config {
+            bucket: bucket.clone(),
+            description: "Flotilla run records: one key per run".into(),
+            history: 5,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map(|kv| Self { kv })
+        .map_err(|e| StoreError::Open {
+            bucket,
+            source: Box::new(e),
+        })
+    }
+
+    /// Writes a new run's header; fails if the run already exists.
+    pub async fn create(&self, record: &RunRecord) -> Result<Revisions, StoreError> {
+        let key = record.run_id.to_string();
+        let header = self
+            .kv
+            .create(&key, encode(&header_of(record)))
+            .await
+            .map_err(|e| StoreError::Write {
+                key,
+                source: Box::new(e),
+            })?;
+        Ok(Revisions {
+            header,
+            targets: HashMap::new(),
+        })
+    }
+
+    /// Writes the run's header over the revision last seen.
+    pub async fn save_header(
+        &self,
+        record: &RunRecord,
+        revisions: &mut Revisions,
+    ) -> Result<(), StoreError> {
+        let key = record.run_id.to_string();
+        revisions.header = self
+            .cas(&key, encode(&header_of(record)), Some(revisions.header))
+            .await?;
+        Ok(())
+    }
+
+    /// Writes target `index` of the run (its commands and results).
+    pub async fn save_target(
+        &self,
+        record: &RunRecord,
+        index: usize,
+        revisions: &mut Revisions,
+    ) -> Result<(), StoreError> {
+        let key = target_key(&record.run_id, index);
+        let revision = self
+            .cas(
+                &key,
+                encode(&record.targets[index]),
+                revisions.targets.get(&index).copied(),
+            )
+            .await?;
+        revisions.targets.insert(index, revision);
+        Ok(())
+    }
+
+    async fn cas(
+        &self,
+        key: &str,
+        value: bytes::Bytes,
+        revision: Option<u64>,
+    ) -> Result<u64, StoreError> {
+        match revision {
+            Some(revision) => self.kv.update(key, value, revision).await.map_err(|e| {
+                if e.kind() == kv::UpdateErrorKind::WrongLastRevision {
+                    StoreError::Conflict {
+                        key: key.to_owned(),
+                    }
+                } else {
+                    StoreError::Write {
+                        key: key.to_owned(),
+                        source: Box::new(e),
+                    }
+                }
+            }),
+            None => self.kv.create(key, value).await.map_err(|e| {
+                if e.kind() == kv::CreateErrorKind::AlreadyExists {
+                    StoreError::Conflict {
+                        key: key.to_owned(),
+                    }
+                } else {
+                    StoreError::Write {
+                        key: key.to_owned(),
+                        source: Box::new(e),
+                    }
+                }
+            }),
+        }
+    }
+
+    /// The header of `run` (targets without their commands).
+    async fn load_header(&self, run: &RunId) -> Result<Option<(RunRecord, u64)>, StoreError> {
+        let key = run.to_string();
+        let entry = self.kv.entry(&key).await.map_err(|e| StoreError::Read {
+            key: key.clone(),
+            source: Box::new(e),
+        })?;
+        let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
+            return Ok(None);
+        };
+        let record = decode(&key, &entry.value)?;
+        Ok(Some((record, entry.revision)))
+    }
+
+    /// The whole record of `run` and the revisions of its keys.
+    pub async fn load(&self, run: &RunId) -> Result<Option<(RunRecord, Revisions)>, StoreError> {
+        let Some((mut record, header)) = self.load_header(run).await? else {
+            return Ok(None);
+        };
+        let mut revisions = Revisions {
+            header,
+            targets: HashMap::new(),
+        };
+        for index in 0..record.targets.len() {
+            let key = target_key(run, index);
+            let entry = self.kv.entry(&key).await.map_err(|e| StoreError::Read {
+                key: key.clone(),
+                source: Box::new(e),
+            })?;
+            let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
+                continue;
+            };
+            let target: TargetRecord =
+                serde_json::from_slice(&entry.value).map_err(|e| StoreError::Corrupt {
+                    key: key.clone(),
+                    reason: e.to_string(),
+                })?;
+            record.targets[index] = target;
+            revisions.targets.insert(index, entry.revision);
+        }
+        Ok(Some((record, revisions)))
+    }
+
+    /// Every run's header, oldest first.
+    pub async fn list(&self) -> Result<Vec<RunRecord>, StoreError> {
+        let read = |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Read {
+            key: "*".into(),
+            source: e,
+        };
+        let mut keys = self.kv.keys().await.map_err(|e| read(Box::new(e)))?;
+        let mut runs = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(|e| read(Box::new(e)))?;
+            if key.ends_with(CANCEL_SUFFIX) {
+                continue;
+            }
+            let Ok(run) = key.parse::<RunId>() else {
+                continue;
+            };
+            if let Some((record, _)) = self.load_header(&run).await? {
+                runs.push(record);
+            }
+        }
+        runs.sort_by_key(|r| r.started_at);
+        Ok(runs)
+    }
+
+    /// Finds a run by full ID or unique prefix; `None` means the latest run.
+    pub async fn find(&self, run: Option<&str>) -> Result<Result<RunId, String>, StoreError> {
+        if let Some(Ok(id)) = run.map(str::parse::<RunId>) {
+            return Ok(Ok(id));
+        }
+        let runs = self.list().await?;
+        Ok(match run {
+            None => runs
+                .last()
+                .map(|r| r.run_id)
+                .ok_or_else(|| "no runs recorded yet".to_owned()),
+            Some(prefix) => {
+                let matching: Vec<RunId> = runs
+                    .iter()
+                    .filter(|r| r.run_id.to_string().starts_with(prefix))
+                    .map(|r| r.run_id)
+                    .collect();
+                match matching.as_slice() {
+                    [one] => Ok(*one),
+                    [] => Err(format!("no run matches {prefix:?}")),
+                    _ => Err(format!(
+                        "{prefix:?} matches {} runs; give more of the ID",
+                        matching.len()
+                    )),
+                }
+            }
+        })
+    }
+
+    /// Asks whoever drives `run` to stop dispatching.
+    pub async fn request_cancel(&self, run: &RunId) -> Result<(), StoreError> {
+        let key = format!("{run}{CANCEL_SUFFIX}");
+        self.kv
+            .put(&key, "cancel".into())
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::Write {
+                key,
+                source: Box::new(e),
+            })
+    }
+
+    /// True when a cancel of `run` was requested.
+    pub async fn cancel_requested(&self, run: &RunId) -> Result<bool, StoreError> {
+        let key = format!("{run}{CANCEL_SUFFIX}");
+        self.kv
+            .get(&key)
+            .await
+            .map(|v| v.is_some())
+            .map_err(|e| StoreError::Read {
+                key,
+                source: Box::new(e),
+            })
+    }
+
+    /// Forgets a cancel request (on resume).
+    pub async fn clear_cancel(&self, run: &RunId) -> Result<(), StoreError> {
+        let key = format!("{run}{CANCEL_SUFFIX}");
+        self.kv.purge(&key).await.map_err(|e| StoreError::Write {
+            key,
+            source: Box::new(e),
+        })
+    }
+}
+
+fn target_key(run: &RunId, index: usize) -> String {
+    format!("{run}.t.{index}")
+}
+
+/// The record without the targets' commands: those live under their own keys.
+fn header_of(record: &RunRecord) -> RunRecord {
+    let mut header = record.clone();
+    for target in &mut header.targets {
+        target.migrate = None;
+        target.rollback = None;
+        target.finalize = None;
+    }
+    header
+}
+
+fn encode<T: Serialize>(value: &T) -> bytes::Bytes {
+    serde_json::to_vec(value)
+        .expect("run records always serialize")
+        .into()
+}
+
+fn decode(key: &str, bytes: &[u8]) -> Result<RunRecord, StoreError> {
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+            key: key.to_owned(),
+            reason: e.to_string(),
+        })?;
+    if value.get("schema").and_then(|s| s.as_str()) != Some(RUN_SCHEMA) {
+        return Err(StoreError::Corrupt {
+            key: key.to_owned(),
+            reason: format!(
+                "schema is {}, this coordinator reads {RUN_SCHEMA}",
+                value.get("schema").unwrap_or(&serde_json::Value::Null)
+            ),
+        });
+    }
+    serde_json::from_value(value).map_err(|e| StoreError::Corrupt {
+        key: key.to_owned(),
+        reason: e.to_string(),
+    })
+}
