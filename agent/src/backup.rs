@@ -62,8 +62,13 @@ pub struct Backup {
 impl BackupStore {
     /// The store under `state_dir`.
     pub fn new(state_dir: &Path) -> Self {
+        Self::in_dir(&state_dir.join("backups"))
+    }
+
+    /// The store in `dir` itself.
+    pub fn in_dir(dir: &Path) -> Self {
         Self {
-            dir: state_dir.join("backups"),
+            dir: dir.to_owned(),
             max_bytes: None,
         }
     }

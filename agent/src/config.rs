@@ -40,6 +40,36 @@ pub struct AgentConfig {
     pub secrets: SecretSources,
     #[serde(default)]
     pub commands: CommandPolicy,
+    #[serde(default)]
+    pub security: SecurityConfig,
+}
+
+/// Who may command this agent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// Base64 Ed25519 public keys of the coordinators this agent obeys (two during a key
+    /// rotation). When set, every command must carry a valid signature by one of them. Empty:
+    /// unsigned commands are accepted, with a warning at start — for local demos only.
+    #[serde(default)]
+    pub trusted_keys: Vec<String>,
+    /// How far the coordinator's clock may be off: commands issued up to this far in the
+    /// future, or expired up to this long ago, are still accepted.
+    #[serde(default = "default_clock_skew", with = "humantime_serde")]
+    pub clock_skew: Duration,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        Self {
+            trusted_keys: Vec::new(),
+            clock_skew: default_clock_skew(),
+        }
+    }
+}
+
+fn default_clock_skew() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// How to reach NATS.
@@ -53,6 +83,9 @@ pub struct NatsConfig {
     pub prefix: String,
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Identity and transport security (`[nats.auth]`).
+    #[serde(default)]
+    pub auth: flotilla_bus::Credentials,
 }
 
 impl Default for NatsConfig {
@@ -61,6 +94,7 @@ impl Default for NatsConfig {
             url: default_nats_url(),
             prefix: default_prefix(),
             connect_timeout: default_connect_timeout(),
+            auth: Default::default(),
         }
     }
 }
@@ -89,6 +123,10 @@ pub struct AgentSection {
     /// change. Unset: limited by the free space only.
     #[serde(default)]
     pub max_backup_bytes: Option<u64>,
+    /// Where backups are kept; `<state_dir>/backups` by default. A larger volume than the state
+    /// directory's, for services with big roots.
+    #[serde(default)]
+    pub backup_dir: Option<PathBuf>,
 }
 
 /// The service this agent looks after.
@@ -98,8 +136,26 @@ pub struct ServiceConfig {
     pub name: ServiceName,
     /// The service's directory; every step is confined to it.
     pub root: PathBuf,
-    /// The program and arguments the agent runs and supervises.
+    /// Who runs the service: the agent itself (`agent`, the default) or an external supervisor
+    /// such as systemd (`external`).
+    #[serde(default)]
+    pub supervisor: SupervisorKind,
+    /// `agent`: the program and arguments the agent runs and supervises.
+    #[serde(default)]
     pub command: Vec<String>,
+    /// `external`: the command that restarts the service, e.g. `["systemctl", "restart", "x"]`.
+    #[serde(default)]
+    pub restart_command: Vec<String>,
+    /// `external`: the command that stops it (optional; a rollback then restores in place and
+    /// restarts).
+    #[serde(default)]
+    pub stop_command: Vec<String>,
+    /// `external`: a file holding the service's main PID, to measure its memory.
+    #[serde(default)]
+    pub pid_file: Option<PathBuf>,
+    /// `external`: a substring of the service's command line, to find its PID without a PID file.
+    #[serde(default)]
+    pub process_match: Option<String>,
     /// Extra environment for the service process.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -111,6 +167,17 @@ pub struct ServiceConfig {
     /// How long the service may take to stop on SIGTERM before it is killed.
     #[serde(default = "default_stop_timeout", with = "humantime_serde")]
     pub stop_timeout: Duration,
+}
+
+/// Who runs the service.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SupervisorKind {
+    /// The agent spawns, restarts and measures the service process.
+    #[default]
+    Agent,
+    /// Another supervisor runs it; the agent drives it through commands.
+    External,
 }
 
 fn default_startup_timeout() -> Duration {
@@ -153,6 +220,18 @@ pub struct CommandPolicy {
     /// Program names or paths, matched exactly. Empty: no command may run.
     #[serde(default)]
     pub allow: Vec<String>,
+    /// Run `run_command` steps and `command` checks as this less privileged user and group
+    /// (numeric IDs), instead of as the agent.
+    #[serde(default)]
+    pub run_as: Option<RunAs>,
+}
+
+/// A numeric user and group to run programs as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// `FLOTILLA_<SECTION>__<KEY>` variables only: other `FLOTILLA_…` variables (secrets such as
@@ -177,6 +256,8 @@ impl AgentConfig {
                     .prefix_separator("_")
                     .separator("__")
                     .try_parsing(true)
+                    .list_separator(",")
+                    .with_list_parse_key("security.trusted_keys")
                     .source(Some(section_overrides())),
             )
             .build()
@@ -200,8 +281,18 @@ impl AgentConfig {
 
     /// Rules serde cannot express.
     fn check(&self) -> Result<(), String> {
-        if self.service.command.is_empty() {
-            return Err("service.command must name a program".into());
+        match self.service.supervisor {
+            SupervisorKind::Agent if self.service.command.is_empty() => {
+                return Err(
+                    "service.command must name a program (or set supervisor = \"external\")".into(),
+                );
+            }
+            SupervisorKind::External if self.service.restart_command.is_empty() => {
+                return Err(
+                    "service.restart_command is required with supervisor = \"external\"".into(),
+                );
+            }
+            _ => {}
         }
         if !self.service.root.is_absolute() {
             return Err(format!(
@@ -217,6 +308,10 @@ impl AgentConfig {
         }
         if self.agent.state_dir.starts_with(&self.service.root) {
             return Err("agent.state_dir must not be inside service.root (backups would back themselves up)".into());
+        }
+        for key in &self.security.trusted_keys {
+            flotilla_bus::signing::TrustedKey::parse(key)
+                .map_err(|e| format!("security.trusted_keys: {e}"))?;
         }
         flotilla_schemas::subjects::Subjects::new(&self.nats.prefix)
             .map_err(|e| format!("nats.prefix: {e}"))?;

@@ -84,6 +84,7 @@ impl Events {
         let subject = self.subjects.event(&run_id, &self.service, &self.instance);
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(HEADER_RUN_ID, run_id.to_string().as_str());
+        flotilla_telemetry::inject(&mut headers);
         let publish = async {
             self.js
                 .publish_with_headers(subject.clone(), headers, encode(message).into())

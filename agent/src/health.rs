@@ -24,7 +24,7 @@ pub enum HealthError {
     Body { url: String, expected: String },
 }
 
-/// One attempt. With `expect_status` `None`, any HTTP answer passes: the service is serving.
+/// One GET. With `expect_status` `None`, any HTTP answer passes: the service is serving.
 pub async fn probe(
     http: &reqwest::Client,
     url: &str,
@@ -32,7 +32,35 @@ pub async fn probe(
     body_contains: Option<&str>,
     run_id: Option<RunId>,
 ) -> Result<(), HealthError> {
-    let mut request = http.get(url).timeout(Duration::from_secs(2));
+    attempt(
+        http,
+        reqwest::Method::GET,
+        url,
+        None,
+        expect_status,
+        body_contains,
+        run_id,
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn attempt(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    body: Option<&str>,
+    expect_status: Option<u16>,
+    body_contains: Option<&str>,
+    run_id: Option<RunId>,
+) -> Result<(), HealthError> {
+    let mut request = http.request(method, url).timeout(Duration::from_secs(2));
+    if let Some(body) = body {
+        request = request.body(body.to_owned());
+    }
+    for (name, value) in flotilla_telemetry::http_headers() {
+        request = request.header(name, value);
+    }
     if let Some(run_id) = run_id {
         request = request.header(HTTP_CORRELATION_HEADER, run_id.to_string());
     }
@@ -70,18 +98,28 @@ pub async fn check(
     check: &HttpCheck,
     run_id: RunId,
 ) -> Result<Duration, HealthError> {
+    let method =
+        match check.method.as_deref() {
+            None => reqwest::Method::GET,
+            Some(name) => reqwest::Method::from_bytes(name.to_ascii_uppercase().as_bytes())
+                .map_err(|_| HealthError::Unreachable {
+                    url: url.to_owned(),
+                    reason: format!("{name:?} is not an HTTP method"),
+                })?,
+        };
     let started = Instant::now();
     let deadline = started + Duration::from_millis(check.timeout_ms);
     loop {
-        match probe(
+        let outcome = attempt(
             http,
+            method.clone(),
             url,
+            check.body.as_deref(),
             Some(check.expect_status),
             check.body_contains.as_deref(),
             Some(run_id),
-        )
-        .await
-        {
+        );
+        match outcome.await {
             Ok(()) => return Ok(started.elapsed()),
             Err(e) if Instant::now() >= deadline => return Err(e),
             Err(_) => tokio::time::sleep(POLL_INTERVAL).await,

@@ -4,6 +4,7 @@
 //! connects to NATS and serves commands until shut down.
 
 pub mod backup;
+mod checks;
 pub mod config;
 mod confine;
 pub mod crashpoint;
@@ -49,7 +50,11 @@ pub enum AgentError {
 }
 
 /// Runs the agent until `shutdown` is cancelled, then stops the service it supervises.
-pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+pub async fn run(
+    config: AgentConfig,
+    telemetry: &flotilla_telemetry::TelemetryGuard,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
     let subjects = Subjects::new(&config.nats.prefix).map_err(AgentError::Prefix)?;
     let journal = Journal::open(&config.agent.state_dir)?;
     let http = reqwest::Client::builder()
@@ -61,8 +66,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         config.agent.state_dir.join("service-output.log"),
         http.clone(),
     );
-    let backups =
-        BackupStore::new(&config.agent.state_dir).with_limit(config.agent.max_backup_bytes);
+    let backups = match &config.agent.backup_dir {
+        Some(dir) => BackupStore::in_dir(dir),
+        None => BackupStore::new(&config.agent.state_dir),
+    }
+    .with_limit(config.agent.max_backup_bytes);
     let mut lifecycle = Lifecycle {
         config,
         journal,
@@ -78,7 +86,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             "recovered interrupted commands; their results go out once connected"
         );
     }
-    if let Err(e) = lifecycle.supervisor.start().await {
+    if let Err(e) = lifecycle.supervisor.boot().await {
         // The agent stays up: a broken service is exactly when an operator needs it reachable.
         tracing::error!(error = %error_chain(&e), "the service did not start healthy");
     }
@@ -96,19 +104,20 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         ),
         connect_timeout: lifecycle.config.nats.connect_timeout,
         allow_old_server: false,
+        auth: lifecycle.config.nats.auth.clone(),
     };
     let client = loop {
         match flotilla_bus::connect(&options).await {
             Ok(client) => break client,
             Err(e @ flotilla_bus::BusError::OldServer { .. }) => {
-                lifecycle.supervisor.stop().await;
+                lifecycle.supervisor.shutdown().await;
                 return Err(session::SessionError::Bus(e).into());
             }
             Err(e) => {
                 tracing::warn!(error = %error_chain(&e), "NATS not reachable yet, retrying");
                 tokio::select! {
                     _ = shutdown.cancelled() => {
-                        lifecycle.supervisor.stop().await;
+                        lifecycle.supervisor.shutdown().await;
                         return Ok(());
                     }
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -117,10 +126,24 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         }
     };
 
-    let served = session::serve(client.clone(), subjects, lifecycle, status, shutdown).await;
+    if let Err(e) = telemetry
+        .attach_nats(client.clone(), subjects.prefix())
+        .await
+    {
+        tracing::warn!(error = %error_chain(&e), "telemetry store unavailable; spans and logs stay local");
+    }
+    let served = session::serve(
+        client.clone(),
+        subjects,
+        lifecycle,
+        status,
+        telemetry,
+        shutdown,
+    )
+    .await;
     let _ = client.drain().await;
     let mut lifecycle = served?;
-    lifecycle.supervisor.stop().await;
+    lifecycle.supervisor.shutdown().await;
     tracing::info!("agent stopped");
     Ok(())
 }

@@ -6,10 +6,11 @@
 use std::time::{Duration, Instant};
 
 use flotilla_schemas::{
-    Action, Command, CommandId, GateReport, Gates, HttpCheck, Measurements, Outcome, Phase,
-    PhaseReport, PhaseStatus, RunResult, Step,
+    Action, Check, Command, CommandId, GateReport, Gates, HttpCheck, Measurements, Outcome, Phase,
+    PhaseReport, PhaseStatus, Precondition, RunResult, Step,
 };
 use time::OffsetDateTime;
+use tracing::Instrument;
 
 use crate::backup::{self, BackupStore};
 use crate::config::AgentConfig;
@@ -18,7 +19,7 @@ use crate::journal::{Journal, JournalError, Record};
 use crate::steps::{self, RootDir};
 use crate::supervisor::Supervisor;
 use crate::template::Renderer;
-use crate::{confine, crashpoint, health, metrics};
+use crate::{checks, confine, crashpoint, health, metrics};
 use flotilla_telemetry::error_chain;
 
 /// A failure of the phase named in it; its message becomes the result's reason.
@@ -52,7 +53,15 @@ impl Tracker<'_> {
             .progress(self.command, phase, PhaseStatus::Started, None, None)
             .await;
         let started = Instant::now();
-        let outcome = work.await;
+        let span = tracing::info_span!(
+            "phase",
+            otel.name = phase.as_str(),
+            flotilla.run_id = %self.command.run_id,
+            flotilla.service = %self.command.service,
+            flotilla.instance = %self.command.instance,
+            flotilla.phase = phase.as_str(),
+        );
+        let outcome = work.instrument(span).await;
         let elapsed = started.elapsed();
         let (status, detail) = match &outcome {
             Ok(_) => (PhaseStatus::Succeeded, None),
@@ -76,6 +85,23 @@ impl Tracker<'_> {
         });
         outcome.map_err(|reason| PhaseFailure { phase, reason })
     }
+}
+
+/// What a migrate command asks for.
+struct MigrateSpec<'a> {
+    steps: &'a [Step],
+    health: &'a [HttpCheck],
+    gates: &'a Gates,
+    preconditions: &'a [Precondition],
+    checks: &'a [Check],
+}
+
+/// What precheck resolved, for the later phases.
+struct Prepared {
+    /// Content of `write_file` steps after placeholders are resolved, in step order.
+    contents: Rendered,
+    /// Functional checks with their placeholders resolved.
+    checks: Vec<Check>,
 }
 
 /// What [`Lifecycle::accept`] decided.
@@ -138,9 +164,17 @@ impl Lifecycle {
                 steps,
                 health,
                 gates,
+                preconditions,
+                checks,
             } => {
-                self.migrate(&command, steps, health, gates, &mut tracker)
-                    .await?
+                let spec = MigrateSpec {
+                    steps,
+                    health,
+                    gates,
+                    preconditions,
+                    checks,
+                };
+                self.migrate(&command, &spec, &mut tracker).await?
             }
             Action::Rollback { migration } => {
                 self.rollback_migration(&command, *migration, &mut tracker)
@@ -170,8 +204,15 @@ impl Lifecycle {
             ));
         }
         let now = OffsetDateTime::now_utc();
-        if command.expires_at < now {
+        let skew = self.config.security.clock_skew;
+        if command.expires_at + skew < now {
             return Some(format!("command expired at {}", command.expires_at));
+        }
+        if command.issued_at > now + skew {
+            return Some(format!(
+                "command is issued in the future ({}), beyond the allowed clock skew",
+                command.issued_at
+            ));
         }
         None
     }
@@ -179,17 +220,15 @@ impl Lifecycle {
     async fn migrate(
         &mut self,
         command: &Command,
-        steps: &[Step],
-        checks: &[HttpCheck],
-        gates: &Gates,
+        spec: &MigrateSpec<'_>,
         tracker: &mut Tracker<'_>,
     ) -> Result<RunResult, JournalError> {
         let mut measurements = Measurements::default();
-        let rendered = match tracker
-            .run(Phase::Precheck, self.precheck(steps, &mut measurements))
+        let prepared = match tracker
+            .run(Phase::Precheck, self.precheck(spec, &mut measurements))
             .await
         {
-            Ok(rendered) => rendered,
+            Ok(prepared) => prepared,
             Err(failure) => {
                 return Ok(refused(
                     command,
@@ -225,7 +264,7 @@ impl Lifecycle {
         let mut gate_reports = Vec::new();
         let change = async {
             tracker
-                .run(Phase::Apply, self.apply(steps, &rendered))
+                .run(Phase::Apply, self.apply(spec.steps, &prepared.contents))
                 .await?;
             let startup = tracker
                 .run(Phase::Restart, async {
@@ -234,8 +273,13 @@ impl Lifecycle {
                 .await?;
             crashpoint::reached(&self.config.agent.state_dir, "restarted");
             measurements.startup_ms_after = Some(startup.as_millis() as u64);
-            let validation =
-                self.validate(command, checks, gates, &mut measurements, &mut gate_reports);
+            let validation = self.validate(
+                command,
+                spec,
+                &prepared.checks,
+                &mut measurements,
+                &mut gate_reports,
+            );
             tracker.run(Phase::Validate, validation).await?;
             crashpoint::reached(&self.config.agent.state_dir, "validated");
             Ok::<_, PhaseFailure>(())
@@ -258,13 +302,32 @@ impl Lifecycle {
     /// every placeholder resolves, and that the service is healthy now. Takes the baseline.
     async fn precheck(
         &self,
-        steps: &[Step],
+        spec: &MigrateSpec<'_>,
         measurements: &mut Measurements,
-    ) -> Result<Rendered, String> {
+    ) -> Result<Prepared, String> {
+        let steps = spec.steps;
+        let vars = self.vars();
         let renderer = Renderer {
-            vars: &self.vars(),
+            vars: &vars,
             secrets: &self.config.secrets,
         };
+        let root = RootDir::open(&self.config.service.root).map_err(|e| error_chain(&e))?;
+        for condition in spec.preconditions {
+            checks::precondition(&root, condition)?;
+        }
+        let mut rendered_checks = Vec::with_capacity(spec.checks.len());
+        for (index, check) in spec.checks.iter().enumerate() {
+            let at =
+                |e: &dyn std::fmt::Display| format!("check {} ({}): {e}", index + 1, check.kind());
+            if let Check::Command { program, .. } = check
+                && !self.allowed(program)
+            {
+                return Err(at(&steps::StepError::NotAllowed {
+                    program: program.clone(),
+                }));
+            }
+            rendered_checks.push(checks::render(&renderer, check).map_err(|e| at(&e))?);
+        }
         let mut rendered = Vec::with_capacity(steps.len());
         for (index, step) in steps.iter().enumerate() {
             let at =
@@ -279,13 +342,7 @@ impl Lifecycle {
                     None
                 }
                 Step::RunCommand { program, .. } => {
-                    if !self
-                        .config
-                        .commands
-                        .allow
-                        .iter()
-                        .any(|allowed| allowed == program)
-                    {
+                    if !self.allowed(program) {
                         return Err(at(&steps::StepError::NotAllowed {
                             program: program.clone(),
                         }));
@@ -308,7 +365,19 @@ impl Lifecycle {
         measurements.startup_ms_before =
             self.supervisor.last_startup().map(|d| d.as_millis() as u64);
         measurements.rss_bytes_before = self.supervisor.pid().and_then(metrics::tree_rss);
-        Ok(rendered)
+        Ok(Prepared {
+            contents: rendered,
+            checks: rendered_checks,
+        })
+    }
+
+    /// Whether `program` is on the agent's allow-list (exact match).
+    fn allowed(&self, program: &str) -> bool {
+        self.config
+            .commands
+            .allow
+            .iter()
+            .any(|allowed| allowed == program)
     }
 
     fn vars(&self) -> std::collections::BTreeMap<String, String> {
@@ -351,6 +420,7 @@ impl Lifecycle {
                     args,
                     env,
                     Duration::from_millis(*timeout_ms),
+                    self.config.commands.run_as,
                 )
                 .await
                 .map_err(|e| e.to_string()),
@@ -373,22 +443,24 @@ impl Lifecycle {
     async fn validate(
         &self,
         command: &Command,
-        checks: &[HttpCheck],
-        gates: &Gates,
+        spec: &MigrateSpec<'_>,
+        functional: &[Check],
         measurements: &mut Measurements,
         reports: &mut Vec<GateReport>,
     ) -> Result<(), String> {
         let default_check;
-        let checks = if checks.is_empty() {
+        let checks = if spec.health.is_empty() {
             default_check = [HttpCheck {
                 url: None,
+                method: None,
+                body: None,
                 expect_status: 200,
                 body_contains: None,
                 timeout_ms: self.config.service.startup_timeout.as_millis() as u64,
             }];
             &default_check[..]
         } else {
-            checks
+            spec.health
         };
         for check in checks {
             let url = check
@@ -399,8 +471,20 @@ impl Lifecycle {
                 .await
                 .map_err(|e| e.to_string())?;
         }
+        for check in functional {
+            let passed = checks::run(
+                &self.http,
+                &self.config.service.root,
+                check,
+                &self.config.service.health_url,
+                command.run_id,
+                self.config.commands.run_as,
+            )
+            .await?;
+            tracing::info!(check = %passed, "functional check passed");
+        }
         measurements.rss_bytes_after = self.supervisor.pid().and_then(metrics::tree_rss);
-        *reports = evaluate_gates(gates, measurements);
+        *reports = evaluate_gates(spec.gates, measurements);
         let tripped: Vec<String> = reports
             .iter()
             .filter(|g| !g.passed)
@@ -437,6 +521,8 @@ impl Lifecycle {
                     .map_err(|e| format!("restart after restore: {}", error_chain(&e)))?;
                 let check = HttpCheck {
                     url: None,
+                    method: None,
+                    body: None,
                     expect_status: 200,
                     body_contains: None,
                     timeout_ms: self.config.service.startup_timeout.as_millis() as u64,

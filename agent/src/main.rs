@@ -2,6 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use flotilla_telemetry::LogFormat;
 use tokio_util::sync::CancellationToken;
 
 /// The Flotilla sidecar agent: backs its service up, migrates it, validates it and rolls it
@@ -21,19 +22,38 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let format = if args.log_json {
-        flotilla_telemetry::LogFormat::Json
-    } else {
-        flotilla_telemetry::LogFormat::Text
-    };
-    let _telemetry = flotilla_telemetry::init(format, "info");
     let config = flotilla_agent::AgentConfig::load(&args.config)?;
+    let telemetry = flotilla_telemetry::init_with(flotilla_telemetry::TelemetryConfig {
+        format: if args.log_json {
+            LogFormat::Json
+        } else {
+            LogFormat::Text
+        },
+        resource_attributes: vec![
+            (
+                "service.instance.id".into(),
+                format!("{}/{}", config.service.name, config.agent.instance),
+            ),
+            (
+                flotilla_telemetry::SERVICE_ATTR.into(),
+                config.service.name.to_string(),
+            ),
+            (
+                flotilla_telemetry::INSTANCE_ATTR.into(),
+                config.agent.instance.to_string(),
+            ),
+        ],
+        ..flotilla_telemetry::TelemetryConfig::new("flotilla-agent")
+    });
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    flotilla_agent::run(config, shutdown)
+    let outcome = flotilla_agent::run(config, &telemetry, shutdown)
         .await
-        .context("agent failed")?;
-    Ok(())
+        .context("agent failed");
+    if let Err(e) = telemetry.shutdown().await {
+        eprintln!("warning: telemetry shutdown: {e}");
+    }
+    outcome
 }
 
 /// Cancels `shutdown` on SIGTERM or SIGINT.

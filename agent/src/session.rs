@@ -4,16 +4,17 @@
 use std::sync::{Arc, Mutex};
 
 use async_nats::jetstream::{self, AckKind, consumer};
-use flotilla_bus::BusError;
+use flotilla_bus::{BusError, signing};
 use flotilla_schemas::subjects::Subjects;
 use flotilla_schemas::{
-    AgentState, Command, CommandId, CommandSchema, DecodeError, InstanceId, Measurements, Outcome,
-    Presence, RunId, RunResult, ServiceName, decode, encode,
+    AgentState, Command, CommandId, CommandSchema, InstanceId, Measurements, Outcome, Presence,
+    RunId, RunResult, ServiceName, decode, encode,
 };
 use futures::StreamExt;
 use serde::Deserialize;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::events::Events;
 use crate::journal::Record;
@@ -47,6 +48,9 @@ pub enum SessionError {
     Journal(#[from] crate::journal::JournalError),
 }
 
+/// How long the agent waits for its telemetry to reach the store after each command.
+const TELEMETRY_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What presence answers report; shared between the command loop and the presence responder.
 #[derive(Debug, Clone)]
 pub struct Status {
@@ -61,11 +65,28 @@ pub async fn serve(
     subjects: Subjects,
     mut lifecycle: Lifecycle,
     status: Arc<Mutex<Status>>,
+    telemetry: &flotilla_telemetry::TelemetryGuard,
     shutdown: CancellationToken,
 ) -> Result<Lifecycle, SessionError> {
     let js = jetstream::new(client.clone());
-    let commands = flotilla_bus::commands_stream(&js, &subjects).await?;
-    flotilla_bus::events_stream(&js, &subjects).await?;
+    // A least-privileged agent may not create streams: until the coordinator has, keep waiting.
+    let commands = loop {
+        let streams = async {
+            let commands = flotilla_bus::commands_stream(&js, &subjects).await?;
+            flotilla_bus::events_stream(&js, &subjects).await?;
+            Ok::<_, BusError>(commands)
+        };
+        match streams.await {
+            Ok(commands) => break commands,
+            Err(e) => {
+                tracing::warn!(error = %error_chain(&e), "streams not available yet (the coordinator creates them); retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(lifecycle),
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                }
+            }
+        }
+    };
     let service = lifecycle.config.service.name.clone();
     let instance = lifecycle.config.agent.instance.clone();
     let events = Events::new(
@@ -88,6 +109,18 @@ pub async fn serve(
         shutdown.clone(),
     ));
 
+    let trusted: Vec<signing::TrustedKey> = lifecycle
+        .config
+        .security
+        .trusted_keys
+        .iter()
+        .filter_map(|k| signing::TrustedKey::parse(k).ok())
+        .collect();
+    if trusted.is_empty() {
+        tracing::warn!(
+            "security.trusted_keys is empty: unsigned commands are accepted (fine for a local demo, never in production)"
+        );
+    }
     let name = subjects.agent_consumer(&service, &instance);
     let consumer = commands
         .get_or_create_consumer(
@@ -127,10 +160,24 @@ pub async fn serve(
                 None => break,
             },
         };
+        // Authenticity first: nothing of an unsigned or forged message is trusted, not even its
+        // fields (the refusal names only the IDs it claims, so its sender hears why).
+        if !trusted.is_empty() {
+            let header = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(signing::SIGNATURE_HEADER))
+                .map(|v| v.as_str());
+            if let Err(e) = signing::verify(&trusted, &message.payload, header) {
+                refuse(&events, &message.payload, &e, &service, &instance).await;
+                let _ = message.ack_with(AckKind::Term).await;
+                continue;
+            }
+        }
         let command = match decode::<Command>(&message.payload) {
             Ok(command) => command,
             Err(e) => {
-                refuse_undecodable(&events, &message.payload, &e, &service, &instance).await;
+                refuse(&events, &message.payload, &e, &service, &instance).await;
                 let _ = message.ack_with(AckKind::Term).await;
                 continue;
             }
@@ -141,9 +188,25 @@ pub async fn serve(
             Some(command.run_id),
             lifecycle.supervisor.pid(),
         );
-        let span = tracing::info_span!("command", run_id = %command.run_id, command_id = %command.command_id);
-        let _enter = span.enter();
-        let handled = match lifecycle.accept(&command) {
+        // The consumer span continues the coordinator's trace from the message's traceparent.
+        let span = tracing::info_span!(
+            "process",
+            otel.name = format!("{} process", message.subject),
+            otel.kind = "consumer",
+            messaging.system = "nats",
+            messaging.operation.type = "process",
+            messaging.destination.name = %message.subject,
+            messaging.message.id = %command.command_id,
+            flotilla.run_id = %command.run_id,
+            flotilla.service = %command.service,
+            flotilla.instance = %command.instance,
+        );
+        if let Err(e) = flotilla_telemetry::set_parent(&span, message.headers.as_ref()) {
+            tracing::debug!(error = %e, "command carries no usable trace context");
+        }
+        let handled = async {
+            tracing::info!(command_id = %command.command_id, "command received");
+            match lifecycle.accept(&command) {
             Ok(Acceptance::Done(result)) => Ok(*result),
             Ok(Acceptance::Proceed) => {
                 // The journal owns the command now: ack so the broker stops redelivering it. A
@@ -152,10 +215,13 @@ pub async fn serve(
                 if let Err(e) = message.double_ack().await {
                     tracing::warn!(error = %e, "ack not confirmed; a redelivery will be answered from the journal");
                 }
-                lifecycle.execute(command, &events).await
+                                lifecycle.execute(command, &events).await
             }
             Err(e) => Err(e),
-        };
+            }
+        }
+        .instrument(span.clone())
+        .await;
         let result = match handled {
             Ok(result) => result,
             Err(e) => {
@@ -164,8 +230,14 @@ pub async fn serve(
             }
         };
         let _ = message.ack().await;
-        publish_result(&mut lifecycle, &events, &result).await?;
-        drop(_enter);
+        publish_result(&mut lifecycle, &events, &result)
+            .instrument(span)
+            .await?;
+        // Spans and logs of the command reach the store now, not at the next batch, so that
+        // `verify` finds them as soon as the result is in.
+        if let Err(e) = telemetry.flush(TELEMETRY_FLUSH_TIMEOUT).await {
+            tracing::warn!(error = %error_chain(&e), "telemetry not flushed");
+        }
         set_status(&status, AgentState::Idle, None, lifecycle.supervisor.pid());
     }
     presence.abort();
@@ -196,12 +268,13 @@ async fn publish_result(
     Ok(())
 }
 
-/// A message that is not a command we understand still gets an answer, when it carries enough
-/// to address one, so the coordinator hears why instead of waiting.
-async fn refuse_undecodable(
+/// A message refused before it is decoded (unsigned, forged, malformed, of another version)
+/// still gets an answer when it carries enough to address one, so the sender hears why instead
+/// of waiting.
+async fn refuse(
     events: &Events,
     payload: &[u8],
-    error: &DecodeError,
+    error: &dyn std::error::Error,
     service: &ServiceName,
     instance: &InstanceId,
 ) {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, Permissions, PermissionsExt};
 
+use crate::config::RunAs;
 use crate::confine;
 
 /// Why a step failed. Messages name paths and programs, never written content.
@@ -109,6 +110,22 @@ impl RootDir {
         Ok(())
     }
 
+    /// Whether `path` exists (without following a final symlink).
+    pub fn exists(&self, path: &str) -> Result<bool, StepError> {
+        let relative = confine::relative_path(path)?;
+        match self.dir.symlink_metadata(&relative) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io("stat", path)(e)),
+        }
+    }
+
+    /// Reads a text file.
+    pub fn read_to_string(&self, path: &str) -> Result<String, StepError> {
+        let relative = confine::relative_path(path)?;
+        self.dir.read_to_string(&relative).map_err(io("read", path))
+    }
+
     /// Replaces every occurrence of `find` in `path` with `replace`.
     pub fn replace_text(&self, path: &str, find: &str, replace: &str) -> Result<(), StepError> {
         let relative = confine::relative_path(path)?;
@@ -145,33 +162,59 @@ impl RootDir {
     }
 }
 
-/// Runs an allowed program in `root` without a shell, with a clean environment plus `env`.
+/// Runs an allowed program in `root` without a shell, with a clean environment plus `env`;
+/// fails unless it exits 0.
 pub async fn run_command(
     root: &Path,
     program: &str,
     args: &[String],
     env: &std::collections::BTreeMap<String, String>,
     timeout: Duration,
+    run_as: Option<RunAs>,
 ) -> Result<(), StepError> {
+    let output = run_program(root, program, args, env, timeout, run_as).await?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(StepError::Failed {
+        program: program.to_owned(),
+        status: output.status.to_string(),
+        stderr: last_line(&output.stderr),
+    })
+}
+
+/// Runs `program` in `root` without a shell, with a clean environment plus `env`, and returns
+/// its exit status and output; kills it after `timeout`. With `run_as`, the program runs as
+/// that less privileged user and group.
+pub async fn run_program(
+    root: &Path,
+    program: &str,
+    args: &[String],
+    env: &std::collections::BTreeMap<String, String>,
+    timeout: Duration,
+    run_as: Option<RunAs>,
+) -> Result<std::process::Output, StepError> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
     let mut command = tokio::process::Command::new(program);
-    command
+    if let Some(user) = run_as {
+        command.uid(user.uid).gid(user.gid);
+    }
+    let child = command
         .args(args)
         .current_dir(root)
         .env_clear()
-        .env(
-            "PATH",
-            std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
-        )
+        .env("PATH", path)
         .envs(env)
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    let child = command.spawn().map_err(|source| StepError::Spawn {
-        program: program.to_owned(),
-        source,
-    })?;
-    let output = tokio::time::timeout(timeout, child.wait_with_output())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| StepError::Spawn {
+            program: program.to_owned(),
+            source,
+        })?;
+    tokio::time::timeout(timeout, child.wait_with_output())
         .await
         .map_err(|_| StepError::Timeout {
             program: program.to_owned(),
@@ -180,26 +223,16 @@ pub async fn run_command(
         .map_err(|source| StepError::Spawn {
             program: program.to_owned(),
             source,
-        })?;
-    if output.status.success() {
-        return Ok(());
+        })
+}
+
+/// `": <last non-empty line>"` of a program's output (at most 200 characters), or nothing.
+pub fn last_line(output: &[u8]) -> String {
+    let text = String::from_utf8_lossy(output);
+    match text.lines().rev().find(|l| !l.trim().is_empty()) {
+        Some(line) => format!(": {}", truncate(line, 200)),
+        None => String::new(),
     }
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let last = stderr
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("");
-    let stderr = if last.is_empty() {
-        String::new()
-    } else {
-        format!(": {}", truncate(last, 200))
-    };
-    Err(StepError::Failed {
-        program: program.to_owned(),
-        status: output.status.to_string(),
-        stderr,
-    })
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -278,7 +311,7 @@ mod tests {
     async fn run_command_reports_exit_status_and_timeout() {
         let tmp = tempfile::tempdir().unwrap();
         let env = Default::default();
-        run_command(tmp.path(), "true", &[], &env, Duration::from_secs(5))
+        run_command(tmp.path(), "true", &[], &env, Duration::from_secs(5), None)
             .await
             .unwrap();
         let err = run_command(
@@ -287,6 +320,7 @@ mod tests {
             &["-c".into(), "echo boom >&2; exit 3".into()],
             &env,
             Duration::from_secs(5),
+            None,
         )
         .await
         .unwrap_err();
@@ -300,9 +334,42 @@ mod tests {
             &["5".into()],
             &env,
             Duration::from_millis(100),
+            None,
         )
         .await
         .unwrap_err();
         assert!(matches!(err, StepError::Timeout { .. }));
+    }
+
+    #[tokio::test]
+    async fn run_as_drops_to_the_configured_user() {
+        let tmp = tempfile::tempdir().unwrap();
+        let nobody = Some(RunAs {
+            uid: 65534,
+            gid: 65534,
+        });
+        let output = run_program(
+            tmp.path(),
+            "id",
+            &["-u".into()],
+            &Default::default(),
+            Duration::from_secs(5),
+            nobody,
+        )
+        .await
+        .unwrap();
+        assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "65534");
+        // As nobody, the root-owned service root is read-only.
+        let write = run_program(
+            tmp.path(),
+            "touch",
+            &["x".into()],
+            &Default::default(),
+            Duration::from_secs(5),
+            nobody,
+        )
+        .await
+        .unwrap();
+        assert!(!write.status.success() && !tmp.path().join("x").exists());
     }
 }

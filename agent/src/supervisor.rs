@@ -1,6 +1,10 @@
 //! Supervision of the service process: spawn, stop, restart, and the time it takes to start
 //! serving (answer HTTP at all), which is the startup figure the regression gate compares.
 //! Whether it is *healthy* is the validate phase's question, not the supervisor's.
+//!
+//! With `supervisor = "external"` another supervisor (systemd, a container runtime) owns the
+//! process: the agent restarts it through `restart_command`, stops it through `stop_command`, and
+//! finds its PID through `pid_file` or `process_match` to measure its memory.
 
 use std::fs::OpenOptions;
 use std::path::PathBuf;
@@ -10,8 +14,9 @@ use std::time::{Duration, Instant};
 use rustix::process::{Pid, Signal, kill_process};
 use tokio::process::{Child, Command};
 
-use crate::config::ServiceConfig;
+use crate::config::{ServiceConfig, SupervisorKind};
 use crate::health::{self, HealthError};
+use crate::steps;
 
 /// Why the service could not be started or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +37,8 @@ pub enum SupervisorError {
     Exited { status: String, output: String },
     #[error("the service did not start serving: {0}")]
     Unhealthy(#[source] HealthError),
+    #[error("{what} failed: {reason}")]
+    External { what: &'static str, reason: String },
 }
 
 /// Owns the service process.
@@ -59,9 +66,74 @@ impl Supervisor {
         }
     }
 
+    fn external(&self) -> bool {
+        self.service.supervisor == SupervisorKind::External
+    }
+
     /// The running service's PID.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().and_then(Child::id)
+        if !self.external() {
+            return self.child.as_ref().and_then(Child::id);
+        }
+        if let Some(path) = &self.service.pid_file {
+            return std::fs::read_to_string(path)
+                .ok()
+                .and_then(|t| t.trim().parse().ok());
+        }
+        let pattern = self.service.process_match.as_deref()?;
+        let own = std::process::id();
+        std::fs::read_dir("/proc")
+            .ok()?
+            .filter_map(Result::ok)
+            .find_map(|entry| {
+                let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+                let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                (pid != own && cmdline.contains(pattern)).then_some(pid)
+            })
+    }
+
+    /// At the agent's start: a supervised service is started; an external one is only waited
+    /// for (another supervisor already runs it).
+    pub async fn boot(&mut self) -> Result<Option<Duration>, SupervisorError> {
+        if self.external() {
+            self.wait_serving(Instant::now()).await?;
+            return Ok(None);
+        }
+        self.start().await.map(Some)
+    }
+
+    async fn run_external(
+        &self,
+        what: &'static str,
+        argv: &[String],
+    ) -> Result<(), SupervisorError> {
+        let Some((program, args)) = argv.split_first() else {
+            return Ok(());
+        };
+        let output = steps::run_program(
+            &self.service.root,
+            program,
+            args,
+            &Default::default(),
+            self.service.startup_timeout,
+            None,
+        )
+        .await
+        .map_err(|e| SupervisorError::External {
+            what,
+            reason: e.to_string(),
+        })?;
+        if output.status.success() {
+            return Ok(());
+        }
+        let reason = format!(
+            "{} exited with {}{}",
+            program,
+            output.status,
+            steps::last_line(&output.stderr)
+        );
+        Err(SupervisorError::External { what, reason })
     }
 
     /// How long the last start took to become healthy.
@@ -71,6 +143,14 @@ impl Supervisor {
 
     /// Starts the service and waits until it serves; returns the time that took.
     pub async fn start(&mut self) -> Result<Duration, SupervisorError> {
+        if self.external() {
+            let started = Instant::now();
+            self.run_external("restart_command", &self.service.restart_command.clone())
+                .await?;
+            let elapsed = self.wait_serving(started).await?;
+            self.last_startup = Some(elapsed);
+            return Ok(elapsed);
+        }
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -181,8 +261,18 @@ impl Supervisor {
         }
     }
 
-    /// Stops the service: SIGTERM, then SIGKILL after the stop timeout.
+    /// Stops the service: SIGTERM, then SIGKILL after the stop timeout; an external one through
+    /// its `stop_command`, when it has one.
     pub async fn stop(&mut self) {
+        if self.external() {
+            if let Err(e) = self
+                .run_external("stop_command", &self.service.stop_command.clone())
+                .await
+            {
+                tracing::warn!(error = %e, "external stop failed");
+            }
+            return;
+        }
         let Some(mut child) = self.child.take() else {
             return;
         };
@@ -200,9 +290,20 @@ impl Supervisor {
         tracing::info!("service stopped");
     }
 
-    /// Stops and starts the service; returns the time to healthy.
+    /// Stops and starts the service (an external one: its restart command); returns the time
+    /// until it serves.
     pub async fn restart(&mut self) -> Result<Duration, SupervisorError> {
-        self.stop().await;
+        if !self.external() {
+            self.stop().await;
+        }
         self.start().await
+    }
+
+    /// What the agent does with its service when it shuts down: a supervised service stops with
+    /// it; an external one is left to its supervisor.
+    pub async fn shutdown(&mut self) {
+        if !self.external() {
+            self.stop().await;
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! NATS plumbing that the coordinator and the agent share: connecting with a server version
 //! floor, and the JetStream streams both sides rely on, declared once.
 
+pub mod signing;
+
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
@@ -29,6 +31,12 @@ pub enum BusError {
         "nats-server at {url} has JetStream disabled; Flotilla needs it (run with -js or a jetstream {{}} block)"
     )]
     NoJetStream { url: String },
+    #[error("cannot read NATS credentials from {path}")]
+    Credentials {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot create or open the JetStream stream {name}")]
     Stream {
         name: String,
@@ -44,11 +52,95 @@ pub struct BusOptions {
     pub name: String,
     pub connect_timeout: Duration,
     pub allow_old_server: bool,
+    pub auth: Credentials,
+}
+
+/// Who the client is to the server, and how the connection is protected. Secrets are read from
+/// files, never taken from the command line.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    /// User name, with `password` or `password_file`.
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<std::path::PathBuf>,
+    /// A file holding an nkey seed (`SU…`).
+    #[serde(default)]
+    pub nkey_seed_file: Option<std::path::PathBuf>,
+    /// A `.creds` file (JWT and seed), for operator/JWT deployments.
+    #[serde(default)]
+    pub credentials_file: Option<std::path::PathBuf>,
+    /// CA certificate that signs the server's certificate; setting it requires TLS.
+    #[serde(default)]
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// Client certificate and key, for mutual TLS.
+    #[serde(default)]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub tls_key_file: Option<std::path::PathBuf>,
+    /// A private reply-inbox prefix (e.g. `_INBOX_agent-inference-a`), so that the server can
+    /// keep every identity's replies to itself.
+    #[serde(default)]
+    pub inbox_prefix: Option<String>,
+}
+
+impl Credentials {
+    async fn apply(
+        &self,
+        mut options: async_nats::ConnectOptions,
+    ) -> Result<async_nats::ConnectOptions, BusError> {
+        let read = |path: &std::path::Path| {
+            std::fs::read_to_string(path)
+                .map(|s| s.trim().to_owned())
+                .map_err(|source| BusError::Credentials {
+                    path: path.display().to_string(),
+                    source,
+                })
+        };
+        if let Some(user) = &self.user {
+            let password = match (&self.password, &self.password_file) {
+                (_, Some(file)) => read(file)?,
+                (Some(password), None) => password.clone(),
+                (None, None) => String::new(),
+            };
+            options = options.user_and_password(user.clone(), password);
+        }
+        if let Some(file) = &self.nkey_seed_file {
+            options = options.nkey(read(file)?);
+        }
+        if let Some(file) = &self.credentials_file {
+            options =
+                options
+                    .credentials_file(file)
+                    .await
+                    .map_err(|source| BusError::Credentials {
+                        path: file.display().to_string(),
+                        source,
+                    })?;
+        }
+        if let Some(ca) = &self.tls_ca_file {
+            options = options.require_tls(true).add_root_certificates(ca.clone());
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_cert_file, &self.tls_key_file) {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        if let Some(prefix) = &self.inbox_prefix {
+            options = options.custom_inbox_prefix(prefix);
+        }
+        Ok(options)
+    }
 }
 
 /// Connects once, failing fast (no retry), and checks the server.
 pub async fn connect(options: &BusOptions) -> Result<async_nats::Client, BusError> {
-    let client = async_nats::ConnectOptions::new()
+    let connect = options
+        .auth
+        .apply(async_nats::ConnectOptions::new())
+        .await?;
+    let client = connect
         .name(&options.name)
         .connection_timeout(options.connect_timeout)
         .request_timeout(Some(Duration::from_secs(10)))

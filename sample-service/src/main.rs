@@ -4,6 +4,7 @@
 
 mod ballast;
 mod config;
+mod job;
 mod logging;
 mod server;
 #[cfg(test)]
@@ -32,6 +33,9 @@ struct Cli {
     /// Port to listen on, overriding the configured one.
     #[arg(long)]
     port: Option<u16>,
+    /// Run once as a batch job instead of serving: print the job's figures as JSON and exit.
+    #[arg(long)]
+    run_job: bool,
 }
 
 #[tokio::main]
@@ -43,6 +47,12 @@ async fn main() -> ExitCode {
     };
     if let Some(port) = cli.port {
         config.port = port;
+    }
+    if cli.run_job {
+        return match job::run(&config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => fail(&err, 1),
+        };
     }
     match server::run(config).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -14,9 +14,9 @@ mod version;
 pub use codec::{DecodeError, MAX_MESSAGE_BYTES, decode, encode, schema_of};
 pub use ids::{CommandId, IdError, InstanceId, RunId, ServiceName};
 pub use messages::{
-    Action, AgentState, Command, CommandSchema, GateReport, Gates, HttpCheck, Measurements,
-    Outcome, Phase, PhaseReport, PhaseStatus, Presence, Progress, ProgressSchema, ResultSchema,
-    RunResult, Step, WireMessage,
+    Action, AgentState, Check, Command, CommandSchema, GateReport, Gates, HttpCheck, Measurements,
+    Outcome, Phase, PhaseReport, PhaseStatus, Precondition, Presence, Progress, ProgressSchema,
+    ResultSchema, RunResult, Step, WireMessage,
 };
 pub use version::SchemaTag;
 

@@ -5,7 +5,7 @@ mod presence;
 mod progress;
 mod result;
 
-pub use command::{Action, Command, CommandSchema, Gates, HttpCheck, Step};
+pub use command::{Action, Check, Command, CommandSchema, Gates, HttpCheck, Precondition, Step};
 pub use presence::{AgentState, Presence, PresenceSchema};
 pub use progress::{Phase, PhaseStatus, Progress, ProgressSchema};
 pub use result::{GateReport, Measurements, Outcome, PhaseReport, ResultSchema, RunResult};

@@ -52,7 +52,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 pub use propagation::{
-    HeaderExtractor, HeaderInjector, extract, inject, inject_context, set_parent,
+    HeaderExtractor, HeaderInjector, extract, http_headers, inject, inject_context, set_parent,
 };
 pub use store::StoreStats;
 

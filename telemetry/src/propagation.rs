@@ -75,6 +75,16 @@ pub fn set_parent(span: &tracing::Span, headers: Option<&HeaderMap>) -> Result<(
     }
 }
 
+/// The current `tracing` span's trace context as HTTP header pairs (`traceparent`,
+/// `tracestate`), for requests into services so that their own spans and logs join the trace.
+pub fn http_headers() -> Vec<(String, String)> {
+    let mut fields = std::collections::HashMap::new();
+    TraceContextPropagator::new().inject_context(&tracing::Span::current().context(), &mut fields);
+    let mut pairs: Vec<(String, String)> = fields.into_iter().collect();
+    pairs.sort();
+    pairs
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

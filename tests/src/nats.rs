@@ -18,23 +18,45 @@ impl NatsServer {
     /// (where `scripts/ensure-nats.sh` installs it), or `PATH`.
     pub fn start() -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
+        let config = dir.path().join("nats.conf");
+        std::fs::write(&config, "jetstream {\n  sync_interval: always\n}\n")?;
+        Self::start_in(dir, &config, &[])
+    }
+
+    /// Starts a server with the configuration file `config` (e.g. the shipped secure one), with
+    /// `env` for the variables it references. Its port, monitoring port and store directory are
+    /// overridden for the test.
+    pub fn start_with_config(
+        config: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        Self::start_in(tempfile::tempdir()?, config, env)
+    }
+
+    fn start_in(
+        dir: tempfile::TempDir,
+        config: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let ports_dir = dir.path().join("ports");
         std::fs::create_dir(&ports_dir)?;
-        let config = dir.path().join("nats.conf");
-        let store = dir.path().join("jetstream");
-        std::fs::write(
-            &config,
-            format!(
-                "jetstream {{\n  store_dir: {:?}\n  sync_interval: always\n}}\n",
-                store.display().to_string()
-            ),
-        )?;
         let binary = server_binary();
         let child = Command::new(&binary)
-            .args(["-a", "127.0.0.1", "-p", "-1", "--ports_file_dir"])
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                "-1",
+                "-m",
+                "-1",
+                "--ports_file_dir",
+            ])
             .arg(&ports_dir)
+            .arg("-sd")
+            .arg(dir.path().join("jetstream"))
             .arg("-c")
-            .arg(&config)
+            .arg(config)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -217,6 +217,8 @@ async fn a_duplicated_command_is_applied_once() {
             }],
             health: Vec::new(),
             gates: Default::default(),
+            preconditions: Vec::new(),
+            checks: Vec::new(),
         },
     };
     let events = js.get_stream(subjects.events_stream()).await.unwrap();
@@ -266,4 +268,59 @@ async fn a_duplicated_command_is_applied_once() {
     let counter = std::fs::read_to_string(fleet.root("training").join("counter.txt")).unwrap();
     assert_eq!(counter, "applied\n", "the step ran more than once");
     tokio::task::block_in_place(|| drop(fleet));
+}
+
+/// Unmounts a test file system when dropped.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_backup_volume_fails_cleanly_with_nothing_changed() {
+    let nats = NatsServer::start().unwrap();
+    let volume = tempfile::tempdir().unwrap();
+    // A real, small file system for the backups (CI runs as root, like this machine's sessions).
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "flotilla-test"])
+        .arg(volume.path())
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mounting a 1 MiB tmpfs needs root");
+    let _unmount = Mounted(volume.path().to_owned());
+    let backup_dir = volume.path().to_str().unwrap();
+    let fleet = Fleet::start_with_env(
+        nats.url(),
+        &["inference"],
+        &[("FLOTILLA_AGENT__BACKUP_DIR", backup_dir)],
+    )
+    .unwrap();
+    // 2 MiB of model weights: more than the backup volume holds.
+    std::fs::write(
+        fleet.root("inference").join("model.bin"),
+        vec![7u8; 2 << 20],
+    )
+    .unwrap();
+    let before = snapshot(&fleet.root("inference"));
+    let plan = fleet.write_plan("plan.toml", &migrate_inference_plan());
+    let out = fleet.flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"]);
+    let report = json_stdout(&out);
+    let service = &report["services"][0];
+    assert_eq!(service["status"], "refused", "{report:#}");
+    assert!(
+        service["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not enough space for the backup"),
+        "{report:#}"
+    );
+    assert_eq!(snapshot(&fleet.root("inference")), before);
+    assert_eq!(
+        std::fs::read_dir(volume.path()).unwrap().count(),
+        0,
+        "a partial backup was left behind"
+    );
 }

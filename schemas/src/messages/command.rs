@@ -48,6 +48,13 @@ pub enum Action {
         /// Regression limits against the baseline taken before the change.
         #[serde(default)]
         gates: Gates,
+        /// What must hold before anything changes; otherwise the command is refused.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        preconditions: Vec<Precondition>,
+        /// Functional checks after the health checks: HTTP requests, TCP connects, commands
+        /// (a job run for batch services).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        checks: Vec<Check>,
     },
     /// Restore the backup taken by an earlier migrate command of the same run.
     Rollback { migration: CommandId },
@@ -94,7 +101,62 @@ fn default_command_timeout_ms() -> u64 {
     60_000
 }
 
-/// An HTTP health check: GET `url` until it answers `expect_status` (and holds
+/// A condition checked in precheck, before anything changes. Paths are relative to the service
+/// root.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Precondition {
+    /// The path exists.
+    FileExists { path: String },
+    /// The path does not exist.
+    FileAbsent { path: String },
+    /// The file holds `text`.
+    FileContains { path: String, text: String },
+}
+
+/// A functional check, run during validation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Check {
+    /// An HTTP request with an expected answer.
+    Http(HttpCheck),
+    /// A TCP connect to `address` (`host:port`) succeeds within `timeout_ms`.
+    Tcp {
+        address: String,
+        #[serde(default = "default_check_timeout_ms")]
+        timeout_ms: u64,
+    },
+    /// A program from the agent's allow-list, run in the service root without a shell, exits
+    /// with `expect_exit` within `timeout_ms`, optionally faster than `max_duration_ms` and with
+    /// `stdout_contains` in its output. This is how batch services (training, preprocess) are
+    /// validated: by running the job.
+    Command {
+        program: String,
+        #[serde(default)]
+        args: Vec<String>,
+        #[serde(default)]
+        expect_exit: i32,
+        #[serde(default = "default_check_timeout_ms")]
+        timeout_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_duration_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stdout_contains: Option<String>,
+    },
+}
+
+impl Check {
+    /// The check's type as written in plans.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Check::Http(_) => "http",
+            Check::Tcp { .. } => "tcp",
+            Check::Command { .. } => "command",
+        }
+    }
+}
+
+/// An HTTP check: `method` (default GET) `url` until it answers `expect_status` (and holds
 /// `body_contains`, when set) or `timeout_ms` has passed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -102,6 +164,12 @@ pub struct HttpCheck {
     /// The URL to check; absent means the health URL in the agent's configuration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// `GET` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// A request body (sent with `POST`/`PUT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
     #[serde(default = "default_expect_status")]
     pub expect_status: u16,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,0 +1,180 @@
+//! Preconditions (checked before any change) and functional checks (run during validation):
+//! HTTP requests, TCP connects, and commands, which is how batch services are validated — by
+//! running the job and checking its exit code, duration and output.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use flotilla_schemas::{Check, HttpCheck, Precondition, RunId};
+
+use crate::health;
+use crate::steps::{self, RootDir};
+use crate::template::{Renderer, TemplateError};
+
+/// Checks one precondition inside the service root.
+pub fn precondition(root: &RootDir, condition: &Precondition) -> Result<(), String> {
+    match condition {
+        Precondition::FileExists { path } => match root.exists(path) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(format!("precondition: {path} does not exist")),
+            Err(e) => Err(format!("precondition: {e}")),
+        },
+        Precondition::FileAbsent { path } => match root.exists(path) {
+            Ok(false) => Ok(()),
+            Ok(true) => Err(format!("precondition: {path} exists")),
+            Err(e) => Err(format!("precondition: {e}")),
+        },
+        Precondition::FileContains { path, text } => {
+            let content = root
+                .read_to_string(path)
+                .map_err(|e| format!("precondition: {e}"))?;
+            if content.contains(text.as_str()) {
+                Ok(())
+            } else {
+                Err(format!("precondition: {path} does not contain {text:?}"))
+            }
+        }
+    }
+}
+
+/// Resolves `${var:…}` (and `${secret:…}`) in a check's URL, body, address and arguments.
+pub fn render(renderer: &Renderer<'_>, check: &Check) -> Result<Check, TemplateError> {
+    let render_opt = |s: &Option<String>| s.as_deref().map(|s| renderer.render(s)).transpose();
+    Ok(match check {
+        Check::Http(http) => Check::Http(HttpCheck {
+            url: render_opt(&http.url)?,
+            body: render_opt(&http.body)?,
+            ..http.clone()
+        }),
+        Check::Tcp {
+            address,
+            timeout_ms,
+        } => Check::Tcp {
+            address: renderer.render(address)?,
+            timeout_ms: *timeout_ms,
+        },
+        Check::Command { args, .. } => {
+            let args = args
+                .iter()
+                .map(|a| renderer.render(a))
+                .collect::<Result<_, _>>()?;
+            match check.clone() {
+                Check::Command {
+                    program,
+                    expect_exit,
+                    timeout_ms,
+                    max_duration_ms,
+                    stdout_contains,
+                    ..
+                } => Check::Command {
+                    program,
+                    args,
+                    expect_exit,
+                    timeout_ms,
+                    max_duration_ms,
+                    stdout_contains,
+                },
+                _ => unreachable!("matched as a command above"),
+            }
+        }
+    })
+}
+
+/// Runs one functional check; returns a short description of what passed.
+pub async fn run(
+    http: &reqwest::Client,
+    root: &Path,
+    check: &Check,
+    default_url: &str,
+    run_id: RunId,
+    run_as: Option<crate::config::RunAs>,
+) -> Result<String, String> {
+    match check {
+        Check::Http(http_check) => {
+            let url = http_check.url.as_deref().unwrap_or(default_url);
+            let took = health::check(http, url, http_check, run_id)
+                .await
+                .map_err(|e| format!("http check: {e}"))?;
+            Ok(format!("http {url} in {}ms", took.as_millis()))
+        }
+        Check::Tcp {
+            address,
+            timeout_ms,
+        } => tcp(address, Duration::from_millis(*timeout_ms)).await,
+        Check::Command {
+            program,
+            args,
+            expect_exit,
+            timeout_ms,
+            max_duration_ms,
+            stdout_contains,
+        } => {
+            let started = Instant::now();
+            let output = steps::run_program(
+                root,
+                program,
+                args,
+                &Default::default(),
+                Duration::from_millis(*timeout_ms),
+                run_as,
+            )
+            .await
+            .map_err(|e| format!("command check: {e}"))?;
+            let took = started.elapsed();
+            let code = output.status.code();
+            if code != Some(*expect_exit) {
+                return Err(format!(
+                    "command check: {program} exited with {}, expected {expect_exit}{}",
+                    output.status,
+                    steps::last_line(&output.stderr)
+                ));
+            }
+            if let Some(max) = max_duration_ms
+                && took > Duration::from_millis(*max)
+            {
+                return Err(format!(
+                    "command check: {program} took {}ms, more than {max}ms",
+                    took.as_millis()
+                ));
+            }
+            if let Some(expected) = stdout_contains
+                && !String::from_utf8_lossy(&output.stdout).contains(expected.as_str())
+            {
+                return Err(format!(
+                    "command check: {program}'s output lacks {expected:?}"
+                ));
+            }
+            Ok(format!(
+                "command {program} exited {expect_exit} in {}ms",
+                took.as_millis()
+            ))
+        }
+    }
+}
+
+async fn tcp(address: &str, timeout: Duration) -> Result<String, String> {
+    let started = Instant::now();
+    let deadline = started + timeout;
+    loop {
+        let remaining = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(10));
+        match tokio::time::timeout(remaining, tokio::net::TcpStream::connect(address)).await {
+            Ok(Ok(_)) => {
+                return Ok(format!(
+                    "tcp {address} in {}ms",
+                    started.elapsed().as_millis()
+                ));
+            }
+            Ok(Err(e)) if Instant::now() >= deadline => {
+                return Err(format!("tcp check: cannot connect to {address}: {e}"));
+            }
+            Err(_) => {
+                return Err(format!(
+                    "tcp check: no connection to {address} within {timeout:?}"
+                ));
+            }
+            Ok(Err(_)) => tokio::time::sleep(health::POLL_INTERVAL).await,
+        }
+    }
+}
