@@ -38,8 +38,85 @@ pub struct Cli {
     /// Run against a nats-server older than the supported minimum (not recommended).
     #[arg(long, global = true)]
     pub allow_old_server: bool,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    /// The coordinator's Ed25519 signing key (from `flotilla keys generate`); every command is
+    /// signed with it. Agents with `security.trusted_keys` refuse unsigned commands.
+    #[arg(long, global = true, env = "FLOTILLA_SIGNING_KEY", value_name = "FILE")]
+    pub signing_key: Option<PathBuf>,
     #[command(subcommand)]
     pub command: CommandKind,
+}
+
+/// The coordinator's NATS identity. Secrets come from files (or `FLOTILLA_NATS_PASSWORD` in the
+/// environment), never from the command line.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct AuthArgs {
+    /// NATS user (with a password from --nats-password-file or FLOTILLA_NATS_PASSWORD).
+    #[arg(long, global = true, env = "FLOTILLA_NATS_USER")]
+    pub nats_user: Option<String>,
+    /// File holding the NATS password.
+    #[arg(
+        long,
+        global = true,
+        env = "FLOTILLA_NATS_PASSWORD_FILE",
+        value_name = "FILE"
+    )]
+    pub nats_password_file: Option<PathBuf>,
+    /// File holding an nkey seed.
+    #[arg(
+        long,
+        global = true,
+        env = "FLOTILLA_NATS_NKEY_FILE",
+        value_name = "FILE"
+    )]
+    pub nats_nkey_file: Option<PathBuf>,
+    /// A NATS `.creds` file (JWT and seed).
+    #[arg(long, global = true, env = "FLOTILLA_NATS_CREDS", value_name = "FILE")]
+    pub nats_creds: Option<PathBuf>,
+    /// CA certificate of the NATS server (requires TLS).
+    #[arg(long, global = true, env = "FLOTILLA_NATS_TLS_CA", value_name = "FILE")]
+    pub nats_tls_ca: Option<PathBuf>,
+    /// Client certificate and key for mutual TLS.
+    #[arg(
+        long,
+        global = true,
+        env = "FLOTILLA_NATS_TLS_CERT",
+        value_name = "FILE",
+        requires = "nats_tls_key"
+    )]
+    pub nats_tls_cert: Option<PathBuf>,
+    #[arg(
+        long,
+        global = true,
+        env = "FLOTILLA_NATS_TLS_KEY",
+        value_name = "FILE",
+        requires = "nats_tls_cert"
+    )]
+    pub nats_tls_key: Option<PathBuf>,
+    /// Private reply-inbox prefix (default `_INBOX_<user>` when a user is given).
+    #[arg(long, global = true, env = "FLOTILLA_NATS_INBOX_PREFIX")]
+    pub nats_inbox_prefix: Option<String>,
+}
+
+impl AuthArgs {
+    /// The credentials to connect with.
+    pub fn credentials(&self) -> flotilla_bus::Credentials {
+        flotilla_bus::Credentials {
+            user: self.nats_user.clone(),
+            password: std::env::var("FLOTILLA_NATS_PASSWORD").ok(),
+            password_file: self.nats_password_file.clone(),
+            nkey_seed_file: self.nats_nkey_file.clone(),
+            credentials_file: self.nats_creds.clone(),
+            tls_ca_file: self.nats_tls_ca.clone(),
+            tls_cert_file: self.nats_tls_cert.clone(),
+            tls_key_file: self.nats_tls_key.clone(),
+            inbox_prefix: self
+                .nats_inbox_prefix
+                .clone()
+                .or_else(|| self.nats_user.as_ref().map(|u| format!("_INBOX_{u}"))),
+        }
+    }
 }
 
 /// Output formats.
@@ -115,6 +192,11 @@ pub enum CommandKind {
         /// Run ID, or a unique prefix of it.
         run: String,
     },
+    /// Manage the coordinator's command-signing keys.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
     /// Print a run's report: a table, JSON, Markdown (the migration guide) or JUnit XML.
     #[command(
         after_help = "Examples:\n  flotilla report 019abc --format md > guide.md\n  flotilla report --format junit > report.xml"
@@ -145,6 +227,21 @@ pub enum ReportFormat {
     Json,
     Md,
     Junit,
+}
+
+/// Key subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeysAction {
+    /// Generate an Ed25519 key pair: FILE (the private key, mode 0600) and FILE.pub (the public
+    /// key for the agents' `security.trusted_keys`).
+    #[command(
+        after_help = "Example:\n  flotilla keys generate --out /etc/flotilla/coordinator.key"
+    )]
+    Generate {
+        /// Where to write the private key; refuses to overwrite.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
 }
 
 /// Plan subcommands.

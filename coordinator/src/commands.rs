@@ -43,7 +43,57 @@ pub(crate) async fn run(cli: Cli, shutdown: CancellationToken) -> u8 {
             files,
         } => rollback(&cli, run, service.as_deref(), files, shutdown).await,
         CommandKind::Cancel { run } => cancel(&cli, run).await,
+        CommandKind::Keys {
+            action: cli::KeysAction::Generate { out },
+        } => keys_generate(out),
         CommandKind::Report { run, format } => report(&cli, run.as_deref(), *format).await,
+    }
+}
+
+/// What every engine of this process needs: the bus, the store, progress on the terminal, the
+/// signing key and Ctrl-C.
+pub(crate) fn engine_parts<'a>(
+    cli: &Cli,
+    client: &'a async_nats::Client,
+    subjects: &'a Subjects,
+    store: Store,
+    shutdown: CancellationToken,
+) -> Result<EngineParts<'a, TerminalProgress>, u8> {
+    Ok(EngineParts {
+        client,
+        subjects,
+        store,
+        sink: TerminalProgress::new(cli.output == OutputFormat::Json),
+        signer: signer(cli)?,
+        shutdown,
+    })
+}
+
+/// `flotilla keys generate`.
+fn keys_generate(out: &Path) -> u8 {
+    let key = match flotilla_bus::signing::SigningKey::generate() {
+        Ok(key) => key,
+        Err(e) => return fail(exit::USAGE, e),
+    };
+    if let Err(e) = key.save(out) {
+        return fail(exit::USAGE, error_chain(&e));
+    }
+    println!("private key: {} (mode 0600; keep it secret)", out.display());
+    println!(
+        "public key:  {} ; add this line to every agent's [security] trusted_keys:",
+        out.with_extension("pub").display()
+    );
+    println!("  trusted_keys = [\"{}\"]", key.public_key_text());
+    exit::OK
+}
+
+/// The signing key named on the command line, if any.
+fn signer(cli: &Cli) -> Result<Option<std::sync::Arc<flotilla_bus::signing::SigningKey>>, u8> {
+    match &cli.signing_key {
+        None => Ok(None),
+        Some(path) => flotilla_bus::signing::SigningKey::load(path)
+            .map(|k| Some(std::sync::Arc::new(k)))
+            .map_err(|e| fail(exit::USAGE, error_chain(&e))),
     }
 }
 
@@ -60,7 +110,7 @@ async fn connect(cli: &Cli) -> Result<(async_nats::Client, Subjects), u8> {
         name: "flotilla".into(),
         connect_timeout: cli.connect_timeout,
         allow_old_server: cli.allow_old_server,
-        auth: Default::default(),
+        auth: cli.auth.credentials(),
     };
     let client = flotilla_bus::connect(&options)
         .await
@@ -286,12 +336,9 @@ async fn resume(cli: &Cli, run: &str, files: &ReportFiles, shutdown: Cancellatio
         "resuming run {} ({}) at stage {:?}",
         record.run_id, record.plan_name, record.stage
     );
-    let parts = EngineParts {
-        client: &client,
-        subjects: &subjects,
-        store,
-        sink: TerminalProgress::new(cli.output == OutputFormat::Json),
-        shutdown,
+    let parts = match engine_parts(cli, &client, &subjects, store, shutdown) {
+        Ok(parts) => parts,
+        Err(code) => return code,
     };
     let result = match Engine::attach(parts, plan, record, revisions).await {
         Ok(engine) => engine.drive().await,
@@ -361,12 +408,9 @@ async fn rollback(
         Ok(plan) => plan,
         Err(e) => return fail(exit::USAGE, e),
     };
-    let parts = EngineParts {
-        client: &client,
-        subjects: &subjects,
-        store,
-        sink: TerminalProgress::new(cli.output == OutputFormat::Json),
-        shutdown,
+    let parts = match engine_parts(cli, &client, &subjects, store, shutdown) {
+        Ok(parts) => parts,
+        Err(code) => return code,
     };
     let result = match Engine::attach(parts, plan, record, revisions).await {
         Ok(engine) => engine.roll_back(only).await,

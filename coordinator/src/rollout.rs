@@ -7,7 +7,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use async_nats::jetstream::{self, consumer};
+use flotilla_bus::signing::{SIGNATURE_HEADER, SigningKey};
 use flotilla_schemas::subjects::Subjects;
 use flotilla_schemas::{
     Action, Command, CommandId, HEADER_RUN_ID, Outcome, Presence, Progress, RunId, RunResult,
@@ -128,6 +131,7 @@ pub struct Engine<'a, P: ProgressSink> {
     record: RunRecord,
     sink: P,
     follower: Follower,
+    signer: Option<Arc<SigningKey>>,
     shutdown: CancellationToken,
     deadlines: HashMap<CommandId, Instant>,
 }
@@ -138,6 +142,8 @@ pub struct EngineParts<'a, P: ProgressSink> {
     pub subjects: &'a Subjects,
     pub store: Store,
     pub sink: P,
+    /// Signs every command; `None` sends them unsigned (agents that trust keys refuse them).
+    pub signer: Option<Arc<SigningKey>>,
     /// Cancelled on Ctrl-C: stop dispatching, let in-flight commands finish.
     pub shutdown: CancellationToken,
 }
@@ -202,6 +208,7 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             record,
             sink: parts.sink,
             follower,
+            signer: parts.signer,
             shutdown: parts.shutdown,
             deadlines: HashMap::new(),
         })
@@ -579,9 +586,13 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", command.command_id.to_string().as_str());
         headers.insert(HEADER_RUN_ID, command.run_id.to_string().as_str());
+        let payload = encode(command);
+        if let Some(signer) = &self.signer {
+            headers.insert(SIGNATURE_HEADER, signer.sign(&payload).as_str());
+        }
         let ack = async {
             self.js
-                .publish_with_headers(subject.clone(), headers, encode(command).into())
+                .publish_with_headers(subject.clone(), headers, payload.into())
                 .await?
                 .await
         };

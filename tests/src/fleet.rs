@@ -27,6 +27,10 @@ pub struct Fleet {
     members: BTreeMap<String, Member>,
     /// PID files of services run outside any agent (external supervisor), killed on drop.
     external_pid_files: Vec<PathBuf>,
+    /// Environment of every `flotilla` run: the signing key, and any NATS identity.
+    cli_env: Vec<(String, String)>,
+    /// The public key the agents trust.
+    trusted_key: String,
 }
 
 impl Fleet {
@@ -42,32 +46,55 @@ impl Fleet {
         roles: &[&str],
         env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Self::start_with(nats_url, roles, &|_| env.clone(), Vec::new())
+    }
+
+    /// The general form: `agent_env` gives each role's agent its extra environment (e.g. its own
+    /// NATS identity), `cli_env` is the environment of every `flotilla` this fleet runs.
+    pub fn start_with(
+        nats_url: &str,
+        roles: &[&str],
+        agent_env: &dyn Fn(&str) -> Vec<(String, String)>,
+        cli_env: Vec<(String, String)>,
+    ) -> anyhow::Result<Self> {
+        let mut fleet = Self::empty(nats_url)?;
+        fleet.cli_env.extend(cli_env);
+        for role in roles {
+            let mut member = fleet.lay_out(role)?;
+            member.env = agent_env(role);
+            fleet.members.insert((*role).to_owned(), member);
+        }
+        for role in roles {
+            fleet.start_agent(role)?;
+        }
+        fleet.wait_ready(Duration::from_secs(30))?;
+        Ok(fleet)
+    }
+
+    /// A fleet with no member yet, in a fresh temp dir, with its own command-signing key: its
+    /// agents trust that key and its `flotilla` signs with it.
+    fn empty(nats_url: &str) -> anyhow::Result<Self> {
         let temp = tempfile::tempdir()?;
         let dir = temp.path().to_owned();
-        let mut fleet = Fleet {
+        let key_path = dir.join("coordinator.key");
+        let key = flotilla_bus::signing::SigningKey::generate()?;
+        key.save(&key_path)?;
+        Ok(Fleet {
             dir,
             _temp: Some(temp),
             nats_url: nats_url.to_owned(),
             members: BTreeMap::new(),
             external_pid_files: Vec::new(),
-        };
-        fleet.launch(roles, env)?;
-        Ok(fleet)
-    }
-
-    fn launch(&mut self, roles: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
-        for role in roles {
-            let mut member = self.lay_out(role)?;
-            member.env = env
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect();
-            self.members.insert((*role).to_owned(), member);
-        }
-        for role in roles {
-            self.start_agent(role)?;
-        }
-        self.wait_ready(Duration::from_secs(30))
+            cli_env: vec![(
+                "FLOTILLA_SIGNING_KEY".into(),
+                key_path.display().to_string(),
+            )],
+            trusted_key: key.public_key_text(),
+        })
     }
 
     fn lay_out(&self, role: &str) -> anyhow::Result<Member> {
@@ -127,8 +154,12 @@ dir = "{secrets}"
 
 [commands]
 allow = ["true", "false", "sh", "{sample}"]
+
+[security]
+trusted_keys = ["{trusted}"]
 "#,
                 nats = self.nats_url,
+                trusted = self.trusted_key,
                 state = state.display(),
                 root = root.display(),
                 sample = sample.display(),
@@ -185,6 +216,7 @@ allow = ["true", "false", "sh", "{sample}"]
         Command::new(crate::binary("flotilla"))
             .args(args)
             .env("FLOTILLA_NATS_URL", &self.nats_url)
+            .envs(self.cli_env.iter().map(|(k, v)| (k, v)))
             .env("NO_COLOR", "1")
             .current_dir(crate::repo_root())
             .stdout(Stdio::piped())
@@ -241,6 +273,7 @@ allow = ["true", "false", "sh", "{sample}"]
         Command::new(crate::binary("flotilla"))
             .args(args)
             .env("FLOTILLA_NATS_URL", &self.nats_url)
+            .envs(self.cli_env.iter().map(|(k, v)| (k, v)))
             .env("NO_COLOR", "1")
             .current_dir(crate::repo_root())
             .output()
@@ -300,15 +333,7 @@ impl Fleet {
     /// file). The agent is configured with `supervisor = "external"`, `restart_command` and
     /// `pid_file`, and the service is already running when the agent starts, as under systemd.
     pub fn start_external(nats_url: &str, role: &str) -> anyhow::Result<Self> {
-        let temp = tempfile::tempdir()?;
-        let dir = temp.path().to_owned();
-        let mut fleet = Fleet {
-            dir,
-            _temp: Some(temp),
-            nats_url: nats_url.to_owned(),
-            members: BTreeMap::new(),
-            external_pid_files: Vec::new(),
-        };
+        let mut fleet = Self::empty(nats_url)?;
         let member = fleet.lay_out(role)?;
         let pid_file = fleet.dir.join(format!("{role}.pid"));
         let script = fleet.dir.join(format!("supervise-{role}.sh"));
@@ -349,5 +374,13 @@ impl Fleet {
         fleet.start_agent(role)?;
         fleet.wait_ready(Duration::from_secs(30))?;
         Ok(fleet)
+    }
+}
+
+impl Fleet {
+    /// The key this fleet's `flotilla` signs commands with.
+    pub fn signing_key(&self) -> flotilla_bus::signing::SigningKey {
+        flotilla_bus::signing::SigningKey::load(&self.dir.join("coordinator.key"))
+            .expect("the fleet's key")
     }
 }

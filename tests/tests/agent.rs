@@ -231,8 +231,13 @@ async fn a_duplicated_command_is_applied_once() {
         .unwrap();
     let mut messages = consumer.messages().await.unwrap();
     // Two distinct message IDs, so the broker's own deduplication does not hide the copy.
+    let key = fleet.signing_key();
     for copy in 0..2 {
         let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            flotilla_bus::signing::SIGNATURE_HEADER,
+            key.sign(&encode(&command)).as_str(),
+        );
         headers.insert(
             "Nats-Msg-Id",
             format!("{}-{copy}", command.command_id).as_str(),

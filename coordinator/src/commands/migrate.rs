@@ -5,11 +5,10 @@ use std::path::Path;
 use flotilla_telemetry::error_chain;
 use tokio_util::sync::CancellationToken;
 
-use super::{check_report_files, connect, fail, finish, open_store};
-use crate::cli::{Cli, OutputFormat, ReportFiles};
+use super::{check_report_files, connect, engine_parts, fail, finish, open_store};
+use crate::cli::{Cli, ReportFiles};
 use crate::plan::Plan;
-use crate::progress::TerminalProgress;
-use crate::rollout::{self, Engine, EngineParts, Target};
+use crate::rollout::{self, Engine, Target};
 use crate::{discovery, exit};
 
 /// Reads a plan and its text.
@@ -105,12 +104,9 @@ pub(super) async fn migrate(
         Ok(s) => s,
         Err(code) => return code,
     };
-    let parts = EngineParts {
-        client: &client,
-        subjects: &subjects,
-        store,
-        sink: TerminalProgress::new(cli.output == OutputFormat::Json),
-        shutdown,
+    let parts = match engine_parts(cli, &client, &subjects, store, shutdown) {
+        Ok(parts) => parts,
+        Err(code) => return code,
     };
     let engine = match Engine::create(
         parts,
