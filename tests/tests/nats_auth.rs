@@ -181,3 +181,63 @@ async fn an_agent_reads_and_writes_only_its_own_subjects() {
         "the forged command reached the stream"
     );
 }
+
+/// The whole product through the shipped, secure configuration: every agent and the
+/// coordinator with its own identity, signed commands, the demo plan over all five services.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_migration_runs_through_the_secure_configuration() {
+    let server = start();
+    let subjects = Subjects::default();
+    // Agents may not create streams: the coordinator's identity does, as `flotilla` would.
+    let (coordinator, _) = connect(server.url(), "coordinator", "coordinator-secret").await;
+    let admin = jetstream::new(coordinator);
+    flotilla_bus::commands_stream(&admin, &subjects)
+        .await
+        .unwrap();
+    flotilla_bus::events_stream(&admin, &subjects)
+        .await
+        .unwrap();
+    flotilla_telemetry::store::ensure_stream(&admin, subjects.prefix())
+        .await
+        .unwrap();
+
+    let agent_identity = |role: &str| {
+        let user = format!("agent-{role}-a");
+        vec![
+            ("FLOTILLA_NATS__AUTH__USER".to_owned(), user.clone()),
+            (
+                "FLOTILLA_NATS__AUTH__PASSWORD".to_owned(),
+                format!("{role}-secret"),
+            ),
+            (
+                "FLOTILLA_NATS__AUTH__INBOX_PREFIX".to_owned(),
+                format!("_INBOX_{user}"),
+            ),
+        ]
+    };
+    let cli = vec![
+        ("FLOTILLA_NATS_USER".to_owned(), "coordinator".to_owned()),
+        (
+            "FLOTILLA_NATS_PASSWORD".to_owned(),
+            "coordinator-secret".to_owned(),
+        ),
+    ];
+    let url = server.url().to_owned();
+    let fleet = tokio::task::block_in_place(|| {
+        flotilla_tests::Fleet::start_with(&url, &flotilla_tests::ROLES, &agent_identity, cli)
+            .unwrap()
+    });
+    let plan = repo_root().join("deploy/demo/plan.toml");
+    let out = tokio::task::block_in_place(|| {
+        fleet.flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"])
+    });
+    let report = flotilla_tests::json_stdout(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{report:#}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(report["services"].as_array().unwrap().len(), 5);
+    tokio::task::block_in_place(|| drop(fleet));
+}
