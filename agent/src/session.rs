@@ -7,8 +7,8 @@ use async_nats::jetstream::{self, AckKind, consumer};
 use flotilla_bus::{BusError, signing};
 use flotilla_schemas::subjects::Subjects;
 use flotilla_schemas::{
-    AgentState, Command, CommandId, CommandSchema, InstanceId, Measurements, Outcome, Presence,
-    RunId, RunResult, ServiceName, decode, encode,
+    AgentState, Command, CommandId, CommandSchema, HEADER_RUN_TRACEPARENT, InstanceId,
+    Measurements, Outcome, Presence, RunId, RunResult, ServiceName, decode, encode,
 };
 use futures::StreamExt;
 use serde::Deserialize;
@@ -201,9 +201,7 @@ pub async fn serve(
             flotilla.service = %command.service,
             flotilla.instance = %command.instance,
         );
-        if let Err(e) = flotilla_telemetry::set_parent(&span, message.headers.as_ref()) {
-            tracing::debug!(error = %e, "command carries no usable trace context");
-        }
+        continue_trace(&span, message.headers.as_ref());
         let handled = async {
             tracing::info!(command_id = %command.command_id, "command received");
             match lifecycle.accept(&command) {
@@ -303,6 +301,35 @@ async fn refuse(
     };
     if let Err(e) = events.result(&result).await {
         tracing::warn!(error = %error_chain(&e), "refusal not published");
+    }
+}
+
+/// Parents the consumer span on the run's root (`Flotilla-Run-Traceparent`) and links the
+/// coordinator's producer span (`traceparent`); without the run header, the producer span is
+/// the parent, as the messaging conventions have it for one message.
+fn continue_trace(span: &tracing::Span, headers: Option<&async_nats::HeaderMap>) {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let Some(headers) = headers else { return };
+    let producer = flotilla_telemetry::extract(headers);
+    let run_root = headers.get(HEADER_RUN_TRACEPARENT).map(|value| {
+        let mut only = async_nats::HeaderMap::new();
+        only.insert("traceparent", value.as_str());
+        flotilla_telemetry::extract(&only)
+    });
+    match run_root.filter(|cx| cx.span().span_context().is_valid()) {
+        Some(root) => {
+            let _ = span.set_parent(root);
+            let producer = producer.span().span_context().clone();
+            if producer.is_valid() {
+                span.add_link(producer);
+            }
+        }
+        None => {
+            if let Err(e) = flotilla_telemetry::set_parent(span, Some(headers)) {
+                tracing::debug!(error = %e, "command carries no usable trace context");
+            }
+        }
     }
 }
 

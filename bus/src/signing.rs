@@ -48,6 +48,13 @@ pub enum SigningError {
     Forged(String),
 }
 
+/// Where the public half of the key at `path` is written: `<path>.pub`.
+pub fn public_key_path(path: &Path) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".pub");
+    name.into()
+}
+
 /// The coordinator's private key.
 pub struct SigningKey {
     key: ed25519_dalek::SigningKey,
@@ -109,7 +116,7 @@ impl SigningKey {
         Ok(Self::from_seed(&decode_32(&text, &shown)?))
     }
 
-    /// Writes the key (mode 0600) and its public half (`<path>.pub`).
+    /// Writes the key (mode 0600) and its public half ([`public_key_path`]).
     pub fn save(&self, path: &Path) -> Result<(), SigningError> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
@@ -125,7 +132,7 @@ impl SigningKey {
             .open(path)
             .map_err(write)?;
         writeln!(file, "{}", STANDARD.encode(self.key.to_bytes())).map_err(write)?;
-        let public = path.with_extension("pub");
+        let public = public_key_path(path);
         std::fs::write(&public, format!("{}\n", self.public_key_text())).map_err(|source| {
             SigningError::Write {
                 path: public.display().to_string(),
@@ -267,7 +274,7 @@ mod tests {
         key.save(&path).unwrap();
         let loaded = SigningKey::load(&path).unwrap();
         assert_eq!(loaded.id(), key.id());
-        let public = std::fs::read_to_string(path.with_extension("pub")).unwrap();
+        let public = std::fs::read_to_string(public_key_path(&path)).unwrap();
         assert_eq!(TrustedKey::parse(&public).unwrap().id(), key.id());
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(matches!(

@@ -40,12 +40,44 @@ pub struct Cli {
     pub allow_old_server: bool,
     #[command(flatten)]
     pub auth: AuthArgs,
+    /// Where `verify` (and the migration's correlation check) reads traces: `default` (the
+    /// store in NATS), `jaeger=URL` or `tempo=URL`.
+    #[arg(
+        long,
+        global = true,
+        env = "FLOTILLA_TRACE_BACKEND",
+        default_value = "default"
+    )]
+    pub trace_backend: crate::verify::Backend,
+    /// How long to wait for late telemetry before judging correlation.
+    #[arg(long, global = true, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub verify_wait: Duration,
+    /// Finalize a migration even when its correlation check fails (it is still reported).
+    #[arg(long, global = true)]
+    pub no_verify: bool,
     /// The coordinator's Ed25519 signing key (from `flotilla keys generate`); every command is
     /// signed with it. Agents with `security.trusted_keys` refuse unsigned commands.
     #[arg(long, global = true, env = "FLOTILLA_SIGNING_KEY", value_name = "FILE")]
     pub signing_key: Option<PathBuf>,
     #[command(subcommand)]
     pub command: CommandKind,
+    /// The process's telemetry, attached to NATS once connected (set by `main`, not an option).
+    #[arg(skip)]
+    pub telemetry: TelemetryHandle,
+}
+
+/// A shared handle on the process's telemetry pipeline.
+#[derive(Clone, Default)]
+pub struct TelemetryHandle(pub Option<std::sync::Arc<flotilla_telemetry::TelemetryGuard>>);
+
+impl std::fmt::Debug for TelemetryHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "TelemetryHandle(active)"
+        } else {
+            "TelemetryHandle(none)"
+        })
+    }
 }
 
 /// The coordinator's NATS identity. Secrets come from files (or `FLOTILLA_NATS_PASSWORD` in the
@@ -191,6 +223,15 @@ pub enum CommandKind {
     Cancel {
         /// Run ID, or a unique prefix of it.
         run: String,
+    },
+    /// Prove a run's correlation: read its trace back and check that every service of the run
+    /// sent spans and logs carrying the run's trace and correlation IDs (exit 0 only then).
+    #[command(
+        after_help = "Examples:\n  flotilla verify\n  flotilla verify 019abc --output json\n  flotilla verify 019abc --trace-backend jaeger=http://jaeger:16686"
+    )]
+    Verify {
+        /// Run ID, or a unique prefix of it (default: the latest run).
+        run: Option<String>,
     },
     /// Manage the coordinator's command-signing keys.
     Keys {

@@ -43,6 +43,7 @@ pub(crate) async fn run(cli: Cli, shutdown: CancellationToken) -> u8 {
             files,
         } => rollback(&cli, run, service.as_deref(), files, shutdown).await,
         CommandKind::Cancel { run } => cancel(&cli, run).await,
+        CommandKind::Verify { run } => verify(&cli, run.as_deref()).await,
         CommandKind::Keys {
             action: cli::KeysAction::Generate { out },
         } => keys_generate(out),
@@ -65,6 +66,12 @@ pub(crate) fn engine_parts<'a>(
         store,
         sink: TerminalProgress::new(cli.output == OutputFormat::Json),
         signer: signer(cli)?,
+        correlation: crate::rollout::CorrelationCheck {
+            backend: cli.trace_backend.clone(),
+            wait: cli.verify_wait,
+            enforce: !cli.no_verify,
+            telemetry: cli.telemetry.clone(),
+        },
         shutdown,
     })
 }
@@ -81,7 +88,7 @@ fn keys_generate(out: &Path) -> u8 {
     println!("private key: {} (mode 0600; keep it secret)", out.display());
     println!(
         "public key:  {} ; add this line to every agent's [security] trusted_keys:",
-        out.with_extension("pub").display()
+        flotilla_bus::signing::public_key_path(out).display()
     );
     println!("  trusted_keys = [\"{}\"]", key.public_key_text());
     exit::OK
@@ -115,6 +122,23 @@ async fn connect(cli: &Cli) -> Result<(async_nats::Client, Subjects), u8> {
     let client = flotilla_bus::connect(&options)
         .await
         .map_err(|e| fail(exit::BUS, error_chain(&e)))?;
+    // The coordinator owns the streams: agents may not create them (least privilege), and
+    // wait for them before they answer discovery.
+    let js = jetstream::new(client.clone());
+    let streams = async {
+        flotilla_bus::commands_stream(&js, &subjects).await?;
+        flotilla_bus::events_stream(&js, &subjects).await
+    };
+    streams
+        .await
+        .map_err(|e| fail(exit::BUS, error_chain(&e)))?;
+    if let Some(telemetry) = &cli.telemetry.0
+        && let Err(e) = telemetry
+            .attach_nats(client.clone(), subjects.prefix())
+            .await
+    {
+        tracing::warn!(error = %error_chain(&e), "telemetry store unavailable; the run's spans stay local");
+    }
     Ok((client, subjects))
 }
 
@@ -267,6 +291,53 @@ async fn status(cli: &Cli, run: Option<&str>) -> u8 {
         Err(code) => return code,
     };
     emit(cli, &record, &ReportFiles::default())
+}
+
+async fn verify(cli: &Cli, run: Option<&str>) -> u8 {
+    let (client, subjects, _store, record, _) = match load_run(cli, run).await {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    let Some(trace_id) = record
+        .trace_parent
+        .as_deref()
+        .and_then(crate::verify::trace_id_of)
+    else {
+        return fail(
+            exit::FAILED,
+            format!(
+                "run {} recorded no trace (it predates tracing)",
+                record.run_id
+            ),
+        );
+    };
+    let expected: Vec<(String, String)> = record
+        .targets
+        .iter()
+        .map(|t| (t.service.to_string(), t.instance.to_string()))
+        .collect();
+    let report = match crate::verify::verify_run(
+        &client,
+        subjects.prefix(),
+        &cli.trace_backend,
+        trace_id,
+        &record.run_id.to_string(),
+        &expected,
+        cli.verify_wait,
+    )
+    .await
+    {
+        Ok(report) => report,
+        Err(e) => return fail(exit::BUS, format!("cannot read trace {trace_id}: {e}")),
+    };
+    match cli.output {
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("reports serialize")
+        ),
+        OutputFormat::Text => print!("{}", crate::verify::to_text(&report)),
+    }
+    if report.ok { exit::OK } else { exit::FAILED }
 }
 
 async fn report(cli: &Cli, run: Option<&str>, format: ReportFormat) -> u8 {

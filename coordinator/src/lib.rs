@@ -14,6 +14,7 @@ mod progress;
 mod report;
 mod rollout;
 mod store;
+pub mod verify;
 
 use std::time::Duration;
 

@@ -1,6 +1,9 @@
 use std::process::ExitCode;
 
+use std::sync::Arc;
+
 use clap::Parser;
+use flotilla_coordinator::cli::TelemetryHandle;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -16,8 +19,22 @@ async fn main() -> ExitCode {
             });
         }
     };
-    let _telemetry = flotilla_telemetry::init(flotilla_telemetry::LogFormat::Text, "warn");
+    let mut cli = cli;
+    let telemetry = Arc::new(flotilla_telemetry::init_with(
+        flotilla_telemetry::TelemetryConfig {
+            default_filter: "warn".into(),
+            ..flotilla_telemetry::TelemetryConfig::new("flotilla")
+        },
+    ));
+    cli.telemetry = TelemetryHandle(Some(telemetry.clone()));
     let shutdown = CancellationToken::new();
     tokio::spawn(flotilla_coordinator::cancel_on_interrupt(shutdown.clone()));
-    ExitCode::from(flotilla_coordinator::run(cli, shutdown).await)
+    let code = flotilla_coordinator::run(cli, shutdown).await;
+    // Every span of a short CLI run reaches the store before the process exits.
+    if let Ok(telemetry) = Arc::try_unwrap(telemetry)
+        && let Err(e) = telemetry.shutdown().await
+    {
+        eprintln!("warning: telemetry shutdown: {e}");
+    }
+    ExitCode::from(code)
 }

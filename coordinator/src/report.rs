@@ -120,6 +120,9 @@ pub struct RunReport {
     pub notes: Vec<String>,
     pub waves: Vec<WaveReport>,
     pub services: Vec<ServiceReport>,
+    /// The cross-service correlation check (`flotilla verify`'s report), when it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub correlation: Option<serde_json::Value>,
     /// The plan, for the migration guide.
     #[serde(skip)]
     plan_text: String,
@@ -340,6 +343,7 @@ impl RunReport {
             finalized: migrated > 0 && services.iter().all(|s| s.finalized),
             coordinator: record.coordinator.clone(),
             notes: record.notes.clone(),
+            correlation: record.correlation.clone(),
             waves: record
                 .waves
                 .iter()

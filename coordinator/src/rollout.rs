@@ -13,13 +13,14 @@ use async_nats::jetstream::{self, consumer};
 use flotilla_bus::signing::{SIGNATURE_HEADER, SigningKey};
 use flotilla_schemas::subjects::Subjects;
 use flotilla_schemas::{
-    Action, Command, CommandId, HEADER_RUN_ID, Outcome, Presence, Progress, RunId, RunResult,
-    ServiceName, decode, encode, schema_of,
+    Action, Command, CommandId, HEADER_RUN_ID, HEADER_RUN_TRACEPARENT, Outcome, Presence, Progress,
+    RunId, RunResult, ServiceName, decode, encode, schema_of,
 };
 use futures::StreamExt;
 use time::OffsetDateTime;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::plan::{OnFailure, Plan};
 use crate::store::{
@@ -132,6 +133,7 @@ pub struct Engine<'a, P: ProgressSink> {
     sink: P,
     follower: Follower,
     signer: Option<Arc<SigningKey>>,
+    correlation: CorrelationCheck,
     shutdown: CancellationToken,
     deadlines: HashMap<CommandId, Instant>,
 }
@@ -144,6 +146,8 @@ pub struct EngineParts<'a, P: ProgressSink> {
     pub sink: P,
     /// Signs every command; `None` sends them unsigned (agents that trust keys refuse them).
     pub signer: Option<Arc<SigningKey>>,
+    /// The cross-service correlation check before finalize.
+    pub correlation: CorrelationCheck,
     /// Cancelled on Ctrl-C: stop dispatching, let in-flight commands finish.
     pub shutdown: CancellationToken,
 }
@@ -165,7 +169,7 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             .iter()
             .map(|t| (t.service.clone(), t.instance.clone()))
             .collect();
-        let record = RunRecord::new(
+        let mut record = RunRecord::new(
             run_id,
             &plan.name,
             plan_path,
@@ -174,6 +178,14 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             &pairs,
             rehearse,
         );
+        record.trace_parent = Some(root_span(&record));
+        // The root must reach the store before any agent hangs its spans under it: a
+        // coordinator killed later must not leave the trace without its root.
+        if let Some(telemetry) = &parts.correlation.telemetry.0
+            && let Err(e) = telemetry.flush(ROOT_FLUSH_TIMEOUT).await
+        {
+            tracing::warn!(error = %flotilla_telemetry::error_chain(&e), "the run's root span was not flushed");
+        }
         let revisions = parts.store.create(&record).await?;
         Self::assemble(parts, plan, record, revisions).await
     }
@@ -209,6 +221,7 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             sink: parts.sink,
             follower,
             signer: parts.signer,
+            correlation: parts.correlation,
             shutdown: parts.shutdown,
             deadlines: HashMap::new(),
         })
@@ -231,8 +244,21 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         if self.record.stage == Stage::Migrating && self.migrate_waves().await? == Flow::Cancelled {
             return self.cancelled().await;
         }
+        if self.record.stage == Stage::Finalizing
+            && !self.record.rehearse
+            && self.record.correlation.is_none()
+        {
+            self.check_correlation().await?;
+        }
         if self.record.stage == Stage::RollingBack {
-            let cause = if self.record.rehearse && !self.budget_broken() {
+            let uncorrelated = self
+                .record
+                .correlation
+                .as_ref()
+                .is_some_and(|c| c["ok"] == false);
+            let cause = if uncorrelated && self.correlation.enforce {
+                "rolled back because the cross-service correlation check failed"
+            } else if self.record.rehearse && !self.budget_broken() {
                 "rehearsal: restored after validation and proved healthy"
             } else {
                 "rolled back because another service of the run failed"
@@ -590,6 +616,28 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         if let Some(signer) = &self.signer {
             headers.insert(SIGNATURE_HEADER, signer.sign(&payload).as_str());
         }
+        // A producer span under the run's root; the agent's consumer span continues it.
+        let span = tracing::info_span!(
+            parent: None,
+            "publish",
+            otel.name = format!("{subject} publish"),
+            otel.kind = "producer",
+            messaging.system = "nats",
+            messaging.operation.type = "send",
+            messaging.destination.name = %subject,
+            messaging.message.id = %command.command_id,
+            flotilla.run_id = %command.run_id,
+            flotilla.service = COORDINATOR_SERVICE,
+            flotilla.instance = %crate::store::coordinator_name(),
+            flotilla.target = %format!("{}/{}", command.service, command.instance),
+        );
+        if let Some(parent) = &self.record.trace_parent {
+            let _ = span.set_parent(parse_traceparent(parent));
+        }
+        span.in_scope(|| flotilla_telemetry::inject(&mut headers));
+        if let Some(parent) = &self.record.trace_parent {
+            headers.insert(HEADER_RUN_TRACEPARENT, parent.as_str());
+        }
         let ack = async {
             self.js
                 .publish_with_headers(subject.clone(), headers, payload.into())
@@ -717,6 +765,85 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         Ok(self.record)
     }
 
+    /// Every service migrated: prove from the tracing backend that each one's spans and logs
+    /// carry the run's trace and correlation IDs. A failed check rolls the fleet back (unless
+    /// `--no-verify`); the verdict is kept in the record and the report either way.
+    async fn check_correlation(&mut self) -> Result<(), RolloutError> {
+        let Some(trace_id) = self
+            .record
+            .trace_parent
+            .as_deref()
+            .and_then(crate::verify::trace_id_of)
+        else {
+            return Ok(());
+        };
+        let trace_id = trace_id.to_owned();
+        self.sink
+            .stage("cross-service check: correlation of every service's spans and logs");
+        if let Some(telemetry) = &self.correlation.telemetry.0
+            && let Err(e) = telemetry.flush(self.correlation.wait).await
+        {
+            tracing::warn!(error = %flotilla_telemetry::error_chain(&e), "coordinator telemetry not flushed");
+        }
+        let expected: Vec<(String, String)> = (0..self.record.targets.len())
+            .filter(|&t| self.migrated(t))
+            .map(|t| {
+                (
+                    self.record.targets[t].service.to_string(),
+                    self.record.targets[t].instance.to_string(),
+                )
+            })
+            .collect();
+        let verdict = crate::verify::verify_run(
+            self.client,
+            self.subjects.prefix(),
+            &self.correlation.backend,
+            &trace_id,
+            &self.record.run_id.to_string(),
+            &expected,
+            self.correlation.wait,
+        )
+        .await;
+        let (ok, value, note) = match verdict {
+            Ok(report) => {
+                let failing: Vec<String> = report
+                    .services
+                    .iter()
+                    .filter(|s| !s.correlated)
+                    .map(|s| format!("{}/{}: {}", s.service, s.instance, s.problems.join("; ")))
+                    .chain(report.problems.iter().cloned())
+                    .collect();
+                let note = if report.ok {
+                    format!(
+                        "correlation verified: {} service(s), trace {trace_id}",
+                        report.services.len()
+                    )
+                } else {
+                    format!(
+                        "correlation check failed (trace {trace_id}): {}",
+                        failing.join(" | ")
+                    )
+                };
+                (
+                    report.ok,
+                    serde_json::to_value(&report).expect("reports serialize"),
+                    note,
+                )
+            }
+            Err(e) => (
+                false,
+                serde_json::json!({ "ok": false, "error": e }),
+                format!("correlation check failed: {e}"),
+            ),
+        };
+        self.record.notes.push(note);
+        self.record.correlation = Some(value);
+        if !ok && self.correlation.enforce {
+            self.record.stage = Stage::RollingBack;
+        }
+        self.save().await
+    }
+
     async fn finish(&mut self, status: RunStatus) -> Result<(), RolloutError> {
         self.record.status = status;
         self.record.stage = Stage::Done;
@@ -836,4 +963,51 @@ impl Follower {
             }
         }
     }
+}
+
+/// How the cross-service correlation check runs before a migration is finalized.
+#[derive(Clone)]
+pub struct CorrelationCheck {
+    pub backend: crate::verify::Backend,
+    /// How long to wait for late telemetry.
+    pub wait: std::time::Duration,
+    /// Roll back instead of finalizing when the check fails.
+    pub enforce: bool,
+    /// This process's telemetry, flushed before the check so its own spans are in the store.
+    pub telemetry: crate::cli::TelemetryHandle,
+}
+
+/// How long the coordinator waits for the run's root span to reach the store.
+const ROOT_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The name the coordinator's spans carry as `flotilla.service`.
+pub const COORDINATOR_SERVICE: &str = "flotilla";
+
+/// Opens and closes the run's root span at once (so that it is exported even if this
+/// coordinator is killed) and returns its `traceparent`, under which every later span goes.
+fn root_span(record: &RunRecord) -> String {
+    let span = tracing::info_span!(
+        parent: None,
+        "run",
+        otel.name = format!("flotilla run {}", record.plan_name),
+        flotilla.run_id = %record.run_id,
+        flotilla.service = COORDINATOR_SERVICE,
+        flotilla.instance = %record.coordinator,
+        flotilla.plan = %record.plan_name,
+    );
+    let mut headers = std::collections::HashMap::new();
+    span.in_scope(|| {
+        tracing::info!(run_id = %record.run_id, plan = %record.plan_name, "run started");
+        for (name, value) in flotilla_telemetry::http_headers() {
+            headers.insert(name, value);
+        }
+    });
+    headers.remove("traceparent").unwrap_or_default()
+}
+
+/// The context a stored `traceparent` names.
+fn parse_traceparent(traceparent: &str) -> opentelemetry::Context {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("traceparent", traceparent);
+    flotilla_telemetry::extract(&headers)
 }

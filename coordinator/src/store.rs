@@ -115,6 +115,13 @@ pub struct RunRecord {
     pub notes: Vec<String>,
     pub waves: Vec<WaveRecord>,
     pub targets: Vec<TargetRecord>,
+    /// W3C `traceparent` of the run's root span: every span of the run, also after a resume,
+    /// joins this one trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_parent: Option<String>,
+    /// The cross-service correlation check's verdict (`flotilla verify`'s report), once run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation: Option<serde_json::Value>,
 }
 
 /// One wave's progress.
@@ -245,6 +252,8 @@ impl RunRecord {
             notes: Vec::new(),
             waves: Vec::new(),
             targets: Vec::new(),
+            trace_parent: None,
+            correlation: None,
         };
         for (w, wave) in waves.iter().enumerate() {
             let mut members = Vec::new();

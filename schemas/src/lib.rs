@@ -23,5 +23,12 @@ pub use version::SchemaTag;
 /// The header that carries the run's correlation ID next to the W3C `traceparent`.
 pub const HEADER_RUN_ID: &str = "Flotilla-Run-Id";
 
+/// The NATS header that carries the `traceparent` of the run's root span. The standard
+/// `traceparent` header carries the coordinator's producer span; the agent parents its
+/// consumer span on the run's root (which is made durable before anything is dispatched) and
+/// links the producer span, so a coordinator killed before exporting its producer spans leaves
+/// no orphan in the trace.
+pub const HEADER_RUN_TRACEPARENT: &str = "Flotilla-Run-Traceparent";
+
 /// The HTTP header the agent sends to its service so the service's logs join the run.
 pub const HTTP_CORRELATION_HEADER: &str = "x-flotilla-run-id";
