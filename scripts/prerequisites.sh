@@ -10,3 +10,10 @@ if ! command -v python3 >/dev/null && [[ -z ${NATS_SERVER_BIN:-} ]]; then
 fi
 NATS_SERVER_BIN=$(scripts/ensure-nats.sh)
 export NATS_SERVER_BIN
+# The test suite validates docker-compose.yml with Debian's docker-compose (no Docker engine
+# needed); only scripts/test.sh asks for it, so the demo stays quick to set up.
+if [[ ${BASH_SOURCE[1]:-} == *test.sh ]] && ! command -v docker-compose >/dev/null; then
+  echo "docker-compose is missing: installing it with apt (tests/tests/deploy.rs uses it)" >&2
+  { apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null; } ||
+    echo "warning: could not install docker-compose; the compose test will fail" >&2
+fi
