@@ -18,6 +18,7 @@ pub mod steps;
 mod supervisor;
 mod template;
 pub mod tree;
+mod workload;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use flotilla_schemas::{
     Action, Check, Command, CommandId, GateReport, Gates, HttpCheck, Measurements, Outcome, Phase,
-    PhaseReport, PhaseStatus, Precondition, RunResult, Step,
+    PhaseReport, PhaseStatus, Precondition, RunResult, Step, Workload, WorkloadFigures,
+    WorkloadReport,
 };
 use time::OffsetDateTime;
 use tracing::Instrument;
@@ -19,7 +20,7 @@ use crate::journal::{Journal, JournalError, Record};
 use crate::steps::{self, RootDir};
 use crate::supervisor::Supervisor;
 use crate::template::Renderer;
-use crate::{checks, confine, crashpoint, health, metrics};
+use crate::{checks, confine, crashpoint, health, metrics, workload};
 use flotilla_telemetry::error_chain;
 
 /// A failure of the phase named in it; its message becomes the result's reason.
@@ -94,6 +95,7 @@ struct MigrateSpec<'a> {
     gates: &'a Gates,
     preconditions: &'a [Precondition],
     checks: &'a [Check],
+    workloads: &'a [Workload],
 }
 
 /// What precheck resolved, for the later phases.
@@ -102,6 +104,8 @@ struct Prepared {
     contents: Rendered,
     /// Functional checks with their placeholders resolved.
     checks: Vec<Check>,
+    /// Workloads with their placeholders resolved, and what each measured before the change.
+    workloads: Vec<(Workload, WorkloadFigures)>,
 }
 
 /// What [`Lifecycle::accept`] decided.
@@ -166,6 +170,7 @@ impl Lifecycle {
                 gates,
                 preconditions,
                 checks,
+                workloads,
             } => {
                 let spec = MigrateSpec {
                     steps,
@@ -173,6 +178,7 @@ impl Lifecycle {
                     gates,
                     preconditions,
                     checks,
+                    workloads,
                 };
                 self.migrate(&command, &spec, &mut tracker).await?
             }
@@ -225,7 +231,10 @@ impl Lifecycle {
     ) -> Result<RunResult, JournalError> {
         let mut measurements = Measurements::default();
         let prepared = match tracker
-            .run(Phase::Precheck, self.precheck(spec, &mut measurements))
+            .run(
+                Phase::Precheck,
+                self.precheck(spec, command.run_id, &mut measurements),
+            )
             .await
         {
             Ok(prepared) => prepared,
@@ -262,6 +271,15 @@ impl Lifecycle {
         self.journal.append(Record::Applying { command_id: id })?;
 
         let mut gate_reports = Vec::new();
+        let mut workload_reports: Vec<WorkloadReport> = prepared
+            .workloads
+            .iter()
+            .map(|(w, before)| WorkloadReport {
+                name: w.name().to_owned(),
+                before: before.clone(),
+                after: None,
+            })
+            .collect();
         let change = async {
             tracker
                 .run(Phase::Apply, self.apply(spec.steps, &prepared.contents))
@@ -276,9 +294,10 @@ impl Lifecycle {
             let validation = self.validate(
                 command,
                 spec,
-                &prepared.checks,
+                &prepared,
                 &mut measurements,
                 &mut gate_reports,
+                &mut workload_reports,
             );
             tracker.run(Phase::Validate, validation).await?;
             crashpoint::reached(&self.config.agent.state_dir, "validated");
@@ -294,6 +313,7 @@ impl Lifecycle {
         Ok(RunResult {
             phases: tracker.phases.clone(),
             gates: gate_reports,
+            workloads: workload_reports,
             ..finished
         })
     }
@@ -303,6 +323,7 @@ impl Lifecycle {
     async fn precheck(
         &self,
         spec: &MigrateSpec<'_>,
+        command_run_id: flotilla_schemas::RunId,
         measurements: &mut Measurements,
     ) -> Result<Prepared, String> {
         let steps = spec.steps;
@@ -327,6 +348,18 @@ impl Lifecycle {
                 }));
             }
             rendered_checks.push(checks::render(&renderer, check).map_err(|e| at(&e))?);
+        }
+        let mut rendered_workloads = Vec::with_capacity(spec.workloads.len());
+        for workload in spec.workloads {
+            let at = |e: &dyn std::fmt::Display| format!("workload {}: {e}", workload.name());
+            if let Workload::Job { program, .. } = workload
+                && !self.allowed(program)
+            {
+                return Err(at(&steps::StepError::NotAllowed {
+                    program: program.clone(),
+                }));
+            }
+            rendered_workloads.push(workload::render(&renderer, workload).map_err(|e| at(&e))?);
         }
         let mut rendered = Vec::with_capacity(steps.len());
         for (index, step) in steps.iter().enumerate() {
@@ -365,10 +398,69 @@ impl Lifecycle {
         measurements.startup_ms_before =
             self.supervisor.last_startup().map(|d| d.as_millis() as u64);
         measurements.rss_bytes_before = self.supervisor.pid().and_then(metrics::tree_rss);
+        // The baseline: each workload, once, before anything changes.
+        let mut workloads = Vec::with_capacity(rendered_workloads.len());
+        for workload in rendered_workloads {
+            let before = self.measure(&workload, command_run_id).await;
+            workloads.push((workload, before));
+        }
         Ok(Prepared {
             contents: rendered,
             checks: rendered_checks,
+            workloads,
         })
+    }
+
+    /// Runs a workload once, in a span that carries its figures.
+    async fn measure(
+        &self,
+        workload: &Workload,
+        run_id: flotilla_schemas::RunId,
+    ) -> WorkloadFigures {
+        let span = tracing::info_span!(
+            "workload",
+            flotilla.run_id = %run_id,
+            flotilla.service = %self.config.service.name,
+            flotilla.instance = %self.config.agent.instance,
+            flotilla.workload = workload.name(),
+            workload.samples = tracing::field::Empty,
+            workload.errors = tracing::field::Empty,
+            workload.p95_ms = tracing::field::Empty,
+            workload.duration_ms = tracing::field::Empty,
+            workload.throughput = tracing::field::Empty,
+        );
+        let figures = workload::measure(
+            &self.http,
+            &self.config.service.root,
+            workload,
+            run_id,
+            self.config.commands.run_as,
+        )
+        .instrument(span.clone())
+        .await;
+        span.record("workload.samples", figures.samples);
+        span.record("workload.errors", figures.errors);
+        if let Some(p95) = figures.p95_ms {
+            span.record("workload.p95_ms", p95);
+        }
+        if let Some(duration) = figures.duration_ms {
+            span.record("workload.duration_ms", duration);
+        }
+        if let Some(throughput) = figures.throughput {
+            span.record("workload.throughput", throughput);
+        }
+        span.in_scope(|| {
+            tracing::info!(
+                workload = workload.name(),
+                samples = figures.samples,
+                errors = figures.errors,
+                p95_ms = figures.p95_ms,
+                duration_ms = figures.duration_ms,
+                throughput = figures.throughput,
+                "workload measured"
+            )
+        });
+        figures
     }
 
     /// Whether `program` is on the agent's allow-list (exact match).
@@ -444,9 +536,10 @@ impl Lifecycle {
         &self,
         command: &Command,
         spec: &MigrateSpec<'_>,
-        functional: &[Check],
+        prepared: &Prepared,
         measurements: &mut Measurements,
         reports: &mut Vec<GateReport>,
+        workload_reports: &mut [WorkloadReport],
     ) -> Result<(), String> {
         let default_check;
         let checks = if spec.health.is_empty() {
@@ -471,7 +564,7 @@ impl Lifecycle {
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        for check in functional {
+        for check in &prepared.checks {
             let passed = checks::run(
                 &self.http,
                 &self.config.service.root,
@@ -485,6 +578,13 @@ impl Lifecycle {
         }
         measurements.rss_bytes_after = self.supervisor.pid().and_then(metrics::tree_rss);
         *reports = evaluate_gates(spec.gates, measurements);
+        for ((workload, before), report) in
+            prepared.workloads.iter().zip(workload_reports.iter_mut())
+        {
+            let after = self.measure(workload, command.run_id).await;
+            reports.extend(workload::gates(workload.name(), before, &after, spec.gates));
+            report.after = Some(after);
+        }
         let tripped: Vec<String> = reports
             .iter()
             .filter(|g| !g.passed)
@@ -695,6 +795,8 @@ fn evaluate_gates(gates: &Gates, m: &Measurements) -> Vec<GateReport> {
             after,
             limit,
             passed: after <= limit,
+            higher_is_better: false,
+            inconclusive: false,
         })
     };
     [
@@ -742,6 +844,7 @@ fn result(
         phases: Vec::new(),
         measurements,
         gates: Vec::new(),
+        workloads: Vec::new(),
         replayed: false,
     }
 }

@@ -297,6 +297,7 @@ async fn refuse(
         phases: Vec::new(),
         measurements: Measurements::default(),
         gates: Vec::new(),
+        workloads: Vec::new(),
         replayed: false,
     };
     if let Err(e) = events.result(&result).await {

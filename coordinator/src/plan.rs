@@ -27,7 +27,7 @@ use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
 
-use flotilla_schemas::{Check, Gates, HttpCheck, Precondition, ServiceName, Step};
+use flotilla_schemas::{Check, Gates, HttpCheck, Precondition, ServiceName, Step, Workload};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
@@ -112,6 +112,8 @@ pub struct ServicePlan {
     pub preconditions: Vec<Precondition>,
     /// Functional checks after the health checks.
     pub checks: Vec<Check>,
+    /// Measured workloads, gated on regression against the baseline.
+    pub workloads: Vec<Workload>,
     /// Services that must be migrated in an earlier wave.
     pub depends_on: Vec<ServiceName>,
     /// This service's own `command_timeout`.
@@ -152,6 +154,8 @@ struct RawPlan {
     default_preconditions: Vec<Precondition>,
     #[serde(rename = "check", default)]
     default_checks: Vec<Check>,
+    #[serde(rename = "workload", default)]
+    default_workloads: Vec<Workload>,
     #[serde(rename = "wave", default)]
     waves: Vec<RawWave>,
     #[serde(rename = "service", default)]
@@ -184,6 +188,8 @@ struct RawService {
     preconditions: Vec<Precondition>,
     #[serde(rename = "check", default)]
     checks: Vec<Check>,
+    #[serde(rename = "workload", default)]
+    workloads: Vec<Workload>,
     #[serde(default)]
     depends_on: Vec<Spanned<String>>,
     #[serde(default)]
@@ -292,6 +298,7 @@ impl Plan {
                 gates: s.gates.clone().unwrap_or_else(|| raw.default_gates.clone()),
                 preconditions: or_default(&s.preconditions, &raw.default_preconditions),
                 checks: or_default(&s.checks, &raw.default_checks),
+                workloads: or_default(&s.workloads, &raw.default_workloads),
                 depends_on: Vec::new(),
                 command_timeout,
             });

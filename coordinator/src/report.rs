@@ -74,6 +74,9 @@ pub struct ServiceReport {
     pub measurements: Measurements,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub gates: Vec<GateReport>,
+    /// Functional performance workloads: figures before and after the change.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub workloads: Vec<flotilla_schemas::WorkloadReport>,
     /// True when this service was restored from its backup and proved healthy after a
     /// successful migration (a rehearsal, a fleet rollback): its rollback is tested.
     pub rollback_validated: bool,
@@ -190,6 +193,7 @@ impl ServiceReport {
             phases: Vec::new(),
             measurements: Measurements::default(),
             gates: Vec::new(),
+            workloads: Vec::new(),
             rollback_validated: false,
             rolled_back_at: None,
             finalized: false,
@@ -227,6 +231,7 @@ impl ServiceReport {
                 report.phases = result.phases.clone();
                 report.measurements = result.measurements.clone();
                 report.gates = result.gates.clone();
+                report.workloads = result.workloads.clone();
                 report.failure = failure_kind(result.outcome, &result.phases);
             }
         }

@@ -599,6 +599,7 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
                     gates: service.gates.clone(),
                     preconditions: service.preconditions.clone(),
                     checks: service.checks.clone(),
+                    workloads: service.workloads.clone(),
                 }
             }
             Kind::Rollback => Action::Rollback { migration },

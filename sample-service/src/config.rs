@@ -92,6 +92,8 @@ pub struct Behaviour {
     pub startup_delay_ms: u64,
     /// Allocate, touch and hold this many MiB.
     pub extra_memory_mb: u64,
+    /// Extra time every `/predict` and `/ingest` request takes (simulates a slower code path).
+    pub request_delay_ms: u64,
 }
 
 /// A resolved secret value; its `Debug` output never shows the value.
@@ -402,6 +404,7 @@ fn parse_legacy(text: &str, root: &Path, role: Role) -> Result<Config> {
         fail_health: legacy_value(&entries, "fail_health", parse_legacy_bool)?.unwrap_or(false),
         startup_delay_ms: legacy_value(&entries, "startup_delay_ms", str::parse)?.unwrap_or(0),
         extra_memory_mb: legacy_value(&entries, "extra_memory_mb", str::parse)?.unwrap_or(0),
+        request_delay_ms: legacy_value(&entries, "request_delay_ms", str::parse)?.unwrap_or(0),
     };
 
     Ok(Config {
@@ -516,7 +519,8 @@ extra_memory_mb=16
             Behaviour {
                 fail_health: true,
                 startup_delay_ms: 250,
-                extra_memory_mb: 0
+                extra_memory_mb: 0,
+                request_delay_ms: 0,
             }
         );
         assert_eq!(
@@ -662,7 +666,8 @@ extra_memory_mb=16
             Behaviour {
                 fail_health: true,
                 startup_delay_ms: 0,
-                extra_memory_mb: 16
+                extra_memory_mb: 16,
+                request_delay_ms: 0,
             }
         );
         assert_eq!(

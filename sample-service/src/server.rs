@@ -32,6 +32,7 @@ pub struct AppState {
     role: Role,
     layout: Layout,
     fail_health: bool,
+    request_delay: Duration,
     config_keys: Vec<String>,
     started_at: String,
     logger: Arc<Logger>,
@@ -44,6 +45,7 @@ impl AppState {
             role: config.role,
             layout: config.layout,
             fail_health: config.behaviour.fail_health,
+            request_delay: Duration::from_millis(config.behaviour.request_delay_ms),
             config_keys: config.config_keys.clone(),
             started_at,
             logger,
@@ -115,11 +117,28 @@ fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/info", get(info))
+        .route("/predict", get(work).post(work))
+        .route("/ingest", get(work).post(work))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             log_request,
         ))
         .with_state(state)
+}
+
+/// The service's real work, for workload measurements: inference's `/predict`, ingest's
+/// `/ingest` (any role answers both). A little CPU per request, plus `request_delay_ms`.
+async fn work(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let mut score = 0u64;
+    for i in 0..20_000u64 {
+        score = score.rotate_left(7) ^ i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    if !state.request_delay.is_zero() {
+        tokio::time::sleep(state.request_delay).await;
+    }
+    Json(
+        json!({ "service": state.role.as_str(), "layout": state.layout.as_str(), "score": score % 1000 }),
+    )
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>) {

@@ -5,10 +5,16 @@ mod presence;
 mod progress;
 mod result;
 
-pub use command::{Action, Check, Command, CommandSchema, Gates, HttpCheck, Precondition, Step};
+pub use command::{
+    Action, Check, Command, CommandSchema, Gates, HttpCheck, Inconclusive, Precondition, Step,
+    Workload,
+};
 pub use presence::{AgentState, Presence, PresenceSchema};
 pub use progress::{Phase, PhaseStatus, Progress, ProgressSchema};
-pub use result::{GateReport, Measurements, Outcome, PhaseReport, ResultSchema, RunResult};
+pub use result::{
+    GateReport, Measurements, Outcome, PhaseReport, ResultSchema, RunResult, WorkloadFigures,
+    WorkloadReport,
+};
 
 use schemars::JsonSchema;
 use serde::{Serialize, de::DeserializeOwned};

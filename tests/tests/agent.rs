@@ -219,6 +219,7 @@ async fn a_duplicated_command_is_applied_once() {
             gates: Default::default(),
             preconditions: Vec::new(),
             checks: Vec::new(),
+            workloads: Vec::new(),
         },
     };
     let events = js.get_stream(subjects.events_stream()).await.unwrap();

@@ -94,6 +94,7 @@ fn command(service: &str, expires_in: time::Duration) -> Command {
             gates: Default::default(),
             preconditions: Vec::new(),
             checks: Vec::new(),
+            workloads: Vec::new(),
         },
     }
 }

@@ -72,6 +72,7 @@ fn result(c: &CommandRecord, outcome: Outcome, failed: Option<Phase>) -> RunResu
             .collect(),
         measurements: Measurements::default(),
         gates: Vec::new(),
+        workloads: Vec::new(),
         replayed: false,
     }
 }

@@ -55,6 +55,10 @@ pub enum Action {
         /// (a job run for batch services).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         checks: Vec<Check>,
+        /// Small measured workloads, run before the change (the baseline) and after it, and
+        /// gated on regression (latency, duration, throughput).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        workloads: Vec<Workload>,
     },
     /// Restore the backup taken by an earlier migrate command of the same run.
     Rollback { migration: CommandId },
@@ -193,6 +197,102 @@ pub struct Gates {
     pub memory_max_increase_pct: f64,
     #[serde(default = "default_memory_slack_bytes")]
     pub memory_slack_bytes: u64,
+    /// Workloads: the p95 latency of an HTTP workload, or the duration of a job, may grow by at
+    /// most this much (and by more than `latency_slack_ms`).
+    #[serde(default = "default_latency_pct")]
+    pub latency_p95_max_increase_pct: f64,
+    #[serde(default = "default_latency_slack_ms")]
+    pub latency_slack_ms: u64,
+    /// Workloads: the throughput a job reports may fall by at most this much.
+    #[serde(default = "default_throughput_pct")]
+    pub throughput_max_decrease_pct: f64,
+    /// A workload with fewer successful samples than this is inconclusive.
+    #[serde(default = "default_min_samples")]
+    pub min_samples: u32,
+    /// What an inconclusive workload gate means: `fail` (roll back) or `warn` (report only).
+    #[serde(default)]
+    pub inconclusive: Inconclusive,
+}
+
+/// What an inconclusive gate (too few samples) means.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Inconclusive {
+    /// Treat it as failed: no proof of no regression, no migration.
+    #[default]
+    Fail,
+    /// Report it and go on.
+    Warn,
+}
+
+/// A small measured workload, run against the service before and after the change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Workload {
+    /// `requests` HTTP requests at `concurrency`: latency p50/p95/p99 and errors. The p95 is
+    /// gated.
+    Http {
+        name: String,
+        url: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        method: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        body: Option<String>,
+        #[serde(default = "default_requests")]
+        requests: u32,
+        #[serde(default = "default_concurrency")]
+        concurrency: u32,
+    },
+    /// One run of a job (a program from the allow-list, in the service root): its duration is
+    /// gated, and so is the throughput it prints when `throughput_field` names a number in the
+    /// JSON object on its last output line.
+    Job {
+        name: String,
+        program: String,
+        #[serde(default)]
+        args: Vec<String>,
+        #[serde(default = "default_job_timeout_ms")]
+        timeout_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        throughput_field: Option<String>,
+    },
+}
+
+impl Workload {
+    /// The workload's name, as given in the plan.
+    pub fn name(&self) -> &str {
+        match self {
+            Workload::Http { name, .. } | Workload::Job { name, .. } => name,
+        }
+    }
+}
+
+fn default_requests() -> u32 {
+    50
+}
+
+fn default_concurrency() -> u32 {
+    4
+}
+
+fn default_job_timeout_ms() -> u64 {
+    120_000
+}
+
+fn default_latency_pct() -> f64 {
+    20.0
+}
+
+fn default_latency_slack_ms() -> u64 {
+    5
+}
+
+fn default_throughput_pct() -> f64 {
+    15.0
+}
+
+fn default_min_samples() -> u32 {
+    10
 }
 
 impl Default for Gates {
@@ -202,6 +302,11 @@ impl Default for Gates {
             startup_slack_ms: default_startup_slack_ms(),
             memory_max_increase_pct: default_memory_pct(),
             memory_slack_bytes: default_memory_slack_bytes(),
+            latency_p95_max_increase_pct: default_latency_pct(),
+            latency_slack_ms: default_latency_slack_ms(),
+            throughput_max_decrease_pct: default_throughput_pct(),
+            min_samples: default_min_samples(),
+            inconclusive: Inconclusive::default(),
         }
     }
 }

@@ -71,13 +71,49 @@ pub struct Measurements {
 /// One regression gate's verdict, with its figures whether it passed or not.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct GateReport {
-    /// `startup` or `memory`.
+    /// `startup_ms`, `memory_bytes`, or `<workload>.p95_ms`, `<workload>.duration_ms`,
+    /// `<workload>.throughput`.
     pub gate: String,
     pub before: u64,
     pub after: u64,
-    /// The highest `after` that passes.
+    /// The highest `after` that passes (the lowest, for throughput).
     pub limit: u64,
     pub passed: bool,
+    /// Higher is better (throughput): `limit` is a floor, not a ceiling.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub higher_is_better: bool,
+    /// Too few samples to judge; `passed` then follows the plan's `inconclusive` policy.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inconclusive: bool,
+}
+
+/// What a workload measured, once (before or after the change).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct WorkloadFigures {
+    /// Successful requests (or 1 for a job that succeeded).
+    pub samples: u32,
+    pub errors: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p50_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p95_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99_ms: Option<f64>,
+    /// A job's wall time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// What the job reported in its `throughput_field`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throughput: Option<f64>,
+}
+
+/// A workload's figures before and after the change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct WorkloadReport {
+    pub name: String,
+    pub before: WorkloadFigures,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<WorkloadFigures>,
 }
 
 /// The terminal report of one command.
@@ -102,6 +138,9 @@ pub struct RunResult {
     /// Regression gates evaluated during validation.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gates: Vec<GateReport>,
+    /// Functional performance workloads, before and after.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workloads: Vec<WorkloadReport>,
     /// True when this result was re-sent for a command the agent had already handled.
     #[serde(default)]
     pub replayed: bool,

@@ -1,0 +1,358 @@
+//! Functional performance: small measured workloads run before the change (the baseline) and
+//! after it — N HTTP requests at concurrency C (latency percentiles, errors), or one job run
+//! (duration, and the throughput the job prints) — and the gates that compare the two.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flotilla_schemas::{
+    GateReport, Gates, HTTP_CORRELATION_HEADER, Inconclusive, RunId, Workload, WorkloadFigures,
+};
+
+use crate::config::RunAs;
+use crate::steps;
+use crate::template::{Renderer, TemplateError};
+
+/// Resolves `${var:…}` in a workload's URL, body and arguments.
+pub fn render(renderer: &Renderer<'_>, workload: &Workload) -> Result<Workload, TemplateError> {
+    Ok(match workload.clone() {
+        Workload::Http {
+            name,
+            url,
+            method,
+            body,
+            requests,
+            concurrency,
+        } => Workload::Http {
+            name,
+            url: renderer.render(&url)?,
+            method,
+            body: body.map(|b| renderer.render(&b)).transpose()?,
+            requests,
+            concurrency,
+        },
+        Workload::Job {
+            name,
+            program,
+            args,
+            timeout_ms,
+            throughput_field,
+        } => Workload::Job {
+            name,
+            program,
+            args: args
+                .iter()
+                .map(|a| renderer.render(a))
+                .collect::<Result<_, _>>()?,
+            timeout_ms,
+            throughput_field,
+        },
+    })
+}
+
+/// Runs `workload` once and returns its figures. Failures are counted, not raised: a workload
+/// that cannot run at all has zero samples, which the gate judges inconclusive.
+pub async fn measure(
+    http: &reqwest::Client,
+    root: &Path,
+    workload: &Workload,
+    run_id: RunId,
+    run_as: Option<RunAs>,
+) -> WorkloadFigures {
+    match workload {
+        Workload::Http {
+            url,
+            method,
+            body,
+            requests,
+            concurrency,
+            ..
+        } => {
+            let method = method
+                .as_deref()
+                .and_then(|m| reqwest::Method::from_bytes(m.to_ascii_uppercase().as_bytes()).ok())
+                .unwrap_or(reqwest::Method::GET);
+            http_load(
+                http,
+                url,
+                method,
+                body.clone(),
+                *requests,
+                *concurrency,
+                run_id,
+            )
+            .await
+        }
+        Workload::Job {
+            program,
+            args,
+            timeout_ms,
+            throughput_field,
+            ..
+        } => {
+            let started = Instant::now();
+            let run = steps::run_program(
+                root,
+                program,
+                args,
+                &Default::default(),
+                Duration::from_millis(*timeout_ms),
+                run_as,
+            )
+            .await;
+            let duration_ms = started.elapsed().as_millis() as u64;
+            match run {
+                Ok(output) if output.status.success() => WorkloadFigures {
+                    samples: 1,
+                    duration_ms: Some(duration_ms),
+                    throughput: throughput_field
+                        .as_deref()
+                        .and_then(|field| reported(&output.stdout, field)),
+                    ..Default::default()
+                },
+                _ => WorkloadFigures {
+                    errors: 1,
+                    duration_ms: Some(duration_ms),
+                    ..Default::default()
+                },
+            }
+        }
+    }
+}
+
+/// The number `field` holds in the JSON object on the last non-empty line of `stdout`.
+fn reported(stdout: &[u8], field: &str) -> Option<f64> {
+    let text = String::from_utf8_lossy(stdout);
+    let line = text.lines().rev().find(|l| !l.trim().is_empty())?;
+    serde_json::from_str::<serde_json::Value>(line)
+        .ok()?
+        .get(field)?
+        .as_f64()
+}
+
+async fn http_load(
+    http: &reqwest::Client,
+    url: &str,
+    method: reqwest::Method,
+    body: Option<String>,
+    requests: u32,
+    concurrency: u32,
+    run_id: RunId,
+) -> WorkloadFigures {
+    let concurrency = concurrency.clamp(1, requests.max(1));
+    let next = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (http, url, method, body, next) = (
+            http.clone(),
+            url.to_owned(),
+            method.clone(),
+            body.clone(),
+            next.clone(),
+        );
+        workers.spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0u32;
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < requests {
+                let mut request = http
+                    .request(method.clone(), &url)
+                    .timeout(Duration::from_secs(10))
+                    .header(HTTP_CORRELATION_HEADER, run_id.to_string());
+                for (name, value) in flotilla_telemetry::http_headers() {
+                    request = request.header(name, value);
+                }
+                if let Some(body) = &body {
+                    request = request.body(body.clone());
+                }
+                let started = Instant::now();
+                match request.send().await {
+                    Ok(response) if response.status().is_success() => {
+                        let _ = response.bytes().await;
+                        latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    _ => errors += 1,
+                }
+            }
+            (latencies, errors)
+        });
+    }
+    let mut latencies = Vec::with_capacity(requests as usize);
+    let mut errors = 0;
+    while let Some(Ok((mut l, e))) = workers.join_next().await {
+        latencies.append(&mut l);
+        errors += e;
+    }
+    latencies.sort_by(f64::total_cmp);
+    let percentile = |p: f64| -> Option<f64> {
+        if latencies.is_empty() {
+            return None;
+        }
+        // Nearest rank.
+        let rank = ((p / 100.0) * latencies.len() as f64).ceil().max(1.0) as usize;
+        Some((latencies[rank - 1] * 1000.0).round() / 1000.0)
+    };
+    WorkloadFigures {
+        samples: latencies.len() as u32,
+        errors,
+        p50_ms: percentile(50.0),
+        p95_ms: percentile(95.0),
+        p99_ms: percentile(99.0),
+        ..Default::default()
+    }
+}
+
+/// The gates of one workload: errors, then latency (p95, in microseconds) or duration, then
+/// throughput. Too few samples on either side makes the gate inconclusive, and the plan's
+/// `inconclusive` policy decides whether that passes.
+pub fn gates(
+    name: &str,
+    before: &WorkloadFigures,
+    after: &WorkloadFigures,
+    gates: &Gates,
+) -> Vec<GateReport> {
+    let mut out = Vec::new();
+    let ceiling = |before: u64, slack: u64| {
+        ((before as f64 * (1.0 + gates.latency_p95_max_increase_pct / 100.0)) as u64)
+            .max(before + slack)
+    };
+    let min = gates.min_samples.max(1);
+    let enough = |f: &WorkloadFigures, needed: u32| f.samples >= needed;
+    let needed = if before.duration_ms.is_some() { 1 } else { min };
+    if !enough(before, needed) || !enough(after, needed) {
+        out.push(GateReport {
+            gate: format!("{name}.samples"),
+            before: u64::from(before.samples),
+            after: u64::from(after.samples),
+            limit: u64::from(needed),
+            passed: gates.inconclusive == Inconclusive::Warn,
+            higher_is_better: true,
+            inconclusive: true,
+        });
+        return out;
+    }
+    out.push(GateReport {
+        gate: format!("{name}.errors"),
+        before: u64::from(before.errors),
+        after: u64::from(after.errors),
+        limit: u64::from(before.errors),
+        passed: after.errors <= before.errors,
+        higher_is_better: false,
+        inconclusive: false,
+    });
+    let micros = |ms: f64| (ms * 1000.0).round() as u64;
+    if let (Some(b), Some(a)) = (before.p95_ms, after.p95_ms) {
+        let (b, a) = (micros(b), micros(a));
+        let limit = ceiling(b, gates.latency_slack_ms * 1000);
+        out.push(GateReport {
+            gate: format!("{name}.p95_us"),
+            before: b,
+            after: a,
+            limit,
+            passed: a <= limit,
+            higher_is_better: false,
+            inconclusive: false,
+        });
+    }
+    if let (Some(b), Some(a)) = (before.duration_ms, after.duration_ms) {
+        let limit = ceiling(b, gates.latency_slack_ms);
+        out.push(GateReport {
+            gate: format!("{name}.duration_ms"),
+            before: b,
+            after: a,
+            limit,
+            passed: a <= limit,
+            higher_is_better: false,
+            inconclusive: false,
+        });
+    }
+    if let (Some(b), Some(a)) = (before.throughput, after.throughput) {
+        let limit = (b * (1.0 - gates.throughput_max_decrease_pct / 100.0)).floor();
+        out.push(GateReport {
+            gate: format!("{name}.throughput"),
+            before: b.round() as u64,
+            after: a.round() as u64,
+            limit: limit as u64,
+            passed: a >= limit,
+            higher_is_better: true,
+            inconclusive: false,
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn http(samples: u32, p95: f64) -> WorkloadFigures {
+        WorkloadFigures {
+            samples,
+            p95_ms: Some(p95),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn twice_the_latency_trips_the_p95_gate_and_jitter_does_not() {
+        let gates = Gates::default();
+        let tripped = gates_of(&http(50, 20.0), &http(50, 40.0), &gates);
+        assert!(
+            tripped.iter().any(|g| g.gate == "w.p95_us" && !g.passed),
+            "{tripped:?}"
+        );
+        let fine = gates_of(&http(50, 2.0), &http(50, 4.0), &gates);
+        assert!(
+            fine.iter().all(|g| g.passed),
+            "2 ms more is within the 5 ms slack: {fine:?}"
+        );
+    }
+
+    #[test]
+    fn too_few_samples_is_inconclusive_and_follows_the_policy() {
+        let mut gates = Gates::default();
+        let report = gates_of(&http(50, 2.0), &http(3, 2.0), &gates);
+        assert!(report[0].inconclusive && !report[0].passed);
+        gates.inconclusive = Inconclusive::Warn;
+        assert!(gates_of(&http(50, 2.0), &http(3, 2.0), &gates)[0].passed);
+    }
+
+    #[test]
+    fn a_throughput_drop_beyond_the_limit_trips() {
+        let gates = Gates::default();
+        let job = |t: f64| WorkloadFigures {
+            samples: 1,
+            duration_ms: Some(100),
+            throughput: Some(t),
+            ..Default::default()
+        };
+        let report = gates_of(&job(1000.0), &job(800.0), &gates);
+        let throughput = report.iter().find(|g| g.gate == "w.throughput").unwrap();
+        assert!(!throughput.passed && throughput.higher_is_better && throughput.limit == 850);
+        assert!(
+            gates_of(&job(1000.0), &job(900.0), &gates)
+                .iter()
+                .all(|g| g.passed)
+        );
+    }
+
+    #[test]
+    fn job_throughput_is_read_from_its_last_json_line() {
+        assert_eq!(
+            reported(
+                b"starting\n{\"records_per_second\": 1234.5}\n",
+                "records_per_second"
+            ),
+            Some(1234.5)
+        );
+        assert_eq!(reported(b"not json", "records_per_second"), None);
+    }
+
+    fn gates_of(
+        before: &WorkloadFigures,
+        after: &WorkloadFigures,
+        gates: &Gates,
+    ) -> Vec<GateReport> {
+        super::gates("w", before, after, gates)
+    }
+}
