@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/prerequisites.sh
 cargo build --workspace --bins --quiet
-cargo test --workspace "$@"
+cargo test --workspace --no-fail-fast "$@"

@@ -53,6 +53,15 @@ pub fn render(renderer: &Renderer<'_>, check: &Check) -> Result<Check, TemplateE
             address: renderer.render(address)?,
             timeout_ms: *timeout_ms,
         },
+        Check::Log {
+            path,
+            contains,
+            timeout_ms,
+        } => Check::Log {
+            path: renderer.render(path)?,
+            contains: render_opt(contains)?,
+            timeout_ms: *timeout_ms,
+        },
         Check::Command { args, .. } => {
             let args = args
                 .iter()
@@ -101,6 +110,14 @@ pub async fn run(
             address,
             timeout_ms,
         } => tcp(address, Duration::from_millis(*timeout_ms)).await,
+        Check::Log {
+            path,
+            contains,
+            timeout_ms,
+        } => {
+            let wanted = contains.clone().unwrap_or_else(|| run_id.to_string());
+            log(root, path, &wanted, Duration::from_millis(*timeout_ms)).await
+        }
         Check::Command {
             program,
             args,
@@ -148,6 +165,39 @@ pub async fn run(
                 "command {program} exited {expect_exit} in {}ms",
                 took.as_millis()
             ))
+        }
+    }
+}
+
+/// Waits until the log file holds `wanted`. A relative path is confined to the service root;
+/// an absolute one is read as is (logs often live elsewhere) — only the verdict is reported.
+async fn log(root: &Path, path: &str, wanted: &str, timeout: Duration) -> Result<String, String> {
+    let started = Instant::now();
+    let file = if Path::new(path).is_absolute() {
+        std::path::PathBuf::from(path)
+    } else {
+        crate::confine::relative_path(path)
+            .map(|p| root.join(p))
+            .map_err(|e| format!("log check: {e}"))?
+    };
+    loop {
+        let found = tokio::fs::read(&file).await.map(|bytes| {
+            let needle = wanted.as_bytes();
+            !needle.is_empty() && bytes.windows(needle.len()).any(|w| w == needle)
+        });
+        match found {
+            Ok(true) => {
+                return Ok(format!(
+                    "log {path} shows {wanted:?} after {}ms",
+                    started.elapsed().as_millis()
+                ));
+            }
+            _ if started.elapsed() >= timeout => {
+                return Err(format!(
+                    "log check: {path} does not show {wanted:?} within {timeout:?}"
+                ));
+            }
+            _ => tokio::time::sleep(health::POLL_INTERVAL).await,
         }
     }
 }

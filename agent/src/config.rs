@@ -178,6 +178,11 @@ pub enum SupervisorKind {
     Agent,
     /// Another supervisor runs it; the agent drives it through commands.
     External,
+    /// No process at all (`supervisor = "none"`), for benchmarks and fleet simulators: start,
+    /// stop and restart do nothing but wait for `health_url` to answer, as for an external
+    /// supervisor without commands; health checks still go to `health_url` over HTTP.
+    #[serde(rename = "none")]
+    Noop,
 }
 
 fn default_startup_timeout() -> Duration {
@@ -377,5 +382,16 @@ startup_timeout = "5s"
             .unwrap_err()
             .to_string();
         assert!(err.contains("/nonexistent/agent.toml"), "{err}");
+    }
+
+    #[test]
+    fn supervisor_none_needs_no_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = GOOD.replace(
+            "command = [\"flotilla-sample\", \"--role\", \"inference\"]",
+            "supervisor = \"none\"",
+        );
+        let config = AgentConfig::load(&write(dir.path(), &text)).unwrap();
+        assert_eq!(config.service.supervisor, SupervisorKind::Noop);
     }
 }

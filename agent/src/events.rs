@@ -66,7 +66,21 @@ impl Events {
             duration_ms: duration.map(|d| d.as_millis() as u64),
             detail,
         };
-        if let Err(e) = self.publish(command.run_id, &event).await {
+        // Progress is sent without waiting for the stream's acknowledgement: the phase goes on
+        // at once (ten acknowledged round trips per migration were most of its overhead). One
+        // connection keeps the order, so progress still precedes the result, whose
+        // acknowledgement is awaited.
+        let subject = self
+            .subjects
+            .event(&command.run_id, &self.service, &self.instance);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(HEADER_RUN_ID, command.run_id.to_string().as_str());
+        flotilla_telemetry::inject(&mut headers);
+        if let Err(e) = self
+            .js
+            .publish_with_headers(subject, headers, encode(&event).into())
+            .await
+        {
             tracing::warn!(error = %e, phase = phase.as_str(), "progress event not published");
         }
     }

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use flotilla_schemas::{Command, CommandId, RunResult};
@@ -87,26 +87,47 @@ impl Journal {
                 .and_then(|d| d.sync_all())
                 .map_err(|e| io("fsync directory of", e))?;
         }
-        let reader = BufReader::new(File::open(&path).map_err(|e| io("read", e))?);
-        let lines: Vec<String> = reader
-            .lines()
-            .collect::<Result<_, _>>()
-            .map_err(|e| io("read", e))?;
+        let text = std::fs::read(&path).map_err(|e| io("read", e))?;
+        let mut lines: Vec<&[u8]> = text.split(|b| *b == b'\n').collect();
+        // `split` yields an empty slice after the final newline of a clean journal.
+        if lines.last().is_some_and(|l| l.is_empty()) {
+            lines.pop();
+        }
+        // Only a line that ends with its newline was appended in full (append writes the line
+        // and its newline, then fsyncs, before the agent acts on it).
+        let clean_end = text.last().is_none_or(|b| *b == b'\n');
         let last = lines.len();
+        let mut kept = 0u64;
+        let mut torn = false;
         for (number, line) in lines.into_iter().enumerate() {
-            match serde_json::from_str::<Record>(&line) {
-                Ok(record) => journal.fold(record),
-                // A crash mid-append leaves a torn last line: that record was never acted on.
-                Err(_) if number + 1 == last => {
-                    tracing::warn!(line = number + 1, "ignoring torn last journal record")
+            let complete = number + 1 < last || clean_end;
+            match serde_json::from_slice::<Record>(line) {
+                Ok(record) if complete => {
+                    journal.fold(record);
+                    kept += line.len() as u64 + 1;
                 }
-                Err(_) => {
+                // A crash (or a full disk) mid-append leaves a torn last line: that record was
+                // never acted on.
+                _ if number + 1 == last => {
+                    tracing::warn!(line = number + 1, "dropping torn last journal record");
+                    torn = true;
+                }
+                _ => {
                     return Err(JournalError::Corrupt {
                         path,
                         line: number + 1,
                     });
                 }
             }
+        }
+        if torn {
+            // Cut the torn record off before anything is appended after it: glued to the next
+            // record, it would make the journal unreadable from then on.
+            journal
+                .file
+                .set_len(kept)
+                .map_err(|e| io("truncate torn record of", e))?;
+            journal.file.sync_all().map_err(|e| io("fsync", e))?;
         }
         Ok(journal)
     }

@@ -10,6 +10,7 @@ mod confine;
 pub mod crashpoint;
 mod events;
 mod health;
+mod inspect;
 pub mod journal;
 mod lifecycle;
 mod metrics;

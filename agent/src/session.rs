@@ -51,6 +51,9 @@ pub enum SessionError {
 /// How long the agent waits for its telemetry to reach the store after each command.
 const TELEMETRY_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How often the agent retries publishing results that did not reach the events stream.
+const RESULT_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What presence answers report; shared between the command loop and the presence responder.
 #[derive(Debug, Clone)]
 pub struct Status {
@@ -108,6 +111,12 @@ pub async fn serve(
         status.clone(),
         shutdown.clone(),
     ));
+    let micro = tokio::spawn(serve_micro(
+        client.clone(),
+        presence_template(&lifecycle),
+        status.clone(),
+        shutdown.clone(),
+    ));
 
     let trusted: Vec<signing::TrustedKey> = lifecycle
         .config
@@ -148,9 +157,19 @@ pub async fn serve(
         })?;
     tracing::info!(%service, %instance, consumer = %name, "ready for commands");
 
+    let mut retry = tokio::time::interval(RESULT_RETRY);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let message = tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = retry.tick() => {
+                // Results the broker refused (unreachable, full) go out as soon as it takes
+                // them again, not only at the next start: the coordinator is still waiting.
+                for result in lifecycle.journal.unpublished() {
+                    publish_result(&mut lifecycle, &events, &result).await?;
+                }
+                continue;
+            }
             next = messages.next() => match next {
                 Some(Ok(message)) => message,
                 Some(Err(e)) => {
@@ -239,6 +258,7 @@ pub async fn serve(
         set_status(&status, AgentState::Idle, None, lifecycle.supervisor.pid());
     }
     presence.abort();
+    micro.abort();
     Ok(lifecycle)
 }
 
@@ -272,7 +292,7 @@ async fn publish_result(
 async fn refuse(
     events: &Events,
     payload: &[u8],
-    error: &dyn std::error::Error,
+    error: &(dyn std::error::Error + Send + Sync),
     service: &ServiceName,
     instance: &InstanceId,
 ) {
@@ -298,6 +318,7 @@ async fn refuse(
         measurements: Measurements::default(),
         gates: Vec::new(),
         workloads: Vec::new(),
+        inspection: None,
         replayed: false,
     };
     if let Err(e) = events.result(&result).await {
@@ -354,9 +375,77 @@ fn presence_template(lifecycle: &Lifecycle) -> Presence {
         state: AgentState::Idle,
         current_run: None,
         service_pid: None,
+        endpoint: Some(lifecycle.config.service.health_url.clone()),
         started_at: OffsetDateTime::now_utc(),
     }
 }
+
+/// The NATS service API (`$SRV.PING|INFO|STATS`), so that `nats micro ls` lists the agents with
+/// their service and instance, and `nats micro stats` counts the status requests; the endpoint
+/// `flotilla.agent.<service>.<instance>.status` answers with the agent's presence.
+async fn serve_micro(
+    client: async_nats::Client,
+    template: Presence,
+    status: Arc<Mutex<Status>>,
+    shutdown: CancellationToken,
+) {
+    use async_nats::service::ServiceExt;
+    let metadata = std::collections::HashMap::from([
+        ("service".to_owned(), template.service.to_string()),
+        ("instance".to_owned(), template.instance.to_string()),
+        ("host".to_owned(), template.host.clone()),
+        ("accepts".to_owned(), template.accepts.join(",")),
+    ]);
+    let service = client
+        .service_builder()
+        .description(format!(
+            "Flotilla agent of {}/{}",
+            template.service, template.instance
+        ))
+        .metadata(metadata)
+        .start(MICRO_SERVICE_NAME, env!("CARGO_PKG_VERSION"))
+        .await;
+    let service = match service {
+        Ok(service) => service,
+        Err(e) => {
+            tracing::warn!(error = %e, "not registered with the NATS service API");
+            return;
+        }
+    };
+    let group = service.group(format!(
+        "flotilla.agent.{}.{}",
+        template.service, template.instance
+    ));
+    let mut endpoint = match group.endpoint("status").await {
+        Ok(endpoint) => endpoint,
+        Err(e) => {
+            tracing::warn!(error = %e, "no status endpoint on the NATS service API");
+            return;
+        }
+    };
+    loop {
+        let request = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            next = endpoint.next() => match next { Some(r) => r, None => return },
+        };
+        let snapshot = status
+            .lock()
+            .expect("status lock is never poisoned")
+            .clone();
+        let presence = Presence {
+            state: snapshot.state,
+            current_run: snapshot.current_run,
+            service_pid: snapshot.service_pid,
+            ..template.clone()
+        };
+        if let Err(e) = request.respond(Ok(encode(&presence).into())).await {
+            tracing::warn!(error = %e, "status answer not sent");
+        }
+    }
+}
+
+/// The agents' name in the NATS service API.
+pub const MICRO_SERVICE_NAME: &str = "flotilla-agent";
 
 async fn answer_presence(
     client: async_nats::Client,

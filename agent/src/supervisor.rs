@@ -66,8 +66,12 @@ impl Supervisor {
         }
     }
 
+    /// `none` behaves as an external supervisor without commands: no process to run or measure.
     fn external(&self) -> bool {
-        self.service.supervisor == SupervisorKind::External
+        matches!(
+            self.service.supervisor,
+            SupervisorKind::External | SupervisorKind::Noop
+        )
     }
 
     /// The running service's PID.

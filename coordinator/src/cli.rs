@@ -238,15 +238,29 @@ pub enum CommandKind {
         #[command(subcommand)]
         action: KeysAction,
     },
-    /// Print a run's report: a table, JSON, Markdown (the migration guide) or JUnit XML.
+    /// Print a run's report: a table, JSON, Markdown (the migration guide), JUnit XML, or a
+    /// self-contained HTML page with the run's timeline and charts.
     #[command(
-        after_help = "Examples:\n  flotilla report 019abc --format md > guide.md\n  flotilla report --format junit > report.xml"
+        after_help = "Examples:\n  flotilla report 019abc --format md > guide.md\n  flotilla report --format junit > report.xml\n  flotilla report 019abc --format html > report.html"
     )]
     Report {
         /// Run ID, or a unique prefix of it (default: the latest run).
         run: Option<String>,
         #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
         format: ReportFormat,
+    },
+    /// Watch a run live, from any machine: its waves and one row per service with its phase,
+    /// elapsed time, gate figures and outcome. Exits when the run ends, with the run's exit code.
+    /// Plain lines when stdout is not a terminal; one JSON object per event with --output json.
+    #[command(
+        after_help = "Examples:\n  flotilla watch\n  flotilla watch 019abc\n  flotilla watch --wait 5m --output json"
+    )]
+    Watch {
+        /// Run ID, or a unique prefix of it (default: the running run, or the next one to start).
+        run: Option<String>,
+        /// With no run named and none running: how long to wait for one to start.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        wait: Duration,
     },
 }
 
@@ -259,6 +273,9 @@ pub struct ReportFiles {
     /// Also write a JUnit XML report to FILE.
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
+    /// Also write the HTML report (timeline, charts, checks, guide; one self-contained file).
+    #[arg(long, value_name = "FILE")]
+    pub report_html: Option<PathBuf>,
 }
 
 /// Report formats.
@@ -268,6 +285,7 @@ pub enum ReportFormat {
     Json,
     Md,
     Junit,
+    Html,
 }
 
 /// Key subcommands.

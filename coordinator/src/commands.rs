@@ -19,7 +19,9 @@ use crate::rollout::{self, Engine, EngineParts};
 use crate::store::{Revisions, RunRecord, Store};
 
 mod agents;
+mod html;
 mod migrate;
+mod watch;
 
 /// Runs the command named on the command line.
 pub(crate) async fn run(cli: Cli, shutdown: CancellationToken) -> u8 {
@@ -48,6 +50,9 @@ pub(crate) async fn run(cli: Cli, shutdown: CancellationToken) -> u8 {
             action: cli::KeysAction::Generate { out },
         } => keys_generate(out),
         CommandKind::Report { run, format } => report(&cli, run.as_deref(), *format).await,
+        CommandKind::Watch { run, wait } => {
+            watch::watch(&cli, run.as_deref(), *wait, shutdown).await
+        }
     }
 }
 
@@ -198,7 +203,10 @@ fn emit(cli: &Cli, record: &RunRecord, files: &ReportFiles) -> u8 {
 
 /// Checks the report files can be written before anything changes.
 fn check_report_files(files: &ReportFiles) -> Result<(), u8> {
-    for path in [&files.report_md, &files.junit].into_iter().flatten() {
+    for path in [&files.report_md, &files.junit, &files.report_html]
+        .into_iter()
+        .flatten()
+    {
         let dir = path
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
@@ -341,12 +349,13 @@ async fn verify(cli: &Cli, run: Option<&str>) -> u8 {
 }
 
 async fn report(cli: &Cli, run: Option<&str>, format: ReportFormat) -> u8 {
-    let (_client, _subjects, _store, record, _) = match load_run(cli, run).await {
+    let (client, subjects, _store, record, _) = match load_run(cli, run).await {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
     let report = RunReport::from_record(&record);
     match format {
+        ReportFormat::Html => print!("{}", html::render(&client, &subjects, &record).await),
         ReportFormat::Text => print!("{}", report.to_text()),
         ReportFormat::Json => println!(
             "{}",
@@ -499,7 +508,10 @@ async fn finish(
 ) -> u8 {
     let _ = client.flush().await;
     match result {
-        Ok(record) => emit(cli, &record, files),
+        Ok(record) => {
+            let code = emit(cli, &record, files);
+            code.max(html::write_file(cli, client, &record, files).await)
+        }
         Err(e) => fail(exit::BUS, error_chain(&e)),
     }
 }

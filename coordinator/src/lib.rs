@@ -3,11 +3,13 @@
 //!
 //! The parts: [`plan`] (plan files and waves), `discovery` (who is out there), `rollout` (the
 //! engine: waves, budget, rollback, finalize), `store` (run records in a JetStream key-value
-//! bucket), `report` (table, JSON, Markdown, JUnit) and `progress` (lines on stderr).
+//! bucket), `report` (table, JSON, Markdown, JUnit, HTML), `progress` (lines on stderr) and
+//! `events` (a run's events read back, for `watch` and the HTML timeline).
 
 pub mod cli;
 mod commands;
 mod discovery;
+mod events;
 pub mod exit;
 pub mod plan;
 mod progress;

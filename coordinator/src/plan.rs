@@ -72,6 +72,28 @@ pub struct Plan {
     pub services: Vec<ServicePlan>,
     /// The waves, in order; every service is in exactly one.
     pub waves: Vec<Wave>,
+    /// Checks across the migrated fleet before it is finalized.
+    pub cross_service: Option<CrossService>,
+}
+
+/// The cross-service stage (T006 phase 3), run by every migrated service's agent under the
+/// run's trace once the whole fleet is migrated, before anything is finalized.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrossService {
+    /// Service communication: every agent reaches every other migrated service's endpoint.
+    #[serde(default)]
+    pub communication: bool,
+    /// Configuration files every agent reports the shape of (key names, a fingerprint, keys
+    /// holding a literal secret); the first one is the standard configuration.
+    #[serde(default)]
+    pub config_files: Vec<String>,
+    /// Keys the standard configuration of every service must have.
+    #[serde(default)]
+    pub required_keys: Vec<String>,
+    /// Further checks every agent runs.
+    #[serde(rename = "check", default)]
+    pub checks: Vec<Check>,
 }
 
 /// What to do when the failure budget is broken.
@@ -160,6 +182,8 @@ struct RawPlan {
     waves: Vec<RawWave>,
     #[serde(rename = "service", default)]
     services: Vec<RawService>,
+    #[serde(default)]
+    cross_service: Option<CrossService>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -353,6 +377,7 @@ impl Plan {
             max_parallel,
             services,
             waves,
+            cross_service: raw.cross_service,
         })
     }
 

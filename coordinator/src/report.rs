@@ -1,5 +1,5 @@
 //! What a run produced, built from its record: a table for people, JSON for machines, Markdown
-//! (the migration guide) and JUnit XML for CI.
+//! (the migration guide), JUnit XML for CI and a self-contained HTML page with a timeline.
 
 use std::fmt::Write as _;
 
@@ -15,8 +15,11 @@ use crate::store::{CommandRecord, RunRecord, Stage, TargetRecord, WaveStatus};
 
 pub use crate::store::RunStatus;
 
+mod html;
 mod junit;
 mod markdown;
+
+pub(crate) use html::gate_figure;
 
 /// How one service ended (or stands, while the run goes on).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -126,6 +129,9 @@ pub struct RunReport {
     /// The cross-service correlation check (`flotilla verify`'s report), when it ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub correlation: Option<serde_json::Value>,
+    /// The cross-service checks (communication, configuration consistency), when they ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cross_service: Option<serde_json::Value>,
     /// The plan, for the migration guide.
     #[serde(skip)]
     plan_text: String,
@@ -349,6 +355,7 @@ impl RunReport {
             coordinator: record.coordinator.clone(),
             notes: record.notes.clone(),
             correlation: record.correlation.clone(),
+            cross_service: record.cross_service.clone(),
             waves: record
                 .waves
                 .iter()
@@ -503,6 +510,12 @@ impl RunReport {
     /// JUnit XML: one test suite per wave, one test case per service.
     pub fn to_junit(&self) -> String {
         junit::render(self)
+    }
+
+    /// The self-contained HTML report; its timeline is drawn from `events`, the run's events
+    /// stream (commands without events fall back to their results' phases).
+    pub(crate) fn to_html(&self, record: &RunRecord, events: &[crate::events::RunEvent]) -> String {
+        html::render(self, record, events)
     }
 }
 

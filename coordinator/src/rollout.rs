@@ -13,8 +13,8 @@ use async_nats::jetstream::{self, consumer};
 use flotilla_bus::signing::{SIGNATURE_HEADER, SigningKey};
 use flotilla_schemas::subjects::Subjects;
 use flotilla_schemas::{
-    Action, Command, CommandId, HEADER_RUN_ID, HEADER_RUN_TRACEPARENT, Outcome, Presence, Progress,
-    RunId, RunResult, ServiceName, decode, encode, schema_of,
+    Action, Check, Command, CommandId, HEADER_RUN_ID, HEADER_RUN_TRACEPARENT, HttpCheck, Outcome,
+    Presence, Progress, RunId, RunResult, ServiceName, decode, encode, schema_of,
 };
 use futures::StreamExt;
 use time::OffsetDateTime;
@@ -246,17 +246,23 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         }
         if self.record.stage == Stage::Finalizing
             && !self.record.rehearse
+            && self.record.cross_service.is_none()
+            && self.plan.cross_service.is_some()
+        {
+            self.cross_service_stage().await?;
+        }
+        if self.record.stage == Stage::Finalizing
+            && !self.record.rehearse
             && self.record.correlation.is_none()
         {
             self.check_correlation().await?;
         }
         if self.record.stage == Stage::RollingBack {
-            let uncorrelated = self
-                .record
-                .correlation
-                .as_ref()
-                .is_some_and(|c| c["ok"] == false);
-            let cause = if uncorrelated && self.correlation.enforce {
+            let failed =
+                |v: &Option<serde_json::Value>| v.as_ref().is_some_and(|c| c["ok"] == false);
+            let cause = if failed(&self.record.cross_service) && self.correlation.enforce {
+                "rolled back because the cross-service checks failed"
+            } else if failed(&self.record.correlation) && self.correlation.enforce {
                 "rolled back because the cross-service correlation check failed"
             } else if self.record.rehearse && !self.budget_broken() {
                 "rehearsal: restored after validation and proved healthy"
@@ -468,6 +474,10 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
     ) -> Result<Flow, RolloutError> {
         let cap = cap.map_or(usize::MAX, |c| c as usize);
         let mut flow = Flow::Done;
+        // The run store is asked for a cancel request at most every CANCEL_POLL (Ctrl-C is
+        // seen at once), not once per dispatch: one round trip per agent was most of the
+        // dispatch time of a large fleet.
+        let mut cancel_polled: Option<Instant> = None;
         loop {
             while flow == Flow::Done {
                 let in_flight = members.iter().filter(|&&t| self.in_flight(t, kind)).count();
@@ -484,11 +494,15 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
                     flow = Flow::Stopped;
                     break;
                 }
-                if self.cancel_requested().await? {
+                let poll = cancel_polled.is_none_or(|at| at.elapsed() >= CANCEL_POLL);
+                if self.shutdown.is_cancelled() || (poll && self.cancel_requested().await?) {
                     self.sink
                         .note("cancel requested: no new dispatches, waiting for those in flight");
                     flow = Flow::Cancelled;
                     break;
+                }
+                if poll {
+                    cancel_polled = Some(Instant::now());
                 }
                 self.dispatch(next, kind, cause).await?;
             }
@@ -514,7 +528,18 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             }
             let deadline = earliest.unwrap_or(now);
             match self.follower.next_result(deadline, &mut self.sink).await {
-                Some(result) => self.apply(result).await?,
+                Some(result) => {
+                    self.apply(result).await?;
+                    // Results already received are filed before the in-flight set is scanned
+                    // again: one scan per burst, not per result (quadratic at 10,000 agents).
+                    while let Some(result) = self
+                        .follower
+                        .next_result(Instant::now(), &mut self.sink)
+                        .await
+                    {
+                        self.apply(result).await?;
+                    }
+                }
                 None => self.expire(&in_flight, kind).await?,
             }
         }
@@ -645,12 +670,10 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
                 .await?
                 .await
         };
-        let sent = ack
-            .await
+        // The stream's acknowledgement is the proof of delivery: no extra flush round trip.
+        ack.await
             .map(|_| ())
-            .map_err(|e| format!("command not delivered to {subject}: {e}"));
-        let _ = self.client.flush().await;
-        sent
+            .map_err(|e| format!("command not delivered to {subject}: {e}"))
     }
 
     /// Files a result under the command it answers; the first answer wins (a replayed one
@@ -764,6 +787,153 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         );
         self.save().await?;
         Ok(self.record)
+    }
+
+    /// T006 phase 3, once every service is migrated: each agent reaches the other services'
+    /// endpoints and runs the plan's cross-service checks, and reports the shape of its
+    /// configuration; the coordinator flags failed checks, standard configurations that lack a
+    /// required key, and configuration files that hold a literal secret. A failure rolls the
+    /// fleet back (unless `--no-verify`).
+    async fn cross_service_stage(&mut self) -> Result<(), RolloutError> {
+        let Some(spec) = self.plan.cross_service.clone() else {
+            return Ok(());
+        };
+        self.sink
+            .stage("cross-service checks: communication, configuration consistency");
+        let members: Vec<usize> = (0..self.record.targets.len())
+            .filter(|&t| self.migrated(t))
+            .collect();
+        let endpoints: Vec<(ServiceName, String)> = if spec.communication {
+            crate::discovery::discover(
+                self.client,
+                self.subjects,
+                std::time::Duration::from_secs(1),
+            )
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| {
+                members
+                    .iter()
+                    .any(|&t| self.record.targets[t].service == p.service)
+            })
+            .filter_map(|p| p.endpoint.map(|e| (p.service, e)))
+            .collect()
+        } else {
+            Vec::new()
+        };
+        let mut waiting: HashMap<CommandId, usize> = HashMap::new();
+        for &t in &members {
+            let target = &self.record.targets[t];
+            let mut checks = spec.checks.clone();
+            for endpoint in endpoints
+                .iter()
+                .filter(|(s, _)| *s != target.service)
+                .map(|(_, e)| e)
+            {
+                checks.push(Check::Http(HttpCheck {
+                    url: Some(endpoint.clone()),
+                    method: None,
+                    body: None,
+                    expect_status: 200,
+                    body_contains: None,
+                    timeout_ms: 5_000,
+                }));
+            }
+            let now = OffsetDateTime::now_utc();
+            let command = Command {
+                schema: Default::default(),
+                command_id: CommandId::new(),
+                run_id: self.record.run_id,
+                service: target.service.clone(),
+                instance: target.instance.clone(),
+                issued_at: now,
+                expires_at: now + self.timeout_of(t),
+                action: Action::Inspect {
+                    checks,
+                    config_files: spec.config_files.clone(),
+                },
+            };
+            if self.send(&command).await.is_ok() {
+                waiting.insert(command.command_id, t);
+            }
+        }
+        let deadline = Instant::now() + self.plan.command_timeout;
+        let mut services = Vec::new();
+        let mut problems = Vec::new();
+        while !waiting.is_empty() {
+            let Some(result) = self.follower.next_result(deadline, &mut self.sink).await else {
+                break;
+            };
+            let Some(t) = waiting.remove(&result.command_id) else {
+                self.apply(result).await?;
+                continue;
+            };
+            let name = format!(
+                "{}/{}",
+                self.record.targets[t].service, self.record.targets[t].instance
+            );
+            let inspection = result.inspection.unwrap_or_default();
+            for verdict in inspection.checks.iter().filter(|v| !v.passed) {
+                problems.push(format!(
+                    "{name}: {} check failed: {}",
+                    verdict.kind, verdict.detail
+                ));
+            }
+            if let Some(standard) = inspection.config.first() {
+                let missing: Vec<&String> = spec
+                    .required_keys
+                    .iter()
+                    .filter(|k| !standard.keys.contains(k))
+                    .collect();
+                if !standard.exists {
+                    problems.push(format!("{name}: {} does not exist", standard.path));
+                } else if !missing.is_empty() {
+                    problems.push(format!(
+                        "{name}: {} lacks required key(s) {missing:?}",
+                        standard.path
+                    ));
+                }
+            }
+            for shape in inspection
+                .config
+                .iter()
+                .filter(|c| !c.literal_secrets.is_empty())
+            {
+                problems.push(format!(
+                    "{name}: {} holds a literal secret in {:?}",
+                    shape.path, shape.literal_secrets
+                ));
+            }
+            if result.outcome != Outcome::Succeeded {
+                problems.push(format!("{name}: {}", result.reason.unwrap_or_default()));
+            }
+            services.push(serde_json::json!({
+                "service": self.record.targets[t].service,
+                "instance": self.record.targets[t].instance,
+                "checks": inspection.checks,
+                "config": inspection.config,
+            }));
+        }
+        for (_, t) in waiting {
+            let target = &self.record.targets[t];
+            problems.push(format!(
+                "{}/{}: no answer to the cross-service checks",
+                target.service, target.instance
+            ));
+        }
+        let ok = problems.is_empty();
+        self.record.notes.push(if ok {
+            format!("cross-service checks passed: {} service(s)", services.len())
+        } else {
+            format!("cross-service checks failed: {}", problems.join(" | "))
+        });
+        self.record.cross_service =
+            Some(serde_json::json!({ "ok": ok, "problems": problems, "services": services }));
+        if !ok && self.correlation.enforce {
+            self.record.stage = Stage::RollingBack;
+        }
+        self.save().await
     }
 
     /// Every service migrated: prove from the tracing backend that each one's spans and logs
@@ -904,7 +1074,18 @@ impl CommandRecord {
 /// before the coordinator started listening (or while it was down) is not lost.
 struct Follower {
     messages: consumer::pull::Ordered,
+    events: jetstream::stream::Stream,
+    filter: String,
+    /// Stream sequence of the last event read.
+    last: u64,
 }
+
+/// How long the run's events may stay silent before the follower reads them again from the
+/// last one it saw. An ordered consumer loses what the broker pushed into a connection that
+/// then died (a network cut, a reset), and notices only at the next event, which may never
+/// come: without this, results published during a cut were never read and their commands
+/// timed out although the agents had answered.
+const RESYNC_AFTER: Duration = Duration::from_secs(5);
 
 // === impl Follower ===
 
@@ -914,19 +1095,47 @@ impl Follower {
         subjects: &Subjects,
         run_id: RunId,
     ) -> Result<Self, RolloutError> {
+        let filter = subjects.run_events(&run_id);
+        let messages = Self::follow(events, &filter, consumer::DeliverPolicy::All).await?;
+        Ok(Self {
+            messages,
+            events: events.clone(),
+            filter,
+            last: 0,
+        })
+    }
+
+    async fn follow(
+        events: &jetstream::stream::Stream,
+        filter: &str,
+        deliver_policy: consumer::DeliverPolicy,
+    ) -> Result<consumer::pull::Ordered, RolloutError> {
         let consumer = events
             .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: subjects.run_events(&run_id),
-                deliver_policy: consumer::DeliverPolicy::All,
+                filter_subject: filter.to_owned(),
+                deliver_policy,
                 ..Default::default()
             })
             .await
             .map_err(|e| RolloutError::Follow(Box::new(e)))?;
-        let messages = consumer
+        consumer
             .messages()
             .await
-            .map_err(|e| RolloutError::Follow(Box::new(e)))?;
-        Ok(Self { messages })
+            .map_err(|e| RolloutError::Follow(Box::new(e)))
+    }
+
+    /// Reads the run's events again from the one after the last seen.
+    async fn resync(&mut self) {
+        let policy = consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: self.last + 1,
+        };
+        match Self::follow(&self.events, &self.filter, policy).await {
+            Ok(messages) => self.messages = messages,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot re-read the run's events yet");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
     }
 
     /// The next result of the run, passing progress to `sink` on the way; `None` at `deadline`.
@@ -936,14 +1145,22 @@ impl Follower {
         sink: &mut impl ProgressSink,
     ) -> Option<RunResult> {
         loop {
-            let message = match tokio::time::timeout_at(deadline, self.messages.next()).await {
+            let silence = (Instant::now() + RESYNC_AFTER).min(deadline);
+            let message = match tokio::time::timeout_at(silence, self.messages.next()).await {
                 Ok(Some(Ok(message))) => message,
                 Ok(Some(Err(e))) => {
                     tracing::warn!(error = %e, "event stream hiccup");
                     continue;
                 }
+                Ok(None) | Err(_) if silence < deadline => {
+                    self.resync().await;
+                    continue;
+                }
                 Ok(None) | Err(_) => return None,
             };
+            if let Ok(info) = message.info() {
+                self.last = info.stream_sequence;
+            }
             match schema_of(&message.payload).as_deref() {
                 Ok(flotilla_schemas::ProgressSchema::VALUE) => {
                     match decode::<Progress>(&message.payload) {
@@ -977,6 +1194,9 @@ pub struct CorrelationCheck {
     /// This process's telemetry, flushed before the check so its own spans are in the store.
     pub telemetry: crate::cli::TelemetryHandle,
 }
+
+/// How often a dispatching coordinator asks the run store whether a cancel was requested.
+const CANCEL_POLL: Duration = Duration::from_millis(200);
 
 /// How long the coordinator waits for the run's root span to reach the store.
 const ROOT_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);

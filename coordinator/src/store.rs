@@ -122,6 +122,9 @@ pub struct RunRecord {
     /// The cross-service correlation check's verdict (`flotilla verify`'s report), once run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correlation: Option<serde_json::Value>,
+    /// The cross-service checks' verdict (communication, configuration consistency), once run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cross_service: Option<serde_json::Value>,
 }
 
 /// One wave's progress.
@@ -254,6 +257,7 @@ impl RunRecord {
             targets: Vec::new(),
             trace_parent: None,
             correlation: None,
+            cross_service: None,
         };
         for (w, wave) in waves.iter().enumerate() {
             let mut members = Vec::new();

@@ -14,10 +14,10 @@ mod version;
 pub use codec::{DecodeError, MAX_MESSAGE_BYTES, decode, encode, schema_of};
 pub use ids::{CommandId, IdError, InstanceId, RunId, ServiceName};
 pub use messages::{
-    Action, AgentState, Check, Command, CommandSchema, GateReport, Gates, HttpCheck, Inconclusive,
-    Measurements, Outcome, Phase, PhaseReport, PhaseStatus, Precondition, Presence, Progress,
-    ProgressSchema, ResultSchema, RunResult, Step, WireMessage, Workload, WorkloadFigures,
-    WorkloadReport,
+    Action, AgentState, Check, CheckVerdict, Command, CommandSchema, ConfigShape, GateReport,
+    Gates, HttpCheck, Inconclusive, Inspection, Measurements, Outcome, Phase, PhaseReport,
+    PhaseStatus, Precondition, Presence, Progress, ProgressSchema, ResultSchema, RunResult, Step,
+    WireMessage, Workload, WorkloadFigures, WorkloadReport,
 };
 pub use version::SchemaTag;
 

@@ -213,12 +213,7 @@ trusted_keys = ["{trusted}"]
 
     /// Starts `flotilla` in the background (stdout piped), for tests that act during a run.
     pub fn spawn_flotilla(&self, args: &[&str]) -> Child {
-        Command::new(crate::binary("flotilla"))
-            .args(args)
-            .env("FLOTILLA_NATS_URL", &self.nats_url)
-            .envs(self.cli_env.iter().map(|(k, v)| (k, v)))
-            .env("NO_COLOR", "1")
-            .current_dir(crate::repo_root())
+        self.flotilla_command(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -270,14 +265,20 @@ trusted_keys = ["{trusted}"]
 
     /// Runs the `flotilla` CLI against this fleet's NATS.
     pub fn flotilla(&self, args: &[&str]) -> Output {
-        Command::new(crate::binary("flotilla"))
+        self.flotilla_command(args).output().expect("flotilla runs")
+    }
+
+    /// A `flotilla` command for this fleet: its NATS, its signing key and identity, run from the
+    /// repository's root.
+    pub fn flotilla_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(crate::binary("flotilla"));
+        command
             .args(args)
             .env("FLOTILLA_NATS_URL", &self.nats_url)
             .envs(self.cli_env.iter().map(|(k, v)| (k, v)))
             .env("NO_COLOR", "1")
-            .current_dir(crate::repo_root())
-            .output()
-            .expect("flotilla runs")
+            .current_dir(crate::repo_root());
+        command
     }
 
     /// The fleet's directory.
@@ -382,5 +383,80 @@ impl Fleet {
     pub fn signing_key(&self) -> flotilla_bus::signing::SigningKey {
         flotilla_bus::signing::SigningKey::load(&self.dir.join("coordinator.key"))
             .expect("the fleet's key")
+    }
+}
+
+impl Fleet {
+    /// The PID of `role`'s agent, while it runs.
+    pub fn agent_pid(&self, role: &str) -> Option<u32> {
+        self.members
+            .get(role)
+            .and_then(|m| m.agent.as_ref())
+            .map(Child::id)
+    }
+
+    /// Sends `signal` (e.g. `"STOP"`, `"CONT"`) to `role`'s agent; true when it was delivered.
+    pub fn signal_agent(&self, role: &str, signal: &str) -> bool {
+        self.agent_pid(role).is_some_and(|pid| {
+            Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(pid.to_string())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+    }
+
+    /// Whether `role`'s agent has exited, and with which status (`None` while it runs).
+    pub fn agent_exit(&mut self, role: &str) -> Option<std::process::ExitStatus> {
+        self.members
+            .get_mut(role)
+            .and_then(|m| m.agent.as_mut())
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Replaces (or adds) one variable of `role`'s agent environment, for its next start.
+    pub fn set_agent_env(&mut self, role: &str, key: &str, value: &str) {
+        if let Some(member) = self.members.get_mut(role) {
+            member.env.retain(|(k, _)| k != key);
+            member.env.push((key.to_owned(), value.to_owned()));
+        }
+    }
+
+    /// The agent log of `role` (its stdout and stderr, across restarts).
+    pub fn agent_log(&self, role: &str) -> PathBuf {
+        self.dir.join(format!("agent-{role}.log"))
+    }
+
+    /// The roles of this fleet.
+    pub fn roles(&self) -> Vec<String> {
+        self.members.keys().cloned().collect()
+    }
+
+    /// Runs `flotilla` with extra environment (e.g. another `FLOTILLA_NATS_URL`).
+    pub fn flotilla_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        Command::new(crate::binary("flotilla"))
+            .args(args)
+            .env("FLOTILLA_NATS_URL", &self.nats_url)
+            .envs(self.cli_env.iter().map(|(k, v)| (k, v)))
+            .envs(env.iter().copied())
+            .env("NO_COLOR", "1")
+            .current_dir(crate::repo_root())
+            .output()
+            .expect("flotilla runs")
+    }
+
+    /// Starts `flotilla` in the background with extra environment, stdout and stderr piped.
+    pub fn spawn_flotilla_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Child {
+        Command::new(crate::binary("flotilla"))
+            .args(args)
+            .env("FLOTILLA_NATS_URL", &self.nats_url)
+            .envs(self.cli_env.iter().map(|(k, v)| (k, v)))
+            .envs(env.iter().copied())
+            .env("NO_COLOR", "1")
+            .current_dir(crate::repo_root())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("flotilla starts")
     }
 }

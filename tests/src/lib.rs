@@ -2,12 +2,17 @@
 //! a fleet of real sample services, each with its real `flotilla-agent` sidecar. The end-to-end
 //! tests and the demo (`flotilla-demo`) share it.
 
+pub mod faults;
 mod fleet;
+pub mod invariants;
 mod nats;
+pub mod proxy;
 mod snapshot;
 
 pub use fleet::{Fleet, ROLES};
+pub use invariants::{Evidence, Scenario, Verdict};
 pub use nats::NatsServer;
+pub use proxy::Proxy;
 pub use snapshot::{Snapshot, snapshot};
 
 use std::path::{Path, PathBuf};

@@ -11,6 +11,9 @@ pub struct NatsServer {
     child: Child,
     url: String,
     _dir: tempfile::TempDir,
+    /// What a restart needs: the configuration file and its environment.
+    config: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 impl NatsServer {
@@ -70,6 +73,11 @@ impl NatsServer {
             child,
             url: String::new(),
             _dir: dir,
+            config: config.to_owned(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         let mut url = None;
         crate::wait_for("nats-server's ports file", Duration::from_secs(10), || {
@@ -107,4 +115,76 @@ fn server_binary() -> PathBuf {
         return installed;
     }
     PathBuf::from("nats-server")
+}
+
+impl NatsServer {
+    /// The JetStream store directory, kept across [`NatsServer::restart`].
+    pub fn store_dir(&self) -> PathBuf {
+        self._dir.path().join("jetstream")
+    }
+
+    /// The client port, kept across [`NatsServer::restart`].
+    pub fn port(&self) -> u16 {
+        self.url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim_end_matches('/').parse().ok())
+            .expect("the server URL ends with its port")
+    }
+
+    /// Kills the server with SIGKILL (no clean shutdown, no flush) and waits for it to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same port, with the same store directory and
+    /// configuration, after [`NatsServer::kill`] (or kills it first). Returns once the server
+    /// takes connections.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        let ports_dir = self._dir.path().join("ports");
+        for entry in std::fs::read_dir(&ports_dir)?.flatten() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+        let port = self.port();
+        let binary = server_binary();
+        // The port may linger for a moment after a SIGKILL: retry the bind briefly.
+        let mut last = None;
+        for _ in 0..50 {
+            let child = Command::new(&binary)
+                .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-m", "-1"])
+                .arg("--ports_file_dir")
+                .arg(&ports_dir)
+                .arg("-sd")
+                .arg(self.store_dir())
+                .arg("-c")
+                .arg(&self.config)
+                .envs(self.env.iter().map(|(k, v)| (k, v)))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .with_context(|| format!("cannot restart {}", binary.display()))?;
+            self.child = child;
+            let pid = self.child.id();
+            let ready =
+                crate::wait_for("nats-server's ports file", Duration::from_secs(10), || {
+                    if let Ok(Some(_)) = self.child.try_wait() {
+                        return true;
+                    }
+                    ports_dir.join(format!("nats-server_{pid}.ports")).exists()
+                });
+            match self.child.try_wait() {
+                Ok(None) if ready.is_ok() => return Ok(()),
+                Ok(None) => last = Some(anyhow::anyhow!("nats-server did not come back")),
+                _ => {
+                    last = Some(anyhow::anyhow!(
+                        "nats-server exited at once (port {port} busy?)"
+                    ));
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("nats-server did not restart")))
+    }
 }

@@ -1,5 +1,6 @@
-//! The agent's promises, end to end: crash safety at every phase, regression gates, at-most-once
-//! application, and refusals that change nothing.
+//! The agent's promises, end to end: regression gates, at-most-once application, and refusals
+//! that change nothing. Crash safety at every phase (kill -9 at each crash point) is in
+//! `faults_agent.rs`, with the invariant check.
 
 use std::time::Duration;
 
@@ -7,7 +8,7 @@ use flotilla_schemas::subjects::Subjects;
 use flotilla_schemas::{
     Action, Command, CommandId, InstanceId, RunId, RunResult, ServiceName, Step, decode, encode,
 };
-use flotilla_tests::{Fleet, NatsServer, json_stdout, snapshot, standard_config_step, wait_for};
+use flotilla_tests::{Fleet, NatsServer, json_stdout, snapshot, standard_config_step};
 use futures::StreamExt;
 
 /// The T006 migration of one service (the demo plan's steps).
@@ -17,85 +18,6 @@ fn migrate_inference_plan() -> String {
         standard_config_step("inference", ""),
         "[[service.step]]\naction = \"delete\"\npath = \"legacy.conf\"\n"
     )
-}
-
-/// kill -9 of the agent at `point`, then a restart: the service must end byte-identical to
-/// before, healthy, and the coordinator must hear what happened.
-fn crash_at(point: &str, expected_status: &str) {
-    let nats = NatsServer::start().unwrap();
-    let mut fleet = Fleet::start_with_env(
-        nats.url(),
-        &["inference"],
-        &[(flotilla_agent::crashpoint::ENV, point)],
-    )
-    .unwrap();
-    let before = snapshot(&fleet.root("inference"));
-    let plan = fleet.write_plan("plan.toml", &migrate_inference_plan());
-    let run = fleet.spawn_flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"]);
-
-    let marker = fleet
-        .dir()
-        .join("state/inference")
-        .join(format!("crashpoint-{point}"));
-    wait_for(
-        &format!("the agent to reach {point}"),
-        Duration::from_secs(30),
-        || marker.exists(),
-    )
-    .unwrap();
-    fleet.kill_agent("inference");
-    fleet.clear_agent_env("inference");
-    fleet.start_agent("inference").unwrap();
-
-    let out = run.wait_with_output().unwrap();
-    let report = json_stdout(&out);
-    let service = &report["services"][0];
-    assert_eq!(
-        service["status"], expected_status,
-        "crash at {point}: {report:#}"
-    );
-    assert!(
-        service["reason"].as_str().unwrap().contains("interrupted"),
-        "{report:#}"
-    );
-    assert_eq!(
-        snapshot(&fleet.root("inference")),
-        before,
-        "crash at {point} left a changed tree"
-    );
-    let (status, body) = fleet
-        .health("inference")
-        .expect("service answers after recovery");
-    assert_eq!(status, 200);
-    assert!(
-        body.contains("\"layout\":\"legacy\""),
-        "crash at {point}: {body}"
-    );
-}
-
-#[test]
-fn kill_9_after_accepting_changes_nothing() {
-    crash_at("accepted", "refused");
-}
-
-#[test]
-fn kill_9_after_the_backup_restores() {
-    crash_at("backed_up", "rolled_back");
-}
-
-#[test]
-fn kill_9_in_the_middle_of_apply_restores() {
-    crash_at("applying", "rolled_back");
-}
-
-#[test]
-fn kill_9_after_the_restart_restores_and_stops_the_orphaned_service() {
-    crash_at("restarted", "rolled_back");
-}
-
-#[test]
-fn kill_9_after_validation_restores() {
-    crash_at("validated", "rolled_back");
 }
 
 #[test]

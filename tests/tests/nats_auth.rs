@@ -241,3 +241,89 @@ async fn the_demo_migration_runs_through_the_secure_configuration() {
     assert_eq!(report["services"].as_array().unwrap().len(), 5);
     tokio::task::block_in_place(|| drop(fleet));
 }
+
+/// Asks `$SRV.INFO.flotilla-agent` (what `nats micro ls` does) and gathers the answers.
+async fn micro_info(client: &async_nats::Client, expected: usize) -> Vec<serde_json::Value> {
+    let inbox = client.new_inbox();
+    let mut answers = client.subscribe(inbox.clone()).await.unwrap();
+    client
+        .publish_with_reply("$SRV.INFO.flotilla-agent", inbox, "".into())
+        .await
+        .unwrap();
+    let mut found = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while found.len() < expected {
+        match tokio::time::timeout_at(deadline, answers.next()).await {
+            Ok(Some(message)) => found.push(serde_json::from_slice(&message.payload).unwrap()),
+            _ => break,
+        }
+    }
+    found
+}
+
+/// Standard NATS tooling sees the agents: `$SRV.INFO` (what `nats micro ls` asks) answered by
+/// each agent with its service and instance, through the secure configuration too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_are_listed_by_the_nats_service_api() {
+    let server = start();
+    let subjects = Subjects::default();
+    let (coordinator, _) = connect(server.url(), "coordinator", "coordinator-secret").await;
+    let admin = jetstream::new(coordinator.clone());
+    flotilla_bus::commands_stream(&admin, &subjects)
+        .await
+        .unwrap();
+    flotilla_bus::events_stream(&admin, &subjects)
+        .await
+        .unwrap();
+    flotilla_telemetry::store::ensure_stream(&admin, subjects.prefix())
+        .await
+        .unwrap();
+    let identity = |role: &str| {
+        let user = format!("agent-{role}-a");
+        vec![
+            ("FLOTILLA_NATS__AUTH__USER".to_owned(), user.clone()),
+            (
+                "FLOTILLA_NATS__AUTH__PASSWORD".to_owned(),
+                format!("{role}-secret"),
+            ),
+            (
+                "FLOTILLA_NATS__AUTH__INBOX_PREFIX".to_owned(),
+                format!("_INBOX_{user}"),
+            ),
+        ]
+    };
+    let cli = vec![
+        ("FLOTILLA_NATS_USER".to_owned(), "coordinator".to_owned()),
+        (
+            "FLOTILLA_NATS_PASSWORD".to_owned(),
+            "coordinator-secret".to_owned(),
+        ),
+    ];
+    let url = server.url().to_owned();
+    let fleet = tokio::task::block_in_place(|| {
+        flotilla_tests::Fleet::start_with(&url, &["inference", "ingest"], &identity, cli).unwrap()
+    });
+    let infos = micro_info(&coordinator, 2).await;
+    let mut listed: Vec<String> = infos
+        .iter()
+        .map(|i| {
+            assert_eq!(i["name"], "flotilla-agent", "{i}");
+            format!(
+                "{}/{}",
+                i["metadata"]["service"].as_str().unwrap(),
+                i["metadata"]["instance"].as_str().unwrap()
+            )
+        })
+        .collect();
+    listed.sort();
+    assert_eq!(listed, ["inference/a", "ingest/a"]);
+    // The status endpoint answers with the agent's presence.
+    let status = coordinator
+        .request("flotilla.agent.ingest.a.status", "".into())
+        .await
+        .unwrap();
+    let presence: serde_json::Value = serde_json::from_slice(&status.payload).unwrap();
+    assert_eq!(presence["schema"], "flotilla.presence.v1");
+    assert_eq!(presence["state"], "idle");
+    tokio::task::block_in_place(|| drop(fleet));
+}

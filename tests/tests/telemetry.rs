@@ -33,14 +33,15 @@ fn a_run_is_one_trace_with_every_service_correlated_and_no_orphans() {
         assert!(service["logs"].as_u64().unwrap() >= 5, "{service:#}");
     }
     // The coordinator's spans are there too, down to the last one of this short CLI run (the
-    // finalize dispatches): a root plus one producer span per command, 5 migrate + 5 finalize.
+    // finalize dispatches): a root plus one producer span per command, 5 migrate + 5
+    // cross-service inspect + 5 finalize.
     let coordinator = report["others"]
         .as_array()
         .unwrap()
         .iter()
         .find(|o| o["service"] == "flotilla")
         .unwrap();
-    assert_eq!(coordinator["spans"], 11, "{coordinator:#}");
+    assert_eq!(coordinator["spans"], 16, "{coordinator:#}");
 }
 
 #[test]
@@ -102,4 +103,91 @@ fn verify_names_a_service_whose_agent_exports_nothing() {
         !ingest["problems"].as_array().unwrap().is_empty(),
         "{report:#}"
     );
+}
+
+/// Our own demo run, converted to what Jaeger (api_v3: OTLP JSON under `result`) and Tempo
+/// (`/api/v2/traces`: protobuf `TraceByIDResponse`) answer, read back by their readers and
+/// verified: the production backends see the run as correlated too (logs as span events).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_demo_run_as_jaeger_and_tempo_would_answer_it_verifies() {
+    use async_nats::jetstream::{self, consumer};
+    use futures::StreamExt;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::trace::v1::TracesData;
+    use prost::Message;
+
+    let nats = NatsServer::start().unwrap();
+    let fleet = tokio::task::block_in_place(|| Fleet::start(nats.url(), &ROLES).unwrap());
+    let plan = repo_root().join("deploy/demo/plan.toml");
+    let out = tokio::task::block_in_place(|| {
+        fleet.flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"])
+    });
+    let run = json_stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{run:#}");
+    let run_id = run["run_id"].as_str().unwrap().to_owned();
+    let out =
+        tokio::task::block_in_place(|| fleet.flotilla(&["verify", &run_id, "--output", "json"]));
+    let verified = json_stdout(&out);
+    let trace_id = verified["trace_id"].as_str().unwrap().to_owned();
+
+    // The raw OTLP the agents and the coordinator stored for this trace.
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let stream = jetstream::new(client)
+        .get_stream("FLOTILLA_TELEMETRY")
+        .await
+        .unwrap();
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: format!("flotilla.otel.traces.{trace_id}"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let pending = consumer.cached_info().num_pending;
+    let mut messages = consumer.messages().await.unwrap();
+    let mut resource_spans = Vec::new();
+    for _ in 0..pending {
+        let message = messages.next().await.unwrap().unwrap();
+        resource_spans.extend(
+            ExportTraceServiceRequest::decode(message.payload.as_ref())
+                .unwrap()
+                .resource_spans,
+        );
+    }
+    let data = TracesData { resource_spans };
+    let expected: Vec<(String, String)> = ROLES
+        .iter()
+        .map(|r| ((*r).to_owned(), "a".to_owned()))
+        .collect();
+
+    let jaeger_body = serde_json::to_vec(&serde_json::json!({ "result": data })).unwrap();
+    let jaeger = flotilla_tracestore::jaeger::parse_v3(&jaeger_body).unwrap();
+    let tempo_body = flotilla_tracestore::tempo::TraceByIdResponse {
+        trace: Some(data),
+        status: 0,
+        message: String::new(),
+    }
+    .encode_to_vec();
+    let tempo = flotilla_tracestore::tempo::parse_protobuf(&tempo_body).unwrap();
+    for (backend, trace) in [("jaeger", jaeger), ("tempo", tempo)] {
+        let report = flotilla_tracestore::verify(&trace, &run_id, &expected);
+        assert!(
+            report.ok,
+            "{backend}: {}",
+            serde_json::to_string_pretty(&report).unwrap()
+        );
+        assert_eq!(report.roots.len(), 1, "{backend}");
+        let spans: usize = report.services.iter().map(|s| s.spans).sum();
+        let stored: u64 = verified["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["spans"].as_u64().unwrap())
+            .sum();
+        assert_eq!(
+            spans as u64, stored,
+            "{backend} sees every agent span the default store holds"
+        );
+    }
+    tokio::task::block_in_place(|| drop(fleet));
 }

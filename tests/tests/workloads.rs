@@ -54,17 +54,34 @@ fn a_healthy_migration_passes_its_workload_gates_with_figures() {
     let out = fleet.flotilla(&["migrate", path.to_str().unwrap(), "--output", "json"]);
     let report = json_stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{report:#}");
-    let service = |name: &str| report["services"].as_array().unwrap().iter().find(|s| s["service"] == name).unwrap().clone();
+    let service = |name: &str| {
+        report["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["service"] == name)
+            .unwrap()
+            .clone()
+    };
     let predict = &service("inference")["workloads"][0];
     assert_eq!(predict["name"], "predict");
     for side in ["before", "after"] {
         assert_eq!(predict[side]["samples"], 60, "{predict:#}");
-        assert!(predict[side]["p95_ms"].as_f64().unwrap() > 0.0, "{predict:#}");
+        assert!(
+            predict[side]["p95_ms"].as_f64().unwrap() > 0.0,
+            "{predict:#}"
+        );
     }
     let epoch = &service("training")["workloads"][0];
-    assert!(epoch["after"]["throughput"].as_f64().unwrap() > 0.0, "{epoch:#}");
+    assert!(
+        epoch["after"]["throughput"].as_f64().unwrap() > 0.0,
+        "{epoch:#}"
+    );
     let gates = service("training")["gates"].to_string();
-    assert!(gates.contains("epoch.throughput") && gates.contains("epoch.duration_ms"), "{gates}");
+    assert!(
+        gates.contains("epoch.throughput") && gates.contains("epoch.duration_ms"),
+        "{gates}"
+    );
 }
 
 #[test]
@@ -76,11 +93,19 @@ fn twice_slower_inference_trips_the_latency_gate_and_is_rolled_back_with_figures
     let out = fleet.flotilla(&["migrate", path.to_str().unwrap(), "--output", "json"]);
     let report = json_stdout(&out);
     assert_eq!(out.status.code(), Some(1), "{report:#}");
-    let inference = report["services"].as_array().unwrap().iter().find(|s| s["service"] == "inference").unwrap();
+    let inference = report["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["service"] == "inference")
+        .unwrap();
     assert_eq!(inference["status"], "rolled_back", "{inference:#}");
     let reason = inference["reason"].as_str().unwrap();
     assert!(reason.contains("predict.p95_us regression"), "{reason}");
     assert_eq!(snapshot(&fleet.root("inference")), before);
     let text = inference.to_string();
-    assert!(text.contains("p95_ms"), "the workload's figures are in the result: {text}");
+    assert!(
+        text.contains("p95_ms"),
+        "the workload's figures are in the result: {text}"
+    );
 }

@@ -73,6 +73,7 @@ fn result(c: &CommandRecord, outcome: Outcome, failed: Option<Phase>) -> RunResu
         measurements: Measurements::default(),
         gates: Vec::new(),
         workloads: Vec::new(),
+        inspection: None,
         replayed: false,
     }
 }

@@ -64,6 +64,15 @@ pub enum Action {
     Rollback { migration: CommandId },
     /// The run is closed: drop the backup of an earlier migrate command.
     Finalize { migration: CommandId },
+    /// The cross-service stage, after the fleet is migrated: run `checks` (e.g. reach other
+    /// services' endpoints) and report the keys of `config_files` — names and a fingerprint,
+    /// never values — and which keys hold a literal secret. Changes nothing.
+    Inspect {
+        #[serde(default)]
+        checks: Vec<Check>,
+        #[serde(default)]
+        config_files: Vec<String>,
+    },
 }
 
 /// One declared change. Paths are relative to the service root and never leave it.
@@ -147,6 +156,17 @@ pub enum Check {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         stdout_contains: Option<String>,
     },
+    /// The service's own log proves it took part in the run: the file at `path` (inside the
+    /// service root, or an absolute path such as a log directory) holds `contains` — by default
+    /// the run's correlation ID, which every request the agent makes carries — within
+    /// `timeout_ms`. Only the verdict leaves the agent, never the log's content.
+    Log {
+        path: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        contains: Option<String>,
+        #[serde(default = "default_check_timeout_ms")]
+        timeout_ms: u64,
+    },
 }
 
 impl Check {
@@ -156,6 +176,7 @@ impl Check {
             Check::Http(_) => "http",
             Check::Tcp { .. } => "tcp",
             Check::Command { .. } => "command",
+            Check::Log { .. } => "log",
         }
     }
 }

@@ -39,6 +39,10 @@ pub struct Presence {
     /// The PID of the supervised service, when running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_pid: Option<u32>,
+    /// The service's health endpoint, which other services' agents reach in the cross-service
+    /// communication check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     #[schemars(with = "String")]
     pub started_at: OffsetDateTime,

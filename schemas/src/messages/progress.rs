@@ -22,6 +22,7 @@ pub enum Phase {
     Rollback,
     Finalize,
     Recover,
+    Inspect,
 }
 
 impl Phase {
@@ -37,6 +38,7 @@ impl Phase {
             Phase::Rollback => "rollback",
             Phase::Finalize => "finalize",
             Phase::Recover => "recover",
+            Phase::Inspect => "inspect",
         }
     }
 }

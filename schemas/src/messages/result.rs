@@ -116,6 +116,39 @@ pub struct WorkloadReport {
     pub after: Option<WorkloadFigures>,
 }
 
+/// What an `inspect` command found.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Inspection {
+    /// Each check's verdict, in order.
+    pub checks: Vec<CheckVerdict>,
+    /// Each declared configuration file's shape.
+    pub config: Vec<ConfigShape>,
+}
+
+/// One check's verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CheckVerdict {
+    /// The check's type (`http`, `tcp`, `command`, `log`).
+    pub kind: String,
+    pub passed: bool,
+    pub detail: String,
+}
+
+/// The shape of a configuration file: which keys it has, never their values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ConfigShape {
+    pub path: String,
+    pub exists: bool,
+    /// `standard` (TOML), `key_value` (`key=value` lines), or `unreadable`.
+    pub format: String,
+    /// Dotted key names, sorted.
+    pub keys: Vec<String>,
+    /// BLAKE3 of the sorted key names: equal fingerprints, equal shapes.
+    pub fingerprint: String,
+    /// Keys whose value is one of the agent's secrets in clear.
+    pub literal_secrets: Vec<String>,
+}
+
 /// The terminal report of one command.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RunResult {
@@ -141,6 +174,9 @@ pub struct RunResult {
     /// Functional performance workloads, before and after.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub workloads: Vec<WorkloadReport>,
+    /// What an `inspect` command found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inspection: Option<Inspection>,
     /// True when this result was re-sent for a command the agent had already handled.
     #[serde(default)]
     pub replayed: bool,

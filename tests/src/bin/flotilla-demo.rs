@@ -3,10 +3,10 @@
 //!
 //! Run it through `scripts/demo.sh`, which installs nats-server and builds first.
 
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 
 use anyhow::Context;
-use flotilla_tests::{Fleet, NatsServer, ROLES, binary, repo_root};
+use flotilla_tests::{Fleet, NatsServer, ROLES, repo_root};
 
 fn main() -> anyhow::Result<ExitCode> {
     let nats = NatsServer::start().context("starting nats-server")?;
@@ -16,15 +16,19 @@ fn main() -> anyhow::Result<ExitCode> {
         "==> five legacy services, each with its flotilla-agent sidecar, in {}",
         fleet.dir().display()
     );
-    flotilla(&fleet, nats.url(), &["agents"])?;
+    flotilla(&fleet, &["agents"])?;
 
     let plan = repo_root().join("deploy/demo/plan.toml");
     println!("\n==> flotilla migrate {}", plan.display());
     let code = flotilla(
         &fleet,
-        nats.url(),
         &["migrate", plan.to_str().context("plan path is UTF-8")?],
     )?;
+
+    if code == 0 {
+        println!("\n==> flotilla verify: the run's trace, read back from the default store");
+        flotilla(&fleet, &["verify"])?;
+    }
 
     println!("\n==> the services now answer:");
     for role in ROLES {
@@ -39,11 +43,11 @@ fn main() -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(code))
 }
 
-fn flotilla(fleet: &Fleet, nats_url: &str, args: &[&str]) -> anyhow::Result<u8> {
-    let status = Command::new(binary("flotilla"))
-        .args(args)
-        .env("FLOTILLA_NATS_URL", nats_url)
-        .current_dir(fleet.dir())
+fn flotilla(fleet: &Fleet, args: &[&str]) -> anyhow::Result<u8> {
+    // The fleet's command carries its NATS URL and the signing key its agents trust.
+    let status = fleet
+        .flotilla_command(args)
+        .env_remove("NO_COLOR")
         .status()
         .context("running flotilla")?;
     Ok(status.code().unwrap_or(1) as u8)

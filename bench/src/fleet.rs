@@ -1,0 +1,262 @@
+//! `fleet`: the real `flotilla migrate` over N simulated agents (see [`crate::sim`]).
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+
+use crate::common::{self, Nats, Stats, Sync};
+use crate::sim::SimFleet;
+
+/// One `flotilla migrate` process: wall time, CPU, peak memory, and what it reported.
+pub struct CoordinatorRun {
+    pub wall: Duration,
+    pub cpu_s: f64,
+    pub peak_rss_kib: u64,
+    pub exit: i32,
+    pub services: usize,
+    pub succeeded: usize,
+    pub json: serde_json::Value,
+}
+
+/// Runs `flotilla migrate plan` against `nats_url` and measures it. The coordinator's
+/// OpenTelemetry is off (`OTEL_SDK_DISABLED=true`): the simulated agents export no telemetry,
+/// so the correlation check would have nothing to read.
+pub async fn run_coordinator(
+    nats_url: &str,
+    key_path: &Path,
+    plan: &Path,
+    extra: &[&str],
+    log: &Path,
+) -> anyhow::Result<CoordinatorRun> {
+    let before = common::cpu_of("self").context("own /proc stat")?;
+    let started = Instant::now();
+    let mut child = tokio::process::Command::new(flotilla_tests::binary("flotilla"))
+        .arg("migrate")
+        .arg(plan)
+        .args(["--output", "json", "--no-verify"])
+        .args(extra)
+        .env("FLOTILLA_NATS_URL", nats_url)
+        .env("FLOTILLA_SIGNING_KEY", key_path)
+        .env("OTEL_SDK_DISABLED", "true")
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log)?)
+        .spawn()
+        .context("starting flotilla migrate")?;
+    let pid = child.id().context("child pid")?.to_string();
+    let mut stdout = child.stdout.take().context("stdout")?;
+    let reader = tokio::spawn(async move {
+        let mut out = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut stdout, &mut out).await;
+        out
+    });
+    let mut peak = 0u64;
+    let status = loop {
+        if let Some(hwm) = common::status_kib(&pid, "VmHWM:") {
+            peak = peak.max(hwm);
+        }
+        tokio::select! {
+            status = child.wait() => break status?,
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    };
+    let wall = started.elapsed();
+    let after = common::cpu_of("self").context("own /proc stat")?;
+    let out = reader.await.unwrap_or_default();
+    let json: serde_json::Value = serde_json::from_slice(&out).unwrap_or_else(
+        |_| serde_json::json!({ "unparsed": String::from_utf8_lossy(&out).to_string() }),
+    );
+    let services = json["services"].as_array().map_or(0, Vec::len);
+    let succeeded = json["services"].as_array().map_or(0, |s| {
+        s.iter().filter(|s| s["status"] == "succeeded").count()
+    });
+    Ok(CoordinatorRun {
+        wall,
+        cpu_s: after.children - before.children,
+        peak_rss_kib: peak,
+        exit: status.code().unwrap_or(-1),
+        services,
+        succeeded,
+        json,
+    })
+}
+
+/// One N's figures.
+struct Row {
+    n: usize,
+    ready_s: f64,
+    wall: Stats,
+    cpu: Stats,
+    rss_mib: Stats,
+    sim_cpu: Stats,
+    nats_cpu: Stats,
+    agent_phase_ms: Stats,
+}
+
+pub async fn fleet(counts: &[usize], runs: usize, sync: Sync) -> anyhow::Result<()> {
+    let limit = common::raise_fd_limit();
+    eprintln!("open-file limit {limit}");
+    let mut rows = Vec::new();
+    for &n in counts {
+        let nats = Nats::start(sync)?;
+        let nats_pid = common::child_named("nats-server")
+            .map(|p| p.to_string())
+            .context("nats-server pid")?;
+        eprintln!("fleet N={n}: starting {n} simulated agents");
+        let sim = SimFleet::start(nats.url(), "noop", n, &[]).await?;
+        eprintln!(
+            "fleet N={n}: all agents ready after {:.1} s",
+            sim.ready_after.as_secs_f64()
+        );
+        let plan = sim.dir.path().join("plan.toml");
+        std::fs::write(
+            &plan,
+            format!(
+                "name = \"bench-noop\"\ncommand_timeout = \"600s\"\n\n{}\n{}\n[[service]]\nname = \"noop\"\n",
+                common::BENCH_GATES_TOML,
+                common::NOOP_STEP_TOML
+            ),
+        )?;
+        let window = if n >= 1000 { "10s" } else { "2s" };
+        let (mut wall, mut cpu, mut rss, mut sim_cpu, mut nats_cpu, mut phases) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
+        for run in 0..runs {
+            let own = sim.cpu();
+            let nats_before = common::cpu_of(&nats_pid).map_or(0.0, |c| c.own);
+            let log = sim.dir.path().join(format!("flotilla-{run}.log"));
+            let r = run_coordinator(
+                nats.url(),
+                &sim.key_path,
+                &plan,
+                &["--discovery-window", window],
+                &log,
+            )
+            .await?;
+            let own_after = sim.cpu();
+            let nats_after = common::cpu_of(&nats_pid).map_or(0.0, |c| c.own);
+            eprintln!(
+                "fleet N={n} run {}: {:.3} s, exit {}, {}/{} succeeded, coordinator {:.2} CPU-s, {} MiB peak",
+                run + 1,
+                r.wall.as_secs_f64(),
+                r.exit,
+                r.succeeded,
+                r.services,
+                r.cpu_s,
+                r.peak_rss_kib / 1024
+            );
+            ensure!(
+                r.exit == 0 && r.services == n && r.succeeded == n,
+                "run {} over N={n} did not succeed everywhere (exit {}, {}/{} of {n}): {}",
+                run + 1,
+                r.exit,
+                r.succeeded,
+                r.services,
+                reasons(&r.json)
+            );
+            // The agents' own time: the slowest agent's sum of phase durations.
+            let slowest = r.json["services"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| {
+                    s["phases"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|p| p["duration_ms"].as_f64())
+                        .sum::<f64>()
+                })
+                .fold(0.0, f64::max);
+            wall.push(r.wall.as_secs_f64());
+            cpu.push(r.cpu_s);
+            rss.push(r.peak_rss_kib as f64 / 1024.0);
+            sim_cpu.push(own_after - own);
+            nats_cpu.push(nats_after - nats_before);
+            phases.push(slowest);
+        }
+        rows.push(Row {
+            n,
+            ready_s: sim.ready_after.as_secs_f64(),
+            wall: Stats::new(wall),
+            cpu: Stats::new(cpu),
+            rss_mib: Stats::new(rss),
+            sim_cpu: Stats::new(sim_cpu),
+            nats_cpu: Stats::new(nats_cpu),
+            agent_phase_ms: Stats::new(phases),
+        });
+        sim.stop().await;
+        drop(nats);
+    }
+    println!(
+        "## fleet: no-op migration (`flotilla migrate`, discovery → pre-flight → dispatch → 5 phases → results → finalize) over N simulated agents\n"
+    );
+    println!(
+        "{}; nats-server with {}; {runs} run(s) per N; median (min–max)\n",
+        common::machine(),
+        sync.label()
+    );
+    let base = rows.first().map(|r| (r.n, r.wall.median()));
+    let table_rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let per_agent_ms = r.wall.median() * 1000.0 / r.n as f64;
+            let growth = base.map_or(String::new(), |(n0, w0)| {
+                format!(
+                    "×{:.1} for ×{:.0} agents",
+                    r.wall.median() / w0,
+                    r.n as f64 / n0 as f64
+                )
+            });
+            vec![
+                r.n.to_string(),
+                r.wall.mmm(3),
+                format!("{per_agent_ms:.2}"),
+                growth,
+                r.cpu.mmm(2),
+                r.rss_mib.mmm(1),
+                r.sim_cpu.mmm(1),
+                r.nats_cpu.mmm(1),
+                format!("{:.0}", r.agent_phase_ms.median()),
+                format!("{:.1}", r.ready_s),
+            ]
+        })
+        .collect();
+    common::table(
+        &[
+            "N",
+            "wall s",
+            "ms per agent",
+            "growth vs first N",
+            "coordinator CPU s",
+            "coordinator peak RSS MiB",
+            "agents' CPU s (simulator processes)",
+            "nats-server CPU s",
+            "slowest agent's phases ms",
+            "fleet start-up s",
+        ],
+        &table_rows,
+    );
+    Ok(())
+}
+
+/// The first few distinct failure reasons of a report, for an error message.
+pub fn reasons(json: &serde_json::Value) -> String {
+    let mut seen: Vec<String> = Vec::new();
+    for s in json["services"].as_array().into_iter().flatten() {
+        if s["status"] != "succeeded" {
+            let why = format!("{}: {}", s["status"], s["reason"]);
+            if !seen.contains(&why) && seen.len() < 3 {
+                seen.push(why);
+            }
+        }
+    }
+    if seen.is_empty() {
+        json.to_string().chars().take(500).collect()
+    } else {
+        seen.join(" | ")
+    }
+}

@@ -1,0 +1,175 @@
+//! `flotilla-bench`: Flotilla's benchmarks (issue 8). Each subcommand prints a Markdown table
+//! (medians with min and max) on stdout and its progress on stderr; `docs/performance.md` says
+//! what each one measures and holds the latest figures.
+//!
+//! ```text
+//! cargo build --release -p flotilla-bench -p flotilla-agent -p flotilla-coordinator
+//! target/release/flotilla-bench roundtrip [--runs 1000]
+//! target/release/flotilla-bench fleet --agents 5,50,1000,10000 [--runs 3]
+//! target/release/flotilla-bench peers [--agents 1,5,20,50] [--peer-results DIR]
+//! target/release/flotilla-bench footprint [--seconds 60] [--migrations 100]
+//! target/release/flotilla-bench backup [-- ARGS of flotilla-bench-backup]
+//! target/release/flotilla-bench verify --services 1000
+//! ```
+
+mod common;
+mod fleet;
+mod footprint;
+mod peers;
+mod roundtrip;
+mod sim;
+mod verify;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "flotilla-bench", about = "Flotilla's benchmarks (issue 8)")]
+struct Args {
+    #[command(subcommand)]
+    command: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// One signed command to one real agent process and its result back, with both sync modes.
+    Roundtrip {
+        #[arg(long, default_value_t = 1000)]
+        runs: usize,
+        #[arg(long, default_value_t = 20)]
+        warmup: usize,
+    },
+    /// `flotilla migrate` (no-op) over N simulated agents (real agent library each).
+    Fleet {
+        #[arg(long, value_delimiter = ',', default_value = "5,50,1000,10000")]
+        agents: Vec<usize>,
+        /// Migrations per N.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// nats-server with the default sync instead of `sync_interval: always`.
+        #[arg(long)]
+        default_sync: bool,
+    },
+    /// Flotilla beside Salt and Ansible (the peer scripts' results) at N = 1, 5, 20, 50.
+    Peers {
+        #[arg(long, value_delimiter = ',', default_value = "1,5,20,50")]
+        agents: Vec<usize>,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        /// Directory of the peer scripts' `results.tsv`.
+        #[arg(long, default_value = "/work/shared/peers/results")]
+        peer_results: PathBuf,
+    },
+    /// An idle agent's memory and CPU, memory after migrations, start-up time.
+    Footprint {
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        #[arg(long, default_value_t = 100)]
+        migrations: usize,
+        /// Agent starts timed for the start-up figure.
+        #[arg(long, default_value_t = 10)]
+        starts: usize,
+    },
+    /// Backup and restore against `cp -a` (runs `flotilla-bench-backup` with these arguments).
+    Backup {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Internal: one simulator process of the fleet simulator (runs agents until stdin closes).
+    #[command(hide = true)]
+    SimWorker {
+        #[arg(long)]
+        nats: String,
+        #[arg(long)]
+        service: String,
+        #[arg(long)]
+        first: usize,
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        trusted: String,
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        allow: Vec<String>,
+    },
+    /// Default-store fetch and correlation check of a synthetic run.
+    Verify {
+        #[arg(long, default_value_t = 1000)]
+        services: usize,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if let Bench::Backup { args } = &args.command {
+        let status = std::process::Command::new(flotilla_tests::binary("flotilla-bench-backup"))
+            .args(args)
+            .status()
+            .context("running flotilla-bench-backup (cargo build --release -p flotilla-tests --bin flotilla-bench-backup)")?;
+        std::process::exit(status.code().unwrap_or(1));
+    }
+    // The simulated agents share this process's telemetry: spans are made (as in a real agent)
+    // but not exported; warnings only on stderr.
+    let telemetry = Arc::new(flotilla_telemetry::init_with(
+        flotilla_telemetry::TelemetryConfig {
+            default_filter: "warn".into(),
+            default_store: false,
+            ..flotilla_telemetry::TelemetryConfig::new("flotilla-bench")
+        },
+    ));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match args.command {
+            Bench::Roundtrip { runs, warmup } => roundtrip::roundtrip(runs, warmup).await,
+            Bench::Fleet {
+                agents,
+                runs,
+                default_sync,
+            } => {
+                let sync = if default_sync {
+                    common::Sync::Default
+                } else {
+                    common::Sync::Always
+                };
+                fleet::fleet(&agents, runs, sync).await
+            }
+            Bench::Peers {
+                agents,
+                runs,
+                warmup,
+                peer_results,
+            } => peers::peers(&agents, runs, warmup, &peer_results).await,
+            Bench::SimWorker {
+                nats,
+                service,
+                first,
+                count,
+                trusted,
+                dir,
+                allow,
+            } => {
+                sim::worker(
+                    &nats, &service, first, count, &trusted, &dir, &allow, telemetry,
+                )
+                .await
+            }
+            Bench::Footprint {
+                seconds,
+                migrations,
+                starts,
+            } => footprint::footprint(seconds, migrations, starts).await,
+            Bench::Verify { services, runs } => verify::verify(services, runs).await,
+            Bench::Backup { .. } => unreachable!("handled above"),
+        }
+    })
+}

@@ -1,0 +1,54 @@
+//! The HTML report of a run: its record plus its events, read back from the events stream.
+
+use flotilla_schemas::subjects::Subjects;
+use flotilla_telemetry::error_chain;
+
+use super::fail;
+use crate::cli::{Cli, ReportFiles};
+use crate::exit;
+use crate::report::RunReport;
+use crate::store::RunRecord;
+
+/// The page for `record`. Without its events (expired from the stream, or unreadable) the
+/// timeline is drawn from the phases the results carry.
+pub(super) async fn render(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    record: &RunRecord,
+) -> String {
+    let events = match crate::events::read_all(client, subjects, record.run_id).await {
+        Ok(events) => events,
+        Err(e) => {
+            eprintln!(
+                "warning: {}; the timeline shows the recorded phases only",
+                error_chain(&e)
+            );
+            Vec::new()
+        }
+    };
+    RunReport::from_record(record).to_html(record, &events)
+}
+
+/// Writes `--report-html FILE`, if asked; returns the exit code it deserves.
+pub(super) async fn write_file(
+    cli: &Cli,
+    client: &async_nats::Client,
+    record: &RunRecord,
+    files: &ReportFiles,
+) -> u8 {
+    let Some(path) = &files.report_html else {
+        return exit::OK;
+    };
+    let subjects = match Subjects::new(&cli.prefix) {
+        Ok(subjects) => subjects,
+        Err(e) => return fail(exit::USAGE, format!("--prefix: {e}")),
+    };
+    let page = render(client, &subjects, record).await;
+    match std::fs::write(path, page) {
+        Ok(()) => exit::OK,
+        Err(e) => fail(
+            exit::FAILED,
+            format!("cannot write {}: {e}", path.display()),
+        ),
+    }
+}

@@ -1,0 +1,689 @@
+//! `flotilla watch`: a live view of a run from any machine. It needs nothing but the bus: the
+//! run's events (an ordered consumer from the first one, so a view started late or during a
+//! resumed run misses nothing) and the run record (waves, stage, status), re-read as it goes.
+//!
+//! On a terminal the view is redrawn in place (waves, one row per service); otherwise it prints
+//! one plain line per event, or with `--output json` one JSON object per line.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use flotilla_schemas::{CommandId, GateReport, PhaseStatus, Progress, RunId, RunResult};
+use flotilla_telemetry::error_chain;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::json;
+use time::OffsetDateTime;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{connect, fail, open_store};
+use crate::cli::{Cli, OutputFormat};
+use crate::events::{RunEvent, RunEvents};
+use crate::exit;
+use crate::report::RunReport;
+use crate::store::{RunRecord, RunStatus, Stage, Store, WaveStatus};
+
+/// How long one wait for the next event lasts: the view's refresh rate when nothing happens.
+const TICK: Duration = Duration::from_millis(200);
+/// How often the run record is re-read (also after every result).
+const RELOAD: Duration = Duration::from_millis(500);
+/// How often the store is polled while waiting for a run to start.
+const POLL: Duration = Duration::from_millis(250);
+/// After the run ended: how long to wait for the events of recorded results not yet seen.
+const DRAIN_WAIT: Duration = Duration::from_secs(5);
+
+/// Watches `run` (or the newest running run, waiting up to `wait` for one to start) until it
+/// ends; returns the run's exit code.
+pub(super) async fn watch(
+    cli: &Cli,
+    run: Option<&str>,
+    wait: Duration,
+    shutdown: CancellationToken,
+) -> u8 {
+    let (client, subjects) = match connect(cli).await {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let store = match open_store(&client, &subjects).await {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let run_id = match run {
+        Some(prefix) => match store.find(Some(prefix)).await {
+            Ok(Ok(id)) => id,
+            Ok(Err(why)) => return fail(exit::USAGE, why),
+            Err(e) => return fail(exit::BUS, error_chain(&e)),
+        },
+        None => match newest_running(&store, wait, &shutdown).await {
+            Ok(id) => id,
+            Err(code) => return code,
+        },
+    };
+    let mut record = match store.load(&run_id).await {
+        Ok(Some((record, _))) => record,
+        Ok(None) => return fail(exit::USAGE, format!("no run {run_id} in the run store")),
+        Err(e) => return fail(exit::BUS, error_chain(&e)),
+    };
+    let mut events = match RunEvents::open(&client, &subjects, run_id).await {
+        Ok(events) => events,
+        Err(e) => return fail(exit::BUS, error_chain(&e)),
+    };
+    let mut view = View::new(cli.output, &record);
+    let mut reloaded = Instant::now();
+    let mut unknown = HashSet::new();
+    let mut results = HashSet::new();
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => {
+                view.close();
+                eprintln!("stopped watching run {run_id}; the run goes on");
+                return exit::OK;
+            }
+            next = events.next(TICK) => next,
+        };
+        let mut reload = reloaded.elapsed() >= RELOAD;
+        if let Some((event, _)) = next {
+            if let RunEvent::Result(r) = &event {
+                reload = true;
+                results.insert(r.command_id);
+            }
+            // A command the record does not hold yet: the record we have is older than the
+            // event (commands are recorded before they are sent), or it is an inspection.
+            let command = event.command_id();
+            if record.find_target(command).is_none()
+                && unknown.insert(command)
+                && let Ok(Some((fresh, _))) = store.load(&run_id).await
+            {
+                record = fresh;
+                view.record(&record);
+            }
+            view.event(&event, &record);
+        }
+        if reload {
+            reloaded = Instant::now();
+            match store.load(&run_id).await {
+                Ok(Some((fresh, _))) => {
+                    record = fresh;
+                    view.record(&record);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %error_chain(&e), "cannot re-read the run"),
+            }
+            if ended(&record) {
+                // Every result the record holds is in the stream: show those not seen yet.
+                let deadline = Instant::now() + DRAIN_WAIT;
+                let mut missing: HashSet<CommandId> = recorded_results(&record)
+                    .filter(|id| !results.contains(id))
+                    .collect();
+                while !missing.is_empty() {
+                    let wait = deadline.saturating_duration_since(Instant::now());
+                    let Some((event, _)) = events.next(wait).await else {
+                        break;
+                    };
+                    // Only a result settles a command: its progress events come first.
+                    if let RunEvent::Result(r) = &event {
+                        missing.remove(&r.command_id);
+                    }
+                    view.event(&event, &record);
+                }
+                return view.finish(&record);
+            }
+        }
+        view.redraw(&record);
+    }
+}
+
+/// The commands of `record` that have a result.
+fn recorded_results(record: &RunRecord) -> impl Iterator<Item = CommandId> + '_ {
+    record
+        .targets
+        .iter()
+        .flat_map(|t| [&t.migrate, &t.rollback, &t.finalize])
+        .flatten()
+        .filter(|c| c.result.is_some())
+        .map(|c| c.command.command_id)
+}
+
+/// A run has ended when its coordinator wrote its last stage, or stopped on a cancel.
+fn ended(record: &RunRecord) -> bool {
+    record.stage == Stage::Done || record.status == RunStatus::Cancelled
+}
+
+/// The newest run, once it is running: waits up to `wait` for one to start (or be resumed).
+async fn newest_running(
+    store: &Store,
+    wait: Duration,
+    shutdown: &CancellationToken,
+) -> Result<RunId, u8> {
+    let deadline = Instant::now() + wait;
+    let mut said = false;
+    loop {
+        let runs = store
+            .list()
+            .await
+            .map_err(|e| fail(exit::BUS, error_chain(&e)))?;
+        if let Some(newest) = runs.last().filter(|r| r.status == RunStatus::Running) {
+            return Ok(newest.run_id);
+        }
+        if Instant::now() >= deadline {
+            return Err(fail(
+                exit::FAILED,
+                format!("no run started within {}", humantime::format_duration(wait)),
+            ));
+        }
+        if !said {
+            eprintln!(
+                "no run is running: waiting up to {} for one to start",
+                humantime::format_duration(wait)
+            );
+            said = true;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Err(exit::OK),
+            _ = tokio::time::sleep(POLL) => {}
+        }
+    }
+}
+
+/// Where one target of the run stands, as its events tell it.
+#[derive(Debug, Default, Clone)]
+struct Row {
+    target: String,
+    command: Option<CommandId>,
+    /// `migrate`, `rollback` or `finalize`: the command being handled.
+    kind: &'static str,
+    phase: Option<(&'static str, PhaseStatus)>,
+    started: Option<OffsetDateTime>,
+    ended: Option<OffsetDateTime>,
+    outcome: Option<String>,
+    gates: Vec<GateReport>,
+}
+
+/// What is shown, and how.
+struct View {
+    mode: Mode,
+    started_at: OffsetDateTime,
+    rows: Vec<Row>,
+    index: HashMap<String, usize>,
+    waves: Vec<WaveStatus>,
+    status: RunStatus,
+    stage: Stage,
+}
+
+enum Mode {
+    Lines,
+    Json,
+    Terminal(Screen),
+}
+
+/// The in-place view: a header line, then per wave a line and one row per service.
+struct Screen {
+    multi: MultiProgress,
+    header: ProgressBar,
+    waves: Vec<ProgressBar>,
+    rows: Vec<ProgressBar>,
+}
+
+// === impl View ===
+
+impl View {
+    fn new(output: OutputFormat, record: &RunRecord) -> Self {
+        let rows: Vec<Row> = record
+            .targets
+            .iter()
+            .map(|t| Row {
+                target: format!("{}/{}", t.service, t.instance),
+                kind: "migrate",
+                ..Row::default()
+            })
+            .collect();
+        let index = rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.target.clone(), i))
+            .collect();
+        let mode = match output {
+            OutputFormat::Json => Mode::Json,
+            OutputFormat::Text if std::io::stdout().is_terminal() => {
+                Mode::Terminal(Screen::new(record))
+            }
+            OutputFormat::Text => Mode::Lines,
+        };
+        let view = View {
+            mode,
+            started_at: record.started_at,
+            rows,
+            index,
+            waves: record.waves.iter().map(|w| w.status).collect(),
+            status: record.status,
+            stage: record.stage,
+        };
+        match &view.mode {
+            Mode::Json => view.json(run_json(record, "run")),
+            _ => view.line(&format!(
+                "watching run {} ({}): {} service(s) in {} wave(s), {}, stage {}",
+                record.run_id,
+                record.plan_name,
+                record.targets.len(),
+                record.waves.len(),
+                status_str(record.status),
+                record.stage.as_str()
+            )),
+        }
+        view.redraw(record);
+        view
+    }
+
+    fn line(&self, text: &str) {
+        match &self.mode {
+            Mode::Terminal(screen) => {
+                let _ = screen.multi.println(text);
+            }
+            Mode::Lines => {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{text}");
+                let _ = out.flush();
+            }
+            Mode::Json => {}
+        }
+    }
+
+    fn json(&self, value: serde_json::Value) {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{value}");
+        let _ = out.flush();
+    }
+
+    fn offset(&self, at: OffsetDateTime) -> String {
+        format!(
+            "[{:>7.2}s]",
+            (at - self.started_at).as_seconds_f64().max(0.0)
+        )
+    }
+
+    fn event(&mut self, event: &RunEvent, record: &RunRecord) {
+        match event {
+            RunEvent::Progress(p) => self.progress(p, record),
+            RunEvent::Result(r) => self.result(r, record),
+        }
+    }
+
+    /// The row of an event, switched to the event's command when it is a new one.
+    fn row_for(
+        &mut self,
+        target: String,
+        command: CommandId,
+        at: OffsetDateTime,
+        record: &RunRecord,
+    ) -> Option<&mut Row> {
+        let &i = self.index.get(&target)?;
+        let row = &mut self.rows[i];
+        if row.command != Some(command) {
+            row.command = Some(command);
+            row.kind = kind_of(record, i, command).unwrap_or("inspect");
+            row.started = Some(at);
+            row.ended = None;
+            row.phase = None;
+        }
+        Some(row)
+    }
+
+    fn progress(&mut self, p: &Progress, record: &RunRecord) {
+        let target = format!("{}/{}", p.service, p.instance);
+        let mut kind = "";
+        if let Some(row) = self.row_for(target.clone(), p.command_id, p.at, record) {
+            row.phase = Some((p.phase.as_str(), p.status));
+            kind = row.kind;
+        }
+        match &self.mode {
+            Mode::Json => {
+                let mut value = serde_json::to_value(p).unwrap_or_default();
+                value["type"] = json!("progress");
+                value["command"] = json!(kind);
+                self.json(value);
+            }
+            _ => {
+                let status = match p.status {
+                    PhaseStatus::Started => "started".to_owned(),
+                    PhaseStatus::Succeeded => "ok".to_owned(),
+                    PhaseStatus::Failed => "FAILED".to_owned(),
+                };
+                let took = p
+                    .duration_ms
+                    .map(|ms| format!(" ({ms}ms)"))
+                    .unwrap_or_default();
+                let detail = p
+                    .detail
+                    .as_deref()
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default();
+                if !matches!(self.mode, Mode::Terminal(_)) {
+                    self.line(&format!(
+                        "{} {target} {} {status}{took}{detail}",
+                        self.offset(p.at),
+                        p.phase.as_str()
+                    ));
+                } else if p.status == PhaseStatus::Failed {
+                    self.line(&format!(
+                        "{} {target} {} FAILED{took}{detail}",
+                        self.offset(p.at),
+                        p.phase.as_str()
+                    ));
+                }
+            }
+        }
+    }
+
+    fn result(&mut self, r: &RunResult, record: &RunRecord) {
+        let target = format!("{}/{}", r.service, r.instance);
+        let mut kind = "";
+        if let Some(row) = self.row_for(target.clone(), r.command_id, r.at, record) {
+            row.ended = Some(r.at);
+            row.outcome = Some(r.outcome.as_str().to_owned());
+            if !r.gates.is_empty() {
+                row.gates = r.gates.clone();
+            }
+            kind = row.kind;
+        }
+        match &self.mode {
+            Mode::Json => {
+                let mut value = serde_json::to_value(r).unwrap_or_default();
+                value["type"] = json!("result");
+                value["command"] = json!(kind);
+                self.json(value);
+            }
+            _ => {
+                let reason = r
+                    .reason
+                    .as_deref()
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default();
+                let replayed = if r.replayed { " (replayed)" } else { "" };
+                let gates = if r.gates.is_empty() {
+                    String::new()
+                } else {
+                    format!("; gates: {}", gates_text(&r.gates))
+                };
+                let kind = if kind == "migrate" || kind.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({kind})")
+                };
+                self.line(&format!(
+                    "{} {target} => {}{kind}{replayed}{reason}{gates}",
+                    self.offset(r.at),
+                    r.outcome.as_str()
+                ));
+            }
+        }
+    }
+
+    /// Reports what changed in the record: waves, stage, status.
+    fn record(&mut self, record: &RunRecord) {
+        for (w, wave) in record.waves.iter().enumerate() {
+            if self.waves.get(w) == Some(&wave.status) {
+                continue;
+            }
+            if let Some(seen) = self.waves.get_mut(w) {
+                *seen = wave.status;
+            }
+            match &self.mode {
+                Mode::Json => self.json(json!({
+                    "type": "wave",
+                    "index": w,
+                    "name": wave.name,
+                    "status": wave.status.as_str(),
+                })),
+                _ => self.line(&format!(
+                    "== wave {}/{} {:?}: {}",
+                    w + 1,
+                    record.waves.len(),
+                    wave.name,
+                    wave.status.as_str()
+                )),
+            }
+        }
+        if (record.stage, record.status) != (self.stage, self.status) {
+            self.stage = record.stage;
+            self.status = record.status;
+            match &self.mode {
+                Mode::Json => self.json(run_json(record, "run")),
+                _ => self.line(&format!(
+                    "== run {}, stage {}",
+                    status_str(record.status),
+                    record.stage.as_str()
+                )),
+            }
+        }
+    }
+
+    fn redraw(&self, record: &RunRecord) {
+        let Mode::Terminal(screen) = &self.mode else {
+            return;
+        };
+        let now = OffsetDateTime::now_utc();
+        let end = record.finished_at.unwrap_or(now);
+        screen.header.set_message(format!(
+            "{}: {}, stage {}  {:.1}s",
+            record.plan_name,
+            status_str(record.status),
+            record.stage.as_str(),
+            (end - record.started_at).as_seconds_f64()
+        ));
+        let width = self.rows.iter().map(|r| r.target.len()).max().unwrap_or(8);
+        for (w, (bar, wave)) in screen.waves.iter().zip(&record.waves).enumerate() {
+            let done = wave
+                .targets
+                .iter()
+                .filter(|&&t| self.rows[t].outcome.is_some())
+                .count();
+            bar.set_message(format!(
+                "wave {}/{} {} ({} at a time): {}  {done}/{}",
+                w + 1,
+                record.waves.len(),
+                wave.name,
+                wave.max_parallel
+                    .map_or_else(|| "all".to_owned(), |n| n.to_string()),
+                wave.status.as_str(),
+                wave.targets.len()
+            ));
+        }
+        for (bar, row) in screen.rows.iter().zip(&self.rows) {
+            let phase = match row.phase {
+                None => "waiting".to_owned(),
+                Some((phase, PhaseStatus::Started)) => format!("{phase} …"),
+                Some((phase, PhaseStatus::Succeeded)) => format!("{phase} ok"),
+                Some((phase, PhaseStatus::Failed)) => format!("{phase} FAILED"),
+            };
+            let elapsed = row
+                .started
+                .map(|s| format!("{:.1}s", (row.ended.unwrap_or(now) - s).as_seconds_f64()))
+                .unwrap_or_else(|| "-".into());
+            let outcome = match (&row.outcome, row.kind) {
+                (Some(o), "migrate") => o.clone(),
+                (Some(o), kind) => format!("{o} ({kind})"),
+                (None, _) if row.started.is_some() => format!("{} …", row.kind),
+                (None, _) => "-".into(),
+            };
+            bar.set_message(format!(
+                "  {:width$}  {phase:16}  {elapsed:>6}  {outcome:22}  {}",
+                row.target,
+                gates_short(&row.gates)
+            ));
+        }
+    }
+
+    /// The run ended: the last word, and the run's exit code.
+    fn finish(mut self, record: &RunRecord) -> u8 {
+        self.record(record);
+        self.redraw(record);
+        self.close();
+        let report = RunReport::from_record(record);
+        match &self.mode {
+            Mode::Json => {
+                let mut value = run_json(record, "end");
+                value["exit_code"] = json!(report.exit_code());
+                value["report"] = serde_json::to_value(&report).unwrap_or_default();
+                self.json(value);
+            }
+            Mode::Terminal(_) => {
+                let mut out = std::io::stdout().lock();
+                let _ = write!(out, "\n{}", report.to_text());
+                let _ = out.flush();
+            }
+            Mode::Lines => {
+                let mut out = std::io::stdout().lock();
+                let _ = write!(out, "{}", report.to_text());
+                let _ = out.flush();
+            }
+        }
+        report.exit_code()
+    }
+
+    /// Leaves the terminal view on screen as it last was.
+    fn close(&mut self) {
+        if let Mode::Terminal(screen) = &self.mode {
+            for bar in std::iter::once(&screen.header)
+                .chain(&screen.waves)
+                .chain(&screen.rows)
+            {
+                bar.finish();
+            }
+        }
+    }
+}
+
+// === impl Screen ===
+
+impl Screen {
+    fn new(record: &RunRecord) -> Self {
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
+        let style =
+            // `wide_msg` cuts lines to the terminal's width: a wrapped line would break the redraw.
+            ProgressStyle::with_template("{wide_msg}").unwrap_or_else(|_| ProgressStyle::default_bar());
+        let line = |multi: &MultiProgress| multi.add(ProgressBar::new(1).with_style(style.clone()));
+        let header = line(&multi);
+        let mut waves = Vec::new();
+        let mut rows: Vec<Option<ProgressBar>> = vec![None; record.targets.len()];
+        for wave in &record.waves {
+            waves.push(line(&multi));
+            for &t in &wave.targets {
+                if let Some(slot) = rows.get_mut(t) {
+                    *slot = Some(line(&multi));
+                }
+            }
+        }
+        let rows = rows
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| line(&multi)))
+            .collect();
+        Screen {
+            multi,
+            header,
+            waves,
+            rows,
+        }
+    }
+}
+
+/// The kind of command `command` is, from the record (`None` if not recorded yet).
+fn kind_of(record: &RunRecord, t: usize, command: CommandId) -> Option<&'static str> {
+    let target = record.targets.get(t)?;
+    [
+        ("migrate", &target.migrate),
+        ("rollback", &target.rollback),
+        ("finalize", &target.finalize),
+    ]
+    .into_iter()
+    .find(|(_, c)| c.as_ref().is_some_and(|c| c.command.command_id == command))
+    .map(|(kind, _)| kind)
+}
+
+/// Every gate in as few characters as a terminal row allows: `startup 58→62 ms (≤160) ok`.
+fn gates_short(gates: &[GateReport]) -> String {
+    gates
+        .iter()
+        .map(|g| {
+            let v = serde_json::to_value(g).unwrap_or_default();
+            let n = |key: &str| v[key].as_f64().unwrap_or_default();
+            let (name, scale, unit, digits) = if let Some(name) = g.gate.strip_suffix("_bytes") {
+                (name, 1048576.0, " MiB", 1)
+            } else if let Some(name) = g.gate.strip_suffix("_ms") {
+                (name, 1.0, " ms", 0)
+            } else {
+                (g.gate.as_str(), 1.0, "", 2)
+            };
+            let verdict = match (v["inconclusive"].as_bool() == Some(true), g.passed) {
+                (true, _) => "?",
+                (false, true) => "ok",
+                (false, false) => "TRIPPED",
+            };
+            let bound = if v["higher_is_better"].as_bool() == Some(true) {
+                "≥"
+            } else {
+                "≤"
+            };
+            format!(
+                "{name} {:.digits$}→{:.digits$}{unit} ({bound}{:.digits$}) {verdict}",
+                n("before") / scale,
+                n("after") / scale,
+                n("limit") / scale,
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Every gate in a few words: `name before → after (limit L) verdict`.
+fn gates_text(gates: &[GateReport]) -> String {
+    gates
+        .iter()
+        .map(|g| {
+            let v = serde_json::to_value(g).unwrap_or_default();
+            let verdict = match (v["inconclusive"].as_bool() == Some(true), g.passed) {
+                (true, _) => "inconclusive",
+                (false, true) => "ok",
+                (false, false) => "TRIPPED",
+            };
+            let bound = if v["higher_is_better"].as_bool() == Some(true) {
+                "≥"
+            } else {
+                "≤"
+            };
+            let figure = |key: &str| {
+                crate::report::gate_figure(&g.gate, v[key].as_f64().unwrap_or_default())
+            };
+            format!(
+                "{} {} → {} ({bound} {}) {verdict}",
+                g.gate,
+                figure("before"),
+                figure("after"),
+                figure("limit")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn status_str(status: RunStatus) -> String {
+    serde_json::to_value(status)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn run_json(record: &RunRecord, kind: &str) -> serde_json::Value {
+    json!({
+        "type": kind,
+        "run_id": record.run_id,
+        "plan": record.plan_name,
+        "status": record.status,
+        "stage": record.stage.as_str(),
+        "waves": record.waves.iter().map(|w| json!({
+            "name": w.name,
+            "status": w.status.as_str(),
+            "services": w.targets.iter().filter_map(|&t| record.targets.get(t)).map(|t| format!("{}/{}", t.service, t.instance)).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}

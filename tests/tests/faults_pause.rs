@@ -1,0 +1,88 @@
+//! F5: SIGSTOP of an agent for longer than the ack wait (preset to 2 s), then SIGCONT — while
+//! its command is on the way (the broker redelivers it to the frozen agent, which then holds
+//! two copies) and in the middle of a step. The step runs once; the run ends; I1–I6 hold.
+
+use std::time::{Duration, Instant};
+
+use flotilla_tests::faults::preset_ack_wait;
+use flotilla_tests::invariants::{drive_to_end, wait_for_run, wait_in_flight};
+use flotilla_tests::{Evidence, Fleet, NatsServer, Scenario, wait_for};
+use serde_json::Value;
+
+const ACK_WAIT: Duration = Duration::from_secs(2);
+const ROLES: [&str; 2] = ["inference", "ingest"];
+const SLOW: &str =
+    "[[service.step]]\naction = \"run_command\"\nprogram = \"sh\"\nargs = [\"-c\", \"sleep 2\"]\n";
+
+fn service_status(fleet: &Fleet, run: &str, role: &str) -> Value {
+    let report: Value =
+        serde_json::from_slice(&fleet.flotilla(&["status", run, "--output", "json"]).stdout)
+            .unwrap_or(Value::Null);
+    report["services"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["service"] == role).cloned())
+        .unwrap_or(Value::Null)
+}
+
+/// Freezes `ingest`'s agent when `freeze_when` says so, keeps it frozen for three ack waits
+/// after its command is dispatched, thaws it, and checks the run. Returns the evidence.
+fn pause(name: &str, before_dispatch: bool) -> Evidence {
+    let nats = NatsServer::start().unwrap();
+    preset_ack_wait(nats.url(), &ROLES, ACK_WAIT).unwrap();
+    let fleet = Fleet::start(nats.url(), &ROLES).unwrap();
+    let scenario = Scenario::with_ack_wait(&fleet, &ROLES, Duration::from_secs(30), ACK_WAIT);
+    let header =
+        "[[wave]]\nname = \"canary\"\nservices = [\"inference\"]\n[[wave]]\nname = \"rest\"\n";
+    let plan = fleet.write_plan("plan.toml", &scenario.plan(&fleet, name, header, SLOW));
+    let mut coordinator =
+        fleet.spawn_flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"]);
+    let run = wait_for_run(&fleet, Duration::from_secs(20)).unwrap();
+    if before_dispatch {
+        wait_in_flight(&fleet, &run, Duration::from_secs(20)).unwrap();
+        assert!(fleet.signal_agent("ingest", "STOP"));
+    }
+    wait_for(
+        "ingest's command dispatched",
+        Duration::from_secs(30),
+        || service_status(&fleet, &run, "ingest")["status"] == "in_flight",
+    )
+    .unwrap();
+    if !before_dispatch {
+        // Into its slow step, past the ack.
+        std::thread::sleep(Duration::from_millis(700));
+        assert!(fleet.signal_agent("ingest", "STOP"));
+    }
+    std::thread::sleep(ACK_WAIT * 3);
+    assert!(fleet.signal_agent("ingest", "CONT"));
+    let healed = Instant::now();
+    drive_to_end(&fleet, &mut coordinator, &run, Duration::from_secs(60), &[]);
+    let took = scenario.wait_terminal(&fleet, &run, healed).unwrap();
+    let evidence = Evidence::collect(&fleet, &scenario, &run).unwrap();
+    scenario.check(&evidence, Some(took)).assert_ok(name);
+    for role in ROLES {
+        assert_eq!(scenario.count(role, name), 1, "{name}: {role}");
+    }
+    evidence
+}
+
+#[test]
+fn an_agent_frozen_past_the_ack_wait_while_its_command_arrives_runs_it_once() {
+    let evidence = pause("frozen-before", true);
+    // The broker redelivered the unacked command to the frozen agent: the second copy was
+    // answered from the journal.
+    let ingest = evidence.targets[1]["migrate"]["command"]["command_id"].clone();
+    let copies = evidence
+        .events
+        .iter()
+        .filter(|e| e["schema"] == "flotilla.result.v1" && e["command_id"] == ingest)
+        .count();
+    assert!(
+        copies >= 2,
+        "no redelivery reached the agent: {copies} result(s)"
+    );
+}
+
+#[test]
+fn an_agent_frozen_past_the_ack_wait_mid_step_finishes_once() {
+    pause("frozen-mid-step", false);
+}
