@@ -233,6 +233,14 @@ pub enum CommandKind {
         /// Run ID, or a unique prefix of it (default: the latest run).
         run: Option<String>,
     },
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  flotilla completions bash > /etc/bash_completion.d/flotilla\n  flotilla completions zsh > \"${fpath[1]}/_flotilla\"\n  flotilla completions fish > ~/.config/fish/completions/flotilla.fish"
+    )]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Manage the coordinator's command-signing keys.
     Keys {
         #[command(subcommand)]

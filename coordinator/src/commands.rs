@@ -46,6 +46,14 @@ pub(crate) async fn run(cli: Cli, shutdown: CancellationToken) -> u8 {
         } => rollback(&cli, run, service.as_deref(), files, shutdown).await,
         CommandKind::Cancel { run } => cancel(&cli, run).await,
         CommandKind::Verify { run } => verify(&cli, run.as_deref()).await,
+        CommandKind::Completions { shell } => {
+            use clap::CommandFactory;
+            // Into a buffer first: the generator panics on a closed pipe (`| head`).
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "flotilla", &mut script);
+            let _ = std::io::stdout().write_all(&script);
+            exit::OK
+        }
         CommandKind::Keys {
             action: cli::KeysAction::Generate { out },
         } => keys_generate(out),

@@ -122,3 +122,20 @@ fn a_bad_agent_configuration_is_refused_with_the_key() {
         stderr(&out)
     );
 }
+
+#[test]
+fn completions_are_generated_for_each_shell_and_an_unknown_shell_is_a_usage_error() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = flotilla(&["completions", shell], "nats://127.0.0.1:1");
+        assert_eq!(out.status.code(), Some(0), "{shell}: {}", stderr(&out));
+        let script = String::from_utf8_lossy(&out.stdout);
+        for command in ["migrate", "rollback", "verify", "watch"] {
+            assert!(
+                script.contains(command),
+                "{shell} completion lacks {command}"
+            );
+        }
+    }
+    let out = flotilla(&["completions", "tcsh"], "nats://127.0.0.1:1");
+    assert_eq!(out.status.code(), Some(2));
+}
