@@ -58,10 +58,12 @@ async fn attempt(
     if let Some(body) = body {
         request = request.body(body.to_owned());
     }
-    for (name, value) in flotilla_telemetry::http_headers() {
-        request = request.header(name, value);
-    }
+    // The run's trace context goes only with its correlation ID: a service that continues the
+    // trace records that ID on its own spans, which `verify` requires of them.
     if let Some(run_id) = run_id {
+        for (name, value) in flotilla_telemetry::http_headers() {
+            request = request.header(name, value);
+        }
         request = request.header(HTTP_CORRELATION_HEADER, run_id.to_string());
     }
     let unreachable = |e: reqwest::Error| HealthError::Unreachable {

@@ -398,7 +398,7 @@ impl Lifecycle {
             &self.config.service.health_url,
             Some(200),
             None,
-            None,
+            Some(command_run_id),
         )
         .await
         .map_err(|e| format!("the service is not healthy before the migration: {e}"))?;

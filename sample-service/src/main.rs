@@ -6,6 +6,7 @@ mod ballast;
 mod config;
 mod job;
 mod logging;
+mod otel;
 mod server;
 #[cfg(test)]
 mod testutil;
@@ -54,7 +55,20 @@ async fn main() -> ExitCode {
             Err(err) => fail(&err, 1),
         };
     }
-    match server::run(config).await {
+    // Set up beside the start-up, not before it: it must not lengthen the time to serving (a
+    // request answered before it is ready is just not traced).
+    let telemetry = tokio::task::spawn_blocking(otel::start);
+    let served = server::run(config).await;
+    // After a graceful stop (SIGTERM), so the last batch of spans and logs is not lost.
+    if let Ok(Some(telemetry)) = telemetry.await
+        && let Err(err) = telemetry.shutdown().await
+    {
+        eprintln!(
+            "flotilla-sample: warning: telemetry: {}",
+            flotilla_telemetry::error_chain(&err)
+        );
+    }
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => fail(&err, 1),
     }

@@ -10,21 +10,29 @@ use anyhow::{Context, Result};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
+use tracing::Instrument;
+use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::ballast;
 use crate::config::{Config, Layout, Role};
-use crate::logging::{Logger, now_rfc3339};
+use crate::logging::{Level, Logger, now_rfc3339};
+use crate::otel::{self, TraceSettings};
 
 /// Request header carrying the migration run id, echoed into the logs.
 pub const RUN_ID_HEADER: &str = "x-flotilla-run-id";
 /// W3C trace context header, echoed into the logs next to the run id.
 pub const TRACEPARENT_HEADER: &str = "traceparent";
+/// `flotilla.component` of the service's own spans, which tells them from its agent's.
+const COMPONENT: &str = "service";
+/// How long `/execute` waits for the upstream.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// State shared by all request handlers.
 #[derive(Debug)]
@@ -36,11 +44,24 @@ pub struct AppState {
     config_keys: Vec<String>,
     started_at: String,
     logger: Arc<Logger>,
+    trace: TraceSettings,
+    http: reqwest::Client,
 }
 
 impl AppState {
-    /// Captures what the handlers need from `config`.
+    /// Captures what the handlers need from `config`, and the telemetry settings from the
+    /// environment.
     pub fn new(config: &Config, started_at: String, logger: Arc<Logger>) -> Arc<Self> {
+        Self::with_trace(config, started_at, logger, TraceSettings::from_env())
+    }
+
+    /// [`AppState::new`] with the telemetry settings given.
+    fn with_trace(
+        config: &Config,
+        started_at: String,
+        logger: Arc<Logger>,
+        trace: TraceSettings,
+    ) -> Arc<Self> {
         Arc::new(Self {
             role: config.role,
             layout: config.layout,
@@ -49,7 +70,14 @@ impl AppState {
             config_keys: config.config_keys.clone(),
             started_at,
             logger,
+            trace,
+            http: reqwest::Client::new(),
         })
+    }
+
+    /// The run ID to record and forward: the caller's, unless told to drop it.
+    fn run_id(&self, headers: &HeaderMap) -> Option<String> {
+        header_text(headers, RUN_ID_HEADER).filter(|_| !self.trace.drop_correlation)
     }
 }
 
@@ -114,11 +142,15 @@ pub async fn serve(
 
 /// The service's routes, with every request logged.
 fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let mut router = Router::new()
         .route("/health", get(health))
         .route("/info", get(info))
         .route("/predict", get(work).post(work))
-        .route("/ingest", get(work).post(work))
+        .route("/ingest", get(work).post(work));
+    if state.role == Role::Execution {
+        router = router.route("/execute", get(execute).post(execute));
+    }
+    router
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             log_request,
@@ -139,6 +171,82 @@ async fn work(State(state): State<Arc<AppState>>) -> Json<Value> {
     Json(
         json!({ "service": state.role.as_str(), "layout": state.layout.as_str(), "score": score % 1000 }),
     )
+}
+
+/// Execution's call into inference: `POST <upstream>/predict` with the trace context and run ID,
+/// answered with the upstream's JSON, or 502 when there is no upstream or it fails.
+async fn execute(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let Some(upstream) = &state.trace.upstream else {
+        let error = format!("no upstream: {} is not set", otel::ENV_UPSTREAM);
+        return (StatusCode::BAD_GATEWAY, Json(json!({ "error": error }))).into_response();
+    };
+    let url = format!("{upstream}/predict");
+    let run_id = state.run_id(&headers);
+    let span = tracing::info_span!(
+        "upstream call",
+        otel.name = "POST /predict",
+        otel.kind = "client",
+        flotilla.run_id = Empty,
+        flotilla.service = state.role.as_str(),
+        flotilla.instance = %state.trace.instance,
+        flotilla.component = COMPONENT,
+        http.request.method = "POST",
+        url.full = %url,
+        http.response.status_code = Empty,
+    );
+    if let Some(run_id) = &run_id {
+        span.record("flotilla.run_id", run_id.as_str());
+    }
+    let call = call_upstream(&state.http, &url, &headers, run_id.as_deref());
+    match call.instrument(span.clone()).await {
+        Ok(answer) => (StatusCode::OK, Json(answer)).into_response(),
+        Err(error) => {
+            span.in_scope(|| tracing::warn!(url.full = %url, error = %error, "upstream failed"));
+            state.logger.log(
+                Level::Warn,
+                "upstream failed",
+                &[("url", url.into()), ("error", error.as_str().into())],
+            );
+            (StatusCode::BAD_GATEWAY, Json(json!({ "error": error }))).into_response()
+        }
+    }
+}
+
+/// One request to the upstream, inside the client span.
+async fn call_upstream(
+    http: &reqwest::Client,
+    url: &str,
+    incoming: &HeaderMap,
+    run_id: Option<&str>,
+) -> Result<Value, String> {
+    let mut request = http.post(url).timeout(UPSTREAM_TIMEOUT);
+    let context = flotilla_telemetry::http_headers();
+    if context.is_empty() {
+        // Not exporting: no span of ours to name, so pass the caller's context on unchanged.
+        if let Some(traceparent) = header_text(incoming, TRACEPARENT_HEADER) {
+            request = request.header(TRACEPARENT_HEADER, traceparent);
+        }
+    }
+    for (name, value) in context {
+        request = request.header(name, value);
+    }
+    if let Some(run_id) = run_id {
+        request = request.header(RUN_ID_HEADER, run_id);
+    }
+    let response = request
+        .send()
+        .await
+        .map_err(|e| flotilla_telemetry::error_chain(&e))?;
+    let status = response.status();
+    tracing::Span::current().record("http.response.status_code", status.as_u16());
+    if !status.is_success() {
+        return Err(format!("{url} answered {status}"));
+    }
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| flotilla_telemetry::error_chain(&e))?;
+    serde_json::from_slice(&body).map_err(|e| format!("{url} answered no JSON: {e}"))
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>) {
@@ -166,19 +274,45 @@ async fn info(State(state): State<Arc<AppState>>) -> Json<Value> {
 }
 
 /// Logs method, path and status of every request (unknown routes included),
-/// plus the run id and trace context when the caller sent them.
+/// plus the run id and trace context when the caller sent them. Each request is also a server
+/// span, child of the caller's `traceparent`, and its log line a log record of that span.
 async fn log_request(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let method = request.method().to_string();
     let path = request.uri().path().to_owned();
     let run_id = header_text(request.headers(), RUN_ID_HEADER);
     let traceparent = header_text(request.headers(), TRACEPARENT_HEADER);
+    let span = tracing::info_span!(
+        "request",
+        otel.name = format!("{method} {path}"),
+        otel.kind = "server",
+        flotilla.run_id = Empty,
+        flotilla.service = state.role.as_str(),
+        flotilla.instance = %state.trace.instance,
+        flotilla.component = COMPONENT,
+        http.request.method = %method,
+        url.path = %path,
+        http.response.status_code = Empty,
+    );
+    if let Some(run_id) = state.run_id(request.headers()) {
+        span.record("flotilla.run_id", run_id.as_str());
+    }
+    if let Some(parent) = otel::remote_context(request.headers()) {
+        // Only fails when telemetry is off and the span is disabled anyway.
+        let _ = span.set_parent(parent);
+    }
 
-    let response = next.run(request).await;
+    let response = next.run(request).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    span.record("http.response.status_code", status);
+    span.in_scope(|| {
+        tracing::info!(http.request.method = %method, url.path = %path,
+            http.response.status_code = status, "request");
+    });
 
     let mut fields = vec![
         ("method", method.into()),
         ("path", path.into()),
-        ("status", response.status().as_u16().into()),
+        ("status", status.into()),
     ];
     if let Some(run_id) = run_id {
         fields.push(("run_id", run_id.into()));
@@ -262,6 +396,18 @@ broker_url = "nats://127.0.0.1:4222"
         oneshot::Sender<()>,
         tokio::task::JoinHandle<io::Result<()>>,
     ) {
+        start_with(root, TraceSettings::default()).await
+    }
+
+    /// [`start`] with telemetry settings (e.g. an upstream).
+    async fn start_with(
+        root: &TempRoot,
+        trace: TraceSettings,
+    ) -> (
+        SocketAddr,
+        oneshot::Sender<()>,
+        tokio::task::JoinHandle<io::Result<()>>,
+    ) {
         let config = config::load(root.path(), Role::Execution).expect("load config");
         let logger = Logger::open(
             &config.log_file,
@@ -270,7 +416,7 @@ broker_url = "nats://127.0.0.1:4222"
             config.log_level,
         )
         .expect("open log");
-        let state = AppState::new(&config, now_rfc3339(), Arc::new(logger));
+        let state = AppState::with_trace(&config, now_rfc3339(), Arc::new(logger), trace);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();
@@ -383,5 +529,71 @@ broker_url = "nats://127.0.0.1:4222"
         assert_eq!(status, 503);
         assert_eq!(body["status"], "failing");
         assert_eq!(body["service"], "execution");
+    }
+
+    /// `/execute` calls the upstream's `/predict` with the run ID and trace context, and answers
+    /// with the upstream's answer.
+    #[tokio::test]
+    async fn execute_calls_the_upstream_with_the_run_id() {
+        let (upstream_root, root) = (standard_root(false), standard_root(false));
+        let (upstream, stop_upstream, upstream_server) = start(&upstream_root).await;
+        let trace = TraceSettings {
+            upstream: Some(format!("http://{upstream}")),
+            ..TraceSettings::default()
+        };
+        let (address, stop, server) = start_with(&root, trace).await;
+
+        let (status, body) = get(
+            address,
+            "/execute",
+            &[(RUN_ID_HEADER, "run-7"), (TRACEPARENT_HEADER, TRACEPARENT)],
+        )
+        .await;
+        stop.send(()).expect("server still running");
+        server.await.expect("join").expect("serve");
+        stop_upstream.send(()).expect("upstream still running");
+        upstream_server.await.expect("join").expect("serve");
+
+        assert_eq!(status, 200, "{body}");
+        assert!(body["score"].is_u64(), "{body}");
+        let records = log_records(&upstream_root);
+        let predict = records
+            .iter()
+            .find(|record| record["path"] == "/predict")
+            .expect("the upstream logged /predict");
+        assert_eq!(predict["method"], "POST");
+        assert_eq!(predict["run_id"], "run-7");
+        // Telemetry is off in unit tests: the caller's context is passed on unchanged.
+        assert_eq!(predict["traceparent"], TRACEPARENT);
+    }
+
+    /// Without an upstream, or with one that does not answer, `/execute` is 502.
+    #[tokio::test]
+    async fn execute_without_a_working_upstream_is_502() {
+        let root = standard_root(false);
+        let (address, stop, server) = start(&root).await;
+        let (status, body) = get(address, "/execute", &[]).await;
+        stop.send(()).expect("server still running");
+        server.await.expect("join").expect("serve");
+        assert_eq!(status, 502);
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("FLOTILLA_SAMPLE_UPSTREAM")
+        );
+
+        let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = closed.local_addr().expect("addr").port();
+        drop(closed);
+        let trace = TraceSettings {
+            upstream: Some(format!("http://127.0.0.1:{port}")),
+            ..TraceSettings::default()
+        };
+        let (address, stop, server) = start_with(&root, trace).await;
+        let (status, body) = get(address, "/execute", &[]).await;
+        stop.send(()).expect("server still running");
+        server.await.expect("join").expect("serve");
+        assert_eq!(status, 502, "{body}");
     }
 }

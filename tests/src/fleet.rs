@@ -11,6 +11,9 @@ use anyhow::Context;
 /// The five services of T006.
 pub const ROLES: [&str; 5] = ["inference", "training", "ingest", "execution", "preprocess"];
 
+/// How often (ms) the services export their batched spans and logs.
+const SERVICE_BATCH_DELAY_MS: u64 = 500;
+
 /// One service and its agent.
 struct Member {
     port: u16,
@@ -68,6 +71,7 @@ impl Fleet {
             member.env = agent_env(role);
             fleet.members.insert((*role).to_owned(), member);
         }
+        fleet.connect_execution_to_inference()?;
         for role in roles {
             fleet.start_agent(role)?;
         }
@@ -157,6 +161,13 @@ allow = ["true", "false", "sh", "{sample}"]
 
 [security]
 trusted_keys = ["{trusted}"]
+
+# Last, so that lines appended to the file (an upstream) land in it. The service exports its own
+# spans and logs; a short batch delay lets `verify` see them soon after a request.
+[service.env]
+FLOTILLA_SAMPLE_NATS_URL = "{nats}"
+OTEL_BSP_SCHEDULE_DELAY = "{batch_delay_ms}"
+OTEL_BLRP_SCHEDULE_DELAY = "{batch_delay_ms}"
 "#,
                 nats = self.nats_url,
                 trusted = self.trusted_key,
@@ -165,6 +176,7 @@ trusted_keys = ["{trusted}"]
                 sample = sample.display(),
                 log = log_file.display(),
                 secrets = secrets.display(),
+                batch_delay_ms = SERVICE_BATCH_DELAY_MS,
             ),
         )?;
         Ok(Member {
@@ -458,5 +470,27 @@ impl Fleet {
             .stderr(Stdio::piped())
             .spawn()
             .expect("flotilla starts")
+    }
+}
+
+impl Fleet {
+    /// Points execution's `/execute` at inference (`FLOTILLA_SAMPLE_UPSTREAM` in its
+    /// `[service.env]`), when both are in the fleet.
+    fn connect_execution_to_inference(&self) -> anyhow::Result<()> {
+        let (Some(execution), Some(inference)) =
+            (self.members.get("execution"), self.members.get("inference"))
+        else {
+            return Ok(());
+        };
+        let mut config = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&execution.config)?;
+        use std::io::Write;
+        writeln!(
+            config,
+            "FLOTILLA_SAMPLE_UPSTREAM = \"http://127.0.0.1:{}\"",
+            inference.port
+        )?;
+        Ok(())
     }
 }

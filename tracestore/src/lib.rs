@@ -22,7 +22,9 @@ use opentelemetry_proto::tonic::logs::v1::ResourceLogs;
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use serde::{Deserialize, Serialize};
 
-pub use verify::{OrphanSpan, RootSpan, ServiceReport, VerifyReport, verify};
+pub use verify::{
+    COMPONENT_ATTR, OrphanSpan, RootSpan, SERVICE_COMPONENT, ServiceReport, VerifyReport, verify,
+};
 
 /// Where a trace's log evidence lives.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,6 +8,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::{LogSource, Trace};
 
+/// Span attribute naming which part of a service emitted the span.
+pub const COMPONENT_ATTR: &str = "flotilla.component";
+/// [`COMPONENT_ATTR`] of the spans a service emits itself (its agent's spans carry none).
+pub const SERVICE_COMPONENT: &str = "service";
+
 /// The verdict on one run's trace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerifyReport {
@@ -110,6 +115,8 @@ impl Identity {
 struct Tally {
     spans: usize,
     spans_without_run: usize,
+    own_spans: usize,
+    own_spans_without_run: usize,
     spans_other_trace: usize,
     logs: usize,
     logs_without_run: usize,
@@ -121,6 +128,8 @@ impl Tally {
     fn add(&mut self, other: &Tally) {
         self.spans += other.spans;
         self.spans_without_run += other.spans_without_run;
+        self.own_spans += other.own_spans;
+        self.own_spans_without_run += other.own_spans_without_run;
         self.spans_other_trace += other.spans_other_trace;
         self.logs += other.logs;
         self.logs_without_run += other.logs_without_run;
@@ -156,9 +165,15 @@ impl Tally {
         };
         count(
             self.spans_without_run,
-            self.spans,
+            self.spans - self.own_spans,
             "spans",
             format!("lack {RUN_ID_ATTR}={run_id}"),
+        );
+        count(
+            self.own_spans_without_run,
+            self.own_spans,
+            "of the service's own spans",
+            format!("lack {RUN_ID_ATTR}={run_id}: the service dropped the correlation header"),
         );
         count(
             self.spans_other_trace,
@@ -204,6 +219,12 @@ impl Tally {
 /// `flotilla.instance` attributes, falling back to the resource's `service.name` and
 /// `service.instance.id`. The report is `ok` when every expected service is correlated and the
 /// trace has exactly one root and no orphan.
+///
+/// A service's own spans (those it emits itself, marked `flotilla.component = service`) count
+/// with its agent's: they are not required (a service that exports nothing can still be
+/// correlated by its agent), but every one present must carry the run ID like any other span,
+/// and its log records too. A service that drops the correlation header on the way in thus makes
+/// itself uncorrelated, and the report says so.
 pub fn verify<S: AsRef<str>, I: AsRef<str>>(
     trace: &Trace,
     run_id: &str,
@@ -219,7 +240,15 @@ pub fn verify<S: AsRef<str>, I: AsRef<str>>(
         let who = identity(&span.attributes, &span.resource);
         let tally = tallies.entry(who).or_default();
         tally.spans += 1;
-        tally.spans_without_run += usize::from(!has_run(&span.attributes));
+        let own =
+            span.attributes.get(COMPONENT_ATTR).map(String::as_str) == Some(SERVICE_COMPONENT);
+        let without_run = usize::from(!has_run(&span.attributes));
+        if own {
+            tally.own_spans += 1;
+            tally.own_spans_without_run += without_run;
+        } else {
+            tally.spans_without_run += without_run;
+        }
         tally.spans_other_trace += usize::from(span.trace_id != trace_id);
         if trace.log_source == LogSource::SpanEvents {
             for event in &span.events {

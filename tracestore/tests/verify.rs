@@ -248,3 +248,63 @@ fn an_empty_trace_fails() {
     assert_eq!(report.trace_id, "");
     assert_eq!(report.problems, ["no spans or logs found for this trace"]);
 }
+
+/// A service's own span (`flotilla.component = service`) under its agent's span, and its log.
+fn with_service_span(run_id: Option<&str>) -> Trace {
+    let mut trace = good_trace();
+    let mut own = span(
+        "3000000000000001",
+        Some("2000000000000001"),
+        "execution",
+        "a1",
+    );
+    own.service_name = "flotilla-sample".into();
+    own.attributes
+        .insert("flotilla.component".into(), "service".into());
+    let mut own_log = log("3000000000000001", "execution", "a1");
+    own_log.service_name = "flotilla-sample".into();
+    match run_id {
+        Some(run_id) => {
+            own.attributes
+                .insert("flotilla.run_id".into(), run_id.into());
+            own_log
+                .attributes
+                .insert("flotilla.run_id".into(), run_id.into());
+        }
+        None => {
+            own.attributes.remove("flotilla.run_id");
+            own_log.attributes.remove("flotilla.run_id");
+        }
+    }
+    trace.spans.push(own);
+    trace.logs.push(own_log);
+    trace
+}
+
+/// The service's own spans count with its agent's: carrying the run ID, they pass.
+#[test]
+fn a_service_s_own_correlated_spans_pass() {
+    let report = verify(&with_service_span(Some(RUN)), RUN, &EXPECTED);
+    assert!(report.ok, "{report:#?}");
+    assert_eq!((report.services[1].spans, report.services[1].logs), (2, 2));
+}
+
+/// A service that drops the correlation header (its own spans and logs lack the run ID) is
+/// named as not correlated, even though its agent's spans are fine.
+#[test]
+fn a_service_that_drops_the_run_id_fails() {
+    let report = verify(&with_service_span(None), RUN, &EXPECTED);
+    assert!(!report.ok);
+    assert!(report.services[0].correlated);
+    let execution = &report.services[1];
+    assert_eq!(execution.service, "execution");
+    assert!(!execution.correlated);
+    assert_eq!(
+        execution.problems,
+        [
+            "1 of 1 of the service's own spans lack flotilla.run_id=01JRUN: the service dropped \
+             the correlation header",
+            "1 of 2 log records lack flotilla.run_id=01JRUN",
+        ]
+    );
+}
