@@ -131,23 +131,37 @@ pub async fn serve(
         );
     }
     let name = subjects.agent_consumer(&service, &instance);
-    let consumer = commands
-        .get_or_create_consumer(
-            &name,
-            consumer::pull::Config {
-                durable_name: Some(name.clone()),
-                description: Some(format!("commands for the agent of {service}/{instance}")),
-                filter_subject: subjects.command(&service, &instance),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: std::time::Duration::from_secs(30),
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|source| SessionError::Consumer {
-            name: name.clone(),
-            source,
-        })?;
+    // A busy server may time the creation out: keep trying, as for the streams, rather than
+    // stop the agent.
+    let consumer = loop {
+        let created = commands
+            .get_or_create_consumer(
+                &name,
+                consumer::pull::Config {
+                    durable_name: Some(name.clone()),
+                    description: Some(format!("commands for the agent of {service}/{instance}")),
+                    filter_subject: subjects.command(&service, &instance),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: std::time::Duration::from_secs(30),
+                    ..Default::default()
+                },
+            )
+            .await;
+        match created {
+            Ok(consumer) => break consumer,
+            Err(source) => {
+                let e = SessionError::Consumer {
+                    name: name.clone(),
+                    source,
+                };
+                tracing::warn!(error = %error_chain(&e), "cannot create the command consumer yet; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(lifecycle),
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                }
+            }
+        }
+    };
     let mut messages = consumer
         .messages()
         .await

@@ -144,7 +144,7 @@ pub async fn peers(
     let peer = |tool: &str, n: usize, op: &str| peer_rows.get(&(tool.to_owned(), n, op.to_owned()));
     let cell = |ours: &Stats, p: Option<&(f64, f64, f64, String)>| match p {
         Some((med, min, max, _)) => {
-            format!("{med:.3} ({min:.3}–{max:.3}) ×{:.0}", med / ours.median())
+            format!("{med:.3} ({min:.3}–{max:.3}) ×{:.1}", med / ours.median())
         }
         None => "–".into(),
     };

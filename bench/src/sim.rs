@@ -210,12 +210,22 @@ pub async fn worker(
                 toml::from_str(&text).context("simulated agent configuration")?;
             let telemetry = telemetry.clone();
             let shutdown = shutdown.child_token();
+            // An agent that stops with an error (e.g. its consumer could not be created while
+            // the server was saturated by thousands of others starting) is started again after
+            // a second, as systemd's `Restart=on-failure` would restart the binary.
             agents.push(tokio::spawn(async move {
-                if let Err(e) = flotilla_agent::run(config, &telemetry, shutdown).await {
-                    eprintln!(
-                        "agent {instance} stopped: {}",
-                        flotilla_agent::error_chain(&e)
-                    );
+                loop {
+                    match flotilla_agent::run(config.clone(), &telemetry, shutdown.clone()).await {
+                        Ok(()) => return,
+                        Err(e) => eprintln!(
+                            "agent {instance} stopped, restarting it: {}",
+                            flotilla_agent::error_chain(&e)
+                        ),
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
                 }
             }));
         }

@@ -196,6 +196,9 @@ pub async fn commands_stream(
         storage: stream::StorageType::File,
         max_age: Duration::from_secs(7 * 24 * 3600),
         duplicate_window: Duration::from_secs(120),
+        // One durable consumer per agent: the server's default cap (1,000) would stop the
+        // 1,001st agent.
+        max_consumers: -1,
         ..Default::default()
     })
     .await

@@ -474,9 +474,9 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
     ) -> Result<Flow, RolloutError> {
         let cap = cap.map_or(usize::MAX, |c| c as usize);
         let mut flow = Flow::Done;
-        // The run store is asked for a cancel request at most every CANCEL_POLL (Ctrl-C is
-        // seen at once), not once per dispatch: one round trip per agent was most of the
-        // dispatch time of a large fleet.
+        // Within a burst of dispatches, the run store is asked for a cancel request at most
+        // every CANCEL_POLL (Ctrl-C is seen at once), not once per dispatch: one round trip per
+        // agent was a large part of the dispatch time of a large fleet.
         let mut cancel_polled: Option<Instant> = None;
         loop {
             while flow == Flow::Done {
@@ -542,6 +542,9 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
                 }
                 None => self.expire(&in_flight, kind).await?,
             }
+            // After waiting for results, the next dispatch asks again: only a burst of
+            // dispatches in a row is throttled.
+            cancel_polled = None;
         }
         Ok(flow)
     }

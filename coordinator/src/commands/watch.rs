@@ -70,6 +70,7 @@ pub(super) async fn watch(
         Err(e) => return fail(exit::BUS, error_chain(&e)),
     };
     let mut view = View::new(cli.output, &record);
+    view.record(&record);
     let mut reloaded = Instant::now();
     let mut unknown = HashSet::new();
     let mut results = HashSet::new();
@@ -255,7 +256,9 @@ impl View {
             started_at: record.started_at,
             rows,
             index,
-            waves: record.waves.iter().map(|w| w.status).collect(),
+            // Empty: the first look at the record reports every wave's state, even a run seen
+            // only once it has ended.
+            waves: Vec::new(),
             status: record.status,
             stage: record.stage,
         };
@@ -425,8 +428,9 @@ impl View {
             if self.waves.get(w) == Some(&wave.status) {
                 continue;
             }
-            if let Some(seen) = self.waves.get_mut(w) {
-                *seen = wave.status;
+            match self.waves.get_mut(w) {
+                Some(seen) => *seen = wave.status,
+                None => self.waves.push(wave.status),
             }
             match &self.mode {
                 Mode::Json => self.json(json!({
