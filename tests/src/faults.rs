@@ -72,17 +72,6 @@ pub fn limit_events_stream(nats_url: &str, max_bytes: i64) -> anyhow::Result<()>
     })
 }
 
-/// The bytes the events stream holds now.
-pub fn events_stream_bytes(nats_url: &str) -> anyhow::Result<u64> {
-    let url = nats_url.to_owned();
-    block_on(async move {
-        let client = async_nats::connect(&url).await?;
-        let js = jetstream::new(client);
-        let mut stream = js.get_stream(Subjects::default().events_stream()).await?;
-        Ok(stream.info().await?.state.bytes)
-    })
-}
-
 /// A command as the coordinator would send it, as JSON, so tests do not depend on the Rust
 /// struct's fields: `action` is the `action` object (e.g. [`counting_action`]).
 pub fn command_json(

@@ -303,14 +303,13 @@ async fn read_bus_async(url: &str, run: &str) -> anyhow::Result<(Vec<Value>, Vec
     }
     let mut events = Vec::new();
     let stream = js.get_stream(subjects.events_stream()).await?;
-    let consumer = stream
+    let mut consumer = stream
         .create_consumer(jetstream::consumer::pull::OrderedConfig {
             filter_subject: format!("{}.evt.{run}.>", subjects.prefix()),
             deliver_policy: jetstream::consumer::DeliverPolicy::All,
             ..Default::default()
         })
         .await?;
-    let mut consumer = consumer;
     let pending = consumer.info().await?.num_pending;
     if pending > 0 {
         let mut messages = consumer.messages().await?;

@@ -143,6 +143,19 @@ fn duplicated_reordered_and_late_messages_change_nothing_twice() {
         &migrate_id,
     )
     .unwrap();
+    let copies = results_of(
+        fleet.nats_url(),
+        &run,
+        &migrate_id,
+        3,
+        Duration::from_secs(3),
+    )
+    .unwrap();
+    assert_eq!(
+        copies.len(),
+        2,
+        "the broker let a same-ID duplicate through: {copies:#?}"
+    );
     // Reordered and late: a rollback of the migration after its finalize (the backup is gone),
     // and a finalize of a migration the agent never saw.
     let now = OffsetDateTime::now_utc();
