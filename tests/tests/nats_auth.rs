@@ -187,46 +187,7 @@ async fn an_agent_reads_and_writes_only_its_own_subjects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_migration_runs_through_the_secure_configuration() {
     let server = start();
-    let subjects = Subjects::default();
-    // Agents may not create streams: the coordinator's identity does, as `flotilla` would.
-    let (coordinator, _) = connect(server.url(), "coordinator", "coordinator-secret").await;
-    let admin = jetstream::new(coordinator);
-    flotilla_bus::commands_stream(&admin, &subjects)
-        .await
-        .unwrap();
-    flotilla_bus::events_stream(&admin, &subjects)
-        .await
-        .unwrap();
-    flotilla_telemetry::store::ensure_stream(&admin, subjects.prefix())
-        .await
-        .unwrap();
-
-    let agent_identity = |role: &str| {
-        let user = format!("agent-{role}-a");
-        vec![
-            ("FLOTILLA_NATS__AUTH__USER".to_owned(), user.clone()),
-            (
-                "FLOTILLA_NATS__AUTH__PASSWORD".to_owned(),
-                format!("{role}-secret"),
-            ),
-            (
-                "FLOTILLA_NATS__AUTH__INBOX_PREFIX".to_owned(),
-                format!("_INBOX_{user}"),
-            ),
-        ]
-    };
-    let cli = vec![
-        ("FLOTILLA_NATS_USER".to_owned(), "coordinator".to_owned()),
-        (
-            "FLOTILLA_NATS_PASSWORD".to_owned(),
-            "coordinator-secret".to_owned(),
-        ),
-    ];
-    let url = server.url().to_owned();
-    let fleet = tokio::task::block_in_place(|| {
-        flotilla_tests::Fleet::start_with(&url, &flotilla_tests::ROLES, &agent_identity, cli)
-            .unwrap()
-    });
+    let (_coordinator, fleet) = secure_fleet(&server, &flotilla_tests::ROLES).await;
     let plan = repo_root().join("deploy/demo/plan.toml");
     let out = tokio::task::block_in_place(|| {
         fleet.flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"])
@@ -266,6 +227,39 @@ async fn micro_info(client: &async_nats::Client, expected: usize) -> Vec<serde_j
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_are_listed_by_the_nats_service_api() {
     let server = start();
+    let (coordinator, fleet) = secure_fleet(&server, &["inference", "ingest"]).await;
+    let infos = micro_info(&coordinator, 2).await;
+    let mut listed: Vec<String> = infos
+        .iter()
+        .map(|i| {
+            assert_eq!(i["name"], "flotilla-agent", "{i}");
+            format!(
+                "{}/{}",
+                i["metadata"]["service"].as_str().unwrap(),
+                i["metadata"]["instance"].as_str().unwrap()
+            )
+        })
+        .collect();
+    listed.sort();
+    assert_eq!(listed, ["inference/a", "ingest/a"]);
+    // The status endpoint answers with the agent's presence.
+    let status = coordinator
+        .request("flotilla.agent.ingest.a.status", "".into())
+        .await
+        .unwrap();
+    let presence: serde_json::Value = serde_json::from_slice(&status.payload).unwrap();
+    assert_eq!(presence["schema"], "flotilla.presence.v1");
+    assert_eq!(presence["state"], "idle");
+    tokio::task::block_in_place(|| drop(fleet));
+}
+
+/// A fleet on the secure server: the coordinator's identity creates the streams (agents may
+/// not), every agent gets its own identity and private inbox, and `flotilla` runs as the
+/// coordinator. Returns the coordinator's client and the fleet.
+async fn secure_fleet(
+    server: &NatsServer,
+    roles: &[&str],
+) -> (async_nats::Client, flotilla_tests::Fleet) {
     let subjects = Subjects::default();
     let (coordinator, _) = connect(server.url(), "coordinator", "coordinator-secret").await;
     let admin = jetstream::new(coordinator.clone());
@@ -301,29 +295,7 @@ async fn agents_are_listed_by_the_nats_service_api() {
     ];
     let url = server.url().to_owned();
     let fleet = tokio::task::block_in_place(|| {
-        flotilla_tests::Fleet::start_with(&url, &["inference", "ingest"], &identity, cli).unwrap()
+        flotilla_tests::Fleet::start_with(&url, roles, &identity, cli).unwrap()
     });
-    let infos = micro_info(&coordinator, 2).await;
-    let mut listed: Vec<String> = infos
-        .iter()
-        .map(|i| {
-            assert_eq!(i["name"], "flotilla-agent", "{i}");
-            format!(
-                "{}/{}",
-                i["metadata"]["service"].as_str().unwrap(),
-                i["metadata"]["instance"].as_str().unwrap()
-            )
-        })
-        .collect();
-    listed.sort();
-    assert_eq!(listed, ["inference/a", "ingest/a"]);
-    // The status endpoint answers with the agent's presence.
-    let status = coordinator
-        .request("flotilla.agent.ingest.a.status", "".into())
-        .await
-        .unwrap();
-    let presence: serde_json::Value = serde_json::from_slice(&status.payload).unwrap();
-    assert_eq!(presence["schema"], "flotilla.presence.v1");
-    assert_eq!(presence["state"], "idle");
-    tokio::task::block_in_place(|| drop(fleet));
+    (coordinator, fleet)
 }
