@@ -38,6 +38,10 @@ pub struct Cli {
     /// Run against a nats-server older than the supported minimum (not recommended).
     #[arg(long, global = true)]
     pub allow_old_server: bool,
+    /// A TOML file of defaults for these options (`nats_url = "…"`, `signing_key = "…"`,
+    /// `trace_backend = "…"`, …); flags and `FLOTILLA_…` variables override it.
+    #[arg(long, global = true, env = "FLOTILLA_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
     pub auth: AuthArgs,
     /// Where `verify` (and the migration's correlation check) reads traces: `default` (the
@@ -328,3 +332,63 @@ const EXIT_CODES: &str = "Exit codes:
   5  a rollback failed: a service needs a human
   6  an agent did not answer in time (or a command was not delivered)
   7  the run was cancelled; `flotilla resume RUN` finishes it";
+
+/// Parses the command line, with the defaults of a `--config` file (or `FLOTILLA_CONFIG`)
+/// applied beneath flags and environment variables.
+pub fn parse_args(args: Vec<std::ffi::OsString>) -> Result<Cli, clap::Error> {
+    use clap::{CommandFactory, FromArgMatches};
+    let mut command = Cli::command();
+    if let Some(path) = config_path(&args) {
+        let invalid = |message: String| {
+            clap::Error::raw(clap::error::ErrorKind::InvalidValue, message + "\n")
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| invalid(format!("cannot read configuration {}: {e}", path.display())))?;
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            invalid(format!(
+                "invalid configuration {}: {}",
+                path.display(),
+                e.to_string().trim_end()
+            ))
+        })?;
+        let known: Vec<String> = command
+            .get_arguments()
+            .filter(|a| a.is_global_set() && a.get_id() != "config")
+            .map(|a| a.get_id().to_string())
+            .collect();
+        for (key, value) in table {
+            let id = key.replace('-', "_");
+            if !known.contains(&id) {
+                return Err(invalid(format!(
+                    "invalid configuration {}: unknown key {key:?} (known: {})",
+                    path.display(),
+                    known.join(", ")
+                )));
+            }
+            let value = match value {
+                toml::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            command = command.mut_arg(id, |arg| arg.default_value(value));
+        }
+    }
+    let matches = command.try_get_matches_from(args)?;
+    Cli::from_arg_matches(&matches)
+}
+
+/// `--config FILE`, `--config=FILE`, or `FLOTILLA_CONFIG`.
+fn config_path(args: &[std::ffi::OsString]) -> Option<PathBuf> {
+    let mut iter = args.iter().skip(1);
+    while let Some(arg) = iter.next() {
+        let arg = arg.to_string_lossy();
+        if arg == "--config" {
+            return iter.next().map(PathBuf::from);
+        }
+        if let Some(path) = arg.strip_prefix("--config=") {
+            return Some(PathBuf::from(path));
+        }
+    }
+    std::env::var_os("FLOTILLA_CONFIG")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}

@@ -2,13 +2,12 @@ use std::process::ExitCode;
 
 use std::sync::Arc;
 
-use clap::Parser;
 use flotilla_coordinator::cli::TelemetryHandle;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = match flotilla_coordinator::Cli::try_parse() {
+    let cli = match flotilla_coordinator::cli::parse_args(std::env::args_os().collect()) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();

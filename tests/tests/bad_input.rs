@@ -139,3 +139,52 @@ fn completions_are_generated_for_each_shell_and_an_unknown_shell_is_a_usage_erro
     let out = flotilla(&["completions", "tcsh"], "nats://127.0.0.1:1");
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn a_configuration_file_sets_defaults_beneath_variables_and_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("flotilla.toml");
+    let port = free_port();
+    std::fs::write(
+        &config,
+        format!("nats_url = \"nats://127.0.0.1:{port}\"\nconnect_timeout = \"1s\"\n"),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    // The file's URL is used...
+    let out = Command::new(binary("flotilla"))
+        .args(["--config", config, "agents"])
+        .env_remove("FLOTILLA_NATS_URL")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    assert!(
+        stderr(&out).contains(&format!("127.0.0.1:{port}")),
+        "{}",
+        stderr(&out)
+    );
+    // ...unless a variable or a flag says otherwise.
+    let other = free_port();
+    let out = flotilla(
+        &["--config", config, "agents"],
+        &format!("nats://127.0.0.1:{other}"),
+    );
+    assert!(
+        stderr(&out).contains(&format!("127.0.0.1:{other}")),
+        "{}",
+        stderr(&out)
+    );
+    // A typo is named.
+    std::fs::write(dir.path().join("bad.toml"), "nats_ur = \"x\"\n").unwrap();
+    let bad = dir.path().join("bad.toml");
+    let out = flotilla(
+        &["--config", bad.to_str().unwrap(), "agents"],
+        "nats://127.0.0.1:1",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("unknown key \"nats_ur\""),
+        "{}",
+        stderr(&out)
+    );
+}
