@@ -37,6 +37,10 @@ pub enum BusError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "a TLS client certificate needs both tls_cert_file and tls_key_file; only {given} is set"
+    )]
+    HalfCertificate { given: &'static str },
     #[error("cannot create or open the JetStream stream {name}")]
     Stream {
         name: String,
@@ -124,8 +128,22 @@ impl Credentials {
         if let Some(ca) = &self.tls_ca_file {
             options = options.require_tls(true).add_root_certificates(ca.clone());
         }
-        if let (Some(cert), Some(key)) = (&self.tls_cert_file, &self.tls_key_file) {
-            options = options.add_client_certificate(cert.clone(), key.clone());
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => {
+                options = options.add_client_certificate(cert.clone(), key.clone());
+            }
+            // Half a certificate would fail later, at the server, as "certificate required".
+            (Some(_), None) => {
+                return Err(BusError::HalfCertificate {
+                    given: "tls_cert_file",
+                });
+            }
+            (None, Some(_)) => {
+                return Err(BusError::HalfCertificate {
+                    given: "tls_key_file",
+                });
+            }
+            (None, None) => {}
         }
         if let Some(prefix) = &self.inbox_prefix {
             options = options.custom_inbox_prefix(prefix);
@@ -229,6 +247,30 @@ pub async fn events_stream(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn half_a_client_certificate_is_refused_before_connecting() {
+        let cert_only = Credentials {
+            tls_cert_file: Some("client.pem".into()),
+            ..Default::default()
+        };
+        let key_only = Credentials {
+            tls_key_file: Some("client-key.pem".into()),
+            ..Default::default()
+        };
+        for (credentials, given) in [(cert_only, "tls_cert_file"), (key_only, "tls_key_file")] {
+            let Err(error) = credentials
+                .apply(async_nats::ConnectOptions::new())
+                .await
+            else {
+                panic!("half a certificate ({given}) was accepted");
+            };
+            assert!(
+                matches!(error, BusError::HalfCertificate { given: g } if g == given),
+                "{error}"
+            );
+        }
+    }
 
     #[test]
     fn version_floor() {

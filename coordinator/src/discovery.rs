@@ -43,6 +43,8 @@ pub async fn discover(
             deadline.min(Instant::now() + QUIET)
         };
         match tokio::time::timeout_at(wait_until, answers.next()).await {
+            // A status message ("no responders" when no agent listens) is not an answer.
+            Ok(Some(message)) if message.status.is_some() => {}
             Ok(Some(message)) => match decode::<Presence>(&message.payload) {
                 Ok(presence) => found.push(presence),
                 Err(e) => tracing::warn!(error = %e, "ignoring a malformed presence answer"),

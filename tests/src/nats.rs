@@ -93,9 +93,28 @@ impl NatsServer {
         Ok(server)
     }
 
-    /// The client URL.
+    /// The client URL (`tls://…` when the configuration has a `tls {}` block).
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The monitoring (HTTP) port of the running server, from its ports file; `None` when the
+    /// configuration disables monitoring.
+    pub fn monitoring_port(&self) -> Option<u16> {
+        let file = self
+            ._dir
+            .path()
+            .join("ports")
+            .join(format!("nats-server_{}.ports", self.child.id()));
+        let ports: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(file).ok()?).ok()?;
+        ports["monitoring"][0]
+            .as_str()?
+            .rsplit(':')
+            .next()?
+            .trim_end_matches('/')
+            .parse()
+            .ok()
     }
 }
 
