@@ -302,11 +302,28 @@ async fn runs(cli: &Cli) -> u8 {
 }
 
 async fn status(cli: &Cli, run: Option<&str>) -> u8 {
-    let (_client, _subjects, _store, record, _) = match load_run(cli, run).await {
+    let (client, subjects, store, mut record, mut revisions) = match load_run(cli, run).await {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
+    file_late_results(&client, &subjects, &store, &mut record, &mut revisions).await;
     emit(cli, &record, &ReportFiles::default())
+}
+
+/// Brings an ended run's record up to what its agents answered after its coordinator gave up
+/// on them (see [`crate::rollout::file_late_results`]); a failure only warns.
+async fn file_late_results(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    store: &Store,
+    record: &mut RunRecord,
+    revisions: &mut Revisions,
+) {
+    match crate::rollout::file_late_results(client, subjects, store, record, revisions).await {
+        Ok(0) => {}
+        Ok(n) => eprintln!("note: filed {n} result(s) that came after the coordinator gave up"),
+        Err(e) => eprintln!("warning: late results not filed: {}", error_chain(&e)),
+    }
 }
 
 async fn verify(cli: &Cli, run: Option<&str>) -> u8 {
@@ -357,10 +374,11 @@ async fn verify(cli: &Cli, run: Option<&str>) -> u8 {
 }
 
 async fn report(cli: &Cli, run: Option<&str>, format: ReportFormat) -> u8 {
-    let (client, subjects, _store, record, _) = match load_run(cli, run).await {
+    let (client, subjects, store, mut record, mut revisions) = match load_run(cli, run).await {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
+    file_late_results(&client, &subjects, &store, &mut record, &mut revisions).await;
     let report = RunReport::from_record(&record);
     match format {
         ReportFormat::Html => print!("{}", html::render(&client, &subjects, &record).await),

@@ -241,8 +241,12 @@ impl ServiceReport {
                 report.failure = failure_kind(result.outcome, &result.phases);
             }
         }
-        if report.status == ServiceStatus::Succeeded
-            && let Some(rollback) = &target.rollback
+        // A migrate the coordinator gave up on still gets a rollback (the agent may have applied
+        // it late): its answer tells what happened.
+        if matches!(
+            report.status,
+            ServiceStatus::Succeeded | ServiceStatus::TimedOut
+        ) && let Some(rollback) = &target.rollback
         {
             report.apply_rollback(rollback);
         }
@@ -275,11 +279,17 @@ impl ServiceReport {
                         self.reason = result.reason.clone();
                     }
                     _ => {
-                        self.reason = Some(format!(
+                        let rollback = format!(
                             "rollback {}: {}",
                             result.outcome.as_str(),
                             result.reason.clone().unwrap_or_default()
-                        ));
+                        );
+                        self.reason = Some(match self.reason.take() {
+                            Some(before) if self.status == ServiceStatus::TimedOut => {
+                                format!("{before}; {rollback}")
+                            }
+                            _ => rollback,
+                        });
                     }
                 }
             }

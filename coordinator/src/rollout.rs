@@ -136,6 +136,8 @@ pub struct Engine<'a, P: ProgressSink> {
     correlation: CorrelationCheck,
     shutdown: CancellationToken,
     deadlines: HashMap<CommandId, Instant>,
+    /// Which target each of the run's commands went to.
+    index: HashMap<CommandId, usize>,
 }
 
 /// What the engine needs from the outside.
@@ -217,13 +219,14 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             store: parts.store,
             revisions,
             plan,
-            record,
             sink: parts.sink,
             follower,
             signer: parts.signer,
             correlation: parts.correlation,
             shutdown: parts.shutdown,
             deadlines: HashMap::new(),
+            index: command_index(&record),
+            record,
         })
     }
 
@@ -239,6 +242,7 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         self.store.clear_cancel(&self.record.run_id).await?;
         self.record.coordinator = crate::store::coordinator_name();
         self.save().await?;
+        self.catch_up().await?;
         tracing::info!(run_id = %self.record.run_id, plan = %self.plan.name, stage = ?self.record.stage, "driving run");
 
         if self.record.stage == Stage::Migrating && self.migrate_waves().await? == Flow::Cancelled {
@@ -332,6 +336,7 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             None => "rollback of the run requested".into(),
         });
         self.save().await?;
+        self.catch_up().await?;
         if self
             .roll_back_waves(only.as_ref(), "rolled back on request (flotilla rollback)")
             .await?
@@ -427,7 +432,7 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
                 .targets
                 .iter()
                 .copied()
-                .filter(|&t| self.migrated(t))
+                .filter(|&t| self.migrated(t) || self.maybe_migrated(t))
                 .filter(|&t| only.is_none_or(|s| &self.record.targets[t].service == s))
                 .collect();
             if members.is_empty() {
@@ -464,6 +469,11 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
 
     /// Sends `kind` to every target in `members`, at most `cap` in flight, and waits for the
     /// answers. With `stop_on_budget`, stops dispatching once the failure budget is broken.
+    ///
+    /// Dispatch goes in batches: the batch's commands are recorded with concurrent writes, all
+    /// published, their acknowledgements awaited together, and their `sent_at` recorded the
+    /// same way; results that arrive together are filed together. A batch therefore costs three
+    /// rounds of writes whatever its size, where one dispatch at a time cost four per agent.
     async fn run_commands(
         &mut self,
         kind: Kind,
@@ -474,92 +484,87 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
     ) -> Result<Flow, RolloutError> {
         let cap = cap.map_or(usize::MAX, |c| c as usize);
         let mut flow = Flow::Done;
-        // Within a burst of dispatches, the run store is asked for a cancel request at most
-        // every CANCEL_POLL (Ctrl-C is seen at once), not once per dispatch: one round trip per
-        // agent was a large part of the dispatch time of a large fleet.
-        let mut cancel_polled: Option<Instant> = None;
+        let mut queue: std::collections::VecDeque<usize> = members
+            .iter()
+            .copied()
+            .filter(|&t| self.needs_dispatch(t, kind))
+            .collect();
+        // A resumed run may have commands in flight already.
+        let mut flying: std::collections::BTreeSet<usize> = members
+            .iter()
+            .copied()
+            .filter(|&t| self.in_flight(t, kind))
+            .collect();
         loop {
-            while flow == Flow::Done {
-                let in_flight = members.iter().filter(|&&t| self.in_flight(t, kind)).count();
-                if in_flight >= cap {
-                    break;
-                }
-                let Some(&next) = members.iter().find(|&&t| self.needs_dispatch(t, kind)) else {
-                    break;
-                };
+            if flow == Flow::Done && !queue.is_empty() && flying.len() < cap {
                 if stop_on_budget
                     && self.budget_broken()
                     && self.plan.on_failure != OnFailure::Continue
                 {
                     flow = Flow::Stopped;
-                    break;
-                }
-                let poll = cancel_polled.is_none_or(|at| at.elapsed() >= CANCEL_POLL);
-                if self.shutdown.is_cancelled() || (poll && self.cancel_requested().await?) {
+                } else if self.cancel_requested().await? {
                     self.sink
                         .note("cancel requested: no new dispatches, waiting for those in flight");
                     flow = Flow::Cancelled;
-                    break;
+                } else {
+                    let room = (cap - flying.len()).min(DISPATCH_BATCH).min(queue.len());
+                    let batch: Vec<usize> = queue.drain(..room).collect();
+                    flying.extend(self.dispatch(&batch, kind, cause).await?);
+                    continue;
                 }
-                if poll {
-                    cancel_polled = Some(Instant::now());
-                }
-                self.dispatch(next, kind, cause).await?;
             }
-            let in_flight: Vec<usize> = members
-                .iter()
-                .copied()
-                .filter(|&t| self.in_flight(t, kind))
-                .collect();
-            if in_flight.is_empty() {
+            if flying.is_empty() {
                 break;
             }
             let now = Instant::now();
-            let mut earliest = None;
-            for &t in &in_flight {
-                let id = slot(&self.record.targets[t], kind)
+            let mut earliest: Option<Instant> = None;
+            for &t in &flying {
+                if let Some(id) = slot(&self.record.targets[t], kind)
                     .as_ref()
-                    .map(|c| c.command.command_id);
-                let timeout = self.timeout_of(t);
-                if let Some(id) = id {
+                    .map(|c| c.command.command_id)
+                {
+                    let timeout = self.timeout_of(t);
                     let deadline = *self.deadlines.entry(id).or_insert(now + timeout);
-                    earliest = Some(earliest.map_or(deadline, |e: Instant| e.min(deadline)));
+                    earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)));
                 }
             }
             let deadline = earliest.unwrap_or(now);
             match self.follower.next_result(deadline, &mut self.sink).await {
-                Some(result) => {
-                    self.apply(result).await?;
-                    // Results already received are filed before the in-flight set is scanned
-                    // again: one scan per burst, not per result (quadratic at 10,000 agents).
-                    while let Some(result) = self
-                        .follower
-                        .next_result(Instant::now(), &mut self.sink)
-                        .await
+                Some(first) => {
+                    // Results already received are filed with the first, in one round of
+                    // writes, before the in-flight set is looked at again.
+                    let mut burst = vec![first];
+                    while burst.len() < DISPATCH_BATCH
+                        && let Some(result) = self
+                            .follower
+                            .next_result(Instant::now(), &mut self.sink)
+                            .await
                     {
-                        self.apply(result).await?;
+                        burst.push(result);
                     }
+                    self.apply(burst).await?;
                 }
-                None => self.expire(&in_flight, kind).await?,
+                None => self.expire(&flying, kind).await?,
             }
-            // After waiting for results, the next dispatch asks again: only a burst of
-            // dispatches in a row is throttled.
-            cancel_polled = None;
+            flying.retain(|&t| self.in_flight(t, kind));
         }
         Ok(flow)
     }
 
-    /// Records the command (before sending it: a crash in between re-sends the same ID), then
-    /// sends it.
+    /// Records the batch's commands (before sending them: a crash in between re-sends the same
+    /// IDs), sends them, and records which were sent. Returns the targets now in flight.
     async fn dispatch(
         &mut self,
-        t: usize,
+        batch: &[usize],
         kind: Kind,
         cause: Option<&str>,
-    ) -> Result<(), RolloutError> {
-        if slot(&self.record.targets[t], kind).is_none() {
+    ) -> Result<Vec<usize>, RolloutError> {
+        let mut fresh = Vec::new();
+        for &t in batch {
+            if slot(&self.record.targets[t], kind).is_some() {
+                continue;
+            }
             let action = self.action(t, kind);
-            let timeout = self.timeout_of(t);
             let target = &self.record.targets[t];
             let now = OffsetDateTime::now_utc();
             let command = Command {
@@ -569,9 +574,10 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
                 service: target.service.clone(),
                 instance: target.instance.clone(),
                 issued_at: now,
-                expires_at: now + timeout,
+                expires_at: now + self.timeout_of(t),
                 action,
             };
+            self.index.insert(command.command_id, t);
             *slot_mut(&mut self.record.targets[t], kind) = Some(CommandRecord {
                 command,
                 sent_at: None,
@@ -580,32 +586,44 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
                 not_delivered: None,
                 cause: cause.map(str::to_owned),
             });
-            self.save_target(t).await?;
+            fresh.push(t);
         }
-        let command = slot(&self.record.targets[t], kind)
-            .as_ref()
-            .map(|c| c.command.clone())
-            .expect("the command was recorded above");
-        let sent = self.send(&command).await;
-        let timeout = self.timeout_of(t);
-        let record = slot_mut(&mut self.record.targets[t], kind)
-            .as_mut()
-            .expect("the command was recorded above");
-        match sent {
-            Ok(()) => {
-                record.sent_at = Some(OffsetDateTime::now_utc());
-                self.deadlines
-                    .insert(command.command_id, Instant::now() + timeout);
-            }
-            Err(reason) => {
-                self.sink.note(&format!(
-                    "{}/{}: {reason}",
-                    command.service, command.instance
-                ));
-                record.not_delivered = Some(reason);
+        self.save_targets(&fresh).await?;
+        let commands: Vec<Command> = batch
+            .iter()
+            .map(|&t| {
+                slot(&self.record.targets[t], kind)
+                    .as_ref()
+                    .map(|c| c.command.clone())
+                    .expect("the command was recorded above")
+            })
+            .collect();
+        let sent = self.send_all(&commands).await;
+        let mut flying = Vec::new();
+        for (&t, sent) in batch.iter().zip(sent) {
+            let timeout = self.timeout_of(t);
+            let record = slot_mut(&mut self.record.targets[t], kind)
+                .as_mut()
+                .expect("the command was recorded above");
+            match sent {
+                Ok(()) => {
+                    record.sent_at = Some(OffsetDateTime::now_utc());
+                    self.deadlines
+                        .insert(record.command.command_id, Instant::now() + timeout);
+                    flying.push(t);
+                }
+                Err(reason) => {
+                    let note = format!(
+                        "{}/{}: {reason}",
+                        record.command.service, record.command.instance
+                    );
+                    record.not_delivered = Some(reason);
+                    self.sink.note(&note);
+                }
             }
         }
-        self.save_target(t).await
+        self.save_targets(batch).await?;
+        Ok(flying)
     }
 
     fn action(&self, t: usize, kind: Kind) -> Action {
@@ -635,8 +653,36 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         }
     }
 
-    /// Publishes a command into the commands stream and waits for the stream to store it.
-    async fn send(&self, command: &Command) -> Result<(), String> {
+    /// Publishes the commands into the commands stream, then waits for the stream to store
+    /// each: every publish goes out before the first acknowledgement is awaited.
+    async fn send_all(&self, commands: &[Command]) -> Vec<Result<(), String>> {
+        let mut pending = Vec::with_capacity(commands.len());
+        for command in commands {
+            pending.push(self.publish(command).await);
+        }
+        let acks = pending
+            .into_iter()
+            .zip(commands)
+            .map(|(published, command)| async move {
+                let subject = self.subjects.command(&command.service, &command.instance);
+                // The stream's acknowledgement is the proof of delivery: no extra flush round trip.
+                match published {
+                    Ok(ack) => ack
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| format!("command not delivered to {subject}: {e}")),
+                    Err(e) => Err(format!("command not delivered to {subject}: {e}")),
+                }
+            });
+        futures::future::join_all(acks).await
+    }
+
+    /// Publishes one command, signed and under a producer span; returns its pending
+    /// acknowledgement.
+    async fn publish(
+        &self,
+        command: &Command,
+    ) -> Result<jetstream::context::PublishAckFuture, jetstream::context::PublishError> {
         let subject = self.subjects.command(&command.service, &command.instance);
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", command.command_id.to_string().as_str());
@@ -667,39 +713,39 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         if let Some(parent) = &self.record.trace_parent {
             headers.insert(HEADER_RUN_TRACEPARENT, parent.as_str());
         }
-        let ack = async {
-            self.js
-                .publish_with_headers(subject.clone(), headers, payload.into())
-                .await?
-                .await
-        };
-        // The stream's acknowledgement is the proof of delivery: no extra flush round trip.
-        ack.await
-            .map(|_| ())
-            .map_err(|e| format!("command not delivered to {subject}: {e}"))
+        self.js
+            .publish_with_headers(subject, headers, payload.into())
+            .await
     }
 
-    /// Files a result under the command it answers; the first answer wins (a replayed one
-    /// carries the same outcome).
-    async fn apply(&mut self, result: RunResult) -> Result<(), RolloutError> {
-        let Some(t) = self.record.find_target(result.command_id) else {
-            return Ok(());
-        };
-        let Some(command) = self.record.find_command(result.command_id) else {
-            return Ok(());
-        };
-        if command.result.is_some() {
+    /// Files results under the commands they answer, in one round of writes; the first answer
+    /// to a command wins (a replayed one carries the same outcome). A result that comes after
+    /// the coordinator gave up on its command (`timed_out`) is filed too: the agent's journal is
+    /// the truth, and the record follows it.
+    async fn apply(&mut self, results: Vec<RunResult>) -> Result<(), RolloutError> {
+        let touched = file_results(&mut self.record, &self.index, results);
+        self.save_targets(&touched).await
+    }
+
+    /// Files what the run's events already hold (a resumed or rolled-back run: results
+    /// published while no coordinator listened, or after it gave up on a command).
+    async fn catch_up(&mut self) -> Result<(), RolloutError> {
+        if self.index.is_empty() {
             return Ok(());
         }
-        command.result = Some(result);
-        self.save_target(t).await
+        let results = self.follower.catch_up(CATCH_UP_LIMIT, &mut self.sink).await;
+        self.apply(results).await
     }
 
     /// Marks the in-flight commands whose deadline passed as timed out.
-    async fn expire(&mut self, in_flight: &[usize], kind: Kind) -> Result<(), RolloutError> {
+    async fn expire(
+        &mut self,
+        flying: &std::collections::BTreeSet<usize>,
+        kind: Kind,
+    ) -> Result<(), RolloutError> {
         let now = Instant::now();
         let mut expired = Vec::new();
-        for &t in in_flight {
+        for &t in flying {
             let target = &mut self.record.targets[t];
             let (service, instance) = (target.service.clone(), target.instance.clone());
             let Some(command) = slot_mut(target, kind).as_mut() else {
@@ -717,10 +763,7 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
                 ));
             }
         }
-        for t in expired {
-            self.save_target(t).await?;
-        }
-        Ok(())
+        self.save_targets(&expired).await
     }
 
     async fn cancel_requested(&self) -> Result<bool, RolloutError> {
@@ -768,6 +811,17 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             .and_then(|f| f.result.as_ref())
             .is_some_and(|r| r.outcome == Outcome::Finalized);
         succeeded && !finalized
+    }
+
+    /// True when the coordinator gave up on the target's migrate command without an answer: the
+    /// agent may have applied it after all. A rollback is sent to it too; the agent restores its
+    /// backup if it did migrate, and refuses (changing nothing) if it did not. Both commands
+    /// go through the agent's own queue in order, so the rollback cannot overtake the migrate.
+    fn maybe_migrated(&self, t: usize) -> bool {
+        self.record.targets[t]
+            .migrate
+            .as_ref()
+            .is_some_and(|m| m.result.is_none() && (m.timed_out || m.not_delivered.is_some()))
     }
 
     /// Targets whose migration ended in anything but success.
@@ -826,6 +880,7 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             Vec::new()
         };
         let mut waiting: HashMap<CommandId, usize> = HashMap::new();
+        let mut commands = Vec::new();
         for &t in &members {
             let target = &self.record.targets[t];
             let mut checks = spec.checks.clone();
@@ -857,7 +912,13 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
                     config_files: spec.config_files.clone(),
                 },
             };
-            if self.send(&command).await.is_ok() {
+            commands.push((t, command));
+        }
+        let sent = self
+            .send_all(&commands.iter().map(|(_, c)| c.clone()).collect::<Vec<_>>())
+            .await;
+        for ((t, command), sent) in commands.into_iter().zip(sent) {
+            if sent.is_ok() {
                 waiting.insert(command.command_id, t);
             }
         }
@@ -869,7 +930,7 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
                 break;
             };
             let Some(t) = waiting.remove(&result.command_id) else {
-                self.apply(result).await?;
+                self.apply(vec![result]).await?;
                 continue;
             };
             let name = format!(
@@ -1034,10 +1095,13 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         Ok(())
     }
 
-    /// Writes target `t` (its commands and results).
-    async fn save_target(&mut self, t: usize) -> Result<(), RolloutError> {
+    /// Writes the targets `ts` (their commands and results), concurrently.
+    async fn save_targets(&mut self, ts: &[usize]) -> Result<(), RolloutError> {
+        if ts.is_empty() {
+            return Ok(());
+        }
         self.store
-            .save_target(&self.record, t, &mut self.revisions)
+            .save_targets(&self.record, ts, &mut self.revisions)
             .await?;
         Ok(())
     }
@@ -1148,6 +1212,53 @@ impl Follower {
         sink: &mut impl ProgressSink,
     ) -> Option<RunResult> {
         loop {
+            if let Some(result) = self.next_event(deadline, sink).await? {
+                return Some(result);
+            }
+        }
+    }
+
+    /// Reads every event of the run already in the stream (bounded by `limit`) and returns its
+    /// results: what agents published while no coordinator listened, or after it gave up.
+    async fn catch_up(&mut self, limit: Duration, sink: &mut impl ProgressSink) -> Vec<RunResult> {
+        let policy = consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: self.last + 1,
+        };
+        let pending = match self
+            .events
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: self.filter.clone(),
+                deliver_policy: policy,
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(probe) => probe.cached_info().num_pending,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot count the run's unread events");
+                return Vec::new();
+            }
+        };
+        let deadline = Instant::now() + limit;
+        let mut results = Vec::new();
+        for _ in 0..pending {
+            match self.next_event(deadline, sink).await {
+                Some(Some(result)) => results.push(result),
+                Some(None) => {}
+                None => break,
+            }
+        }
+        results
+    }
+
+    /// The next event of the run: `Some(Some(result))`, `Some(None)` for any other event (a
+    /// progress event goes to `sink`), `None` at `deadline`.
+    async fn next_event(
+        &mut self,
+        deadline: Instant,
+        sink: &mut impl ProgressSink,
+    ) -> Option<Option<RunResult>> {
+        loop {
             let silence = (Instant::now() + RESYNC_AFTER).min(deadline);
             let message = match tokio::time::timeout_at(silence, self.messages.next()).await {
                 Ok(Some(Ok(message))) => message,
@@ -1164,24 +1275,31 @@ impl Follower {
             if let Ok(info) = message.info() {
                 self.last = info.stream_sequence;
             }
-            match schema_of(&message.payload).as_deref() {
+            return Some(match schema_of(&message.payload).as_deref() {
                 Ok(flotilla_schemas::ProgressSchema::VALUE) => {
                     match decode::<Progress>(&message.payload) {
                         Ok(progress) => sink.progress(&progress),
                         Err(e) => tracing::warn!(error = %e, "ignoring a malformed progress event"),
                     }
+                    None
                 }
                 Ok(flotilla_schemas::ResultSchema::VALUE) => {
                     match decode::<RunResult>(&message.payload) {
                         Ok(result) => {
                             sink.result(&result);
-                            return Some(result);
+                            Some(result)
                         }
-                        Err(e) => tracing::warn!(error = %e, "ignoring a malformed result"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "ignoring a malformed result");
+                            None
+                        }
                     }
                 }
-                other => tracing::warn!(schema = ?other, "ignoring an event of unknown schema"),
-            }
+                other => {
+                    tracing::warn!(schema = ?other, "ignoring an event of unknown schema");
+                    None
+                }
+            });
         }
     }
 }
@@ -1198,8 +1316,112 @@ pub struct CorrelationCheck {
     pub telemetry: crate::cli::TelemetryHandle,
 }
 
-/// How often a dispatching coordinator asks the run store whether a cancel was requested.
-const CANCEL_POLL: Duration = Duration::from_millis(200);
+/// Files `results` under the commands they answer; returns the targets that changed. The first
+/// answer to a command wins (a replayed one carries the same outcome). A result that comes
+/// after the coordinator gave up on its command (`timed_out`) is filed too, with a note: the
+/// agent's journal is the truth, and the record follows it.
+fn file_results(
+    record: &mut RunRecord,
+    index: &HashMap<CommandId, usize>,
+    results: Vec<RunResult>,
+) -> Vec<usize> {
+    let mut touched = Vec::new();
+    for result in results {
+        let Some(&t) = index.get(&result.command_id) else {
+            continue;
+        };
+        let target = &mut record.targets[t];
+        let Some(command) = [
+            &mut target.migrate,
+            &mut target.rollback,
+            &mut target.finalize,
+        ]
+        .into_iter()
+        .flatten()
+        .find(|c| c.command.command_id == result.command_id) else {
+            continue;
+        };
+        if command.result.is_some() {
+            continue;
+        }
+        if command.timed_out || command.not_delivered.is_some() {
+            let note = format!(
+                "{}/{}: a late result ({}) came after the coordinator gave up on the command, and was filed",
+                target.service,
+                target.instance,
+                result.outcome.as_str()
+            );
+            tracing::warn!(command_id = %result.command_id, "{note}");
+            record.notes.push(note);
+        }
+        command.result = Some(result);
+        touched.push(t);
+    }
+    touched
+}
+
+/// For a run that no coordinator drives (ended or cancelled): files the results that reached
+/// the events stream after its coordinator gave up on their commands or stopped, so that
+/// `status`, `report` and `rollback` tell what the agents' journals say. Returns how many were
+/// filed. Does nothing for a running run: its coordinator files its own results.
+pub async fn file_late_results(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    store: &Store,
+    record: &mut RunRecord,
+    revisions: &mut Revisions,
+) -> Result<usize, RolloutError> {
+    let unanswered = |c: &CommandRecord| c.result.is_none() && c.sent_at.is_some();
+    let waiting = record.targets.iter().any(|t| {
+        [&t.migrate, &t.rollback, &t.finalize]
+            .into_iter()
+            .flatten()
+            .any(unanswered)
+    });
+    if record.status == RunStatus::Running || !waiting {
+        return Ok(0);
+    }
+    let js = jetstream::new(client.clone());
+    let events = flotilla_bus::events_stream(&js, subjects).await?;
+    let mut follower = Follower::new(&events, subjects, record.run_id).await?;
+    let results = follower.catch_up(CATCH_UP_LIMIT, &mut Quiet).await;
+    let index = command_index(record);
+    let touched = file_results(record, &index, results);
+    if !touched.is_empty() {
+        store.save_targets(record, &touched, revisions).await?;
+        record.updated_at = OffsetDateTime::now_utc();
+        store.save_header(record, revisions).await?;
+    }
+    Ok(touched.len())
+}
+
+/// A progress sink that shows nothing.
+struct Quiet;
+
+impl ProgressSink for Quiet {
+    fn progress(&mut self, _progress: &Progress) {}
+    fn result(&mut self, _result: &RunResult) {}
+}
+
+/// How long reading a run's past events may take.
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(10);
+
+/// The most commands dispatched, or results filed, in one round of concurrent writes.
+const DISPATCH_BATCH: usize = 500;
+
+/// Which target each recorded command went to.
+fn command_index(record: &RunRecord) -> HashMap<CommandId, usize> {
+    let mut index = HashMap::new();
+    for (t, target) in record.targets.iter().enumerate() {
+        for command in [&target.migrate, &target.rollback, &target.finalize]
+            .into_iter()
+            .flatten()
+        {
+            index.insert(command.command.command_id, t);
+        }
+    }
+    index
+}
 
 /// How long the coordinator waits for the run's root span to reach the store.
 const ROOT_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);

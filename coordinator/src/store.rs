@@ -219,6 +219,22 @@ pub struct Revisions {
     targets: HashMap<usize, u64>,
 }
 
+/// How a single compare-and-set write failed.
+enum WriteOutcome {
+    /// The key is not at the expected revision.
+    Conflict,
+    /// No answer, or an error: the write may or may not have been applied.
+    Unknown(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// How many target writes are in flight at once in a batch.
+const WRITE_CONCURRENCY: usize = 256;
+
+/// How often an unconfirmed write is tried again, and the pause before the first retry (it
+/// grows with each attempt).
+const WRITE_ATTEMPTS: u32 = 5;
+const WRITE_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// The run store: a handle on the bucket.
 #[derive(Clone)]
 pub struct Store {
@@ -372,54 +388,112 @@ impl Store {
         Ok(())
     }
 
-    /// Writes target `index` of the run (its commands and results).
-    pub async fn save_target(
+    /// Writes the targets in `indices` concurrently (a batch of dispatches or results costs one
+    /// round of writes, not one per target). Every write that succeeded is remembered even when
+    /// another failed, so the engine's revisions stay true; the first failure is returned.
+    pub async fn save_targets(
         &self,
         record: &RunRecord,
-        index: usize,
+        indices: &[usize],
         revisions: &mut Revisions,
     ) -> Result<(), StoreError> {
-        let key = target_key(&record.run_id, index);
-        let revision = self
-            .cas(
-                &key,
-                encode(&record.targets[index]),
-                revisions.targets.get(&index).copied(),
-            )
-            .await?;
-        revisions.targets.insert(index, revision);
-        Ok(())
+        let mut unique = indices.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
+        let writes = unique.into_iter().map(|index| {
+            let key = target_key(&record.run_id, index);
+            let value = encode(&record.targets[index]);
+            let revision = revisions.targets.get(&index).copied();
+            async move { (index, self.cas(&key, value, revision).await) }
+        });
+        let done: Vec<_> = futures::stream::iter(writes)
+            .buffer_unordered(WRITE_CONCURRENCY)
+            .collect()
+            .await;
+        let mut first_error = None;
+        for (index, written) in done {
+            match written {
+                Ok(revision) => {
+                    revisions.targets.insert(index, revision);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
+    /// A compare-and-set write of `key` over `revision` (`None`: the key must not exist).
+    ///
+    /// When the write's answer is lost (a cut, a timeout), the server may or may not have
+    /// applied it: the key is read back, and if it holds `value` the write did happen; if it
+    /// still holds the expected revision it did not, and is tried again. Only a key that moved
+    /// on to something else is a conflict. Without this, one lost reply stopped the coordinator.
     async fn cas(
         &self,
         key: &str,
         value: bytes::Bytes,
         revision: Option<u64>,
     ) -> Result<u64, StoreError> {
+        let mut attempt = 0;
+        loop {
+            let error = match self.write_once(key, value.clone(), revision).await {
+                Ok(written) => return Ok(written),
+                Err(WriteOutcome::Conflict) => None,
+                Err(WriteOutcome::Unknown(source)) => Some(source),
+            };
+            let current = self.kv.entry(key).await.ok().flatten();
+            let current = current.filter(|e| e.operation == kv::Operation::Put);
+            match (&current, error) {
+                (Some(entry), _) if entry.value == value && Some(entry.revision) != revision => {
+                    return Ok(entry.revision);
+                }
+                (_, None) => {
+                    return Err(StoreError::Conflict {
+                        key: key.to_owned(),
+                    });
+                }
+                (_, Some(source)) => {
+                    let unchanged = current.as_ref().map(|e| e.revision) == revision;
+                    attempt += 1;
+                    if !unchanged && current.is_some() {
+                        return Err(StoreError::Conflict {
+                            key: key.to_owned(),
+                        });
+                    }
+                    if attempt >= WRITE_ATTEMPTS {
+                        return Err(StoreError::Write {
+                            key: key.to_owned(),
+                            source,
+                        });
+                    }
+                    tracing::warn!(key, attempt, error = %source, "run store write unconfirmed; retrying");
+                    tokio::time::sleep(WRITE_RETRY_PAUSE * attempt).await;
+                }
+            }
+        }
+    }
+
+    async fn write_once(
+        &self,
+        key: &str,
+        value: bytes::Bytes,
+        revision: Option<u64>,
+    ) -> Result<u64, WriteOutcome> {
         match revision {
             Some(revision) => self.kv.update(key, value, revision).await.map_err(|e| {
                 if e.kind() == kv::UpdateErrorKind::WrongLastRevision {
-                    StoreError::Conflict {
-                        key: key.to_owned(),
-                    }
+                    WriteOutcome::Conflict
                 } else {
-                    StoreError::Write {
-                        key: key.to_owned(),
-                        source: Box::new(e),
-                    }
+                    WriteOutcome::Unknown(Box::new(e))
                 }
             }),
             None => self.kv.create(key, value).await.map_err(|e| {
                 if e.kind() == kv::CreateErrorKind::AlreadyExists {
-                    StoreError::Conflict {
-                        key: key.to_owned(),
-                    }
+                    WriteOutcome::Conflict
                 } else {
-                    StoreError::Write {
-                        key: key.to_owned(),
-                        source: Box::new(e),
-                    }
+                    WriteOutcome::Unknown(Box::new(e))
                 }
             }),
         }

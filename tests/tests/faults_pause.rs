@@ -86,3 +86,75 @@ fn an_agent_frozen_past_the_ack_wait_while_its_command_arrives_runs_it_once() {
 fn an_agent_frozen_past_the_ack_wait_mid_step_finishes_once() {
     pause("frozen-mid-step", false);
 }
+
+/// Gap G1, fixed: the agent is frozen mid-step past its command's deadline. The coordinator
+/// gives up on the migrate (`timed_out`) and, since the agent may still apply it, sends it a
+/// rollback too. Thawed, the agent finishes the migrate, then runs the rollback queued behind
+/// it: the tree is back as it was, and the record files the late migrate result beside the
+/// rollback's, so it says what the journal says (I1).
+#[test]
+fn an_agent_frozen_past_its_deadline_is_rolled_back_once_it_wakes() {
+    const ROLE: [&str; 1] = ["ingest"];
+    let nats = NatsServer::start().unwrap();
+    let fleet = Fleet::start(nats.url(), &ROLE).unwrap();
+    let timeout = Duration::from_secs(4);
+    let scenario = Scenario::new(&fleet, &ROLE, timeout);
+    let plan = fleet.write_plan(
+        "plan.toml",
+        &scenario.plan(&fleet, "frozen-past-deadline", "", SLOW),
+    );
+    let mut coordinator =
+        fleet.spawn_flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"]);
+    let run = wait_for_run(&fleet, Duration::from_secs(20)).unwrap();
+    wait_for(
+        "ingest's command dispatched",
+        Duration::from_secs(30),
+        || service_status(&fleet, &run, "ingest")["status"] == "in_flight",
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(fleet.signal_agent("ingest", "STOP"));
+    wait_for(
+        "the coordinator to give up on the migrate",
+        Duration::from_secs(20),
+        || service_status(&fleet, &run, "ingest")["status"] == "timed_out",
+    )
+    .unwrap();
+    assert!(fleet.signal_agent("ingest", "CONT"));
+    let healed = Instant::now();
+    let (code, _) = drive_to_end(&fleet, &mut coordinator, &run, Duration::from_secs(60), &[]);
+    assert_ne!(
+        code,
+        Some(0),
+        "a run with a timed-out service cannot succeed"
+    );
+    let took = scenario.wait_terminal(&fleet, &run, healed).unwrap();
+    let journal = flotilla_tests::invariants::journal_path(&fleet, "ingest");
+    wait_for(
+        "the agent to run the rollback",
+        Duration::from_secs(20),
+        || {
+            std::fs::read_to_string(&journal)
+                .is_ok_and(|j| j.contains("\"outcome\":\"rolled_back\""))
+        },
+    )
+    .unwrap();
+    let evidence = Evidence::collect(&fleet, &scenario, &run).unwrap();
+    scenario
+        .check(&evidence, Some(took))
+        .assert_ok("frozen past the deadline");
+    assert_eq!(scenario.count("ingest", "frozen-past-deadline"), 1);
+    let ingest = &evidence.targets[0];
+    assert_eq!(
+        ingest["migrate"]["result"]["outcome"], "succeeded",
+        "{ingest:#}"
+    );
+    assert_eq!(
+        ingest["rollback"]["result"]["outcome"], "rolled_back",
+        "{ingest:#}"
+    );
+    assert_eq!(
+        service_status(&fleet, &run, "ingest")["status"],
+        "rolled_back"
+    );
+}
