@@ -171,6 +171,11 @@ pub async fn fleet(counts: &[usize], runs: usize, sync: Sync) -> anyhow::Result<
                         .sum::<f64>()
                 })
                 .fold(0.0, f64::max);
+            eprintln!(
+                "fleet N={n} run {}: agents' phases {}",
+                run + 1,
+                phase_spread(&r.json)
+            );
             wall.push(r.wall.as_secs_f64());
             cpu.push(r.cpu_s);
             rss.push(r.peak_rss_kib as f64 / 1024.0);
@@ -259,4 +264,33 @@ pub fn reasons(json: &serde_json::Value) -> String {
     } else {
         seen.join(" | ")
     }
+}
+
+/// Each phase's median and maximum duration over the run's services, in ms: where the agents'
+/// time went.
+fn phase_spread(json: &serde_json::Value) -> String {
+    let mut by_phase: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+    for phase in json["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["phases"].as_array().into_iter().flatten())
+    {
+        if let (Some(name), Some(ms)) = (phase["phase"].as_str(), phase["duration_ms"].as_f64()) {
+            by_phase.entry(name.to_owned()).or_default().push(ms);
+        }
+    }
+    by_phase
+        .into_iter()
+        .map(|(name, mut ms)| {
+            ms.sort_by(f64::total_cmp);
+            format!(
+                "{name} {:.0}/{:.0}",
+                ms[ms.len() / 2],
+                ms.last().copied().unwrap_or_default()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+        + " (median/max ms)"
 }

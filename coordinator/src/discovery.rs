@@ -1,6 +1,9 @@
 //! Finding the live agents: one presence request, every agent answers.
 
+use std::collections::HashSet;
 use std::time::Duration;
+
+use async_nats::StatusCode;
 
 use flotilla_schemas::subjects::Subjects;
 use flotilla_schemas::{Presence, decode};
@@ -16,12 +19,23 @@ pub enum DiscoveryError {
     Publish(#[source] async_nats::PublishError),
 }
 
-/// Asks every agent to report and gathers the answers for at most `window`; stops earlier once
-/// answers have stopped coming for a short while.
+/// How many agents the bus knows of: each agent keeps one durable consumer on the commands
+/// stream. `None` when the stream cannot be read (e.g. it does not exist yet).
+pub async fn known_agents(client: &async_nats::Client, subjects: &Subjects) -> Option<usize> {
+    let js = async_nats::jetstream::new(client.clone());
+    let mut stream = js.get_stream(subjects.commands_stream()).await.ok()?;
+    Some(stream.info().await.ok()?.state.consumer_count)
+}
+
+/// Asks every agent to report and gathers the answers for at most `window`; stops as soon as
+/// `expected` agents have answered (see [`known_agents`]), or once answers have stopped coming
+/// for a short while. The first is the common case, and saves the quiet period: an agent that
+/// is known but does not answer (it is down) costs the quiet period, not the window.
 pub async fn discover(
     client: &async_nats::Client,
     subjects: &Subjects,
     window: Duration,
+    expected: Option<usize>,
 ) -> Result<Vec<Presence>, DiscoveryError> {
     const QUIET: Duration = Duration::from_millis(250);
     let inbox = client.new_inbox();
@@ -36,6 +50,7 @@ pub async fn discover(
     let _ = client.flush().await;
     let deadline = Instant::now() + window;
     let mut found: Vec<Presence> = Vec::new();
+    let mut seen = HashSet::new();
     loop {
         let wait_until = if found.is_empty() {
             deadline
@@ -43,16 +58,23 @@ pub async fn discover(
             deadline.min(Instant::now() + QUIET)
         };
         match tokio::time::timeout_at(wait_until, answers.next()).await {
-            // A status message ("no responders" when no agent listens) is not an answer.
+            // "No responders": no agent listens at all, none will answer.
+            Ok(Some(message)) if message.status == Some(StatusCode::NO_RESPONDERS) => break,
             Ok(Some(message)) if message.status.is_some() => {}
             Ok(Some(message)) => match decode::<Presence>(&message.payload) {
-                Ok(presence) => found.push(presence),
+                Ok(presence) => {
+                    if seen.insert((presence.service.clone(), presence.instance.clone())) {
+                        found.push(presence);
+                    }
+                    if expected.is_some_and(|n| n > 0 && found.len() >= n) {
+                        break;
+                    }
+                }
                 Err(e) => tracing::warn!(error = %e, "ignoring a malformed presence answer"),
             },
             Ok(None) | Err(_) => break,
         }
     }
     found.sort_by(|a, b| (&a.service, &a.instance).cmp(&(&b.service, &b.instance)));
-    found.dedup_by(|a, b| a.service == b.service && a.instance == b.instance);
     Ok(found)
 }

@@ -12,7 +12,9 @@ pub(super) async fn agents(cli: &Cli) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let found = match discovery::discover(&client, &subjects, cli.discovery_window).await {
+    let expected = discovery::known_agents(&client, &subjects).await;
+    let found = match discovery::discover(&client, &subjects, cli.discovery_window, expected).await
+    {
         Ok(found) => found,
         Err(e) => return fail(exit::BUS, error_chain(&e)),
     };

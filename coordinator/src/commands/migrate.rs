@@ -80,7 +80,9 @@ pub(super) async fn migrate(
         Ok(c) => c,
         Err(code) => return code,
     };
-    let agents = match discovery::discover(&client, &subjects, cli.discovery_window).await {
+    let expected = discovery::known_agents(&client, &subjects).await;
+    let agents = match discovery::discover(&client, &subjects, cli.discovery_window, expected).await
+    {
         Ok(found) => found,
         Err(e) => return fail(exit::BUS, error_chain(&e)),
     };
