@@ -495,6 +495,9 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             .copied()
             .filter(|&t| self.in_flight(t, kind))
             .collect();
+        if !flying.is_empty() {
+            self.resend(&flying, kind).await;
+        }
         loop {
             if flow == Flow::Done && !queue.is_empty() && flying.len() < cap {
                 if stop_on_budget
@@ -551,22 +554,25 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         Ok(flow)
     }
 
-    /// Records the batch's commands (before sending them: a crash in between re-sends the same
-    /// IDs), sends them, and records which were sent. Returns the targets now in flight.
+    /// Records the batch's commands as sent, in one round of writes, then sends them; a command
+    /// the stream did not take is recorded again as not delivered. Returns the targets now in
+    /// flight. A crash between the record and the send is harmless: `resume` sends every
+    /// recorded command that has no answer again, with the same ID, which the stream and the
+    /// agents dedupe.
     async fn dispatch(
         &mut self,
         batch: &[usize],
         kind: Kind,
         cause: Option<&str>,
     ) -> Result<Vec<usize>, RolloutError> {
-        let mut fresh = Vec::new();
+        let now = OffsetDateTime::now_utc();
         for &t in batch {
-            if slot(&self.record.targets[t], kind).is_some() {
+            if let Some(record) = slot_mut(&mut self.record.targets[t], kind) {
+                record.sent_at = Some(now);
                 continue;
             }
             let action = self.action(t, kind);
             let target = &self.record.targets[t];
-            let now = OffsetDateTime::now_utc();
             let command = Command {
                 schema: Default::default(),
                 command_id: CommandId::new(),
@@ -580,36 +586,25 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             self.index.insert(command.command_id, t);
             *slot_mut(&mut self.record.targets[t], kind) = Some(CommandRecord {
                 command,
-                sent_at: None,
+                sent_at: Some(now),
                 result: None,
                 timed_out: false,
                 not_delivered: None,
                 cause: cause.map(str::to_owned),
             });
-            fresh.push(t);
         }
-        self.save_targets(&fresh).await?;
-        let commands: Vec<Command> = batch
-            .iter()
-            .map(|&t| {
-                slot(&self.record.targets[t], kind)
-                    .as_ref()
-                    .map(|c| c.command.clone())
-                    .expect("the command was recorded above")
-            })
-            .collect();
-        let sent = self.send_all(&commands).await;
+        self.save_targets(batch).await?;
+        let sent = self.send_all(&self.commands_of(batch, kind)).await;
         let mut flying = Vec::new();
+        let mut failed = Vec::new();
         for (&t, sent) in batch.iter().zip(sent) {
-            let timeout = self.timeout_of(t);
+            let deadline = Instant::now() + self.timeout_of(t);
             let record = slot_mut(&mut self.record.targets[t], kind)
                 .as_mut()
                 .expect("the command was recorded above");
             match sent {
                 Ok(()) => {
-                    record.sent_at = Some(OffsetDateTime::now_utc());
-                    self.deadlines
-                        .insert(record.command.command_id, Instant::now() + timeout);
+                    self.deadlines.insert(record.command.command_id, deadline);
                     flying.push(t);
                 }
                 Err(reason) => {
@@ -619,11 +614,38 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
                     );
                     record.not_delivered = Some(reason);
                     self.sink.note(&note);
+                    failed.push(t);
                 }
             }
         }
-        self.save_targets(batch).await?;
+        self.save_targets(&failed).await?;
         Ok(flying)
+    }
+
+    /// Sends again the commands a resumed run finds in flight (recorded as sent, no answer):
+    /// the previous coordinator may have stopped before it published them.
+    async fn resend(&mut self, flying: &std::collections::BTreeSet<usize>, kind: Kind) {
+        let targets: Vec<usize> = flying.iter().copied().collect();
+        let sent = self.send_all(&self.commands_of(&targets, kind)).await;
+        for (t, sent) in targets.into_iter().zip(sent) {
+            if let Err(reason) = sent {
+                let target = &self.record.targets[t];
+                tracing::warn!(service = %target.service, instance = %target.instance, "{reason}");
+            }
+        }
+    }
+
+    /// The commands of `kind` recorded for `targets`.
+    fn commands_of(&self, targets: &[usize], kind: Kind) -> Vec<Command> {
+        targets
+            .iter()
+            .map(|&t| {
+                slot(&self.record.targets[t], kind)
+                    .as_ref()
+                    .map(|c| c.command.clone())
+                    .expect("the command was recorded")
+            })
+            .collect()
     }
 
     fn action(&self, t: usize, kind: Kind) -> Action {
