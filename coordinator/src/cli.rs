@@ -130,10 +130,14 @@ pub struct AuthArgs {
         requires = "nats_tls_cert"
     )]
     pub nats_tls_key: Option<PathBuf>,
-    /// Private reply-inbox prefix (default `_INBOX_<user>` when a user is given).
+    /// Private reply-inbox prefix (default `_INBOX_<user>` when a user is given,
+    /// `_INBOX_coordinator` with a certificate, nkey or creds identity).
     #[arg(long, global = true, env = "FLOTILLA_NATS_INBOX_PREFIX")]
     pub nats_inbox_prefix: Option<String>,
 }
+
+/// The coordinator's reply-inbox prefix in the shipped server configurations.
+const DEFAULT_COORDINATOR_INBOX: &str = "_INBOX_coordinator";
 
 impl AuthArgs {
     /// The credentials to connect with.
@@ -147,10 +151,20 @@ impl AuthArgs {
             tls_ca_file: self.nats_tls_ca.clone(),
             tls_cert_file: self.nats_tls_cert.clone(),
             tls_key_file: self.nats_tls_key.clone(),
-            inbox_prefix: self
-                .nats_inbox_prefix
-                .clone()
-                .or_else(|| self.nats_user.as_ref().map(|u| format!("_INBOX_{u}"))),
+            inbox_prefix: self.nats_inbox_prefix.clone().or_else(|| {
+                match &self.nats_user {
+                    Some(user) => Some(format!("_INBOX_{user}")),
+                    // A certificate, nkey or creds identity has no user name to derive the
+                    // prefix from: the shipped configurations call the coordinator so.
+                    None if self.nats_tls_cert.is_some()
+                        || self.nats_nkey_file.is_some()
+                        || self.nats_creds.is_some() =>
+                    {
+                        Some(DEFAULT_COORDINATOR_INBOX.to_owned())
+                    }
+                    None => None,
+                }
+            }),
         }
     }
 }

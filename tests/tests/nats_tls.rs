@@ -521,10 +521,8 @@ async fn mtls_the_demo_migration_runs_end_to_end() {
             "FLOTILLA_NATS_TLS_KEY".to_owned(),
             coordinator.key.display().to_string(),
         ),
-        (
-            "FLOTILLA_NATS_INBOX_PREFIX".to_owned(),
-            "_INBOX_coordinator".to_owned(),
-        ),
+        // No FLOTILLA_NATS_INBOX_PREFIX: with a certificate or nkey identity the coordinator
+        // defaults to the shipped configurations' `_INBOX_coordinator`.
     ];
     let fleet = fleet(
         &server,
@@ -688,10 +686,8 @@ async fn nkeys_the_demo_migration_runs_end_to_end() {
             "FLOTILLA_NATS_NKEY_FILE".to_owned(),
             keys.seed_file("coordinator").display().to_string(),
         ),
-        (
-            "FLOTILLA_NATS_INBOX_PREFIX".to_owned(),
-            "_INBOX_coordinator".to_owned(),
-        ),
+        // No FLOTILLA_NATS_INBOX_PREFIX: with a certificate or nkey identity the coordinator
+        // defaults to the shipped configurations' `_INBOX_coordinator`.
     ];
     let fleet = fleet(
         &server,
