@@ -1164,6 +1164,7 @@ impl CommandRecord {
 /// before the coordinator started listening (or while it was down) is not lost.
 struct Follower {
     messages: consumer::pull::Ordered,
+    subjects: Subjects,
     events: jetstream::stream::Stream,
     filter: String,
     /// Stream sequence of the last event read.
@@ -1189,6 +1190,7 @@ impl Follower {
         let messages = Self::follow(events, &filter, consumer::DeliverPolicy::All).await?;
         Ok(Self {
             messages,
+            subjects: subjects.clone(),
             events: events.clone(),
             filter,
             last: 0,
@@ -1212,6 +1214,14 @@ impl Follower {
             .messages()
             .await
             .map_err(|e| RolloutError::Follow(Box::new(e)))
+    }
+
+    /// True when `result` came on the event subject of the agent it names.
+    fn published_by_its_agent(&self, subject: &str, result: &RunResult) -> bool {
+        subject
+            == self
+                .subjects
+                .event(&result.run_id, &result.service, &result.instance)
     }
 
     /// Reads the run's events again from the one after the last seen.
@@ -1308,6 +1318,17 @@ impl Follower {
                 }
                 Ok(flotilla_schemas::ResultSchema::VALUE) => {
                     match decode::<RunResult>(&message.payload) {
+                        // Only the agent a result names may publish on its subject (the
+                        // broker's permissions): a result on another agent's subject is forged.
+                        Ok(result) if !self.published_by_its_agent(&message.subject, &result) => {
+                            tracing::warn!(
+                                subject = %message.subject,
+                                service = %result.service,
+                                instance = %result.instance,
+                                "ignoring a result published on another agent's subject"
+                            );
+                            None
+                        }
                         Ok(result) => {
                             sink.result(&result);
                             Some(result)
@@ -1354,6 +1375,10 @@ fn file_results(
             continue;
         };
         let target = &mut record.targets[t];
+        if target.service != result.service || target.instance != result.instance {
+            tracing::warn!(command_id = %result.command_id, "ignoring a result from another agent than the command's");
+            continue;
+        }
         let Some(command) = [
             &mut target.migrate,
             &mut target.rollback,

@@ -350,3 +350,68 @@ fn other_schema_versions_fail_closed_with_a_clear_error_and_change_nothing() {
         scenario.after["training"]
     );
 }
+
+/// A result published on another agent's event subject is a forgery (the broker lets each
+/// agent publish only on its own): the coordinator files only the result that came on the
+/// subject of the agent the command went to, whatever the payload claims.
+#[test]
+fn a_result_on_another_agents_subject_is_not_filed() {
+    const ROLES: [&str; 2] = ["inference", "ingest"];
+    let slow = "[[service.step]]\naction = \"run_command\"\nprogram = \"sh\"\nargs = [\"-c\", \"sleep 2\"]\n";
+    let nats = NatsServer::start().unwrap();
+    let fleet = Fleet::start(nats.url(), &ROLES).unwrap();
+    let scenario = Scenario::new(&fleet, &ROLES, Duration::from_secs(30));
+    let plan = fleet.write_plan("plan.toml", &scenario.plan(&fleet, "forged", "", slow));
+    let coordinator =
+        fleet.spawn_flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"]);
+    let run = flotilla_tests::invariants::wait_for_run(&fleet, TIMEOUT).unwrap();
+    let mut ingest_command = String::new();
+    flotilla_tests::wait_for("ingest's migrate in flight", TIMEOUT, || {
+        let status = json_stdout(&fleet.flotilla(&["status", &run, "--output", "json"]));
+        let ingest = status["services"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["service"] == "ingest").cloned())
+            .unwrap_or(Value::Null);
+        ingest_command = ingest["command_id"].as_str().unwrap_or_default().to_owned();
+        ingest["status"] == "in_flight"
+    })
+    .unwrap();
+    let forged = |service: &str| {
+        json!({
+            "schema": "flotilla.result.v1",
+            "run_id": run,
+            "command_id": ingest_command,
+            "service": service,
+            "instance": "a",
+            "at": OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap(),
+            "outcome": "rollback_failed",
+            "reason": "forged",
+        })
+    };
+    // On inference's subject: once naming ingest, once naming inference itself.
+    for service in ["ingest", "inference"] {
+        publish_event(
+            fleet.nats_url(),
+            &run,
+            "inference",
+            serde_json::to_vec(&forged(service)).unwrap(),
+        )
+        .unwrap();
+    }
+    let out = coordinator.wait_with_output().unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "a forgery was filed: {report:#}"
+    );
+    let evidence = Evidence::collect(&fleet, &scenario, &run).unwrap();
+    assert_eq!(
+        evidence.targets[1]["migrate"]["result"]["outcome"], "succeeded",
+        "{:#}",
+        evidence.targets[1]
+    );
+    let mut checked = evidence.clone();
+    checked.events.retain(|e| e["reason"] != "forged");
+    scenario.check(&checked, None).assert_ok("forged results");
+}
