@@ -1,13 +1,37 @@
 //! Backups of the service root, kept in the agent's state directory until the run is finalized,
-//! and restores that swap the whole tree back in one atomic rename.
+//! and restores that put the backup's own tree in place of the root with one atomic rename.
+//!
+//! A backup lives in `<backups>/<command_id>/`: `tree/` (the copy), `manifest.json` (its
+//! digests) and `tree.id` (the inode number of `tree/`). A restore, when the backup and the root
+//! share a file system, does not copy: it checks `tree/` against the manifest with `lstat` only,
+//! then exchanges `tree/` and the root with one `renameat2(RENAME_EXCHANGE)` (a plain rename when
+//! the root is missing). The backup is consumed: the tree that was the root is renamed
+//! `discard/` (never taken for a backup) and removed after the answer, and a `restored` marker
+//! says so. Every state a crash can leave is recognisable: the root *is* the backup's tree when
+//! its inode number is the one in `tree.id`, so a restore cut short after its swap is finished,
+//! never repeated. On another file system the backup is copied beside the root and swapped in
+//! (the backup is kept).
 
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use flotilla_schemas::CommandId;
 use rustix::fs::{CWD, RenameFlags};
 
+use crate::crashpoint;
 use crate::tree::{self, Manifest, TreeError};
+
+/// The copy inside a backup directory.
+const TREE: &str = "tree";
+/// The manifest of the copy.
+const MANIFEST: &str = "manifest.json";
+/// The inode number of `tree/`, so the backup's tree is recognised after it became the root.
+const TREE_ID: &str = "tree.id";
+/// Marks a backup whose tree was swapped in: consumed, only its manifest is left.
+const RESTORED: &str = "restored";
+/// The tree that was the root before a restore, on its way out.
+const DISCARD: &str = "discard";
 
 /// Why a backup or restore failed.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +56,8 @@ pub enum BackupError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the backup {path} does not match its manifest, not restored: {detail}")]
+    Damaged { path: PathBuf, detail: String },
     #[error("the restored tree does not match the backup: {0}")]
     Mismatch(String),
     #[error("{op} {path}")]
@@ -50,6 +76,8 @@ pub enum BackupError {
 pub struct BackupStore {
     dir: PathBuf,
     max_bytes: Option<u64>,
+    /// Where the test crash points drop their markers (the agent's state directory).
+    crash_dir: Option<PathBuf>,
 }
 
 /// A complete, durable backup.
@@ -57,6 +85,21 @@ pub struct BackupStore {
 pub struct Backup {
     pub tree: PathBuf,
     pub manifest: Manifest,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Restored {
+    /// The backup's tree became the root (one rename): the backup is consumed. `swapped_out`
+    /// is the tree that was the root, under a discard name, to remove once the answer is out
+    /// ([`remove_swapped_out`]).
+    Swapped { swapped_out: Option<PathBuf> },
+    /// The backup is on another file system: it was copied in, and is kept.
+    Copied,
+    /// An earlier restore already swapped this backup in (it is consumed): nothing was done.
+    /// Whether the root still equals it is the caller's question ([`BackupStore::load`] keeps
+    /// the manifest).
+    AlreadyRestored,
 }
 
 impl BackupStore {
@@ -70,12 +113,27 @@ impl BackupStore {
         Self {
             dir: dir.to_owned(),
             max_bytes: None,
+            crash_dir: None,
         }
     }
 
     /// Refuses backups larger than `max_bytes`.
     pub fn with_limit(self, max_bytes: Option<u64>) -> Self {
         Self { max_bytes, ..self }
+    }
+
+    /// Arms the restore's test crash points (see [`crashpoint`]), with markers in `state_dir`.
+    pub fn with_crash_points(self, state_dir: &Path) -> Self {
+        Self {
+            crash_dir: Some(state_dir.to_owned()),
+            ..self
+        }
+    }
+
+    fn crash_point(&self, point: &str) {
+        if let Some(dir) = &self.crash_dir {
+            crashpoint::reached(dir, point);
+        }
     }
 
     fn path(&self, id: CommandId) -> PathBuf {
@@ -101,16 +159,22 @@ impl BackupStore {
     }
 
     fn write(&self, root: &Path, partial: &Path, id: CommandId) -> Result<Backup, BackupError> {
-        let manifest = tree::copy_tree(root, &partial.join("tree"))?;
-        let manifest_path = partial.join("manifest.json");
+        let copy = partial.join(TREE);
+        let manifest = tree::copy_tree(root, &copy)?;
+        let manifest_path = partial.join(MANIFEST);
         let text = serde_json::to_vec_pretty(&manifest).expect("manifests serialize");
         fs::write(&manifest_path, text).map_err(|source| io("write", &manifest_path, source))?;
+        let ino = fs::symlink_metadata(&copy)
+            .map_err(|source| io("stat", &copy, source))?
+            .ino();
+        let id_path = partial.join(TREE_ID);
+        fs::write(&id_path, ino.to_string()).map_err(|source| io("write", &id_path, source))?;
         tree::sync_filesystem(partial)?;
         let done = self.path(id);
         fs::rename(partial, &done).map_err(|source| io("rename", partial, source))?;
         tree::sync_dir(&self.dir)?;
         Ok(Backup {
-            tree: done.join("tree"),
+            tree: done.join(TREE),
             manifest,
         })
     }
@@ -143,10 +207,11 @@ impl BackupStore {
         Ok(())
     }
 
-    /// The complete backup of command `id`.
+    /// The backup of command `id` (for a consumed one, `tree` no longer holds it; the manifest
+    /// does not change).
     pub fn load(&self, id: CommandId) -> Result<Backup, BackupError> {
         let dir = self.path(id);
-        let manifest_path = dir.join("manifest.json");
+        let manifest_path = dir.join(MANIFEST);
         let text = match fs::read(&manifest_path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -164,19 +229,142 @@ impl BackupStore {
             source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
         })?;
         Ok(Backup {
-            tree: dir.join("tree"),
+            tree: dir.join(TREE),
             manifest,
         })
+    }
+
+    /// Whether anything of the backup of `id` is still kept (whole, or consumed by a restore
+    /// and not yet finalized).
+    pub fn exists(&self, id: CommandId) -> bool {
+        self.path(id).exists()
+    }
+
+    /// Whether a restore already consumed the backup of `id`.
+    pub fn is_restored(&self, id: CommandId) -> bool {
+        self.path(id).join(RESTORED).exists()
+    }
+
+    /// Puts the backup of `id` back at `root`, and says how. Safe to call again after a crash
+    /// at any point of an earlier call: a restore whose swap happened is finished, not redone.
+    pub fn restore(&self, id: CommandId, root: &Path) -> Result<Restored, BackupError> {
+        let dir = self.path(id);
+        if dir.join(RESTORED).exists() {
+            return Ok(Restored::AlreadyRestored);
+        }
+        let backup = self.load(id)?;
+        let recorded = fs::read_to_string(dir.join(TREE_ID))
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok());
+        let dir_dev = fs::metadata(&dir)
+            .map_err(|source| io("stat", &dir, source))?
+            .dev();
+        let root_meta = fs::symlink_metadata(root).ok();
+        let parent = root.parent().unwrap_or(Path::new("/"));
+        let root_dev = match &root_meta {
+            Some(meta) => meta.dev(),
+            None => fs::metadata(parent)
+                .map_err(|source| io("stat", parent, source))?
+                .dev(),
+        };
+        if root_dev != dir_dev {
+            restore_by_copy(&backup, root)?;
+            return Ok(Restored::Copied);
+        }
+        let tree_ino = fs::symlink_metadata(&backup.tree).ok().map(|m| m.ino());
+        let root_ino = root_meta.as_ref().map(MetadataExt::ino);
+        match recorded {
+            // A restore cut short after its swap: the root is the backup's tree already.
+            Some(ino) if root_ino == Some(ino) => {
+                let restored = self.finish_swap(&dir)?;
+                tree::sync_dir(parent)?;
+                return Ok(restored);
+            }
+            Some(ino) if tree_ino == Some(ino) => {}
+            // Written before `tree.id` existed: the tree is still in place (a restore never
+            // ran), record it now, before the swap makes it the root.
+            None if tree_ino.is_some() => {
+                let id_path = dir.join(TREE_ID);
+                fs::write(&id_path, tree_ino.unwrap_or_default().to_string())
+                    .and_then(|()| fs::File::open(&id_path)?.sync_all())
+                    .map_err(|source| io("write", &id_path, source))?;
+                tree::sync_dir(&dir)?;
+            }
+            // Neither tree is recognisable by its inode: only a full comparison can tell.
+            _ => {
+                if root_meta.is_some()
+                    && tree::differences(&backup.manifest, &tree::scan(root)?).is_empty()
+                {
+                    return self.finish_swap(&dir);
+                }
+                return Err(BackupError::Damaged {
+                    path: backup.tree.clone(),
+                    detail: "neither the backup's tree nor the root is the backup".into(),
+                });
+            }
+        }
+        let diff = tree::stat_differences(&backup.tree, &backup.manifest)?;
+        if !diff.is_empty() {
+            return Err(BackupError::Damaged {
+                path: backup.tree.clone(),
+                detail: summarize(&diff),
+            });
+        }
+        self.crash_point("restore_verified");
+        match exchange(&backup.tree, root, &dir) {
+            Ok(()) => {}
+            // Another file system after all (e.g. the root is a mount point): copy.
+            Err(BackupError::Io { source, .. })
+                if source.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) =>
+            {
+                restore_by_copy(&backup, root)?;
+                return Ok(Restored::Copied);
+            }
+            Err(e) => return Err(e),
+        }
+        self.crash_point("restore_swapped");
+        let restored = self.finish_swap(&dir)?;
+        // One journal commit makes the swap, the rename and the marker durable (the backup's
+        // directory was synced in `finish_swap`); the root's parent holds the other half.
+        tree::sync_dir(parent)?;
+        Ok(restored)
+    }
+
+    /// After the swap: the tree that was the root (now at `tree/`) is renamed `discard/`, and
+    /// the backup is marked consumed.
+    fn finish_swap(&self, dir: &Path) -> Result<Restored, BackupError> {
+        let tree = dir.join(TREE);
+        let discard = dir.join(DISCARD);
+        if fs::symlink_metadata(&tree).is_ok() {
+            if fs::symlink_metadata(&discard).is_ok() {
+                remove_all(&discard)?;
+            }
+            fs::rename(&tree, &discard).map_err(|source| io("rename", &tree, source))?;
+        }
+        let marker = dir.join(RESTORED);
+        fs::write(&marker, b"").map_err(|source| io("write", &marker, source))?;
+        tree::sync_dir(dir)?;
+        Ok(Restored::Swapped {
+            swapped_out: fs::symlink_metadata(&discard).is_ok().then_some(discard),
+        })
+    }
+
+    /// Removes what restores swapped out and left behind (a crash before their removal).
+    pub fn sweep(&self) -> Vec<PathBuf> {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .map(|e| e.path().join(DISCARD))
+            .filter(|p| fs::symlink_metadata(p).is_ok())
+            .collect()
     }
 
     /// Removes the backup of command `id` and any partial one.
     pub fn discard(&self, id: CommandId) -> Result<(), BackupError> {
         for path in [self.path(id), self.partial_path(id)] {
-            match fs::remove_dir_all(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => return Err(io("remove", &path, source)),
-            }
+            remove_all(&path)?;
         }
         // Best effort: a discarded backup that reappears after a power cut is only wasted space.
         let _ = tree::sync_dir(&self.dir);
@@ -184,10 +372,63 @@ impl BackupStore {
     }
 }
 
-/// Puts `backup` back at `root`: the copy is staged beside the root, made durable, then swapped
-/// in with one `renameat2(RENAME_EXCHANGE)`, so the service sees either the old tree or the
-/// restored one, never a mix. Verifies the result against the manifest.
-pub fn restore(backup: &Backup, root: &Path) -> Result<(), BackupError> {
+/// Removes a swapped-out tree (from [`Restored::Swapped`] or [`BackupStore::sweep`]).
+pub fn remove_swapped_out(path: &Path) {
+    if let Err(e) = remove_all(path) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot remove a swapped-out tree");
+    }
+}
+
+/// `remove_dir_all` that tolerates the tree vanishing under it (a concurrent removal of the
+/// same backup, e.g. a finalize while the swapped-out tree is removed in the background).
+fn remove_all(path: &Path) -> Result<(), BackupError> {
+    let mut attempts = 0;
+    loop {
+        match fs::remove_dir_all(path) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !path.exists() => return Ok(()),
+            Err(_) if attempts < 3 && path.exists() => attempts += 1,
+            Err(source) => return Err(io("remove", path, source)),
+        }
+    }
+}
+
+fn summarize(diff: &[String]) -> String {
+    let mut text = diff.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+    if diff.len() > 5 {
+        text.push_str(&format!(" and {} more", diff.len() - 5));
+    }
+    text
+}
+
+/// Exchanges the backup's `tree` and `root` (the restore's commit point), or renames `tree`
+/// to `root` when the root is missing. Where the file system cannot exchange, the root is
+/// renamed into the backup's directory first (`discard/`), which leaves a short window without
+/// a root; a crash in it is recovered like a missing root.
+fn exchange(tree: &Path, root: &Path, dir: &Path) -> Result<(), BackupError> {
+    if fs::symlink_metadata(root).is_err() {
+        // The root itself is gone (e.g. deleted by a bad step): a plain rename restores it.
+        return fs::rename(tree, root).map_err(|source| io("rename", tree, source));
+    }
+    match rustix::fs::renameat_with(CWD, tree, CWD, root, RenameFlags::EXCHANGE) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS | rustix::io::Errno::OPNOTSUPP) => {
+            let aside = dir.join(DISCARD);
+            if fs::symlink_metadata(&aside).is_ok() {
+                remove_all(&aside)?;
+            }
+            fs::rename(root, &aside).map_err(|source| io("rename", root, source))?;
+            fs::rename(tree, root).map_err(|source| io("rename", tree, source))
+        }
+        Err(e) => Err(io("exchange", root, e.into())),
+    }
+}
+
+/// Puts a copy of `backup` at `root`, keeping the backup: the copy is staged beside the root,
+/// made durable, then swapped in with one `renameat2(RENAME_EXCHANGE)`, so the service sees
+/// either the old tree or the restored one, never a mix. Verifies the result against the
+/// manifest. The restore for a backup on another file system than the root.
+pub fn restore_by_copy(backup: &Backup, root: &Path) -> Result<(), BackupError> {
     let staging = sibling(root, "restore");
     let _ = fs::remove_dir_all(&staging);
     tree::copy_tree(&backup.tree, &staging)?;
@@ -245,41 +486,253 @@ fn io(op: &'static str, path: &Path, source: std::io::Error) -> BackupError {
 mod tests {
     use super::*;
 
-    #[test]
-    fn take_then_restore_brings_back_every_byte() {
+    /// A service root with a few kinds of entries, and a store beside it.
+    fn setup() -> (tempfile::TempDir, PathBuf, BackupStore) {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("svc");
-        fs::create_dir_all(root.join("config")).unwrap();
+        fs::create_dir_all(root.join("config/empty")).unwrap();
         fs::write(root.join("config/a.toml"), "a = 1\n").unwrap();
         fs::write(root.join("legacy.conf"), "x=1\n").unwrap();
-        let before = tree::scan(&root).unwrap();
+        std::os::unix::fs::symlink("config/a.toml", root.join("current")).unwrap();
         let store = BackupStore::new(&tmp.path().join("state"));
-        let id = CommandId::new();
-        let backup = store.take(&root, id).unwrap();
-        assert_eq!(backup.manifest, before);
+        (tmp, root, store)
+    }
 
+    fn change(root: &Path) {
         fs::write(root.join("config/a.toml"), "changed").unwrap();
         fs::remove_file(root.join("legacy.conf")).unwrap();
         fs::write(root.join("new.toml"), "").unwrap();
-        restore(&store.load(id).unwrap(), &root).unwrap();
-        assert!(tree::differences(&before, &tree::scan(&root).unwrap()).is_empty());
+    }
+
+    fn same(before: &Manifest, root: &Path) -> bool {
+        tree::differences(before, &tree::scan(root).unwrap()).is_empty()
+    }
+
+    fn ino(path: &Path) -> u64 {
+        fs::symlink_metadata(path).unwrap().ino()
+    }
+
+    #[test]
+    fn take_then_restore_swaps_the_backup_in_and_consumes_it() {
+        let (_tmp, root, store) = setup();
+        let before = tree::scan(&root).unwrap();
+        let id = CommandId::new();
+        let backup = store.take(&root, id).unwrap();
+        assert_eq!(backup.manifest, before);
+        let backup_ino = ino(&backup.tree);
+
+        change(&root);
+        let changed = tree::scan(&root).unwrap();
+        let restored = store.restore(id, &root).unwrap();
+        // O(1): the root *is* the backup's tree now, nothing was copied.
+        assert_eq!(ino(&root), backup_ino);
+        assert!(same(&before, &root));
+        let Restored::Swapped {
+            swapped_out: Some(out),
+        } = restored
+        else {
+            panic!("{restored:?}")
+        };
+        // The tree that was the root waits under a discard name, never as a backup.
+        assert!(same(&changed, &out));
+        assert!(!backup.tree.exists());
+        assert!(store.is_restored(id) && store.exists(id));
+        assert_eq!(store.load(id).unwrap().manifest, before);
+        remove_swapped_out(&out);
+        assert!(!out.exists());
         assert!(!sibling(&root, "restore").exists());
+
+        // Consumed: a second restore does nothing and says so.
+        assert_eq!(store.restore(id, &root).unwrap(), Restored::AlreadyRestored);
+        assert!(same(&before, &root));
 
         store.discard(id).unwrap();
         assert!(matches!(store.load(id), Err(BackupError::Missing(_))));
+        assert!(!store.exists(id));
     }
 
     #[test]
     fn restore_recreates_a_deleted_root() {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().join("svc");
-        fs::create_dir_all(&root).unwrap();
-        fs::write(root.join("f"), "1").unwrap();
-        let store = BackupStore::new(&tmp.path().join("state"));
+        let (_tmp, root, store) = setup();
+        let before = tree::scan(&root).unwrap();
         let id = CommandId::new();
         store.take(&root, id).unwrap();
         fs::remove_dir_all(&root).unwrap();
-        restore(&store.load(id).unwrap(), &root).unwrap();
-        assert_eq!(fs::read_to_string(root.join("f")).unwrap(), "1");
+        assert_eq!(
+            store.restore(id, &root).unwrap(),
+            Restored::Swapped { swapped_out: None }
+        );
+        assert!(same(&before, &root));
+    }
+
+    #[test]
+    fn a_damaged_backup_is_not_swapped_in() {
+        let (_tmp, root, store) = setup();
+        let id = CommandId::new();
+        let backup = store.take(&root, id).unwrap();
+        change(&root);
+        let changed = tree::scan(&root).unwrap();
+        fs::remove_file(backup.tree.join("legacy.conf")).unwrap();
+        let err = store.restore(id, &root).unwrap_err();
+        assert!(
+            matches!(&err, BackupError::Damaged { detail, .. } if detail.contains("legacy.conf: missing")),
+            "{err}"
+        );
+        assert!(same(&changed, &root));
+        assert!(!store.is_restored(id));
+    }
+
+    /// kill -9 right after the exchange: the next restore recognises the root as the backup's
+    /// tree (by its inode) and finishes, instead of swapping the old tree back in.
+    #[test]
+    fn a_restore_cut_short_after_its_swap_is_finished_not_redone() {
+        let (_tmp, root, store) = setup();
+        let before = tree::scan(&root).unwrap();
+        let id = CommandId::new();
+        let backup = store.take(&root, id).unwrap();
+        change(&root);
+        let changed = tree::scan(&root).unwrap();
+        rustix::fs::renameat_with(CWD, &backup.tree, CWD, &root, RenameFlags::EXCHANGE).unwrap();
+
+        let Restored::Swapped {
+            swapped_out: Some(out),
+        } = store.restore(id, &root).unwrap()
+        else {
+            panic!("not finished as a swap")
+        };
+        assert!(same(&before, &root));
+        assert!(same(&changed, &out));
+
+        // Cut short again, after the rename to the discard name but before the marker.
+        fs::remove_file(store.path(id).join(RESTORED)).unwrap();
+        assert_eq!(
+            store.restore(id, &root).unwrap(),
+            Restored::Swapped {
+                swapped_out: Some(out.clone())
+            }
+        );
+        assert!(same(&before, &root));
+        assert_eq!(store.sweep(), vec![out]);
+    }
+
+    /// The two-rename fallback (file systems without RENAME_EXCHANGE), cut between its renames:
+    /// no root; the backup's tree is still whole, so the restore puts it in place.
+    #[test]
+    fn a_restore_cut_short_without_a_root_puts_the_backup_in_place() {
+        let (_tmp, root, store) = setup();
+        let before = tree::scan(&root).unwrap();
+        let id = CommandId::new();
+        store.take(&root, id).unwrap();
+        change(&root);
+        fs::rename(&root, store.path(id).join(DISCARD)).unwrap();
+        let restored = store.restore(id, &root).unwrap();
+        assert!(matches!(
+            restored,
+            Restored::Swapped {
+                swapped_out: Some(_)
+            }
+        ));
+        assert!(same(&before, &root));
+    }
+
+    /// A backup written before `tree.id` existed is restored the same way.
+    #[test]
+    fn a_backup_without_a_tree_id_is_restored() {
+        let (_tmp, root, store) = setup();
+        let before = tree::scan(&root).unwrap();
+        let id = CommandId::new();
+        store.take(&root, id).unwrap();
+        fs::remove_file(store.path(id).join(TREE_ID)).unwrap();
+        change(&root);
+        assert!(matches!(
+            store.restore(id, &root).unwrap(),
+            Restored::Swapped { .. }
+        ));
+        assert!(same(&before, &root));
+    }
+
+    /// When neither tree carries the recorded inode, the full comparison decides.
+    #[test]
+    fn without_a_usable_tree_id_the_full_comparison_decides() {
+        let (_tmp, root, store) = setup();
+        let before = tree::scan(&root).unwrap();
+        let id = CommandId::new();
+        let backup = store.take(&root, id).unwrap();
+        change(&root);
+        rustix::fs::renameat_with(CWD, &backup.tree, CWD, &root, RenameFlags::EXCHANGE).unwrap();
+        fs::write(store.path(id).join(TREE_ID), "1").unwrap();
+        assert!(matches!(
+            store.restore(id, &root).unwrap(),
+            Restored::Swapped {
+                swapped_out: Some(_)
+            }
+        ));
+        assert!(same(&before, &root));
+    }
+
+    /// Backups behind another mount of the same file system (a bind mount, as systemd's
+    /// `ReadWritePaths=` and `StateDirectory=` make): same `st_dev`, but a rename across the
+    /// mounts fails with EXDEV; the restore falls back to the copy, changing nothing first.
+    #[test]
+    fn a_backup_behind_a_bind_mount_is_copied() {
+        let (tmp, root, _) = setup();
+        let (real, mounted) = (tmp.path().join("real"), tmp.path().join("mounted"));
+        fs::create_dir_all(&real).unwrap();
+        fs::create_dir_all(&mounted).unwrap();
+        let bound = std::process::Command::new("mount")
+            .arg("--bind")
+            .arg(&real)
+            .arg(&mounted)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !bound {
+            eprintln!("cannot bind-mount here (needs root): the EXDEV fallback is not exercised");
+            return;
+        }
+        struct Unmount(PathBuf);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(&self.0).status();
+            }
+        }
+        let _unmount = Unmount(mounted.clone());
+        let store = BackupStore::in_dir(&mounted.join("backups"));
+        let before = tree::scan(&root).unwrap();
+        let id = CommandId::new();
+        store.take(&root, id).unwrap();
+        change(&root);
+        assert_eq!(store.restore(id, &root).unwrap(), Restored::Copied);
+        assert!(same(&before, &root));
+        assert!(!store.is_restored(id));
+        assert!(same(&before, &store.load(id).unwrap().tree));
+    }
+
+    /// A backup on another file system than the root is copied in and kept.
+    #[test]
+    fn a_backup_on_another_file_system_is_copied_and_kept() {
+        let (_tmp, root, _) = setup();
+        let Ok(elsewhere) = tempfile::tempdir_in("/dev/shm") else {
+            eprintln!("no /dev/shm: the copy fallback is covered by the bench only");
+            return;
+        };
+        if fs::metadata(elsewhere.path()).unwrap().dev() == fs::metadata(&root).unwrap().dev() {
+            eprintln!("/dev/shm is on the root's file system here");
+            return;
+        }
+        let store = BackupStore::in_dir(elsewhere.path());
+        let before = tree::scan(&root).unwrap();
+        let id = CommandId::new();
+        let backup = store.take(&root, id).unwrap();
+        change(&root);
+        assert_eq!(store.restore(id, &root).unwrap(), Restored::Copied);
+        assert!(same(&before, &root));
+        assert!(same(&before, &backup.tree));
+        assert!(!store.is_restored(id));
+        // Still whole: a second rollback restores again.
+        change(&root);
+        assert_eq!(store.restore(id, &root).unwrap(), Restored::Copied);
+        assert!(same(&before, &root));
+        assert!(!sibling(&root, "restore").exists());
     }
 }

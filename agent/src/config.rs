@@ -127,6 +127,11 @@ pub struct AgentSection {
     /// directory's, for services with big roots.
     #[serde(default)]
     pub backup_dir: Option<PathBuf>,
+    /// Stop the service the agent runs (`supervisor = "agent"`) when the agent shuts down
+    /// cleanly (SIGTERM, SIGINT). Off by default: the service keeps serving while the agent is
+    /// away, and the next agent adopts it. An agent that dies or fails never stops it.
+    #[serde(default)]
+    pub stop_service_on_exit: bool,
 }
 
 /// The service this agent looks after.

@@ -1,15 +1,31 @@
 //! The agent's write-ahead journal: one JSON record per line, fsynced before the agent acts on
-//! it. It is the agent's memory of every command it accepted, so a command is never applied
+//! it. It is the agent's memory of the commands it accepted, so a command is never applied
 //! twice (whatever the broker redelivers) and a migration cut short by a crash is finished or
 //! undone on the next start.
+//!
+//! It does not grow forever: [`Journal::compact`] rewrites it (a new file, fsynced, renamed over
+//! the old one) with only what is still needed ([`Retention`]): unfinished commands, results
+//! not yet published, succeeded migrations whose backup is still kept, and every command that
+//! could still arrive and be accepted (not yet past `expires_at` + the clock skew, plus a
+//! cushion) — an older one is refused as expired whether remembered or not.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use flotilla_schemas::{Command, CommandId, RunResult};
+use flotilla_schemas::{Action, Command, CommandId, Outcome, RunResult};
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// The journal's file name in the state directory.
+const FILE: &str = "journal.jsonl";
+/// Where a compaction writes the new journal before renaming it over the old one.
+const COMPACTING: &str = "journal.jsonl.tmp";
+/// Compaction is due past this many commands in memory...
+const COMPACT_ENTRIES: usize = 1_000;
+/// ...or past this many bytes on disk (or twice what the last compaction kept, if more).
+const COMPACT_BYTES: u64 = 4 << 20;
 
 /// Why the journal could not be read or written. Any write error is fatal for the agent: a
 /// journal that may have lost a record cannot promise at-most-once.
@@ -32,9 +48,11 @@ pub enum JournalError {
 pub enum Record {
     /// The command was accepted; nothing has changed yet.
     Accepted { command: Command },
-    /// The backup is complete and durable.
+    /// The backup is complete and durable. Written by agents before the one `Applying` record
+    /// replaced the pair; still read from older journals.
     BackedUp { command_id: CommandId },
-    /// The service root is about to change.
+    /// The backup is complete and durable, and the service root is about to change (one record,
+    /// one fsync: older journals have a `BackedUp` record before it).
     Applying { command_id: CommandId },
     /// The command ended; its result is final.
     Finished { result: RunResult },
@@ -58,12 +76,55 @@ pub struct Journal {
     file: File,
     entries: HashMap<CommandId, Entry>,
     order: Vec<CommandId>,
+    /// The file's length.
+    bytes: u64,
+    /// What the last compaction kept, to compact again only once the journal doubled.
+    kept_entries: usize,
+    kept_bytes: u64,
+}
+
+/// What a compaction keeps: every entry the agent may still need.
+pub struct Retention<'a> {
+    pub now: OffsetDateTime,
+    /// How long after its `expires_at` a command is remembered. The agent accepts a command
+    /// until `expires_at` + its clock skew; it remembers it twice as long, so that a replay
+    /// arriving while it could still be accepted is answered from the journal, with a cushion
+    /// for the wall clock stepping back.
+    pub remember_after_expiry: time::Duration,
+    /// Whether the backup of a migration is still kept (whole, or consumed by a restore and
+    /// not yet finalized): a rollback or a finalize may still come for it.
+    pub backup_kept: &'a dyn Fn(CommandId) -> bool,
+}
+
+impl Retention<'_> {
+    /// Whether `entry` must survive a compaction, and why (for tests and logs).
+    pub fn keeps(&self, entry: &Entry) -> Option<&'static str> {
+        let Some(result) = &entry.result else {
+            return entry.command.is_some().then_some("unfinished");
+        };
+        if !entry.published {
+            return Some("result not yet published");
+        }
+        let Some(command) = &entry.command else {
+            return None;
+        };
+        if matches!(command.action, Action::Migrate { .. })
+            && result.outcome == Outcome::Succeeded
+            && (self.backup_kept)(command.command_id)
+        {
+            return Some("succeeded migration whose backup is kept");
+        }
+        if command.expires_at + self.remember_after_expiry >= self.now {
+            return Some("could still be replayed and accepted");
+        }
+        None
+    }
 }
 
 impl Journal {
     /// Opens (or creates) the journal in `state_dir` and folds its records.
     pub fn open(state_dir: &Path) -> Result<Self, JournalError> {
-        let path = state_dir.join("journal.jsonl");
+        let path = state_dir.join(FILE);
         let io = |op, source| JournalError::Io {
             op,
             path: path.clone(),
@@ -81,7 +142,12 @@ impl Journal {
             path: path.clone(),
             entries: HashMap::new(),
             order: Vec::new(),
+            bytes: 0,
+            kept_entries: 0,
+            kept_bytes: 0,
         };
+        // A compaction cut short before its rename: the old journal is whole, drop the new one.
+        let _ = std::fs::remove_file(state_dir.join(COMPACTING));
         if !existed {
             File::open(state_dir)
                 .and_then(|d| d.sync_all())
@@ -129,6 +195,7 @@ impl Journal {
                 .map_err(|e| io("truncate torn record of", e))?;
             journal.file.sync_all().map_err(|e| io("fsync", e))?;
         }
+        journal.bytes = kept;
         Ok(journal)
     }
 
@@ -153,7 +220,10 @@ impl Journal {
         match record {
             Record::Accepted { command } => entry.command = Some(command),
             Record::BackedUp { .. } => entry.backed_up = true,
-            Record::Applying { .. } => entry.applying = true,
+            Record::Applying { .. } => {
+                entry.backed_up = true;
+                entry.applying = true;
+            }
             Record::Finished { result } => entry.result = Some(result),
             Record::Published { .. } => entry.published = true,
         }
@@ -161,16 +231,43 @@ impl Journal {
 
     /// Appends `record` durably (write, then fsync), then folds it.
     pub fn append(&mut self, record: Record) -> Result<(), JournalError> {
-        let mut line = serde_json::to_vec(&record).expect("journal records serialize");
-        line.push(b'\n');
+        self.append_all(vec![record])
+    }
+
+    /// Appends `records` durably with one write and one fsync, then folds them. A crash leaves
+    /// a prefix of them (a torn last one is cut off on open), never a gap.
+    pub fn append_all(&mut self, records: Vec<Record>) -> Result<(), JournalError> {
+        self.write(records, true)
+    }
+
+    /// Appends `record` without waiting for it to be durable: for records whose loss only
+    /// repeats harmless work (`Published`: a result sent again, which the coordinator files
+    /// once by command ID). The next durable append makes it durable too.
+    pub fn append_lazily(&mut self, record: Record) -> Result<(), JournalError> {
+        self.write(vec![record], false)
+    }
+
+    fn write(&mut self, records: Vec<Record>, durable: bool) -> Result<(), JournalError> {
+        let mut lines = Vec::new();
+        for record in &records {
+            serde_json::to_writer(&mut lines, record).expect("journal records serialize");
+            lines.push(b'\n');
+        }
         let io = |op, source| JournalError::Io {
             op,
             path: self.path.clone(),
             source,
         };
-        self.file.write_all(&line).map_err(|e| io("append to", e))?;
-        self.file.sync_data().map_err(|e| io("fsync", e))?;
-        self.fold(record);
+        self.file
+            .write_all(&lines)
+            .map_err(|e| io("append to", e))?;
+        if durable {
+            self.file.sync_data().map_err(|e| io("fsync", e))?;
+        }
+        self.bytes += lines.len() as u64;
+        for record in records {
+            self.fold(record);
+        }
         Ok(())
     }
 
@@ -197,5 +294,462 @@ impl Journal {
 
     fn in_order(&self) -> impl Iterator<Item = &Entry> {
         self.order.iter().filter_map(|id| self.entries.get(id))
+    }
+
+    /// How many commands the journal holds in memory.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the journal holds no command.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The journal file's length in bytes.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Whether the journal has grown enough since the last compaction to compact it: past
+    /// 1,000 commands or 4 MiB, and past twice what the last compaction kept.
+    pub fn compaction_due(&self) -> bool {
+        self.entries.len() > COMPACT_ENTRIES.max(2 * self.kept_entries)
+            || self.bytes > COMPACT_BYTES.max(2 * self.kept_bytes)
+    }
+
+    /// Rewrites the journal with only the entries `retention` keeps, in their order: the new
+    /// file is written beside the old one, fsynced, renamed over it, and the directory fsynced,
+    /// so a crash at any point leaves the old journal or the new one, both whole. Returns how
+    /// many commands were dropped. A failure before the rename (e.g. a full disk) leaves the
+    /// old journal in use and is only logged; one after it is an error.
+    pub fn compact(&mut self, retention: &Retention<'_>) -> Result<usize, JournalError> {
+        let dropped: Vec<CommandId> = self
+            .order
+            .iter()
+            .filter(|id| {
+                self.entries
+                    .get(id)
+                    .is_some_and(|e| retention.keeps(e).is_none())
+            })
+            .copied()
+            .collect();
+        if dropped.is_empty() {
+            self.kept_entries = self.entries.len();
+            self.kept_bytes = self.bytes;
+            return Ok(0);
+        }
+        let dir = self.path.parent().unwrap_or(Path::new(".")).to_owned();
+        let tmp = dir.join(COMPACTING);
+        let gone: std::collections::HashSet<CommandId> = dropped.iter().copied().collect();
+        let mut text = Vec::new();
+        for entry in self
+            .order
+            .iter()
+            .filter(|id| !gone.contains(id))
+            .filter_map(|id| self.entries.get(id))
+        {
+            for record in entry.records() {
+                serde_json::to_writer(&mut text, &record).expect("journal records serialize");
+                text.push(b'\n');
+            }
+        }
+        let written = File::create(&tmp)
+            .and_then(|mut f| {
+                f.write_all(&text)?;
+                f.sync_all()
+            })
+            .and_then(|()| {
+                crate::crashpoint::reached(&dir, "compacting");
+                std::fs::rename(&tmp, &self.path)
+            });
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            tracing::warn!(error = %e, "journal compaction failed; the journal is kept as it was");
+            // Not again before it has grown further.
+            self.kept_entries = self.entries.len();
+            self.kept_bytes = self.bytes;
+            return Ok(0);
+        }
+        let io = |op, source| JournalError::Io {
+            op,
+            path: self.path.clone(),
+            source,
+        };
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io("fsync directory of", e))?;
+        self.file = OpenOptions::new()
+            .append(true)
+            .read(true)
+            .open(&self.path)
+            .map_err(|e| io("reopen", e))?;
+        self.order.retain(|id| !gone.contains(id));
+        self.order.shrink_to_fit();
+        self.entries.retain(|id, _| !gone.contains(id));
+        self.entries.shrink_to_fit();
+        self.bytes = text.len() as u64;
+        self.kept_entries = self.entries.len();
+        self.kept_bytes = self.bytes;
+        tracing::info!(
+            dropped = dropped.len(),
+            kept = self.entries.len(),
+            bytes = self.bytes,
+            "journal compacted"
+        );
+        Ok(dropped.len())
+    }
+}
+
+impl Entry {
+    /// The records that rebuild this entry.
+    fn records(&self) -> Vec<Record> {
+        let mut records = Vec::with_capacity(4);
+        let id = self
+            .command
+            .as_ref()
+            .map(|c| c.command_id)
+            .or(self.result.as_ref().map(|r| r.command_id));
+        if let Some(command) = &self.command {
+            records.push(Record::Accepted {
+                command: command.clone(),
+            });
+        }
+        if let Some(command_id) = id {
+            if self.applying {
+                records.push(Record::Applying { command_id });
+            } else if self.backed_up {
+                records.push(Record::BackedUp { command_id });
+            }
+        }
+        if let Some(result) = &self.result {
+            records.push(Record::Finished {
+                result: result.clone(),
+            });
+        }
+        if self.published
+            && let Some(command_id) = id
+        {
+            records.push(Record::Published { command_id });
+        }
+        records
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_schemas::{InstanceId, Measurements, RunId, ServiceName, Step};
+    use time::Duration;
+
+    fn command(action: Action, expires_at: OffsetDateTime) -> Command {
+        Command {
+            schema: Default::default(),
+            command_id: CommandId::new(),
+            run_id: RunId::new(),
+            service: ServiceName::parse("svc").unwrap(),
+            instance: InstanceId::parse("a").unwrap(),
+            issued_at: expires_at - Duration::minutes(2),
+            expires_at,
+            action,
+        }
+    }
+
+    fn migrate(expires_at: OffsetDateTime) -> Command {
+        // About what a real command weighs: a configuration file's content in a step.
+        let content = "key = \"value\"\n".repeat(100);
+        command(
+            Action::Migrate {
+                steps: vec![Step::WriteFile {
+                    path: "config/service.toml".into(),
+                    content,
+                    mode: None,
+                }],
+                health: Vec::new(),
+                gates: Default::default(),
+                preconditions: Vec::new(),
+                checks: Vec::new(),
+                workloads: Vec::new(),
+            },
+            expires_at,
+        )
+    }
+
+    fn outcome(command: &Command, outcome: Outcome) -> RunResult {
+        RunResult {
+            schema: Default::default(),
+            run_id: command.run_id,
+            command_id: command.command_id,
+            service: command.service.clone(),
+            instance: command.instance.clone(),
+            at: OffsetDateTime::now_utc(),
+            outcome,
+            reason: None,
+            phases: Vec::new(),
+            measurements: Measurements::default(),
+            gates: Vec::new(),
+            workloads: Vec::new(),
+            inspection: None,
+            replayed: false,
+        }
+    }
+
+    /// Journals `command` as finished with `result` and, when `published`, published.
+    fn finish(journal: &mut Journal, command: &Command, result: Outcome, published: bool) {
+        journal
+            .append_all(vec![
+                Record::Accepted {
+                    command: command.clone(),
+                },
+                Record::Finished {
+                    result: outcome(command, result),
+                },
+            ])
+            .unwrap();
+        if published {
+            journal
+                .append_lazily(Record::Published {
+                    command_id: command.command_id,
+                })
+                .unwrap();
+        }
+    }
+
+    fn retention(now: OffsetDateTime, kept: &dyn Fn(CommandId) -> bool) -> Retention<'_> {
+        Retention {
+            now,
+            remember_after_expiry: Duration::seconds(60),
+            backup_kept: kept,
+        }
+    }
+
+    const NO_BACKUP: &dyn Fn(CommandId) -> bool = &|_| false;
+
+    #[test]
+    fn the_merged_record_means_backed_up_and_applying_and_old_journals_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (
+            migrate(OffsetDateTime::now_utc()),
+            migrate(OffsetDateTime::now_utc()),
+        );
+        let lines: Vec<String> = [
+            Record::Accepted {
+                command: old.clone(),
+            },
+            Record::BackedUp {
+                command_id: old.command_id,
+            },
+            Record::Applying {
+                command_id: old.command_id,
+            },
+            Record::Accepted {
+                command: new.clone(),
+            },
+            Record::Applying {
+                command_id: new.command_id,
+            },
+        ]
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap() + "\n")
+        .collect();
+        std::fs::write(dir.path().join(FILE), lines.concat()).unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        for id in [old.command_id, new.command_id] {
+            let entry = journal.get(id).unwrap();
+            assert!(entry.backed_up && entry.applying);
+        }
+        assert_eq!(journal.unfinished().len(), 2);
+    }
+
+    #[test]
+    fn each_retention_rule_keeps_what_it_must() {
+        let now = OffsetDateTime::now_utc();
+        let long_ago = now - Duration::hours(1);
+        let dir = tempfile::tempdir().unwrap();
+        let mut journal = Journal::open(dir.path()).unwrap();
+        // Unfinished: a crash interrupted it; recovery needs it, however old.
+        let unfinished = migrate(long_ago);
+        journal
+            .append(Record::Accepted {
+                command: unfinished.clone(),
+            })
+            .unwrap();
+        // Finished but not published: the result must still go out.
+        let unpublished = migrate(long_ago);
+        finish(&mut journal, &unpublished, Outcome::RolledBack, false);
+        // A succeeded migration whose backup is kept: a rollback or finalize may still come.
+        let with_backup = migrate(long_ago);
+        finish(&mut journal, &with_backup, Outcome::Succeeded, true);
+        // A succeeded migration, finalized: its backup is gone.
+        let finalized = migrate(long_ago);
+        finish(&mut journal, &finalized, Outcome::Succeeded, true);
+        // Could still be replayed and accepted: not yet past expiry + the cushion.
+        let fresh = migrate(now + Duration::minutes(1));
+        finish(&mut journal, &fresh, Outcome::Succeeded, true);
+        let just_expired = command(
+            Action::Finalize {
+                migration: CommandId::new(),
+            },
+            now - Duration::seconds(30),
+        );
+        finish(&mut journal, &just_expired, Outcome::Finalized, true);
+        // Long expired and done: forgotten.
+        let expired_refusal = migrate(long_ago);
+        finish(&mut journal, &expired_refusal, Outcome::Refused, true);
+        let expired_rollback = command(
+            Action::Rollback {
+                migration: finalized.command_id,
+            },
+            long_ago,
+        );
+        finish(&mut journal, &expired_rollback, Outcome::RolledBack, true);
+
+        let kept_backup = with_backup.command_id;
+        let backup_kept = move |id| id == kept_backup;
+        let rules = retention(now, &backup_kept);
+        let why = |c: &Command| rules.keeps(journal.get(c.command_id).unwrap());
+        assert_eq!(why(&unfinished), Some("unfinished"));
+        assert_eq!(why(&unpublished), Some("result not yet published"));
+        assert_eq!(
+            why(&with_backup),
+            Some("succeeded migration whose backup is kept")
+        );
+        assert_eq!(why(&fresh), Some("could still be replayed and accepted"));
+        assert_eq!(
+            why(&just_expired),
+            Some("could still be replayed and accepted")
+        );
+        assert_eq!(why(&finalized), None);
+        assert_eq!(why(&expired_refusal), None);
+        assert_eq!(why(&expired_rollback), None);
+
+        assert_eq!(journal.compact(&rules).unwrap(), 3);
+        let check = |journal: &Journal| {
+            for gone in [&finalized, &expired_refusal, &expired_rollback] {
+                assert!(journal.get(gone.command_id).is_none());
+            }
+            assert_eq!(journal.len(), 5);
+            assert_eq!(journal.unfinished().len(), 1);
+            assert_eq!(
+                journal.unfinished()[0].command.as_ref().unwrap().command_id,
+                unfinished.command_id
+            );
+            assert_eq!(journal.unpublished().len(), 1);
+            assert_eq!(journal.unpublished()[0].command_id, unpublished.command_id);
+            let entry = journal.get(with_backup.command_id).unwrap();
+            assert_eq!(
+                entry.result.as_ref().map(|r| r.outcome),
+                Some(Outcome::Succeeded)
+            );
+            assert!(entry.published);
+        };
+        check(&journal);
+        // The file says the same: reopened, it folds to the same entries, and appends go on.
+        drop(journal);
+        let mut journal = Journal::open(dir.path()).unwrap();
+        check(&journal);
+        finish(&mut journal, &migrate(now), Outcome::Succeeded, true);
+        assert_eq!(Journal::open(dir.path()).unwrap().len(), 6);
+    }
+
+    #[test]
+    fn a_compaction_cut_short_leaves_a_readable_journal_old_or_new() {
+        let now = OffsetDateTime::now_utc();
+        let dir = tempfile::tempdir().unwrap();
+        let mut journal = Journal::open(dir.path()).unwrap();
+        let old = migrate(now - Duration::hours(1));
+        let fresh = migrate(now + Duration::minutes(5));
+        finish(&mut journal, &old, Outcome::Succeeded, true);
+        finish(&mut journal, &fresh, Outcome::Succeeded, true);
+        let before = std::fs::read(dir.path().join(FILE)).unwrap();
+
+        // Killed after writing the new journal, before the rename: a whole `.tmp`, and a torn
+        // one, are ignored (and removed); the old journal is read as it was.
+        let mut compacted = Journal::open(dir.path()).unwrap();
+        compacted.compact(&retention(now, NO_BACKUP)).unwrap();
+        let after = std::fs::read(dir.path().join(FILE)).unwrap();
+        for leftover in [&after[..], &after[..after.len() / 2]] {
+            std::fs::write(dir.path().join(FILE), &before).unwrap();
+            std::fs::write(dir.path().join(COMPACTING), leftover).unwrap();
+            let reopened = Journal::open(dir.path()).unwrap();
+            assert_eq!(reopened.len(), 2);
+            assert!(!dir.path().join(COMPACTING).exists());
+        }
+        // Killed after the rename: the new journal.
+        std::fs::write(dir.path().join(FILE), &after).unwrap();
+        let reopened = Journal::open(dir.path()).unwrap();
+        assert_eq!(reopened.len(), 1);
+        assert!(reopened.get(fresh.command_id).is_some());
+    }
+
+    /// 5,000 finished commands, compacted as the agent does after each: the entries in memory
+    /// and the file on disk stay bounded, instead of growing with every command.
+    #[test]
+    fn memory_and_file_stay_bounded_over_5000_commands() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut journal = Journal::open(dir.path()).unwrap();
+        let (mut max_entries, mut max_bytes, mut compactions) = (0, 0, 0);
+        for n in 0..5_000 {
+            // Each command expired well before the next arrives (as on a quiet agent, minutes
+            // apart), alternately a migration and its finalize.
+            let now = OffsetDateTime::now_utc();
+            let command = if n % 2 == 0 {
+                migrate(now - Duration::hours(1))
+            } else {
+                command(
+                    Action::Finalize {
+                        migration: CommandId::new(),
+                    },
+                    now - Duration::hours(1),
+                )
+            };
+            let result = if n % 2 == 0 {
+                Outcome::Succeeded
+            } else {
+                Outcome::Finalized
+            };
+            finish(&mut journal, &command, result, true);
+            max_entries = max_entries.max(journal.len());
+            max_bytes = max_bytes.max(journal.bytes());
+            if journal.compaction_due() {
+                journal.compact(&retention(now, NO_BACKUP)).unwrap();
+                compactions += 1;
+            }
+        }
+        assert!(compactions >= 4, "{compactions} compactions");
+        assert!(max_entries <= COMPACT_ENTRIES + 1, "{max_entries} entries");
+        assert!(max_bytes <= COMPACT_BYTES + (64 << 10), "{max_bytes} bytes");
+        let on_disk = std::fs::metadata(dir.path().join(FILE)).unwrap().len();
+        assert!(
+            on_disk <= COMPACT_BYTES + (64 << 10),
+            "{on_disk} bytes on disk"
+        );
+        assert_eq!(on_disk, journal.bytes());
+        assert!(Journal::open(dir.path()).unwrap().len() <= COMPACT_ENTRIES + 1);
+    }
+
+    /// Entries that must be kept are kept however many there are; the journal then compacts
+    /// again only once it has doubled, not after every command.
+    #[test]
+    fn a_journal_of_needed_entries_is_not_rewritten_after_every_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut journal = Journal::open(dir.path()).unwrap();
+        let now = OffsetDateTime::now_utc();
+        let mut compactions = 0;
+        for _ in 0..3_000 {
+            let command = command(
+                Action::Finalize {
+                    migration: CommandId::new(),
+                },
+                now + Duration::minutes(5),
+            );
+            finish(&mut journal, &command, Outcome::Finalized, true);
+            if journal.compaction_due() {
+                assert_eq!(journal.compact(&retention(now, NO_BACKUP)).unwrap(), 0);
+                compactions += 1;
+            }
+        }
+        assert_eq!(journal.len(), 3_000);
+        assert!(compactions <= 2, "{compactions} compactions");
     }
 }

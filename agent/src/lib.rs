@@ -1,7 +1,8 @@
 //! `flotilla-agent`: the sidecar that migrates one service safely.
 //!
-//! On start it recovers whatever a crash interrupted (from its journal), starts the service,
-//! connects to NATS and serves commands until shut down.
+//! On start it recovers whatever a crash interrupted (from its journal), compacts the journal,
+//! starts the service (or adopts the one the previous agent left running), connects to NATS and
+//! serves commands until shut down.
 
 pub mod backup;
 mod checks;
@@ -51,7 +52,8 @@ pub enum AgentError {
     Prefix(#[source] flotilla_schemas::IdError),
 }
 
-/// Runs the agent until `shutdown` is cancelled, then stops the service it supervises.
+/// Runs the agent until `shutdown` is cancelled. The service it supervises keeps running
+/// (unless `agent.stop_service_on_exit`), whether the agent stops cleanly or on an error.
 pub async fn run(
     config: AgentConfig,
     telemetry: &flotilla_telemetry::TelemetryGuard,
@@ -67,28 +69,37 @@ pub async fn run(
         config.service.clone(),
         config.agent.state_dir.join("service-output.log"),
         http.clone(),
-    );
+    )
+    .stop_on_exit(config.agent.stop_service_on_exit);
     let backups = match &config.agent.backup_dir {
         Some(dir) => BackupStore::in_dir(dir),
         None => BackupStore::new(&config.agent.state_dir),
     }
-    .with_limit(config.agent.max_backup_bytes);
+    .with_limit(config.agent.max_backup_bytes)
+    .with_crash_points(&config.agent.state_dir);
     let mut lifecycle = Lifecycle {
         config,
         journal,
         backups,
         supervisor,
         http,
+        swapped_out: Vec::new(),
     };
 
     let recovered = lifecycle.recover()?;
+    lifecycle.compact_journal(true)?;
+    // Trees swapped out by restores, this recovery's and any a crash kept from removal.
+    lifecycle.swapped_out = lifecycle.backups.sweep();
+    lifecycle.remove_swapped_out();
     if !recovered.is_empty() {
         tracing::warn!(
             count = recovered.len(),
             "recovered interrupted commands; their results go out once connected"
         );
     }
-    if let Err(e) = lifecycle.supervisor.boot().await {
+    // A service the previous agent left running is adopted, unless recovery just changed the
+    // files under it (then it must restart on them).
+    if let Err(e) = lifecycle.supervisor.boot(recovered.is_empty()).await {
         // The agent stays up: a broken service is exactly when an operator needs it reachable.
         tracing::error!(error = %error_chain(&e), "the service did not start healthy");
     }

@@ -13,7 +13,7 @@ use flotilla_schemas::{
 use time::OffsetDateTime;
 use tracing::Instrument;
 
-use crate::backup::{self, BackupStore};
+use crate::backup::{self, BackupStore, Restored};
 use crate::config::AgentConfig;
 use crate::events::Events;
 use crate::journal::{Journal, JournalError, Record};
@@ -36,6 +36,9 @@ pub struct Lifecycle {
     pub backups: BackupStore,
     pub supervisor: Supervisor,
     pub http: reqwest::Client,
+    /// Trees that restores swapped out, to remove once the answer is out
+    /// ([`Lifecycle::remove_swapped_out`]).
+    pub swapped_out: Vec<std::path::PathBuf>,
 }
 
 /// Collects phase reports and publishes progress as phases start and end.
@@ -137,12 +140,15 @@ impl Lifecycle {
         }
         if let Some(reason) = self.refusal(command) {
             let result = refused(command, reason, Vec::new());
-            self.journal.append(Record::Accepted {
-                command: command.clone(),
-            })?;
-            self.journal.append(Record::Finished {
-                result: result.clone(),
-            })?;
+            // Remembered (a replay is answered from the journal), with one write and one fsync.
+            self.journal.append_all(vec![
+                Record::Accepted {
+                    command: command.clone(),
+                },
+                Record::Finished {
+                    result: result.clone(),
+                },
+            ])?;
             return Ok(Acceptance::Done(Box::new(result)));
         }
         self.journal.append(Record::Accepted {
@@ -258,7 +264,12 @@ impl Lifecycle {
         let id = command.command_id;
         let backup = tracker
             .run(Phase::Backup, async {
-                backups.take(&root, id).map_err(|e| error_chain(&e))
+                let (backups, root) = (backups.clone(), root.clone());
+                // Off the runtime's thread: a big tree takes seconds to copy.
+                tokio::task::spawn_blocking(move || backups.take(&root, id))
+                    .await
+                    .map_err(|e| format!("backup task: {e}"))?
+                    .map_err(|e| error_chain(&e))
             })
             .await;
         let backup = match backup {
@@ -273,9 +284,9 @@ impl Lifecycle {
         };
         measurements.backup_files = Some(backup.manifest.files());
         measurements.backup_bytes = Some(backup.manifest.bytes());
-        self.journal.append(Record::BackedUp { command_id: id })?;
-        crashpoint::reached(&self.config.agent.state_dir, "backed_up");
+        // One record, one fsync: the backup is durable and the root is about to change.
         self.journal.append(Record::Applying { command_id: id })?;
+        crashpoint::reached(&self.config.agent.state_dir, "backed_up");
 
         let mut gate_reports = Vec::new();
         let mut workload_reports: Vec<WorkloadReport> = prepared
@@ -313,7 +324,7 @@ impl Lifecycle {
         let finished = match change.await {
             Ok(()) => result(command, Outcome::Succeeded, None, measurements),
             Err(failure) => {
-                let (outcome, reason) = self.roll_back(&backup, failure.to_string(), tracker).await;
+                let (outcome, reason) = self.roll_back(id, failure.to_string(), tracker).await;
                 result(command, outcome, Some(reason), measurements)
             }
         };
@@ -642,45 +653,108 @@ impl Lifecycle {
         }
     }
 
-    /// Restores `backup`, restarts the service and proves it healthy.
+    /// Restores the backup of `migration`, restarts the service and proves it healthy.
     async fn roll_back(
         &mut self,
-        backup: &backup::Backup,
+        migration: CommandId,
         cause: String,
         tracker: &mut Tracker<'_>,
     ) -> (Outcome, String) {
-        let root = self.config.service.root.clone();
+        let run_id = tracker.command.run_id;
         let restored = tracker
             .run(Phase::Rollback, async {
                 self.supervisor.stop().await;
-                backup::restore(backup, &root)
-                    .map_err(|e| format!("restore: {}", error_chain(&e)))?;
+                self.restore_off_thread(migration)
+                    .await
+                    .map_err(|e| format!("restore: {e}"))?;
+                crashpoint::reached(&self.config.agent.state_dir, "restored");
                 self.supervisor
                     .start()
                     .await
                     .map_err(|e| format!("restart after restore: {}", error_chain(&e)))?;
-                let check = HttpCheck {
-                    url: None,
-                    method: None,
-                    body: None,
-                    expect_status: 200,
-                    body_contains: None,
-                    timeout_ms: self.config.service.startup_timeout.as_millis() as u64,
-                };
-                health::check(
-                    &self.http,
-                    &self.config.service.health_url,
-                    &check,
-                    tracker.command.run_id,
-                )
-                .await
-                .map_err(|e| format!("unhealthy after restore: {e}"))?;
-                Ok(())
+                self.healthy(run_id)
+                    .await
+                    .map_err(|e| format!("unhealthy after restore: {e}"))
             })
             .await;
         match restored {
             Ok(()) => (Outcome::RolledBack, cause),
             Err(failure) => (Outcome::RollbackFailed, format!("{cause}; then {failure}")),
+        }
+    }
+
+    /// Puts the backup of `migration` back at the service root (see [`restore`]); a swapped-out
+    /// tree is queued for removal. Blocks: for recovery, before the agent serves.
+    fn restore(&mut self, migration: CommandId, full_check: bool) -> Result<Restored, String> {
+        let how = restore(
+            &self.backups,
+            &self.config.service.root,
+            migration,
+            full_check,
+        )?;
+        self.queue_swapped_out(&how);
+        Ok(how)
+    }
+
+    /// [`Lifecycle::restore`] on a blocking thread, for a rollback while the agent serves.
+    async fn restore_off_thread(&mut self, migration: CommandId) -> Result<Restored, String> {
+        let (backups, root) = (self.backups.clone(), self.config.service.root.clone());
+        let how = tokio::task::spawn_blocking(move || restore(&backups, &root, migration, false))
+            .await
+            .map_err(|e| format!("restore task: {e}"))??;
+        self.queue_swapped_out(&how);
+        Ok(how)
+    }
+
+    fn queue_swapped_out(&mut self, how: &Restored) {
+        if let Restored::Swapped {
+            swapped_out: Some(path),
+        } = how
+        {
+            self.swapped_out.push(path.clone());
+        }
+    }
+
+    /// The agent's own health check of the service, with the startup timeout.
+    async fn healthy(&self, run_id: flotilla_schemas::RunId) -> Result<(), String> {
+        let check = HttpCheck {
+            url: None,
+            method: None,
+            body: None,
+            expect_status: 200,
+            body_contains: None,
+            timeout_ms: self.config.service.startup_timeout.as_millis() as u64,
+        };
+        health::check(&self.http, &self.config.service.health_url, &check, run_id)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Compacts the journal when `always`, or when it has grown enough (see
+    /// [`Journal::compaction_due`]), keeping what [`crate::journal::Retention`] says.
+    pub fn compact_journal(&mut self, always: bool) -> Result<(), JournalError> {
+        if !always && !self.journal.compaction_due() {
+            return Ok(());
+        }
+        let skew = time::Duration::try_from(self.config.security.clock_skew)
+            .unwrap_or(time::Duration::minutes(1));
+        let backups = &self.backups;
+        let backup_kept = |id| backups.exists(id);
+        let retention = crate::journal::Retention {
+            now: OffsetDateTime::now_utc(),
+            remember_after_expiry: skew * 2,
+            backup_kept: &backup_kept,
+        };
+        self.journal.compact(&retention)?;
+        Ok(())
+    }
+
+    /// Removes, in the background, the trees that restores swapped out: after the answer, so
+    /// that the coordinator does not wait for the deletion.
+    pub fn remove_swapped_out(&mut self) {
+        for path in self.swapped_out.drain(..) {
+            tokio::task::spawn_blocking(move || backup::remove_swapped_out(&path));
         }
     }
 
@@ -704,19 +778,19 @@ impl Lifecycle {
                 Vec::new(),
             );
         }
-        let backup = match self.backups.load(migration) {
-            Ok(backup) => backup,
-            Err(e) => {
-                return refused(
-                    command,
-                    format!("cannot roll back: {}", error_chain(&e)),
-                    Vec::new(),
-                );
-            }
-        };
+        if let Err(e) = self.backups.load(migration) {
+            return refused(
+                command,
+                format!("cannot roll back: {}", error_chain(&e)),
+                Vec::new(),
+            );
+        }
+        if self.backups.is_restored(migration) {
+            return self.already_rolled_back(command, migration, tracker).await;
+        }
         let (outcome, reason) = self
             .roll_back(
-                &backup,
+                migration,
                 "rollback requested by the coordinator".into(),
                 tracker,
             )
@@ -724,6 +798,57 @@ impl Lifecycle {
         RunResult {
             phases: tracker.phases.clone(),
             ..result(command, outcome, Some(reason), Measurements::default())
+        }
+    }
+
+    /// A second rollback of a migration whose backup an earlier rollback already swapped in:
+    /// there is nothing left to restore. It says so when the root still equals the backup (and
+    /// the service is healthy on it), and refuses when the root changed since (a later
+    /// migration): restoring then would undo that one.
+    async fn already_rolled_back(
+        &mut self,
+        command: &Command,
+        migration: CommandId,
+        tracker: &mut Tracker<'_>,
+    ) -> RunResult {
+        let run_id = command.run_id;
+        let mut unhealthy = false;
+        let checked = tracker
+            .run(Phase::Rollback, async {
+                let (backups, root) = (self.backups.clone(), self.config.service.root.clone());
+                tokio::task::spawn_blocking(move || root_equals_backup(&backups, &root, migration))
+                    .await
+                    .map_err(|e| format!("check task: {e}"))?
+                    .map_err(|e| format!("already rolled back by an earlier command, and {e}"))?;
+                self.healthy(run_id).await.map_err(|e| {
+                    unhealthy = true;
+                    format!("already restored, but the service is not healthy on it: {e}")
+                })
+            })
+            .await;
+        let phases = tracker.phases.clone();
+        match checked {
+            Ok(()) => RunResult {
+                phases,
+                ..result(
+                    command,
+                    Outcome::RolledBack,
+                    Some(format!(
+                        "already rolled back: an earlier rollback restored the backup of migration {migration}, and the service root still equals it"
+                    )),
+                    Measurements::default(),
+                )
+            },
+            Err(failure) if unhealthy => RunResult {
+                phases,
+                ..result(
+                    command,
+                    Outcome::RollbackFailed,
+                    Some(failure.to_string()),
+                    Measurements::default(),
+                )
+            },
+            Err(failure) => refused(command, failure.to_string(), phases),
         }
     }
 
@@ -803,9 +928,14 @@ impl Lifecycle {
         tracker: &mut Tracker<'_>,
     ) -> RunResult {
         let backups = self.backups.clone();
+        crashpoint::reached(&self.config.agent.state_dir, "finalizing");
         let dropped = tracker
             .run(Phase::Finalize, async {
-                backups.discard(migration).map_err(|e| error_chain(&e))
+                // Off the runtime's thread: removing a big tree takes a while.
+                tokio::task::spawn_blocking(move || backups.discard(migration))
+                    .await
+                    .map_err(|e| format!("finalize task: {e}"))?
+                    .map_err(|e| error_chain(&e))
             })
             .await;
         match dropped {
@@ -817,9 +947,10 @@ impl Lifecycle {
         }
     }
 
-    /// Finishes what a crash interrupted: a migration that had backed up is restored; one that
-    /// had not changed anything is refused. Runs before the service starts and before the agent
-    /// takes new commands. Returns the results to publish.
+    /// Finishes what a crash interrupted: a migration that had backed up is restored, a
+    /// rollback is carried out (its restore picks up where it stopped), a finalize drops the
+    /// backup; a command that had not changed anything is refused. Runs before the service
+    /// starts and before the agent takes new commands. Returns the results to publish.
     pub fn recover(&mut self) -> Result<Vec<RunResult>, JournalError> {
         let mut results = Vec::new();
         for entry in self.journal.unfinished() {
@@ -831,53 +962,90 @@ impl Lifecycle {
                 duration_ms: 0,
                 detail,
             };
-            let result = if entry.applying || entry.backed_up {
-                let restored = self
-                    .backups
-                    .load(id)
-                    .and_then(|b| backup::restore(&b, &self.config.service.root));
-                match restored {
-                    Ok(()) => RunResult {
-                        phases: vec![recover_phase(
-                            PhaseStatus::Succeeded,
-                            Some("restored the backup".into()),
-                        )],
-                        ..result(
-                            &command,
-                            Outcome::RolledBack,
-                            Some(
-                                "the agent was interrupted mid-migration; the backup was restored"
-                                    .into(),
-                            ),
-                            Measurements::default(),
-                        )
-                    },
-                    Err(e) => RunResult {
-                        phases: vec![recover_phase(PhaseStatus::Failed, Some(error_chain(&e)))],
-                        ..result(
-                            &command,
-                            Outcome::RollbackFailed,
-                            Some(format!(
-                                "the agent was interrupted mid-migration and the restore failed: {}",
-                                error_chain(&e)
-                            )),
-                            Measurements::default(),
-                        )
-                    },
-                }
-            } else {
-                let _ = self.backups.discard(id);
-                RunResult {
+            let restored = |restore: Result<Restored, String>, what: &str| match restore {
+                Ok(_) => RunResult {
                     phases: vec![recover_phase(
                         PhaseStatus::Succeeded,
-                        Some("nothing had changed".into()),
+                        Some("restored the backup".into()),
                     )],
                     ..result(
                         &command,
-                        Outcome::Refused,
-                        Some("the agent was interrupted before changing anything".into()),
+                        Outcome::RolledBack,
+                        Some(format!(
+                            "the agent was interrupted {what}; the backup was restored"
+                        )),
                         Measurements::default(),
                     )
+                },
+                Err(e) => RunResult {
+                    phases: vec![recover_phase(PhaseStatus::Failed, Some(e.clone()))],
+                    ..result(
+                        &command,
+                        Outcome::RollbackFailed,
+                        Some(format!(
+                            "the agent was interrupted {what} and the restore failed: {e}"
+                        )),
+                        Measurements::default(),
+                    )
+                },
+            };
+            let nothing_changed = || RunResult {
+                phases: vec![recover_phase(
+                    PhaseStatus::Succeeded,
+                    Some("nothing had changed".into()),
+                )],
+                ..result(
+                    &command,
+                    Outcome::Refused,
+                    Some("the agent was interrupted before changing anything".into()),
+                    Measurements::default(),
+                )
+            };
+            let result = match &command.action {
+                Action::Migrate { .. } if entry.applying || entry.backed_up => {
+                    // Recovery re-hashes the root: it must end on the backup exactly.
+                    restored(self.restore(id, true), "mid-migration")
+                }
+                Action::Rollback { migration } => {
+                    let migration = *migration;
+                    let migrated = self
+                        .journal
+                        .get(migration)
+                        .and_then(|e| e.result.as_ref())
+                        .map(|r| r.outcome);
+                    if migrated == Some(Outcome::Succeeded) && self.backups.exists(migration) {
+                        // The coordinator asked for it: carry it out. The restore knows whether
+                        // its swap already happened.
+                        restored(self.restore(migration, true), "during a rollback")
+                    } else {
+                        nothing_changed()
+                    }
+                }
+                Action::Finalize { migration } => match self.backups.discard(*migration) {
+                    Ok(()) => RunResult {
+                        phases: vec![recover_phase(
+                            PhaseStatus::Succeeded,
+                            Some("dropped the backup".into()),
+                        )],
+                        ..result(
+                            &command,
+                            Outcome::Finalized,
+                            Some("the agent was interrupted while finalizing; the backup was dropped".into()),
+                            Measurements::default(),
+                        )
+                    },
+                    Err(e) => refused(
+                        &command,
+                        format!(
+                            "the agent was interrupted while finalizing and cannot drop the backup: {}",
+                            error_chain(&e)
+                        ),
+                        Vec::new(),
+                    ),
+                },
+                _ => {
+                    let _ = self.backups.discard(id);
+                    nothing_changed()
                 }
             };
             tracing::warn!(command_id = %id, outcome = result.outcome.as_str(), "recovered an interrupted command");
@@ -888,6 +1056,44 @@ impl Lifecycle {
         }
         Ok(results)
     }
+}
+
+/// Puts the backup of `migration` back at `root`. With `full_check` (recovery), or when an
+/// earlier restore had already consumed the backup, the root is then re-hashed and compared with
+/// the manifest.
+fn restore(
+    backups: &BackupStore,
+    root: &std::path::Path,
+    migration: CommandId,
+    full_check: bool,
+) -> Result<Restored, String> {
+    let how = backups
+        .restore(migration, root)
+        .map_err(|e| error_chain(&e))?;
+    if full_check || how == Restored::AlreadyRestored {
+        root_equals_backup(backups, root, migration)?;
+    }
+    Ok(how)
+}
+
+/// Re-hashes `root` and compares it with the manifest of `migration`'s backup.
+fn root_equals_backup(
+    backups: &BackupStore,
+    root: &std::path::Path,
+    migration: CommandId,
+) -> Result<(), String> {
+    let backup = backups.load(migration).map_err(|e| error_chain(&e))?;
+    let found = crate::tree::scan(root).map_err(|e| error_chain(&e))?;
+    let diff = crate::tree::differences(&backup.manifest, &found);
+    if diff.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<&str> = diff.iter().take(5).map(String::as_str).collect();
+    Err(format!(
+        "the service root differs from the backup of {migration}: {}{}",
+        shown.join(", "),
+        if diff.len() > 5 { ", …" } else { "" }
+    ))
 }
 
 /// Compares the figures after the change with the baseline. A gate without both figures is not

@@ -19,7 +19,10 @@ struct Args {
     log_json: bool,
 }
 
-#[tokio::main]
+/// One thread: the agent handles one command at a time, and its blocking work (backups,
+/// restores, re-hashing) runs on Tokio's blocking threads; a multi-threaded runtime only added
+/// idle workers (the round trip measured the same or better without them).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = flotilla_agent::AgentConfig::load(&args.config)?;

@@ -173,9 +173,16 @@ pub async fn serve(
 
     let mut retry = tokio::time::interval(RESULT_RETRY);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The flush of the last command's spans and logs: it runs alongside whatever comes next
+    // (waiting, or the next command), never in front of it.
+    let mut flushing: Option<Flush<'_>> = None;
     loop {
         let message = tokio::select! {
             _ = shutdown.cancelled() => break,
+            () = async { flushing.as_mut().expect("guarded by the condition").await }, if flushing.is_some() => {
+                flushing = None;
+                continue;
+            }
             _ = retry.tick() => {
                 // Results the broker refused (unreachable, full) go out as soon as it takes
                 // them again, not only at the next start: the coordinator is still waiting.
@@ -235,7 +242,7 @@ pub async fn serve(
             flotilla.instance = %command.instance,
         );
         continue_trace(&span, message.headers.as_ref());
-        let handled = async {
+        let handled = alongside(&mut flushing, async {
             tracing::info!(command_id = %command.command_id, "command received");
             match lifecycle.accept(&command) {
             Ok(Acceptance::Done(result)) => Ok(*result),
@@ -251,7 +258,7 @@ pub async fn serve(
             Err(e) => Err(e),
             }
         }
-        .instrument(span.clone())
+        .instrument(span.clone()))
         .await;
         let result = match handled {
             Ok(result) => result,
@@ -264,16 +271,51 @@ pub async fn serve(
         publish_result(&mut lifecycle, &events, &result)
             .instrument(span)
             .await?;
+        lifecycle.remove_swapped_out();
+        // After the answer, so that the coordinator never waits for it.
+        lifecycle.compact_journal(false)?;
         // Spans and logs of the command reach the store now, not at the next batch, so that
-        // `verify` finds them as soon as the result is in.
-        if let Err(e) = telemetry.flush(TELEMETRY_FLUSH_TIMEOUT).await {
-            tracing::warn!(error = %error_chain(&e), "telemetry not flushed");
-        }
+        // `verify` finds them as soon as the result is in; the next command does not wait.
+        flushing = Some(match flushing.take() {
+            Some(earlier) => Box::pin(async move {
+                earlier.await;
+                flush(telemetry).await;
+            }),
+            None => Box::pin(flush(telemetry)),
+        });
         set_status(&status, AgentState::Idle, None, lifecycle.supervisor.pid());
+    }
+    if let Some(pending) = flushing {
+        pending.await;
     }
     presence.abort();
     micro.abort();
     Ok(lifecycle)
+}
+
+/// A telemetry flush in progress.
+type Flush<'a> = std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+async fn flush(telemetry: &flotilla_telemetry::TelemetryGuard) {
+    if let Err(e) = telemetry.flush(TELEMETRY_FLUSH_TIMEOUT).await {
+        tracing::warn!(error = %error_chain(&e), "telemetry not flushed");
+    }
+}
+
+/// Runs `work` to its end while also driving `background` (a flush still in progress), which
+/// is left in place, unfinished, when `work` ends first.
+async fn alongside<T>(background: &mut Option<Flush<'_>>, work: impl Future<Output = T>) -> T {
+    let Some(pending) = background.take() else {
+        return work.await;
+    };
+    let work = std::pin::pin!(work);
+    match futures::future::select(work, pending).await {
+        futures::future::Either::Left((out, pending)) => {
+            *background = Some(pending);
+            out
+        }
+        futures::future::Either::Right(((), work)) => work.await,
+    }
 }
 
 async fn publish_result(
@@ -284,7 +326,9 @@ async fn publish_result(
     match events.result(result).await {
         Ok(()) => {
             if !result.replayed {
-                lifecycle.journal.append(Record::Published {
+                // Not fsynced: if a crash loses it, the result is sent again, and the
+                // coordinator files one result per command ID.
+                lifecycle.journal.append_lazily(Record::Published {
                     command_id: result.command_id,
                 })?;
             }

@@ -5,6 +5,13 @@
 //! With `supervisor = "external"` another supervisor (systemd, a container runtime) owns the
 //! process: the agent restarts it through `restart_command`, stops it through `stop_command`, and
 //! finds its PID through `pid_file` or `process_match` to measure its memory.
+//!
+//! A service the agent runs itself outlives the agent: it is spawned in its own process group and
+//! never killed when the agent exits (kill -9, an error, or SIGTERM, unless
+//! `agent.stop_service_on_exit`). The agent records it in `<state_dir>/service.pid` (PID, start
+//! time, startup time); the next agent adopts it when that process is still the one it started
+//! (same PID, same start time, same program) and healthy, and restarts it only when it is dead,
+//! unhealthy, or when recovery changed the files under it.
 
 use std::fs::OpenOptions;
 use std::path::PathBuf;
@@ -47,8 +54,75 @@ pub struct Supervisor {
     output_log: PathBuf,
     http: reqwest::Client,
     child: Option<Child>,
+    /// A service started by an earlier agent, found alive and healthy, and kept running.
+    adopted: Option<i32>,
     last_startup: Option<Duration>,
     pid_file: PathBuf,
+    stop_on_exit: bool,
+}
+
+/// How long a service left running by an earlier agent may take to answer before the agent
+/// restarts it instead of adopting it (at most the startup timeout).
+const ADOPT_WAIT: Duration = Duration::from_secs(3);
+
+/// What `service.pid` says: `<pid> <start time in clock ticks> <startup ms>` (older agents
+/// wrote the PID alone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PidRecord {
+    pid: i32,
+    start_time: Option<u64>,
+    startup_ms: Option<u64>,
+}
+
+impl PidRecord {
+    fn parse(text: &str) -> Option<Self> {
+        let mut fields = text.split_whitespace();
+        let pid = fields.next()?.parse().ok()?;
+        let start_time = fields.next().and_then(|f| f.parse().ok());
+        let startup_ms = fields.next().and_then(|f| f.parse().ok());
+        Some(Self {
+            pid,
+            start_time,
+            startup_ms,
+        })
+    }
+
+    fn text(&self) -> String {
+        let mut text = self.pid.to_string();
+        if let Some(start) = self.start_time {
+            text.push_str(&format!(" {start}"));
+            if let Some(ms) = self.startup_ms {
+                text.push_str(&format!(" {ms}"));
+            }
+        }
+        text.push('\n');
+        text
+    }
+}
+
+/// The start time of process `pid` (clock ticks since boot, `/proc/<pid>/stat` field 22), and
+/// whether it is a zombie.
+fn process_start(pid: i32) -> Option<(u64, bool)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let zombie = fields.first().is_some_and(|state| *state == "Z");
+    // `rest` starts at field 3 (the state): field 22 is at index 19.
+    let start = fields.get(19)?.parse().ok()?;
+    Some((start, zombie))
+}
+
+/// Whether `record` still names a live process running `program`, started when it says: the
+/// PID file is trusted only then (a PID may have been reused by anything since).
+fn still_ours(record: &PidRecord, program: &str) -> bool {
+    let Some((start, zombie)) = process_start(record.pid) else {
+        return false;
+    };
+    if zombie || record.start_time.is_some_and(|recorded| recorded != start) {
+        return false;
+    }
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", record.pid)).unwrap_or_default();
+    cmdline.split(|b| *b == 0).next() == Some(program.as_bytes())
 }
 
 impl Supervisor {
@@ -61,9 +135,34 @@ impl Supervisor {
             output_log,
             http,
             child: None,
+            adopted: None,
             last_startup: None,
             pid_file,
+            stop_on_exit: false,
         }
+    }
+
+    /// Stops the service when the agent shuts down (`agent.stop_service_on_exit`); by default
+    /// it is left running for the next agent to adopt.
+    pub fn stop_on_exit(self, stop: bool) -> Self {
+        Self {
+            stop_on_exit: stop,
+            ..self
+        }
+    }
+
+    fn program(&self) -> &str {
+        self.service
+            .command
+            .first()
+            .map(String::as_str)
+            .unwrap_or_default()
+    }
+
+    fn recorded(&self) -> Option<PidRecord> {
+        std::fs::read_to_string(&self.pid_file)
+            .ok()
+            .and_then(|t| PidRecord::parse(&t))
     }
 
     /// `none` behaves as an external supervisor without commands: no process to run or measure.
@@ -77,7 +176,11 @@ impl Supervisor {
     /// The running service's PID.
     pub fn pid(&self) -> Option<u32> {
         if !self.external() {
-            return self.child.as_ref().and_then(Child::id);
+            return self
+                .child
+                .as_ref()
+                .and_then(Child::id)
+                .or(self.adopted.map(|pid| pid as u32));
         }
         if let Some(path) = &self.service.pid_file {
             return std::fs::read_to_string(path)
@@ -97,14 +200,51 @@ impl Supervisor {
             })
     }
 
-    /// At the agent's start: a supervised service is started; an external one is only waited
-    /// for (another supervisor already runs it).
-    pub async fn boot(&mut self) -> Result<Option<Duration>, SupervisorError> {
+    /// At the agent's start: a supervised service left running by the previous agent is adopted
+    /// when `adopt` (nothing was recovered under it), it is still the process that agent started,
+    /// and it answers `health_url`; otherwise it is (re)started. An external one is only waited
+    /// for (another supervisor already runs it). Returns the startup time of a new start.
+    pub async fn boot(&mut self, adopt: bool) -> Result<Option<Duration>, SupervisorError> {
         if self.external() {
             self.wait_serving(Instant::now()).await?;
             return Ok(None);
         }
+        if adopt && self.adopt().await {
+            return Ok(None);
+        }
         self.start().await.map(Some)
+    }
+
+    /// Takes over the service the previous agent left running, if it is ours and healthy.
+    async fn adopt(&mut self) -> bool {
+        let Some(record) = self.recorded() else {
+            return false;
+        };
+        if !still_ours(&record, self.program()) {
+            return false;
+        }
+        let deadline = Instant::now() + ADOPT_WAIT.min(self.service.startup_timeout);
+        loop {
+            if !still_ours(&record, self.program()) {
+                return false;
+            }
+            match health::probe(&self.http, &self.service.health_url, None, None, None).await {
+                Ok(()) => break,
+                Err(e) if Instant::now() >= deadline => {
+                    tracing::warn!(pid = record.pid, error = %e, "the service left running by the previous agent does not answer: restarting it");
+                    return false;
+                }
+                Err(_) => tokio::time::sleep(health::POLL_INTERVAL).await,
+            }
+        }
+        tracing::info!(
+            pid = record.pid,
+            "adopted the service left running by the previous agent"
+        );
+        self.adopted = Some(record.pid);
+        // Its startup time, as measured when it was started: the startup gate's baseline.
+        self.last_startup = record.startup_ms.map(Duration::from_millis);
+        true
     }
 
     async fn run_external(
@@ -171,29 +311,42 @@ impl Supervisor {
             .service
             .command
             .split_first()
+            .map(|(program, args)| (program.clone(), args.to_vec()))
             .expect("config check: command is not empty");
-        self.stop_orphan(program).await;
+        self.stop_orphan(&program).await;
         let started = Instant::now();
-        let child = Command::new(program)
+        // Its own process group, and not killed with the agent: the service outlives an agent
+        // that exits, however it exits (a Ctrl-C to the agent's terminal included).
+        let child = Command::new(&program)
             .args(args)
             .envs(&self.service.env)
             .current_dir(&self.service.root)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err_log)
-            .kill_on_drop(true)
+            .process_group(0)
+            .kill_on_drop(false)
             .spawn()
             .map_err(|source| SupervisorError::Spawn {
                 program: program.clone(),
                 source,
             })?;
         tracing::info!(pid = child.id(), %program, "service started");
-        if let Some(pid) = child.id() {
-            let _ = std::fs::write(&self.pid_file, pid.to_string());
+        let mut record = child.id().map(|pid| PidRecord {
+            pid: pid as i32,
+            start_time: process_start(pid as i32).map(|(start, _)| start),
+            startup_ms: None,
+        });
+        if let Some(record) = &record {
+            let _ = std::fs::write(&self.pid_file, record.text());
         }
         self.child = Some(child);
         let elapsed = self.wait_serving(started).await?;
         self.last_startup = Some(elapsed);
+        if let Some(record) = &mut record {
+            record.startup_ms = Some(elapsed.as_millis() as u64);
+            let _ = std::fs::write(&self.pid_file, record.text());
+        }
         Ok(elapsed)
     }
 
@@ -227,39 +380,50 @@ impl Supervisor {
         }
     }
 
-    /// A service started by an agent that was then killed (kill -9 leaves children running) still
-    /// holds its port and runs the old files: stop it before starting a new one. The PID file is
-    /// trusted only while that process still runs our program.
-    async fn stop_orphan(&self, program: &str) {
-        let Some(pid) = std::fs::read_to_string(&self.pid_file)
-            .ok()
-            .and_then(|t| t.trim().parse::<i32>().ok())
-        else {
-            return;
-        };
-        let running_ours = |pid: i32| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let zombie = stat
-                .rsplit_once(')')
-                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-            !zombie && cmdline.split(|b| *b == 0).next() == Some(program.as_bytes())
-        };
-        if self.child.as_ref().and_then(Child::id) == Some(pid as u32) || !running_ours(pid) {
+    /// A service left running by an earlier agent and not adopted (unhealthy, or recovery
+    /// changed its files) still holds its port and runs the old files: stop it before starting a
+    /// new one. The PID file is trusted only while that process is still the one started.
+    async fn stop_orphan(&mut self, program: &str) {
+        if let Some(pid) = self.adopted.take() {
+            self.stop_pid(pid, program, None).await;
             return;
         }
-        tracing::warn!(pid, "stopping a service left running by a previous agent");
+        let Some(record) = self.recorded() else {
+            return;
+        };
+        if self.child.as_ref().and_then(Child::id) == Some(record.pid as u32)
+            || !still_ours(&record, program)
+        {
+            return;
+        }
+        tracing::warn!(
+            pid = record.pid,
+            "stopping a service left running by a previous agent"
+        );
+        self.stop_pid(record.pid, program, record.start_time).await;
+    }
+
+    /// Stops a service process that is not the agent's child: SIGTERM, then SIGKILL after the
+    /// stop timeout; waits until it is gone.
+    async fn stop_pid(&self, pid: i32, program: &str, start_time: Option<u64>) {
+        let record = PidRecord {
+            pid,
+            start_time: start_time.or(process_start(pid).map(|(start, _)| start)),
+            startup_ms: None,
+        };
+        let running = || still_ours(&record, program);
         let Some(target) = Pid::from_raw(pid) else {
             return;
         };
         let _ = kill_process(target, Signal::TERM);
         let deadline = Instant::now() + self.service.stop_timeout;
-        while running_ours(pid) && Instant::now() < deadline {
+        while running() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if running_ours(pid) {
+        if running() {
+            tracing::warn!(pid, timeout = ?self.service.stop_timeout, "service ignored SIGTERM, killing it");
             let _ = kill_process(target, Signal::KILL);
-            while running_ours(pid) {
+            while running() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
@@ -275,6 +439,13 @@ impl Supervisor {
             {
                 tracing::warn!(error = %e, "external stop failed");
             }
+            return;
+        }
+        if let Some(pid) = self.adopted.take() {
+            let _ = std::fs::remove_file(&self.pid_file);
+            let program = self.program().to_owned();
+            self.stop_pid(pid, &program, None).await;
+            tracing::info!("service stopped");
             return;
         }
         let Some(mut child) = self.child.take() else {
@@ -303,11 +474,95 @@ impl Supervisor {
         self.start().await
     }
 
-    /// What the agent does with its service when it shuts down: a supervised service stops with
-    /// it; an external one is left to its supervisor.
+    /// What the agent does with its service when it shuts down: by default nothing, the service
+    /// keeps serving and the next agent adopts it; with `agent.stop_service_on_exit` a
+    /// supervised service is stopped. An external one is always left to its supervisor.
     pub async fn shutdown(&mut self) {
-        if !self.external() {
-            self.stop().await;
+        if self.external() {
+            return;
         }
+        if self.stop_on_exit {
+            self.stop().await;
+        } else if let Some(pid) = self.pid() {
+            tracing::info!(pid, "leaving the service running; the next agent adopts it");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pid_file_reads_old_and_new_forms() {
+        assert_eq!(
+            PidRecord::parse("123\n"),
+            Some(PidRecord {
+                pid: 123,
+                start_time: None,
+                startup_ms: None
+            })
+        );
+        let record = PidRecord {
+            pid: 7,
+            start_time: Some(4242),
+            startup_ms: Some(35),
+        };
+        assert_eq!(PidRecord::parse(&record.text()), Some(record));
+        assert_eq!(PidRecord::parse("not a pid"), None);
+    }
+
+    /// A PID file is trusted only for the very process it recorded: same program, same start
+    /// time; not a reused PID, not another program, not a zombie or a dead process.
+    #[test]
+    fn only_the_process_that_was_started_is_ours() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        // Until it has exec'd, the child runs this test's program.
+        let exec_deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.starts_with(b"sleep"))
+            && Instant::now() < exec_deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (start, zombie) = process_start(pid).unwrap();
+        assert!(!zombie);
+        let record = PidRecord {
+            pid,
+            start_time: Some(start),
+            startup_ms: None,
+        };
+        assert!(still_ours(&record, "sleep"));
+        // An older PID file without the start time: the program alone decides.
+        assert!(still_ours(
+            &PidRecord {
+                start_time: None,
+                ..record
+            },
+            "sleep"
+        ));
+        assert!(!still_ours(&record, "flotilla-sample"));
+        assert!(!still_ours(
+            &PidRecord {
+                start_time: Some(start + 1),
+                ..record
+            },
+            "sleep"
+        ));
+        child.kill().unwrap();
+        // Killed, not yet reaped: a zombie is not a running service.
+        let dead_deadline = Instant::now() + Duration::from_secs(5);
+        while process_start(pid).is_some_and(|(_, zombie)| !zombie)
+            && Instant::now() < dead_deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(process_start(pid).unwrap().1, "not a zombie yet");
+        assert!(!still_ours(&record, "sleep"));
+        child.wait().unwrap();
+        assert!(!still_ours(&record, "sleep"));
     }
 }

@@ -237,6 +237,119 @@ pub fn scan(root: &Path) -> Result<Manifest, TreeError> {
     Ok(manifest)
 }
 
+/// Compares the tree at `root` with `manifest` at the level of `lstat`: the same paths, kinds,
+/// modes, file sizes and symlink targets, without reading any file (digests are not checked).
+/// A cheap guard before a restore swaps a backup in; [`scan`] and [`differences`] are the full
+/// check. Lists the differences, one line per path; empty when the tree matches. Walks with
+/// directory descriptors (`openat`, `getdents`, `fstatat`), so no path is resolved twice.
+pub fn stat_differences(root: &Path, manifest: &Manifest) -> Result<Vec<String>, TreeError> {
+    let mut out = Vec::new();
+    let mut known = 0usize;
+    walk_at(root, &mut |relative, stat, link| {
+        let Some(expected) = manifest.entries.get(relative) else {
+            out.push(format!("{relative}: unexpected"));
+            return;
+        };
+        known += 1;
+        let file_type = rustix::fs::FileType::from_raw_mode(stat.st_mode);
+        let mode = stat.st_mode & 0o7777;
+        let same = match &expected.kind {
+            EntryKind::Dir => file_type == rustix::fs::FileType::Directory && mode == expected.mode,
+            EntryKind::File { size, .. } => {
+                file_type == rustix::fs::FileType::RegularFile
+                    && u64::try_from(stat.st_size).ok() == Some(*size)
+                    && mode == expected.mode
+            }
+            EntryKind::Symlink { target } => link == Some(target.as_bytes()),
+        };
+        if !same {
+            out.push(format!("{relative}: differs"));
+        }
+    })?;
+    if known < manifest.entries.len() {
+        let mut present = std::collections::HashSet::new();
+        walk_at(root, &mut |relative, _, _| {
+            present.insert(relative.to_owned());
+        })?;
+        for path in manifest.entries.keys().filter(|p| !present.contains(*p)) {
+            out.push(format!("{path}: missing"));
+        }
+    }
+    Ok(out)
+}
+
+/// What [`walk_at`] calls for each entry: relative name, `lstat`, symlink target.
+type Visit<'a> = dyn FnMut(&str, &rustix::fs::Stat, Option<&[u8]>) + 'a;
+
+/// Calls `visit` with the relative name, `lstat` and (for a symlink) target of every entry under
+/// `root`, not following symlinks.
+fn walk_at(root: &Path, visit: &mut Visit<'_>) -> Result<(), TreeError> {
+    use rustix::fs::{CWD, Mode, openat};
+    let fd = openat(CWD, root, dir_flags(), Mode::empty()).map_err(|e| TreeError::Io {
+        op: "open",
+        path: root.to_owned(),
+        source: e.into(),
+    })?;
+    let mut prefix = String::new();
+    walk_dir_at(root, fd, &mut prefix, visit)
+}
+
+fn dir_flags() -> rustix::fs::OFlags {
+    use rustix::fs::OFlags;
+    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
+}
+
+fn walk_dir_at(
+    root: &Path,
+    fd: rustix::fd::OwnedFd,
+    prefix: &mut String,
+    visit: &mut Visit<'_>,
+) -> Result<(), TreeError> {
+    use rustix::fs::{AtFlags, Dir, FileType, Mode, openat, readlinkat, statat};
+    let failed = |op: &'static str, relative: &str, e: rustix::io::Errno| TreeError::Io {
+        op,
+        path: root.join(relative),
+        source: e.into(),
+    };
+    let mut dir = Dir::read_from(&fd).map_err(|e| failed("read directory", prefix, e))?;
+    while let Some(entry) = dir.read() {
+        let entry = entry.map_err(|e| failed("read directory", prefix, e))?;
+        let name = entry.file_name();
+        let bytes = name.to_bytes();
+        if bytes == b"." || bytes == b".." {
+            continue;
+        }
+        let name_str = std::str::from_utf8(bytes).map_err(|_| TreeError::NotUtf8 {
+            path: root
+                .join(&*prefix)
+                .join(String::from_utf8_lossy(bytes).as_ref()),
+        })?;
+        let parent_len = prefix.len();
+        if !prefix.is_empty() {
+            prefix.push('/');
+        }
+        prefix.push_str(name_str);
+        let stat =
+            statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| failed("stat", prefix, e))?;
+        match FileType::from_raw_mode(stat.st_mode) {
+            FileType::Symlink => {
+                let link = readlinkat(&fd, name, Vec::new())
+                    .map_err(|e| failed("read link", prefix, e))?;
+                visit(prefix, &stat, Some(link.to_bytes()));
+            }
+            FileType::Directory => {
+                visit(prefix, &stat, None);
+                let child = openat(&fd, name, dir_flags(), Mode::empty())
+                    .map_err(|e| failed("open", prefix, e))?;
+                walk_dir_at(root, child, prefix, visit)?;
+            }
+            _ => visit(prefix, &stat, None),
+        }
+        prefix.truncate(parent_len);
+    }
+    Ok(())
+}
+
 /// Lists how `actual` differs from `expected`, one line per path; empty when they match.
 pub fn differences(expected: &Manifest, actual: &Manifest) -> Vec<String> {
     let mut out = Vec::new();
@@ -304,6 +417,39 @@ mod tests {
         assert_eq!(
             fs::read_link(to.join("outside")).unwrap(),
             PathBuf::from("/etc/passwd")
+        );
+    }
+
+    #[test]
+    fn stat_differences_see_kinds_modes_sizes_and_links_but_not_contents() {
+        let tmp = tempfile::tempdir().unwrap();
+        sample_tree(tmp.path());
+        let manifest = scan(tmp.path()).unwrap();
+        assert!(stat_differences(tmp.path(), &manifest).unwrap().is_empty());
+        // Same size, other bytes: only the full check sees it.
+        fs::write(tmp.path().join("run.sh"), "#!/bin/XX\n").unwrap();
+        assert!(stat_differences(tmp.path(), &manifest).unwrap().is_empty());
+        assert_eq!(
+            differences(&manifest, &scan(tmp.path()).unwrap()),
+            vec!["run.sh: differs"]
+        );
+        fs::write(tmp.path().join("config/service.toml"), "port = 12\n").unwrap();
+        fs::set_permissions(tmp.path().join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::remove_file(tmp.path().join("current.toml")).unwrap();
+        symlink("elsewhere", tmp.path().join("current.toml")).unwrap();
+        fs::remove_dir(tmp.path().join("config/empty")).unwrap();
+        fs::write(tmp.path().join("new"), "").unwrap();
+        let mut diff = stat_differences(tmp.path(), &manifest).unwrap();
+        diff.sort();
+        assert_eq!(
+            diff,
+            vec![
+                "config/empty: missing",
+                "config/service.toml: differs",
+                "current.toml: differs",
+                "new: unexpected",
+                "run.sh: differs",
+            ]
         );
     }
 

@@ -259,10 +259,7 @@ mod tests {
             ..Default::default()
         };
         for (credentials, given) in [(cert_only, "tls_cert_file"), (key_only, "tls_key_file")] {
-            let Err(error) = credentials
-                .apply(async_nats::ConnectOptions::new())
-                .await
-            else {
+            let Err(error) = credentials.apply(async_nats::ConnectOptions::new()).await else {
                 panic!("half a certificate ({given}) was accepted");
             };
             assert!(

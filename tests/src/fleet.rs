@@ -237,7 +237,8 @@ OTEL_BLRP_SCHEDULE_DELAY = "{batch_delay_ms}"
         &self.nats_url
     }
 
-    /// Stops the agent of `role` with SIGTERM (which stops its service too) and waits.
+    /// Stops the agent of `role` with SIGTERM and waits. Its service keeps running (the next
+    /// agent adopts it), unless the agent is configured with `stop_service_on_exit`.
     pub fn stop_agent(&mut self, role: &str) {
         if let Some(mut child) = self.members.get_mut(role).and_then(|m| m.agent.take()) {
             let _ = Command::new("kill")
@@ -245,6 +246,69 @@ OTEL_BLRP_SCHEDULE_DELAY = "{batch_delay_ms}"
                 .arg(child.id().to_string())
                 .status();
             let _ = child.wait();
+        }
+    }
+
+    /// The PID of `role`'s service, from its agent's PID file, while that process runs.
+    pub fn service_pid(&self, role: &str) -> Option<u32> {
+        let text =
+            std::fs::read_to_string(self.dir.join("state").join(role).join("service.pid")).ok()?;
+        let pid: u32 = text.split_whitespace().next()?.parse().ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let zombie = stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+        (!zombie && String::from_utf8_lossy(&cmdline).contains("flotilla-sample")).then_some(pid)
+    }
+
+    /// The live sample-service processes serving `role`'s root (found by their command line,
+    /// which names the root, unique to this fleet): whichever agent started them, whatever its
+    /// PID file says now.
+    pub fn service_processes(&self, role: &str) -> Vec<u32> {
+        let root = self.root(role);
+        let root = root.as_os_str().as_encoded_bytes();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|entry| {
+                let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+                let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+                let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+                let ours = args.first()?.ends_with(b"flotilla-sample")
+                    && args.windows(2).any(|w| w[0] == b"--root" && w[1] == root);
+                let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+                let zombie = stat
+                    .rsplit_once(')')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+                (ours && !zombie).then_some(pid)
+            })
+            .collect()
+    }
+
+    /// Stops `role`'s service (SIGTERM, then SIGKILL after 5 s) and waits for it to go.
+    pub fn stop_service(&self, role: &str) {
+        let pids = self.service_processes(role);
+        for pid in &pids {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+        }
+        let gone = |pids: &[u32]| {
+            let left = self.service_processes(role);
+            pids.iter().all(|p| !left.contains(p))
+        };
+        if crate::wait_for("the service to stop", Duration::from_secs(5), || {
+            gone(&pids)
+        })
+        .is_err()
+        {
+            for pid in &pids {
+                let _ = Command::new("kill")
+                    .arg("-KILL")
+                    .arg(pid.to_string())
+                    .status();
+            }
         }
     }
 
@@ -331,6 +395,9 @@ impl Drop for Fleet {
         let roles: Vec<String> = self.members.keys().cloned().collect();
         for role in roles {
             self.stop_agent(&role);
+            // The service outlives its agent (the agent's default): stop it too, through the
+            // PID file its agent keeps, if that PID still runs the sample service.
+            self.stop_service(&role);
         }
         for pid_file in &self.external_pid_files {
             if let Ok(pid) = std::fs::read_to_string(pid_file) {
