@@ -42,7 +42,12 @@ impl AgentProcess {
         std::fs::write(&config, text)?;
         let log = std::fs::File::create(dir.path().join("agent.log"))?;
         let spawned = Instant::now();
-        let child = tokio::process::Command::new(flotilla_tests::binary("flotilla-agent"))
+        // FLOTILLA_AGENT_BIN measures another build of the agent, e.g. the shipped one
+        // (`cargo build --profile agent -p flotilla-agent`: target/agent/flotilla-agent).
+        let binary = std::env::var_os("FLOTILLA_AGENT_BIN")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| flotilla_tests::binary("flotilla-agent"));
+        let child = tokio::process::Command::new(binary)
             .arg("--config")
             .arg(&config)
             .env("NO_COLOR", "1")

@@ -21,8 +21,26 @@ fn status(fleet: &Fleet, run: &str) -> Value {
 /// SIGKILL as soon as `when` holds for its status, resumes, and checks the invariants. Returns
 /// the stage the kill landed in.
 fn kill_then_resume(name: &str, fail: bool, when: impl Fn(&Value) -> bool) -> String {
+    kill_then_resume_holding(name, fail, None, when)
+}
+
+/// [`kill_then_resume`], with `ingest`'s agent killed at crash point `hold` (when given) so that
+/// the run stays in that stage until the coordinator is killed; the agent is then started
+/// again (it finishes what it journalled) before the resume.
+fn kill_then_resume_holding(
+    name: &str,
+    fail: bool,
+    hold: Option<&str>,
+    when: impl Fn(&Value) -> bool,
+) -> String {
     let nats = NatsServer::start().unwrap();
-    let fleet = Fleet::start(nats.url(), &ROLES).unwrap();
+    let mut fleet = Fleet::start(nats.url(), &ROLES).unwrap();
+    if let Some(point) = hold {
+        fleet.stop_agent("ingest");
+        fleet.set_agent_env("ingest", "FLOTILLA_TEST_CRASH_AT", point);
+        fleet.start_agent("ingest").unwrap();
+        fleet.wait_ready(Duration::from_secs(20)).unwrap();
+    }
     let scenario = Scenario::new(&fleet, &ROLES, COMMAND_TIMEOUT);
     let slow = "[[service.step]]\naction = \"run_command\"\nprogram = \"sh\"\nargs = [\"-c\", \"sleep 1\"]\n";
     let mut plan = format!(
@@ -49,6 +67,19 @@ fn kill_then_resume(name: &str, fail: bool, when: impl Fn(&Value) -> bool) -> St
     }
     coordinator.kill().unwrap(); // SIGKILL
     coordinator.wait().unwrap();
+    if hold.is_some() {
+        // The crash point holds the agent until it is killed.
+        let log = fleet.agent_log("ingest");
+        flotilla_tests::wait_for(
+            "ingest's agent to reach its crash point",
+            Duration::from_secs(20),
+            || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("test crash point reached")),
+        )
+        .unwrap();
+        fleet.kill_agent("ingest");
+        fleet.clear_agent_env("ingest");
+        fleet.start_agent("ingest").unwrap();
+    }
 
     let healed = Instant::now();
     let out = fleet.flotilla(&["resume", &run, "--output", "json"]);
@@ -110,6 +141,10 @@ fn kill_9_of_the_coordinator_while_rolling_back_then_resume() {
 
 #[test]
 fn kill_9_of_the_coordinator_while_finalizing_then_resume() {
-    let landed = kill_then_resume("finalizing", false, |r| r["stage"] == "finalizing");
+    // Finalizing is quick: ingest's agent stops at its `finalizing` crash point and holds the
+    // run in this stage until the kill.
+    let landed = kill_then_resume_holding("finalizing", false, Some("finalizing"), |r| {
+        r["stage"] == "finalizing"
+    });
     assert!(landed.contains("finalizing"), "{landed}");
 }
