@@ -2,6 +2,7 @@
 //! a fleet of real sample services, each with its real `flotilla-agent` sidecar. The end-to-end
 //! tests and the demo (`flotilla-demo`) share it.
 
+pub mod confinement;
 pub mod faults;
 mod fleet;
 pub mod invariants;

@@ -1,11 +1,12 @@
 //! The shipped nats-server configuration (`deploy/nats/nats-server.conf`), run for real: no
 //! anonymous access, and an agent identity confined to its own commands and events.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer};
+use async_nats::ConnectOptions;
+use async_nats::jetstream;
 use flotilla_schemas::subjects::Subjects;
+use flotilla_tests::confinement::{assert_agent_confined, connect};
 use flotilla_tests::{NatsServer, repo_root};
 use futures::StreamExt;
 
@@ -28,47 +29,9 @@ fn start() -> NatsServer {
     .unwrap()
 }
 
-/// Connects as `user`, with its private inbox; returns the client and the server errors it sees
-/// (permission violations arrive asynchronously).
-async fn connect(
-    url: &str,
-    user: &str,
-    password: &str,
-) -> (async_nats::Client, Arc<Mutex<Vec<String>>>) {
-    let errors = Arc::new(Mutex::new(Vec::new()));
-    let seen = errors.clone();
-    let client = async_nats::ConnectOptions::new()
-        .user_and_password(user.into(), password.into())
-        .custom_inbox_prefix(format!("_INBOX_{user}"))
-        .request_timeout(Some(Duration::from_secs(2)))
-        .event_callback(move |event| {
-            let seen = seen.clone();
-            async move {
-                if let async_nats::Event::ServerError(e) = event {
-                    seen.lock().unwrap().push(e.to_string());
-                }
-            }
-        })
-        .connect(url)
-        .await
-        .unwrap();
-    (client, errors)
-}
-
-async fn violations_after_flush(
-    client: &async_nats::Client,
-    errors: &Mutex<Vec<String>>,
-    expected: usize,
-) -> Vec<String> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let _ = client.flush().await;
-        let seen = errors.lock().unwrap().clone();
-        if seen.len() >= expected || tokio::time::Instant::now() > deadline {
-            return seen;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// Connect options for `user` with `password`.
+fn password(user: &str, password: &str) -> ConnectOptions {
+    ConnectOptions::new().user_and_password(user.into(), password.into())
 }
 
 #[tokio::test]
@@ -88,98 +51,12 @@ async fn anonymous_and_wrong_password_clients_are_refused() {
 #[tokio::test]
 async fn an_agent_reads_and_writes_only_its_own_subjects() {
     let server = start();
-    let subjects = Subjects::default();
-    let (coordinator, _) = connect(server.url(), "coordinator", "coordinator-secret").await;
-    let admin = jetstream::new(coordinator);
-    let commands = flotilla_bus::commands_stream(&admin, &subjects)
-        .await
-        .unwrap();
-    let events = flotilla_bus::events_stream(&admin, &subjects)
-        .await
-        .unwrap();
-    for target in ["training.a", "ingest.a"] {
-        admin
-            .publish(format!("flotilla.cmd.{target}"), "command".into())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-    }
-
-    let (agent, errors) = connect(server.url(), "agent-training-a", "training-secret").await;
-    let js = jetstream::new(agent.clone());
-    // Its own durable consumer, on its own filter: allowed, and it gets its own command.
-    let stream = js.get_stream(subjects.commands_stream()).await.unwrap();
-    let own = stream
-        .get_or_create_consumer(
-            "agent_training_a",
-            consumer::pull::Config {
-                durable_name: Some("agent_training_a".into()),
-                filter_subject: "flotilla.cmd.training.a".into(),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    let mut batch = own
-        .fetch()
-        .max_messages(1)
-        .expires(Duration::from_secs(2))
-        .messages()
-        .await
-        .unwrap();
-    let message = batch.next().await.unwrap().unwrap();
-    assert_eq!(message.subject.as_str(), "flotilla.cmd.training.a");
-    message.ack().await.unwrap();
-
-    // Another agent's consumer: refused.
-    let theirs = stream
-        .create_consumer(consumer::pull::Config {
-            durable_name: Some("agent_ingest_a".into()),
-            filter_subject: "flotilla.cmd.ingest.a".into(),
-            ..Default::default()
-        })
-        .await;
-    assert!(theirs.is_err(), "an agent created another agent's consumer");
-
-    // Reading commands directly, publishing a command, forging another agent's result: refused.
-    let _sub = agent.subscribe("flotilla.cmd.>").await.unwrap();
-    agent
-        .publish("flotilla.cmd.ingest.a", "forged command".into())
-        .await
-        .unwrap();
-    agent
-        .publish("flotilla.evt.run.ingest.a", "forged result".into())
-        .await
-        .unwrap();
-    let seen = violations_after_flush(&agent, &errors, 3).await;
-    let violations = seen
-        .iter()
-        .filter(|e| e.to_lowercase().contains("permissions violation"))
-        .count();
-    assert!(
-        violations >= 3,
-        "expected three permission violations, saw {seen:?}"
-    );
-
-    // Its own events: allowed, stored.
-    js.publish("flotilla.evt.run.training.a", "result".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    let mut events = events.clone();
-    assert_eq!(
-        events.info().await.unwrap().state.messages,
-        1,
-        "only the agent's own event is stored"
-    );
-    let mut commands = commands.clone();
-    assert_eq!(
-        commands.info().await.unwrap().state.messages,
-        1,
-        "the forged command reached the stream"
-    );
+    assert_agent_confined(
+        server.url(),
+        password("coordinator", "coordinator-secret"),
+        password("agent-training-a", "training-secret"),
+    )
+    .await;
 }
 
 /// The whole product through the shipped, secure configuration: every agent and the
@@ -261,7 +138,13 @@ async fn secure_fleet(
     roles: &[&str],
 ) -> (async_nats::Client, flotilla_tests::Fleet) {
     let subjects = Subjects::default();
-    let (coordinator, _) = connect(server.url(), "coordinator", "coordinator-secret").await;
+    let (coordinator, _) = connect(
+        server.url(),
+        password("coordinator", "coordinator-secret"),
+        "coordinator",
+    )
+    .await
+    .unwrap();
     let admin = jetstream::new(coordinator.clone());
     flotilla_bus::commands_stream(&admin, &subjects)
         .await

@@ -6,14 +6,13 @@
 //! server resolves accounts from memory (`resolver: MEMORY`, `resolver_preload`).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer};
+use async_nats::jetstream;
 use async_nats::{ConnectErrorKind, ConnectOptions};
 use flotilla_schemas::subjects::Subjects;
+use flotilla_tests::confinement::{agent_user, assert_agent_confined, connect};
 use flotilla_tests::{NatsServer, repo_root, standard_config_step};
-use futures::StreamExt;
 use nats_jwt_rs::account::{Account, JetStreamLimits};
 use nats_jwt_rs::operator::Operator;
 use nats_jwt_rs::types::{NO_LIMIT, ResponsePermission};
@@ -22,11 +21,6 @@ use nkeys::KeyPair;
 
 /// The one service of the end-to-end test, and the agent identity the other tests use.
 const ROLE: &str = "training";
-
-/// The NATS identity of `role`'s agent in the shipped configuration.
-fn agent_user(role: &str) -> String {
-    format!("agent-{role}-a")
-}
 
 // ---------------------------------------------------------------------------------------------
 // The permissions of the shipped configuration, per identity.
@@ -244,53 +238,13 @@ fn write_secret(path: &Path, text: &str) {
 // ---------------------------------------------------------------------------------------------
 // Clients.
 
-/// Connects with the `.creds` file `creds` (if any) and the private inbox `_INBOX_<inbox>`;
-/// returns the client and the server errors it sees (permission violations arrive
-/// asynchronously).
-async fn connect(
-    url: &str,
-    creds: Option<&Path>,
-    inbox: &str,
-) -> Result<(async_nats::Client, Arc<Mutex<Vec<String>>>), async_nats::ConnectError> {
-    let options = match creds {
+/// Connect options with the `.creds` file `creds`, if any.
+async fn creds(creds: Option<&Path>) -> ConnectOptions {
+    match creds {
         Some(path) => ConnectOptions::with_credentials_file(path)
             .await
             .expect("a readable .creds file"),
         None => ConnectOptions::new(),
-    };
-    let errors = Arc::new(Mutex::new(Vec::new()));
-    let seen = errors.clone();
-    let client = options
-        .custom_inbox_prefix(format!("_INBOX_{inbox}"))
-        .request_timeout(Some(Duration::from_secs(2)))
-        .connection_timeout(Duration::from_secs(5))
-        .event_callback(move |event| {
-            let seen = seen.clone();
-            async move {
-                if let async_nats::Event::ServerError(e) = event {
-                    seen.lock().unwrap().push(e.to_string());
-                }
-            }
-        })
-        .connect(url)
-        .await?;
-    Ok((client, errors))
-}
-
-/// Flushes until `expected` server errors arrived (or 5 s passed); returns them.
-async fn violations_after_flush(
-    client: &async_nats::Client,
-    errors: &Mutex<Vec<String>>,
-    expected: usize,
-) -> Vec<String> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let _ = client.flush().await;
-        let seen = errors.lock().unwrap().clone();
-        if seen.len() >= expected || tokio::time::Instant::now() > deadline {
-            return seen;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -338,14 +292,14 @@ async fn creds_are_required_and_must_chain_to_the_operator() {
 
     // No credentials at all.
     assert_refused(
-        connect(url, None, "coordinator").await,
+        connect(url, creds(None).await, "coordinator").await,
         "an anonymous client",
     );
 
     // A user JWT issued by an account the operator never signed.
     let rogue = trust.creds_signed_by(&KeyPair::new_account(), "coordinator", "rogue");
     assert_refused(
-        connect(url, Some(&rogue.path), "coordinator").await,
+        connect(url, creds(Some(&rogue.path)).await, "coordinator").await,
         "a user of an unknown account",
     );
 
@@ -357,7 +311,7 @@ async fn creds_are_required_and_must_chain_to_the_operator() {
         &creds_file(&coordinator.jwt, &thief.seed().unwrap()),
     );
     assert_refused(
-        connect(url, Some(&stolen), "coordinator").await,
+        connect(url, creds(Some(&stolen)).await, "coordinator").await,
         "a JWT presented with another key's seed",
     );
 }
@@ -370,113 +324,13 @@ async fn creds_are_required_and_must_chain_to_the_operator() {
 async fn creds_agent_reads_and_writes_only_its_own_subjects() {
     let trust = Trust::new();
     let server = trust.start();
-    let url = server.url();
-    let subjects = Subjects::default();
-
-    let (coordinator, _) = connect(url, Some(&trust.creds("coordinator").path), "coordinator")
-        .await
-        .unwrap();
-    let admin = jetstream::new(coordinator);
-    let mut commands = flotilla_bus::commands_stream(&admin, &subjects)
-        .await
-        .unwrap();
-    let mut events = flotilla_bus::events_stream(&admin, &subjects)
-        .await
-        .unwrap();
-    for target in ["training.a", "ingest.a"] {
-        admin
-            .publish(format!("flotilla.cmd.{target}"), "command".into())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-    }
-
     let user = agent_user(ROLE);
-    let (agent, errors) = connect(url, Some(&trust.creds(&user).path), &user)
-        .await
-        .expect("the agent's .creds is accepted");
-    let js = jetstream::new(agent.clone());
-    let stream = js.get_stream(subjects.commands_stream()).await.unwrap();
-    let own = stream
-        .get_or_create_consumer(
-            "agent_training_a",
-            consumer::pull::Config {
-                durable_name: Some("agent_training_a".into()),
-                filter_subject: "flotilla.cmd.training.a".into(),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    let mut batch = own
-        .fetch()
-        .max_messages(1)
-        .expires(Duration::from_secs(2))
-        .messages()
-        .await
-        .unwrap();
-    let message = batch.next().await.unwrap().unwrap();
-    assert_eq!(message.subject.as_str(), "flotilla.cmd.training.a");
-    assert_eq!(&message.payload[..], b"command");
-    message.double_ack().await.unwrap();
-
-    let theirs = stream
-        .create_consumer(consumer::pull::Config {
-            durable_name: Some("agent_ingest_a".into()),
-            filter_subject: "flotilla.cmd.ingest.a".into(),
-            ..Default::default()
-        })
-        .await;
-    assert!(theirs.is_err(), "an agent created another agent's consumer");
-
-    let _sub = agent.subscribe("flotilla.cmd.>").await.unwrap();
-    agent
-        .publish("flotilla.cmd.x.y", "forged command".into())
-        .await
-        .unwrap();
-    agent
-        .publish("flotilla.evt.run.ingest.a", "forged result".into())
-        .await
-        .unwrap();
-    let seen = violations_after_flush(&agent, &errors, 3).await;
-    let violations: Vec<&String> = seen
-        .iter()
-        .filter(|e| e.to_lowercase().contains("permissions violation"))
-        .collect();
-    for subject in [
-        "flotilla.cmd.>",
-        "flotilla.cmd.x.y",
-        "flotilla.evt.run.ingest.a",
-    ] {
-        assert!(
-            violations.iter().any(|v| v.contains(subject)),
-            "no violation names {subject}: {seen:?}"
-        );
-    }
-    // Still connected after the violations: they are refusals, not disconnections.
-    assert_eq!(
-        agent.connection_state(),
-        async_nats::connection::State::Connected
-    );
-
-    js.publish("flotilla.evt.run.training.a", "result".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    assert_eq!(
-        events.info().await.unwrap().state.messages,
-        1,
-        "only the agent's own event is stored"
-    );
-    let info = commands.info().await.unwrap();
-    assert_eq!(
-        info.state.messages, 1,
-        "the forged command reached the stream"
-    );
-    let left = commands.get_last_raw_message_by_subject("flotilla.cmd.ingest.a");
-    assert_eq!(&left.await.unwrap().payload[..], b"command");
+    assert_agent_confined(
+        server.url(),
+        creds(Some(&trust.creds("coordinator").path)).await,
+        creds(Some(&trust.creds(&user).path)).await,
+    )
+    .await;
 }
 
 /// The whole product in operator mode: the agent reads its `.creds` through
@@ -492,9 +346,13 @@ async fn creds_a_migration_runs_end_to_end() {
     let agent = trust.creds(&user);
 
     // The coordinator creates the streams (agents may not).
-    let (client, _) = connect(server.url(), Some(&coordinator.path), "coordinator")
-        .await
-        .unwrap();
+    let (client, _) = connect(
+        server.url(),
+        creds(Some(&coordinator.path)).await,
+        "coordinator",
+    )
+    .await
+    .unwrap();
     let admin = jetstream::new(client);
     flotilla_bus::commands_stream(&admin, &subjects)
         .await

@@ -5,14 +5,13 @@
 //! binaries migrating the demo fleet through each variant.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer};
+use async_nats::jetstream;
 use async_nats::{ConnectErrorKind, ConnectOptions};
 use flotilla_schemas::subjects::Subjects;
+use flotilla_tests::confinement::{agent_user, assert_agent_confined, connect};
 use flotilla_tests::{NatsServer, repo_root};
-use futures::StreamExt;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 /// Certificates made with rcgen (ECDSA P-256, ring), valid from an hour ago for a day.
@@ -105,167 +104,8 @@ mod certs {
 
 use certs::{Authority, Issued};
 
-/// The NATS identity of `role`'s agent in the shipped configurations (`CN=` it, for mTLS).
-fn agent_user(role: &str) -> String {
-    format!("agent-{role}-a")
-}
-
 // ---------------------------------------------------------------------------------------------
-// Shared checks: the same rules, whatever proves the identity.
-
-/// Connects with `options` and the private inbox `_INBOX_<inbox>`; returns the client and the
-/// server errors it sees (permission violations arrive asynchronously).
-async fn connect(
-    url: &str,
-    options: ConnectOptions,
-    inbox: &str,
-) -> Result<(async_nats::Client, Arc<Mutex<Vec<String>>>), async_nats::ConnectError> {
-    let errors = Arc::new(Mutex::new(Vec::new()));
-    let seen = errors.clone();
-    let client = options
-        .custom_inbox_prefix(format!("_INBOX_{inbox}"))
-        .request_timeout(Some(Duration::from_secs(2)))
-        .connection_timeout(Duration::from_secs(5))
-        .event_callback(move |event| {
-            let seen = seen.clone();
-            async move {
-                if let async_nats::Event::ServerError(e) = event {
-                    seen.lock().unwrap().push(e.to_string());
-                }
-            }
-        })
-        .connect(url)
-        .await?;
-    Ok((client, errors))
-}
-
-/// Flushes until `expected` server errors arrived (or 5 s passed); returns them.
-async fn violations_after_flush(
-    client: &async_nats::Client,
-    errors: &Mutex<Vec<String>>,
-    expected: usize,
-) -> Vec<String> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let _ = client.flush().await;
-        let seen = errors.lock().unwrap().clone();
-        if seen.len() >= expected || tokio::time::Instant::now() > deadline {
-            return seen;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// As the coordinator: creates the streams and queues one command each for training and ingest.
-/// As training's agent: pulls and acks its own command; is refused ingest's consumer, reading
-/// `flotilla.cmd.>`, publishing a command and forging ingest's result; its own event is stored,
-/// and the streams hold nothing forged.
-async fn assert_agent_confined(url: &str, coordinator: ConnectOptions, agent: ConnectOptions) {
-    let subjects = Subjects::default();
-    let (coordinator, _) = connect(url, coordinator, "coordinator").await.unwrap();
-    let admin = jetstream::new(coordinator);
-    let mut commands = flotilla_bus::commands_stream(&admin, &subjects)
-        .await
-        .unwrap();
-    let mut events = flotilla_bus::events_stream(&admin, &subjects)
-        .await
-        .unwrap();
-    for target in ["training.a", "ingest.a"] {
-        admin
-            .publish(format!("flotilla.cmd.{target}"), "command".into())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-    }
-
-    let (agent, errors) = connect(url, agent, &agent_user("training")).await.unwrap();
-    let js = jetstream::new(agent.clone());
-    let stream = js.get_stream(subjects.commands_stream()).await.unwrap();
-    // Its own durable consumer, on its own filter: allowed, and it gets its own command.
-    let own = stream
-        .get_or_create_consumer(
-            "agent_training_a",
-            consumer::pull::Config {
-                durable_name: Some("agent_training_a".into()),
-                filter_subject: "flotilla.cmd.training.a".into(),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    let mut batch = own
-        .fetch()
-        .max_messages(1)
-        .expires(Duration::from_secs(2))
-        .messages()
-        .await
-        .unwrap();
-    let message = batch.next().await.unwrap().unwrap();
-    assert_eq!(message.subject.as_str(), "flotilla.cmd.training.a");
-    assert_eq!(&message.payload[..], b"command");
-    message.double_ack().await.unwrap();
-
-    // Another agent's consumer: refused.
-    let theirs = stream
-        .create_consumer(consumer::pull::Config {
-            durable_name: Some("agent_ingest_a".into()),
-            filter_subject: "flotilla.cmd.ingest.a".into(),
-            ..Default::default()
-        })
-        .await;
-    assert!(theirs.is_err(), "an agent created another agent's consumer");
-
-    // Reading commands directly, publishing a command, forging another agent's result: refused.
-    let _sub = agent.subscribe("flotilla.cmd.>").await.unwrap();
-    agent
-        .publish("flotilla.cmd.ingest.a", "forged command".into())
-        .await
-        .unwrap();
-    agent
-        .publish("flotilla.evt.run.ingest.a", "forged result".into())
-        .await
-        .unwrap();
-    let seen = violations_after_flush(&agent, &errors, 3).await;
-    let violations: Vec<&String> = seen
-        .iter()
-        .filter(|e| e.to_lowercase().contains("permissions violation"))
-        .collect();
-    assert!(
-        violations.len() >= 3,
-        "expected three permission violations, saw {seen:?}"
-    );
-    for subject in [
-        "flotilla.cmd.>",
-        "flotilla.cmd.ingest.a",
-        "flotilla.evt.run.ingest.a",
-    ] {
-        assert!(
-            violations.iter().any(|v| v.contains(subject)),
-            "no violation names {subject}: {violations:?}"
-        );
-    }
-
-    // Its own event: allowed, stored.
-    js.publish("flotilla.evt.run.training.a", "result".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    assert_eq!(
-        events.info().await.unwrap().state.messages,
-        1,
-        "only the agent's own event is stored"
-    );
-    // Its own command was consumed (work queue); ingest's is untouched; nothing forged arrived.
-    let info = commands.info().await.unwrap();
-    assert_eq!(
-        info.state.messages, 1,
-        "the forged command reached the stream"
-    );
-    let left = commands.get_last_raw_message_by_subject("flotilla.cmd.ingest.a");
-    assert_eq!(&left.await.unwrap().payload[..], b"command");
-}
+// Shared: a fleet through a variant (the confinement check is `flotilla_tests::confinement`).
 
 /// A fleet of `roles` on `server`: the coordinator (`coordinator`) creates the streams (agents may
 /// not), every agent gets `agent_env(role)`, `flotilla` runs with `cli_env`.
