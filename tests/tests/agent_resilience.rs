@@ -18,6 +18,18 @@ use time::OffsetDateTime;
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 const ANSWER: Duration = Duration::from_secs(30);
 
+/// Asserts that `answer` has `outcome` and a reason that mentions `because`.
+fn answered(answer: &Value, outcome: &str, because: &str) {
+    assert_eq!(answer["outcome"], outcome, "{answer:#}");
+    assert!(
+        answer["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(because),
+        "{answer:#}"
+    );
+}
+
 fn state_dir(fleet: &Fleet, role: &str) -> PathBuf {
     fleet.dir().join("state").join(role)
 }
@@ -228,14 +240,7 @@ fn a_rollback_cut_after_its_swap_completes_and_a_second_rollback_is_answered() {
     fleet.clear_agent_env(role);
     fleet.start_agent(role).unwrap();
     let answer = answer_to(&fleet, &run, &rollback);
-    assert_eq!(answer["outcome"], "rolled_back", "{answer:#}");
-    assert!(
-        answer["reason"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("interrupted during a rollback"),
-        "{answer:#}"
-    );
+    answered(&answer, "rolled_back", "interrupted during a rollback");
     assert_eq!(snapshot(&root), before);
     fleet.wait_ready(ANSWER).unwrap();
     assert_eq!(fleet.health(role).map(|(s, _)| s), Some(200));
@@ -247,14 +252,7 @@ fn a_rollback_cut_after_its_swap_completes_and_a_second_rollback_is_answered() {
         role,
         json!({"kind": "rollback", "migration": migration}),
     );
-    assert_eq!(again["outcome"], "rolled_back", "{again:#}");
-    assert!(
-        again["reason"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("already rolled back"),
-        "{again:#}"
-    );
+    answered(&again, "rolled_back", "already rolled back");
     assert_eq!(snapshot(&root), before);
 
     // A later migration changes the tree: a rollback of the first one must not undo it.
@@ -272,14 +270,7 @@ fn a_rollback_cut_after_its_swap_completes_and_a_second_rollback_is_answered() {
         role,
         json!({"kind": "rollback", "migration": migration}),
     );
-    assert_eq!(late["outcome"], "refused", "{late:#}");
-    assert!(
-        late["reason"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("already rolled back"),
-        "{late:#}"
-    );
+    answered(&late, "refused", "already rolled back");
     assert_eq!(snapshot(&root), later_tree);
 
     // Finalizing the first migration drops what is left of its backup.
@@ -648,14 +639,7 @@ fn a_finalize_cut_by_kill_9_is_carried_out_by_the_next_start() {
     fleet.clear_agent_env(role);
     fleet.start_agent(role).unwrap();
     let answer = answer_to(&fleet, &run, &finalize);
-    assert_eq!(answer["outcome"], "finalized", "{answer:#}");
-    assert!(
-        answer["reason"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("interrupted while finalizing"),
-        "{answer:#}"
-    );
+    answered(&answer, "finalized", "interrupted while finalizing");
     assert!(!backup.exists(), "the backup was not dropped");
     assert_eq!(snapshot(&fleet.root(role)), after);
     // Sent again (a resumed coordinator re-sends the same command ID): answered from the journal.
