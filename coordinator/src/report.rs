@@ -183,6 +183,19 @@ impl FailureKind {
 // === impl ServiceReport ===
 
 impl ServiceReport {
+    /// The phases that failed, each as `phase: detail`.
+    pub(crate) fn failed_phases(&self) -> Vec<String> {
+        self.phases
+            .iter()
+            .filter(|p| p.status == PhaseStatus::Failed)
+            .filter_map(|p| {
+                p.detail
+                    .as_ref()
+                    .map(|d| format!("{}: {d}", p.phase.as_str()))
+            })
+            .collect()
+    }
+
     fn from_target(record: &RunRecord, target: &TargetRecord) -> Self {
         let mut report = ServiceReport {
             service: target.service.clone(),
@@ -309,10 +322,7 @@ impl ServiceReport {
 /// (those are written under the targets' own keys).
 fn last_activity(record: &RunRecord) -> OffsetDateTime {
     record
-        .targets
-        .iter()
-        .flat_map(|t| [&t.migrate, &t.rollback, &t.finalize])
-        .flatten()
+        .commands()
         .flat_map(|c| [c.sent_at, c.result.as_ref().map(|r| r.at)])
         .flatten()
         .fold(record.updated_at, OffsetDateTime::max)

@@ -470,10 +470,11 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
     /// Sends `kind` to every target in `members`, at most `cap` in flight, and waits for the
     /// answers. With `stop_on_budget`, stops dispatching once the failure budget is broken.
     ///
-    /// Dispatch goes in batches: the batch's commands are recorded with concurrent writes, all
-    /// published, their acknowledgements awaited together, and their `sent_at` recorded the
-    /// same way; results that arrive together are filed together. A batch therefore costs three
-    /// rounds of writes whatever its size, where one dispatch at a time cost four per agent.
+    /// Dispatch goes in batches: the batch's commands are recorded, as sent, with concurrent
+    /// writes, then all published and their acknowledgements awaited together; results that
+    /// arrive together are filed together. A batch therefore costs one round of writes whatever
+    /// its size (two when the stream refused some), where one dispatch at a time cost four
+    /// writes in turn per agent.
     async fn run_commands(
         &mut self,
         kind: Kind,
@@ -1379,14 +1380,10 @@ fn file_results(
             tracing::warn!(command_id = %result.command_id, "ignoring a result from another agent than the command's");
             continue;
         }
-        let Some(command) = [
-            &mut target.migrate,
-            &mut target.rollback,
-            &mut target.finalize,
-        ]
-        .into_iter()
-        .flatten()
-        .find(|c| c.command.command_id == result.command_id) else {
+        let Some(command) = target
+            .commands_mut()
+            .find(|c| c.command.command_id == result.command_id)
+        else {
             continue;
         };
         if command.result.is_some() {
@@ -1395,8 +1392,8 @@ fn file_results(
         if command.timed_out || command.not_delivered.is_some() {
             let note = format!(
                 "{}/{}: a late result ({}) came after the coordinator gave up on the command, and was filed",
-                target.service,
-                target.instance,
+                result.service,
+                result.instance,
                 result.outcome.as_str()
             );
             tracing::warn!(command_id = %result.command_id, "{note}");
@@ -1420,12 +1417,7 @@ pub async fn file_late_results(
     revisions: &mut Revisions,
 ) -> Result<usize, RolloutError> {
     let unanswered = |c: &CommandRecord| c.result.is_none() && c.sent_at.is_some();
-    let waiting = record.targets.iter().any(|t| {
-        [&t.migrate, &t.rollback, &t.finalize]
-            .into_iter()
-            .flatten()
-            .any(unanswered)
-    });
+    let waiting = record.commands().any(unanswered);
     if record.status == RunStatus::Running || !waiting {
         return Ok(0);
     }
@@ -1461,10 +1453,7 @@ const DISPATCH_BATCH: usize = 500;
 fn command_index(record: &RunRecord) -> HashMap<CommandId, usize> {
     let mut index = HashMap::new();
     for (t, target) in record.targets.iter().enumerate() {
-        for command in [&target.migrate, &target.rollback, &target.finalize]
-            .into_iter()
-            .flatten()
-        {
+        for command in target.commands() {
             index.insert(command.command.command_id, t);
         }
     }

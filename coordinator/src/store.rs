@@ -241,6 +241,24 @@ pub struct Store {
     kv: kv::Store,
 }
 
+// === impl TargetRecord ===
+
+impl TargetRecord {
+    /// The commands sent to this target: migrate, rollback, finalize, those that exist.
+    pub fn commands(&self) -> impl Iterator<Item = &CommandRecord> {
+        [&self.migrate, &self.rollback, &self.finalize]
+            .into_iter()
+            .flatten()
+    }
+
+    /// [`TargetRecord::commands`], to change.
+    pub fn commands_mut(&mut self) -> impl Iterator<Item = &mut CommandRecord> {
+        [&mut self.migrate, &mut self.rollback, &mut self.finalize]
+            .into_iter()
+            .flatten()
+    }
+}
+
 // === impl RunRecord ===
 
 impl RunRecord {
@@ -302,22 +320,14 @@ impl RunRecord {
 
     /// The index of the target that `command_id` was sent to.
     pub fn find_target(&self, command_id: CommandId) -> Option<usize> {
-        self.targets.iter().position(|t| {
-            [&t.migrate, &t.rollback, &t.finalize]
-                .into_iter()
-                .flatten()
-                .any(|c| c.command.command_id == command_id)
-        })
+        self.targets
+            .iter()
+            .position(|t| t.commands().any(|c| c.command.command_id == command_id))
     }
 
-    /// The command record of `command_id`.
-    pub fn find_command(&mut self, command_id: CommandId) -> Option<&mut CommandRecord> {
-        self.targets.iter_mut().find_map(|t| {
-            [&mut t.migrate, &mut t.rollback, &mut t.finalize]
-                .into_iter()
-                .flatten()
-                .find(|c| c.command.command_id == command_id)
-        })
+    /// Every command recorded for every target.
+    pub fn commands(&self) -> impl Iterator<Item = &CommandRecord> {
+        self.targets.iter().flat_map(TargetRecord::commands)
     }
 
     /// True when the run may be resumed.

@@ -138,10 +138,7 @@ pub(super) async fn watch(
 /// The commands of `record` that have a result.
 fn recorded_results(record: &RunRecord) -> impl Iterator<Item = CommandId> + '_ {
     record
-        .targets
-        .iter()
-        .flat_map(|t| [&t.migrate, &t.rollback, &t.finalize])
-        .flatten()
+        .commands()
         .filter(|c| c.result.is_some())
         .map(|c| c.command.command_id)
 }

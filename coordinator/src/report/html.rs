@@ -461,16 +461,7 @@ const GUIDE_HEADING: &str = "\n## Migration guide, per service\n";
 
 /// What went wrong with a service, in one line.
 fn problem(s: &ServiceReport) -> String {
-    let failed: Vec<String> = s
-        .phases
-        .iter()
-        .filter(|p| p.status == PhaseStatus::Failed)
-        .filter_map(|p| {
-            p.detail
-                .as_ref()
-                .map(|d| format!("{}: {d}", p.phase.as_str()))
-        })
-        .collect();
+    let failed = s.failed_phases();
     match (s.failure, &s.reason) {
         (Some(kind), Some(reason)) => format!("{}: {reason}", kind.as_str()),
         (Some(kind), None) if !failed.is_empty() => {
@@ -700,10 +691,7 @@ fn page_data(report: &RunReport, record: &RunRecord, events: &[RunEvent]) -> Pag
     }
     // Phases whose end never came: cut at their command's result, or still running.
     let answered: HashMap<CommandId, i64> = record
-        .targets
-        .iter()
-        .flat_map(|t| [&t.migrate, &t.rollback, &t.finalize])
-        .flatten()
+        .commands()
         .filter_map(|c| Some((c.command.command_id, rel(c.result.as_ref()?.at))))
         .collect();
     for ((command_id, phase), begin) in open {

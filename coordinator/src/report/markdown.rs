@@ -209,16 +209,7 @@ fn describe(step: &Step) -> String {
 }
 
 fn problem(s: &ServiceReport) -> String {
-    let failed: Vec<String> = s
-        .phases
-        .iter()
-        .filter(|p| p.status == PhaseStatus::Failed)
-        .filter_map(|p| {
-            p.detail
-                .as_ref()
-                .map(|d| format!("{}: {d}", p.phase.as_str()))
-        })
-        .collect();
+    let failed = s.failed_phases();
     match (s.failure, &s.reason) {
         (Some(kind), Some(reason)) => format!("{}: {reason}", kind.as_str()),
         (Some(kind), None) if !failed.is_empty() => {
