@@ -1,5 +1,6 @@
-//! The subject permissions every variant of the shipped nats-server configuration must enforce
-//! (passwords, mutual TLS, nkeys, operator/JWT creds): one check, whatever proves the identity.
+//! What every variant of the shipped nats-server configuration must do (passwords, mutual TLS,
+//! nkeys, operator/JWT creds): confine an agent to its own subjects, and carry the demo
+//! migration. One check each, whatever proves the identity.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -172,4 +173,30 @@ pub async fn assert_agent_confined(url: &str, coordinator: ConnectOptions, agent
     );
     let left = commands.get_last_raw_message_by_subject("flotilla.cmd.ingest.a");
     assert_eq!(&left.await.unwrap().payload[..], b"command");
+}
+
+/// `flotilla migrate` of the demo plan over all five services succeeds through the variant:
+/// exit 0, five services reported, each root migrated.
+pub fn assert_demo_migrates(fleet: &crate::Fleet) {
+    let plan = crate::repo_root().join("deploy/demo/plan.toml");
+    let out = tokio::task::block_in_place(|| {
+        fleet.flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"])
+    });
+    let report = crate::json_stdout(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{report:#}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let services = report["services"].as_array().unwrap();
+    assert_eq!(services.len(), 5, "{report:#}");
+    for role in crate::ROLES {
+        let migrated = fleet.root(role).join("config/service.toml");
+        assert!(
+            migrated.exists(),
+            "{role} was not migrated: {}",
+            migrated.display()
+        );
+    }
 }

@@ -116,6 +116,26 @@ impl NatsServer {
             .parse()
             .ok()
     }
+
+    /// The server's client connections (monitoring endpoint `/connz?auth=true`).
+    pub fn connections(&self) -> Vec<serde_json::Value> {
+        let port = self
+            .monitoring_port()
+            .expect("the monitoring port is enabled");
+        // HTTP/1.0, so that the answer is not chunked.
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        write!(stream, "GET /connz?auth=true&limit=1000 HTTP/1.0\r\n\r\n").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+        assert!(head.starts_with("HTTP/1.0 200"), "{response}");
+        let connz: serde_json::Value = serde_json::from_str(body).unwrap();
+        connz["connections"].as_array().cloned().unwrap_or_default()
+    }
 }
 
 impl Drop for NatsServer {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_nats::ConnectOptions;
 use async_nats::jetstream;
 use flotilla_schemas::subjects::Subjects;
-use flotilla_tests::confinement::{assert_agent_confined, connect};
+use flotilla_tests::confinement::{assert_agent_confined, assert_demo_migrates, connect};
 use flotilla_tests::{NatsServer, repo_root};
 use futures::StreamExt;
 
@@ -65,18 +65,7 @@ async fn an_agent_reads_and_writes_only_its_own_subjects() {
 async fn the_demo_migration_runs_through_the_secure_configuration() {
     let server = start();
     let (_coordinator, fleet) = secure_fleet(&server, &flotilla_tests::ROLES).await;
-    let plan = repo_root().join("deploy/demo/plan.toml");
-    let out = tokio::task::block_in_place(|| {
-        fleet.flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"])
-    });
-    let report = flotilla_tests::json_stdout(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{report:#}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(report["services"].as_array().unwrap().len(), 5);
+    assert_demo_migrates(&fleet);
     tokio::task::block_in_place(|| drop(fleet));
 }
 

@@ -389,7 +389,7 @@ async fn creds_a_migration_runs_end_to_end() {
     });
 
     // The agent is connected as its own user key, in the application account.
-    let connected = connections(&server);
+    let connected = server.connections();
     let connection = connected
         .iter()
         .find(|c| c["authorized_user"] == agent.key.public_key().as_str())
@@ -426,24 +426,4 @@ async fn creds_a_migration_runs_end_to_end() {
     assert!(root.join("config/service.toml").exists());
     assert!(!root.join("legacy.conf").exists());
     tokio::task::block_in_place(|| drop(fleet));
-}
-
-/// The server's client connections (monitoring endpoint `/connz?auth=true`).
-fn connections(server: &NatsServer) -> Vec<serde_json::Value> {
-    let port = server
-        .monitoring_port()
-        .expect("the monitoring port is enabled");
-    // HTTP/1.0, so that the answer is not chunked.
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    write!(stream, "GET /connz?auth=true&limit=1000 HTTP/1.0\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    assert!(head.starts_with("HTTP/1.0 200"), "{response}");
-    let connz: serde_json::Value = serde_json::from_str(body).unwrap();
-    connz["connections"].as_array().cloned().unwrap_or_default()
 }

@@ -10,7 +10,9 @@ use std::time::Duration;
 use async_nats::jetstream;
 use async_nats::{ConnectErrorKind, ConnectOptions};
 use flotilla_schemas::subjects::Subjects;
-use flotilla_tests::confinement::{agent_user, assert_agent_confined, connect};
+use flotilla_tests::confinement::{
+    agent_user, assert_agent_confined, assert_demo_migrates, connect,
+};
 use flotilla_tests::{NatsServer, repo_root};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
@@ -134,51 +136,6 @@ async fn fleet(
     tokio::task::block_in_place(|| {
         flotilla_tests::Fleet::start_with(&url, roles, agent_env, cli_env).unwrap()
     })
-}
-
-/// `flotilla migrate` of the demo plan over all five services succeeds.
-fn assert_demo_migrates(fleet: &flotilla_tests::Fleet) {
-    let plan = repo_root().join("deploy/demo/plan.toml");
-    let out = tokio::task::block_in_place(|| {
-        fleet.flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"])
-    });
-    let report = flotilla_tests::json_stdout(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{report:#}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let services = report["services"].as_array().unwrap();
-    assert_eq!(services.len(), 5, "{report:#}");
-    for role in flotilla_tests::ROLES {
-        let migrated = fleet.root(role).join("config/service.toml");
-        assert!(
-            migrated.exists(),
-            "{role} was not migrated: {}",
-            migrated.display()
-        );
-    }
-}
-
-/// The server's client connections (monitoring endpoint `/connz?auth=true`).
-fn connections(server: &NatsServer) -> Vec<serde_json::Value> {
-    let port = server
-        .monitoring_port()
-        .expect("the monitoring port is enabled");
-    // HTTP/1.0, so that the answer is not chunked.
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    write!(stream, "GET /connz?auth=true&limit=1000 HTTP/1.0\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    assert!(head.starts_with("HTTP/1.0 200"), "{response}");
-    let connz: serde_json::Value = serde_json::from_str(body).unwrap();
-    connz["connections"].as_array().cloned().unwrap_or_default()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -374,7 +331,7 @@ async fn mtls_the_demo_migration_runs_end_to_end() {
     .await;
 
     // Each agent is connected under the identity its certificate names, over TLS.
-    let connected = connections(&server);
+    let connected = server.connections();
     for role in flotilla_tests::ROLES {
         let user = format!("CN={}", agent_user(role));
         let connection = connected
