@@ -475,25 +475,6 @@ mod tests {
         )
     }
 
-    fn outcome(command: &Command, outcome: Outcome) -> RunResult {
-        RunResult {
-            schema: Default::default(),
-            run_id: command.run_id,
-            command_id: command.command_id,
-            service: command.service.clone(),
-            instance: command.instance.clone(),
-            at: OffsetDateTime::now_utc(),
-            outcome,
-            reason: None,
-            phases: Vec::new(),
-            measurements: Measurements::default(),
-            gates: Vec::new(),
-            workloads: Vec::new(),
-            inspection: None,
-            replayed: false,
-        }
-    }
-
     /// Journals `command` as finished with `result` and, when `published`, published.
     fn finish(journal: &mut Journal, command: &Command, result: Outcome, published: bool) {
         journal
@@ -502,7 +483,12 @@ mod tests {
                     command: command.clone(),
                 },
                 Record::Finished {
-                    result: outcome(command, result),
+                    result: crate::lifecycle::result(
+                        command,
+                        result,
+                        None,
+                        Measurements::default(),
+                    ),
                 },
             ])
             .unwrap();

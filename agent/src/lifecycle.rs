@@ -1140,7 +1140,8 @@ impl std::fmt::Display for PhaseFailure {
     }
 }
 
-fn result(
+/// The result of `command`: `outcome`, now, with no phases yet.
+pub(crate) fn result(
     command: &Command,
     outcome: Outcome,
     reason: Option<String>,
