@@ -8,7 +8,7 @@
 //! - `<!-- excerpt -->`: output of one real run, shown as an illustration and not checked.
 //!
 //! CMD is a binary of this workspace and its arguments, split on spaces, run in the repository's
-//! root with no inherited `FLOTILLA_…` variables. In CMD, `<tmp>` is a fresh temporary directory
+//! root without the test's `FLOTILLA_…` and `RUST_BACKTRACE` variables. In CMD, `<tmp>` is a fresh temporary directory
 //! and `<block-above>` a file holding the nearest fenced block above. It may end with `; exit: N`
 //! (the exit code expected, 0 by default) and with `; fleet: demo` (run `flotilla` against a real
 //! nats-server and the five demo services with their agents).
@@ -244,11 +244,15 @@ fn run(block: &Block, invocation: &Invocation, fleet: Option<&Fleet>) -> (i32, V
         .get_envs()
         .map(|(k, _)| k.to_string_lossy().into_owned())
         .collect();
+    // The docs show what a user sees without the test's variables (a backtrace, another NATS).
     for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("FLOTILLA_")) {
         if !set.contains(&name) {
             command.env_remove(name);
         }
     }
+    command
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE");
     let Output {
         status,
         stdout,
