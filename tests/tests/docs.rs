@@ -19,6 +19,10 @@
 //!
 //! Every `console` block carries one of the three markers, and no other comment may stand right
 //! before a fence (a misspelt marker would silently check nothing).
+//!
+//! Besides: every `flotilla …` command line in the docs (inline code, `sh` and `console` blocks)
+//! names a real command and only its real flags, and the exit codes of `docs/exit-codes.md` are
+//! those of `coordinator/src/exit.rs` and of `flotilla --help`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -343,6 +347,96 @@ fn blocks_with_the_demo_fleet_show_what_the_binaries_print() {
     check_blocks(true, || {
         Some(Fleet::start(nats.url(), &ROLES).expect("the demo fleet starts"))
     });
+}
+
+/// The `flotilla …` command lines of the docs: inline code spans, and lines of `sh` and
+/// `console` blocks (after a `$ ` prompt), each cut at a comment, pipe or `;`.
+fn documented_commands() -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    for page in pages() {
+        let text = std::fs::read_to_string(&page).expect("page is readable");
+        let name = page
+            .strip_prefix(repo_root())
+            .unwrap_or(&page)
+            .display()
+            .to_string();
+        let mut in_block = false;
+        let prose: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                let fence = l.trim_start().starts_with("```");
+                in_block ^= fence;
+                !in_block && !fence
+            })
+            .collect();
+        let prose = prose.join("\n");
+        let spans = prose.split('`').skip(1).step_by(2).map(String::from);
+        let block_lines = blocks(&page)
+            .into_iter()
+            .filter(|b| b.lang == "sh" || b.lang == "console")
+            .flat_map(|b| b.body);
+        for line in spans.chain(block_lines) {
+            let line = line.trim_start().trim_start_matches("$ ");
+            let cut = line.find(['#', '|', ';', ')']).unwrap_or(line.len());
+            if line.starts_with("flotilla ") {
+                found.push((name.clone(), line[..cut].trim().to_owned()));
+            }
+        }
+    }
+    found
+}
+
+/// `flotilla WORDS --help`.
+fn help(words: &[&str]) -> String {
+    let out = Command::new(binary("flotilla"))
+        .args(words)
+        .arg("--help")
+        .output()
+        .expect("flotilla runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn every_documented_command_and_flag_exists() {
+    let top = help(&[]);
+    let listed = top.split("Commands:").nth(1).unwrap_or_default();
+    let listed = listed.split("Options:").next().unwrap_or_default();
+    let subcommands: Vec<&str> = listed
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let mut wrong = Vec::new();
+    for (page, line) in documented_commands() {
+        let words: Vec<&str> = line.split_whitespace().skip(1).collect();
+        let Some(&sub) = words.first() else { continue };
+        if !sub.chars().all(|c| c.is_ascii_lowercase()) {
+            continue;
+        }
+        if !subcommands.contains(&sub) {
+            wrong.push(format!("{page}: `{line}`: no command {sub:?}"));
+            continue;
+        }
+        // `plan check`, `keys generate`: the second word names the subcommand.
+        let nested = words
+            .get(1)
+            .filter(|w| help(&[sub]).contains(&format!("\n  {w}  ")));
+        let path: Vec<&str> = [sub].into_iter().chain(nested.copied()).collect();
+        let flags = help(&path);
+        for word in &words {
+            let flag = word.trim_start_matches('[');
+            let flag = flag.split(['=', ']']).next().unwrap_or(flag);
+            if flag.starts_with("--")
+                && !flags.contains(&format!("{flag} "))
+                && !flags.contains(&format!("{flag}\n"))
+            {
+                wrong.push(format!(
+                    "{page}: `{line}`: `flotilla {}` has no {flag}",
+                    path.join(" ")
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
 /// `| N | … |` rows, `  N  …` help lines or `pub const X: u8 = N;` lines: their codes.
