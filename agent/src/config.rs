@@ -8,18 +8,19 @@ use std::time::Duration;
 use flotilla_schemas::{InstanceId, ServiceName};
 use serde::Deserialize;
 
-/// Why the configuration could not be loaded.
+/// Why the configuration could not be loaded. The message holds the parser's error (it names
+/// the key); that error is not also the `source()`, which would print it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read agent configuration {path}: {source}")]
+    #[error("cannot read agent configuration {path}: {cause}")]
     Load {
         path: PathBuf,
-        source: config::ConfigError,
+        cause: config::ConfigError,
     },
-    #[error("invalid agent configuration {path}: {source}")]
+    #[error("invalid agent configuration {path}: {cause}")]
     Invalid {
         path: PathBuf,
-        source: config::ConfigError,
+        cause: config::ConfigError,
     },
     #[error("invalid agent configuration {path}: {reason}")]
     Rule { path: PathBuf, reason: String },
@@ -279,16 +280,16 @@ impl AgentConfig {
                     .source(Some(overrides)),
             )
             .build()
-            .map_err(|source| ConfigError::Load {
+            .map_err(|cause| ConfigError::Load {
                 path: path.to_owned(),
-                source,
+                cause,
             })?;
         let config: AgentConfig =
             settings
                 .try_deserialize()
-                .map_err(|source| ConfigError::Invalid {
+                .map_err(|cause| ConfigError::Invalid {
                     path: path.to_owned(),
-                    source,
+                    cause,
                 })?;
         config.check().map_err(|reason| ConfigError::Rule {
             path: path.to_owned(),
