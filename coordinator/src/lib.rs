@@ -15,6 +15,7 @@ pub mod plan;
 mod progress;
 mod report;
 mod rollout;
+mod sanitize;
 mod store;
 pub mod verify;
 

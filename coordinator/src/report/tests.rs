@@ -135,11 +135,11 @@ fn junit_escapes_and_classifies() {
     record.status = RunStatus::Failed;
     let xml = RunReport::from_record(&record).to_junit();
     assert!(
-        xml.contains("<failure type=\"refused\" message=\"health &lt;check&gt; said &quot;no&quot; &amp; more\">"),
+        xml.contains("<failure message=\"health &lt;check&gt; said &quot;no&quot; &amp; more\" type=\"refused\">"),
         "{xml}"
     );
     assert!(
-        xml.contains("tests=\"3\" failures=\"1\" skipped=\"2\""),
+        xml.contains("tests=\"3\" skipped=\"2\" failures=\"1\""),
         "{xml}"
     );
     assert!(xml.contains("<testsuite name=\"canary\""), "{xml}");
