@@ -272,8 +272,9 @@ pub enum CommandKind {
     Report {
         /// Run ID, or a unique prefix of it (default: the latest run).
         run: Option<String>,
-        #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
-        format: ReportFormat,
+        /// The report's format (default: `md`, or `json` with `--output json`).
+        #[arg(long, value_enum)]
+        format: Option<ReportFormat>,
     },
     /// Watch a run live, from any machine: its waves and one row per service with its phase,
     /// elapsed time, gate figures and outcome. Exits when the run ends, with the run's exit code.

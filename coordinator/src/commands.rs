@@ -16,6 +16,7 @@ use crate::plan::Plan;
 use crate::progress::TerminalProgress;
 use crate::report::RunReport;
 use crate::rollout::{self, Engine, EngineParts};
+use crate::sanitize::{multi_line, one_line};
 use crate::store::{Revisions, RunRecord, Store};
 
 mod agents;
@@ -56,8 +57,15 @@ pub(crate) async fn run(cli: Cli, shutdown: CancellationToken) -> u8 {
         }
         CommandKind::Keys {
             action: cli::KeysAction::Generate { out },
-        } => keys_generate(out),
-        CommandKind::Report { run, format } => report(&cli, run.as_deref(), *format).await,
+        } => keys_generate(&cli, out),
+        CommandKind::Report { run, format } => {
+            // `-o json` asks for the JSON report; an explicit `--format` wins.
+            let format = format.unwrap_or(match cli.output {
+                OutputFormat::Json => ReportFormat::Json,
+                OutputFormat::Text => ReportFormat::Md,
+            });
+            report(&cli, run.as_deref(), format).await
+        }
         CommandKind::Watch { run, wait } => {
             watch::watch(&cli, run.as_deref(), *wait, shutdown).await
         }
@@ -90,7 +98,7 @@ pub(crate) fn engine_parts<'a>(
 }
 
 /// `flotilla keys generate`.
-fn keys_generate(out: &Path) -> u8 {
+fn keys_generate(cli: &Cli, out: &Path) -> u8 {
     let key = match flotilla_bus::signing::SigningKey::generate() {
         Ok(key) => key,
         Err(e) => return fail(exit::USAGE, e),
@@ -98,12 +106,23 @@ fn keys_generate(out: &Path) -> u8 {
     if let Err(e) = key.save(out) {
         return fail(exit::USAGE, error_chain(&e));
     }
-    println!("private key: {} (mode 0600; keep it secret)", out.display());
-    println!(
-        "public key:  {} ; add this line to every agent's [security] trusted_keys:",
-        flotilla_bus::signing::public_key_path(out).display()
-    );
-    println!("  trusted_keys = [\"{}\"]", key.public_key_text());
+    let public_key_file = flotilla_bus::signing::public_key_path(out);
+    match cli.output {
+        OutputFormat::Json => print_json(&serde_json::json!({
+            "private_key_file": out,
+            "public_key_file": public_key_file,
+            "public_key": key.public_key_text(),
+        })),
+        OutputFormat::Text => {
+            let shown = |path: &Path| one_line(&path.display().to_string()).into_owned();
+            println!("private key: {} (mode 0600; keep it secret)", shown(out));
+            println!(
+                "public key:  {} ; add this line to every agent's [security] trusted_keys:",
+                shown(&public_key_file)
+            );
+            println!("  trusted_keys = [\"{}\"]", key.public_key_text());
+        }
+    }
     exit::OK
 }
 
@@ -117,9 +136,18 @@ fn signer(cli: &Cli) -> Result<Option<std::sync::Arc<flotilla_bus::signing::Sign
     }
 }
 
+/// Says what went wrong on stderr (whatever `--output`: stdout stays empty), controls escaped.
 fn fail(code: u8, message: impl std::fmt::Display) -> u8 {
-    eprintln!("error: {message}");
+    eprintln!("error: {}", multi_line(&message.to_string()));
     code
+}
+
+/// Prints `value` as one JSON document on stdout.
+fn print_json(value: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("output serializes")
+    );
 }
 
 async fn connect(cli: &Cli) -> Result<(async_nats::Client, Subjects), u8> {
@@ -187,10 +215,7 @@ async fn load_run(
 fn emit(cli: &Cli, record: &RunRecord, files: &ReportFiles) -> u8 {
     let report = RunReport::from_record(record);
     match cli.output {
-        OutputFormat::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&report).expect("reports serialize")
-        ),
+        OutputFormat::Json => print_json(&report),
         OutputFormat::Text => print!("{}", report.to_text()),
     }
     let _ = std::io::stdout().flush();
@@ -265,10 +290,7 @@ async fn runs(cli: &Cli) -> u8 {
                     })
                 })
                 .collect();
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&rows).expect("rows serialize")
-            );
+            print_json(&rows);
         }
         OutputFormat::Text => {
             println!(
@@ -292,7 +314,7 @@ async fn runs(cli: &Cli) -> u8 {
                         .unwrap_or_default(),
                     r.services.len(),
                     format!("{:.1}s", r.duration_ms as f64 / 1000.0),
-                    r.plan
+                    one_line(&r.plan)
                 );
             }
             eprintln!("{} run(s)", reports.len());
@@ -364,11 +386,9 @@ async fn verify(cli: &Cli, run: Option<&str>) -> u8 {
         Err(e) => return fail(exit::BUS, format!("cannot read trace {trace_id}: {e}")),
     };
     match cli.output {
-        OutputFormat::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&report).expect("reports serialize")
-        ),
-        OutputFormat::Text => print!("{}", crate::verify::to_text(&report)),
+        OutputFormat::Json => print_json(&report),
+        // Service names, span and log problems come from the tracing backend: data.
+        OutputFormat::Text => print!("{}", multi_line(&crate::verify::to_text(&report))),
     }
     if report.ok { exit::OK } else { exit::FAILED }
 }
@@ -383,10 +403,7 @@ async fn report(cli: &Cli, run: Option<&str>, format: ReportFormat) -> u8 {
     match format {
         ReportFormat::Html => print!("{}", html::render(&client, &subjects, &record).await),
         ReportFormat::Text => print!("{}", report.to_text()),
-        ReportFormat::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&report).expect("reports serialize")
-        ),
+        ReportFormat::Json => print_json(&report),
         ReportFormat::Md => print!("{}", report.to_markdown()),
         ReportFormat::Junit => print!("{}", report.to_junit()),
     }
@@ -410,10 +427,18 @@ async fn cancel(cli: &Cli, run: &str) -> u8 {
     if let Err(e) = store.request_cancel(&record.run_id).await {
         return fail(exit::BUS, error_chain(&e));
     }
-    eprintln!(
-        "cancel requested for run {}: its coordinator stops dispatching before the next command; `flotilla resume {}` finishes it",
-        record.run_id, record.run_id
-    );
+    match cli.output {
+        OutputFormat::Json => print_json(&serde_json::json!({
+            "run_id": record.run_id,
+            "cancel_requested": true,
+            "status": record.status,
+            "stage": record.stage.as_str(),
+        })),
+        OutputFormat::Text => eprintln!(
+            "cancel requested for run {}: its coordinator stops dispatching before the next command; `flotilla resume {}` finishes it",
+            record.run_id, record.run_id
+        ),
+    }
     exit::OK
 }
 
@@ -438,10 +463,14 @@ async fn resume(cli: &Cli, run: &str, files: &ReportFiles, shutdown: Cancellatio
         Ok(plan) => plan,
         Err(e) => return fail(exit::USAGE, e),
     };
-    eprintln!(
-        "resuming run {} ({}) at stage {:?}",
-        record.run_id, record.plan_name, record.stage
-    );
+    if cli.output == OutputFormat::Text {
+        eprintln!(
+            "resuming run {} ({}) at stage {:?}",
+            record.run_id,
+            one_line(&record.plan_name),
+            record.stage
+        );
+    }
     let parts = match engine_parts(cli, &client, &subjects, store, shutdown) {
         Ok(parts) => parts,
         Err(code) => return code,

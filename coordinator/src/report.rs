@@ -418,8 +418,9 @@ impl RunReport {
         }
     }
 
-    /// A table for the terminal.
+    /// A table for the terminal; text from data is shown on one line, controls escaped.
     pub fn to_text(&self) -> String {
+        use crate::sanitize::one_line;
         let mut out = String::new();
         let width = self
             .services
@@ -439,11 +440,11 @@ impl RunReport {
             out,
             "run {} ({}): {}",
             self.run_id,
-            self.plan,
+            one_line(&self.plan),
             self.status_text()
         );
         for note in &self.notes {
-            let _ = writeln!(out, "  note: {note}");
+            let _ = writeln!(out, "  note: {}", one_line(note));
         }
         let _ = writeln!(
             out,
@@ -466,11 +467,11 @@ impl RunReport {
                 out,
                 "{:width$}  {:wave_width$}  {:15}  {:>8}  {:>8}  {}",
                 format!("{}/{}", s.service, s.instance),
-                s.wave,
+                one_line(&s.wave),
                 s.status.as_str(),
                 format!("{total}ms"),
                 startup,
-                reason,
+                one_line(&reason),
             );
         }
         let _ = writeln!(out, "took {:.1}s", self.duration_ms as f64 / 1000.0);

@@ -123,14 +123,16 @@ pub(super) async fn migrate(
         Ok(engine) => engine,
         Err(e) => return fail(exit::BUS, error_chain(&e)),
     };
-    eprintln!(
-        "run {}: plan {:?}, {} agent(s) in {} wave(s){}",
-        engine.run_id(),
-        plan.name,
-        targets.len(),
-        plan.waves.len(),
-        if rehearse { ", rehearsal" } else { "" }
-    );
+    if cli.output == crate::cli::OutputFormat::Text {
+        eprintln!(
+            "run {}: plan {:?}, {} agent(s) in {} wave(s){}",
+            engine.run_id(),
+            plan.name,
+            targets.len(),
+            plan.waves.len(),
+            if rehearse { ", rehearsal" } else { "" }
+        );
+    }
     let result = engine.drive().await;
     finish(cli, &client, result, files).await
 }

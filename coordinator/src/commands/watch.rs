@@ -3,7 +3,8 @@
 //! resumed run misses nothing) and the run record (waves, stage, status), re-read as it goes.
 //!
 //! On a terminal the view is redrawn in place (waves, one row per service); otherwise it prints
-//! one plain line per event, or with `--output json` one JSON object per line.
+//! one plain line per event, or with `--output json` one JSON object per line. Text from data
+//! (reasons, details, names, gate figures) is shown on one line, controls escaped.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{IsTerminal, Write};
@@ -22,6 +23,7 @@ use crate::cli::{Cli, OutputFormat};
 use crate::events::{RunEvent, RunEvents};
 use crate::exit;
 use crate::report::RunReport;
+use crate::sanitize::one_line;
 use crate::store::{RunRecord, RunStatus, Stage, Store, WaveStatus};
 
 /// How long one wait for the next event lasts: the view's refresh rate when nothing happens.
@@ -276,6 +278,7 @@ impl View {
     }
 
     fn line(&self, text: &str) {
+        let text = one_line(text);
         match &self.mode {
             Mode::Terminal(screen) => {
                 let _ = screen.multi.println(text);
@@ -465,13 +468,13 @@ impl View {
         };
         let now = OffsetDateTime::now_utc();
         let end = record.finished_at.unwrap_or(now);
-        screen.header.set_message(format!(
+        screen.header.set_message(message(format!(
             "{}: {}, stage {}  {:.1}s",
             record.plan_name,
             status_str(record.status),
             record.stage.as_str(),
             (end - record.started_at).as_seconds_f64()
-        ));
+        )));
         let width = self.rows.iter().map(|r| r.target.len()).max().unwrap_or(8);
         for (w, (bar, wave)) in screen.waves.iter().zip(&record.waves).enumerate() {
             let done = wave
@@ -479,7 +482,7 @@ impl View {
                 .iter()
                 .filter(|&&t| self.rows[t].outcome.is_some())
                 .count();
-            bar.set_message(format!(
+            bar.set_message(message(format!(
                 "wave {}/{} {} ({} at a time): {}  {done}/{}",
                 w + 1,
                 record.waves.len(),
@@ -488,7 +491,7 @@ impl View {
                     .map_or_else(|| "all".to_owned(), |n| n.to_string()),
                 wave.status.as_str(),
                 wave.targets.len()
-            ));
+            )));
         }
         for (bar, row) in screen.rows.iter().zip(&self.rows) {
             let phase = match row.phase {
@@ -507,11 +510,11 @@ impl View {
                 (None, _) if row.started.is_some() => format!("{} …", row.kind),
                 (None, _) => "-".into(),
             };
-            bar.set_message(format!(
+            bar.set_message(message(format!(
                 "  {:width$}  {phase:16}  {elapsed:>6}  {outcome:22}  {}",
                 row.target,
                 gates_short(&row.gates)
-            ));
+            )));
         }
     }
 
@@ -586,6 +589,11 @@ impl Screen {
             rows,
         }
     }
+}
+
+/// A row of the in-place view, controls escaped.
+fn message(text: String) -> String {
+    one_line(&text).into_owned()
 }
 
 /// The kind of command `command` is, from the record (`None` if not recorded yet).
