@@ -267,7 +267,7 @@ pub enum CommandKind {
     /// Print a run's report: a table, JSON, Markdown (the migration guide), JUnit XML, or a
     /// self-contained HTML page with the run's timeline and charts.
     #[command(
-        after_help = "Examples:\n  flotilla report 019abc --format md > guide.md\n  flotilla report --format junit > report.xml\n  flotilla report 019abc --format html > report.html"
+        after_help = "Examples:\n  flotilla report 019abc --format md > guide.md\n  flotilla report --format junit > report.xml\n  flotilla report 019abc --format html > report.html\n  flotilla report 019abc --output json"
     )]
     Report {
         /// Run ID, or a unique prefix of it (default: the latest run).
