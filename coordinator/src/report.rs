@@ -196,15 +196,12 @@ impl ServiceReport {
             .collect()
     }
 
-    fn from_target(record: &RunRecord, target: &TargetRecord) -> Self {
-        let mut report = ServiceReport {
-            service: target.service.clone(),
-            instance: target.instance.clone(),
-            wave: record
-                .waves
-                .get(target.wave)
-                .map(|w| w.name.clone())
-                .unwrap_or_default(),
+    /// The report of a service in `wave` of which nothing is known yet: not started.
+    fn not_started(service: ServiceName, instance: InstanceId, wave: String) -> Self {
+        ServiceReport {
+            service,
+            instance,
+            wave,
             status: ServiceStatus::NotStarted,
             failure: None,
             reason: None,
@@ -216,7 +213,16 @@ impl ServiceReport {
             rollback_validated: false,
             rolled_back_at: None,
             finalized: false,
-        };
+        }
+    }
+
+    fn from_target(record: &RunRecord, target: &TargetRecord) -> Self {
+        let wave = record.waves.get(target.wave).map(|w| w.name.clone());
+        let mut report = ServiceReport::not_started(
+            target.service.clone(),
+            target.instance.clone(),
+            wave.unwrap_or_default(),
+        );
         let Some(migrate) = &target.migrate else {
             if record.stage != Stage::Migrating || record.status != crate::store::RunStatus::Running
             {

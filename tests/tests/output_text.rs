@@ -17,6 +17,38 @@ fn assert_escaped(what: &str, text: &str) {
     );
 }
 
+/// Runs `flotilla ARGS` on a terminal (a pseudo-terminal from util-linux `script`, 200 columns),
+/// so progress and `watch` draw their in-place views; returns what the terminal received. The
+/// views draw with escape sequences of their own, so this checks for the data's: `ESC[31m` and
+/// U+202E.
+fn on_terminal(fleet: &Fleet, args: &[&str]) -> String {
+    let flotilla = fleet.flotilla_command(args);
+    let quote = |s: &std::ffi::OsStr| format!("'{}'", s.to_str().unwrap().replace('\'', r"'\''"));
+    let line: Vec<String> = std::iter::once(flotilla.get_program())
+        .chain(flotilla.get_args())
+        .map(quote)
+        .collect();
+    let mut script = std::process::Command::new("script");
+    script
+        .args(["-q", "-e", "-c"])
+        .arg(format!("stty cols 200 rows 50; exec {}", line.join(" ")))
+        .arg("/dev/null")
+        .stdin(std::process::Stdio::null())
+        .current_dir(flotilla.get_current_dir().unwrap());
+    for (key, value) in flotilla.get_envs() {
+        if let Some(value) = value {
+            script.env(key, value);
+        }
+    }
+    let out = script.output().expect("script runs");
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        !shown.contains("\u{1b}[31m") && !shown.contains('\u{202e}'),
+        "{args:?} on a terminal shows the data's controls raw:\n{shown:?}"
+    );
+    shown
+}
+
 /// Runs `flotilla ARGS` (text output); checks both streams; returns its stdout.
 fn text(fleet: &Fleet, args: &[&str]) -> String {
     let out = fleet.flotilla(args);
@@ -67,6 +99,12 @@ fn controls_and_bidi_overrides_from_data_are_shown_escaped_everywhere() {
     }
     let runs = text(&fleet, &["runs"]);
     assert!(runs.contains(r"evil\u001b[2J"), "{runs}");
+
+    // On a terminal: the progress bars of a migration (the same plan again), and `watch`.
+    for args in [&["migrate", plan.to_str().unwrap()][..], &["watch", &run]] {
+        let shown = on_terminal(&fleet, args);
+        assert!(shown.contains(SHOWN), "{args:?}:\n{shown}");
+    }
 
     let md = std::fs::read_to_string(md).unwrap();
     assert_escaped("the Markdown report", &md);

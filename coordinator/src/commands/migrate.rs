@@ -125,9 +125,9 @@ pub(super) async fn migrate(
     };
     if cli.output == crate::cli::OutputFormat::Text {
         eprintln!(
-            "run {}: plan {:?}, {} agent(s) in {} wave(s){}",
+            "run {}: plan \"{}\", {} agent(s) in {} wave(s){}",
             engine.run_id(),
-            plan.name,
+            crate::sanitize::one_line(&plan.name),
             targets.len(),
             plan.waves.len(),
             if rehearse { ", rehearsal" } else { "" }

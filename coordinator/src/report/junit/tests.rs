@@ -1,7 +1,7 @@
 //! The JUnit writer against arbitrary text: whatever the reasons, names and details hold, the
 //! document parses with a strict XML parser and every field reads back as its sanitized text.
 
-use flotilla_schemas::{InstanceId, Measurements, RunId, ServiceName};
+use flotilla_schemas::{InstanceId, RunId, ServiceName};
 use proptest::prelude::*;
 use time::OffsetDateTime;
 
@@ -70,20 +70,14 @@ fn report(plan: String, waves: Vec<(String, Vec<Service>)>) -> RunReport {
         let name = format!("{w}{name}");
         for (service, status, failure, reason) in services {
             report.services.push(ServiceReport {
-                service: ServiceName::parse(service).unwrap(),
-                instance: InstanceId::parse("a").unwrap(),
-                wave: name.clone(),
                 status,
                 failure,
                 reason: Some(reason),
-                command_id: None,
-                phases: Vec::new(),
-                measurements: Measurements::default(),
-                gates: Vec::new(),
-                workloads: Vec::new(),
-                rollback_validated: false,
-                rolled_back_at: None,
-                finalized: false,
+                ..ServiceReport::not_started(
+                    ServiceName::parse(service).unwrap(),
+                    InstanceId::parse("a").unwrap(),
+                    name.clone(),
+                )
             });
         }
         report.waves.push(WaveReport {
