@@ -121,6 +121,17 @@ file = "${{var:log_file}}"
     )
 }
 
+/// The demo plan (`deploy/demo/plan.toml`: the T006 migration, with its cross-service checks)
+/// cut down to the services of `roles`.
+pub fn demo_plan_text(roles: &[&str]) -> String {
+    let mut text = std::fs::read_to_string(repo_root().join("deploy/demo/plan.toml"))
+        .expect("the demo plan is readable");
+    for role in ROLES.iter().filter(|r| !roles.contains(r)) {
+        text = text.replace(&format!("[[service]]\nname = \"{role}\"\n"), "");
+    }
+    text
+}
+
 /// Parses a command's stdout as JSON, showing stdout and stderr when it is not.
 pub fn json_stdout(out: &std::process::Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
