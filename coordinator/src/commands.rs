@@ -166,11 +166,11 @@ async fn open_store(client: &async_nats::Client, subjects: &Subjects) -> Result<
         .map_err(|e| fail(exit::BUS, error_chain(&e)))
 }
 
+/// A connection, the run store and one run loaded from it.
+type Loaded = (async_nats::Client, Subjects, Store, RunRecord, Revisions);
+
 /// Connects, opens the store and loads the run named `run` (or the latest).
-async fn load_run(
-    cli: &Cli,
-    run: Option<&str>,
-) -> Result<(async_nats::Client, Subjects, Store, RunRecord, Revisions), u8> {
+async fn load_run(cli: &Cli, run: Option<&str>) -> Result<Loaded, u8> {
     let (client, subjects) = connect(cli).await?;
     let store = open_store(&client, &subjects).await?;
     let run_id: RunId = match store.find(run).await {
@@ -442,23 +442,12 @@ async fn resume(cli: &Cli, run: &str, files: &ReportFiles, shutdown: Cancellatio
             ),
         );
     }
-    let plan = match Plan::parse_named(&record.plan_text, &record.plan_path) {
-        Ok(plan) => plan,
-        Err(e) => return fail(exit::USAGE, e),
-    };
     eprintln!(
         "resuming run {} ({}) at stage {:?}",
         record.run_id, record.plan_name, record.stage
     );
-    let parts = match engine_parts(cli, &client, &subjects, store, shutdown) {
-        Ok(parts) => parts,
-        Err(code) => return code,
-    };
-    let result = match Engine::attach(parts, plan, record, revisions).await {
-        Ok(engine) => engine.drive().await,
-        Err(e) => Err(e),
-    };
-    finish(cli, &client, result, files).await
+    let loaded = (client, subjects, store, record, revisions);
+    take_over(cli, loaded, Takeover::Resume, files, shutdown).await
 }
 
 /// Why `resume` does not carry on a run that waits for its operator.
@@ -488,6 +477,26 @@ async fn finalize(cli: &Cli, run: &str, files: &ReportFiles, shutdown: Cancellat
             ),
         );
     }
+    let loaded = (client, subjects, store, record, revisions);
+    take_over(cli, loaded, Takeover::Finalize, files, shutdown).await
+}
+
+/// What a new engine does with a recorded run.
+enum Takeover {
+    Resume,
+    Rollback(Option<ServiceName>),
+    Finalize,
+}
+
+/// Takes a recorded run over with an engine of this process, carries out `what`, and reports how
+/// the run ended.
+async fn take_over(
+    cli: &Cli,
+    (client, subjects, store, record, revisions): Loaded,
+    what: Takeover,
+    files: &ReportFiles,
+    shutdown: CancellationToken,
+) -> u8 {
     let plan = match Plan::parse_named(&record.plan_text, &record.plan_path) {
         Ok(plan) => plan,
         Err(e) => return fail(exit::USAGE, e),
@@ -497,7 +506,11 @@ async fn finalize(cli: &Cli, run: &str, files: &ReportFiles, shutdown: Cancellat
         Err(code) => return code,
     };
     let result = match Engine::attach(parts, plan, record, revisions).await {
-        Ok(engine) => engine.finalize().await,
+        Ok(engine) => match what {
+            Takeover::Resume => engine.drive().await,
+            Takeover::Rollback(only) => engine.roll_back(only).await,
+            Takeover::Finalize => engine.finalize().await,
+        },
         Err(e) => Err(e),
     };
     finish(cli, &client, result, files).await
@@ -568,19 +581,8 @@ async fn rollback(
             ),
         );
     }
-    let plan = match Plan::parse_named(&record.plan_text, &record.plan_path) {
-        Ok(plan) => plan,
-        Err(e) => return fail(exit::USAGE, e),
-    };
-    let parts = match engine_parts(cli, &client, &subjects, store, shutdown) {
-        Ok(parts) => parts,
-        Err(code) => return code,
-    };
-    let result = match Engine::attach(parts, plan, record, revisions).await {
-        Ok(engine) => engine.roll_back(only).await,
-        Err(e) => Err(e),
-    };
-    finish(cli, &client, result, files).await
+    let loaded = (client, subjects, store, record, revisions);
+    take_over(cli, loaded, Takeover::Rollback(only), files, shutdown).await
 }
 
 /// Reports how an engine run ended.

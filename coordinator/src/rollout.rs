@@ -344,13 +344,7 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             }
             let wave = &self.record.waves[w];
             let members = wave.targets.clone();
-            let names: Vec<String> = members
-                .iter()
-                .map(|&t| {
-                    let t = &self.record.targets[t];
-                    format!("{}/{}", t.service, t.instance)
-                })
-                .collect();
+            let names = self.target_names(&members);
             self.sink.stage(&format!(
                 "wave {}/{total} {:?} ({} at a time): {}",
                 w + 1,
@@ -903,16 +897,21 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         let members: Vec<usize> = (0..self.record.targets.len())
             .filter(|&t| self.migrated(t))
             .collect();
-        let names: Vec<String> = members
+        let names = self.target_names(&members);
+        self.sink.batch("finalize", &names);
+        self.run_commands(Kind::Finalize, &members, None, None, false)
+            .await
+    }
+
+    /// The targets `members` as `service/instance`.
+    fn target_names(&self, members: &[usize]) -> Vec<String> {
+        members
             .iter()
             .map(|&t| {
                 let t = &self.record.targets[t];
                 format!("{}/{}", t.service, t.instance)
             })
-            .collect();
-        self.sink.batch("finalize", &names);
-        self.run_commands(Kind::Finalize, &members, None, None, false)
-            .await
+            .collect()
     }
 
     /// Migrated and proven, finalized by hand: stop here with every backup kept.

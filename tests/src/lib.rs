@@ -132,6 +132,22 @@ pub fn demo_plan_text(roles: &[&str]) -> String {
     text
 }
 
+/// Asserts that every service of `roles` is byte-identical to its snapshot in `before` (in the
+/// same order) and answers healthy on the legacy layout: restored.
+pub fn assert_restored(fleet: &Fleet, roles: &[&str], before: &[Snapshot]) {
+    assert_eq!(roles.len(), before.len(), "one snapshot per role");
+    for (role, before) in roles.iter().zip(before) {
+        assert_eq!(
+            &snapshot(&fleet.root(role)),
+            before,
+            "{role} is not restored"
+        );
+        let (status, body) = fleet.health(role).expect("service answers");
+        assert_eq!(status, 200, "{role}: {body}");
+        assert!(body.contains("\"layout\":\"legacy\""), "{role}: {body}");
+    }
+}
+
 /// Parses a command's stdout as JSON, showing stdout and stderr when it is not.
 pub fn json_stdout(out: &std::process::Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {

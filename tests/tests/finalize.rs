@@ -6,7 +6,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use flotilla_tests::{Fleet, NatsServer, demo_plan_text, json_stdout, snapshot, wait_for};
+use flotilla_tests::{
+    Fleet, NatsServer, assert_restored, demo_plan_text, json_stdout, snapshot, wait_for,
+};
 use serde_json::Value;
 
 /// The backups an agent keeps, by name (the migrate command's ID).
@@ -145,16 +147,7 @@ fn a_run_awaiting_finalize_rolled_back_later_is_byte_identical_to_the_legacy_tre
     let out = fleet.flotilla(&["rollback", run, "--output", "json"]);
     let report = json_stdout(&out);
     assert_eq!(report["status"], "rolled_back", "{report:#}");
-    for (role, before) in roles.iter().zip(&before) {
-        assert_eq!(
-            &snapshot(&fleet.root(role)),
-            before,
-            "{role} is not restored"
-        );
-        let (status, body) = fleet.health(role).expect("service answers");
-        assert_eq!(status, 200, "{role}: {body}");
-        assert!(body.contains("\"layout\":\"legacy\""), "{role}: {body}");
-    }
+    assert_restored(&fleet, &roles, &before);
     // Decided: it no longer waits for a finalize.
     assert_eq!(fleet.flotilla(&["finalize", run]).status.code(), Some(2));
 }

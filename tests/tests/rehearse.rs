@@ -2,7 +2,7 @@
 //! the correlation check) before it restores the fleet: what would fail the real run fails the
 //! rehearsal, and the fleet still ends byte-identical to where it started.
 
-use flotilla_tests::{Fleet, NatsServer, demo_plan_text, json_stdout, snapshot};
+use flotilla_tests::{Fleet, NatsServer, assert_restored, demo_plan_text, json_stdout, snapshot};
 
 #[test]
 fn a_rehearsal_fails_on_a_cross_service_check_a_real_run_would_fail_and_restores_the_fleet() {
@@ -50,16 +50,7 @@ fn a_rehearsal_fails_on_a_cross_service_check_a_real_run_would_fail_and_restores
             "{service:#}"
         );
     }
-    for (role, before) in roles.iter().zip(&before) {
-        assert_eq!(
-            &snapshot(&fleet.root(role)),
-            before,
-            "{role} is not restored"
-        );
-        let (status, body) = fleet.health(role).expect("service answers");
-        assert_eq!(status, 200, "{role}: {body}");
-        assert!(body.contains("\"layout\":\"legacy\""), "{role}: {body}");
-    }
+    assert_restored(&fleet, &roles, &before);
 
     // The text report says the rehearsal failed, and why.
     let run = report["run_id"].as_str().unwrap();
