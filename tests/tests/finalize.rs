@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use flotilla_tests::invariants::{journal_path, read_journal};
 use flotilla_tests::{
     Fleet, NatsServer, assert_restored, demo_plan_text, json_stdout, snapshot, wait_for,
 };
@@ -55,15 +56,31 @@ fn assert_awaiting(fleet: &Fleet, report: &Value, roles: &[&str]) {
     }
 }
 
-/// `flotilla finalize RUN` from a new process: the backups go, the run succeeds.
+/// The kinds of the commands of `run` that the agent of `role` accepted, in order (its journal).
+fn accepted(fleet: &Fleet, role: &str, run: &str) -> Vec<String> {
+    read_journal(&journal_path(fleet, role))
+        .unwrap()
+        .iter()
+        .filter(|r| r["record"] == "accepted" && r["command"]["run_id"] == run)
+        .map(|r| r["command"]["action"]["kind"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// `flotilla finalize RUN` from a new process: the backups go, the run succeeds, and each agent
+/// received one finalize and nothing else (the run was proven before it paused).
 fn finalize_and_check(fleet: &Fleet, run: &str, roles: &[&str]) {
+    let before: Vec<Vec<String>> = roles.iter().map(|r| accepted(fleet, r, run)).collect();
     let out = fleet.flotilla(&["finalize", run, "--output", "json"]);
     let report = json_stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{report:#}\n{}", stderr(&out));
     assert_eq!(report["status"], "succeeded", "{report:#}");
     assert_eq!(report["finalized"], true, "{report:#}");
-    for role in roles {
+    for (role, before) in roles.iter().zip(before) {
         assert!(backups(fleet, role).is_empty(), "{role}: backup kept");
+        assert!(before.contains(&"inspect".to_owned()), "{role}: {before:?}");
+        let mut expected = before;
+        expected.push("finalize".to_owned());
+        assert_eq!(accepted(fleet, role, run), expected, "{role}");
     }
     let status = json_stdout(&fleet.flotilla(&["status", run, "--output", "json"]));
     assert_eq!(status["status"], "succeeded", "{status:#}");
