@@ -353,7 +353,8 @@ pub enum PlanAction {
 
 const EXIT_CODES: &str = "Exit codes:
   0  every service succeeded (with --no-finalize: migrated and proven, awaiting finalize)
-  1  a service failed or was refused; the fleet was rolled back (or left, per the plan)
+  1  a service failed or was refused, or a cross-service check failed (in a rehearsal too);
+     the fleet was rolled back (or left, per the plan)
   2  bad input (arguments, plan); nothing changed
   3  pre-flight failed (a service has no live, compatible agent); nothing changed
   4  NATS unreachable or unusable

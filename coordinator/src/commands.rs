@@ -403,6 +403,9 @@ async fn cancel(cli: &Cli, run: &str) -> u8 {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
+    if record.status == RunStatus::AwaitingFinalize {
+        return fail(exit::USAGE, awaiting_decision(&record));
+    }
     if !record.resumable() {
         return fail(
             exit::USAGE,
@@ -450,11 +453,11 @@ async fn resume(cli: &Cli, run: &str, files: &ReportFiles, shutdown: Cancellatio
     take_over(cli, loaded, Takeover::Resume, files, shutdown).await
 }
 
-/// Why `resume` does not carry on a run that waits for its operator.
+/// Why `resume` and `cancel` leave alone a run that waits for its operator.
 fn awaiting_decision(record: &RunRecord) -> String {
     let run = record.run_id;
     format!(
-        "run {run} is migrated and proven, and awaits a decision: nothing to resume. `flotilla finalize {run}` drops the backups, `flotilla rollback {run}` restores the fleet"
+        "run {run} is migrated and proven, and awaits a decision, not a coordinator: `flotilla finalize {run}` drops the backups, `flotilla rollback {run}` restores the fleet"
     )
 }
 

@@ -140,6 +140,8 @@ fn no_finalize_keeps_every_backup_until_finalize_from_another_process() {
         "{}",
         stderr(&resume)
     );
+    let cancel = fleet.flotilla(&["cancel", &run]);
+    assert_eq!(cancel.status.code(), Some(2), "{}", stderr(&cancel));
     let still = json_stdout(&fleet.flotilla(&["status", &run, "--output", "json"]));
     assert_awaiting(&fleet, &still, &roles);
 
