@@ -118,6 +118,20 @@ fn every_command_that_prints_a_result_prints_one_json_document() {
     assert_eq!(resumed["run_id"], first.as_str());
     assert_eq!(resumed["status"], "succeeded");
 
+    // A run that waits for its operator's decision, then finalized.
+    let (code, waiting) = json(
+        &fleet,
+        &["migrate", serial.to_str().unwrap(), "--no-finalize"],
+    );
+    assert_eq!(code, Some(0), "{waiting:#}");
+    assert_eq!(waiting["status"], "awaiting_finalize");
+    let second = waiting["run_id"].as_str().unwrap().to_owned();
+    let (code, finalized) = json(&fleet, &["finalize", &second]);
+    assert_eq!(code, Some(0), "{finalized:#}");
+    assert_eq!(finalized["run_id"], second.as_str());
+    assert_eq!(finalized["status"], "succeeded");
+    assert_eq!(finalized["finalized"], true);
+
     // A run left half-done: inference migrated, ingest rolled back by its agent.
     let leave = fleet.write_plan(
         "leave.toml",
@@ -146,7 +160,7 @@ fn every_command_that_prints_a_result_prints_one_json_document() {
         .iter()
         .map(|r| r["run_id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, [first.as_str(), run.as_str()], "{runs:#}");
+    assert_eq!(ids, [&first, &second, &run], "{runs:#}");
 
     // `report -o json` is the JSON report; an explicit `--format` wins.
     let (code, report) = json(&fleet, &["report", &run]);
