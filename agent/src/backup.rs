@@ -179,7 +179,10 @@ impl BackupStore {
         })
     }
 
-    fn check_space(&self, root: &Path) -> Result<(), BackupError> {
+    /// Checks that a backup of `root` fits (the agent's `max_backup_bytes`, then the free space
+    /// of the backup directory, or of its nearest existing parent before the first backup);
+    /// returns the bytes it would take. Reads only: a dry run calls it too.
+    pub fn check_space(&self, root: &Path) -> Result<u64, BackupError> {
         let needed: u64 = walkdir::WalkDir::new(root)
             .follow_links(false)
             .into_iter()
@@ -192,8 +195,12 @@ impl BackupStore {
         {
             return Err(BackupError::OverLimit { needed, limit });
         }
-        let stat =
-            rustix::fs::statvfs(&self.dir).map_err(|e| io("statvfs", &self.dir, e.into()))?;
+        let dir = self
+            .dir
+            .ancestors()
+            .find(|d| d.is_dir())
+            .unwrap_or(&self.dir);
+        let stat = rustix::fs::statvfs(dir).map_err(|e| io("statvfs", dir, e.into()))?;
         let available = stat.f_bavail.saturating_mul(stat.f_frsize);
         // 10% and 1 MiB of head-room for the manifest and the file system's own needs.
         let needed_with_margin = needed + needed / 10 + (1 << 20);
@@ -204,7 +211,7 @@ impl BackupStore {
                 dir: self.dir.clone(),
             });
         }
-        Ok(())
+        Ok(needed)
     }
 
     /// The backup of command `id` (for a consumed one, `tree` no longer holds it; the manifest

@@ -21,10 +21,15 @@ pub enum TemplateError {
     Unterminated(usize),
 }
 
+/// What a secret's value is shown as in a dry run.
+pub const MASK: &str = "********";
+
 /// Resolves placeholders: `vars` answers `${var:…}`, `secrets` answers `${secret:…}`.
 pub struct Renderer<'a> {
     pub vars: &'a BTreeMap<String, String>,
     pub secrets: &'a SecretSources,
+    /// Write [`MASK`] for each secret, once it is known to resolve: what a dry run shows.
+    pub mask_secrets: bool,
 }
 
 impl Renderer<'_> {
@@ -64,7 +69,13 @@ impl Renderer<'_> {
                 .get(name)
                 .cloned()
                 .ok_or_else(|| TemplateError::UnknownVar(name.to_owned())),
-            Some(("secret", name)) => self.secret(name),
+            Some(("secret", name)) => self.secret(name).map(|value| {
+                if self.mask_secrets {
+                    MASK.into()
+                } else {
+                    value
+                }
+            }),
             _ => Err(TemplateError::UnknownPlaceholder(placeholder.to_owned())),
         }
     }
@@ -109,6 +120,7 @@ mod tests {
         let r = Renderer {
             vars: &vars,
             secrets: &secrets,
+            mask_secrets: false,
         };
         let out = r
             .render("port = ${var:port}\nkey = ${secret:API_KEY}\nlit = \"$${secret:API_KEY}\" $5")
@@ -116,6 +128,18 @@ mod tests {
         assert_eq!(
             out,
             "port = 18081\nkey = s3cr3t\nlit = \"${secret:API_KEY}\" $5"
+        );
+        let masked = Renderer {
+            mask_secrets: true,
+            ..r
+        };
+        assert_eq!(
+            masked.render("key = ${secret:API_KEY}").unwrap(),
+            "key = ********"
+        );
+        assert_eq!(
+            masked.render("${secret:NOPE}"),
+            Err(TemplateError::UnknownSecret("NOPE".into()))
         );
     }
 
@@ -127,6 +151,7 @@ mod tests {
         let r = Renderer {
             vars: &vars,
             secrets: &secrets,
+            mask_secrets: false,
         };
         assert_eq!(
             r.render("${secret:NOPE}"),
