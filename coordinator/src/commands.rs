@@ -35,7 +35,7 @@ pub(crate) async fn run(cli: Cli, shutdown: CancellationToken) -> u8 {
         } => migrate::migrate(&cli, plan, *dry_run, *rehearse, files, shutdown).await,
         CommandKind::Plan {
             action: cli::PlanAction::Check { plan },
-        } => migrate::plan_check(plan),
+        } => migrate::plan_check(&cli, plan),
         CommandKind::Runs => runs(&cli).await,
         CommandKind::Status { run } => status(&cli, run.as_deref()).await,
         CommandKind::Resume { run, files } => resume(&cli, run, files, shutdown).await,

@@ -8,6 +8,8 @@
 mod codec;
 mod ids;
 pub mod messages;
+pub mod paths;
+pub mod placeholder;
 pub mod subjects;
 mod version;
 
