@@ -289,6 +289,63 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_agent_that_predates_previews_is_reported_unsupported() {
+        let plan = Plan::parse(
+            "name = \"p\"\n[[service]]\nname = \"inference\"\n[[step]]\naction = \"restart\"\n",
+        )
+        .unwrap();
+        let service = &plan.services[0];
+        let now = OffsetDateTime::now_utc();
+        let command = Command {
+            schema: Default::default(),
+            command_id: CommandId::new(),
+            run_id: RunId::new(),
+            service: service.name.clone(),
+            instance: InstanceId::parse("a").unwrap(),
+            issued_at: now,
+            expires_at: now,
+            action: Action::Preview {
+                steps: service.steps.clone(),
+                preconditions: Vec::new(),
+                checks: Vec::new(),
+                workloads: Vec::new(),
+            },
+        };
+        // What an agent built before the preview kind answers: it cannot decode the command.
+        let answer = |reason: &str| RunResult {
+            schema: Default::default(),
+            run_id: command.run_id,
+            command_id: command.command_id,
+            service: command.service.clone(),
+            instance: command.instance.clone(),
+            at: now,
+            outcome: Outcome::Refused,
+            reason: Some(reason.to_owned()),
+            phases: Vec::new(),
+            measurements: Default::default(),
+            gates: Vec::new(),
+            workloads: Vec::new(),
+            inspection: None,
+            preview: None,
+            replayed: false,
+        };
+        let old = answer(
+            "malformed flotilla.command.v1 message: unknown variant `preview`, expected one of `migrate`, `rollback`, `finalize`, `inspect` at line 1 column 286",
+        );
+        let shown = target_preview(&command, service, Ok(old));
+        assert_eq!(shown.status, PreviewStatus::Unsupported);
+        assert!(
+            shown
+                .reason
+                .unwrap()
+                .starts_with("this agent predates dry runs")
+        );
+        let refused = target_preview(&command, service, Ok(answer("precheck: nope")));
+        assert_eq!(refused.status, PreviewStatus::Refused);
+        assert_eq!(refused.reason.as_deref(), Some("precheck: nope"));
+    }
+
+    #[test]
     fn the_severest_status_sets_the_exit_code() {
         use PreviewStatus::*;
         assert_eq!(severest([WouldMigrate, WouldMigrate].into_iter()), 0);
