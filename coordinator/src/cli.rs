@@ -186,7 +186,7 @@ pub enum CommandKind {
     Agents,
     /// Run a migration plan over the fleet, wave by wave.
     #[command(
-        after_help = "Examples:\n  flotilla migrate deploy/demo/plan.toml\n  flotilla migrate plan.toml --dry-run\n  flotilla migrate plan.toml --rehearse --report-md guide.md\n  flotilla migrate plan.toml --output json --junit report.xml > report.json"
+        after_help = "Examples:\n  flotilla migrate deploy/demo/plan.toml\n  flotilla migrate plan.toml --dry-run\n  flotilla migrate plan.toml --rehearse --report-md guide.md\n  flotilla migrate plan.toml --no-finalize\n  flotilla migrate plan.toml --output json --junit report.xml > report.json"
     )]
     Migrate {
         /// The plan file (TOML).
@@ -199,6 +199,11 @@ pub enum CommandKind {
         /// rollback of every service and leaves the fleet as it was.
         #[arg(long)]
         rehearse: bool,
+        /// Migrate and prove the fleet (cross-service and correlation checks), then keep every
+        /// backup: the run waits `awaiting_finalize` for `flotilla finalize RUN` or
+        /// `flotilla rollback RUN` (the plan's `finalize = "manual"` does the same).
+        #[arg(long, conflicts_with_all = ["rehearse", "dry_run"])]
+        no_finalize: bool,
         #[command(flatten)]
         files: ReportFiles,
     },
@@ -234,6 +239,15 @@ pub enum CommandKind {
         /// Only this service.
         #[arg(long)]
         service: Option<String>,
+        #[command(flatten)]
+        files: ReportFiles,
+    },
+    /// Finalize a run awaiting its decision (`migrate --no-finalize`): every agent drops its
+    /// backup and the run succeeds. Sends nothing else: the run was proven before it paused.
+    #[command(after_help = "Example:\n  flotilla finalize 019abc")]
+    Finalize {
+        /// Run ID, or a unique prefix of it.
+        run: String,
         #[command(flatten)]
         files: ReportFiles,
     },
@@ -340,8 +354,9 @@ pub enum PlanAction {
 }
 
 const EXIT_CODES: &str = "Exit codes:
-  0  every service succeeded
-  1  a service failed or was refused; the fleet was rolled back (or left, per the plan)
+  0  every service succeeded (with --no-finalize: migrated and proven, awaiting finalize)
+  1  a service failed or was refused, or a cross-service check failed (in a rehearsal too);
+     the fleet was rolled back (or left, per the plan)
   2  bad input (arguments, plan); nothing changed
   3  pre-flight failed (a service has no live, compatible agent); nothing changed
   4  NATS unreachable or unusable

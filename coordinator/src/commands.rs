@@ -16,7 +16,7 @@ use crate::plan::Plan;
 use crate::progress::TerminalProgress;
 use crate::report::RunReport;
 use crate::rollout::{self, Engine, EngineParts};
-use crate::store::{Revisions, RunRecord, Store};
+use crate::store::{Revisions, RunRecord, RunStatus, Store};
 
 mod agents;
 mod html;
@@ -31,8 +31,12 @@ pub(crate) async fn run(cli: Cli, shutdown: CancellationToken) -> u8 {
             plan,
             dry_run,
             rehearse,
+            no_finalize,
             files,
-        } => migrate::migrate(&cli, plan, *dry_run, *rehearse, files, shutdown).await,
+        } => {
+            let (dry_run, rehearse, no_finalize) = (*dry_run, *rehearse, *no_finalize);
+            migrate::migrate(&cli, plan, dry_run, rehearse, no_finalize, files, shutdown).await
+        }
         CommandKind::Plan {
             action: cli::PlanAction::Check { plan },
         } => migrate::plan_check(&cli, plan),
@@ -44,6 +48,7 @@ pub(crate) async fn run(cli: Cli, shutdown: CancellationToken) -> u8 {
             service,
             files,
         } => rollback(&cli, run, service.as_deref(), files, shutdown).await,
+        CommandKind::Finalize { run, files } => finalize(&cli, run, files, shutdown).await,
         CommandKind::Cancel { run } => cancel(&cli, run).await,
         CommandKind::Verify { run } => verify(&cli, run.as_deref()).await,
         CommandKind::Completions { shell } => {
@@ -161,11 +166,11 @@ async fn open_store(client: &async_nats::Client, subjects: &Subjects) -> Result<
         .map_err(|e| fail(exit::BUS, error_chain(&e)))
 }
 
+/// A connection, the run store and one run loaded from it.
+type Loaded = (async_nats::Client, Subjects, Store, RunRecord, Revisions);
+
 /// Connects, opens the store and loads the run named `run` (or the latest).
-async fn load_run(
-    cli: &Cli,
-    run: Option<&str>,
-) -> Result<(async_nats::Client, Subjects, Store, RunRecord, Revisions), u8> {
+async fn load_run(cli: &Cli, run: Option<&str>) -> Result<Loaded, u8> {
     let (client, subjects) = connect(cli).await?;
     let store = open_store(&client, &subjects).await?;
     let run_id: RunId = match store.find(run).await {
@@ -286,16 +291,16 @@ async fn runs(cli: &Cli) -> u8 {
                     "{:36}  {:20}  {:23}  {:>8}  {:>8}  {}",
                     r.run_id.to_string(),
                     started,
-                    serde_json::to_value(r.status)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                        .unwrap_or_default(),
+                    status_name(r.status),
                     r.services.len(),
                     format!("{:.1}s", r.duration_ms as f64 / 1000.0),
                     r.plan
                 );
             }
             eprintln!("{} run(s)", reports.len());
+            for r in reports.iter().filter_map(RunReport::next_step) {
+                eprintln!("awaiting finalize: {r}");
+            }
         }
     }
     exit::OK
@@ -398,6 +403,9 @@ async fn cancel(cli: &Cli, run: &str) -> u8 {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
+    if record.status == RunStatus::AwaitingFinalize {
+        return fail(exit::USAGE, awaiting_decision(&record));
+    }
     if !record.resumable() {
         return fail(
             exit::USAGE,
@@ -425,6 +433,9 @@ async fn resume(cli: &Cli, run: &str, files: &ReportFiles, shutdown: Cancellatio
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
+    if record.status == RunStatus::AwaitingFinalize {
+        return fail(exit::USAGE, awaiting_decision(&record));
+    }
     if !record.resumable() {
         return fail(
             exit::USAGE,
@@ -434,23 +445,86 @@ async fn resume(cli: &Cli, run: &str, files: &ReportFiles, shutdown: Cancellatio
             ),
         );
     }
-    let plan = match Plan::parse_named(&record.plan_text, &record.plan_path) {
-        Ok(plan) => plan,
-        Err(e) => return fail(exit::USAGE, e),
-    };
     eprintln!(
         "resuming run {} ({}) at stage {:?}",
         record.run_id, record.plan_name, record.stage
     );
+    let loaded = (client, subjects, store, record, revisions);
+    take_over(cli, loaded, Takeover::Resume, files, shutdown).await
+}
+
+/// Why `resume` and `cancel` leave alone a run that waits for its operator.
+fn awaiting_decision(record: &RunRecord) -> String {
+    let run = record.run_id;
+    format!(
+        "run {run} is migrated and proven, and awaits a decision, not a coordinator: `flotilla finalize {run}` drops the backups, `flotilla rollback {run}` restores the fleet"
+    )
+}
+
+/// `flotilla finalize RUN`: the decision to keep a run that awaits it.
+async fn finalize(cli: &Cli, run: &str, files: &ReportFiles, shutdown: CancellationToken) -> u8 {
+    if let Err(code) = check_report_files(files) {
+        return code;
+    }
+    let (client, subjects, store, record, revisions) = match load_run(cli, Some(run)).await {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    if record.status != RunStatus::AwaitingFinalize {
+        return fail(
+            exit::USAGE,
+            format!(
+                "run {} is not awaiting finalize (it is {}); only a run migrated with --no-finalize (or finalize = \"manual\") waits for one",
+                record.run_id,
+                status_name(record.status)
+            ),
+        );
+    }
+    let loaded = (client, subjects, store, record, revisions);
+    take_over(cli, loaded, Takeover::Finalize, files, shutdown).await
+}
+
+/// What a new engine does with a recorded run.
+enum Takeover {
+    Resume,
+    Rollback(Option<ServiceName>),
+    Finalize,
+}
+
+/// Takes a recorded run over with an engine of this process, carries out `what`, and reports how
+/// the run ended.
+async fn take_over(
+    cli: &Cli,
+    (client, subjects, store, record, revisions): Loaded,
+    what: Takeover,
+    files: &ReportFiles,
+    shutdown: CancellationToken,
+) -> u8 {
+    let plan = match Plan::parse_named(&record.plan_text, &record.plan_path) {
+        Ok(plan) => plan,
+        Err(e) => return fail(exit::USAGE, e),
+    };
     let parts = match engine_parts(cli, &client, &subjects, store, shutdown) {
         Ok(parts) => parts,
         Err(code) => return code,
     };
     let result = match Engine::attach(parts, plan, record, revisions).await {
-        Ok(engine) => engine.drive().await,
+        Ok(engine) => match what {
+            Takeover::Resume => engine.drive().await,
+            Takeover::Rollback(only) => engine.roll_back(only).await,
+            Takeover::Finalize => engine.finalize().await,
+        },
         Err(e) => Err(e),
     };
     finish(cli, &client, result, files).await
+}
+
+/// A run status as written in reports (`awaiting_finalize`).
+fn status_name(status: RunStatus) -> String {
+    serde_json::to_value(status)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 async fn rollback(
@@ -510,19 +584,8 @@ async fn rollback(
             ),
         );
     }
-    let plan = match Plan::parse_named(&record.plan_text, &record.plan_path) {
-        Ok(plan) => plan,
-        Err(e) => return fail(exit::USAGE, e),
-    };
-    let parts = match engine_parts(cli, &client, &subjects, store, shutdown) {
-        Ok(parts) => parts,
-        Err(code) => return code,
-    };
-    let result = match Engine::attach(parts, plan, record, revisions).await {
-        Ok(engine) => engine.roll_back(only).await,
-        Err(e) => Err(e),
-    };
-    finish(cli, &client, result, files).await
+    let loaded = (client, subjects, store, record, revisions);
+    take_over(cli, loaded, Takeover::Rollback(only), files, shutdown).await
 }
 
 /// Reports how an engine run ended.

@@ -7,6 +7,7 @@
 //! on_failure = "rollback"    # or "leave" / "continue": what happens once the budget is broken
 //! failure_budget = 0         # failed services tolerated (a count, or "10%")
 //! max_parallel = 4           # services migrating at once inside a wave
+//! finalize = "auto"          # or "manual": keep the backups until `flotilla finalize RUN`
 //!
 //! [[wave]]
 //! name = "canary"
@@ -75,6 +76,8 @@ pub struct Plan {
     pub waves: Vec<Wave>,
     /// Checks across the migrated fleet before it is finalized.
     pub cross_service: Option<CrossService>,
+    /// Whether a proven run drops its backups at once or waits for an operator's decision.
+    pub finalize: Finalize,
 }
 
 /// The cross-service stage (T006 phase 3), run by every migrated service's agent under the
@@ -123,6 +126,25 @@ impl OnFailure {
     }
 }
 
+/// What a run does once every service is migrated and the cross-service checks passed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Finalize {
+    /// The agents drop their backups at once (the default).
+    #[default]
+    Auto,
+    /// The run stops `awaiting_finalize`, every backup kept, until `flotilla finalize RUN` or
+    /// `flotilla rollback RUN` decides: production can be watched first.
+    Manual,
+}
+
+impl Finalize {
+    /// True for the default, which run records leave out.
+    pub fn is_auto(&self) -> bool {
+        *self == Finalize::Auto
+    }
+}
+
 /// What happens to one service (every instance of it).
 #[derive(Debug, Clone)]
 pub struct ServicePlan {
@@ -167,6 +189,8 @@ struct RawPlan {
     failure_budget: Option<Spanned<Amount>>,
     #[serde(default)]
     max_parallel: Option<Spanned<u32>>,
+    #[serde(default)]
+    finalize: Finalize,
     #[serde(rename = "step", default)]
     default_steps: Vec<Step>,
     #[serde(rename = "health", default)]
@@ -381,6 +405,7 @@ impl Plan {
             services,
             waves,
             cross_service: raw.cross_service,
+            finalize: raw.finalize,
         })
     }
 

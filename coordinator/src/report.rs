@@ -410,6 +410,13 @@ impl RunReport {
         } else {
             match self.status {
                 RunStatus::Succeeded | RunStatus::Rehearsed | RunStatus::Running => exit::OK,
+                // Paused for the operator: a success, unless a service failed within the budget.
+                RunStatus::AwaitingFinalize
+                    if self.count(ServiceStatus::Succeeded) == self.services.len() =>
+                {
+                    exit::OK
+                }
+                RunStatus::AwaitingFinalize => exit::FAILED,
                 RunStatus::Cancelled => exit::CANCELLED,
                 RunStatus::SucceededWithFailures | RunStatus::Failed | RunStatus::RolledBack => {
                     exit::FAILED
@@ -442,6 +449,9 @@ impl RunReport {
             self.plan,
             self.status_text()
         );
+        if let Some(next) = self.next_step() {
+            let _ = writeln!(out, "  next: {next}");
+        }
         for note in &self.notes {
             let _ = writeln!(out, "  note: {note}");
         }
@@ -475,6 +485,16 @@ impl RunReport {
         }
         let _ = writeln!(out, "took {:.1}s", self.duration_ms as f64 / 1000.0);
         out
+    }
+
+    /// What the operator has to decide, for a run that waits on them.
+    pub fn next_step(&self) -> Option<String> {
+        (self.status == RunStatus::AwaitingFinalize).then(|| {
+            format!(
+                "`flotilla finalize {run}` drops the backups, or `flotilla rollback {run}` restores the fleet",
+                run = self.run_id
+            )
+        })
     }
 
     fn count(&self, status: ServiceStatus) -> usize {
@@ -516,6 +536,25 @@ impl RunReport {
             RunStatus::Cancelled => format!("CANCELLED, resumable: {tally}"),
             RunStatus::SucceededWithFailures => {
                 format!("succeeded within the failure budget: {tally}")
+            }
+            RunStatus::AwaitingFinalize => {
+                let migrated = count(ServiceStatus::Succeeded);
+                let head = format!(
+                    "awaiting finalize: {migrated} service(s) migrated and proven, backups kept"
+                );
+                if migrated == self.services.len() {
+                    head
+                } else {
+                    format!("{head}: {tally}")
+                }
+            }
+            RunStatus::Failed if self.rehearsal => {
+                match crate::store::failed_verdict(&self.cross_service, &self.correlation) {
+                    Some(check) => {
+                        format!("REHEARSAL FAILED: {check} failed: {tally}")
+                    }
+                    None => format!("REHEARSAL FAILED: {tally}"),
+                }
             }
             RunStatus::Failed => format!("FAILED: {tally}"),
             RunStatus::RolledBack => format!("rolled back on request: {tally}"),

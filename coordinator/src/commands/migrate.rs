@@ -101,13 +101,17 @@ pub(super) async fn migrate(
     plan_path: &Path,
     dry_run: bool,
     rehearse: bool,
+    no_finalize: bool,
     files: &ReportFiles,
     shutdown: CancellationToken,
 ) -> u8 {
-    let (plan, text) = match read_plan(plan_path) {
+    let (mut plan, text) = match read_plan(plan_path) {
         Ok(read) => read,
         Err(code) => return code,
     };
+    if no_finalize {
+        plan.finalize = crate::plan::Finalize::Manual;
+    }
     if let Err(code) = check_report_files(files) {
         return code;
     }
@@ -163,7 +167,11 @@ pub(super) async fn migrate(
         plan.name,
         targets.len(),
         plan.waves.len(),
-        if rehearse { ", rehearsal" } else { "" }
+        match (rehearse, plan.finalize) {
+            (true, _) => ", rehearsal",
+            (false, crate::plan::Finalize::Manual) => ", manual finalize",
+            (false, crate::plan::Finalize::Auto) => "",
+        }
     );
     let result = engine.drive().await;
     finish(cli, &client, result, files).await

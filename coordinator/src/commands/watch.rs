@@ -143,9 +143,14 @@ fn recorded_results(record: &RunRecord) -> impl Iterator<Item = CommandId> + '_ 
         .map(|c| c.command.command_id)
 }
 
-/// A run has ended when its coordinator wrote its last stage, or stopped on a cancel.
+/// A run has ended when its coordinator wrote its last stage, or stopped on a cancel or to await
+/// its operator's decision.
 fn ended(record: &RunRecord) -> bool {
-    record.stage == Stage::Done || record.status == RunStatus::Cancelled
+    record.stage == Stage::Done
+        || matches!(
+            record.status,
+            RunStatus::Cancelled | RunStatus::AwaitingFinalize
+        )
 }
 
 /// The newest run, once it is running: waits up to `wait` for one to start (or be resumed).

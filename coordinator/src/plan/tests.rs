@@ -251,6 +251,15 @@ fn the_failure_budget_is_a_count_or_a_share() {
 }
 
 #[test]
+fn finalize_is_auto_unless_the_plan_says_manual() {
+    assert_eq!(Plan::parse(GOOD).unwrap().finalize, Finalize::Auto);
+    let plan = Plan::parse(&five("finalize = \"manual\"\n", &[])).unwrap();
+    assert_eq!(plan.finalize, Finalize::Manual);
+    let err = Plan::parse(&five("finalize = \"later\"\n", &[])).unwrap_err();
+    assert!(err.to_string().contains("manual"), "{err}");
+}
+
+#[test]
 fn a_service_may_override_the_timeout() {
     let plan = Plan::parse(&five("", &[("b", "command_timeout = \"5s\"")])).unwrap();
     assert_eq!(plan.services[1].command_timeout, Duration::from_secs(5));
