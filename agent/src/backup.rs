@@ -493,6 +493,20 @@ fn io(op: &'static str, path: &Path, source: std::io::Error) -> BackupError {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_space_check_reads_only_even_before_the_first_backup() {
+        let (tmp, root, store) = setup();
+        let needed = store.check_space(&root).unwrap();
+        assert!(needed > 0);
+        // The dry run's check creates nothing, not even the backup directory.
+        assert!(!tmp.path().join("state").exists());
+        let limited = store.with_limit(Some(1));
+        assert!(matches!(
+            limited.check_space(&root),
+            Err(BackupError::OverLimit { limit: 1, .. })
+        ));
+    }
+
     /// A service root with a few kinds of entries, and a store beside it.
     fn setup() -> (tempfile::TempDir, PathBuf, BackupStore) {
         let tmp = tempfile::tempdir().unwrap();

@@ -246,6 +246,11 @@ fn what_the_real_run_refuses_the_dry_run_or_plan_check_refuses_alike() {
             "precheck: step 1 (write_file): secret \"NOPE\" is not available from the agent's secret sources",
         ),
         (
+            "precondition",
+            "action = \"restart\"\n\n[[service.precondition]]\ntype = \"file_exists\"\npath = \"nope.conf\"",
+            "precheck: precondition: nope.conf does not exist",
+        ),
+        (
             "not-allowed",
             "action = \"run_command\"\nprogram = \"rm\"\nargs = [\"-rf\", \".\"]",
             "precheck: step 1 (run_command): run_command: rm is not on the agent's allow-list",
