@@ -40,7 +40,7 @@ pub(crate) async fn run(cli: Cli, shutdown: CancellationToken) -> u8 {
         }
         CommandKind::Plan {
             action: cli::PlanAction::Check { plan },
-        } => migrate::plan_check(plan),
+        } => migrate::plan_check(&cli, plan),
         CommandKind::Runs => runs(&cli).await,
         CommandKind::Status { run } => status(&cli, run.as_deref()).await,
         CommandKind::Resume { run, files } => resume(&cli, run, files, shutdown).await,
