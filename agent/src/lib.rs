@@ -140,12 +140,9 @@ pub async fn run(
         }
     };
 
-    if let Err(e) = telemetry
+    telemetry
         .attach_nats(client.clone(), subjects.prefix())
-        .await
-    {
-        tracing::warn!(error = %error_chain(&e), "telemetry store unavailable; spans and logs stay local");
-    }
+        .await;
     let served = session::serve(
         client.clone(),
         subjects,

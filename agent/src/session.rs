@@ -72,23 +72,30 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<Lifecycle, SessionError> {
     let js = jetstream::new(client.clone());
-    // A least-privileged agent may not create streams: until the coordinator has, keep waiting.
-    let commands = loop {
-        let streams = async {
-            let commands = flotilla_bus::commands_stream(&js, &subjects).await?;
-            flotilla_bus::events_stream(&js, &subjects).await?;
-            Ok::<_, BusError>(commands)
-        };
-        match streams.await {
-            Ok(commands) => break commands,
-            Err(e) => {
-                tracing::warn!(error = %error_chain(&e), "streams not available yet (the coordinator creates them); retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(lifecycle),
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
-                }
-            }
+    // Presence first, so that a coordinator discovers this agent while it waits for the streams:
+    // the commands it sends meanwhile wait in the commands stream for this agent's consumer.
+    let presence = tokio::spawn(answer_presence(
+        client.clone(),
+        subjects.clone(),
+        presence_template(&lifecycle),
+        status.clone(),
+        shutdown.clone(),
+    ));
+    let micro = tokio::spawn(serve_micro(
+        client.clone(),
+        presence_template(&lifecycle),
+        status.clone(),
+        shutdown.clone(),
+    ));
+    // A least-privileged agent may not create the streams (`flotilla setup` or any coordinator
+    // command does): it waits for them, however long, and goes on as soon as they appear.
+    let commands = tokio::select! {
+        _ = shutdown.cancelled() => {
+            presence.abort();
+            micro.abort();
+            return Ok(lifecycle);
         }
+        commands = wait_for_streams(&js, &subjects) => commands,
     };
     let service = lifecycle.config.service.name.clone();
     let instance = lifecycle.config.agent.instance.clone();
@@ -103,20 +110,6 @@ pub async fn serve(
     for result in lifecycle.journal.unpublished() {
         publish_result(&mut lifecycle, &events, &result).await?;
     }
-
-    let presence = tokio::spawn(answer_presence(
-        client.clone(),
-        subjects.clone(),
-        presence_template(&lifecycle),
-        status.clone(),
-        shutdown.clone(),
-    ));
-    let micro = tokio::spawn(serve_micro(
-        client.clone(),
-        presence_template(&lifecycle),
-        status.clone(),
-        shutdown.clone(),
-    ));
 
     let trusted: Vec<signing::TrustedKey> = lifecycle
         .config
@@ -304,6 +297,22 @@ pub async fn serve(
     presence.abort();
     micro.abort();
     Ok(lifecycle)
+}
+
+/// Waits until both streams exist; returns the commands stream.
+async fn wait_for_streams(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+) -> jetstream::stream::Stream {
+    flotilla_bus::provision::wait_for(
+        "waiting for the streams (run `flotilla setup`)",
+        "the streams are there; going on",
+        || async {
+            js.get_stream(subjects.events_stream()).await?;
+            js.get_stream(subjects.commands_stream()).await
+        },
+    )
+    .await
 }
 
 /// A telemetry flush in progress.

@@ -1,6 +1,7 @@
 //! NATS plumbing that the coordinator and the agent share: connecting with a server version
 //! floor, and the JetStream streams both sides rely on, declared once.
 
+pub mod provision;
 pub mod signing;
 
 use std::time::Duration;
@@ -41,6 +42,12 @@ pub enum BusError {
         "a TLS client certificate needs both tls_cert_file and tls_key_file; only {given} is set"
     )]
     HalfCertificate { given: &'static str },
+    #[error("cannot look up the JetStream stream {name}")]
+    Inspect {
+        name: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("cannot create or open the JetStream stream {name}")]
     Stream {
         name: String,
@@ -201,13 +208,9 @@ pub fn version_supported(version: &str) -> bool {
 /// The commands stream: a work queue, so a command is removed once its agent has acked it
 /// (the agent's journal, not the broker, remembers it from then on). `Nats-Msg-Id` dedupes
 /// re-sends by the coordinator within the window.
-pub async fn commands_stream(
-    js: &jetstream::Context,
-    subjects: &Subjects,
-) -> Result<stream::Stream, BusError> {
-    let name = subjects.commands_stream();
-    js.get_or_create_stream(stream::Config {
-        name: name.clone(),
+pub fn commands_stream_config(subjects: &Subjects) -> stream::Config {
+    stream::Config {
+        name: subjects.commands_stream(),
         description: Some("Flotilla commands, one subject per agent; removed once acked".into()),
         subjects: vec![subjects.all_commands()],
         retention: stream::RetentionPolicy::WorkQueue,
@@ -218,20 +221,14 @@ pub async fn commands_stream(
         // 1,001st agent.
         max_consumers: -1,
         ..Default::default()
-    })
-    .await
-    .map_err(|source| BusError::Stream { name, source })
+    }
 }
 
 /// The events stream: progress and results of every run, kept as the audit log from which a
 /// coordinator (this one after a crash, or another machine's) reads a run back.
-pub async fn events_stream(
-    js: &jetstream::Context,
-    subjects: &Subjects,
-) -> Result<stream::Stream, BusError> {
-    let name = subjects.events_stream();
-    js.get_or_create_stream(stream::Config {
-        name: name.clone(),
+pub fn events_stream_config(subjects: &Subjects) -> stream::Config {
+    stream::Config {
+        name: subjects.events_stream(),
         description: Some("Flotilla progress and results: the audit log of every run".into()),
         subjects: vec![subjects.all_events()],
         retention: stream::RetentionPolicy::Limits,
@@ -239,9 +236,33 @@ pub async fn events_stream(
         max_age: Duration::from_secs(30 * 24 * 3600),
         max_bytes: 1 << 30,
         ..Default::default()
-    })
-    .await
-    .map_err(|source| BusError::Stream { name, source })
+    }
+}
+
+/// Creates or opens the commands stream ([`commands_stream_config`]).
+pub async fn commands_stream(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+) -> Result<stream::Stream, BusError> {
+    get_or_create(js, commands_stream_config(subjects)).await
+}
+
+/// Creates or opens the events stream ([`events_stream_config`]).
+pub async fn events_stream(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+) -> Result<stream::Stream, BusError> {
+    get_or_create(js, events_stream_config(subjects)).await
+}
+
+async fn get_or_create(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> Result<stream::Stream, BusError> {
+    let name = config.name.clone();
+    js.get_or_create_stream(config)
+        .await
+        .map_err(|source| BusError::Stream { name, source })
 }
 
 #[cfg(test)]

@@ -181,7 +181,11 @@ pub enum OutputFormat {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum CommandKind {
-    /// List the live agents.
+    /// Create (or check) the streams and the bucket the fleet needs, before the agents start:
+    /// reports each as created, found, or found with other settings (left as they are).
+    #[command(after_help = "Example:\n  flotilla setup --output json")]
+    Setup,
+    /// List the live agents; none answering exits 3.
     #[command(after_help = "Example:\n  flotilla agents --output json")]
     Agents,
     /// Run a migration plan over the fleet, wave by wave.
@@ -359,7 +363,8 @@ const EXIT_CODES: &str = "Exit codes:
   1  a service failed or was refused, or a cross-service check failed (in a rehearsal too);
      the fleet was rolled back (or left, per the plan)
   2  bad input (arguments, plan); nothing changed
-  3  pre-flight failed (a service has no live, compatible agent); nothing changed
+  3  pre-flight failed (a service has no live, compatible agent; `agents`: none answered;
+     `setup`: a stream or bucket has other settings); nothing changed
   4  NATS unreachable or unusable
   5  a rollback failed: a service needs a human
   6  an agent did not answer in time (or a command was not delivered)

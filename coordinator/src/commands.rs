@@ -22,12 +22,14 @@ use crate::store::{Revisions, RunRecord, RunStatus, Store};
 mod agents;
 mod html;
 mod migrate;
+mod setup;
 mod watch;
 
 /// Runs the command named on the command line.
 pub(crate) async fn run(cli: Cli, shutdown: CancellationToken) -> u8 {
     match &cli.command {
         CommandKind::Agents => agents::agents(&cli).await,
+        CommandKind::Setup => setup::setup(&cli).await,
         CommandKind::Migrate {
             plan,
             dry_run,
@@ -155,7 +157,24 @@ fn print_json(value: &impl serde::Serialize) {
     );
 }
 
+/// Connects, creating whatever of the streams and the bucket is missing (agents may not create
+/// them, and answer discovery before they exist), then attaches telemetry.
 async fn connect(cli: &Cli) -> Result<(async_nats::Client, Subjects), u8> {
+    let (client, subjects) = connect_bus(cli).await?;
+    let resources = setup::provision_all(&jetstream::new(client.clone()), &subjects)
+        .await
+        .map_err(|e| fail(exit::BUS, error_chain(&e)))?;
+    setup::warn_differing(&resources);
+    if let Some(telemetry) = &cli.telemetry.0 {
+        telemetry
+            .attach_nats(client.clone(), subjects.prefix())
+            .await;
+    }
+    Ok((client, subjects))
+}
+
+/// Connects, and nothing more.
+async fn connect_bus(cli: &Cli) -> Result<(async_nats::Client, Subjects), u8> {
     let subjects =
         Subjects::new(&cli.prefix).map_err(|e| fail(exit::USAGE, format!("--prefix: {e}")))?;
     let options = BusOptions {
@@ -168,23 +187,6 @@ async fn connect(cli: &Cli) -> Result<(async_nats::Client, Subjects), u8> {
     let client = flotilla_bus::connect(&options)
         .await
         .map_err(|e| fail(exit::BUS, error_chain(&e)))?;
-    // The coordinator owns the streams: agents may not create them (least privilege), and
-    // wait for them before they answer discovery.
-    let js = jetstream::new(client.clone());
-    let streams = async {
-        flotilla_bus::commands_stream(&js, &subjects).await?;
-        flotilla_bus::events_stream(&js, &subjects).await
-    };
-    streams
-        .await
-        .map_err(|e| fail(exit::BUS, error_chain(&e)))?;
-    if let Some(telemetry) = &cli.telemetry.0
-        && let Err(e) = telemetry
-            .attach_nats(client.clone(), subjects.prefix())
-            .await
-    {
-        tracing::warn!(error = %error_chain(&e), "telemetry store unavailable; the run's spans stay local");
-    }
     Ok((client, subjects))
 }
 

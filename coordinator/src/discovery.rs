@@ -20,12 +20,20 @@ pub enum DiscoveryError {
 }
 
 /// How many agents the bus knows of: each agent keeps one durable consumer on the commands
-/// stream. `None` when the stream cannot be read (e.g. it does not exist yet).
+/// stream. `None` when the stream cannot be read (e.g. it does not exist yet), or when it is
+/// younger than [`SETTLING`]: agents that started before it are still creating their consumers
+/// (they answer presence meanwhile), so the count would stop discovery short of them.
 pub async fn known_agents(client: &async_nats::Client, subjects: &Subjects) -> Option<usize> {
     let js = async_nats::jetstream::new(client.clone());
     let mut stream = js.get_stream(subjects.commands_stream()).await.ok()?;
-    Some(stream.info().await.ok()?.state.consumer_count)
+    let info = stream.info().await.ok()?;
+    let age = time::OffsetDateTime::now_utc() - info.created;
+    (age >= SETTLING).then_some(info.state.consumer_count)
 }
+
+/// How long after the commands stream appears its consumer count is not trusted: a waiting agent
+/// looks again at most 4 s later (`flotilla_bus::provision::waiting_backoff`), with room to spare.
+const SETTLING: Duration = Duration::from_secs(10);
 
 /// Asks every agent to report and gathers the answers for at most `window`; stops as soon as
 /// `expected` agents have answered (see [`known_agents`]), or once answers have stopped coming

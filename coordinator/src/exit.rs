@@ -6,7 +6,8 @@ pub const OK: u8 = 0;
 pub const FAILED: u8 = 1;
 /// Bad input: arguments, plan or configuration. Nothing was changed.
 pub const USAGE: u8 = 2;
-/// Pre-flight failed: a targeted service has no live agent, or an agent is incompatible.
+/// Pre-flight failed: a targeted service has no live agent, or an agent is incompatible; also
+/// `agents` when none answers, and `setup` when a stream or bucket has other settings.
 /// Nothing was changed.
 pub const PREFLIGHT: u8 = 3;
 /// NATS is unreachable or unusable.

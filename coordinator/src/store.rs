@@ -372,25 +372,30 @@ pub(crate) fn coordinator_name() -> String {
 // === impl Store ===
 
 impl Store {
+    /// The runs bucket as Flotilla wants it.
+    pub fn bucket_config(subjects: &Subjects) -> kv::Config {
+        kv::Config {
+            bucket: subjects.runs_bucket(),
+            description: "Flotilla run records: one key per run".into(),
+            history: 5,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        }
+    }
+
     /// Opens the runs bucket, creating it when it does not exist.
     pub async fn open(js: &jetstream::Context, subjects: &Subjects) -> Result<Self, StoreError> {
         let bucket = subjects.runs_bucket();
         if let Ok(kv) = js.get_key_value(&bucket).await {
             return Ok(Self { kv });
         }
-        js.create_key_value(kv::Config {
-            bucket: bucket.clone(),
-            description: "Flotilla run records: one key per run".into(),
-            history: 5,
-            storage: jetstream::stream::StorageType::File,
-            ..Default::default()
-        })
-        .await
-        .map(|kv| Self { kv })
-        .map_err(|e| StoreError::Open {
-            bucket,
-            source: Box::new(e),
-        })
+        js.create_key_value(Self::bucket_config(subjects))
+            .await
+            .map(|kv| Self { kv })
+            .map_err(|e| StoreError::Open {
+                bucket,
+                source: Box::new(e),
+            })
     }
 
     /// Writes a new run's header; fails if the run already exists.

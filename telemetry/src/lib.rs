@@ -19,7 +19,7 @@
 //!     format: LogFormat::Json,
 //!     ..TelemetryConfig::new("flotilla-agent")
 //! });
-//! telemetry.attach_nats(nats.clone(), "flotilla").await.ok();
+//! telemetry.attach_nats(nats.clone(), "flotilla").await;
 //!
 //! // Producer: the current span's context goes into the message headers.
 //! let mut headers = async_nats::HeaderMap::new();
@@ -338,22 +338,35 @@ impl TelemetryGuard {
         self.inner.is_some()
     }
 
-    /// Starts publishing to the default store over `client`: creates (or opens) the telemetry
-    /// stream under `prefix`, then publishes what was buffered and everything from now on, from
-    /// a task on the current Tokio runtime. Calling it again switches to the new client. A no-op
-    /// on an inactive guard or without the default store.
-    pub async fn attach_nats(
-        &self,
-        client: async_nats::Client,
-        prefix: &str,
-    ) -> Result<(), TelemetryError> {
+    /// Starts publishing to the default store over `client`: what was buffered and everything
+    /// from now on, from a task on the current Tokio runtime, once the telemetry stream under
+    /// `prefix` exists. It is not created here (an agent may not create streams): while it is
+    /// missing, a background task waits for it (logging once) and messages wait in the bounded
+    /// buffer. Calling it again switches to the new client. A no-op on an inactive guard or
+    /// without the default store.
+    pub async fn attach_nats(&self, client: async_nats::Client, prefix: &str) {
         let Some(sink) = self.inner.as_ref().and_then(|o| o.sink.as_ref()) else {
-            return Ok(());
+            return;
         };
-        let js = async_nats::jetstream::new(client);
-        store::ensure_stream(&js, prefix).await?;
-        sink.attach(js, prefix.to_owned());
-        Ok(())
+        let (js, sink, prefix) = (
+            async_nats::jetstream::new(client),
+            Arc::clone(sink),
+            prefix.to_owned(),
+        );
+        let name = store::stream_name(&prefix);
+        if js.get_stream(&name).await.is_ok() {
+            sink.attach(js, prefix);
+            return;
+        }
+        tokio::spawn(async move {
+            flotilla_bus::provision::wait_for(
+                "waiting for the telemetry stream (run `flotilla setup`); spans and logs wait in memory",
+                "the telemetry stream is there; publishing spans and logs",
+                || js.get_stream(&name),
+            )
+            .await;
+            sink.attach(js, prefix);
+        });
     }
 
     /// Counters of the default store (zero when it is off).

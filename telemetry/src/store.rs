@@ -70,14 +70,10 @@ pub fn logs_subject(prefix: &str, trace_id: &str) -> String {
     format!("{prefix}.otel.logs.{trace_id}")
 }
 
-/// Creates or opens the telemetry stream.
-pub async fn ensure_stream(
-    js: &jetstream::Context,
-    prefix: &str,
-) -> Result<stream::Stream, TelemetryError> {
-    let name = stream_name(prefix);
-    js.get_or_create_stream(stream::Config {
-        name: name.clone(),
+/// The telemetry stream as Flotilla wants it.
+pub fn stream_config(prefix: &str) -> stream::Config {
+    stream::Config {
+        name: stream_name(prefix),
         description: Some("Flotilla spans and logs (OTLP protobuf), one subject per trace".into()),
         subjects: vec![all_subjects(prefix)],
         retention: stream::RetentionPolicy::Limits,
@@ -86,9 +82,18 @@ pub async fn ensure_stream(
         max_age: STREAM_MAX_AGE,
         max_bytes: STREAM_MAX_BYTES,
         ..Default::default()
-    })
-    .await
-    .map_err(|source| TelemetryError::Stream { name, source })
+    }
+}
+
+/// Creates or opens the telemetry stream.
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    prefix: &str,
+) -> Result<stream::Stream, TelemetryError> {
+    let name = stream_name(prefix);
+    js.get_or_create_stream(stream_config(prefix))
+        .await
+        .map_err(|source| TelemetryError::Stream { name, source })
 }
 
 /// Counters of the default store since start.

@@ -9,6 +9,7 @@ mod fleet;
 pub mod invariants;
 mod nats;
 pub mod proxy;
+pub mod secure;
 mod snapshot;
 
 pub use fleet::{Fleet, ROLES};

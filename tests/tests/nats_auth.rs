@@ -6,27 +6,12 @@ use std::time::Duration;
 use async_nats::ConnectOptions;
 use async_nats::jetstream;
 use flotilla_schemas::subjects::Subjects;
+use flotilla_tests::NatsServer;
 use flotilla_tests::confinement::{assert_agent_confined, assert_demo_migrates, connect};
-use flotilla_tests::{NatsServer, repo_root};
 use futures::StreamExt;
 
-/// Test passwords for the variables the shipped configuration references.
-pub const PASSWORDS: [(&str, &str); 7] = [
-    ("FLOTILLA_COORDINATOR_PASSWORD", "coordinator-secret"),
-    ("FLOTILLA_SYS_PASSWORD", "sys-secret"),
-    ("FLOTILLA_AGENT_INFERENCE_A_PASSWORD", "inference-secret"),
-    ("FLOTILLA_AGENT_TRAINING_A_PASSWORD", "training-secret"),
-    ("FLOTILLA_AGENT_INGEST_A_PASSWORD", "ingest-secret"),
-    ("FLOTILLA_AGENT_EXECUTION_A_PASSWORD", "execution-secret"),
-    ("FLOTILLA_AGENT_PREPROCESS_A_PASSWORD", "preprocess-secret"),
-];
-
 fn start() -> NatsServer {
-    NatsServer::start_with_config(
-        &repo_root().join("deploy/nats/nats-server.conf"),
-        &PASSWORDS,
-    )
-    .unwrap()
+    flotilla_tests::secure::start_server()
 }
 
 /// Connect options for `user` with `password`.
@@ -144,27 +129,8 @@ async fn secure_fleet(
     flotilla_telemetry::store::ensure_stream(&admin, subjects.prefix())
         .await
         .unwrap();
-    let identity = |role: &str| {
-        let user = format!("agent-{role}-a");
-        vec![
-            ("FLOTILLA_NATS__AUTH__USER".to_owned(), user.clone()),
-            (
-                "FLOTILLA_NATS__AUTH__PASSWORD".to_owned(),
-                format!("{role}-secret"),
-            ),
-            (
-                "FLOTILLA_NATS__AUTH__INBOX_PREFIX".to_owned(),
-                format!("_INBOX_{user}"),
-            ),
-        ]
-    };
-    let cli = vec![
-        ("FLOTILLA_NATS_USER".to_owned(), "coordinator".to_owned()),
-        (
-            "FLOTILLA_NATS_PASSWORD".to_owned(),
-            "coordinator-secret".to_owned(),
-        ),
-    ];
+    let identity = flotilla_tests::secure::agent_identity;
+    let cli = flotilla_tests::secure::coordinator_env();
     let url = server.url().to_owned();
     let fleet = tokio::task::block_in_place(|| {
         flotilla_tests::Fleet::start_with(&url, roles, &identity, cli).unwrap()

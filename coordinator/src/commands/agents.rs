@@ -48,5 +48,19 @@ pub(super) async fn agents(cli: &Cli) -> u8 {
             eprintln!("{} agent(s)", found.len());
         }
     }
+    if found.is_empty() {
+        return fail(
+            exit::PREFLIGHT,
+            format!(
+                "no agent answered within {} (--discovery-window). Are the agents running and \
+                 connected to this server ({}), with the same --prefix ({}) and in the same \
+                 account? Has `flotilla setup` (or any other flotilla command) run on this \
+                 server? An agent's log says what it waits for.",
+                humantime::format_duration(cli.discovery_window),
+                one_line(&cli.nats_url),
+                subjects.prefix()
+            ),
+        );
+    }
     exit::OK
 }

@@ -1,0 +1,204 @@
+//! Creating (or checking) what the protocol needs on the server, and waiting for what another
+//! party creates: `flotilla setup` and every coordinator command create; a least-privileged agent
+//! may only wait.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
+
+use crate::BusError;
+
+/// What provisioning found of one stream (a key-value bucket is a stream too).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Provisioned {
+    /// It did not exist; it was created as Flotilla wants it.
+    Created,
+    /// It existed as Flotilla wants it.
+    Found,
+    /// It existed with other settings, left as they are: an operator decides.
+    Differs(Vec<Difference>),
+}
+
+/// One setting of an existing stream that is not what Flotilla wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Difference {
+    pub setting: &'static str,
+    pub wanted: String,
+    pub found: String,
+}
+
+/// Looks `wanted.name` up: `None` when the stream does not exist, else how its settings differ
+/// from `wanted` (empty when they match).
+pub async fn inspect(
+    js: &jetstream::Context,
+    wanted: &stream::Config,
+) -> Result<Option<Vec<Difference>>, BusError> {
+    match js.get_stream(&wanted.name).await {
+        Ok(mut found) => {
+            let info = found.info().await.map_err(|e| BusError::Inspect {
+                name: wanted.name.clone(),
+                source: Box::new(e),
+            })?;
+            Ok(Some(differences(wanted, &info.config)))
+        }
+        Err(e) => match e.kind() {
+            // Only "stream not found" means it is missing; any other error is real.
+            jetstream::context::GetStreamErrorKind::JetStream(api)
+                if api.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+            {
+                Ok(None)
+            }
+            _ => Err(BusError::Inspect {
+                name: wanted.name.clone(),
+                source: Box::new(e),
+            }),
+        },
+    }
+}
+
+/// Creates the stream when it is missing; an existing one is reported, never changed.
+pub async fn provision(
+    js: &jetstream::Context,
+    wanted: stream::Config,
+) -> Result<Provisioned, BusError> {
+    if let Some(differences) = inspect(js, &wanted).await? {
+        return Ok(found(differences));
+    }
+    let name = wanted.name.clone();
+    js.create_stream(wanted)
+        .await
+        .map_err(|source| BusError::Stream { name, source })?;
+    Ok(Provisioned::Created)
+}
+
+/// [`Provisioned::Found`] or [`Provisioned::Differs`].
+pub fn found(differences: Vec<Difference>) -> Provisioned {
+    if differences.is_empty() {
+        Provisioned::Found
+    } else {
+        Provisioned::Differs(differences)
+    }
+}
+
+/// The settings Flotilla sets, compared as the server reports them (0 and -1 both mean
+/// "unlimited"; a zero duplicate window means the server's default).
+pub fn differences(wanted: &stream::Config, found: &stream::Config) -> Vec<Difference> {
+    let mut out = Vec::new();
+    let mut compare = |setting, wanted: String, found: String| {
+        if wanted != found {
+            out.push(Difference {
+                setting,
+                wanted,
+                found,
+            });
+        }
+    };
+    let subjects = |c: &stream::Config| {
+        let set: BTreeSet<_> = c.subjects.iter().cloned().collect();
+        set.into_iter().collect::<Vec<_>>().join(", ")
+    };
+    compare("subjects", subjects(wanted), subjects(found));
+    compare(
+        "retention",
+        lower(&wanted.retention),
+        lower(&found.retention),
+    );
+    compare("storage", lower(&wanted.storage), lower(&found.storage));
+    compare("discard", lower(&wanted.discard), lower(&found.discard));
+    compare("max_age", duration(wanted.max_age), duration(found.max_age));
+    compare("max_bytes", limit(wanted.max_bytes), limit(found.max_bytes));
+    compare(
+        "max_messages",
+        limit(wanted.max_messages),
+        limit(found.max_messages),
+    );
+    compare(
+        "max_messages_per_subject",
+        limit(wanted.max_messages_per_subject),
+        limit(found.max_messages_per_subject),
+    );
+    compare(
+        "max_consumers",
+        limit(i64::from(wanted.max_consumers)),
+        limit(i64::from(found.max_consumers)),
+    );
+    if !wanted.duplicate_window.is_zero() {
+        compare(
+            "duplicate_window",
+            duration(wanted.duplicate_window),
+            duration(found.duplicate_window),
+        );
+    }
+    out
+}
+
+fn lower(value: &impl std::fmt::Debug) -> String {
+    format!("{value:?}").to_lowercase()
+}
+
+fn duration(d: Duration) -> String {
+    if d.is_zero() {
+        "unlimited".into()
+    } else {
+        humantime::format_duration(d).to_string()
+    }
+}
+
+fn limit(n: i64) -> String {
+    if n <= 0 {
+        "unlimited".into()
+    } else {
+        n.to_string()
+    }
+}
+
+/// How an agent waits: exponential backoff from 100 ms doubling to 2 s, each delay plus up to as
+/// much again at random (a fleet started at once does not ask in step), for as long as it takes.
+/// So it goes on at most 4 s after what it waits for appears.
+pub fn waiting_backoff() -> impl BackoffBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(2))
+        .with_jitter()
+        .without_max_times()
+}
+
+/// Retries `attempt` with [`waiting_backoff`] until it succeeds. The first failure logs
+/// `waiting` once, with its cause; later ones log only at debug. Success after a wait logs
+/// `ready`. Cancel it by dropping the future.
+pub async fn wait_for<T, E, F, Fut>(waiting: &str, ready: &str, attempt: F) -> T
+where
+    E: std::error::Error,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut waited = false;
+    let result = attempt
+        .retry(waiting_backoff())
+        .notify(|e: &E, delay: Duration| {
+            if waited {
+                tracing::debug!(error = %chain(e), ?delay, "still {waiting}");
+            } else {
+                tracing::warn!(error = %chain(e), "{waiting}");
+                waited = true;
+            }
+        })
+        .await;
+    let Ok(value) = result else {
+        unreachable!("the backoff has no maximum of tries")
+    };
+    if waited {
+        tracing::info!("{ready}");
+    }
+    value
+}
+
+/// `e` and its sources, `: `-separated.
+fn chain(e: &dyn std::error::Error) -> String {
+    std::iter::successors(Some(e), |e| e.source())
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
+}

@@ -1,0 +1,171 @@
+//! `flotilla setup`: creates (or checks) everything the protocol needs on the server, so that
+//! least-privileged agents find it from their first start. Every other command creates what is
+//! missing too (the order of operations never matters); this one reports what it found.
+
+use async_nats::jetstream::{self, stream};
+use flotilla_bus::BusError;
+use flotilla_bus::provision::{self, Difference, Provisioned};
+use flotilla_schemas::subjects::Subjects;
+use flotilla_telemetry::error_chain;
+use serde::Serialize;
+
+use super::{connect_bus, fail};
+use crate::cli::{Cli, OutputFormat};
+use crate::exit;
+use crate::sanitize::one_line;
+use crate::store::Store;
+
+/// One thing on the server and what provisioning found of it.
+#[derive(Debug, Serialize)]
+pub(crate) struct Resource {
+    kind: &'static str,
+    name: String,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    differences: Vec<Setting>,
+}
+
+#[derive(Debug, Serialize)]
+struct Setting {
+    setting: &'static str,
+    wanted: String,
+    found: String,
+}
+
+impl Resource {
+    fn new(kind: &'static str, name: String, provisioned: Provisioned) -> Self {
+        let (status, differences) = match provisioned {
+            Provisioned::Created => ("created", Vec::new()),
+            Provisioned::Found => ("found", Vec::new()),
+            Provisioned::Differs(d) => ("differs", d),
+        };
+        let differences = differences
+            .into_iter()
+            .map(
+                |Difference {
+                     setting,
+                     wanted,
+                     found,
+                 }| Setting {
+                    setting,
+                    wanted,
+                    found,
+                },
+            )
+            .collect();
+        Self {
+            kind,
+            name,
+            status,
+            differences,
+        }
+    }
+
+    /// `max_age: wanted 7days, found 1h; …`
+    fn differences_text(&self) -> String {
+        self.differences
+            .iter()
+            .map(|d| format!("{}: wanted {}, found {}", d.setting, d.wanted, d.found))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// Creates what is missing of the streams and the bucket; reports each, never changes one that
+/// exists.
+pub(crate) async fn provision_all(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+) -> Result<Vec<Resource>, BusError> {
+    let mut resources = Vec::new();
+    for wanted in [
+        flotilla_bus::commands_stream_config(subjects),
+        flotilla_bus::events_stream_config(subjects),
+        flotilla_telemetry::store::stream_config(subjects.prefix()),
+    ] {
+        let name = wanted.name.clone();
+        resources.push(Resource::new(
+            "stream",
+            name,
+            provision::provision(js, wanted).await?,
+        ));
+    }
+    let bucket = subjects.runs_bucket();
+    let provisioned = match provision::inspect(js, &bucket_as_stream(subjects)).await? {
+        Some(differences) => provision::found(differences),
+        None => {
+            Store::open(js, subjects)
+                .await
+                .map_err(|e| BusError::Inspect {
+                    name: bucket.clone(),
+                    source: Box::new(e),
+                })?;
+            Provisioned::Created
+        }
+    };
+    resources.push(Resource::new("bucket", bucket, provisioned));
+    Ok(resources)
+}
+
+/// The stream under the runs bucket, as the server keeps it (a key-value bucket is a stream
+/// `KV_<bucket>` whose history is its per-subject limit).
+fn bucket_as_stream(subjects: &Subjects) -> stream::Config {
+    let config = Store::bucket_config(subjects);
+    stream::Config {
+        name: format!("KV_{}", config.bucket),
+        subjects: vec![format!("$KV.{}.>", config.bucket)],
+        max_messages_per_subject: config.history,
+        max_age: config.max_age,
+        max_bytes: config.max_bytes,
+        storage: config.storage,
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    }
+}
+
+/// Logs what differs, for commands that provision on the way (they go on regardless).
+pub(crate) fn warn_differing(resources: &[Resource]) {
+    for r in resources.iter().filter(|r| !r.differences.is_empty()) {
+        tracing::warn!(
+            kind = r.kind,
+            name = %r.name,
+            differences = %r.differences_text(),
+            "exists with other settings than Flotilla's (`flotilla setup` shows them)"
+        );
+    }
+}
+
+/// `flotilla setup`.
+pub(super) async fn setup(cli: &Cli) -> u8 {
+    let (client, subjects) = match connect_bus(cli).await {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let resources = match provision_all(&jetstream::new(client), &subjects).await {
+        Ok(r) => r,
+        Err(e) => return fail(exit::BUS, error_chain(&e)),
+    };
+    match cli.output {
+        OutputFormat::Json => super::print_json(&serde_json::json!({ "resources": resources })),
+        OutputFormat::Text => {
+            for r in &resources {
+                println!(
+                    "{:8} {:7} {:20} {}",
+                    r.status,
+                    r.kind,
+                    one_line(&r.name),
+                    one_line(&r.differences_text())
+                );
+            }
+        }
+    }
+    if resources.iter().any(|r| !r.differences.is_empty()) {
+        return fail(
+            exit::PREFLIGHT,
+            "some of them exist with other settings than Flotilla's and were left as they are: \
+             change them to the wanted values (`nats stream edit`), or remove them and run \
+             `flotilla setup` again",
+        );
+    }
+    exit::OK
+}
