@@ -344,9 +344,12 @@ OTEL_BLRP_SCHEDULE_DELAY = "{batch_delay_ms}"
     /// `flotilla agents --output json`, parsed.
     pub fn agents(&self) -> anyhow::Result<Vec<serde_json::Value>> {
         let out = self.flotilla(&["agents", "--output", "json", "--discovery-window", "500ms"]);
-        // 3: none answered (the listing is still printed, empty).
+        // 3: none answered.
+        if out.status.code() == Some(3) {
+            return Ok(Vec::new());
+        }
         anyhow::ensure!(
-            out.status.success() || out.status.code() == Some(3),
+            out.status.success(),
             "flotilla agents failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );

@@ -19,6 +19,22 @@ pub(super) async fn agents(cli: &Cli) -> u8 {
         Ok(found) => found,
         Err(e) => return fail(exit::BUS, error_chain(&e)),
     };
+    // An error like any other: stdout stays empty, stderr says why.
+    if found.is_empty() {
+        return fail(
+            exit::PREFLIGHT,
+            format!(
+                "no agent answered within {} (--discovery-window). Are the agents running and \
+                 connected to this server ({}), with the same --prefix ({}), in the same account, \
+                 and allowed to subscribe to {}? An agent's log says whether it is connected \
+                 (an agent waiting for the streams still answers).",
+                humantime::format_duration(cli.discovery_window),
+                one_line(&cli.nats_url),
+                subjects.prefix(),
+                subjects.presence()
+            ),
+        );
+    }
     match cli.output {
         OutputFormat::Json => super::print_json(&found),
         OutputFormat::Text => {
@@ -47,20 +63,6 @@ pub(super) async fn agents(cli: &Cli) -> u8 {
             }
             eprintln!("{} agent(s)", found.len());
         }
-    }
-    if found.is_empty() {
-        return fail(
-            exit::PREFLIGHT,
-            format!(
-                "no agent answered within {} (--discovery-window). Are the agents running and \
-                 connected to this server ({}), with the same --prefix ({}) and in the same \
-                 account? Has `flotilla setup` (or any other flotilla command) run on this \
-                 server? An agent's log says what it waits for.",
-                humantime::format_duration(cli.discovery_window),
-                one_line(&cli.nats_url),
-                subjects.prefix()
-            ),
-        );
     }
     exit::OK
 }
