@@ -9,7 +9,7 @@
 //! signals. The default store has processors of its own and is not affected.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -105,9 +105,9 @@ impl<P: Flushable> Detached<P> {
             }
             tx
         });
-        match flusher.try_send(()) {
-            Ok(()) | Err(TrySendError::Full(())) | Err(TrySendError::Disconnected(())) => {}
-        }
+        // Full: a flush is already waiting, and it will take these records too. Disconnected:
+        // no flush thread; the batch thread still exports on its schedule.
+        let _ = flusher.try_send(());
     }
 
     fn shutdown_bounded(&self) -> OTelSdkResult {
@@ -219,5 +219,55 @@ impl LogProcessor for Detached<BatchLogProcessor> {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             LogProcessor::set_resource(inner, resource);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{Tracer as _, TracerProvider as _};
+    use opentelemetry_otlp::WithExportConfig as _;
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+
+    /// Against a real OTLP exporter and a collector that accepts connections and never reads:
+    /// each flush returns at once (the SDK's own waits 5 s), shutdown within its budget, and
+    /// the one warning is given.
+    #[test]
+    fn a_collector_that_never_answers_holds_up_neither_flush_nor_shutdown() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Holds every connection open, unread, for the life of the test process.
+        std::thread::spawn(move || listener.incoming().flatten().collect::<Vec<_>>());
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(format!("http://{addr}/v1/traces"))
+            .build()
+            .unwrap();
+        let collector = Collector::new(addr.to_string());
+        let batch = BatchSpanProcessor::builder(exporter).build();
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(Detached::new(batch, "spans", &collector))
+            .build();
+        let tracer = provider.tracer("test");
+        for _ in 0..3 {
+            tracer.in_span("work", |_| {});
+            let started = Instant::now();
+            provider.force_flush().unwrap();
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "{:?}",
+                started.elapsed()
+            );
+        }
+        let started = Instant::now();
+        provider
+            .shutdown_with_timeout(Duration::from_secs(30))
+            .unwrap();
+        let took = started.elapsed();
+        assert!(
+            took < OTLP_SHUTDOWN_TIMEOUT + Duration::from_secs(1),
+            "{took:?}"
+        );
+        assert!(collector.warned.load(Ordering::SeqCst));
     }
 }
