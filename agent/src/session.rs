@@ -21,6 +21,8 @@ use crate::journal::Record;
 use crate::lifecycle::{Acceptance, Lifecycle};
 use flotilla_telemetry::error_chain;
 
+mod takeover;
+
 /// Why the session ended with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -53,6 +55,10 @@ const TELEMETRY_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 
 /// How often the agent retries publishing results that did not reach the events stream.
 const RESULT_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The idle heartbeat of the command pull (async-nats' default for `messages()`), so a lost
+/// pull request is noticed and renewed.
+const COMMANDS_IDLE_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// What presence answers report; shared between the command loop and the presence responder.
 #[derive(Debug, Clone)]
@@ -162,7 +168,19 @@ pub async fn serve(
             }
         }
     };
+    let mut consumer = consumer;
+    if let Err(e) = takeover::take_over(&commands, &mut consumer, &name, &shutdown).await {
+        tracing::warn!(error = %error_chain(&e), "a previous incarnation's pull requests stay registered: the next command may wait for the ack wait");
+    }
+    if shutdown.is_cancelled() {
+        return Ok(lifecycle);
+    }
+    // One command per pull: the agent handles one at a time, and a puller that goes away
+    // (SIGTERM while a command runs) then holds at most one back until its ack wait.
     let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(1)
+        .heartbeat(COMMANDS_IDLE_HEARTBEAT)
         .messages()
         .await
         .map_err(|source| SessionError::Messages {
@@ -285,6 +303,9 @@ pub async fn serve(
         });
         set_status(&status, AgentState::Idle, None, lifecycle.supervisor.pid());
     }
+    // Stop pulling before the last flush: a command sent meanwhile goes to the next
+    // incarnation, not to a request nobody will serve.
+    drop(messages);
     if let Some(pending) = flushing {
         pending.await;
     }
