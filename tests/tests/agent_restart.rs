@@ -80,6 +80,14 @@ fn restart_and_wait(fleet: &mut Fleet, nats: &NatsServer) {
     });
 }
 
+/// How many times the agent's log says it took the consumer over.
+fn takeovers(fleet: &Fleet) -> usize {
+    std::fs::read_to_string(fleet.agent_log(ROLE))
+        .unwrap_or_default()
+        .matches("recreating the consumer")
+        .count()
+}
+
 fn assert_prompt(what: &str, before: Duration, after: Duration) {
     eprintln!("dispatch to answer: {before:?} before, {after:?} {what}");
     assert!(
@@ -101,6 +109,8 @@ fn the_first_command_after_sigterm_or_kill_9_is_served_at_once() {
     fleet.kill_agent(ROLE);
     restart_and_wait(&mut fleet, &nats);
     assert_prompt("after kill -9", before, answer_time(&fleet));
+    // The broker dropped the closed connections' requests: nothing to take over, no cost.
+    assert_eq!(takeovers(&fleet), 0);
 }
 
 /// The previous agent is frozen (SIGSTOP): to the broker its connection and its pull request
@@ -122,6 +132,7 @@ fn the_first_command_after_the_previous_agent_froze_is_served_at_once() {
         .arg(frozen.to_string())
         .status();
     assert_prompt("while the previous agent is frozen", before, after);
+    assert_eq!(takeovers(&fleet), 1);
     assert_prompt(
         "after the frozen agent is killed",
         before,
