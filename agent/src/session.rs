@@ -56,10 +56,6 @@ const TELEMETRY_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 /// How often the agent retries publishing results that did not reach the events stream.
 const RESULT_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// The idle heartbeat of the command pull (async-nats' default for `messages()`), so a lost
-/// pull request is noticed and renewed.
-const COMMANDS_IDLE_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(15);
-
 /// What presence answers report; shared between the command loop and the presence responder.
 #[derive(Debug, Clone)]
 pub struct Status {
@@ -175,12 +171,7 @@ pub async fn serve(
     if shutdown.is_cancelled() {
         return Ok(lifecycle);
     }
-    // One command per pull: the agent handles one at a time, and a puller that goes away
-    // (SIGTERM while a command runs) then holds at most one back until its ack wait.
     let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(1)
-        .heartbeat(COMMANDS_IDLE_HEARTBEAT)
         .messages()
         .await
         .map_err(|source| SessionError::Messages {
