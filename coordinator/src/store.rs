@@ -727,3 +727,31 @@ fn decode(key: &str, bytes: &[u8]) -> Result<RunRecord, StoreError> {
         reason: e.to_string(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_keys_are_told_from_run_keys_and_strangers() {
+        let run = RunId::new();
+        assert!(is_target_key(&target_key(&run, 3)));
+        assert!(!is_target_key(&run.to_string()));
+        assert!(!is_target_key(&format!("{run}{CANCEL_SUFFIX}")));
+        assert!(!is_target_key("junk.t.1"));
+        assert!(!is_target_key(&format!("{run}.t.x")));
+    }
+
+    #[test]
+    fn a_newer_schema_is_unreadable_and_says_which() {
+        let e = decode("k", br#"{"schema":"flotilla.run.v2"}"#).unwrap_err();
+        assert!(
+            matches!(&e, StoreError::Corrupt { key, reason } if key == "k" && reason.contains("flotilla.run.v2")),
+            "{e}"
+        );
+        assert!(matches!(
+            decode("k", b"\x00garbage"),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+}
