@@ -135,7 +135,7 @@ pub async fn serve(
     let name = subjects.agent_consumer(&service, &instance);
     // A busy server may time the creation out: keep trying, as for the streams, rather than
     // stop the agent.
-    let consumer = loop {
+    let mut consumer = loop {
         let created = commands
             .get_or_create_consumer(
                 &name,
@@ -164,7 +164,6 @@ pub async fn serve(
             }
         }
     };
-    let mut consumer = consumer;
     if let Err(e) = takeover::take_over(&commands, &mut consumer, &name, &shutdown).await {
         tracing::warn!(error = %error_chain(&e), "a previous incarnation's pull requests stay registered: the next command may wait for the ack wait");
     }
