@@ -15,9 +15,9 @@ pub use codec::{DecodeError, MAX_MESSAGE_BYTES, decode, encode, schema_of};
 pub use ids::{CommandId, IdError, InstanceId, RunId, ServiceName};
 pub use messages::{
     Action, AgentState, Check, CheckVerdict, Command, CommandSchema, ConfigShape, GateReport,
-    Gates, HttpCheck, Inconclusive, Inspection, Measurements, Outcome, Phase, PhaseReport,
-    PhaseStatus, Precondition, Presence, Progress, ProgressSchema, ResultSchema, RunResult, Step,
-    WireMessage, Workload, WorkloadFigures, WorkloadReport,
+    Gates, HttpCheck, Inconclusive, Inspection, Measurements, MemorySource, Outcome, Phase,
+    PhaseReport, PhaseStatus, Precondition, Presence, Progress, ProgressSchema, ResultSchema,
+    RunResult, Step, WireMessage, Workload, WorkloadFigures, WorkloadReport,
 };
 pub use version::SchemaTag;
 
