@@ -55,8 +55,20 @@ fn proc_status(pid: u64, name: &str) -> u64 {
     }
 }
 
-fn within_10_pct(figure: u64, vm_rss: u64) -> bool {
-    figure.abs_diff(vm_rss) * 10 <= vm_rss
+/// The service's memory figures, before and after, from a report's service entry.
+fn figures(service: &Value) -> (u64, u64) {
+    let m = &service["measurements"];
+    (
+        m["rss_bytes_before"].as_u64().unwrap(),
+        m["rss_bytes_after"].as_u64().unwrap(),
+    )
+}
+
+fn assert_near_vm_rss(what: &str, figure: u64, vm_rss: u64) {
+    assert!(
+        figure.abs_diff(vm_rss) * 10 <= vm_rss,
+        "{what}: {figure} is not within 10 % of VmRSS {vm_rss}"
+    );
 }
 
 fn only_service(report: &Value) -> &Value {
@@ -88,20 +100,13 @@ fn a_thread_pool_that_grows_leaves_the_memory_figure_alone() {
 
     let service = only_service(&report);
     assert_eq!(service["status"], "succeeded", "{service:#}");
-    let m = &service["measurements"];
-    assert_eq!(m["memory_source"], "rss", "{m:#}");
-    let (figure_before, figure_after) = (
-        m["rss_bytes_before"].as_u64().unwrap(),
-        m["rss_bytes_after"].as_u64().unwrap(),
+    assert_eq!(
+        service["measurements"]["memory_source"], "rss",
+        "{service:#}"
     );
-    assert!(
-        within_10_pct(figure_before, rss_before),
-        "before: {figure_before} vs VmRSS {rss_before}"
-    );
-    assert!(
-        within_10_pct(figure_after, rss_after),
-        "after: {figure_after} vs VmRSS {rss_after}"
-    );
+    let (figure_before, figure_after) = figures(service);
+    assert_near_vm_rss("before", figure_before, rss_before);
+    assert_near_vm_rss("after", figure_after, rss_after);
     let gate = service["gates"]
         .as_array()
         .unwrap()
@@ -131,15 +136,8 @@ fn thirty_percent_more_memory_trips_the_gate_and_rolls_back() {
         reason.contains("memory_bytes regression") && reason.contains("(rss)"),
         "{reason}"
     );
-    let m = &service["measurements"];
-    let (figure_before, figure_after) = (
-        m["rss_bytes_before"].as_u64().unwrap(),
-        m["rss_bytes_after"].as_u64().unwrap(),
-    );
-    assert!(
-        within_10_pct(figure_before, rss_before),
-        "before: {figure_before} vs VmRSS {rss_before}"
-    );
+    let (figure_before, figure_after) = figures(service);
+    assert_near_vm_rss("before", figure_before, rss_before);
     assert!(
         figure_after as f64 >= 1.25 * figure_before as f64,
         "{figure_before} -> {figure_after}"
