@@ -25,7 +25,7 @@ pub struct EventsError {
 pub enum RunEvent {
     /// A phase started or ended (`flotilla.progress.v1`).
     Progress(Progress),
-    /// A command's result (`flotilla.result.v1`), boxed: it is several times a progress's size.
+    /// A command's result (`flotilla.result.v1`); boxed, as it is several times a progress.
     Result(Box<RunResult>),
 }
 

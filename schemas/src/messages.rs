@@ -13,7 +13,7 @@ pub use presence::{AgentState, Presence, PresenceSchema};
 pub use progress::{Phase, PhaseStatus, Progress, ProgressSchema};
 pub use result::{
     CheckVerdict, ConfigShape, GateReport, Inspection, Measurements, MemorySource, Outcome,
-    PhaseReport, ResultSchema, RunResult, WorkloadFigures, WorkloadReport,
+    PhaseReport, Preview, ResultSchema, RunResult, StepPreview, WorkloadFigures, WorkloadReport,
 };
 
 use schemars::JsonSchema;
