@@ -104,20 +104,6 @@ pub async fn serve(
         publish_result(&mut lifecycle, &events, &result).await?;
     }
 
-    let presence = tokio::spawn(answer_presence(
-        client.clone(),
-        subjects.clone(),
-        presence_template(&lifecycle),
-        status.clone(),
-        shutdown.clone(),
-    ));
-    let micro = tokio::spawn(serve_micro(
-        client.clone(),
-        presence_template(&lifecycle),
-        status.clone(),
-        shutdown.clone(),
-    ));
-
     let trusted: Vec<signing::TrustedKey> = lifecycle
         .config
         .security
@@ -169,6 +155,21 @@ pub async fn serve(
             name: name.clone(),
             source: Box::new(source),
         })?;
+    // Presence only once the consumer exists: the coordinator's discovery takes the consumers
+    // for the list of agents that can answer, and stops when all of them have.
+    let presence = tokio::spawn(answer_presence(
+        client.clone(),
+        subjects.clone(),
+        presence_template(&lifecycle),
+        status.clone(),
+        shutdown.clone(),
+    ));
+    let micro = tokio::spawn(serve_micro(
+        client.clone(),
+        presence_template(&lifecycle),
+        status.clone(),
+        shutdown.clone(),
+    ));
     tracing::info!(%service, %instance, consumer = %name, "ready for commands");
 
     let mut retry = tokio::time::interval(RESULT_RETRY);
