@@ -21,6 +21,8 @@ use crate::journal::Record;
 use crate::lifecycle::{Acceptance, Lifecycle};
 use flotilla_telemetry::error_chain;
 
+mod takeover;
+
 /// Why the session ended with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -72,30 +74,21 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<Lifecycle, SessionError> {
     let js = jetstream::new(client.clone());
-    // Presence first, so that a coordinator discovers this agent while it waits for the streams:
-    // the commands it sends meanwhile wait in the commands stream for this agent's consumer.
-    let presence = tokio::spawn(answer_presence(
-        client.clone(),
-        subjects.clone(),
-        presence_template(&lifecycle),
-        status.clone(),
-        shutdown.clone(),
-    ));
-    let micro = tokio::spawn(serve_micro(
-        client.clone(),
-        presence_template(&lifecycle),
-        status.clone(),
-        shutdown.clone(),
-    ));
     // A least-privileged agent may not create the streams (`flotilla setup` or any coordinator
-    // command does): it waits for them, however long, and goes on as soon as they appear.
-    let commands = tokio::select! {
-        _ = shutdown.cancelled() => {
-            presence.abort();
-            micro.abort();
-            return Ok(lifecycle);
+    // command does): it waits for them, however long, and goes on as soon as they appear. While it
+    // waits it answers presence, so that a coordinator that creates them finds it (the commands
+    // sent meanwhile wait in the stream for its consumer; discovery does not trust the consumer
+    // list of a stream that young).
+    let mut answering = None;
+    let commands = match streams(&js, &subjects).await {
+        Ok(commands) => commands,
+        Err(_) => {
+            answering = Some(answer(&client, &subjects, &lifecycle, &status, &shutdown));
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(lifecycle),
+                commands = wait_for_streams(&js, &subjects) => commands,
+            }
         }
-        commands = wait_for_streams(&js, &subjects) => commands,
     };
     let service = lifecycle.config.service.name.clone();
     let instance = lifecycle.config.agent.instance.clone();
@@ -126,7 +119,7 @@ pub async fn serve(
     let name = subjects.agent_consumer(&service, &instance);
     // A busy server may time the creation out: keep trying, as for the streams, rather than
     // stop the agent.
-    let consumer = loop {
+    let mut consumer = loop {
         let created = commands
             .get_or_create_consumer(
                 &name,
@@ -155,6 +148,12 @@ pub async fn serve(
             }
         }
     };
+    if let Err(e) = takeover::take_over(&commands, &mut consumer, &name, &shutdown).await {
+        tracing::warn!(error = %error_chain(&e), "a previous incarnation's pull requests stay registered: the next command may wait for the ack wait");
+    }
+    if shutdown.is_cancelled() {
+        return Ok(lifecycle);
+    }
     let mut messages = consumer
         .messages()
         .await
@@ -162,6 +161,11 @@ pub async fn serve(
             name: name.clone(),
             source: Box::new(source),
         })?;
+    // Presence once the consumer exists (unless it answered while waiting for the streams): the
+    // coordinator's discovery takes the consumers for the list of agents that can answer, and
+    // stops when all of them have.
+    let (presence, micro) =
+        answering.unwrap_or_else(|| answer(&client, &subjects, &lifecycle, &status, &shutdown));
     tracing::info!(%service, %instance, consumer = %name, "ready for commands");
 
     let mut retry = tokio::time::interval(RESULT_RETRY);
@@ -291,12 +295,24 @@ pub async fn serve(
         });
         set_status(&status, AgentState::Idle, None, lifecycle.supervisor.pid());
     }
+    // Stop pulling before the last flush: a command sent meanwhile goes to the next
+    // incarnation, not to a request nobody will serve.
+    drop(messages);
     if let Some(pending) = flushing {
         pending.await;
     }
     presence.abort();
     micro.abort();
     Ok(lifecycle)
+}
+
+/// The commands stream, once the events stream exists too.
+async fn streams(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+) -> Result<jetstream::stream::Stream, jetstream::context::GetStreamError> {
+    js.get_stream(subjects.events_stream()).await?;
+    js.get_stream(subjects.commands_stream()).await
 }
 
 /// Waits until both streams exist; returns the commands stream.
@@ -307,12 +323,36 @@ async fn wait_for_streams(
     flotilla_bus::provision::wait_for(
         "waiting for the streams (run `flotilla setup`)",
         "the streams are there; going on",
-        || async {
-            js.get_stream(subjects.events_stream()).await?;
-            js.get_stream(subjects.commands_stream()).await
-        },
+        || streams(js, subjects),
     )
     .await
+}
+
+/// Starts answering presence and the NATS service API.
+fn answer(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    lifecycle: &Lifecycle,
+    status: &Arc<Mutex<Status>>,
+    shutdown: &CancellationToken,
+) -> (
+    tokio::task::JoinHandle<Result<(), SessionError>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let presence = tokio::spawn(answer_presence(
+        client.clone(),
+        subjects.clone(),
+        presence_template(lifecycle),
+        status.clone(),
+        shutdown.clone(),
+    ));
+    let micro = tokio::spawn(serve_micro(
+        client.clone(),
+        presence_template(lifecycle),
+        status.clone(),
+        shutdown.clone(),
+    ));
+    (presence, micro)
 }
 
 /// A telemetry flush in progress.

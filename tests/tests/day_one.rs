@@ -146,7 +146,11 @@ async fn agents_with_none_answering_says_why_and_fails() {
         tokio::task::block_in_place(|| fleet.flotilla(&["agents", "--discovery-window", "300ms"]));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
-    assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     for hint in [
         "no agent answered within 300ms",
         "--prefix (flotilla)",
