@@ -66,7 +66,10 @@ impl Fleet {
         agent_env: &dyn Fn(&str) -> Vec<(String, String)>,
         cli_env: Vec<(String, String)>,
     ) -> anyhow::Result<Self> {
-        let fleet = Self::start_unready(nats_url, roles, agent_env, cli_env)?;
+        let mut fleet = Self::empty(nats_url)?;
+        fleet.cli_env.extend(cli_env);
+        fleet.setup()?;
+        fleet.add_and_start(roles, agent_env)?;
         fleet.wait_ready(Duration::from_secs(30))?;
         Ok(fleet)
     }
@@ -82,16 +85,37 @@ impl Fleet {
     ) -> anyhow::Result<Self> {
         let mut fleet = Self::empty(nats_url)?;
         fleet.cli_env.extend(cli_env);
-        for role in roles {
-            let mut member = fleet.lay_out(role)?;
-            member.env = agent_env(role);
-            fleet.members.insert((*role).to_owned(), member);
-        }
-        fleet.connect_execution_to_inference()?;
-        for role in roles {
-            fleet.start_agent(role)?;
-        }
+        fleet.add_and_start(roles, agent_env)?;
         Ok(fleet)
+    }
+
+    /// `flotilla setup`: the documented order is the streams first, so that the agents find them
+    /// at once.
+    fn setup(&self) -> anyhow::Result<()> {
+        let out = self.flotilla(&["setup"]);
+        anyhow::ensure!(
+            out.status.success(),
+            "flotilla setup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
+    fn add_and_start(
+        &mut self,
+        roles: &[&str],
+        agent_env: &dyn Fn(&str) -> Vec<(String, String)>,
+    ) -> anyhow::Result<()> {
+        for role in roles {
+            let mut member = self.lay_out(role)?;
+            member.env = agent_env(role);
+            self.members.insert((*role).to_owned(), member);
+        }
+        self.connect_execution_to_inference()?;
+        for role in roles {
+            self.start_agent(role)?;
+        }
+        Ok(())
     }
 
     /// A fleet with no member yet, in a fresh temp dir, with its own command-signing key: its
@@ -470,6 +494,7 @@ impl Fleet {
         );
         fleet.external_pid_files.push(pid_file);
         fleet.members.insert(role.to_owned(), member);
+        fleet.setup()?;
         fleet.start_agent(role)?;
         fleet.wait_ready(Duration::from_secs(30))?;
         Ok(fleet)
