@@ -74,16 +74,16 @@ pub fn start() -> Option<Telemetry> {
     let attaching = tokio::spawn({
         let guard = Arc::clone(&guard);
         async move {
-            // Until the telemetry stream exists, the guard waits for it in the background.
-            match async_nats::connect(url.as_str()).await {
-                Ok(client) => {
-                    guard
-                        .attach_nats(client, flotilla_schemas::subjects::DEFAULT_PREFIX)
-                        .await
-                }
-                Err(e) => {
-                    eprintln!("flotilla-sample: warning: not exporting telemetry to {url}: {e}");
-                }
+            // The demo's open server lets the service create the telemetry stream.
+            let attached = match async_nats::connect(url.as_str()).await {
+                Ok(client) => guard
+                    .attach_nats_creating(client, flotilla_schemas::subjects::DEFAULT_PREFIX)
+                    .await
+                    .map_err(|e| flotilla_telemetry::error_chain(&e)),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(reason) = attached {
+                eprintln!("flotilla-sample: warning: not exporting telemetry to {url}: {reason}");
             }
         }
     });

@@ -396,6 +396,18 @@ impl TelemetryGuard {
         });
     }
 
+    /// [`attach_nats`](Self::attach_nats) for a client allowed to create the telemetry stream
+    /// (a demo service on an open server, a test): creates it first when it is missing.
+    pub async fn attach_nats_creating(
+        &self,
+        client: async_nats::Client,
+        prefix: &str,
+    ) -> Result<(), TelemetryError> {
+        store::ensure_stream(&async_nats::jetstream::new(client.clone()), prefix).await?;
+        self.attach_nats(client, prefix).await;
+        Ok(())
+    }
+
     /// Counters of the default store (zero when it is off).
     pub fn store_stats(&self) -> StoreStats {
         self.inner

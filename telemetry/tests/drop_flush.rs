@@ -20,11 +20,10 @@ async fn dropping_the_guard_stores_the_last_span() {
     let server = support::NatsServer::start();
     let guard = flotilla_telemetry::init(LogFormat::Json, "warn");
     let client = async_nats::connect(server.url()).await.expect("connect");
-    // The store only waits for its stream; `flotilla setup` creates it in a deployment.
-    store::ensure_stream(&async_nats::jetstream::new(client.clone()), "flotilla")
+    guard
+        .attach_nats_creating(client.clone(), "flotilla")
         .await
-        .expect("telemetry stream");
-    guard.attach_nats(client.clone(), "flotilla").await;
+        .expect("attach");
 
     let last = tracing::info_span!("last span of the run");
     let trace_id = last.context().span().span_context().trace_id().to_string();

@@ -63,14 +63,10 @@ async fn spans_and_logs_reach_the_default_store_with_matching_ids() {
     assert!(traceparent.contains(&trace_id), "{traceparent}");
 
     let client = async_nats::connect(server.url()).await.expect("connect");
-    // The store only waits for its stream; `flotilla setup` creates it in a deployment.
-    flotilla_telemetry::store::ensure_stream(
-        &async_nats::jetstream::new(client.clone()),
-        "flotilla",
-    )
-    .await
-    .expect("telemetry stream");
-    guard.attach_nats(client.clone(), "flotilla").await;
+    guard
+        .attach_nats_creating(client.clone(), "flotilla")
+        .await
+        .expect("attach");
 
     // Consumer side, after attach: continues the trace from the headers.
     let consumer_span = tracing::info_span!(

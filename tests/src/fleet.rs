@@ -66,26 +66,10 @@ impl Fleet {
         agent_env: &dyn Fn(&str) -> Vec<(String, String)>,
         cli_env: Vec<(String, String)>,
     ) -> anyhow::Result<Self> {
-        let mut fleet = Self::empty(nats_url)?;
-        fleet.cli_env.extend(cli_env);
+        let mut fleet = Self::empty(nats_url, cli_env)?;
         fleet.setup()?;
         fleet.add_and_start(roles, agent_env)?;
         fleet.wait_ready(Duration::from_secs(30))?;
-        Ok(fleet)
-    }
-
-    /// [`Fleet::start_with`] without waiting for the agents to answer: no `flotilla` command
-    /// runs (none creates the streams), as when a fleet comes up before anyone ran
-    /// `flotilla setup`.
-    pub fn start_unready(
-        nats_url: &str,
-        roles: &[&str],
-        agent_env: &dyn Fn(&str) -> Vec<(String, String)>,
-        cli_env: Vec<(String, String)>,
-    ) -> anyhow::Result<Self> {
-        let mut fleet = Self::empty(nats_url)?;
-        fleet.cli_env.extend(cli_env);
-        fleet.add_and_start(roles, agent_env)?;
         Ok(fleet)
     }
 
@@ -101,7 +85,10 @@ impl Fleet {
         Ok(())
     }
 
-    fn add_and_start(
+    /// Lays out and starts the agents of `roles`, without waiting for them to answer. On a fleet
+    /// from [`Fleet::empty`], no `flotilla` command has run (none created the streams), as when
+    /// a fleet comes up before anyone ran `flotilla setup`.
+    pub fn add_and_start(
         &mut self,
         roles: &[&str],
         agent_env: &dyn Fn(&str) -> Vec<(String, String)>,
@@ -119,8 +106,9 @@ impl Fleet {
     }
 
     /// A fleet with no member yet, in a fresh temp dir, with its own command-signing key: its
-    /// agents trust that key and its `flotilla` signs with it.
-    fn empty(nats_url: &str) -> anyhow::Result<Self> {
+    /// agents trust that key and its `flotilla` signs with it (`cli_env` as in
+    /// [`Fleet::start_with`]).
+    pub fn empty(nats_url: &str, cli_env: Vec<(String, String)>) -> anyhow::Result<Self> {
         let temp = tempfile::tempdir()?;
         let dir = temp.path().to_owned();
         let key_path = dir.join("coordinator.key");
@@ -132,10 +120,13 @@ impl Fleet {
             nats_url: nats_url.to_owned(),
             members: BTreeMap::new(),
             external_pid_files: Vec::new(),
-            cli_env: vec![(
-                "FLOTILLA_SIGNING_KEY".into(),
+            cli_env: [(
+                "FLOTILLA_SIGNING_KEY".to_owned(),
                 key_path.display().to_string(),
-            )],
+            )]
+            .into_iter()
+            .chain(cli_env)
+            .collect(),
             trusted_key: key.public_key_text(),
         })
     }
@@ -456,7 +447,7 @@ impl Fleet {
     /// file). The agent is configured with `supervisor = "external"`, `restart_command` and
     /// `pid_file`, and the service is already running when the agent starts, as under systemd.
     pub fn start_external(nats_url: &str, role: &str) -> anyhow::Result<Self> {
-        let mut fleet = Self::empty(nats_url)?;
+        let mut fleet = Self::empty(nats_url, Vec::new())?;
         let member = fleet.lay_out(role)?;
         let pid_file = fleet.dir.join(format!("{role}.pid"));
         let script = fleet.dir.join(format!("supervise-{role}.sh"));

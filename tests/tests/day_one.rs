@@ -18,15 +18,8 @@ const WAITING: &str = "waiting for the streams (run `flotilla setup`)";
 async fn agents_started_before_the_streams_recover_and_migrate() {
     let server = secure::start_server();
     let url = server.url().to_owned();
-    let fleet = tokio::task::block_in_place(|| {
-        Fleet::start_unready(
-            &url,
-            &ROLES,
-            &secure::agent_identity,
-            secure::coordinator_env(),
-        )
-        .unwrap()
-    });
+    let mut fleet = Fleet::empty(&url, secure::coordinator_env()).unwrap();
+    tokio::task::block_in_place(|| fleet.add_and_start(&ROLES, &secure::agent_identity)).unwrap();
     for role in ROLES {
         wait_for(
             &format!("{role}'s agent to wait for the streams"),
@@ -64,8 +57,7 @@ async fn agents_started_before_the_streams_recover_and_migrate() {
 async fn setup_creates_then_finds_then_reports_what_differs() {
     let server = secure::start_server();
     let url = server.url().to_owned();
-    let fleet =
-        Fleet::start_unready(&url, &[], &|_| Vec::new(), secure::coordinator_env()).unwrap();
+    let fleet = Fleet::empty(&url, secure::coordinator_env()).unwrap();
     let setup = || {
         let out = tokio::task::block_in_place(|| fleet.flotilla(&["setup", "--output", "json"]));
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -135,13 +127,7 @@ async fn setup_creates_then_finds_then_reports_what_differs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_with_none_answering_says_why_and_fails() {
     let server = secure::start_server();
-    let fleet = Fleet::start_unready(
-        server.url(),
-        &[],
-        &|_| Vec::new(),
-        secure::coordinator_env(),
-    )
-    .unwrap();
+    let fleet = Fleet::empty(server.url(), secure::coordinator_env()).unwrap();
     let out =
         tokio::task::block_in_place(|| fleet.flotilla(&["agents", "--discovery-window", "300ms"]));
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -17,14 +17,10 @@ async fn a_run_reads_back_from_the_default_store_and_verifies() {
     let server = support::NatsServer::start();
     let client = async_nats::connect(server.url()).await.expect("connect");
     let guard = flotilla_telemetry::init_with(TelemetryConfig::new("tracestore-test"));
-    // The store only waits for its stream; `flotilla setup` creates it in a deployment.
-    flotilla_telemetry::store::ensure_stream(
-        &async_nats::jetstream::new(client.clone()),
-        "flotilla",
-    )
-    .await
-    .expect("telemetry stream");
-    guard.attach_nats(client.clone(), "flotilla").await;
+    guard
+        .attach_nats_creating(client.clone(), "flotilla")
+        .await
+        .expect("attach");
 
     let run = "01RUNTEST";
     let root = tracing::info_span!(

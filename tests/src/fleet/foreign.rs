@@ -16,7 +16,7 @@ impl Fleet {
         port: u16,
         files: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
-        let mut fleet = Self::empty(nats_url)?;
+        let mut fleet = Self::empty(nats_url, Vec::new())?;
         let root = fleet.root(name);
         let state = fleet.dir.join("state").join(name);
         for dir in [&root, &state] {
