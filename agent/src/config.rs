@@ -161,9 +161,14 @@ pub struct ServiceConfig {
     /// `external`: a substring of the service's command line, to find its PID without a PID file.
     #[serde(default)]
     pub process_match: Option<String>,
-    /// Extra environment for the service process.
+    /// Extra environment for the service process, on top of the agent's environment without
+    /// its `FLOTILLA_…` and secret variables.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Agent variables passed to the service, steps and checks although the agent keeps its
+    /// own (`FLOTILLA_…`, `<secrets.env_prefix>…`) from them, e.g. `["FLOTILLA_SAMPLE_INSTANCE"]`.
+    #[serde(default)]
+    pub inherit_env: Vec<String>,
     /// The health endpoint checked before and after a migration.
     pub health_url: String,
     /// How long the service may take to become healthy after a start.
@@ -268,6 +273,7 @@ impl AgentConfig {
                     .try_parsing(true)
                     .list_separator(",")
                     .with_list_parse_key("security.trusted_keys")
+                    .with_list_parse_key("service.inherit_env")
                     .source(Some(section_overrides())),
             )
             .build()
