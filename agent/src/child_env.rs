@@ -12,9 +12,12 @@ use std::collections::BTreeMap;
 pub const AGENT_PREFIX: &str = "FLOTILLA_";
 
 /// The agent's environment without its own and its secrets' variables, plus the names in
-/// `pass_through`.
+/// `pass_through`; with a default `PATH` when the agent has none, so that programs are found.
 pub fn inherited(secret_prefix: &str, pass_through: &[String]) -> BTreeMap<String, String> {
-    filter(std::env::vars_os(), secret_prefix, pass_through)
+    let mut env = filter(std::env::vars_os(), secret_prefix, pass_through);
+    env.entry("PATH".to_owned())
+        .or_insert_with(|| "/usr/bin:/bin".to_owned());
+    env
 }
 
 fn filter(
