@@ -105,47 +105,41 @@ fn the_service_a_step_and_a_check_never_inherit_the_agents_secrets() {
     assert_clean("the check's child", &environ(&check), &[]);
 }
 
-/// The process group of `pid` (`/proc/<pid>/stat` field 5).
-fn process_group(pid: u32) -> Option<u32> {
+/// The fields of `/proc/<pid>/stat` after the command name (the state first), unless `pid` is
+/// gone or a zombie.
+fn live_stat(pid: u32) -> Option<Vec<String>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().nth(2)?.parse().ok()
+    let fields: Vec<String> = rest.split_whitespace().map(str::to_owned).collect();
+    (fields.first().map(String::as_str) != Some("Z")).then_some(fields)
 }
 
-/// Live (not zombie) processes whose command line contains `needle`.
+/// The process group of `pid` (`/proc/<pid>/stat` field 5).
+fn process_group(pid: u32) -> Option<u32> {
+    live_stat(pid)?.get(2)?.parse().ok()
+}
+
+/// The live (not zombie) processes for which `keep` holds.
+fn live_processes(keep: impl Fn(u32, &[String]) -> bool) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| live_stat(*pid).is_some_and(|fields| keep(*pid, &fields)))
+        .collect()
+}
+
+/// Live processes whose command line contains `needle`.
 fn processes_matching(needle: &str) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| {
-                    s.rsplit_once(')')
-                        .map(|(_, r)| !r.trim_start().starts_with('Z'))
-                })
-                .unwrap_or(false);
-            alive && String::from_utf8_lossy(&cmdline).contains(needle)
-        })
-        .collect()
+    live_processes(|pid, _| {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        String::from_utf8_lossy(&cmdline).contains(needle)
+    })
 }
 
-/// Live (not zombie) processes of process group `pgid`.
+/// Live processes of process group `pgid`.
 fn group_members(pgid: u32) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            stat.rsplit_once(')').is_some_and(|(_, rest)| {
-                let fields: Vec<&str> = rest.split_whitespace().collect();
-                fields.first() != Some(&"Z") && fields.get(2) == Some(&pgid.to_string().as_str())
-            })
-        })
-        .collect()
+    live_processes(|_, fields| fields.get(2) == Some(&pgid.to_string()))
 }
 
 #[test]
