@@ -116,3 +116,72 @@ pub fn reap_orphans(registry: &Path) {
         let _ = std::fs::remove_file(&path);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+    use std::time::Duration;
+
+    /// Gone, or a zombie waiting for a reaper that this container may not have.
+    fn dead(pid: i32) -> bool {
+        crate::supervisor::process_start(pid).is_none_or(|(_, zombie)| zombie)
+    }
+
+    #[tokio::test]
+    async fn what_a_program_leaves_in_the_background_dies_when_it_ends() {
+        let tmp = tempfile::tempdir().unwrap();
+        let registry = tmp.path().join("children");
+        let launcher = Launcher {
+            contain: true,
+            registry: Some(registry.clone()),
+            ..Default::default()
+        };
+        let output = crate::steps::run_program(
+            tmp.path(),
+            "sh",
+            &["-c".into(), "sleep 30 >/dev/null 2>&1 & echo $!".into()],
+            &Default::default(),
+            Duration::from_secs(5),
+            &launcher,
+        )
+        .await
+        .unwrap();
+        let background: i32 = String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .unwrap();
+        // SIGKILL is sent, not yet delivered: give it a moment.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !dead(background) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            dead(background),
+            "the background sleep {background} survived"
+        );
+        assert_eq!(
+            std::fs::read_dir(&registry).unwrap().count(),
+            0,
+            "record removed"
+        );
+    }
+
+    #[test]
+    fn orphans_recorded_by_a_dead_agent_are_killed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut orphan = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        // Recorded as run_program does, then forgotten as by an agent killed with -9.
+        std::mem::forget(Group::record(orphan.id(), Some(tmp.path())));
+        reap_orphans(tmp.path());
+        assert!(
+            orphan.wait().unwrap().code().is_none(),
+            "killed by a signal"
+        );
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+    }
+}
