@@ -17,6 +17,7 @@ mod inspect;
 pub mod journal;
 mod lifecycle;
 mod metrics;
+mod preview;
 mod session;
 mod state_lock;
 pub mod steps;

@@ -191,7 +191,8 @@ pub enum CommandKind {
     Migrate {
         /// The plan file (TOML).
         plan: PathBuf,
-        /// Show the waves, gates and what each agent would do; change nothing.
+        /// Ask every agent to run the precheck and show what each step would do (diffs,
+        /// deletions, commands; secrets masked); change nothing. Exits as the real run would.
         #[arg(long, conflicts_with = "rehearse")]
         dry_run: bool,
         /// Migrate, validate, then roll every service back and prove it healthy: tests the
@@ -347,7 +348,8 @@ pub enum KeysAction {
 /// Plan subcommands.
 #[derive(Debug, Subcommand)]
 pub enum PlanAction {
-    /// Check a plan file without connecting anywhere; show its waves.
+    /// Check a plan file without connecting anywhere (keys, waves, paths, placeholders); show
+    /// its waves.
     #[command(after_help = "Example:\n  flotilla plan check deploy/demo/plan.toml")]
     Check { plan: PathBuf },
 }

@@ -9,6 +9,7 @@
 pub mod cli;
 mod commands;
 mod discovery;
+mod dry_run;
 mod events;
 pub mod exit;
 pub mod plan;

@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 mod amount;
+mod fields;
 mod waves;
 
 pub use amount::Amount;
@@ -286,15 +287,17 @@ impl Plan {
             path: path.to_owned(),
             message: e.to_string().trim_end().replace('\n', "\n  "),
         })?;
-        Self::from_raw(raw).map_err(|e| PlanError::Rule {
-            path: path.to_owned(),
-            at: match &e.span {
-                Some(span) => format!("line {}, key {}: ", line_of(text, span.start), e.key),
-                None if e.key.is_empty() => String::new(),
-                None => format!("key {}: ", e.key),
-            },
-            reason: e.reason,
-        })
+        Self::from_raw(raw)
+            .and_then(|plan| fields::check(text).map(|()| plan))
+            .map_err(|e| PlanError::Rule {
+                path: path.to_owned(),
+                at: match &e.span {
+                    Some(span) => format!("line {}, key {}: ", line_of(text, span.start), e.key),
+                    None if e.key.is_empty() => String::new(),
+                    None => format!("key {}: ", e.key),
+                },
+                reason: e.reason,
+            })
     }
 
     fn from_raw(raw: RawPlan) -> Result<Self, RuleError> {

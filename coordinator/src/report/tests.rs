@@ -74,6 +74,7 @@ fn result(c: &CommandRecord, outcome: Outcome, failed: Option<Phase>) -> RunResu
         gates: Vec::new(),
         workloads: Vec::new(),
         inspection: None,
+        preview: None,
         replayed: false,
     }
 }

@@ -56,16 +56,50 @@ pub struct Measurements {
     pub startup_ms_before: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub startup_ms_after: Option<u64>,
-    /// Resident memory of the service's process tree.
+    /// Resident memory of the service (its cgroup, or its processes, each counted once however
+    /// many threads it runs), measured as `memory_source` says. The names are kept from when
+    /// this was always a resident set size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rss_bytes_before: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rss_bytes_after: Option<u64>,
+    /// How both memory figures were measured; absent from agents older than this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_source: Option<MemorySource>,
     /// Files in the backup and their total size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_files: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_bytes: Option<u64>,
+}
+
+/// Where a memory figure comes from. Before and after always come from the same source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MemorySource {
+    /// The working set of the service's own cgroup (v2): `memory.current` less `inactive_file`
+    /// of `memory.stat`, as cAdvisor and `kubectl top` report it.
+    Cgroup,
+    /// The sum of the proportional set sizes (`/proc/<pid>/smaps_rollup`) of the service's
+    /// processes: pages they share are split among them instead of counted in each.
+    Pss,
+    /// The resident set size (`VmRSS`) of the service's processes, each process once.
+    Rss,
+    /// A source this reader does not know (from a newer agent).
+    #[serde(other)]
+    Other,
+}
+
+impl MemorySource {
+    /// The source's name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemorySource::Cgroup => "cgroup",
+            MemorySource::Pss => "pss",
+            MemorySource::Rss => "rss",
+            MemorySource::Other => "other",
+        }
+    }
 }
 
 /// One regression gate's verdict, with its figures whether it passed or not.
@@ -149,6 +183,32 @@ pub struct ConfigShape {
     pub literal_secrets: Vec<String>,
 }
 
+/// What a `preview` command found: what each step of the migration would do.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Preview {
+    /// Each step, in order, up to the one that would fail (when one would).
+    pub steps: Vec<StepPreview>,
+    /// The backup the migration would take (bytes, with the file system's block rounding).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_bytes: Option<u64>,
+}
+
+/// What one step would do. Secret values are masked (`********`) everywhere in it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StepPreview {
+    /// 1-based, as in the reasons of a real run (`step 2 (write_file): …`).
+    pub step: u32,
+    /// The step's action (`write_file`, `replace_text`, `delete`, `run_command`, `restart`).
+    pub action: String,
+    /// One line: `create config/service.toml (mode 0644)`, `delete legacy.conf (file)`,
+    /// `run sh -c …`, `restart the service`.
+    pub summary: String,
+    /// A unified diff of the file the step writes or edits; absent when the content would not
+    /// change, and for steps that write no file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff: Option<String>,
+}
+
 /// The terminal report of one command.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RunResult {
@@ -177,6 +237,9 @@ pub struct RunResult {
     /// What an `inspect` command found.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inspection: Option<Inspection>,
+    /// What a `preview` command found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<Preview>,
     /// True when this result was re-sent for a command the agent had already handled.
     #[serde(default)]
     pub replayed: bool,
