@@ -16,6 +16,7 @@ pub mod journal;
 mod lifecycle;
 mod metrics;
 mod preview;
+pub mod redact;
 mod session;
 pub mod steps;
 mod supervisor;
@@ -37,6 +38,7 @@ pub use flotilla_telemetry::error_chain;
 use crate::backup::BackupStore;
 use crate::journal::Journal;
 use crate::lifecycle::Lifecycle;
+use crate::redact::Redactor;
 use crate::session::Status;
 use crate::supervisor::Supervisor;
 
@@ -51,6 +53,8 @@ pub enum AgentError {
     Http(#[source] reqwest::Error),
     #[error("invalid subject prefix")]
     Prefix(#[source] flotilla_schemas::IdError),
+    #[error(transparent)]
+    Secret(#[from] redact::TooShort),
 }
 
 /// Runs the agent until `shutdown` is cancelled. The service it supervises keeps running
@@ -60,8 +64,21 @@ pub async fn run(
     telemetry: &flotilla_telemetry::TelemetryGuard,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
+    let redactor = Redactor::from_sources(&config.secrets)?;
+    run_with(config, redactor, telemetry, shutdown).await
+}
+
+/// [`run`] with the redactor the binary also gave its telemetry (so that logs are scrubbed of
+/// the same values as events and the journal).
+pub async fn run_with(
+    config: AgentConfig,
+    redactor: Redactor,
+    telemetry: &flotilla_telemetry::TelemetryGuard,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
     let subjects = Subjects::new(&config.nats.prefix).map_err(AgentError::Prefix)?;
-    let journal = Journal::open(&config.agent.state_dir)?;
+    let mut journal = Journal::open(&config.agent.state_dir)?;
+    journal.redact_with(redactor.clone());
     let http = reqwest::Client::builder()
         .no_proxy()
         .build()
@@ -84,6 +101,7 @@ pub async fn run(
         backups,
         supervisor,
         http,
+        redactor,
         swapped_out: Vec::new(),
     };
 

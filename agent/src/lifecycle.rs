@@ -36,6 +36,8 @@ pub struct Lifecycle {
     pub backups: BackupStore,
     pub supervisor: Supervisor,
     pub http: reqwest::Client,
+    /// Scrubs secret values from what the agent publishes, journals and logs.
+    pub redactor: crate::redact::Redactor,
     /// Trees that restores swapped out, to remove once the answer is out
     /// ([`Lifecycle::remove_swapped_out`]).
     pub swapped_out: Vec<std::path::PathBuf>,

@@ -38,6 +38,7 @@
 #![warn(missing_docs)]
 
 pub mod propagation;
+pub mod scrub;
 pub mod store;
 
 use std::sync::Arc;
@@ -54,6 +55,7 @@ use tracing_subscriber::{EnvFilter, Layer, Registry};
 pub use propagation::{
     HeaderExtractor, HeaderInjector, extract, http_headers, inject, inject_context, set_parent,
 };
+pub use scrub::{Scrub, Scrubber};
 pub use store::StoreStats;
 
 /// Span and log attribute: the run's correlation ID. Every span and log record of a run carries it.
@@ -103,6 +105,9 @@ pub struct TelemetryConfig {
     pub default_store: bool,
     /// Extra resource attributes (e.g. `service.instance.id`); the `OTEL_*` variables win.
     pub resource_attributes: Vec<(String, String)>,
+    /// Applied to every log line, span and log record before it leaves the process (the
+    /// agent's secret redactor); `None` writes them as they are.
+    pub scrubber: Option<Scrubber>,
 }
 
 impl TelemetryConfig {
@@ -114,6 +119,7 @@ impl TelemetryConfig {
             default_filter: "info".to_owned(),
             default_store: true,
             resource_attributes: Vec::new(),
+            scrubber: None,
         }
     }
 }
@@ -145,7 +151,7 @@ pub fn init_with(config: TelemetryConfig) -> TelemetryGuard {
     let fmt_filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(&config.default_filter));
     let fmt_layer = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(scrub::ScrubbedStderr(config.scrubber.clone()))
         .with_ansi(use_colour());
     let fmt_layer: Box<dyn Layer<Registry> + Send + Sync> = match config.format {
         LogFormat::Text => fmt_layer.with_filter(fmt_filter).boxed(),
@@ -219,17 +225,22 @@ fn build_otel(config: &TelemetryConfig, warnings: &mut Vec<String>) -> Otel {
     let mut tracer_builder = SdkTracerProvider::builder().with_resource(resource.clone());
     let mut logger_builder = SdkLoggerProvider::builder().with_resource(resource);
 
+    let scrubber = &config.scrubber;
     let sink = config.default_store.then(|| Arc::new(store::Sink::new()));
     if let Some(sink) = &sink {
-        tracer_builder = tracer_builder.with_batch_exporter(store::StoreSpanExporter::new(sink));
-        logger_builder = logger_builder.with_batch_exporter(store::StoreLogExporter::new(sink));
+        tracer_builder = span_exporter(
+            tracer_builder,
+            store::StoreSpanExporter::new(sink),
+            scrubber,
+        );
+        logger_builder = log_exporter(logger_builder, store::StoreLogExporter::new(sink), scrubber);
     }
     if env_set("OTEL_EXPORTER_OTLP_ENDPOINT") || env_set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
         match opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .build()
         {
-            Ok(exporter) => tracer_builder = tracer_builder.with_batch_exporter(exporter),
+            Ok(exporter) => tracer_builder = span_exporter(tracer_builder, exporter, scrubber),
             Err(e) => warnings.push(format!("OTLP span exporter disabled: {e}")),
         }
     }
@@ -238,7 +249,7 @@ fn build_otel(config: &TelemetryConfig, warnings: &mut Vec<String>) -> Otel {
             .with_http()
             .build()
         {
-            Ok(exporter) => logger_builder = logger_builder.with_batch_exporter(exporter),
+            Ok(exporter) => logger_builder = log_exporter(logger_builder, exporter, scrubber),
             Err(e) => warnings.push(format!("OTLP log exporter disabled: {e}")),
         }
     }
@@ -246,6 +257,30 @@ fn build_otel(config: &TelemetryConfig, warnings: &mut Vec<String>) -> Otel {
         tracer_provider: tracer_builder.build(),
         logger_provider: logger_builder.build(),
         sink,
+    }
+}
+
+/// Adds `exporter` behind a batch processor, scrubbed when there is a scrubber.
+fn span_exporter(
+    builder: opentelemetry_sdk::trace::TracerProviderBuilder,
+    exporter: impl opentelemetry_sdk::trace::SpanExporter + 'static,
+    scrubber: &Option<Scrubber>,
+) -> opentelemetry_sdk::trace::TracerProviderBuilder {
+    match scrubber {
+        Some(s) => builder.with_batch_exporter(scrub::ScrubSpans::new(exporter, s.clone())),
+        None => builder.with_batch_exporter(exporter),
+    }
+}
+
+/// Adds `exporter` behind a batch processor, scrubbed when there is a scrubber.
+fn log_exporter(
+    builder: opentelemetry_sdk::logs::LoggerProviderBuilder,
+    exporter: impl opentelemetry_sdk::logs::LogExporter + 'static,
+    scrubber: &Option<Scrubber>,
+) -> opentelemetry_sdk::logs::LoggerProviderBuilder {
+    match scrubber {
+        Some(s) => builder.with_batch_exporter(scrub::ScrubLogs::new(exporter, s.clone())),
+        None => builder.with_batch_exporter(exporter),
     }
 }
 
