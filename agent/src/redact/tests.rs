@@ -212,3 +212,42 @@ fn secrets_are_read_from_both_sources_and_short_ones_refused_by_name() {
     );
     assert!(!err.to_string().contains("1234"));
 }
+
+#[test]
+fn checks_refuse_a_secret_where_it_would_show_and_take_one_in_a_body() {
+    use flotilla_schemas::Check;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("API_KEY"), "long-enough-value").unwrap();
+    let sources = SecretSources {
+        env_prefix: "FLOTILLA_TEST_REDACT_NO_SUCH_PREFIX_".into(),
+        dir: Some(dir.path().to_owned()),
+    };
+    let vars = std::collections::BTreeMap::new();
+    let renderer = crate::template::Renderer {
+        vars: &vars,
+        secrets: &sources,
+        mask_secrets: false,
+    };
+    let check = |json: serde_json::Value| serde_json::from_value::<Check>(json).unwrap();
+    let url = check(serde_json::json!({
+        "type": "http", "url": "http://127.0.0.1:9/api?token=${secret:API_KEY}"
+    }));
+    let err = crate::checks::render(&renderer, &url)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("${secret:API_KEY} is not allowed in url"),
+        "{err}"
+    );
+    let args = check(serde_json::json!({
+        "type": "command", "program": "true", "args": ["${secret:API_KEY}"]
+    }));
+    assert!(crate::checks::render(&renderer, &args).is_err());
+    let body = check(serde_json::json!({
+        "type": "http", "url": "http://127.0.0.1:9/login", "body": "k=${secret:API_KEY}"
+    }));
+    let Check::Http(http) = crate::checks::render(&renderer, &body).unwrap() else {
+        unreachable!()
+    };
+    assert_eq!(http.body.as_deref(), Some("k=long-enough-value"));
+}
