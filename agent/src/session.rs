@@ -21,6 +21,8 @@ use crate::journal::Record;
 use crate::lifecycle::{Acceptance, Lifecycle};
 use flotilla_telemetry::error_chain;
 
+mod takeover;
+
 /// Why the session ended with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -105,20 +107,6 @@ pub async fn serve(
         publish_result(&mut lifecycle, &events, &result).await?;
     }
 
-    let presence = tokio::spawn(answer_presence(
-        client.clone(),
-        subjects.clone(),
-        presence_template(&lifecycle),
-        status.clone(),
-        shutdown.clone(),
-    ));
-    let micro = tokio::spawn(serve_micro(
-        client.clone(),
-        presence_template(&lifecycle),
-        status.clone(),
-        shutdown.clone(),
-    ));
-
     let trusted: Vec<signing::TrustedKey> = lifecycle
         .config
         .security
@@ -134,7 +122,7 @@ pub async fn serve(
     let name = subjects.agent_consumer(&service, &instance);
     // A busy server may time the creation out: keep trying, as for the streams, rather than
     // stop the agent.
-    let consumer = loop {
+    let mut consumer = loop {
         let created = commands
             .get_or_create_consumer(
                 &name,
@@ -163,6 +151,12 @@ pub async fn serve(
             }
         }
     };
+    if let Err(e) = takeover::take_over(&commands, &mut consumer, &name, &shutdown).await {
+        tracing::warn!(error = %error_chain(&e), "a previous incarnation's pull requests stay registered: the next command may wait for the ack wait");
+    }
+    if shutdown.is_cancelled() {
+        return Ok(lifecycle);
+    }
     let mut messages = consumer
         .messages()
         .await
@@ -170,6 +164,21 @@ pub async fn serve(
             name: name.clone(),
             source: Box::new(source),
         })?;
+    // Presence only once the consumer exists: the coordinator's discovery takes the consumers
+    // for the list of agents that can answer, and stops when all of them have.
+    let presence = tokio::spawn(answer_presence(
+        client.clone(),
+        subjects.clone(),
+        presence_template(&lifecycle),
+        status.clone(),
+        shutdown.clone(),
+    ));
+    let micro = tokio::spawn(serve_micro(
+        client.clone(),
+        presence_template(&lifecycle),
+        status.clone(),
+        shutdown.clone(),
+    ));
     tracing::info!(%service, %instance, consumer = %name, "ready for commands");
 
     let mut retry = tokio::time::interval(RESULT_RETRY);
@@ -301,6 +310,9 @@ pub async fn serve(
         });
         set_status(&status, AgentState::Idle, None, lifecycle.supervisor.pid());
     }
+    // Stop pulling before the last flush: a command sent meanwhile goes to the next
+    // incarnation, not to a request nobody will serve.
+    drop(messages);
     if let Some(pending) = flushing {
         pending.await;
     }

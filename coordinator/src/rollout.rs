@@ -943,7 +943,6 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
                 self.client,
                 self.subjects,
                 std::time::Duration::from_secs(1),
-                crate::discovery::known_agents(self.client, self.subjects).await,
             )
             .await
             .unwrap_or_default()

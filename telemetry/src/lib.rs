@@ -9,6 +9,8 @@
 //! - [`propagation`]: W3C trace context through NATS headers ([`inject`], [`extract`],
 //!   [`set_parent`]).
 //! - [`TelemetryGuard`] flushes and shuts the providers down, so a short CLI run loses no span.
+//!   Neither ever waits for an OTLP collector beyond [`OTLP_SHUTDOWN_TIMEOUT`] at exit: one
+//!   that accepts connections and never answers costs a warning, not the run's time.
 //!
 //! ```no_run
 //! # async fn example(nats: async_nats::Client, msg: async_nats::Message) {
@@ -37,6 +39,7 @@
 
 #![warn(missing_docs)]
 
+mod detached;
 pub mod propagation;
 pub mod scrub;
 pub mod store;
@@ -52,6 +55,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
+pub use detached::OTLP_SHUTDOWN_TIMEOUT;
 pub use propagation::{
     HeaderExtractor, HeaderInjector, extract, http_headers, inject, inject_context, set_parent,
 };
@@ -228,19 +232,29 @@ fn build_otel(config: &TelemetryConfig, warnings: &mut Vec<String>) -> Otel {
     let scrubber = &config.scrubber;
     let sink = config.default_store.then(|| Arc::new(store::Sink::new()));
     if let Some(sink) = &sink {
-        tracer_builder = span_exporter(
-            tracer_builder,
+        tracer_builder = tracer_builder.with_batch_exporter(scrub::ScrubSpans::new(
             store::StoreSpanExporter::new(sink),
-            scrubber,
-        );
-        logger_builder = log_exporter(logger_builder, store::StoreLogExporter::new(sink), scrubber);
+            scrubber.clone(),
+        ));
+        logger_builder = logger_builder.with_batch_exporter(scrub::ScrubLogs::new(
+            store::StoreLogExporter::new(sink),
+            scrubber.clone(),
+        ));
     }
+    // The OTLP exporters never hold up a flush, and shutdown waits for them only briefly: a
+    // collector that does not answer must not slow a run down (see `detached`).
+    let collector = detached::Collector::new(otlp_endpoint());
     if env_set("OTEL_EXPORTER_OTLP_ENDPOINT") || env_set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
         match opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .build()
         {
-            Ok(exporter) => tracer_builder = span_exporter(tracer_builder, exporter, scrubber),
+            Ok(exporter) => {
+                let exporter = scrub::ScrubSpans::new(exporter, scrubber.clone());
+                let batch = opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter).build();
+                tracer_builder = tracer_builder
+                    .with_span_processor(detached::Detached::new(batch, "spans", &collector));
+            }
             Err(e) => warnings.push(format!("OTLP span exporter disabled: {e}")),
         }
     }
@@ -249,7 +263,12 @@ fn build_otel(config: &TelemetryConfig, warnings: &mut Vec<String>) -> Otel {
             .with_http()
             .build()
         {
-            Ok(exporter) => logger_builder = log_exporter(logger_builder, exporter, scrubber),
+            Ok(exporter) => {
+                let exporter = scrub::ScrubLogs::new(exporter, scrubber.clone());
+                let batch = opentelemetry_sdk::logs::BatchLogProcessor::builder(exporter).build();
+                logger_builder = logger_builder
+                    .with_log_processor(detached::Detached::new(batch, "logs", &collector));
+            }
             Err(e) => warnings.push(format!("OTLP log exporter disabled: {e}")),
         }
     }
@@ -257,30 +276,6 @@ fn build_otel(config: &TelemetryConfig, warnings: &mut Vec<String>) -> Otel {
         tracer_provider: tracer_builder.build(),
         logger_provider: logger_builder.build(),
         sink,
-    }
-}
-
-/// Adds `exporter` behind a batch processor, scrubbed when there is a scrubber.
-fn span_exporter(
-    builder: opentelemetry_sdk::trace::TracerProviderBuilder,
-    exporter: impl opentelemetry_sdk::trace::SpanExporter + 'static,
-    scrubber: &Option<Scrubber>,
-) -> opentelemetry_sdk::trace::TracerProviderBuilder {
-    match scrubber {
-        Some(s) => builder.with_batch_exporter(scrub::ScrubSpans::new(exporter, s.clone())),
-        None => builder.with_batch_exporter(exporter),
-    }
-}
-
-/// Adds `exporter` behind a batch processor, scrubbed when there is a scrubber.
-fn log_exporter(
-    builder: opentelemetry_sdk::logs::LoggerProviderBuilder,
-    exporter: impl opentelemetry_sdk::logs::LogExporter + 'static,
-    scrubber: &Option<Scrubber>,
-) -> opentelemetry_sdk::logs::LoggerProviderBuilder {
-    match scrubber {
-        Some(s) => builder.with_batch_exporter(scrub::ScrubLogs::new(exporter, s.clone())),
-        None => builder.with_batch_exporter(exporter),
     }
 }
 
@@ -307,6 +302,18 @@ fn resource(config: &TelemetryConfig) -> Resource {
 
 fn otel_filter() -> EnvFilter {
     EnvFilter::try_from_env(ENV_OTEL_FILTER).unwrap_or_else(|_| EnvFilter::new(DEFAULT_OTEL_FILTER))
+}
+
+/// The collector's address as the `OTEL_*` variables give it, for messages.
+fn otlp_endpoint() -> String {
+    [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+    ]
+    .into_iter()
+    .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+    .unwrap_or_default()
 }
 
 fn env_set(name: &str) -> bool {
@@ -401,8 +408,10 @@ impl TelemetryGuard {
     }
 
     /// Exports every finished span and log record now, and waits until the default store has
-    /// acknowledged them (at most `timeout`). Call it after each command in a long-running agent
-    /// so `verify` sees the command's telemetry without waiting for the batch delay.
+    /// acknowledged them (at most `timeout`). The OTLP exporters are asked to export too, but
+    /// not waited for: they send in the background. Call it after each command in a
+    /// long-running agent so `verify` sees the command's telemetry without waiting for the batch
+    /// delay.
     pub async fn flush(&self, timeout: Duration) -> Result<(), TelemetryError> {
         let Some(otel) = &self.inner else {
             return Ok(());
@@ -425,7 +434,7 @@ impl TelemetryGuard {
     }
 
     /// Flushes, shuts the providers down and waits for the default store (each step bounded by
-    /// [`SHUTDOWN_TIMEOUT`]). Prefer this to dropping the guard inside an async `main`: it works
+    /// [`SHUTDOWN_TIMEOUT`], and the OTLP collector by [`OTLP_SHUTDOWN_TIMEOUT`]). Prefer this to dropping the guard inside an async `main`: it works
     /// on any runtime flavour.
     pub async fn shutdown(mut self) -> Result<(), TelemetryError> {
         let Some(otel) = self.inner.take() else {

@@ -134,16 +134,17 @@ impl Scrubber {
     }
 }
 
-/// A span exporter that scrubs each span before `inner` sees it.
+/// A span exporter that scrubs each span before `inner` sees it (without a scrubber, passes
+/// them on as they are).
 #[derive(Debug)]
 pub struct ScrubSpans<E> {
     inner: E,
-    scrubber: Scrubber,
+    scrubber: Option<Scrubber>,
 }
 
 impl<E> ScrubSpans<E> {
     /// Wraps `inner`.
-    pub fn new(inner: E, scrubber: Scrubber) -> Self {
+    pub fn new(inner: E, scrubber: Option<Scrubber>) -> Self {
         Self { inner, scrubber }
     }
 }
@@ -153,7 +154,10 @@ impl<E: SpanExporter> SpanExporter for ScrubSpans<E> {
         &self,
         batch: Vec<SpanData>,
     ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
-        let batch = batch.into_iter().map(|s| self.scrubber.span(s)).collect();
+        let batch = match &self.scrubber {
+            Some(scrubber) => batch.into_iter().map(|s| scrubber.span(s)).collect(),
+            None => batch,
+        };
         self.inner.export(batch)
     }
 
@@ -170,18 +174,19 @@ impl<E: SpanExporter> SpanExporter for ScrubSpans<E> {
     }
 }
 
-/// A log exporter that scrubs each record before `inner` sees it.
+/// A log exporter that scrubs each record before `inner` sees it (without a scrubber, passes
+/// them on as they are).
 #[derive(Debug)]
 pub struct ScrubLogs<E> {
     inner: E,
-    scrubber: Scrubber,
+    scrubber: Option<Scrubber>,
     /// Makes the scrubbed copies: a provider without processors, used for nothing else.
     logger: SdkLogger,
 }
 
 impl<E> ScrubLogs<E> {
     /// Wraps `inner`.
-    pub fn new(inner: E, scrubber: Scrubber) -> Self {
+    pub fn new(inner: E, scrubber: Option<Scrubber>) -> Self {
         let logger = SdkLoggerProvider::builder()
             .build()
             .logger("flotilla-scrub");
@@ -195,9 +200,12 @@ impl<E> ScrubLogs<E> {
 
 impl<E: LogExporter> LogExporter for ScrubLogs<E> {
     async fn export(&self, batch: LogBatch<'_>) -> OTelSdkResult {
+        let Some(scrubber) = &self.scrubber else {
+            return self.inner.export(batch).await;
+        };
         let copies: Vec<(SdkLogRecord, _)> = batch
             .iter()
-            .map(|(record, scope)| (self.scrubber.record(&self.logger, record), scope))
+            .map(|(record, scope)| (scrubber.record(&self.logger, record), scope))
             .collect();
         let refs: Vec<_> = copies.iter().map(|(r, s)| (r, *s)).collect();
         self.inner.export(LogBatch::new(&refs)).await

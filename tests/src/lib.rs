@@ -3,6 +3,7 @@
 //! tests and the demo (`flotilla-demo`) share it.
 
 pub mod confinement;
+pub mod docs;
 pub mod faults;
 mod fleet;
 pub mod invariants;

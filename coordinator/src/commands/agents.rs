@@ -13,9 +13,7 @@ pub(super) async fn agents(cli: &Cli) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let expected = discovery::known_agents(&client, &subjects).await;
-    let found = match discovery::discover(&client, &subjects, cli.discovery_window, expected).await
-    {
+    let found = match discovery::discover(&client, &subjects, cli.discovery_window).await {
         Ok(found) => found,
         Err(e) => return fail(exit::BUS, error_chain(&e)),
     };

@@ -119,9 +119,7 @@ pub(super) async fn migrate(
         Ok(c) => c,
         Err(code) => return code,
     };
-    let expected = discovery::known_agents(&client, &subjects).await;
-    let agents = match discovery::discover(&client, &subjects, cli.discovery_window, expected).await
-    {
+    let agents = match discovery::discover(&client, &subjects, cli.discovery_window).await {
         Ok(found) => found,
         Err(e) => return fail(exit::BUS, error_chain(&e)),
     };
