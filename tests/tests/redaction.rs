@@ -5,11 +5,9 @@
 //! service's environment. A few fixed nasty secrets here; the agent's unit tests run random ones
 //! against the redactor, the publisher and the journal.
 
-use std::sync::{Arc, Mutex};
-
 use base64::Engine as _;
+use flotilla_tests::tap::{BusTap, files_under};
 use flotilla_tests::{Fleet, NatsServer};
-use futures::StreamExt;
 
 /// One secret per service, each full of what breaks naive redaction.
 const SECRETS: [(&str, &str); 3] = [
@@ -33,15 +31,6 @@ fn leaked_forms(secret: &str) -> Vec<String> {
     ]
 }
 
-fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    walkdir::WalkDir::new(dir)
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_file())
-        .map(|e| e.into_path())
-        .collect()
-}
-
 /// Every check prints the secret the step wrote (raw and base64, on the last line of stderr,
 /// which the agent quotes in the failure reason) and fails, or posts it to a missing page.
 fn plan(fleet: &Fleet) -> String {
@@ -63,22 +52,7 @@ fn plan(fleet: &Fleet) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_checks_leak_no_secret_into_any_stream_file_log_or_report() {
     let nats = NatsServer::start().unwrap();
-    let tap = async_nats::connect(nats.url()).await.unwrap();
-    let mut all = tap.subscribe(">").await.unwrap();
-    let captured = Arc::new(Mutex::new(Vec::<u8>::new()));
-    let sink = captured.clone();
-    tokio::spawn(async move {
-        while let Some(message) = all.next().await {
-            let mut bytes = sink.lock().unwrap();
-            bytes.extend_from_slice(message.subject.as_bytes());
-            bytes.push(b' ');
-            bytes.extend_from_slice(&message.payload);
-            if let Some(headers) = &message.headers {
-                bytes.extend_from_slice(format!("{headers:?}").as_bytes());
-            }
-            bytes.push(b'\n');
-        }
-    });
+    let tap = BusTap::start(nats.url()).await.unwrap();
 
     let roles: Vec<&str> = SECRETS.iter().map(|(role, _)| *role).collect();
     let fleet = tokio::task::block_in_place(|| Fleet::start(nats.url(), &roles).unwrap());
@@ -164,23 +138,15 @@ async fn failing_checks_leak_no_secret_into_any_stream_file_log_or_report() {
         let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
         places.push((format!("{role}'s service environment"), environ));
     }
-    // Stopped agents have flushed all their telemetry; a marker published after that, once on
-    // the tap, means everything before it is captured.
+    // Stopped agents have flushed all their telemetry: settling the tap then captures it all.
     let mut fleet = fleet;
     for role in &roles {
         tokio::task::block_in_place(|| fleet.stop_agent(role));
     }
-    tap.publish("redaction.marker", "end".into()).await.unwrap();
-    tap.flush().await.unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !String::from_utf8_lossy(&captured.lock().unwrap()).contains("redaction.marker") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the tap never saw the marker"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    let bus = captured.lock().unwrap().clone();
+    let bus = tap
+        .settle(std::time::Duration::from_secs(20))
+        .await
+        .unwrap();
     let bus_text = String::from_utf8_lossy(&bus);
     for subject in ["flotilla.evt.", ".otel.logs.", ".otel.traces.", "$KV."] {
         assert!(bus_text.contains(subject), "the tap saw {subject}");
