@@ -93,6 +93,7 @@ fn reasons(secret: &str) -> String {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
+    /// Whatever encoder wrote a random nasty secret into whatever text, scrubbing removes it.
     #[test]
     fn no_encoding_of_a_secret_survives_scrubbing(
         secret in nasty_secret(),
@@ -112,6 +113,7 @@ proptest! {
         prop_assert!(leaks(&scrubbed, &secret).is_none(), "leak in {scrubbed:?}");
     }
 
+    /// What the publisher sends holds no secret and is still a valid result.
     #[test]
     fn published_results_carry_no_secret_and_still_decode(secret in nasty_secret()) {
         let redactor = Redactor::default();
@@ -130,6 +132,7 @@ proptest! {
     // Each case writes, fsyncs and reopens a journal.
     #![proptest_config(ProptestConfig::with_cases(32))]
 
+    /// The journal's file holds no secret, and reads back the (redacted) result.
     #[test]
     fn journalled_results_carry_no_secret(secret in nasty_secret()) {
         let dir = tempfile::tempdir().unwrap();
@@ -150,6 +153,7 @@ proptest! {
     }
 }
 
+/// Text without a secret is returned as it is (not copied); short values are not redacted.
 #[test]
 fn ordinary_text_is_left_alone_and_unchanged_text_is_not_copied() {
     let redactor = Redactor::default();
@@ -162,6 +166,7 @@ fn ordinary_text_is_left_alone_and_unchanged_text_is_not_copied() {
     assert_eq!(redactor.scrub("pw=hunter22!"), format!("pw={REDACTED}!"));
 }
 
+/// Of two secrets, one inside the other, the longer is replaced whole.
 #[test]
 fn a_value_holding_another_is_replaced_whole() {
     let redactor = Redactor::default();
@@ -172,6 +177,7 @@ fn a_value_holding_another_is_replaced_whole() {
     );
 }
 
+/// A secret inside an identifier cannot be redacted in place: the result's text goes instead.
 #[test]
 fn a_result_whose_identifiers_hold_the_secret_keeps_no_text() {
     let redactor = Redactor::default();
@@ -184,6 +190,7 @@ fn a_result_whose_identifiers_hold_the_secret_keeps_no_text() {
     assert!(scrubbed.reason.unwrap().starts_with(REDACTED));
 }
 
+/// The sources are read at start and on refresh; a short value is refused by name only.
 #[test]
 fn secrets_are_read_from_both_sources_and_short_ones_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
@@ -213,6 +220,7 @@ fn secrets_are_read_from_both_sources_and_short_ones_refused_by_name() {
     assert!(!err.to_string().contains("1234"));
 }
 
+/// The agent refuses a secret in a check's URL or arguments (defence in depth) and takes one in a body.
 #[test]
 fn checks_refuse_a_secret_where_it_would_show_and_take_one_in_a_body() {
     use flotilla_schemas::Check;
