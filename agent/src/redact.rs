@@ -53,10 +53,15 @@ pub struct Secret {
 /// Every secret of the agent's sources: `<env_prefix>NAME` variables and the files of the
 /// secrets directory (read as [`crate::template`] reads them).
 pub fn secrets(sources: &SecretSources) -> Vec<Secret> {
-    let mut found: Vec<Secret> = std::env::vars()
+    // `vars_os`: one variable that is not UTF-8 must not stop the agent (nor can the renderer
+    // resolve such a value).
+    let mut found: Vec<Secret> = std::env::vars_os()
         .filter_map(|(var, value)| {
-            let name = var.strip_prefix(&sources.env_prefix)?.to_owned();
-            Some(Secret { name, value })
+            let name = var.to_str()?.strip_prefix(&sources.env_prefix)?.to_owned();
+            Some(Secret {
+                name,
+                value: value.into_string().ok()?,
+            })
         })
         .collect();
     if let Some(dir) = &sources.dir

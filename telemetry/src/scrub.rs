@@ -261,3 +261,111 @@ impl Drop for LineWriter {
         };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use opentelemetry::InstrumentationScope;
+    use opentelemetry::trace::{SpanContext, SpanId, SpanKind};
+    use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
+
+    use super::*;
+
+    const SECRET: &str = "hunter22";
+
+    struct Hide;
+
+    impl Scrub for Hide {
+        fn scrub<'a>(&self, text: &'a str) -> Cow<'a, str> {
+            match text.contains(SECRET) {
+                true => Cow::Owned(text.replace(SECRET, "***")),
+                false => Cow::Borrowed(text),
+            }
+        }
+    }
+
+    #[derive(Debug, Default, Clone)]
+    struct Capture(Arc<Mutex<Vec<String>>>);
+
+    impl SpanExporter for Capture {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            let mut seen = self.0.lock().unwrap();
+            seen.extend(batch.iter().map(|s| format!("{s:?}")));
+            Ok(())
+        }
+    }
+
+    impl LogExporter for Capture {
+        async fn export(&self, batch: LogBatch<'_>) -> OTelSdkResult {
+            let mut seen = self.0.lock().unwrap();
+            seen.extend(batch.iter().map(|(r, _)| format!("{r:?}")));
+            Ok(())
+        }
+    }
+
+    fn scrubber() -> Option<Scrubber> {
+        Some(Scrubber(Arc::new(Hide)))
+    }
+
+    /// Span names, attributes, events and status reach the exporter scrubbed.
+    #[tokio::test]
+    async fn spans_are_scrubbed_before_the_exporter() {
+        let capture = Capture::default();
+        let exporter = ScrubSpans::new(capture.clone(), scrubber());
+        let mut events = SpanEvents::default();
+        events.events.push(opentelemetry::trace::Event::new(
+            format!("event {SECRET}"),
+            std::time::SystemTime::now(),
+            vec![KeyValue::new("why", format!("token={SECRET}"))],
+            0,
+        ));
+        let span = SpanData {
+            span_context: SpanContext::empty_context(),
+            parent_span_id: SpanId::INVALID,
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Internal,
+            name: format!("GET /?token={SECRET}").into(),
+            start_time: std::time::SystemTime::now(),
+            end_time: std::time::SystemTime::now(),
+            attributes: vec![
+                KeyValue::new("reason", format!("failed: {SECRET}")),
+                KeyValue::new(
+                    "list",
+                    Value::Array(Array::String(vec![format!("{SECRET}!").into()])),
+                ),
+            ],
+            dropped_attributes_count: 0,
+            events,
+            links: SpanLinks::default(),
+            status: Status::error(format!("error {SECRET}")),
+            instrumentation_scope: InstrumentationScope::builder("t").build(),
+        };
+        exporter.export(vec![span]).await.unwrap();
+        let seen = capture.0.lock().unwrap().join("\n");
+        assert!(seen.contains("***") && !seen.contains(SECRET), "{seen}");
+    }
+
+    /// Log bodies and attributes reach the exporter scrubbed, the rest of the record kept.
+    #[tokio::test]
+    async fn log_records_are_scrubbed_before_the_exporter() {
+        let capture = Capture::default();
+        let exporter = ScrubLogs::new(capture.clone(), scrubber());
+        let provider = SdkLoggerProvider::builder().build();
+        let mut record = provider.logger("t").create_log_record();
+        record.set_body(format!("result published: {SECRET}").into());
+        record.set_severity_text("WARN");
+        record.add_attribute(
+            "error",
+            AnyValue::ListAny(Box::new(vec![format!("{SECRET} refused").into()])),
+        );
+        let scope = InstrumentationScope::builder("t").build();
+        let batch = [(&record, &scope)];
+        exporter.export(LogBatch::new(&batch)).await.unwrap();
+        let seen = capture.0.lock().unwrap().join("\n");
+        assert!(
+            seen.contains("***") && seen.contains("WARN") && !seen.contains(SECRET),
+            "{seen}"
+        );
+    }
+}
