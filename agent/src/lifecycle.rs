@@ -38,6 +38,8 @@ pub struct Lifecycle {
     pub http: reqwest::Client,
     /// How steps, checks and job workloads start their programs.
     pub launcher: crate::children::Launcher,
+    /// Scrubs secret values from what the agent publishes, journals and logs.
+    pub redactor: crate::redact::Redactor,
     /// Trees that restores swapped out, to remove once the answer is out
     /// ([`Lifecycle::remove_swapped_out`]).
     pub swapped_out: Vec<std::path::PathBuf>,
