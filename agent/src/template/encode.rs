@@ -1,0 +1,99 @@
+//! Escaping a value for the inside of one kind of string, so that the file's parser reads back
+//! exactly the value. Every function here is checked against the real parser by the property
+//! tests in `template/tests.rs`.
+
+use std::fmt::Write;
+
+use super::context::{Format, Quote};
+
+/// `value` escaped for the inside of a `quote` string, or `None` where that kind of string has no
+/// escapes able to hold every value.
+pub fn escape(quote: Quote, value: &str) -> Option<String> {
+    match quote {
+        Quote::TomlBasic => Some(toml_basic(value)),
+        Quote::Json => Some(json(value)),
+        Quote::YamlDouble => Some(yaml_double(value)),
+        Quote::EnvDouble => Some(env_double(value)),
+        Quote::TomlLiteral | Quote::YamlSingle | Quote::EnvSingle => None,
+    }
+}
+
+/// `value` escaped for the inside of `format`'s usual string (what a `|toml`, `|json`, `|yaml`
+/// or `|env` filter writes).
+pub fn escape_for(format: Format, value: &str) -> String {
+    escape(format.quote(), value).expect("each format's usual string has escapes")
+}
+
+/// `value` as a whole quoted string of `format`.
+pub fn quoted(format: Format, value: &str) -> String {
+    format!("\"{}\"", escape_for(format, value))
+}
+
+fn toml_basic(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            // TOML forbids every other control character in a basic string.
+            c if c.is_control() && (c as u32) < 0x80 => unicode_escape(&mut out, c),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn json(value: &str) -> String {
+    let quoted = serde_json::to_string(value).expect("a string always serialises");
+    quoted[1..quoted.len() - 1].to_owned()
+}
+
+fn yaml_double(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            // A raw tab is allowed, but a double-quoted scalar folds whitespace around breaks.
+            '\t' => out.push_str("\\t"),
+            // Outside YAML's printable set, plus the characters YAML 1.1 reads as line breaks
+            // and the byte-order mark.
+            c if c.is_control()
+                || matches!(
+                    c,
+                    '\u{2028}' | '\u{2029}' | '\u{feff}' | '\u{fffe}' | '\u{ffff}'
+                ) =>
+            {
+                unicode_escape(&mut out, c)
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The double-quoted value of `dotenvy`: `\\`, `\"`, `\$` and `\n` are its escapes, and `$`
+/// would otherwise start a substitution.
+fn env_double(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' | '"' | '$' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn unicode_escape(out: &mut String, c: char) {
+    let _ = write!(out, "\\u{:04X}", c as u32);
+}
