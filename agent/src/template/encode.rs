@@ -10,9 +10,8 @@ use super::context::{Format, Quote};
 /// escapes able to hold every value.
 pub fn escape(quote: Quote, value: &str) -> Option<String> {
     match quote {
-        Quote::TomlBasic => Some(toml_basic(value)),
+        Quote::TomlBasic | Quote::YamlDouble => Some(backslash_escaped(value)),
         Quote::Json => Some(json(value)),
-        Quote::YamlDouble => Some(yaml_double(value)),
         Quote::EnvDouble => Some(env_double(value)),
         Quote::TomlLiteral | Quote::YamlSingle | Quote::EnvSingle => None,
     }
@@ -29,7 +28,10 @@ pub fn quoted(format: Format, value: &str) -> String {
     format!("\"{}\"", escape_for(format, value))
 }
 
-fn toml_basic(value: &str) -> String {
+/// The escapes TOML basic strings and YAML double-quoted scalars share: `\\`, `\"`, `\n`,
+/// `\r`, `\t` and `\uXXXX`, the last for every control character (TOML forbids most raw, YAML
+/// folds or refuses them), the characters YAML 1.1 reads as line breaks, and the byte-order mark.
+fn backslash_escaped(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for c in value.chars() {
         match c {
@@ -38,8 +40,14 @@ fn toml_basic(value: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            // TOML forbids every other control character in a basic string.
-            c if c.is_control() && (c as u32) < 0x80 => unicode_escape(&mut out, c),
+            c if c.is_control()
+                || matches!(
+                    c,
+                    '\u{2028}' | '\u{2029}' | '\u{feff}' | '\u{fffe}' | '\u{ffff}'
+                ) =>
+            {
+                let _ = write!(out, "\\u{:04X}", c as u32);
+            }
             c => out.push(c),
         }
     }
@@ -49,32 +57,6 @@ fn toml_basic(value: &str) -> String {
 fn json(value: &str) -> String {
     let quoted = serde_json::to_string(value).expect("a string always serialises");
     quoted[1..quoted.len() - 1].to_owned()
-}
-
-fn yaml_double(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            // A raw tab is allowed, but a double-quoted scalar folds whitespace around breaks.
-            '\t' => out.push_str("\\t"),
-            // Outside YAML's printable set, plus the characters YAML 1.1 reads as line breaks
-            // and the byte-order mark.
-            c if c.is_control()
-                || matches!(
-                    c,
-                    '\u{2028}' | '\u{2029}' | '\u{feff}' | '\u{fffe}' | '\u{ffff}'
-                ) =>
-            {
-                unicode_escape(&mut out, c)
-            }
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// The double-quoted value of `dotenvy`: `\\`, `\"`, `\$` and `\n` are its escapes, and `$`
@@ -92,8 +74,4 @@ fn env_double(value: &str) -> String {
         }
     }
     out
-}
-
-fn unicode_escape(out: &mut String, c: char) {
-    let _ = write!(out, "\\u{:04X}", c as u32);
 }
