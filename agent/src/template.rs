@@ -19,6 +19,7 @@ mod verify;
 
 pub use context::Format;
 use context::Position;
+pub use encode::written_forms;
 
 /// Why content could not be rendered. Names the placeholder, never a value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -23,6 +23,19 @@ pub fn escape_for(format: Format, value: &str) -> String {
     escape(format.quote(), value).expect("each format's usual string has escapes")
 }
 
+/// `value` and each escaped form it can take in a written file, without repeats: what a search
+/// for it in the files must look for.
+pub fn written_forms(value: &str) -> Vec<String> {
+    let mut forms = vec![value.to_owned()];
+    for quote in [Quote::TomlBasic, Quote::Json, Quote::EnvDouble] {
+        let form = escape(quote, value).expect("these strings have escapes");
+        if !forms.contains(&form) {
+            forms.push(form);
+        }
+    }
+    forms
+}
+
 /// `value` as a whole quoted string of `format`.
 pub fn quoted(format: Format, value: &str) -> String {
     format!("\"{}\"", escape_for(format, value))
