@@ -7,7 +7,7 @@ use async_nats::jetstream::{self, AckKind, consumer};
 use flotilla_bus::{BusError, signing};
 use flotilla_schemas::subjects::Subjects;
 use flotilla_schemas::{
-    AgentState, Command, CommandId, CommandSchema, HEADER_RUN_TRACEPARENT, InstanceId,
+    Action, AgentState, Command, CommandId, CommandSchema, HEADER_RUN_TRACEPARENT, InstanceId,
     Measurements, Outcome, Presence, RunId, RunResult, ServiceName, decode, encode,
 };
 use futures::StreamExt;
@@ -104,20 +104,6 @@ pub async fn serve(
         publish_result(&mut lifecycle, &events, &result).await?;
     }
 
-    let presence = tokio::spawn(answer_presence(
-        client.clone(),
-        subjects.clone(),
-        presence_template(&lifecycle),
-        status.clone(),
-        shutdown.clone(),
-    ));
-    let micro = tokio::spawn(serve_micro(
-        client.clone(),
-        presence_template(&lifecycle),
-        status.clone(),
-        shutdown.clone(),
-    ));
-
     let trusted: Vec<signing::TrustedKey> = lifecycle
         .config
         .security
@@ -169,6 +155,21 @@ pub async fn serve(
             name: name.clone(),
             source: Box::new(source),
         })?;
+    // Presence only once the consumer exists: the coordinator's discovery takes the consumers
+    // for the list of agents that can answer, and stops when all of them have.
+    let presence = tokio::spawn(answer_presence(
+        client.clone(),
+        subjects.clone(),
+        presence_template(&lifecycle),
+        status.clone(),
+        shutdown.clone(),
+    ));
+    let micro = tokio::spawn(serve_micro(
+        client.clone(),
+        presence_template(&lifecycle),
+        status.clone(),
+        shutdown.clone(),
+    ));
     tracing::info!(%service, %instance, consumer = %name, "ready for commands");
 
     let mut retry = tokio::time::interval(RESULT_RETRY);
@@ -242,6 +243,19 @@ pub async fn serve(
             flotilla.instance = %command.instance,
         );
         continue_trace(&span, message.headers.as_ref());
+        if matches!(command.action, Action::Preview { .. }) {
+            // Read-only, so never journalled: a replay runs it again and changes nothing either.
+            let result = alongside(&mut flushing, lifecycle.preview(&command, &events))
+                .instrument(span.clone())
+                .await;
+            let _ = message.ack().await;
+            match events.result(&result).instrument(span).await {
+                Ok(()) => tracing::info!(outcome = result.outcome.as_str(), "preview published"),
+                Err(e) => tracing::warn!(error = %error_chain(&e), "preview not published"),
+            }
+            set_status(&status, AgentState::Idle, None, lifecycle.supervisor.pid());
+            continue;
+        }
         let handled = alongside(&mut flushing, async {
             tracing::info!(command_id = %command.command_id, "command received");
             match lifecycle.accept(&command) {
@@ -377,6 +391,7 @@ async fn refuse(
         gates: Vec::new(),
         workloads: Vec::new(),
         inspection: None,
+        preview: None,
         replayed: false,
     };
     if let Err(e) = events.result(&result).await {

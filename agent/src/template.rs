@@ -11,6 +11,8 @@
 
 use std::collections::BTreeMap;
 
+use flotilla_schemas::placeholder::{self, PlaceholderError};
+
 use crate::config::SecretSources;
 
 mod context;
@@ -28,14 +30,8 @@ pub enum TemplateError {
     UnknownSecret(String),
     #[error("variable {0:?} is not defined in the agent's [vars]")]
     UnknownVar(String),
-    #[error(
-        "unknown placeholder ${{{0}}}: use ${{secret:NAME}}, ${{var:NAME}} or $${{ for a literal"
-    )]
-    UnknownPlaceholder(String),
-    #[error("unterminated placeholder starting at byte {0}")]
-    Unterminated(usize),
-    #[error("unknown filter in ${{{0}}}: use |toml, |json, |yaml, |env or |raw")]
-    UnknownFilter(String),
+    #[error(transparent)]
+    Syntax(#[from] PlaceholderError),
     #[error("{path}: ${{{placeholder}}} cannot be written safely as {format}: {why}")]
     Unsafe {
         path: String,
@@ -51,10 +47,16 @@ pub enum TemplateError {
     },
 }
 
+/// What a secret's value is shown as in a dry run.
+pub const MASK: &str = "********";
+
 /// Resolves placeholders: `vars` answers `${var:…}`, `secrets` answers `${secret:…}`.
 pub struct Renderer<'a> {
     pub vars: &'a BTreeMap<String, String>,
     pub secrets: &'a SecretSources,
+    /// Write [`MASK`] for each secret, once it is known to resolve (and, in a file, checked to
+    /// be safe where it is): what a dry run shows.
+    pub mask_secrets: bool,
 }
 
 /// A template split at its placeholders, with their values resolved.
@@ -102,81 +104,74 @@ impl Renderer<'_> {
     /// resolved.
     pub fn render(&self, content: &str) -> Result<String, TemplateError> {
         let pieces = self.pieces(content)?;
-        Ok(assemble(&pieces, |_, p| filtered(p, None)))
+        Ok(assemble(&pieces, |_, p| self.shown(p, filtered(p, None))))
     }
 
     /// Renders `content` for the file at `path`. In a format known from the name, each value is
     /// escaped for its place and the result is parsed back: a placeholder that cannot be written
     /// so that the parser reads exactly its value is refused, naming it.
     pub fn render_file(&self, path: &str, content: &str) -> Result<String, TemplateError> {
-        render_file(path, content, &self.pieces(content)?)
+        let pieces = self.pieces(content)?;
+        let rendered = render_file(path, content, &pieces)?;
+        Ok(if self.mask_secrets {
+            rendered.masked()
+        } else {
+            rendered.text
+        })
+    }
+
+    /// `text`, the written form of `placeholder`, or [`MASK`] for a secret in a dry run.
+    fn shown(&self, placeholder: &Placeholder, text: String) -> String {
+        if self.mask_secrets && placeholder.secret {
+            MASK.to_owned()
+        } else {
+            text
+        }
     }
 
     fn pieces(&self, content: &str) -> Result<Vec<Piece>, TemplateError> {
         let mut pieces = Vec::new();
         let mut text = String::new();
-        let mut rest = content;
-        let mut offset = 0;
-        while let Some(at) = rest.find('$') {
-            text.push_str(&rest[..at]);
-            let tail = &rest[at..];
-            if let Some(after) = tail.strip_prefix("$${") {
-                text.push_str("${");
-                offset += at + 3;
-                rest = after;
-            } else if let Some(after) = tail.strip_prefix("${") {
-                let end = after
-                    .find('}')
-                    .ok_or(TemplateError::Unterminated(offset + at))?;
-                pieces.push(Piece::Text(std::mem::take(&mut text)));
-                pieces.push(Piece::Placeholder(self.resolve(&after[..end])?));
-                offset += at + 2 + end + 1;
-                rest = &after[end + 1..];
+        for piece in placeholder::parse(content)? {
+            let (secret, name, filter) = match piece {
+                placeholder::Piece::Text(t) => {
+                    text.push_str(t);
+                    continue;
+                }
+                placeholder::Piece::Literal => {
+                    text.push_str("${");
+                    continue;
+                }
+                placeholder::Piece::Var(name, filter) => (false, name, filter),
+                placeholder::Piece::Secret(name, filter) => (true, name, filter),
+            };
+            let value = if secret {
+                self.secret(name)?
             } else {
-                text.push('$');
-                offset += at + 1;
-                rest = &tail[1..];
-            }
+                self.vars
+                    .get(name)
+                    .cloned()
+                    .ok_or_else(|| TemplateError::UnknownVar(name.to_owned()))?
+            };
+            let kind = if secret { "secret" } else { "var" };
+            let source = match filter {
+                Some(filter) => format!("{kind}:{name}|{}", filter.name()),
+                None => format!("{kind}:{name}"),
+            };
+            pieces.push(Piece::Text(std::mem::take(&mut text)));
+            pieces.push(Piece::Placeholder(Placeholder {
+                source,
+                secret,
+                value,
+                filter: Filter::from(filter),
+            }));
         }
-        text.push_str(rest);
         pieces.push(Piece::Text(text));
         Ok(pieces)
     }
 
-    fn resolve(&self, source: &str) -> Result<Placeholder, TemplateError> {
-        let (placeholder, filter) = match source.split_once('|') {
-            None => (source, Filter::None),
-            Some((placeholder, "raw")) => (placeholder, Filter::Raw),
-            Some((placeholder, name)) => match Format::of_filter(name) {
-                Some(format) => (placeholder, Filter::Format(format)),
-                None => return Err(TemplateError::UnknownFilter(source.to_owned())),
-            },
-        };
-        let (secret, value) = match placeholder.split_once(':') {
-            Some(("var", name)) => (
-                false,
-                self.vars
-                    .get(name)
-                    .cloned()
-                    .ok_or_else(|| TemplateError::UnknownVar(name.to_owned()))?,
-            ),
-            Some(("secret", name)) => (true, self.secret(name)?),
-            _ => return Err(TemplateError::UnknownPlaceholder(placeholder.to_owned())),
-        };
-        Ok(Placeholder {
-            source: source.to_owned(),
-            secret,
-            value,
-            filter,
-        })
-    }
-
     fn secret(&self, name: &str) -> Result<String, TemplateError> {
-        let valid = !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-        if !valid {
+        if !placeholder::valid_secret_name(name) {
             return Err(TemplateError::UnknownSecret(name.to_owned()));
         }
         if let Ok(value) = std::env::var(format!("{}{name}", self.secrets.env_prefix)) {
@@ -191,15 +186,41 @@ impl Renderer<'_> {
     }
 }
 
+/// A rendered file, and what its secrets become when masked.
+struct RenderedFile<'a> {
+    text: String,
+    pieces: &'a [Piece],
+    /// Each placeholder's text with a secret's value replaced by [`MASK`], escaped as the value
+    /// was.
+    masked: Vec<String>,
+}
+
+impl RenderedFile<'_> {
+    fn masked(&self) -> String {
+        assemble(self.pieces, |i, _| self.masked[i].clone())
+    }
+}
+
 /// [`Renderer::render_file`] once the placeholders are resolved.
-fn render_file(path: &str, content: &str, pieces: &[Piece]) -> Result<String, TemplateError> {
+fn render_file<'a>(
+    path: &str,
+    content: &str,
+    pieces: &'a [Piece],
+) -> Result<RenderedFile<'a>, TemplateError> {
+    let plain = |value: &dyn Fn(&Placeholder) -> String| RenderedFile {
+        text: assemble(pieces, |_, p| value(p)),
+        pieces,
+        masked: placeholders(pieces)
+            .map(|p| if p.secret { MASK.to_owned() } else { value(p) })
+            .collect(),
+    };
     let Some(format) = Format::of_path(path) else {
-        return Ok(assemble(pieces, |_, p| filtered(p, None)));
+        return Ok(plain(&|p| filtered(p, None)));
     };
     let placeholders: Vec<&Placeholder> = placeholders(pieces).collect();
     // Nothing to protect, or every value opted out: the file is the plan's business.
     if placeholders.iter().all(|p| p.filter == Filter::Raw) {
-        return Ok(assemble(pieces, |_, p| p.value.clone()));
+        return Ok(plain(&|p| p.value.clone()));
     }
     let lexed: Vec<context::Piece<'_>> = pieces
         .iter()
@@ -229,7 +250,52 @@ fn render_file(path: &str, content: &str, pieces: &[Piece]) -> Result<String, Te
         marker: marker_prefix(content, &placeholders),
     }
     .verify(&rendered)?;
-    Ok(rendered)
+    // MASK goes wherever the value could (it holds no character that needs more).
+    let masked = placeholders
+        .iter()
+        .zip(&positions)
+        .zip(&inserts)
+        .map(|((p, position), written)| {
+            if p.secret {
+                insert(format, &p.with_value(MASK), *position)
+                    .map_or_else(|_| MASK.to_owned(), |i| i.text)
+            } else {
+                written.text.clone()
+            }
+        })
+        .collect();
+    Ok(RenderedFile {
+        text: rendered,
+        pieces,
+        masked,
+    })
+}
+
+// === impl Placeholder ===
+
+impl Placeholder {
+    fn with_value(&self, value: &str) -> Self {
+        Self {
+            source: self.source.clone(),
+            value: value.to_owned(),
+            ..*self
+        }
+    }
+}
+
+// === impl Filter ===
+
+impl From<Option<placeholder::Filter>> for Filter {
+    fn from(filter: Option<placeholder::Filter>) -> Self {
+        match filter {
+            None => Self::None,
+            Some(placeholder::Filter::Raw) => Self::Raw,
+            Some(placeholder::Filter::Toml) => Self::Format(Format::Toml),
+            Some(placeholder::Filter::Json) => Self::Format(Format::Json),
+            Some(placeholder::Filter::Yaml) => Self::Format(Format::Yaml),
+            Some(placeholder::Filter::Env) => Self::Format(Format::Env),
+        }
+    }
 }
 
 fn placeholders(pieces: &[Piece]) -> impl Iterator<Item = &Placeholder> {

@@ -9,12 +9,14 @@
 pub mod cli;
 mod commands;
 mod discovery;
+mod dry_run;
 mod events;
 pub mod exit;
 pub mod plan;
 mod progress;
 mod report;
 mod rollout;
+mod sanitize;
 mod store;
 pub mod verify;
 

@@ -19,7 +19,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::plan::Wave;
+use crate::plan::{Finalize, Wave};
 
 /// The run record's schema tag.
 pub const RUN_SCHEMA: &str = "flotilla.run.v1";
@@ -72,6 +72,10 @@ pub enum RunStatus {
     RolledBack,
     /// `--rehearse`: every service migrated, validated, rolled back and proved healthy.
     Rehearsed,
+    /// `--no-finalize` (or `finalize = "manual"`): every service migrated and the cross-service
+    /// and correlation checks passed; the backups are kept until `flotilla finalize RUN` or
+    /// `flotilla rollback RUN` decides.
+    AwaitingFinalize,
     /// Dispatching stopped on request; `resume` finishes the run.
     Cancelled,
 }
@@ -100,6 +104,10 @@ pub struct RunRecord {
     /// `--rehearse`: roll everything back after validation.
     #[serde(default)]
     pub rehearse: bool,
+    /// `manual`: stop `awaiting_finalize` once proven, backups kept. `flotilla finalize RUN`
+    /// turns it back to `auto` (the decision is made) before it sends the finalize commands.
+    #[serde(default, skip_serializing_if = "Finalize::is_auto")]
+    pub finalize: Finalize,
     pub status: RunStatus,
     pub stage: Stage,
     #[serde(with = "time::serde::rfc3339")]
@@ -280,6 +288,7 @@ impl RunRecord {
             plan_path: plan_path.to_owned(),
             plan_text: plan_text.to_owned(),
             rehearse,
+            finalize: Finalize::Auto,
             status: RunStatus::Running,
             stage: Stage::Migrating,
             started_at: now,
@@ -333,6 +342,22 @@ impl RunRecord {
     /// True when the run may be resumed.
     pub fn resumable(&self) -> bool {
         matches!(self.status, RunStatus::Running | RunStatus::Cancelled)
+    }
+}
+
+/// The check across the fleet whose recorded verdict failed, named for people: the
+/// cross-service checks first (they run first), then the correlation check.
+pub fn failed_verdict(
+    cross_service: &Option<serde_json::Value>,
+    correlation: &Option<serde_json::Value>,
+) -> Option<&'static str> {
+    let failed = |v: &Option<serde_json::Value>| v.as_ref().is_some_and(|c| c["ok"] == false);
+    if failed(cross_service) {
+        Some("the cross-service checks")
+    } else if failed(correlation) {
+        Some("the correlation check")
+    } else {
+        None
     }
 }
 

@@ -97,17 +97,6 @@ impl Format {
         }
     }
 
-    /// The format a placeholder filter names (`|toml`, `|json`, `|yaml`, `|env`).
-    pub fn of_filter(name: &str) -> Option<Self> {
-        match name {
-            "toml" => Some(Self::Toml),
-            "json" => Some(Self::Json),
-            "yaml" => Some(Self::Yaml),
-            "env" => Some(Self::Env),
-            _ => None,
-        }
-    }
-
     pub fn name(self) -> &'static str {
         match self {
             Self::Toml => "TOML",

@@ -18,6 +18,7 @@ fn render_secret(path: &str, template: &str, value: &str) -> Result<String, Temp
     let renderer = Renderer {
         vars: &vars,
         secrets: &secrets,
+        mask_secrets: false,
     };
     let mut pieces = renderer.pieces(template)?;
     for piece in &mut pieces {
@@ -25,7 +26,7 @@ fn render_secret(path: &str, template: &str, value: &str) -> Result<String, Temp
             p.secret = true;
         }
     }
-    render_file(path, template, &pieces)
+    render_file(path, template, &pieces).map(|r| r.text)
 }
 
 /// The string at `path` (map keys, list indexes as decimal) in a parsed document.
@@ -50,6 +51,7 @@ fn resolves_vars_secrets_and_escapes() {
     let r = Renderer {
         vars: &vars,
         secrets: &secrets,
+        mask_secrets: false,
     };
     let out = r
         .render("port = ${var:port}\nkey = ${secret:API_KEY}\nlit = \"$${secret:API_KEY}\" $5")
@@ -81,6 +83,30 @@ fn resolves_vars_secrets_and_escapes() {
         r.render_file("a.json", "[\"${secret:Q|raw}\"]").unwrap(),
         "[\"a\"b\"]"
     );
+    // A dry run shows the mask, escaped and checked as the value is; an unresolved secret is
+    // still an error.
+    let masked = Renderer {
+        mask_secrets: true,
+        ..r
+    };
+    assert_eq!(
+        masked
+            .render_file("a.toml", "k = ${secret:Q}\nv = \"${secret:API_KEY}\"")
+            .unwrap(),
+        "k = \"********\"\nv = \"********\""
+    );
+    assert_eq!(
+        masked.render("key = ${secret:API_KEY}").unwrap(),
+        "key = ********"
+    );
+    assert_eq!(
+        masked.render_file("a.toml", "${secret:NOPE}"),
+        Err(TemplateError::UnknownSecret("NOPE".into()))
+    );
+    assert!(matches!(
+        masked.render_file("a.toml", "k = '${secret:Q}'"),
+        Err(TemplateError::Unsafe { .. })
+    ));
 }
 
 #[test]
@@ -91,6 +117,7 @@ fn names_what_is_missing_without_values() {
     let r = Renderer {
         vars: &vars,
         secrets: &secrets,
+        mask_secrets: false,
     };
     assert_eq!(
         r.render("${secret:NOPE}"),
@@ -102,11 +129,13 @@ fn names_what_is_missing_without_values() {
     );
     assert_eq!(
         r.render("${env:HOME}"),
-        Err(TemplateError::UnknownPlaceholder("env:HOME".into()))
+        Err(TemplateError::Syntax(PlaceholderError::Unknown(
+            "env:HOME".into()
+        )))
     );
     assert_eq!(
         r.render("x ${var:port"),
-        Err(TemplateError::Unterminated(2))
+        Err(TemplateError::Syntax(PlaceholderError::Unterminated(2)))
     );
     assert_eq!(
         r.render("${secret:../../etc/passwd}"),
@@ -115,7 +144,9 @@ fn names_what_is_missing_without_values() {
     std::fs::write(tmp.path().join("K"), "v").unwrap();
     assert_eq!(
         r.render("${secret:K|base64}"),
-        Err(TemplateError::UnknownFilter("secret:K|base64".into()))
+        Err(TemplateError::Syntax(PlaceholderError::UnknownFilter(
+            "secret:K|base64".into()
+        )))
     );
 }
 
