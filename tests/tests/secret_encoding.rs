@@ -124,3 +124,72 @@ fn a_place_that_cannot_hold_the_secret_is_refused_at_precheck_with_nothing_chang
         );
     }
 }
+
+fn dry_run(fleet: &Fleet, steps: &str) -> (Option<i32>, Value) {
+    let plan = fleet.write_plan(
+        "encoding.toml",
+        &format!("name = \"encoding\"\n[[service]]\nname = \"training\"\n{steps}"),
+    );
+    let out = fleet.flotilla(&[
+        "migrate",
+        plan.to_str().unwrap(),
+        "--dry-run",
+        "--output",
+        "json",
+    ]);
+    (out.status.code(), json_stdout(&out))
+}
+
+/// A dry run renders as the real run does: the diff shows the secret's place, escaped and
+/// masked, in the new content and (after a real run wrote it escaped) in the old; and it refuses
+/// an unsafe place with the real run's reason.
+#[test]
+fn a_dry_run_shows_the_escaped_secret_masked_and_refuses_what_the_run_refuses() {
+    let (_nats, fleet) = start();
+    let content = "[db]\nurl = \"postgres://app:${secret:DB_PASSWORD}@db/app\"\npassword = ${secret:DB_PASSWORD}\n";
+    let (code, report) = dry_run(&fleet, &write_step("config/db.toml", content));
+    assert_eq!(code, Some(0), "{report:#}");
+    let diff = report["waves"][0]["targets"][0]["steps"][0]["diff"]
+        .as_str()
+        .unwrap();
+    assert!(
+        diff.contains("+url = \"postgres://app:********@db/app\"\n+password = \"********\"\n"),
+        "{diff}"
+    );
+    let (code, report) = migrate(&fleet, &write_step("config/db.toml", content));
+    assert_eq!(code, Some(0), "{report:#}");
+
+    // The file now holds the secret escaped; the next dry run masks that form too.
+    let (code, report) = dry_run(
+        &fleet,
+        &write_step("config/db.toml", &format!("{content}pool = 4\n")),
+    );
+    assert_eq!(code, Some(0), "{report:#}");
+    let diff = report["waves"][0]["targets"][0]["steps"][0]["diff"]
+        .as_str()
+        .unwrap();
+    assert!(
+        diff.contains(" password = \"********\"\n+pool = 4"),
+        "{diff}"
+    );
+    assert!(
+        !report.to_string().contains("ss'wo"),
+        "the secret leaked: {report:#}"
+    );
+
+    let unsafe_step = write_step("config/db.toml", "[db]\n${secret:DB_PASSWORD} = true\n");
+    let (dry_code, dry) = dry_run(&fleet, &unsafe_step);
+    let (real_code, real) = migrate(&fleet, &unsafe_step);
+    assert_eq!(
+        (dry_code, real_code),
+        (Some(1), Some(1)),
+        "{dry:#}\n{real:#}"
+    );
+    let dry_reason = dry["waves"][0]["targets"][0]["reason"].as_str().unwrap();
+    let real_reason = real["services"][0]["reason"].as_str().unwrap();
+    assert!(
+        dry_reason.contains("config/db.toml: ${secret:DB_PASSWORD} cannot be written safely"),
+        "{dry_reason}"
+    );
+    assert_eq!(dry_reason, real_reason);
+}
