@@ -18,13 +18,33 @@ fn write_step(path: &str, content: &str) -> String {
     )
 }
 
-fn migrate(fleet: &Fleet, steps: &str) -> (Option<i32>, Value) {
+/// Runs (or with `dry`, dry-runs) a plan of `steps` for training; its exit code and JSON report.
+fn run(fleet: &Fleet, steps: &str, dry: bool) -> (Option<i32>, Value) {
     let plan = fleet.write_plan(
         "encoding.toml",
         &format!("name = \"encoding\"\n[[service]]\nname = \"training\"\n{steps}"),
     );
-    let out = fleet.flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"]);
+    let mut args = vec!["migrate", plan.to_str().unwrap(), "--output", "json"];
+    if dry {
+        args.push("--dry-run");
+    }
+    let out = fleet.flotilla(&args);
     (out.status.code(), json_stdout(&out))
+}
+
+fn migrate(fleet: &Fleet, steps: &str) -> (Option<i32>, Value) {
+    run(fleet, steps, false)
+}
+
+fn dry_run(fleet: &Fleet, steps: &str) -> (Option<i32>, Value) {
+    run(fleet, steps, true)
+}
+
+/// The diff of a dry run's first step.
+fn first_diff(report: &Value) -> &str {
+    report["waves"][0]["targets"][0]["steps"][0]["diff"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no diff in {report:#}"))
 }
 
 fn start() -> (NatsServer, Fleet) {
@@ -125,21 +145,6 @@ fn a_place_that_cannot_hold_the_secret_is_refused_at_precheck_with_nothing_chang
     }
 }
 
-fn dry_run(fleet: &Fleet, steps: &str) -> (Option<i32>, Value) {
-    let plan = fleet.write_plan(
-        "encoding.toml",
-        &format!("name = \"encoding\"\n[[service]]\nname = \"training\"\n{steps}"),
-    );
-    let out = fleet.flotilla(&[
-        "migrate",
-        plan.to_str().unwrap(),
-        "--dry-run",
-        "--output",
-        "json",
-    ]);
-    (out.status.code(), json_stdout(&out))
-}
-
 /// A dry run renders as the real run does: the diff shows the secret's place, escaped and
 /// masked, in the new content and (after a real run wrote it escaped) in the old; and it refuses
 /// an unsafe place with the real run's reason.
@@ -149,9 +154,7 @@ fn a_dry_run_shows_the_escaped_secret_masked_and_refuses_what_the_run_refuses() 
     let content = "[db]\nurl = \"postgres://app:${secret:DB_PASSWORD}@db/app\"\npassword = ${secret:DB_PASSWORD}\n";
     let (code, report) = dry_run(&fleet, &write_step("config/db.toml", content));
     assert_eq!(code, Some(0), "{report:#}");
-    let diff = report["waves"][0]["targets"][0]["steps"][0]["diff"]
-        .as_str()
-        .unwrap();
+    let diff = first_diff(&report);
     assert!(
         diff.contains("+url = \"postgres://app:********@db/app\"\n+password = \"********\"\n"),
         "{diff}"
@@ -165,9 +168,7 @@ fn a_dry_run_shows_the_escaped_secret_masked_and_refuses_what_the_run_refuses() 
         &write_step("config/db.toml", &format!("{content}pool = 4\n")),
     );
     assert_eq!(code, Some(0), "{report:#}");
-    let diff = report["waves"][0]["targets"][0]["steps"][0]["diff"]
-        .as_str()
-        .unwrap();
+    let diff = first_diff(&report);
     assert!(
         diff.contains(" password = \"********\"\n+pool = 4"),
         "{diff}"
