@@ -21,6 +21,8 @@ use crate::journal::Record;
 use crate::lifecycle::{Acceptance, Lifecycle};
 use flotilla_telemetry::error_chain;
 
+mod takeover;
+
 /// Why the session ended with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -119,7 +121,7 @@ pub async fn serve(
     let name = subjects.agent_consumer(&service, &instance);
     // A busy server may time the creation out: keep trying, as for the streams, rather than
     // stop the agent.
-    let consumer = loop {
+    let mut consumer = loop {
         let created = commands
             .get_or_create_consumer(
                 &name,
@@ -148,6 +150,12 @@ pub async fn serve(
             }
         }
     };
+    if let Err(e) = takeover::take_over(&commands, &mut consumer, &name, &shutdown).await {
+        tracing::warn!(error = %error_chain(&e), "a previous incarnation's pull requests stay registered: the next command may wait for the ack wait");
+    }
+    if shutdown.is_cancelled() {
+        return Ok(lifecycle);
+    }
     let mut messages = consumer
         .messages()
         .await
@@ -299,6 +307,9 @@ pub async fn serve(
         });
         set_status(&status, AgentState::Idle, None, lifecycle.supervisor.pid());
     }
+    // Stop pulling before the last flush: a command sent meanwhile goes to the next
+    // incarnation, not to a request nobody will serve.
+    drop(messages);
     if let Some(pending) = flushing {
         pending.await;
     }

@@ -17,7 +17,7 @@ use crate::progress::TerminalProgress;
 use crate::report::RunReport;
 use crate::rollout::{self, Engine, EngineParts};
 use crate::sanitize::{multi_line, one_line};
-use crate::store::{Revisions, RunRecord, RunStatus, Store};
+use crate::store::{Revisions, RunRecord, RunStatus, Store, StoreError, Unreadable};
 
 mod agents;
 mod html;
@@ -202,8 +202,10 @@ async fn load_run(cli: &Cli, run: Option<&str>) -> Result<Loaded, u8> {
     let (client, subjects) = connect(cli).await?;
     let store = open_store(&client, &subjects).await?;
     let run_id: RunId = match store.find(run).await {
-        Ok(Ok(id)) => id,
-        Ok(Err(why)) => return Err(fail(exit::USAGE, why)),
+        Ok(found) => {
+            warn_unreadable(&found.unreadable);
+            found.run.map_err(|why| fail(exit::USAGE, why))?
+        }
         Err(e) => return Err(fail(exit::BUS, error_chain(&e))),
     };
     match store.load(&run_id).await {
@@ -212,6 +214,8 @@ async fn load_run(cli: &Cli, run: Option<&str>) -> Result<Loaded, u8> {
             exit::USAGE,
             format!("no run {run_id} in the run store"),
         )),
+        // The store answered; this coordinator cannot read what it holds.
+        Err(e @ StoreError::Corrupt { .. }) => Err(fail(exit::USAGE, error_chain(&e))),
         Err(e) => Err(fail(exit::BUS, error_chain(&e))),
     }
 }
@@ -272,11 +276,12 @@ async fn runs(cli: &Cli) -> u8 {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let records = match store.list().await {
-        Ok(r) => r,
+    let listing = match store.list().await {
+        Ok(listing) => listing,
         Err(e) => return fail(exit::BUS, error_chain(&e)),
     };
-    let reports: Vec<RunReport> = records.iter().map(RunReport::from_record).collect();
+    warn_unreadable(&listing.unreadable);
+    let reports: Vec<RunReport> = listing.runs.iter().map(RunReport::from_record).collect();
     match cli.output {
         OutputFormat::Json => {
             let rows: Vec<serde_json::Value> = reports
@@ -294,6 +299,9 @@ async fn runs(cli: &Cli) -> u8 {
                         "coordinator": r.coordinator,
                     })
                 })
+                .chain(listing.unreadable.iter().map(|u| {
+                    serde_json::json!({ "key": u.key, "unreadable": u.reason })
+                }))
                 .collect();
             print_json(&rows);
         }
@@ -326,6 +334,16 @@ async fn runs(cli: &Cli) -> u8 {
         }
     }
     exit::OK
+}
+
+/// One warning line per run-store entry that a listing skipped.
+fn warn_unreadable(unreadable: &[Unreadable]) {
+    for entry in unreadable {
+        eprintln!(
+            "warning: run-store entry {} is unreadable and skipped: {}",
+            entry.key, entry.reason
+        );
+    }
 }
 
 async fn status(cli: &Cli, run: Option<&str>) -> u8 {

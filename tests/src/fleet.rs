@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+mod foreign;
+
 /// The five services of T006.
 pub const ROLES: [&str; 5] = ["inference", "training", "ingest", "execution", "preprocess"];
 
@@ -499,6 +501,30 @@ impl Fleet {
             member.env.retain(|(k, _)| k != key);
             member.env.push((key.to_owned(), value.to_owned()));
         }
+    }
+
+    /// Starts a replacement agent for `role` while the current one may still run (frozen, or
+    /// cut off): on a copy of its state directory, as a new host that took the state over would,
+    /// since one state directory admits one agent. It adopts the running service.
+    pub fn start_replacement_agent(&mut self, role: &str) -> anyhow::Result<()> {
+        let state = self.dir.join("state").join(role);
+        let copy = self.dir.join("state").join(format!("{role}-replacement"));
+        anyhow::ensure!(
+            Command::new("cp")
+                .arg("-a")
+                .arg(&state)
+                .arg(&copy)
+                .status()?
+                .success(),
+            "cannot copy the state directory {}",
+            state.display()
+        );
+        self.set_agent_env(
+            role,
+            "FLOTILLA_AGENT__STATE_DIR",
+            &copy.display().to_string(),
+        );
+        self.start_agent(role)
     }
 
     /// The agent log of `role` (its stdout and stderr, across restarts).

@@ -53,8 +53,13 @@ pub(super) async fn watch(
     };
     let run_id = match run {
         Some(prefix) => match store.find(Some(prefix)).await {
-            Ok(Ok(id)) => id,
-            Ok(Err(why)) => return fail(exit::USAGE, why),
+            Ok(found) => {
+                super::warn_unreadable(&found.unreadable);
+                match found.run {
+                    Ok(id) => id,
+                    Err(why) => return fail(exit::USAGE, why),
+                }
+            }
             Err(e) => return fail(exit::BUS, error_chain(&e)),
         },
         None => match newest_running(&store, wait, &shutdown).await {
@@ -167,7 +172,8 @@ async fn newest_running(
         let runs = store
             .list()
             .await
-            .map_err(|e| fail(exit::BUS, error_chain(&e)))?;
+            .map_err(|e| fail(exit::BUS, error_chain(&e)))?
+            .runs;
         if let Some(newest) = runs.last().filter(|r| r.status == RunStatus::Running) {
             return Ok(newest.run_id);
         }
