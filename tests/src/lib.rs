@@ -11,6 +11,7 @@ mod nats;
 pub mod proxy;
 pub mod secure;
 mod snapshot;
+pub mod tap;
 
 pub use fleet::{Fleet, ROLES};
 pub use invariants::{Evidence, Scenario, Verdict};
