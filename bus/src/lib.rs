@@ -77,7 +77,9 @@ impl BusError {
                 | Kind::AuthorizationViolation
                 | Kind::Tls => false,
             },
-            BusError::NoJetStream { .. } | BusError::Stream { .. } => true,
+            BusError::NoJetStream { .. } | BusError::Stream { .. } | BusError::Inspect { .. } => {
+                true
+            }
             BusError::OldServer { .. }
             | BusError::Credentials { .. }
             | BusError::TlsFile { .. }
