@@ -15,6 +15,8 @@ pub mod plan;
 mod progress;
 mod report;
 mod rollout;
+#[cfg(test)]
+mod run_schema;
 mod store;
 pub mod verify;
 
