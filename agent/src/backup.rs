@@ -179,7 +179,10 @@ impl BackupStore {
         })
     }
 
-    fn check_space(&self, root: &Path) -> Result<(), BackupError> {
+    /// Checks that a backup of `root` fits (the agent's `max_backup_bytes`, then the free space
+    /// of the backup directory, or of its nearest existing parent before the first backup);
+    /// returns the bytes it would take. Reads only: a dry run calls it too.
+    pub fn check_space(&self, root: &Path) -> Result<u64, BackupError> {
         let needed: u64 = walkdir::WalkDir::new(root)
             .follow_links(false)
             .into_iter()
@@ -192,8 +195,12 @@ impl BackupStore {
         {
             return Err(BackupError::OverLimit { needed, limit });
         }
-        let stat =
-            rustix::fs::statvfs(&self.dir).map_err(|e| io("statvfs", &self.dir, e.into()))?;
+        let dir = self
+            .dir
+            .ancestors()
+            .find(|d| d.is_dir())
+            .unwrap_or(&self.dir);
+        let stat = rustix::fs::statvfs(dir).map_err(|e| io("statvfs", dir, e.into()))?;
         let available = stat.f_bavail.saturating_mul(stat.f_frsize);
         // 10% and 1 MiB of head-room for the manifest and the file system's own needs.
         let needed_with_margin = needed + needed / 10 + (1 << 20);
@@ -204,7 +211,7 @@ impl BackupStore {
                 dir: self.dir.clone(),
             });
         }
-        Ok(())
+        Ok(needed)
     }
 
     /// The backup of command `id` (for a consumed one, `tree` no longer holds it; the manifest
@@ -485,6 +492,20 @@ fn io(op: &'static str, path: &Path, source: std::io::Error) -> BackupError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_space_check_reads_only_even_before_the_first_backup() {
+        let (tmp, root, store) = setup();
+        let needed = store.check_space(&root).unwrap();
+        assert!(needed > 0);
+        // The dry run's check creates nothing, not even the backup directory.
+        assert!(!tmp.path().join("state").exists());
+        let limited = store.with_limit(Some(1));
+        assert!(matches!(
+            limited.check_space(&root),
+            Err(BackupError::OverLimit { limit: 1, .. })
+        ));
+    }
 
     /// A service root with a few kinds of entries, and a store beside it.
     fn setup() -> (tempfile::TempDir, PathBuf, BackupStore) {

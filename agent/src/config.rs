@@ -8,18 +8,19 @@ use std::time::Duration;
 use flotilla_schemas::{InstanceId, ServiceName};
 use serde::Deserialize;
 
-/// Why the configuration could not be loaded.
+/// Why the configuration could not be loaded. The message holds the parser's error (it names
+/// the key); that error is not also the `source()`, which would print it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read agent configuration {path}: {source}")]
+    #[error("cannot read agent configuration {path}: {cause}")]
     Load {
         path: PathBuf,
-        source: config::ConfigError,
+        cause: config::ConfigError,
     },
-    #[error("invalid agent configuration {path}: {source}")]
+    #[error("invalid agent configuration {path}: {cause}")]
     Invalid {
         path: PathBuf,
-        source: config::ConfigError,
+        cause: config::ConfigError,
     },
     #[error("invalid agent configuration {path}: {reason}")]
     Rule { path: PathBuf, reason: String },
@@ -255,6 +256,14 @@ fn section_overrides() -> std::collections::HashMap<String, String> {
 impl AgentConfig {
     /// Loads `path`, then applies `FLOTILLA_…` environment overrides.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with(path, section_overrides())
+    }
+
+    /// Loads `path` with `overrides` (variable name to value) as the environment.
+    fn load_with(
+        path: &Path,
+        overrides: std::collections::HashMap<String, String>,
+    ) -> Result<Self, ConfigError> {
         let settings = config::Config::builder()
             .add_source(
                 config::File::from(path)
@@ -268,19 +277,19 @@ impl AgentConfig {
                     .try_parsing(true)
                     .list_separator(",")
                     .with_list_parse_key("security.trusted_keys")
-                    .source(Some(section_overrides())),
+                    .source(Some(overrides)),
             )
             .build()
-            .map_err(|source| ConfigError::Load {
+            .map_err(|cause| ConfigError::Load {
                 path: path.to_owned(),
-                source,
+                cause,
             })?;
         let config: AgentConfig =
             settings
                 .try_deserialize()
-                .map_err(|source| ConfigError::Invalid {
+                .map_err(|cause| ConfigError::Invalid {
                     path: path.to_owned(),
-                    source,
+                    cause,
                 })?;
         config.check().map_err(|reason| ConfigError::Rule {
             path: path.to_owned(),
@@ -387,6 +396,56 @@ startup_timeout = "5s"
             .unwrap_err()
             .to_string();
         assert!(err.contains("/nonexistent/agent.toml"), "{err}");
+    }
+
+    /// Two valid public keys, as `flotilla keys generate` prints them.
+    fn two_keys() -> [String; 2] {
+        [(); 2].map(|()| {
+            flotilla_bus::signing::SigningKey::generate()
+                .unwrap()
+                .public_key_text()
+        })
+    }
+
+    fn load_with_env(text: &str, env: &[(&str, &str)]) -> Result<AgentConfig, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        AgentConfig::load_with(&write(dir.path(), text), env)
+    }
+
+    #[test]
+    fn trusted_keys_come_from_the_environment_separated_by_commas() {
+        let [one, two] = two_keys();
+        let list = format!("{one},{two}");
+        let config = load_with_env(GOOD, &[("FLOTILLA_SECURITY__TRUSTED_KEYS", &list)]).unwrap();
+        assert_eq!(config.security.trusted_keys, [one.clone(), two]);
+
+        let config = load_with_env(GOOD, &[("FLOTILLA_SECURITY__TRUSTED_KEYS", &one)]).unwrap();
+        assert_eq!(config.security.trusted_keys, [one]);
+    }
+
+    #[test]
+    fn a_bad_trusted_key_from_the_environment_is_refused() {
+        let [one, _] = two_keys();
+        let list = format!("{one},not-a-key");
+        let err = load_with_env(GOOD, &[("FLOTILLA_SECURITY__TRUSTED_KEYS", &list)])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("security.trusted_keys"), "{err}");
+    }
+
+    #[test]
+    fn other_lists_cannot_come_from_the_environment() {
+        let err = load_with_env(
+            GOOD,
+            &[("FLOTILLA_COMMANDS__ALLOW", "/bin/true,/bin/false")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("commands.allow"), "{err}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod inspect;
 pub mod journal;
 mod lifecycle;
 mod metrics;
+mod preview;
 mod session;
 pub mod steps;
 mod supervisor;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use flotilla_schemas::{
     Action, Check, CheckVerdict, Command, CommandId, GateReport, Gates, HttpCheck, Inspection,
-    Measurements, Outcome, Phase, PhaseReport, PhaseStatus, Precondition, RunResult, Step,
+    Measurements, Outcome, Phase, PhaseReport, PhaseStatus, Precondition, Preview, RunResult, Step,
     Workload, WorkloadFigures, WorkloadReport,
 };
 use time::OffsetDateTime;
@@ -20,7 +20,7 @@ use crate::journal::{Journal, JournalError, Record};
 use crate::steps::{self, RootDir};
 use crate::supervisor::Supervisor;
 use crate::template::Renderer;
-use crate::{checks, confine, crashpoint, health, inspect, metrics, workload};
+use crate::{checks, confine, crashpoint, health, inspect, metrics, preview, workload};
 use flotilla_telemetry::error_chain;
 
 /// A failure of the phase named in it; its message becomes the result's reason.
@@ -122,6 +122,18 @@ pub enum Acceptance {
 /// Content of `write_file` steps after placeholders are resolved, in step order.
 type Rendered = Vec<Option<String>>;
 
+/// What [`Lifecycle::check`] resolved: the declared work with its placeholders resolved.
+struct Checked {
+    contents: Rendered,
+    checks: Vec<Check>,
+    workloads: Vec<Workload>,
+}
+
+/// A failure of step `index` (from 0), as every reason names it: `step 2 (write_file): …`.
+fn at_step(index: usize, step: &Step, e: &dyn std::fmt::Display) -> String {
+    format!("step {} ({}): {e}", index + 1, step.name())
+}
+
 impl Lifecycle {
     /// Journals a new command, or answers at once for one that is already known (its stored
     /// result, marked replayed) or must be refused. Once this returns `Proceed`, the journal owns
@@ -202,6 +214,9 @@ impl Lifecycle {
                 self.inspect(&command, checks, config_files, &mut tracker)
                     .await
             }
+            // The session answers previews without the journal; one that got here anyway is
+            // still only a preview.
+            Action::Preview { .. } => self.preview(&command, events).await,
         };
         self.journal.append(Record::Finished {
             result: result.clone(),
@@ -336,19 +351,47 @@ impl Lifecycle {
         })
     }
 
-    /// Checks everything that can be checked before a change: paths, allowed programs, that
-    /// every placeholder resolves, and that the service is healthy now. Takes the baseline.
+    /// The precheck of a migration: [`Lifecycle::check`], then the baseline (startup time,
+    /// memory, each workload once) that validation compares with.
     async fn precheck(
         &self,
         spec: &MigrateSpec<'_>,
         command_run_id: flotilla_schemas::RunId,
         measurements: &mut Measurements,
     ) -> Result<Prepared, String> {
+        let checked = self.check(spec, command_run_id, false).await?;
+        measurements.startup_ms_before =
+            self.supervisor.last_startup().map(|d| d.as_millis() as u64);
+        measurements.rss_bytes_before = self.supervisor.pid().and_then(metrics::tree_rss);
+        // The baseline: each workload, once, before anything changes.
+        let mut workloads = Vec::with_capacity(checked.workloads.len());
+        for workload in checked.workloads {
+            let before = self.measure(&workload, command_run_id).await;
+            workloads.push((workload, before));
+        }
+        Ok(Prepared {
+            contents: checked.contents,
+            checks: checked.checks,
+            workloads,
+        })
+    }
+
+    /// Checks everything that can be checked before a change, changing nothing: preconditions,
+    /// paths, allowed programs, that every placeholder resolves, and that the service is healthy
+    /// now. A migration and its dry run both call it, so they cannot disagree. With
+    /// `mask_secrets`, secret values in the rendered content are [`crate::template::MASK`].
+    async fn check(
+        &self,
+        spec: &MigrateSpec<'_>,
+        command_run_id: flotilla_schemas::RunId,
+        mask_secrets: bool,
+    ) -> Result<Checked, String> {
         let steps = spec.steps;
         let vars = self.vars();
         let renderer = Renderer {
             vars: &vars,
             secrets: &self.config.secrets,
+            mask_secrets,
         };
         let root = RootDir::open(&self.config.service.root).map_err(|e| error_chain(&e))?;
         for condition in spec.preconditions {
@@ -381,8 +424,7 @@ impl Lifecycle {
         }
         let mut rendered = Vec::with_capacity(steps.len());
         for (index, step) in steps.iter().enumerate() {
-            let at =
-                |e: &dyn std::fmt::Display| format!("step {} ({}): {e}", index + 1, step.name());
+            let at = |e: &dyn std::fmt::Display| at_step(index, step, e);
             let content = match step {
                 Step::WriteFile { path, content, .. } => {
                     confine::relative_path(path).map_err(|e| at(&e))?;
@@ -413,20 +455,81 @@ impl Lifecycle {
         )
         .await
         .map_err(|e| format!("the service is not healthy before the migration: {e}"))?;
-        measurements.startup_ms_before =
-            self.supervisor.last_startup().map(|d| d.as_millis() as u64);
-        measurements.rss_bytes_before = self.supervisor.pid().and_then(metrics::tree_rss);
-        // The baseline: each workload, once, before anything changes.
-        let mut workloads = Vec::with_capacity(rendered_workloads.len());
-        for workload in rendered_workloads {
-            let before = self.measure(&workload, command_run_id).await;
-            workloads.push((workload, before));
-        }
-        Ok(Prepared {
+        Ok(Checked {
             contents: rendered,
             checks: rendered_checks,
-            workloads,
+            workloads: rendered_workloads,
         })
+    }
+
+    /// A dry run of a migration: the precheck, the free space the backup needs, then each step
+    /// played against the current files in memory. Changes nothing and journals nothing; the
+    /// reason it is refused with is the one the migration would stop on.
+    pub async fn preview(&self, command: &Command, events: &Events) -> RunResult {
+        if let Some(reason) = self.refusal(command) {
+            return refused(command, reason, Vec::new());
+        }
+        let Action::Preview {
+            steps,
+            preconditions,
+            checks,
+            workloads,
+        } = &command.action
+        else {
+            return refused(command, "not a preview command".into(), Vec::new());
+        };
+        let gates = Gates::default();
+        let spec = MigrateSpec {
+            steps,
+            health: &[],
+            gates: &gates,
+            preconditions,
+            checks,
+            workloads,
+        };
+        let mut tracker = Tracker {
+            events,
+            command,
+            phases: Vec::new(),
+        };
+        let checked = tracker
+            .run(Phase::Precheck, self.check(&spec, command.run_id, true))
+            .await;
+        let phases = tracker.phases;
+        let checked = match checked {
+            Ok(checked) => checked,
+            Err(failure) => return refused(command, failure.to_string(), phases),
+        };
+        let would_fail = |phase, reason| PhaseFailure { phase, reason }.to_string();
+        let backup_bytes = match self.backups.check_space(&self.config.service.root) {
+            Ok(bytes) => bytes,
+            Err(e) => return refused(command, would_fail(Phase::Backup, error_chain(&e)), phases),
+        };
+        let root = match RootDir::open(&self.config.service.root) {
+            Ok(root) => root,
+            Err(e) => return refused(command, would_fail(Phase::Apply, error_chain(&e)), phases),
+        };
+        let secrets = inspect::known_secret_values(&self.config.secrets);
+        let (shown, failure) = preview::play(&root, steps, &checked.contents, &secrets);
+        let preview = Some(Preview {
+            steps: shown,
+            backup_bytes: Some(backup_bytes),
+        });
+        match failure {
+            None => RunResult {
+                phases,
+                preview,
+                ..result(command, Outcome::Succeeded, None, Measurements::default())
+            },
+            Some((index, e)) => RunResult {
+                preview,
+                ..refused(
+                    command,
+                    would_fail(Phase::Apply, at_step(index, &steps[index], &e)),
+                    phases,
+                )
+            },
+        }
     }
 
     /// Runs a workload once, in a span that carries its figures.
@@ -502,7 +605,7 @@ impl Lifecycle {
     async fn apply(&mut self, steps: &[Step], rendered: &Rendered) -> Result<(), String> {
         let root = RootDir::open(&self.config.service.root).map_err(|e| error_chain(&e))?;
         for (index, (step, content)) in steps.iter().zip(rendered).enumerate() {
-            let at = |e: String| format!("step {} ({}): {e}", index + 1, step.name());
+            let at = |e: String| at_step(index, step, &e);
             let outcome = match step {
                 Step::WriteFile { path, mode, .. } => {
                     let content = content
@@ -867,6 +970,7 @@ impl Lifecycle {
                 let renderer = Renderer {
                     vars: &vars,
                     secrets: &self.config.secrets,
+                    mask_secrets: false,
                 };
                 let mut verdicts = Vec::new();
                 for check in checks {
@@ -1161,6 +1265,7 @@ pub(crate) fn result(
         gates: Vec::new(),
         workloads: Vec::new(),
         inspection: None,
+        preview: None,
         replayed: false,
     }
 }

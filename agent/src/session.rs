@@ -7,7 +7,7 @@ use async_nats::jetstream::{self, AckKind, consumer};
 use flotilla_bus::{BusError, signing};
 use flotilla_schemas::subjects::Subjects;
 use flotilla_schemas::{
-    AgentState, Command, CommandId, CommandSchema, HEADER_RUN_TRACEPARENT, InstanceId,
+    Action, AgentState, Command, CommandId, CommandSchema, HEADER_RUN_TRACEPARENT, InstanceId,
     Measurements, Outcome, Presence, RunId, RunResult, ServiceName, decode, encode,
 };
 use futures::StreamExt;
@@ -20,6 +20,8 @@ use crate::events::Events;
 use crate::journal::Record;
 use crate::lifecycle::{Acceptance, Lifecycle};
 use flotilla_telemetry::error_chain;
+
+mod takeover;
 
 /// Why the session ended with an error.
 #[derive(Debug, thiserror::Error)]
@@ -104,21 +106,6 @@ pub async fn serve(
         publish_result(&mut lifecycle, &events, &result).await?;
     }
 
-    let presence = tokio::spawn(answer_presence(
-        client.clone(),
-        subjects.clone(),
-        presence_template(&lifecycle),
-        status.clone(),
-        shutdown.clone(),
-    ));
-    let micro = tokio::spawn(serve_micro(
-        client.clone(),
-        subjects.clone(),
-        presence_template(&lifecycle),
-        status.clone(),
-        shutdown.clone(),
-    ));
-
     let trusted: Vec<signing::TrustedKey> = lifecycle
         .config
         .security
@@ -134,7 +121,7 @@ pub async fn serve(
     let name = subjects.agent_consumer(&service, &instance);
     // A busy server may time the creation out: keep trying, as for the streams, rather than
     // stop the agent.
-    let consumer = loop {
+    let mut consumer = loop {
         let created = commands
             .get_or_create_consumer(
                 &name,
@@ -163,6 +150,12 @@ pub async fn serve(
             }
         }
     };
+    if let Err(e) = takeover::take_over(&commands, &mut consumer, &name, &shutdown).await {
+        tracing::warn!(error = %error_chain(&e), "a previous incarnation's pull requests stay registered: the next command may wait for the ack wait");
+    }
+    if shutdown.is_cancelled() {
+        return Ok(lifecycle);
+    }
     let mut messages = consumer
         .messages()
         .await
@@ -170,6 +163,22 @@ pub async fn serve(
             name: name.clone(),
             source: Box::new(source),
         })?;
+    // Presence only once the consumer exists: the coordinator's discovery takes the consumers
+    // for the list of agents that can answer, and stops when all of them have.
+    let presence = tokio::spawn(answer_presence(
+        client.clone(),
+        subjects.clone(),
+        presence_template(&lifecycle),
+        status.clone(),
+        shutdown.clone(),
+    ));
+    let micro = tokio::spawn(serve_micro(
+        client.clone(),
+        subjects.clone(),
+        presence_template(&lifecycle),
+        status.clone(),
+        shutdown.clone(),
+    ));
     tracing::info!(%service, %instance, consumer = %name, "ready for commands");
 
     let mut retry = tokio::time::interval(RESULT_RETRY);
@@ -243,6 +252,19 @@ pub async fn serve(
             flotilla.instance = %command.instance,
         );
         continue_trace(&span, message.headers.as_ref());
+        if matches!(command.action, Action::Preview { .. }) {
+            // Read-only, so never journalled: a replay runs it again and changes nothing either.
+            let result = alongside(&mut flushing, lifecycle.preview(&command, &events))
+                .instrument(span.clone())
+                .await;
+            let _ = message.ack().await;
+            match events.result(&result).instrument(span).await {
+                Ok(()) => tracing::info!(outcome = result.outcome.as_str(), "preview published"),
+                Err(e) => tracing::warn!(error = %error_chain(&e), "preview not published"),
+            }
+            set_status(&status, AgentState::Idle, None, lifecycle.supervisor.pid());
+            continue;
+        }
         let handled = alongside(&mut flushing, async {
             tracing::info!(command_id = %command.command_id, "command received");
             match lifecycle.accept(&command) {
@@ -286,6 +308,9 @@ pub async fn serve(
         });
         set_status(&status, AgentState::Idle, None, lifecycle.supervisor.pid());
     }
+    // Stop pulling before the last flush: a command sent meanwhile goes to the next
+    // incarnation, not to a request nobody will serve.
+    drop(messages);
     if let Some(pending) = flushing {
         pending.await;
     }
@@ -378,6 +403,7 @@ async fn refuse(
         gates: Vec::new(),
         workloads: Vec::new(),
         inspection: None,
+        preview: None,
         replayed: false,
     };
     if let Err(e) = events.result(&result).await {

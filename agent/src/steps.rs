@@ -112,10 +112,15 @@ impl RootDir {
 
     /// Whether `path` exists (without following a final symlink).
     pub fn exists(&self, path: &str) -> Result<bool, StepError> {
+        Ok(self.metadata(path)?.is_some())
+    }
+
+    /// What is at `path` (without following a final symlink), or `None`.
+    pub fn metadata(&self, path: &str) -> Result<Option<cap_std::fs::Metadata>, StepError> {
         let relative = confine::relative_path(path)?;
         match self.dir.symlink_metadata(&relative) {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Ok(meta) => Ok(Some(meta)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io("stat", path)(e)),
         }
     }

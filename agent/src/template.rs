@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use flotilla_schemas::placeholder::{self, Piece, PlaceholderError};
+
 use crate::config::SecretSources;
 
 /// Why content could not be rendered. Names the placeholder, never a value.
@@ -13,68 +15,45 @@ pub enum TemplateError {
     UnknownSecret(String),
     #[error("variable {0:?} is not defined in the agent's [vars]")]
     UnknownVar(String),
-    #[error(
-        "unknown placeholder ${{{0}}}: use ${{secret:NAME}}, ${{var:NAME}} or $${{ for a literal"
-    )]
-    UnknownPlaceholder(String),
-    #[error("unterminated placeholder starting at byte {0}")]
-    Unterminated(usize),
+    #[error(transparent)]
+    Syntax(#[from] PlaceholderError),
 }
+
+/// What a secret's value is shown as in a dry run.
+pub const MASK: &str = "********";
 
 /// Resolves placeholders: `vars` answers `${var:…}`, `secrets` answers `${secret:…}`.
 pub struct Renderer<'a> {
     pub vars: &'a BTreeMap<String, String>,
     pub secrets: &'a SecretSources,
+    /// Write [`MASK`] for each secret, once it is known to resolve: what a dry run shows.
+    pub mask_secrets: bool,
 }
 
 impl Renderer<'_> {
     /// Renders `content`, or says which placeholder cannot be resolved.
     pub fn render(&self, content: &str) -> Result<String, TemplateError> {
         let mut out = String::with_capacity(content.len());
-        let mut rest = content;
-        let mut offset = 0;
-        while let Some(at) = rest.find('$') {
-            out.push_str(&rest[..at]);
-            let tail = &rest[at..];
-            if let Some(after) = tail.strip_prefix("$${") {
-                out.push_str("${");
-                offset += at + 3;
-                rest = after;
-            } else if let Some(after) = tail.strip_prefix("${") {
-                let end = after
-                    .find('}')
-                    .ok_or(TemplateError::Unterminated(offset + at))?;
-                out.push_str(&self.resolve(&after[..end])?);
-                offset += at + 2 + end + 1;
-                rest = &after[end + 1..];
-            } else {
-                out.push('$');
-                offset += at + 1;
-                rest = &tail[1..];
+        for piece in placeholder::parse(content)? {
+            match piece {
+                Piece::Text(text) => out.push_str(text),
+                Piece::Literal => out.push_str("${"),
+                Piece::Var(name) => out.push_str(
+                    self.vars
+                        .get(name)
+                        .ok_or_else(|| TemplateError::UnknownVar(name.to_owned()))?,
+                ),
+                Piece::Secret(name) => {
+                    let value = self.secret(name)?;
+                    out.push_str(if self.mask_secrets { MASK } else { &value });
+                }
             }
         }
-        out.push_str(rest);
         Ok(out)
     }
 
-    fn resolve(&self, placeholder: &str) -> Result<String, TemplateError> {
-        match placeholder.split_once(':') {
-            Some(("var", name)) => self
-                .vars
-                .get(name)
-                .cloned()
-                .ok_or_else(|| TemplateError::UnknownVar(name.to_owned())),
-            Some(("secret", name)) => self.secret(name),
-            _ => Err(TemplateError::UnknownPlaceholder(placeholder.to_owned())),
-        }
-    }
-
     fn secret(&self, name: &str) -> Result<String, TemplateError> {
-        let valid = !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-        if !valid {
+        if !placeholder::valid_secret_name(name) {
             return Err(TemplateError::UnknownSecret(name.to_owned()));
         }
         if let Ok(value) = std::env::var(format!("{}{name}", self.secrets.env_prefix)) {
@@ -109,6 +88,7 @@ mod tests {
         let r = Renderer {
             vars: &vars,
             secrets: &secrets,
+            mask_secrets: false,
         };
         let out = r
             .render("port = ${var:port}\nkey = ${secret:API_KEY}\nlit = \"$${secret:API_KEY}\" $5")
@@ -116,6 +96,18 @@ mod tests {
         assert_eq!(
             out,
             "port = 18081\nkey = s3cr3t\nlit = \"${secret:API_KEY}\" $5"
+        );
+        let masked = Renderer {
+            mask_secrets: true,
+            ..r
+        };
+        assert_eq!(
+            masked.render("key = ${secret:API_KEY}").unwrap(),
+            "key = ********"
+        );
+        assert_eq!(
+            masked.render("${secret:NOPE}"),
+            Err(TemplateError::UnknownSecret("NOPE".into()))
         );
     }
 
@@ -127,6 +119,7 @@ mod tests {
         let r = Renderer {
             vars: &vars,
             secrets: &secrets,
+            mask_secrets: false,
         };
         assert_eq!(
             r.render("${secret:NOPE}"),
@@ -138,11 +131,13 @@ mod tests {
         );
         assert_eq!(
             r.render("${env:HOME}"),
-            Err(TemplateError::UnknownPlaceholder("env:HOME".into()))
+            Err(TemplateError::Syntax(PlaceholderError::Unknown(
+                "env:HOME".into()
+            )))
         );
         assert_eq!(
             r.render("x ${var:port"),
-            Err(TemplateError::Unterminated(2))
+            Err(TemplateError::Syntax(PlaceholderError::Unterminated(2)))
         );
         assert_eq!(
             r.render("${secret:../../etc/passwd}"),

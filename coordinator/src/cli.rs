@@ -186,18 +186,24 @@ pub enum CommandKind {
     Agents,
     /// Run a migration plan over the fleet, wave by wave.
     #[command(
-        after_help = "Examples:\n  flotilla migrate deploy/demo/plan.toml\n  flotilla migrate plan.toml --dry-run\n  flotilla migrate plan.toml --rehearse --report-md guide.md\n  flotilla migrate plan.toml --output json --junit report.xml > report.json"
+        after_help = "Examples:\n  flotilla migrate deploy/demo/plan.toml\n  flotilla migrate plan.toml --dry-run\n  flotilla migrate plan.toml --rehearse --report-md guide.md\n  flotilla migrate plan.toml --no-finalize\n  flotilla migrate plan.toml --output json --junit report.xml > report.json"
     )]
     Migrate {
         /// The plan file (TOML).
         plan: PathBuf,
-        /// Show the waves, gates and what each agent would do; change nothing.
+        /// Ask every agent to run the precheck and show what each step would do (diffs,
+        /// deletions, commands; secrets masked); change nothing. Exits as the real run would.
         #[arg(long, conflicts_with = "rehearse")]
         dry_run: bool,
         /// Migrate, validate, then roll every service back and prove it healthy: tests the
         /// rollback of every service and leaves the fleet as it was.
         #[arg(long)]
         rehearse: bool,
+        /// Migrate and prove the fleet (cross-service and correlation checks), then keep every
+        /// backup: the run waits `awaiting_finalize` for `flotilla finalize RUN` or
+        /// `flotilla rollback RUN` (the plan's `finalize = "manual"` does the same).
+        #[arg(long, conflicts_with_all = ["rehearse", "dry_run"])]
+        no_finalize: bool,
         #[command(flatten)]
         files: ReportFiles,
     },
@@ -236,6 +242,15 @@ pub enum CommandKind {
         #[command(flatten)]
         files: ReportFiles,
     },
+    /// Finalize a run awaiting its decision (`migrate --no-finalize`): every agent drops its
+    /// backup and the run succeeds. Sends nothing else: the run was proven before it paused.
+    #[command(after_help = "Example:\n  flotilla finalize 019abc")]
+    Finalize {
+        /// Run ID, or a unique prefix of it.
+        run: String,
+        #[command(flatten)]
+        files: ReportFiles,
+    },
     /// Ask the coordinator driving a run to stop dispatching; the run stays resumable.
     #[command(after_help = "Example:\n  flotilla cancel 019abc")]
     Cancel {
@@ -267,13 +282,14 @@ pub enum CommandKind {
     /// Print a run's report: a table, JSON, Markdown (the migration guide), JUnit XML, or a
     /// self-contained HTML page with the run's timeline and charts.
     #[command(
-        after_help = "Examples:\n  flotilla report 019abc --format md > guide.md\n  flotilla report --format junit > report.xml\n  flotilla report 019abc --format html > report.html"
+        after_help = "Examples:\n  flotilla report 019abc --format md > guide.md\n  flotilla report --format junit > report.xml\n  flotilla report 019abc --format html > report.html\n  flotilla report 019abc --output json"
     )]
     Report {
         /// Run ID, or a unique prefix of it (default: the latest run).
         run: Option<String>,
-        #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
-        format: ReportFormat,
+        /// The report's format (default: `md`, or `json` with `--output json`).
+        #[arg(long, value_enum)]
+        format: Option<ReportFormat>,
     },
     /// Watch a run live, from any machine: its waves and one row per service with its phase,
     /// elapsed time, gate figures and outcome. Exits when the run ends, with the run's exit code.
@@ -332,14 +348,16 @@ pub enum KeysAction {
 /// Plan subcommands.
 #[derive(Debug, Subcommand)]
 pub enum PlanAction {
-    /// Check a plan file without connecting anywhere; show its waves.
+    /// Check a plan file without connecting anywhere (keys, waves, paths, placeholders); show
+    /// its waves.
     #[command(after_help = "Example:\n  flotilla plan check deploy/demo/plan.toml")]
     Check { plan: PathBuf },
 }
 
 const EXIT_CODES: &str = "Exit codes:
-  0  every service succeeded
-  1  a service failed or was refused; the fleet was rolled back (or left, per the plan)
+  0  every service succeeded (with --no-finalize: migrated and proven, awaiting finalize)
+  1  a service failed or was refused, or a cross-service check failed (in a rehearsal too);
+     the fleet was rolled back (or left, per the plan)
   2  bad input (arguments, plan); nothing changed
   3  pre-flight failed (a service has no live, compatible agent); nothing changed
   4  NATS unreachable or unusable

@@ -16,7 +16,8 @@ use crate::plan::Plan;
 use crate::progress::TerminalProgress;
 use crate::report::RunReport;
 use crate::rollout::{self, Engine, EngineParts};
-use crate::store::{Revisions, RunRecord, Store};
+use crate::sanitize::{multi_line, one_line};
+use crate::store::{Revisions, RunRecord, RunStatus, Store, StoreError, Unreadable};
 
 mod agents;
 mod html;
@@ -31,11 +32,15 @@ pub(crate) async fn run(cli: Cli, shutdown: CancellationToken) -> u8 {
             plan,
             dry_run,
             rehearse,
+            no_finalize,
             files,
-        } => migrate::migrate(&cli, plan, *dry_run, *rehearse, files, shutdown).await,
+        } => {
+            let (dry_run, rehearse, no_finalize) = (*dry_run, *rehearse, *no_finalize);
+            migrate::migrate(&cli, plan, dry_run, rehearse, no_finalize, files, shutdown).await
+        }
         CommandKind::Plan {
             action: cli::PlanAction::Check { plan },
-        } => migrate::plan_check(plan),
+        } => migrate::plan_check(&cli, plan),
         CommandKind::Runs => runs(&cli).await,
         CommandKind::Status { run } => status(&cli, run.as_deref()).await,
         CommandKind::Resume { run, files } => resume(&cli, run, files, shutdown).await,
@@ -44,6 +49,7 @@ pub(crate) async fn run(cli: Cli, shutdown: CancellationToken) -> u8 {
             service,
             files,
         } => rollback(&cli, run, service.as_deref(), files, shutdown).await,
+        CommandKind::Finalize { run, files } => finalize(&cli, run, files, shutdown).await,
         CommandKind::Cancel { run } => cancel(&cli, run).await,
         CommandKind::Verify { run } => verify(&cli, run.as_deref()).await,
         CommandKind::Completions { shell } => {
@@ -56,8 +62,15 @@ pub(crate) async fn run(cli: Cli, shutdown: CancellationToken) -> u8 {
         }
         CommandKind::Keys {
             action: cli::KeysAction::Generate { out },
-        } => keys_generate(out),
-        CommandKind::Report { run, format } => report(&cli, run.as_deref(), *format).await,
+        } => keys_generate(&cli, out),
+        CommandKind::Report { run, format } => {
+            // `-o json` asks for the JSON report; an explicit `--format` wins.
+            let format = format.unwrap_or(match cli.output {
+                OutputFormat::Json => ReportFormat::Json,
+                OutputFormat::Text => ReportFormat::Md,
+            });
+            report(&cli, run.as_deref(), format).await
+        }
         CommandKind::Watch { run, wait } => {
             watch::watch(&cli, run.as_deref(), *wait, shutdown).await
         }
@@ -90,7 +103,7 @@ pub(crate) fn engine_parts<'a>(
 }
 
 /// `flotilla keys generate`.
-fn keys_generate(out: &Path) -> u8 {
+fn keys_generate(cli: &Cli, out: &Path) -> u8 {
     let key = match flotilla_bus::signing::SigningKey::generate() {
         Ok(key) => key,
         Err(e) => return fail(exit::USAGE, e),
@@ -98,12 +111,23 @@ fn keys_generate(out: &Path) -> u8 {
     if let Err(e) = key.save(out) {
         return fail(exit::USAGE, error_chain(&e));
     }
-    println!("private key: {} (mode 0600; keep it secret)", out.display());
-    println!(
-        "public key:  {} ; add this line to every agent's [security] trusted_keys:",
-        flotilla_bus::signing::public_key_path(out).display()
-    );
-    println!("  trusted_keys = [\"{}\"]", key.public_key_text());
+    let public_key_file = flotilla_bus::signing::public_key_path(out);
+    match cli.output {
+        OutputFormat::Json => print_json(&serde_json::json!({
+            "private_key_file": out,
+            "public_key_file": public_key_file,
+            "public_key": key.public_key_text(),
+        })),
+        OutputFormat::Text => {
+            let shown = |path: &Path| one_line(&path.display().to_string()).into_owned();
+            println!("private key: {} (mode 0600; keep it secret)", shown(out));
+            println!(
+                "public key:  {} ; add this line to every agent's [security] trusted_keys:",
+                shown(&public_key_file)
+            );
+            println!("  trusted_keys = [\"{}\"]", key.public_key_text());
+        }
+    }
     exit::OK
 }
 
@@ -117,9 +141,18 @@ fn signer(cli: &Cli) -> Result<Option<std::sync::Arc<flotilla_bus::signing::Sign
     }
 }
 
+/// Says what went wrong on stderr (whatever `--output`: stdout stays empty), controls escaped.
 fn fail(code: u8, message: impl std::fmt::Display) -> u8 {
-    eprintln!("error: {message}");
+    eprintln!("error: {}", multi_line(&message.to_string()));
     code
+}
+
+/// Prints `value` as one JSON document on stdout.
+fn print_json(value: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("output serializes")
+    );
 }
 
 async fn connect(cli: &Cli) -> Result<(async_nats::Client, Subjects), u8> {
@@ -161,16 +194,18 @@ async fn open_store(client: &async_nats::Client, subjects: &Subjects) -> Result<
         .map_err(|e| fail(exit::BUS, error_chain(&e)))
 }
 
+/// A connection, the run store and one run loaded from it.
+type Loaded = (async_nats::Client, Subjects, Store, RunRecord, Revisions);
+
 /// Connects, opens the store and loads the run named `run` (or the latest).
-async fn load_run(
-    cli: &Cli,
-    run: Option<&str>,
-) -> Result<(async_nats::Client, Subjects, Store, RunRecord, Revisions), u8> {
+async fn load_run(cli: &Cli, run: Option<&str>) -> Result<Loaded, u8> {
     let (client, subjects) = connect(cli).await?;
     let store = open_store(&client, &subjects).await?;
     let run_id: RunId = match store.find(run).await {
-        Ok(Ok(id)) => id,
-        Ok(Err(why)) => return Err(fail(exit::USAGE, why)),
+        Ok(found) => {
+            warn_unreadable(&found.unreadable);
+            found.run.map_err(|why| fail(exit::USAGE, why))?
+        }
         Err(e) => return Err(fail(exit::BUS, error_chain(&e))),
     };
     match store.load(&run_id).await {
@@ -179,6 +214,8 @@ async fn load_run(
             exit::USAGE,
             format!("no run {run_id} in the run store"),
         )),
+        // The store answered; this coordinator cannot read what it holds.
+        Err(e @ StoreError::Corrupt { .. }) => Err(fail(exit::USAGE, error_chain(&e))),
         Err(e) => Err(fail(exit::BUS, error_chain(&e))),
     }
 }
@@ -187,10 +224,7 @@ async fn load_run(
 fn emit(cli: &Cli, record: &RunRecord, files: &ReportFiles) -> u8 {
     let report = RunReport::from_record(record);
     match cli.output {
-        OutputFormat::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&report).expect("reports serialize")
-        ),
+        OutputFormat::Json => print_json(&report),
         OutputFormat::Text => print!("{}", report.to_text()),
     }
     let _ = std::io::stdout().flush();
@@ -242,11 +276,12 @@ async fn runs(cli: &Cli) -> u8 {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let records = match store.list().await {
-        Ok(r) => r,
+    let listing = match store.list().await {
+        Ok(listing) => listing,
         Err(e) => return fail(exit::BUS, error_chain(&e)),
     };
-    let reports: Vec<RunReport> = records.iter().map(RunReport::from_record).collect();
+    warn_unreadable(&listing.unreadable);
+    let reports: Vec<RunReport> = listing.runs.iter().map(RunReport::from_record).collect();
     match cli.output {
         OutputFormat::Json => {
             let rows: Vec<serde_json::Value> = reports
@@ -264,11 +299,11 @@ async fn runs(cli: &Cli) -> u8 {
                         "coordinator": r.coordinator,
                     })
                 })
+                .chain(listing.unreadable.iter().map(|u| {
+                    serde_json::json!({ "key": u.key, "unreadable": u.reason })
+                }))
                 .collect();
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&rows).expect("rows serialize")
-            );
+            print_json(&rows);
         }
         OutputFormat::Text => {
             println!(
@@ -286,19 +321,29 @@ async fn runs(cli: &Cli) -> u8 {
                     "{:36}  {:20}  {:23}  {:>8}  {:>8}  {}",
                     r.run_id.to_string(),
                     started,
-                    serde_json::to_value(r.status)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                        .unwrap_or_default(),
+                    status_name(r.status),
                     r.services.len(),
                     format!("{:.1}s", r.duration_ms as f64 / 1000.0),
-                    r.plan
+                    one_line(&r.plan)
                 );
             }
             eprintln!("{} run(s)", reports.len());
+            for r in reports.iter().filter_map(RunReport::next_step) {
+                eprintln!("awaiting finalize: {r}");
+            }
         }
     }
     exit::OK
+}
+
+/// One warning line per run-store entry that a listing skipped.
+fn warn_unreadable(unreadable: &[Unreadable]) {
+    for entry in unreadable {
+        eprintln!(
+            "warning: run-store entry {} is unreadable and skipped: {}",
+            entry.key, entry.reason
+        );
+    }
 }
 
 async fn status(cli: &Cli, run: Option<&str>) -> u8 {
@@ -364,11 +409,9 @@ async fn verify(cli: &Cli, run: Option<&str>) -> u8 {
         Err(e) => return fail(exit::BUS, format!("cannot read trace {trace_id}: {e}")),
     };
     match cli.output {
-        OutputFormat::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&report).expect("reports serialize")
-        ),
-        OutputFormat::Text => print!("{}", crate::verify::to_text(&report)),
+        OutputFormat::Json => print_json(&report),
+        // Service names, span and log problems come from the tracing backend: data.
+        OutputFormat::Text => print!("{}", multi_line(&crate::verify::to_text(&report))),
     }
     if report.ok { exit::OK } else { exit::FAILED }
 }
@@ -383,10 +426,7 @@ async fn report(cli: &Cli, run: Option<&str>, format: ReportFormat) -> u8 {
     match format {
         ReportFormat::Html => print!("{}", html::render(&client, &subjects, &record).await),
         ReportFormat::Text => print!("{}", report.to_text()),
-        ReportFormat::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&report).expect("reports serialize")
-        ),
+        ReportFormat::Json => print_json(&report),
         ReportFormat::Md => print!("{}", report.to_markdown()),
         ReportFormat::Junit => print!("{}", report.to_junit()),
     }
@@ -398,6 +438,9 @@ async fn cancel(cli: &Cli, run: &str) -> u8 {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
+    if record.status == RunStatus::AwaitingFinalize {
+        return fail(exit::USAGE, awaiting_decision(&record));
+    }
     if !record.resumable() {
         return fail(
             exit::USAGE,
@@ -410,10 +453,18 @@ async fn cancel(cli: &Cli, run: &str) -> u8 {
     if let Err(e) = store.request_cancel(&record.run_id).await {
         return fail(exit::BUS, error_chain(&e));
     }
-    eprintln!(
-        "cancel requested for run {}: its coordinator stops dispatching before the next command; `flotilla resume {}` finishes it",
-        record.run_id, record.run_id
-    );
+    match cli.output {
+        OutputFormat::Json => print_json(&serde_json::json!({
+            "run_id": record.run_id,
+            "cancel_requested": true,
+            "status": record.status,
+            "stage": record.stage.as_str(),
+        })),
+        OutputFormat::Text => eprintln!(
+            "cancel requested for run {}: its coordinator stops dispatching before the next command; `flotilla resume {}` finishes it",
+            record.run_id, record.run_id
+        ),
+    }
     exit::OK
 }
 
@@ -425,6 +476,9 @@ async fn resume(cli: &Cli, run: &str, files: &ReportFiles, shutdown: Cancellatio
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
+    if record.status == RunStatus::AwaitingFinalize {
+        return fail(exit::USAGE, awaiting_decision(&record));
+    }
     if !record.resumable() {
         return fail(
             exit::USAGE,
@@ -434,23 +488,90 @@ async fn resume(cli: &Cli, run: &str, files: &ReportFiles, shutdown: Cancellatio
             ),
         );
     }
+    if cli.output == OutputFormat::Text {
+        eprintln!(
+            "resuming run {} ({}) at stage {:?}",
+            record.run_id,
+            one_line(&record.plan_name),
+            record.stage
+        );
+    }
+    let loaded = (client, subjects, store, record, revisions);
+    take_over(cli, loaded, Takeover::Resume, files, shutdown).await
+}
+
+/// Why `resume` and `cancel` leave alone a run that waits for its operator.
+fn awaiting_decision(record: &RunRecord) -> String {
+    let run = record.run_id;
+    format!(
+        "run {run} is migrated and proven, and awaits a decision, not a coordinator: `flotilla finalize {run}` drops the backups, `flotilla rollback {run}` restores the fleet"
+    )
+}
+
+/// `flotilla finalize RUN`: the decision to keep a run that awaits it.
+async fn finalize(cli: &Cli, run: &str, files: &ReportFiles, shutdown: CancellationToken) -> u8 {
+    if let Err(code) = check_report_files(files) {
+        return code;
+    }
+    let (client, subjects, store, record, revisions) = match load_run(cli, Some(run)).await {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    if record.status != RunStatus::AwaitingFinalize {
+        return fail(
+            exit::USAGE,
+            format!(
+                "run {} is not awaiting finalize (it is {}); only a run migrated with --no-finalize (or finalize = \"manual\") waits for one",
+                record.run_id,
+                status_name(record.status)
+            ),
+        );
+    }
+    let loaded = (client, subjects, store, record, revisions);
+    take_over(cli, loaded, Takeover::Finalize, files, shutdown).await
+}
+
+/// What a new engine does with a recorded run.
+enum Takeover {
+    Resume,
+    Rollback(Option<ServiceName>),
+    Finalize,
+}
+
+/// Takes a recorded run over with an engine of this process, carries out `what`, and reports how
+/// the run ended.
+async fn take_over(
+    cli: &Cli,
+    (client, subjects, store, record, revisions): Loaded,
+    what: Takeover,
+    files: &ReportFiles,
+    shutdown: CancellationToken,
+) -> u8 {
     let plan = match Plan::parse_named(&record.plan_text, &record.plan_path) {
         Ok(plan) => plan,
         Err(e) => return fail(exit::USAGE, e),
     };
-    eprintln!(
-        "resuming run {} ({}) at stage {:?}",
-        record.run_id, record.plan_name, record.stage
-    );
     let parts = match engine_parts(cli, &client, &subjects, store, shutdown) {
         Ok(parts) => parts,
         Err(code) => return code,
     };
     let result = match Engine::attach(parts, plan, record, revisions).await {
-        Ok(engine) => engine.drive().await,
+        Ok(engine) => match what {
+            Takeover::Resume => engine.drive().await,
+            Takeover::Rollback(only) => engine.roll_back(only).await,
+            Takeover::Finalize => engine.finalize().await,
+        },
         Err(e) => Err(e),
     };
     finish(cli, &client, result, files).await
+}
+
+/// A run status as written in reports (`awaiting_finalize`).
+fn status_name(status: RunStatus) -> String {
+    serde_json::to_value(status)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 async fn rollback(
@@ -510,19 +631,8 @@ async fn rollback(
             ),
         );
     }
-    let plan = match Plan::parse_named(&record.plan_text, &record.plan_path) {
-        Ok(plan) => plan,
-        Err(e) => return fail(exit::USAGE, e),
-    };
-    let parts = match engine_parts(cli, &client, &subjects, store, shutdown) {
-        Ok(parts) => parts,
-        Err(code) => return code,
-    };
-    let result = match Engine::attach(parts, plan, record, revisions).await {
-        Ok(engine) => engine.roll_back(only).await,
-        Err(e) => Err(e),
-    };
-    finish(cli, &client, result, files).await
+    let loaded = (client, subjects, store, record, revisions);
+    take_over(cli, loaded, Takeover::Rollback(only), files, shutdown).await
 }
 
 /// Reports how an engine run ended.

@@ -1,4 +1,12 @@
-//! Finding the live agents: one presence request, every agent answers.
+//! Finding the live agents: a presence request, every agent answers.
+//!
+//! The bus knows every agent by its durable consumer on the commands stream
+//! (`agent_<service>_<instance>`, see `Subjects::agent_consumer`), and an agent answers presence
+//! only once that consumer exists. So the consumer list read right after the request is
+//! published names every agent that can answer it, and discovery stops as soon as each of them
+//! has: no live agent is left out, and a fleet that answers in milliseconds is found in
+//! milliseconds. An agent that is known but silent (restarting, or down) is asked again until it
+//! answers or the window ends.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -6,9 +14,19 @@ use std::time::Duration;
 use async_nats::StatusCode;
 
 use flotilla_schemas::subjects::Subjects;
-use flotilla_schemas::{Presence, decode};
+use flotilla_schemas::{InstanceId, Presence, ServiceName, decode};
 use futures::StreamExt;
 use tokio::time::Instant;
+
+/// How the agents' durable consumers on the commands stream are named: `agent_<service>_<instance>`.
+const AGENT_CONSUMER_PREFIX: &str = "agent_";
+
+/// How often the request goes out again while a known agent has not answered: one that was
+/// restarting answers the next request, not the one sent before it listened.
+const ASK_AGAIN: Duration = Duration::from_millis(250);
+
+/// When the bus knows of no agent: stop this long after the last answer.
+const QUIET: Duration = Duration::from_millis(250);
 
 /// Why discovery failed.
 #[derive(Debug, thiserror::Error)]
@@ -19,62 +37,114 @@ pub enum DiscoveryError {
     Publish(#[source] async_nats::PublishError),
 }
 
-/// How many agents the bus knows of: each agent keeps one durable consumer on the commands
-/// stream. `None` when the stream cannot be read (e.g. it does not exist yet).
-pub async fn known_agents(client: &async_nats::Client, subjects: &Subjects) -> Option<usize> {
-    let js = async_nats::jetstream::new(client.clone());
-    let mut stream = js.get_stream(subjects.commands_stream()).await.ok()?;
-    Some(stream.info().await.ok()?.state.consumer_count)
+/// Who answered, read even from an answer in a schema this coordinator cannot read: that agent
+/// is live, and is not waited for.
+#[derive(serde::Deserialize)]
+struct Identity {
+    service: ServiceName,
+    instance: InstanceId,
 }
 
-/// Asks every agent to report and gathers the answers for at most `window`; stops as soon as
-/// `expected` agents have answered (see [`known_agents`]), or once answers have stopped coming
-/// for a short while. The first is the common case, and saves the quiet period: an agent that
-/// is known but does not answer (it is down) costs the quiet period, not the window.
+/// The agents the bus knows of: the names of the agents' durable consumers on the commands
+/// stream. `None` when the stream cannot be read (e.g. it does not exist yet).
+async fn known_agents(client: &async_nats::Client, subjects: &Subjects) -> Option<HashSet<String>> {
+    let js = async_nats::jetstream::new(client.clone());
+    let stream = js.get_stream(subjects.commands_stream()).await.ok()?;
+    let mut names = stream.consumer_names();
+    let mut known = HashSet::new();
+    while let Some(name) = names.next().await {
+        let name = name.ok()?;
+        if name.starts_with(AGENT_CONSUMER_PREFIX) {
+            known.insert(name);
+        }
+    }
+    Some(known)
+}
+
+/// Asks every agent to report and gathers the answers for at most `window`. Stops as soon as
+/// every agent the bus knows of has answered; while one has not, asks again every
+/// [`ASK_AGAIN`]. When the bus knows of none, stops [`QUIET`] after the last answer, or at once
+/// when nobody listens.
 pub async fn discover(
     client: &async_nats::Client,
     subjects: &Subjects,
     window: Duration,
-    expected: Option<usize>,
 ) -> Result<Vec<Presence>, DiscoveryError> {
-    const QUIET: Duration = Duration::from_millis(250);
+    let deadline = Instant::now() + window;
     let inbox = client.new_inbox();
     let mut answers = client
         .subscribe(inbox.clone())
         .await
         .map_err(DiscoveryError::Subscribe)?;
-    client
-        .publish_with_reply(subjects.presence(), inbox, Vec::new().into())
+    let ask = || async {
+        client
+            .publish_with_reply(subjects.presence(), inbox.clone(), Vec::new().into())
+            .await
+            .map_err(DiscoveryError::Publish)?;
+        let _ = client.flush().await;
+        Ok::<_, DiscoveryError>(())
+    };
+    ask().await?;
+    // Read after the request went out: an agent creates its consumer before it listens for
+    // presence, so every agent that can answer this request is in the list.
+    let known = known_agents(client, subjects)
         .await
-        .map_err(DiscoveryError::Publish)?;
-    let _ = client.flush().await;
-    let deadline = Instant::now() + window;
+        .filter(|k| !k.is_empty());
+    let mut next_ask = Instant::now() + ASK_AGAIN;
+    let mut answered: HashSet<String> = HashSet::new();
     let mut found: Vec<Presence> = Vec::new();
-    let mut seen = HashSet::new();
+    let mut last_answer: Option<Instant> = None;
     loop {
-        let wait_until = if found.is_empty() {
-            deadline
-        } else {
-            deadline.min(Instant::now() + QUIET)
+        let wait_until = match (&known, last_answer) {
+            (Some(known), _) if known.is_subset(&answered) => break,
+            (Some(_), _) => deadline.min(next_ask),
+            (None, Some(last)) => deadline.min(last + QUIET),
+            (None, None) => deadline,
         };
         match tokio::time::timeout_at(wait_until, answers.next()).await {
-            // "No responders": no agent listens at all, none will answer.
-            Ok(Some(message)) if message.status == Some(StatusCode::NO_RESPONDERS) => break,
-            Ok(Some(message)) if message.status.is_some() => {}
-            Ok(Some(message)) => match decode::<Presence>(&message.payload) {
-                Ok(presence) => {
-                    if seen.insert((presence.service.clone(), presence.instance.clone())) {
-                        found.push(presence);
-                    }
-                    if expected.is_some_and(|n| n > 0 && found.len() >= n) {
-                        break;
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "ignoring a malformed presence answer"),
-            },
+            Err(_) if known.is_some() && Instant::now() < deadline => {
+                ask().await?;
+                next_ask = Instant::now() + ASK_AGAIN;
+            }
             Ok(None) | Err(_) => break,
+            // "No responders": nobody listens now. When the bus knows of agents, one may be
+            // coming up: keep asking until the window ends.
+            Ok(Some(message)) if message.status == Some(StatusCode::NO_RESPONDERS) => {
+                if known.is_none() {
+                    break;
+                }
+            }
+            Ok(Some(message)) if message.status.is_some() => {}
+            Ok(Some(message)) => {
+                last_answer = Some(Instant::now());
+                // Each request is answered again: take the first answer of each agent.
+                let first = serde_json::from_slice::<Identity>(&message.payload)
+                    .map(|who| {
+                        answered.insert(subjects.agent_consumer(&who.service, &who.instance))
+                    })
+                    .unwrap_or(true);
+                if !first {
+                    continue;
+                }
+                match decode::<Presence>(&message.payload) {
+                    Ok(presence) => found.push(presence),
+                    Err(e) => tracing::warn!(error = %e, "ignoring a malformed presence answer"),
+                }
+            }
         }
     }
     found.sort_by(|a, b| (&a.service, &a.instance).cmp(&(&b.service, &b.instance)));
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_consumers_carry_the_prefix() {
+        let subjects = Subjects::default();
+        let name = subjects.agent_consumer(&"inference".parse().unwrap(), &"a1".parse().unwrap());
+        assert!(name.starts_with(AGENT_CONSUMER_PREFIX), "{name}");
+    }
 }

@@ -25,8 +25,8 @@ pub struct EventsError {
 pub enum RunEvent {
     /// A phase started or ended (`flotilla.progress.v1`).
     Progress(Progress),
-    /// A command's result (`flotilla.result.v1`).
-    Result(RunResult),
+    /// A command's result (`flotilla.result.v1`); boxed, as it is several times a progress.
+    Result(Box<RunResult>),
 }
 
 /// A run's events, in the order the stream holds them.
@@ -109,7 +109,7 @@ impl RunEvents {
                     decode::<Progress>(&message.payload).map(RunEvent::Progress)
                 }
                 Ok(flotilla_schemas::ResultSchema::VALUE) => {
-                    decode::<RunResult>(&message.payload).map(RunEvent::Result)
+                    decode::<RunResult>(&message.payload).map(|r| RunEvent::Result(Box::new(r)))
                 }
                 other => {
                     tracing::warn!(schema = ?other, "ignoring an event of unknown schema");

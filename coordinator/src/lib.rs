@@ -9,6 +9,7 @@
 pub mod cli;
 mod commands;
 mod discovery;
+mod dry_run;
 mod events;
 pub mod exit;
 pub mod plan;
@@ -17,6 +18,7 @@ mod report;
 mod rollout;
 #[cfg(test)]
 mod run_schema;
+mod sanitize;
 mod store;
 pub mod verify;
 

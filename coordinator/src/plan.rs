@@ -7,6 +7,7 @@
 //! on_failure = "rollback"    # or "leave" / "continue": what happens once the budget is broken
 //! failure_budget = 0         # failed services tolerated (a count, or "10%")
 //! max_parallel = 4           # services migrating at once inside a wave
+//! finalize = "auto"          # or "manual": keep the backups until `flotilla finalize RUN`
 //!
 //! [[wave]]
 //! name = "canary"
@@ -32,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 mod amount;
+mod fields;
 mod waves;
 
 pub use amount::Amount;
@@ -74,6 +76,8 @@ pub struct Plan {
     pub waves: Vec<Wave>,
     /// Checks across the migrated fleet before it is finalized.
     pub cross_service: Option<CrossService>,
+    /// Whether a proven run drops its backups at once or waits for an operator's decision.
+    pub finalize: Finalize,
 }
 
 /// The cross-service stage (T006 phase 3), run by every migrated service's agent under the
@@ -122,6 +126,27 @@ impl OnFailure {
     }
 }
 
+/// What a run does once every service is migrated and the cross-service checks passed.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Finalize {
+    /// The agents drop their backups at once (the default).
+    #[default]
+    Auto,
+    /// The run stops `awaiting_finalize`, every backup kept, until `flotilla finalize RUN` or
+    /// `flotilla rollback RUN` decides: production can be watched first.
+    Manual,
+}
+
+impl Finalize {
+    /// True for the default, which run records leave out.
+    pub fn is_auto(&self) -> bool {
+        *self == Finalize::Auto
+    }
+}
+
 /// What happens to one service (every instance of it).
 #[derive(Debug, Clone)]
 pub struct ServicePlan {
@@ -166,6 +191,8 @@ struct RawPlan {
     failure_budget: Option<Spanned<Amount>>,
     #[serde(default)]
     max_parallel: Option<Spanned<u32>>,
+    #[serde(default)]
+    finalize: Finalize,
     #[serde(rename = "step", default)]
     default_steps: Vec<Step>,
     #[serde(rename = "health", default)]
@@ -262,15 +289,17 @@ impl Plan {
             path: path.to_owned(),
             message: e.to_string().trim_end().replace('\n', "\n  "),
         })?;
-        Self::from_raw(raw).map_err(|e| PlanError::Rule {
-            path: path.to_owned(),
-            at: match &e.span {
-                Some(span) => format!("line {}, key {}: ", line_of(text, span.start), e.key),
-                None if e.key.is_empty() => String::new(),
-                None => format!("key {}: ", e.key),
-            },
-            reason: e.reason,
-        })
+        Self::from_raw(raw)
+            .and_then(|plan| fields::check(text).map(|()| plan))
+            .map_err(|e| PlanError::Rule {
+                path: path.to_owned(),
+                at: match &e.span {
+                    Some(span) => format!("line {}, key {}: ", line_of(text, span.start), e.key),
+                    None if e.key.is_empty() => String::new(),
+                    None => format!("key {}: ", e.key),
+                },
+                reason: e.reason,
+            })
     }
 
     fn from_raw(raw: RawPlan) -> Result<Self, RuleError> {
@@ -378,6 +407,7 @@ impl Plan {
             services,
             waves,
             cross_service: raw.cross_service,
+            finalize: raw.finalize,
         })
     }
 

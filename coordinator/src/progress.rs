@@ -1,5 +1,6 @@
 //! Progress on stderr: on a terminal, a bar per wave and a line per service with its phase;
-//! otherwise plain lines, one per phase change, wave and decision.
+//! otherwise plain lines, one per phase change, wave and decision. Every line and bar message
+//! holds text from agents (reasons, details): it is shown on one line, controls escaped.
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -9,6 +10,7 @@ use flotilla_schemas::{PhaseStatus, Progress, RunResult};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::rollout::ProgressSink;
+use crate::sanitize::one_line;
 
 /// How often the spinners redraw.
 const TICK: Duration = Duration::from_millis(120);
@@ -52,7 +54,7 @@ impl TerminalProgress {
         if self.quiet {
             return;
         }
-        let text = format!("[{:>6.2}s] {text}", self.elapsed());
+        let text = format!("[{:>6.2}s] {}", self.elapsed(), one_line(text));
         match &self.bars {
             Some(bars) => {
                 let _ = bars.multi.println(text);
@@ -111,7 +113,9 @@ impl ProgressSink for TerminalProgress {
             && let Some(bar) = bars.services.get(&key)
             && !bar.is_finished()
         {
-            bar.finish_with_message(format!("=> {}{replayed}{reason}", r.outcome.as_str()));
+            bar.finish_with_message(
+                one_line(&format!("=> {}{replayed}{reason}", r.outcome.as_str())).into_owned(),
+            );
             if let Some(batch) = &bars.batch {
                 batch.inc(1);
             }
@@ -149,14 +153,14 @@ impl ProgressSink for TerminalProgress {
         let batch = bars
             .multi
             .add(ProgressBar::new(targets.len() as u64).with_style(style));
-        batch.set_prefix(name.to_owned());
+        batch.set_prefix(one_line(name).into_owned());
         let style = ProgressStyle::with_template("  {spinner} {prefix:20} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_spinner());
         for target in targets {
             let bar = bars.multi.add(
                 ProgressBar::new_spinner()
                     .with_style(style.clone())
-                    .with_prefix(target.clone())
+                    .with_prefix(one_line(target).into_owned())
                     .with_message("waiting"),
             );
             bar.enable_steady_tick(TICK);

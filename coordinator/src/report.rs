@@ -196,15 +196,12 @@ impl ServiceReport {
             .collect()
     }
 
-    fn from_target(record: &RunRecord, target: &TargetRecord) -> Self {
-        let mut report = ServiceReport {
-            service: target.service.clone(),
-            instance: target.instance.clone(),
-            wave: record
-                .waves
-                .get(target.wave)
-                .map(|w| w.name.clone())
-                .unwrap_or_default(),
+    /// The report of a service in `wave` of which nothing is known yet: not started.
+    fn not_started(service: ServiceName, instance: InstanceId, wave: String) -> Self {
+        ServiceReport {
+            service,
+            instance,
+            wave,
             status: ServiceStatus::NotStarted,
             failure: None,
             reason: None,
@@ -216,7 +213,16 @@ impl ServiceReport {
             rollback_validated: false,
             rolled_back_at: None,
             finalized: false,
-        };
+        }
+    }
+
+    fn from_target(record: &RunRecord, target: &TargetRecord) -> Self {
+        let wave = record.waves.get(target.wave).map(|w| w.name.clone());
+        let mut report = ServiceReport::not_started(
+            target.service.clone(),
+            target.instance.clone(),
+            wave.unwrap_or_default(),
+        );
         let Some(migrate) = &target.migrate else {
             if record.stage != Stage::Migrating || record.status != crate::store::RunStatus::Running
             {
@@ -410,6 +416,13 @@ impl RunReport {
         } else {
             match self.status {
                 RunStatus::Succeeded | RunStatus::Rehearsed | RunStatus::Running => exit::OK,
+                // Paused for the operator: a success, unless a service failed within the budget.
+                RunStatus::AwaitingFinalize
+                    if self.count(ServiceStatus::Succeeded) == self.services.len() =>
+                {
+                    exit::OK
+                }
+                RunStatus::AwaitingFinalize => exit::FAILED,
                 RunStatus::Cancelled => exit::CANCELLED,
                 RunStatus::SucceededWithFailures | RunStatus::Failed | RunStatus::RolledBack => {
                     exit::FAILED
@@ -418,8 +431,9 @@ impl RunReport {
         }
     }
 
-    /// A table for the terminal.
+    /// A table for the terminal; text from data is shown on one line, controls escaped.
     pub fn to_text(&self) -> String {
+        use crate::sanitize::one_line;
         let mut out = String::new();
         let width = self
             .services
@@ -439,11 +453,14 @@ impl RunReport {
             out,
             "run {} ({}): {}",
             self.run_id,
-            self.plan,
+            one_line(&self.plan),
             self.status_text()
         );
+        if let Some(next) = self.next_step() {
+            let _ = writeln!(out, "  next: {next}");
+        }
         for note in &self.notes {
-            let _ = writeln!(out, "  note: {note}");
+            let _ = writeln!(out, "  note: {}", one_line(note));
         }
         let _ = writeln!(
             out,
@@ -466,15 +483,25 @@ impl RunReport {
                 out,
                 "{:width$}  {:wave_width$}  {:15}  {:>8}  {:>8}  {}",
                 format!("{}/{}", s.service, s.instance),
-                s.wave,
+                one_line(&s.wave),
                 s.status.as_str(),
                 format!("{total}ms"),
                 startup,
-                reason,
+                one_line(&reason),
             );
         }
         let _ = writeln!(out, "took {:.1}s", self.duration_ms as f64 / 1000.0);
         out
+    }
+
+    /// What the operator has to decide, for a run that waits on them.
+    pub fn next_step(&self) -> Option<String> {
+        (self.status == RunStatus::AwaitingFinalize).then(|| {
+            format!(
+                "`flotilla finalize {run}` drops the backups, or `flotilla rollback {run}` restores the fleet",
+                run = self.run_id
+            )
+        })
     }
 
     fn count(&self, status: ServiceStatus) -> usize {
@@ -516,6 +543,25 @@ impl RunReport {
             RunStatus::Cancelled => format!("CANCELLED, resumable: {tally}"),
             RunStatus::SucceededWithFailures => {
                 format!("succeeded within the failure budget: {tally}")
+            }
+            RunStatus::AwaitingFinalize => {
+                let migrated = count(ServiceStatus::Succeeded);
+                let head = format!(
+                    "awaiting finalize: {migrated} service(s) migrated and proven, backups kept"
+                );
+                if migrated == self.services.len() {
+                    head
+                } else {
+                    format!("{head}: {tally}")
+                }
+            }
+            RunStatus::Failed if self.rehearsal => {
+                match crate::store::failed_verdict(&self.cross_service, &self.correlation) {
+                    Some(check) => {
+                        format!("REHEARSAL FAILED: {check} failed: {tally}")
+                    }
+                    None => format!("REHEARSAL FAILED: {tally}"),
+                }
             }
             RunStatus::Failed => format!("FAILED: {tally}"),
             RunStatus::RolledBack => format!("rolled back on request: {tally}"),

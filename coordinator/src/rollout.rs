@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::plan::{OnFailure, Plan};
+use crate::plan::{Finalize, OnFailure, Plan};
 use crate::store::{
     CommandRecord, Revisions, RunRecord, RunStatus, Stage, Store, StoreError, TargetRecord,
     WaveStatus,
@@ -180,6 +180,7 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             &pairs,
             rehearse,
         );
+        record.finalize = plan.finalize;
         record.trace_parent = Some(root_span(&record));
         // The root must reach the store before any agent hangs its spans under it: a
         // coordinator killed later must not leave the trace without its root.
@@ -235,7 +236,12 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         self.record.run_id
     }
 
-    /// Carries the run on from wherever its record says it stands, to its end (or to a cancel).
+    /// Carries the run on from wherever its record says it stands, to its end (or to a cancel,
+    /// or to the operator's decision when the run finalizes manually).
+    ///
+    /// A rehearsal runs every stage a real run runs (the waves, the cross-service checks and
+    /// the correlation check), then restores the fleet instead of finalizing it: what would
+    /// fail the real run fails the rehearsal.
     pub async fn drive(mut self) -> Result<RunRecord, RolloutError> {
         // Resuming is the answer to a cancel: forget it, or the run would stop again at once.
         self.record.status = RunStatus::Running;
@@ -248,32 +254,26 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         if self.record.stage == Stage::Migrating && self.migrate_waves().await? == Flow::Cancelled {
             return self.cancelled().await;
         }
-        if self.record.stage == Stage::Finalizing
-            && !self.record.rehearse
-            && self.record.cross_service.is_none()
-            && self.plan.cross_service.is_some()
-        {
-            self.cross_service_stage().await?;
+        if self.record.stage == Stage::Finalizing {
+            self.prove().await?;
         }
-        if self.record.stage == Stage::Finalizing
-            && !self.record.rehearse
-            && self.record.correlation.is_none()
-        {
-            self.check_correlation().await?;
+        if self.record.stage == Stage::Finalizing && self.record.rehearse {
+            self.record.stage = Stage::RollingBack;
+            self.save().await?;
+        }
+        if self.record.stage == Stage::Finalizing && self.record.finalize == Finalize::Manual {
+            return self.await_decision().await;
         }
         if self.record.stage == Stage::RollingBack {
-            let failed =
-                |v: &Option<serde_json::Value>| v.as_ref().is_some_and(|c| c["ok"] == false);
-            let cause = if failed(&self.record.cross_service) && self.correlation.enforce {
-                "rolled back because the cross-service checks failed"
-            } else if failed(&self.record.correlation) && self.correlation.enforce {
-                "rolled back because the cross-service correlation check failed"
-            } else if self.record.rehearse && !self.budget_broken() {
-                "rehearsal: restored after validation and proved healthy"
-            } else {
-                "rolled back because another service of the run failed"
+            let cause = match (self.failed_check(), self.record.rehearse) {
+                (Some(check), false) => format!("rolled back because {check} failed"),
+                (Some(check), true) => format!("rehearsal: restored; {check} failed"),
+                (None, true) if !self.budget_broken() => {
+                    "rehearsal: restored after validation and proved healthy".to_owned()
+                }
+                (None, _) => "rolled back because another service of the run failed".to_owned(),
             };
-            if self.roll_back_waves(None, cause).await? == Flow::Cancelled {
+            if self.roll_back_waves(None, &cause).await? == Flow::Cancelled {
                 return self.cancelled().await;
             }
             if self.record.rehearse && self.failures() == 0 {
@@ -283,38 +283,11 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             }
         }
         if self.record.stage == Stage::Finalizing {
-            self.sink.stage("finalize: agents drop their backups");
-            let names: Vec<String> = self
-                .record
-                .targets
-                .iter()
-                .enumerate()
-                .filter(|(t, _)| self.migrated(*t))
-                .map(|(_, t)| format!("{}/{}", t.service, t.instance))
-                .collect();
-            self.sink.batch("finalize", &names);
-            let members: Vec<usize> = (0..self.record.targets.len())
-                .filter(|&t| self.migrated(t))
-                .collect();
-            if self
-                .run_commands(Kind::Finalize, &members, None, None, false)
-                .await?
-                == Flow::Cancelled
-            {
+            if self.finalize_migrated().await? == Flow::Cancelled {
                 return self.cancelled().await;
             }
-            let rolled_back_ok = self.record.targets.iter().all(|t| {
-                t.rollback
-                    .as_ref()
-                    .and_then(|r| r.result.as_ref())
-                    .is_some_and(|r| r.outcome == Outcome::RolledBack)
-            });
             let status = if self.record.rehearse {
-                if rolled_back_ok {
-                    RunStatus::Rehearsed
-                } else {
-                    RunStatus::Failed
-                }
+                self.rehearsal_status()
             } else if self.failures() == 0 {
                 RunStatus::Succeeded
             } else {
@@ -323,6 +296,18 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             self.finish(status).await?;
         }
         Ok(self.record)
+    }
+
+    /// Finalizes a run that awaits its operator's decision (`awaiting_finalize`): the agents
+    /// drop their backups. Nothing else is sent: the run was proven before it paused.
+    pub async fn finalize(mut self) -> Result<RunRecord, RolloutError> {
+        // Recorded first: a coordinator killed from here on is replaced by `resume`, which
+        // then finishes the finalize instead of pausing again.
+        self.record.finalize = Finalize::Auto;
+        self.record
+            .notes
+            .push("finalize requested (flotilla finalize): the agents drop their backups".into());
+        self.drive().await
     }
 
     /// Rolls back the services of a finished (or interrupted) run that are still migrated,
@@ -359,13 +344,7 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             }
             let wave = &self.record.waves[w];
             let members = wave.targets.clone();
-            let names: Vec<String> = members
-                .iter()
-                .map(|&t| {
-                    let t = &self.record.targets[t];
-                    format!("{}/{}", t.service, t.instance)
-                })
-                .collect();
+            let names = self.target_names(&members);
             self.sink.stage(&format!(
                 "wave {}/{total} {:?} ({} at a time): {}",
                 w + 1,
@@ -412,9 +391,8 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
                     self.finish(RunStatus::Failed).await?;
                 }
             }
-        } else if self.record.rehearse {
-            self.record.stage = Stage::RollingBack;
         } else {
+            // A rehearsal too: it is proven like a real run before it is rolled back.
             self.record.stage = Stage::Finalizing;
         }
         self.save().await?;
@@ -869,6 +847,83 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         Ok(self.record)
     }
 
+    /// Every service migrated: the cross-service checks, then the correlation check, each once
+    /// (a resumed run keeps the verdicts it has). A failure moves the run to rolling back.
+    async fn prove(&mut self) -> Result<(), RolloutError> {
+        if self.record.cross_service.is_none() && self.plan.cross_service.is_some() {
+            self.cross_service_stage().await?;
+        }
+        if self.record.stage == Stage::Finalizing && self.record.correlation.is_none() {
+            self.check_correlation().await?;
+        }
+        Ok(())
+    }
+
+    /// The enforced check that failed (it rolls a run back and fails a rehearsal), if any.
+    fn failed_check(&self) -> Option<&'static str> {
+        self.correlation
+            .enforce
+            .then(|| {
+                crate::store::failed_verdict(&self.record.cross_service, &self.record.correlation)
+            })
+            .flatten()
+    }
+
+    /// How a rehearsal ended once its services were restored: `rehearsed` only when every
+    /// rollback was proved and every check a real run makes passed.
+    fn rehearsal_status(&mut self) -> RunStatus {
+        let rolled_back_ok = self.record.targets.iter().all(|t| {
+            t.rollback
+                .as_ref()
+                .and_then(|r| r.result.as_ref())
+                .is_some_and(|r| r.outcome == Outcome::RolledBack)
+        });
+        let failed_check = self.failed_check();
+        if let Some(check) = failed_check {
+            let note = format!("rehearsal failed: {check} failed, which rolls a real run back");
+            self.sink.note(&note);
+            self.record.notes.push(note);
+        }
+        if failed_check.is_none() && rolled_back_ok {
+            RunStatus::Rehearsed
+        } else {
+            RunStatus::Failed
+        }
+    }
+
+    /// Sends a finalize to every migrated service: its agent drops the backup.
+    async fn finalize_migrated(&mut self) -> Result<Flow, RolloutError> {
+        self.sink.stage("finalize: agents drop their backups");
+        let members: Vec<usize> = (0..self.record.targets.len())
+            .filter(|&t| self.migrated(t))
+            .collect();
+        let names = self.target_names(&members);
+        self.sink.batch("finalize", &names);
+        self.run_commands(Kind::Finalize, &members, None, None, false)
+            .await
+    }
+
+    /// The targets `members` as `service/instance`.
+    fn target_names(&self, members: &[usize]) -> Vec<String> {
+        members
+            .iter()
+            .map(|&t| {
+                let t = &self.record.targets[t];
+                format!("{}/{}", t.service, t.instance)
+            })
+            .collect()
+    }
+
+    /// Migrated and proven, finalized by hand: stop here with every backup kept.
+    async fn await_decision(mut self) -> Result<RunRecord, RolloutError> {
+        self.record.status = RunStatus::AwaitingFinalize;
+        let note = "migrated and proven, not finalized (--no-finalize or finalize = \"manual\"): every backup is kept until the operator decides".to_owned();
+        self.sink.note(&note);
+        self.record.notes.push(note);
+        self.save().await?;
+        Ok(self.record)
+    }
+
     /// T006 phase 3, once every service is migrated: each agent reaches the other services'
     /// endpoints and runs the plan's cross-service checks, and reports the shape of its
     /// configuration; the coordinator flags failed checks, standard configurations that lack a
@@ -888,7 +943,6 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
                 self.client,
                 self.subjects,
                 std::time::Duration::from_secs(1),
-                crate::discovery::known_agents(self.client, self.subjects).await,
             )
             .await
             .unwrap_or_default()

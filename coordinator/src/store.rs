@@ -20,7 +20,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::plan::Wave;
+use crate::plan::{Finalize, Wave};
 
 /// The run record's schema tag.
 pub const RUN_SCHEMA: &str = "flotilla.run.v1";
@@ -57,6 +57,27 @@ pub enum StoreError {
     Corrupt { key: String, reason: String },
 }
 
+/// A run-store entry this coordinator cannot read, which listings skip.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unreadable {
+    pub key: String,
+    pub reason: String,
+}
+
+/// What [`Store::list`] read: the runs, and the entries it had to skip.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub runs: Vec<RunRecord>,
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// What [`Store::find`] found (or why not), and the entries it had to skip on the way.
+#[derive(Debug)]
+pub struct Found {
+    pub run: Result<RunId, String>,
+    pub unreadable: Vec<Unreadable>,
+}
+
 /// Where a run stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -73,6 +94,10 @@ pub enum RunStatus {
     RolledBack,
     /// `--rehearse`: every service migrated, validated, rolled back and proved healthy.
     Rehearsed,
+    /// `--no-finalize` (or `finalize = "manual"`): every service migrated and the cross-service
+    /// and correlation checks passed; the backups are kept until `flotilla finalize RUN` or
+    /// `flotilla rollback RUN` decides.
+    AwaitingFinalize,
     /// Dispatching stopped on request; `resume` finishes the run.
     Cancelled,
 }
@@ -102,6 +127,10 @@ pub struct RunRecord {
     /// `--rehearse`: roll everything back after validation.
     #[serde(default)]
     pub rehearse: bool,
+    /// `manual`: stop `awaiting_finalize` once proven, backups kept. `flotilla finalize RUN`
+    /// turns it back to `auto` (the decision is made) before it sends the finalize commands.
+    #[serde(default, skip_serializing_if = "Finalize::is_auto")]
+    pub finalize: Finalize,
     pub status: RunStatus,
     pub stage: Stage,
     #[serde(with = "time::serde::rfc3339")]
@@ -286,6 +315,7 @@ impl RunRecord {
             plan_path: plan_path.to_owned(),
             plan_text: plan_text.to_owned(),
             rehearse,
+            finalize: Finalize::Auto,
             status: RunStatus::Running,
             stage: Stage::Migrating,
             started_at: now,
@@ -339,6 +369,22 @@ impl RunRecord {
     /// True when the run may be resumed.
     pub fn resumable(&self) -> bool {
         matches!(self.status, RunStatus::Running | RunStatus::Cancelled)
+    }
+}
+
+/// The check across the fleet whose recorded verdict failed, named for people: the
+/// cross-service checks first (they run first), then the correlation check.
+pub fn failed_verdict(
+    cross_service: &Option<serde_json::Value>,
+    correlation: &Option<serde_json::Value>,
+) -> Option<&'static str> {
+    let failed = |v: &Option<serde_json::Value>| v.as_ref().is_some_and(|c| c["ok"] == false);
+    if failed(cross_service) {
+        Some("the cross-service checks")
+    } else if failed(correlation) {
+        Some("the correlation check")
+    } else {
+        None
     }
 }
 
@@ -558,46 +604,63 @@ impl Store {
         Ok(Some((record, revisions)))
     }
 
-    /// Every run's header, oldest first.
-    pub async fn list(&self) -> Result<Vec<RunRecord>, StoreError> {
+    /// Every readable run's header, oldest first, and the entries skipped because they cannot
+    /// be read (a newer coordinator's schema during a rolling upgrade, or damage): one bad
+    /// entry never hides the others.
+    pub async fn list(&self) -> Result<Listing, StoreError> {
         let read = |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Read {
             key: "*".into(),
             source: e,
         };
         let mut keys = self.kv.keys().await.map_err(|e| read(Box::new(e)))?;
-        let mut runs = Vec::new();
+        let mut listing = Listing::default();
         while let Some(key) = keys.next().await {
             let key = key.map_err(|e| read(Box::new(e)))?;
-            if key.ends_with(CANCEL_SUFFIX) {
+            if key.ends_with(CANCEL_SUFFIX) || is_target_key(&key) {
                 continue;
             }
             let Ok(run) = key.parse::<RunId>() else {
+                listing.unreadable.push(Unreadable {
+                    key,
+                    reason: "the key is not a run ID".to_owned(),
+                });
                 continue;
             };
-            if let Some((record, _)) = self.load_header(&run).await? {
-                runs.push(record);
+            match self.load_header(&run).await {
+                Ok(Some((record, _))) => listing.runs.push(record),
+                Ok(None) => {}
+                Err(StoreError::Corrupt { key, reason }) => {
+                    listing.unreadable.push(Unreadable { key, reason });
+                }
+                Err(e) => return Err(e),
             }
         }
-        runs.sort_by_key(|r| r.started_at);
-        Ok(runs)
+        listing.runs.sort_by_key(|r| r.started_at);
+        Ok(listing)
     }
 
-    /// Finds a run by full ID or unique prefix; `None` means the latest run.
-    pub async fn find(&self, run: Option<&str>) -> Result<Result<RunId, String>, StoreError> {
+    /// Finds a run by full ID or unique prefix; `None` means the latest readable run. A prefix
+    /// may name an unreadable run: loading it then says why it cannot be read.
+    pub async fn find(&self, run: Option<&str>) -> Result<Found, StoreError> {
         if let Some(Ok(id)) = run.map(str::parse::<RunId>) {
-            return Ok(Ok(id));
+            return Ok(Found {
+                run: Ok(id),
+                unreadable: Vec::new(),
+            });
         }
-        let runs = self.list().await?;
-        Ok(match run {
+        let Listing { runs, unreadable } = self.list().await?;
+        let run = match run {
             None => runs
                 .last()
                 .map(|r| r.run_id)
                 .ok_or_else(|| "no runs recorded yet".to_owned()),
             Some(prefix) => {
+                let unreadable_runs = unreadable.iter().filter_map(|u| u.key.parse().ok());
                 let matching: Vec<RunId> = runs
                     .iter()
-                    .filter(|r| r.run_id.to_string().starts_with(prefix))
                     .map(|r| r.run_id)
+                    .chain(unreadable_runs)
+                    .filter(|id| id.to_string().starts_with(prefix))
                     .collect();
                 match matching.as_slice() {
                     [one] => Ok(*one),
@@ -608,7 +671,8 @@ impl Store {
                     )),
                 }
             }
-        })
+        };
+        Ok(Found { run, unreadable })
     }
 
     /// Asks whoever drives `run` to stop dispatching.
@@ -651,6 +715,12 @@ fn target_key(run: &RunId, index: usize) -> String {
     format!("{run}.t.{index}")
 }
 
+/// True for a key of the form [`target_key`] writes.
+fn is_target_key(key: &str) -> bool {
+    key.split_once(".t.")
+        .is_some_and(|(run, index)| run.parse::<RunId>().is_ok() && index.parse::<usize>().is_ok())
+}
+
 /// The record without the targets' commands: those live under their own keys.
 fn header_of(record: &RunRecord) -> RunRecord {
     let mut header = record.clone();
@@ -687,4 +757,32 @@ fn decode(key: &str, bytes: &[u8]) -> Result<RunRecord, StoreError> {
         key: key.to_owned(),
         reason: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_keys_are_told_from_run_keys_and_strangers() {
+        let run = RunId::new();
+        assert!(is_target_key(&target_key(&run, 3)));
+        assert!(!is_target_key(&run.to_string()));
+        assert!(!is_target_key(&format!("{run}{CANCEL_SUFFIX}")));
+        assert!(!is_target_key("junk.t.1"));
+        assert!(!is_target_key(&format!("{run}.t.x")));
+    }
+
+    #[test]
+    fn a_newer_schema_is_unreadable_and_says_which() {
+        let e = decode("k", br#"{"schema":"flotilla.run.v2"}"#).unwrap_err();
+        assert!(
+            matches!(&e, StoreError::Corrupt { key, reason } if key == "k" && reason.contains("flotilla.run.v2")),
+            "{e}"
+        );
+        assert!(matches!(
+            decode("k", b"\x00garbage"),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
 }

@@ -8,6 +8,8 @@
 mod codec;
 mod ids;
 pub mod messages;
+pub mod paths;
+pub mod placeholder;
 pub mod subjects;
 mod version;
 
@@ -16,8 +18,8 @@ pub use ids::{CommandId, IdError, InstanceId, RunId, ServiceName};
 pub use messages::{
     Action, AgentState, Check, CheckVerdict, Command, CommandSchema, ConfigShape, GateReport,
     Gates, HttpCheck, Inconclusive, Inspection, Measurements, Outcome, Phase, PhaseReport,
-    PhaseStatus, Precondition, Presence, Progress, ProgressSchema, ResultSchema, RunResult, Step,
-    WireMessage, Workload, WorkloadFigures, WorkloadReport,
+    PhaseStatus, Precondition, Presence, Preview, Progress, ProgressSchema, ResultSchema,
+    RunResult, Step, StepPreview, WireMessage, Workload, WorkloadFigures, WorkloadReport,
 };
 pub use version::SchemaTag;
 

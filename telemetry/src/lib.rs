@@ -9,6 +9,8 @@
 //! - [`propagation`]: W3C trace context through NATS headers ([`inject`], [`extract`],
 //!   [`set_parent`]).
 //! - [`TelemetryGuard`] flushes and shuts the providers down, so a short CLI run loses no span.
+//!   Neither ever waits for an OTLP collector beyond [`OTLP_SHUTDOWN_TIMEOUT`] at exit: one
+//!   that accepts connections and never answers costs a warning, not the run's time.
 //!
 //! ```no_run
 //! # async fn example(nats: async_nats::Client, msg: async_nats::Message) {
@@ -37,6 +39,7 @@
 
 #![warn(missing_docs)]
 
+mod detached;
 pub mod propagation;
 pub mod store;
 
@@ -51,6 +54,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
+pub use detached::OTLP_SHUTDOWN_TIMEOUT;
 pub use propagation::{
     HeaderExtractor, HeaderInjector, extract, http_headers, inject, inject_context, set_parent,
 };
@@ -224,12 +228,19 @@ fn build_otel(config: &TelemetryConfig, warnings: &mut Vec<String>) -> Otel {
         tracer_builder = tracer_builder.with_batch_exporter(store::StoreSpanExporter::new(sink));
         logger_builder = logger_builder.with_batch_exporter(store::StoreLogExporter::new(sink));
     }
+    // The OTLP exporters never hold up a flush, and shutdown waits for them only briefly: a
+    // collector that does not answer must not slow a run down (see `detached`).
+    let collector = detached::Collector::new(otlp_endpoint());
     if env_set("OTEL_EXPORTER_OTLP_ENDPOINT") || env_set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
         match opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .build()
         {
-            Ok(exporter) => tracer_builder = tracer_builder.with_batch_exporter(exporter),
+            Ok(exporter) => {
+                let batch = opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter).build();
+                tracer_builder = tracer_builder
+                    .with_span_processor(detached::Detached::new(batch, "spans", &collector));
+            }
             Err(e) => warnings.push(format!("OTLP span exporter disabled: {e}")),
         }
     }
@@ -238,7 +249,11 @@ fn build_otel(config: &TelemetryConfig, warnings: &mut Vec<String>) -> Otel {
             .with_http()
             .build()
         {
-            Ok(exporter) => logger_builder = logger_builder.with_batch_exporter(exporter),
+            Ok(exporter) => {
+                let batch = opentelemetry_sdk::logs::BatchLogProcessor::builder(exporter).build();
+                logger_builder = logger_builder
+                    .with_log_processor(detached::Detached::new(batch, "logs", &collector));
+            }
             Err(e) => warnings.push(format!("OTLP log exporter disabled: {e}")),
         }
     }
@@ -272,6 +287,18 @@ fn resource(config: &TelemetryConfig) -> Resource {
 
 fn otel_filter() -> EnvFilter {
     EnvFilter::try_from_env(ENV_OTEL_FILTER).unwrap_or_else(|_| EnvFilter::new(DEFAULT_OTEL_FILTER))
+}
+
+/// The collector's address as the `OTEL_*` variables give it, for messages.
+fn otlp_endpoint() -> String {
+    [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+    ]
+    .into_iter()
+    .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+    .unwrap_or_default()
 }
 
 fn env_set(name: &str) -> bool {
@@ -366,8 +393,10 @@ impl TelemetryGuard {
     }
 
     /// Exports every finished span and log record now, and waits until the default store has
-    /// acknowledged them (at most `timeout`). Call it after each command in a long-running agent
-    /// so `verify` sees the command's telemetry without waiting for the batch delay.
+    /// acknowledged them (at most `timeout`). The OTLP exporters are asked to export too, but
+    /// not waited for: they send in the background. Call it after each command in a
+    /// long-running agent so `verify` sees the command's telemetry without waiting for the batch
+    /// delay.
     pub async fn flush(&self, timeout: Duration) -> Result<(), TelemetryError> {
         let Some(otel) = &self.inner else {
             return Ok(());
@@ -390,7 +419,7 @@ impl TelemetryGuard {
     }
 
     /// Flushes, shuts the providers down and waits for the default store (each step bounded by
-    /// [`SHUTDOWN_TIMEOUT`]). Prefer this to dropping the guard inside an async `main`: it works
+    /// [`SHUTDOWN_TIMEOUT`], and the OTLP collector by [`OTLP_SHUTDOWN_TIMEOUT`]). Prefer this to dropping the guard inside an async `main`: it works
     /// on any runtime flavour.
     pub async fn shutdown(mut self) -> Result<(), TelemetryError> {
         let Some(otel) = self.inner.take() else {

@@ -3,8 +3,8 @@
 
 It drives one real agent through the whole contract and fails (exit 1) on any deviation:
 discovery through the NATS service API and the presence subject, a signed migrate of a small
-plan, its progress and result, a signed rollback, and an unsigned and a forged command, which
-must be refused. Every message it receives is validated against schemas/json.
+plan (after a read-only preview of it), its progress and result, a signed rollback, and an
+unsigned and a forged command, which must be refused. Every message it receives is validated against schemas/json.
 
     client.py --nats URL --key FILE --service S --instance I [--prefix flotilla]
 """
@@ -315,6 +315,15 @@ class Client:
             await self.refused("unsigned")
             await self.refused("forged")
 
+            # A dry run of the same plan first: it foresees the write and changes nothing.
+            preview = self.command(dict(self.migrate_action("conformance.txt"), kind="preview"))
+            await self.send(preview)
+            result = await self.result_of(preview["command_id"], self.args.timeout)
+            self.expect(result, "succeeded", "preview")
+            steps = (result.get("preview") or {}).get("steps") or []
+            if [(p["step"], p["action"]) for p in steps] != [(1, "write_file")]:
+                raise Failure(f"preview: expected one write_file step, got {result.get('preview')}")
+
             migrate = self.command(self.migrate_action("conformance.txt"))
             await self.send(migrate)
             result = await self.result_of(migrate["command_id"], self.args.timeout)
@@ -367,8 +376,8 @@ class Client:
         finally:
             await sub.unsubscribe()
         results = [e for e in stored if e["schema"] == "flotilla.result.v1"]
-        if len(results) != 4:
-            raise Failure(f"the events stream {stream} holds {len(results)} results of the run, expected 4")
+        if len(results) != 5:
+            raise Failure(f"the events stream {stream} holds {len(results)} results of the run, expected 5")
         self.log(f"audit log {stream}: {len(stored)} events of the run")
 
 

@@ -3,6 +3,7 @@
 //! tests and the demo (`flotilla-demo`) share it.
 
 pub mod confinement;
+pub mod docs;
 pub mod faults;
 mod fleet;
 pub mod invariants;
@@ -119,6 +120,33 @@ file = "${{var:log_file}}"
 {behaviour}"""
 "#
     )
+}
+
+/// The demo plan (`deploy/demo/plan.toml`: the T006 migration, with its cross-service checks)
+/// cut down to the services of `roles`.
+pub fn demo_plan_text(roles: &[&str]) -> String {
+    let mut text = std::fs::read_to_string(repo_root().join("deploy/demo/plan.toml"))
+        .expect("the demo plan is readable");
+    for role in ROLES.iter().filter(|r| !roles.contains(r)) {
+        text = text.replace(&format!("[[service]]\nname = \"{role}\"\n"), "");
+    }
+    text
+}
+
+/// Asserts that every service of `roles` is byte-identical to its snapshot in `before` (in the
+/// same order) and answers healthy on the legacy layout: restored.
+pub fn assert_restored(fleet: &Fleet, roles: &[&str], before: &[Snapshot]) {
+    assert_eq!(roles.len(), before.len(), "one snapshot per role");
+    for (role, before) in roles.iter().zip(before) {
+        assert_eq!(
+            &snapshot(&fleet.root(role)),
+            before,
+            "{role} is not restored"
+        );
+        let (status, body) = fleet.health(role).expect("service answers");
+        assert_eq!(status, 200, "{role}: {body}");
+        assert!(body.contains("\"layout\":\"legacy\""), "{role}: {body}");
+    }
 }
 
 /// Parses a command's stdout as JSON, showing stdout and stderr when it is not.

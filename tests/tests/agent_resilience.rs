@@ -506,7 +506,7 @@ impl Drop for Immutable {
 }
 
 /// G3: an agent that stops on an error (its journal cannot be written) leaves the service
-/// serving; the restarted agent adopts it.
+/// serving; the restarted agent adopts it, then runs the command the first could not journal.
 #[test]
 fn an_agent_that_fails_leaves_its_service_serving() {
     let nats = NatsServer::start().unwrap();
@@ -516,16 +516,17 @@ fn an_agent_that_fails_leaves_its_service_serving() {
     let journal = Immutable::set(state_dir(&fleet, role).join("journal.jsonl"));
     let counter = fleet.dir().join("counter.txt");
     let now = OffsetDateTime::now_utc();
+    let (run, id) = (new_id(), new_id());
     publish(
         &fleet,
         role,
         &command_json(
             role,
-            &new_id(),
-            &new_id(),
+            &run,
+            &id,
             now,
             now + time::Duration::minutes(5),
-            flotilla_tests::faults::counting_action(&counter, "never"),
+            flotilla_tests::faults::counting_action(&counter, "journalled"),
         ),
     );
     let mut exit = None;
@@ -545,7 +546,13 @@ fn an_agent_that_fails_leaves_its_service_serving() {
 
     drop(journal);
     restart_agent(&mut fleet, role);
-    assert_eq!(reported_service_pid(&fleet, role), Some(u64::from(pid)));
+    assert_eq!(log_mentions(&fleet, role, "adopted the service"), 1);
+    // The command the failed agent could not journal comes again at once (the new agent takes
+    // its consumer over, G6) and runs once, journalled.
+    let answer = answer_to(&fleet, &run, &id);
+    assert_eq!(answer["outcome"], "succeeded", "{answer:#}");
+    let ran = std::fs::read_to_string(&counter).unwrap_or_default();
+    assert_eq!(ran.lines().collect::<Vec<_>>(), ["journalled"]);
     assert!(serving(&fleet, role));
 }
 

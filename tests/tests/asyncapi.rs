@@ -257,6 +257,7 @@ fn every_command_kind_outcome_phase_and_status_is_in_the_doc() {
         ("flotilla.presence.v1.schema.json", "AgentState", None),
         ("flotilla.run.v1.schema.json", "RunStatus", None),
         ("flotilla.run.v1.schema.json", "Stage", None),
+        ("flotilla.run.v1.schema.json", "Finalize", None),
     ];
     for (file, definition, property) in enums {
         for value in values_of(file, definition, property) {

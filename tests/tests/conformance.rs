@@ -1,6 +1,6 @@
 //! The contract, spoken by another implementation: a Python client written from
 //! docs/wire-protocol.md and schemas/json alone (tests/conformance/client.py) drives a real
-//! agent next to a real sample service — discovery, a signed migrate and rollback, an unsigned
+//! agent next to a real sample service — discovery, a signed preview, migrate and rollback, an unsigned
 //! and a forged command — and validates every message it sees against the schemas.
 //! Its dependencies come from scripts/ensure-python-deps.sh (scripts/test.sh runs it).
 

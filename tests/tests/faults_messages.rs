@@ -213,8 +213,9 @@ fn duplicated_reordered_and_late_messages_change_nothing_twice() {
     assert_eq!(after.trees["training"], scenario.after["training"]);
 }
 
-/// Answers presence requests on `nats_url` as an agent of `service` that sends `presence`
-/// (another version's agent), until dropped.
+/// Answers presence requests on `nats_url` as the agent that `presence` describes (another
+/// version's agent), until dropped. Like every agent, it has its durable consumer on the commands
+/// stream before it answers: that is how the bus knows it, and how discovery knows to wait for it.
 struct FakeAgent {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -233,6 +234,25 @@ impl FakeAgent {
             runtime.block_on(async move {
                 use futures::StreamExt;
                 let client = async_nats::connect(&url).await.unwrap();
+                let (service, instance) = (
+                    presence["service"].as_str().unwrap(),
+                    presence["instance"].as_str().unwrap(),
+                );
+                let name = format!("agent_{service}_{instance}");
+                async_nats::jetstream::new(client.clone())
+                    .get_stream("FLOTILLA_COMMANDS")
+                    .await
+                    .unwrap()
+                    .get_or_create_consumer(
+                        &name,
+                        async_nats::jetstream::consumer::pull::Config {
+                            durable_name: Some(name.clone()),
+                            filter_subject: format!("flotilla.cmd.{service}.{instance}"),
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .unwrap();
                 let mut requests = client.subscribe("flotilla.presence").await.unwrap();
                 client.flush().await.unwrap();
                 ready_tx.send(()).unwrap();

@@ -162,12 +162,22 @@ fn a_refused_step_changes_nothing_and_says_why() {
     let nats = NatsServer::start().unwrap();
     let fleet = Fleet::start(nats.url(), &["training"]).unwrap();
     let before = snapshot(&fleet.root("training"));
-    let cases = [
-        (
-            "write_file",
-            "path = \"../escape\"\ncontent = \"x\"",
-            "leaves the service root",
+    // A path that leaves the root is refused before anything is sent (exit 2, bad input), at
+    // its line and key; the agent would refuse it too.
+    let escape = fleet.write_plan(
+        "escape.toml",
+        "name = \"refused\"\n[[service]]\nname = \"training\"\n[[service.step]]\naction = \"write_file\"\npath = \"../escape\"\ncontent = \"x\"\n",
+    );
+    let out = fleet.flotilla(&["migrate", escape.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "line 6, key service[0].step[0].path: path \"../escape\" leaves the service root"
         ),
+        "{err}"
+    );
+    let cases = [
         (
             "run_command",
             "program = \"rm\"\nargs = [\"-rf\", \"/\"]",

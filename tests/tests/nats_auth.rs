@@ -171,3 +171,45 @@ async fn secure_fleet(
     });
     (coordinator, fleet)
 }
+
+/// Under the shipped permissions, an agent restarted while its previous incarnation is frozen
+/// (its connection and pull request alive to the broker) may take its consumer over: the first
+/// migration through it runs at once, not after the 30 s ack wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_takes_its_consumer_over_under_the_shipped_permissions() {
+    let server = start();
+    let role = "inference";
+    let (_coordinator, mut fleet) = secure_fleet(&server, &[role]).await;
+    tokio::task::block_in_place(|| {
+        let plan = fleet.write_plan(
+            "noop.toml",
+            "name = \"noop\"\ncommand_timeout = \"60s\"\n[[service]]\nname = \"inference\"\n[[service.step]]\naction = \"run_command\"\nprogram = \"sh\"\nargs = [\"-c\", \"true\"]\n",
+        );
+        let log_path = fleet.agent_log(role);
+        let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+        let frozen = fleet.agent_pid(role).unwrap();
+        assert!(fleet.signal_agent(role, "STOP"));
+        fleet.start_agent(role).unwrap();
+        flotilla_tests::wait_for("the new agent to be ready", Duration::from_secs(30), || {
+            log().matches("ready for commands").count() >= 2
+        })
+        .unwrap();
+        let started = std::time::Instant::now();
+        let out = fleet.flotilla(&["migrate", plan.to_str().unwrap()]);
+        let took = started.elapsed();
+        let _ = std::process::Command::new("kill")
+            .arg("-KILL")
+            .arg(frozen.to_string())
+            .status();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(took < Duration::from_secs(5), "the migration took {took:?}");
+        let log = log();
+        assert_eq!(log.matches("recreating the consumer").count(), 1, "{log}");
+        drop(fleet);
+    });
+}

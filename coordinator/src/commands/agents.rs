@@ -4,6 +4,7 @@ use flotilla_telemetry::error_chain;
 
 use super::{connect, fail};
 use crate::cli::{Cli, OutputFormat};
+use crate::sanitize::one_line;
 use crate::{discovery, exit};
 
 /// Lists the agents that answer presence.
@@ -12,17 +13,12 @@ pub(super) async fn agents(cli: &Cli) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let expected = discovery::known_agents(&client, &subjects).await;
-    let found = match discovery::discover(&client, &subjects, cli.discovery_window, expected).await
-    {
+    let found = match discovery::discover(&client, &subjects, cli.discovery_window).await {
         Ok(found) => found,
         Err(e) => return fail(exit::BUS, error_chain(&e)),
     };
     match cli.output {
-        OutputFormat::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&found).expect("presence serializes")
-        ),
+        OutputFormat::Json => super::print_json(&found),
         OutputFormat::Text => {
             println!(
                 "{:16} {:10} {:8} {:10} {:8} HOST",
@@ -41,10 +37,10 @@ pub(super) async fn agents(cli: &Cli) -> u8 {
                     "{:16} {:10} {:8} {:10} {:8} {}",
                     a.service.as_str(),
                     a.instance.as_str(),
-                    a.version,
+                    one_line(&a.version),
                     state,
                     pid,
-                    a.host
+                    one_line(&a.host)
                 );
             }
             eprintln!("{} agent(s)", found.len());

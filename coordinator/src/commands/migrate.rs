@@ -6,31 +6,66 @@ use flotilla_telemetry::error_chain;
 use tokio_util::sync::CancellationToken;
 
 use super::{check_report_files, connect, engine_parts, fail, finish, open_store};
-use crate::cli::{Cli, ReportFiles};
+use crate::cli::{Cli, OutputFormat, ReportFiles};
+use crate::dry_run::{self, DryRunReport, PreviewStatus, TargetPreview};
 use crate::plan::Plan;
 use crate::rollout::{self, Engine, Target};
 use crate::{discovery, exit};
 
-/// Reads a plan and its text.
-fn read_plan(path: &Path) -> Result<(Plan, String), u8> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        fail(
-            exit::USAGE,
-            format!("cannot read plan {}: {e}", path.display()),
-        )
-    })?;
-    let plan =
-        Plan::parse_named(&text, &path.display().to_string()).map_err(|e| fail(exit::USAGE, e))?;
+/// Reads a plan and its text; the error says which line and key are wrong.
+fn load_plan(path: &Path) -> Result<(Plan, String), String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read plan {}: {e}", path.display()))?;
+    let plan = Plan::parse_named(&text, &path.display().to_string()).map_err(|e| e.to_string())?;
     Ok((plan, text))
 }
 
-/// Checks a plan offline and shows its waves.
-pub(super) fn plan_check(path: &Path) -> u8 {
-    let plan = match read_plan(path) {
+/// Reads a plan and its text, or says why not (exit 2).
+fn read_plan(path: &Path) -> Result<(Plan, String), u8> {
+    load_plan(path).map_err(|e| fail(exit::USAGE, e))
+}
+
+/// Checks a plan offline and shows its waves; with `--output json`, one JSON document either
+/// way (`valid`, and the plan's shape or the `error`).
+pub(super) fn plan_check(cli: &Cli, path: &Path) -> u8 {
+    let json = cli.output == OutputFormat::Json;
+    let plan = match load_plan(path) {
         Ok((plan, _)) => plan,
-        Err(code) => return code,
+        Err(error) => {
+            if json {
+                let report = serde_json::json!({
+                    "plan_file": path.display().to_string(),
+                    "valid": false,
+                    "error": error,
+                });
+                println!("{report:#}");
+            }
+            return fail(exit::USAGE, error);
+        }
     };
     let steps: usize = plan.services.iter().map(|s| s.steps.len()).sum();
+    if json {
+        let waves: Vec<serde_json::Value> = plan
+            .waves
+            .iter()
+            .map(|w| serde_json::json!({"name": w.name, "max_parallel": w.max_parallel, "services": w.services}))
+            .collect();
+        let report = serde_json::json!({
+            "plan_file": path.display().to_string(),
+            "valid": true,
+            "plan": plan.name,
+            "services": plan.services.len(),
+            "steps": steps,
+            "waves": waves,
+            "failure_budget": plan.failure_budget.to_string(),
+            "on_failure": plan.on_failure.as_str(),
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("reports serialize")
+        );
+        return exit::OK;
+    }
     println!(
         "plan {:?} is valid: {} service(s), {} step(s), {} wave(s)",
         plan.name,
@@ -66,13 +101,17 @@ pub(super) async fn migrate(
     plan_path: &Path,
     dry_run: bool,
     rehearse: bool,
+    no_finalize: bool,
     files: &ReportFiles,
     shutdown: CancellationToken,
 ) -> u8 {
-    let (plan, text) = match read_plan(plan_path) {
+    let (mut plan, text) = match read_plan(plan_path) {
         Ok(read) => read,
         Err(code) => return code,
     };
+    if no_finalize {
+        plan.finalize = crate::plan::Finalize::Manual;
+    }
     if let Err(code) = check_report_files(files) {
         return code;
     }
@@ -80,9 +119,7 @@ pub(super) async fn migrate(
         Ok(c) => c,
         Err(code) => return code,
     };
-    let expected = discovery::known_agents(&client, &subjects).await;
-    let agents = match discovery::discover(&client, &subjects, cli.discovery_window, expected).await
-    {
+    let agents = match discovery::discover(&client, &subjects, cli.discovery_window).await {
         Ok(found) => found,
         Err(e) => return fail(exit::BUS, error_chain(&e)),
     };
@@ -99,8 +136,7 @@ pub(super) async fn migrate(
         }
     };
     if dry_run {
-        dry_run_text(&plan, &targets);
-        return exit::OK;
+        return dry_run_previews(cli, &client, &subjects, &plan, &targets).await;
     }
     let store = match open_store(&client, &subjects).await {
         Ok(s) => s,
@@ -123,63 +159,127 @@ pub(super) async fn migrate(
         Ok(engine) => engine,
         Err(e) => return fail(exit::BUS, error_chain(&e)),
     };
-    eprintln!(
-        "run {}: plan {:?}, {} agent(s) in {} wave(s){}",
-        engine.run_id(),
-        plan.name,
-        targets.len(),
-        plan.waves.len(),
-        if rehearse { ", rehearsal" } else { "" }
-    );
+    if cli.output == crate::cli::OutputFormat::Text {
+        eprintln!(
+            "run {}: plan \"{}\", {} agent(s) in {} wave(s){}",
+            engine.run_id(),
+            crate::sanitize::one_line(&plan.name),
+            targets.len(),
+            plan.waves.len(),
+            match (rehearse, plan.finalize) {
+                (true, _) => ", rehearsal",
+                (false, crate::plan::Finalize::Manual) => ", manual finalize",
+                (false, crate::plan::Finalize::Auto) => "",
+            }
+        );
+    }
     let result = engine.drive().await;
     finish(cli, &client, result, files).await
 }
 
-fn dry_run_text(plan: &Plan, targets: &[Target]) {
-    println!("dry run of plan {:?}: nothing will change", plan.name);
-    println!(
+/// Asks every target agent for its preview and prints the report; the exit code is the one the
+/// real run would end with, as far as that can be known without changing anything.
+async fn dry_run_previews(
+    cli: &Cli,
+    client: &async_nats::Client,
+    subjects: &flotilla_schemas::subjects::Subjects,
+    plan: &Plan,
+    targets: &[Target],
+) -> u8 {
+    let signer = match super::signer(cli) {
+        Ok(signer) => signer,
+        Err(code) => return code,
+    };
+    let report = match dry_run::run(client, subjects, signer.as_deref(), plan, targets).await {
+        Ok(report) => report,
+        Err(e) => return fail(exit::BUS, error_chain(&e)),
+    };
+    match cli.output {
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("reports serialize")
+        ),
+        OutputFormat::Text => print!("{}", dry_run_text(plan, targets.len(), &report)),
+    }
+    report.exit_code
+}
+
+/// The dry run as text: the plan's shape, then per target what each step would do.
+fn dry_run_text(plan: &Plan, agents: usize, report: &DryRunReport) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "dry run of plan {:?}: nothing will change", plan.name);
+    let _ = writeln!(
+        out,
         "failure budget {} of {} agent(s), on_failure = {}, command_timeout {:?}",
         plan.failure_budget,
-        targets.len(),
+        agents,
         plan.on_failure.as_str(),
         plan.command_timeout
     );
-    for (i, wave) in plan.waves.iter().enumerate() {
-        println!(
+    for (i, wave) in report.waves.iter().enumerate() {
+        let _ = writeln!(
+            out,
             "wave {} {:?} ({} at a time):",
             i + 1,
             wave.name,
             wave.max_parallel
                 .map_or_else(|| "all".to_owned(), |n| n.to_string())
         );
-        for service in &wave.services {
-            let Some(service_plan) = plan.service(service) else {
+        for target in &wave.targets {
+            let Some(service_plan) = plan.service(&target.service) else {
                 continue;
             };
             let steps: Vec<&str> = service_plan.steps.iter().map(|s| s.name()).collect();
             let g = &service_plan.gates;
-            for target in targets.iter().filter(|t| &t.service == service) {
-                println!(
-                    "  {}/{}: backup, {}, restart, validate ({} check(s){}), gates: startup +{}% (slack {}ms), memory +{}% (slack {} B)",
-                    target.service,
-                    target.instance,
-                    steps.join(", "),
-                    service_plan.health.len().max(1),
-                    if service_plan.checks.is_empty() {
-                        String::new()
-                    } else {
-                        format!(", {} functional", service_plan.checks.len())
-                    },
-                    g.startup_max_increase_pct,
-                    g.startup_slack_ms,
-                    g.memory_max_increase_pct,
-                    g.memory_slack_bytes
+            let _ = writeln!(
+                out,
+                "  {}/{}: backup, {}, restart, validate ({} check(s){}), gates: startup +{}% (slack {}ms), memory +{}% (slack {} B)",
+                target.service,
+                target.instance,
+                steps.join(", "),
+                target.health_checks,
+                if target.functional_checks == 0 {
+                    String::new()
+                } else {
+                    format!(", {} functional", target.functional_checks)
+                },
+                g.startup_max_increase_pct,
+                g.startup_slack_ms,
+                g.memory_max_increase_pct,
+                g.memory_slack_bytes
+            );
+            for step in &target.steps {
+                let _ = writeln!(
+                    out,
+                    "    step {} {}: {}",
+                    step.step, step.action, step.summary
                 );
+                for line in step.diff.iter().flat_map(|d| d.lines()) {
+                    let _ = writeln!(out, "      {line}");
+                }
+            }
+            match &target.reason {
+                Some(reason) => {
+                    let _ = writeln!(out, "    {}: {reason}", target.status.as_str());
+                }
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "    {}{}",
+                        target.status.as_str(),
+                        target
+                            .backup_bytes
+                            .map(|b| format!(" (backup of {b} bytes)"))
+                            .unwrap_or_default()
+                    );
+                }
             }
         }
     }
     if plan.on_failure == crate::plan::OnFailure::Rollback {
-        println!(
+        let _ = writeln!(
+            out,
             "on failure over budget: stop, then roll back latest wave first ({})",
             plan.waves
                 .iter()
@@ -189,4 +289,16 @@ fn dry_run_text(plan: &Plan, targets: &[Target]) {
                 .join(" → ")
         );
     }
+    let targets: Vec<&TargetPreview> = report.waves.iter().flat_map(|w| &w.targets).collect();
+    let ready = targets
+        .iter()
+        .filter(|t| t.status == PreviewStatus::WouldMigrate)
+        .count();
+    let _ = writeln!(
+        out,
+        "dry run {}: {ready} of {} agent(s) would migrate; nothing was changed",
+        report.run_id,
+        targets.len()
+    );
+    out
 }

@@ -3,7 +3,8 @@
 //! resumed run misses nothing) and the run record (waves, stage, status), re-read as it goes.
 //!
 //! On a terminal the view is redrawn in place (waves, one row per service); otherwise it prints
-//! one plain line per event, or with `--output json` one JSON object per line.
+//! one plain line per event, or with `--output json` one JSON object per line. Text from data
+//! (reasons, details, names, gate figures) is shown on one line, controls escaped.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{IsTerminal, Write};
@@ -22,6 +23,7 @@ use crate::cli::{Cli, OutputFormat};
 use crate::events::{RunEvent, RunEvents};
 use crate::exit;
 use crate::report::RunReport;
+use crate::sanitize::one_line;
 use crate::store::{RunRecord, RunStatus, Stage, Store, WaveStatus};
 
 /// How long one wait for the next event lasts: the view's refresh rate when nothing happens.
@@ -51,8 +53,13 @@ pub(super) async fn watch(
     };
     let run_id = match run {
         Some(prefix) => match store.find(Some(prefix)).await {
-            Ok(Ok(id)) => id,
-            Ok(Err(why)) => return fail(exit::USAGE, why),
+            Ok(found) => {
+                super::warn_unreadable(&found.unreadable);
+                match found.run {
+                    Ok(id) => id,
+                    Err(why) => return fail(exit::USAGE, why),
+                }
+            }
             Err(e) => return fail(exit::BUS, error_chain(&e)),
         },
         None => match newest_running(&store, wait, &shutdown).await {
@@ -143,9 +150,14 @@ fn recorded_results(record: &RunRecord) -> impl Iterator<Item = CommandId> + '_ 
         .map(|c| c.command.command_id)
 }
 
-/// A run has ended when its coordinator wrote its last stage, or stopped on a cancel.
+/// A run has ended when its coordinator wrote its last stage, or stopped on a cancel or to await
+/// its operator's decision.
 fn ended(record: &RunRecord) -> bool {
-    record.stage == Stage::Done || record.status == RunStatus::Cancelled
+    record.stage == Stage::Done
+        || matches!(
+            record.status,
+            RunStatus::Cancelled | RunStatus::AwaitingFinalize
+        )
 }
 
 /// The newest run, once it is running: waits up to `wait` for one to start (or be resumed).
@@ -160,7 +172,8 @@ async fn newest_running(
         let runs = store
             .list()
             .await
-            .map_err(|e| fail(exit::BUS, error_chain(&e)))?;
+            .map_err(|e| fail(exit::BUS, error_chain(&e)))?
+            .runs;
         if let Some(newest) = runs.last().filter(|r| r.status == RunStatus::Running) {
             return Ok(newest.run_id);
         }
@@ -276,6 +289,7 @@ impl View {
     }
 
     fn line(&self, text: &str) {
+        let text = one_line(text);
         match &self.mode {
             Mode::Terminal(screen) => {
                 let _ = screen.multi.println(text);
@@ -465,13 +479,13 @@ impl View {
         };
         let now = OffsetDateTime::now_utc();
         let end = record.finished_at.unwrap_or(now);
-        screen.header.set_message(format!(
+        screen.header.set_message(message(format!(
             "{}: {}, stage {}  {:.1}s",
             record.plan_name,
             status_str(record.status),
             record.stage.as_str(),
             (end - record.started_at).as_seconds_f64()
-        ));
+        )));
         let width = self.rows.iter().map(|r| r.target.len()).max().unwrap_or(8);
         for (w, (bar, wave)) in screen.waves.iter().zip(&record.waves).enumerate() {
             let done = wave
@@ -479,7 +493,7 @@ impl View {
                 .iter()
                 .filter(|&&t| self.rows[t].outcome.is_some())
                 .count();
-            bar.set_message(format!(
+            bar.set_message(message(format!(
                 "wave {}/{} {} ({} at a time): {}  {done}/{}",
                 w + 1,
                 record.waves.len(),
@@ -488,7 +502,7 @@ impl View {
                     .map_or_else(|| "all".to_owned(), |n| n.to_string()),
                 wave.status.as_str(),
                 wave.targets.len()
-            ));
+            )));
         }
         for (bar, row) in screen.rows.iter().zip(&self.rows) {
             let phase = match row.phase {
@@ -507,11 +521,11 @@ impl View {
                 (None, _) if row.started.is_some() => format!("{} …", row.kind),
                 (None, _) => "-".into(),
             };
-            bar.set_message(format!(
+            bar.set_message(message(format!(
                 "  {:width$}  {phase:16}  {elapsed:>6}  {outcome:22}  {}",
                 row.target,
                 gates_short(&row.gates)
-            ));
+            )));
         }
     }
 
@@ -586,6 +600,11 @@ impl Screen {
             rows,
         }
     }
+}
+
+/// A row of the in-place view, controls escaped.
+fn message(text: String) -> String {
+    one_line(&text).into_owned()
 }
 
 /// The kind of command `command` is, from the record (`None` if not recorded yet).

@@ -251,6 +251,15 @@ fn the_failure_budget_is_a_count_or_a_share() {
 }
 
 #[test]
+fn finalize_is_auto_unless_the_plan_says_manual() {
+    assert_eq!(Plan::parse(GOOD).unwrap().finalize, Finalize::Auto);
+    let plan = Plan::parse(&five("finalize = \"manual\"\n", &[])).unwrap();
+    assert_eq!(plan.finalize, Finalize::Manual);
+    let err = Plan::parse(&five("finalize = \"later\"\n", &[])).unwrap_err();
+    assert!(err.to_string().contains("manual"), "{err}");
+}
+
+#[test]
 fn a_service_may_override_the_timeout() {
     let plan = Plan::parse(&five("", &[("b", "command_timeout = \"5s\"")])).unwrap();
     assert_eq!(plan.services[1].command_timeout, Duration::from_secs(5));
@@ -286,4 +295,86 @@ fn the_reference_example_is_a_valid_plan() {
     assert_eq!(training.command_timeout, Duration::from_secs(300));
     assert_eq!(training.gates.startup_max_increase_pct, 50.0);
     assert_eq!(training.gates.memory_max_increase_pct, 15.0);
+}
+
+#[test]
+fn paths_outside_the_root_are_refused_at_their_line_and_key() {
+    for (path, reason) in [
+        ("/etc/passwd", "path \"/etc/passwd\" is absolute"),
+        ("../x", "path \"../x\" leaves the service root"),
+        ("a//b", "holds a NUL byte or an empty or '.' component"),
+    ] {
+        let text = GOOD.replace("config/service.toml", path);
+        let err = Plan::parse(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("line 9, key service[0].step[0].path: ") && err.contains(reason),
+            "{err}"
+        );
+    }
+    let text = format!("{GOOD}[[service.precondition]]\ntype = \"file_exists\"\npath = \"/etc\"\n");
+    let err = Plan::parse(&text).unwrap_err().to_string();
+    assert!(
+        err.contains("line 17, key service[0].precondition[0].path"),
+        "{err}"
+    );
+    let text = format!("{GOOD}[cross_service]\nconfig_files = [\"ok.toml\", \"../up.toml\"]\n");
+    let err = Plan::parse(&text).unwrap_err().to_string();
+    assert!(err.contains("key cross_service.config_files[1]"), "{err}");
+}
+
+#[test]
+fn malformed_placeholders_are_refused_in_every_field_the_agent_renders() {
+    let content = |value: &str| GOOD.replace("content = \"x\"", &format!("content = \"{value}\""));
+    for (text, at, reason) in [
+        (
+            content("port = ${var:port"),
+            "line 10, key service[0].step[0].content: ",
+            "unterminated placeholder starting at byte 7",
+        ),
+        (
+            content("${env:HOME}"),
+            "line 10, key service[0].step[0].content: ",
+            "unknown placeholder ${env:HOME}",
+        ),
+        (
+            content("${secret:../../etc/shadow}"),
+            "line 10, key service[0].step[0].content: ",
+            "secret name \"../../etc/shadow\" is not valid",
+        ),
+        (
+            format!("{GOOD}[[service.check]]\ntype = \"http\"\nurl = \"http://x:${{var:port/\"\n"),
+            "line 17, key service[0].check[0].url: ",
+            "unterminated placeholder",
+        ),
+        (
+            format!("{GOOD}[[service.check]]\ntype = \"command\"\nprogram = \"true\"\nargs = [\"ok\", \"${{var:}}\"]\n"),
+            "line 18, key service[0].check[0].args: ",
+            "names no variable",
+        ),
+        (
+            GOOD.replace(
+                "command_timeout = \"30s\"\n",
+                "command_timeout = \"30s\"\n[[workload]]\ntype = \"http\"\nname = \"w\"\nurl = \"${nope}\"\n",
+            ),
+            "line 7, key workload[0].url: ",
+            "unknown placeholder ${nope}",
+        ),
+        (
+            format!("{GOOD}[cross_service]\n[[cross_service.check]]\ntype = \"tcp\"\naddress = \"${{var:host\"\n"),
+            "line 18, key cross_service.check[0].address: ",
+            "unterminated placeholder",
+        ),
+    ] {
+        let err = Plan::parse(&text).unwrap_err().to_string();
+        assert!(err.contains(at) && err.contains(reason), "{at}{reason}\n{err}");
+    }
+    // What only the agent knows (its vars, its secrets) and literal `${` are fine offline; a
+    // `${` in a field the agent does not render is not a placeholder.
+    let fine = content("${var:anything} ${secret:ANY_KEY} $${secret:LATER}");
+    Plan::parse(&fine).unwrap();
+    let replace = GOOD.replace(
+        "[[service.step]]\naction = \"restart\"",
+        "[[service.step]]\naction = \"replace_text\"\npath = \"a\"\nfind = \"${x\"\nreplace = \"y\"",
+    );
+    Plan::parse(&replace).unwrap();
 }

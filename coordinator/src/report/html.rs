@@ -976,7 +976,7 @@ code { font: 12.5px ui-monospace, SFMono-Regular, Menlo, monospace; background: 
 .status { font-size: 15px; font-weight: 600; margin: 0 0 10px; }
 .status-succeeded, .status-rehearsed, .verdict.ok { color: var(--ok); }
 .status-failed, .status-cancelled, .verdict.bad, .error { color: var(--bad); }
-.status-succeeded_with_failures, .status-running, .status-rolled_back { color: var(--warn); }
+.status-succeeded_with_failures, .status-running, .status-rolled_back, .status-awaiting_finalize { color: var(--warn); }
 .badge { display: inline-block; padding: 0 7px; border-radius: 9px; font-size: 12px; background: #e6ebf1; }
 .badge.succeeded { background: #dcf3e4; color: #1d6e3a; }
 .badge.rolled_back, .badge.rollback_failed, .badge.refused, .badge.timed_out,

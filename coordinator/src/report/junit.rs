@@ -1,93 +1,71 @@
 //! JUnit XML, so CI systems show a run as test results: one suite per wave, one case per
 //! service; a failed service is a `<failure>` whose type is its failure kind.
+//!
+//! The document is written by `quick-junit` (over `quick-xml`), which escapes markup. Text from
+//! data goes through [`sanitize`](crate::sanitize) first, because XML 1.0 cannot carry most
+//! control characters at all: attributes get [`one_line`] (line breaks shown as `\n`, which XML
+//! would otherwise fold into spaces), element text [`multi_line`].
 
-use std::fmt::Write as _;
+use std::time::Duration;
 
-use super::{RunReport, ServiceStatus};
+use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+
+use super::{RunReport, ServiceReport, ServiceStatus};
+use crate::sanitize::{multi_line, one_line};
 
 /// Renders `report` as JUnit XML.
 pub(super) fn render(report: &RunReport) -> String {
-    let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    let failures = report
-        .services
-        .iter()
-        .filter(|s| s.failure.is_some())
-        .count();
-    let skipped = report
-        .services
-        .iter()
-        .filter(|s| s.status == ServiceStatus::NotStarted)
-        .count();
-    let _ = writeln!(
-        out,
-        "<testsuites name=\"{}\" tests=\"{}\" failures=\"{failures}\" skipped=\"{skipped}\" time=\"{:.3}\">",
-        escape(&format!("flotilla {} {}", report.plan, report.run_id)),
-        report.services.len(),
-        report.duration_ms as f64 / 1000.0
-    );
+    let mut junit = Report::new(one_line(&format!(
+        "flotilla {} {}",
+        report.plan, report.run_id
+    )));
+    junit.set_time(Duration::from_millis(report.duration_ms));
     for wave in &report.waves {
-        let members: Vec<_> = report
-            .services
-            .iter()
-            .filter(|s| s.wave == wave.name)
-            .collect();
-        let _ = writeln!(
-            out,
-            "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\" skipped=\"{}\">",
-            escape(&wave.name),
-            members.len(),
-            members.iter().filter(|s| s.failure.is_some()).count(),
-            members
-                .iter()
-                .filter(|s| s.status == ServiceStatus::NotStarted)
-                .count(),
-        );
-        for s in members {
+        let mut suite = TestSuite::new(one_line(&wave.name));
+        for s in report.services.iter().filter(|s| s.wave == wave.name) {
             let time: u64 = s.phases.iter().map(|p| p.duration_ms).sum();
-            let _ = write!(
-                out,
-                "    <testcase classname=\"{}\" name=\"{}/{}\" time=\"{:.3}\"",
-                escape(&format!("flotilla.{}", wave.name)),
-                escape(s.service.as_str()),
-                escape(s.instance.as_str()),
-                time as f64 / 1000.0
-            );
-            let reason = escape(s.reason.as_deref().unwrap_or(""));
-            if s.failure.is_some() {
-                let kind = s.failure.map_or(s.status.as_str(), |k| k.as_str());
-                let _ = writeln!(
-                    out,
-                    ">\n      <failure type=\"{}\" message=\"{reason}\">{}: {reason}</failure>\n    </testcase>",
-                    escape(kind),
-                    s.status.as_str()
-                );
-            } else if s.status == ServiceStatus::NotStarted {
-                let _ = writeln!(
-                    out,
-                    ">\n      <skipped message=\"{reason}\"/>\n    </testcase>"
-                );
-            } else {
-                let _ = writeln!(
-                    out,
-                    ">\n      <system-out>{}{}</system-out>\n    </testcase>",
+            let mut case = TestCase::new(format!("{}/{}", s.service, s.instance), status(s));
+            case.set_classname(one_line(&format!("flotilla.{}", wave.name)))
+                .set_time(Duration::from_millis(time));
+            if s.failure.is_none() && s.status != ServiceStatus::NotStarted {
+                case.set_system_out(format!(
+                    "{}{}",
                     s.status.as_str(),
                     if s.rollback_validated {
                         ", rollback validated"
                     } else {
                         ""
                     }
-                );
+                ));
             }
+            suite.add_test_case(case);
         }
-        let _ = writeln!(out, "  </testsuite>");
+        junit.add_test_suite(suite);
     }
-    out.push_str("</testsuites>\n");
-    out
+    // Writing into memory fails only on invalid UTF-8, which a `String` cannot hold.
+    junit.to_string().expect("JUnit XML serializes into memory")
 }
 
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+/// The case's status: a failure, a skip (not started), or a success.
+fn status(s: &ServiceReport) -> TestCaseStatus {
+    let reason = s.reason.as_deref().unwrap_or("");
+    if let Some(kind) = s.failure {
+        let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
+        status
+            .set_type(kind.as_str())
+            .set_message(one_line(reason))
+            .set_description(multi_line(&format!("{}: {reason}", s.status.as_str())));
+        status
+    } else if s.status == ServiceStatus::NotStarted {
+        let mut status = TestCaseStatus::skipped();
+        if !reason.is_empty() {
+            status.set_message(one_line(reason));
+        }
+        status
+    } else {
+        TestCaseStatus::success()
+    }
 }
+
+#[cfg(test)]
+mod tests;

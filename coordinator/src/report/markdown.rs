@@ -89,7 +89,9 @@ pub(super) fn render(report: &RunReport) -> String {
         let service_plan = plan.as_ref().and_then(|p| p.service(&s.service));
         guide(&mut out, s, service_plan);
     }
-    out
+    // Reasons, paths and names are data: no control character reaches a reader's terminal or
+    // editor raw (see `sanitize`).
+    crate::sanitize::multi_line(&out).into_owned()
 }
 
 fn guide(out: &mut String, s: &ServiceReport, plan: Option<&ServicePlan>) {

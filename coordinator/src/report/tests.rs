@@ -74,6 +74,7 @@ fn result(c: &CommandRecord, outcome: Outcome, failed: Option<Phase>) -> RunResu
         gates: Vec::new(),
         workloads: Vec::new(),
         inspection: None,
+        preview: None,
         replayed: false,
     }
 }
@@ -135,11 +136,11 @@ fn junit_escapes_and_classifies() {
     record.status = RunStatus::Failed;
     let xml = RunReport::from_record(&record).to_junit();
     assert!(
-        xml.contains("<failure type=\"refused\" message=\"health &lt;check&gt; said &quot;no&quot; &amp; more\">"),
+        xml.contains("<failure message=\"health &lt;check&gt; said &quot;no&quot; &amp; more\" type=\"refused\">"),
         "{xml}"
     );
     assert!(
-        xml.contains("tests=\"3\" failures=\"1\" skipped=\"2\""),
+        xml.contains("tests=\"3\" skipped=\"2\" failures=\"1\""),
         "{xml}"
     );
     assert!(xml.contains("<testsuite name=\"canary\""), "{xml}");
@@ -157,4 +158,38 @@ fn markdown_is_a_guide_per_service() {
     assert!(md.contains("1. restart the service"), "{md}");
     assert!(md.contains("failed apply: health <check>"), "{md}");
     assert!(md.contains("| 1 | canary | all | pending | a/x |"), "{md}");
+}
+
+#[test]
+fn a_run_awaiting_finalize_exits_0_only_when_every_service_succeeded_and_names_both_decisions() {
+    let mut record = record();
+    for t in 0..3 {
+        let mut c = command(&record, t);
+        c.result = Some(result(&c, Outcome::Succeeded, None));
+        record.targets[t].migrate = Some(c);
+    }
+    record.status = RunStatus::AwaitingFinalize;
+    let report = RunReport::from_record(&record);
+    assert_eq!(report.exit_code(), exit::OK);
+    let text = report.to_text();
+    assert!(text.contains("awaiting finalize: 3 service(s)"), "{text}");
+    let run = record.run_id;
+    assert!(
+        text.contains(&format!(
+            "next: `flotilla finalize {run}` drops the backups, or `flotilla rollback {run}` restores the fleet"
+        )),
+        "{text}"
+    );
+
+    // A failure within the budget is still a failure while the run waits.
+    let mut a = command(&record, 0);
+    a.result = Some(result(&a, Outcome::RolledBack, Some(Phase::Validate)));
+    record.targets[0].migrate = Some(a);
+    let report = RunReport::from_record(&record);
+    assert_eq!(report.exit_code(), exit::FAILED);
+    assert!(
+        report.to_text().contains("1 rolled back"),
+        "{}",
+        report.to_text()
+    );
 }

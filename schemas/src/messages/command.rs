@@ -60,6 +60,19 @@ pub enum Action {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         workloads: Vec<Workload>,
     },
+    /// A dry run of a migrate command with these fields: the same precheck (paths, allowed
+    /// programs, placeholders, preconditions, free space for the backup, health now), then each
+    /// step played against the current files in memory. Read-only: no backup, no write, no
+    /// restart, no journal entry; the result's `preview` says what each step would do.
+    Preview {
+        steps: Vec<Step>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        preconditions: Vec<Precondition>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        checks: Vec<Check>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        workloads: Vec<Workload>,
+    },
     /// Restore the backup taken by an earlier migrate command of the same run.
     Rollback { migration: CommandId },
     /// The run is closed: drop the backup of an earlier migrate command.

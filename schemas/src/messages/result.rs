@@ -149,6 +149,32 @@ pub struct ConfigShape {
     pub literal_secrets: Vec<String>,
 }
 
+/// What a `preview` command found: what each step of the migration would do.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Preview {
+    /// Each step, in order, up to the one that would fail (when one would).
+    pub steps: Vec<StepPreview>,
+    /// The backup the migration would take (bytes, with the file system's block rounding).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_bytes: Option<u64>,
+}
+
+/// What one step would do. Secret values are masked (`********`) everywhere in it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StepPreview {
+    /// 1-based, as in the reasons of a real run (`step 2 (write_file): …`).
+    pub step: u32,
+    /// The step's action (`write_file`, `replace_text`, `delete`, `run_command`, `restart`).
+    pub action: String,
+    /// One line: `create config/service.toml (mode 0644)`, `delete legacy.conf (file)`,
+    /// `run sh -c …`, `restart the service`.
+    pub summary: String,
+    /// A unified diff of the file the step writes or edits; absent when the content would not
+    /// change, and for steps that write no file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff: Option<String>,
+}
+
 /// The terminal report of one command.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RunResult {
@@ -177,6 +203,9 @@ pub struct RunResult {
     /// What an `inspect` command found.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inspection: Option<Inspection>,
+    /// What a `preview` command found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<Preview>,
     /// True when this result was re-sent for a command the agent had already handled.
     #[serde(default)]
     pub replayed: bool,

@@ -1,0 +1,108 @@
+//! Placeholders in plan text: `${var:NAME}` and `${secret:NAME}`, resolved by the agent (secret
+//! values never travel over the bus); `$${` writes a literal `${`, for files in which the service
+//! itself resolves placeholders. The syntax is defined once, here, so that `flotilla plan check`
+//! and the agent read a text the same way.
+
+/// One piece of a text with placeholders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Piece<'a> {
+    /// Text written as it is.
+    Text(&'a str),
+    /// `$${`: a literal `${`.
+    Literal,
+    /// `${var:NAME}`.
+    Var(&'a str),
+    /// `${secret:NAME}`.
+    Secret(&'a str),
+}
+
+/// Why a text's placeholders cannot be read. Names the placeholder, never a value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlaceholderError {
+    #[error(
+        "unknown placeholder ${{{0}}}: use ${{secret:NAME}}, ${{var:NAME}} or $${{ for a literal"
+    )]
+    Unknown(String),
+    #[error("unterminated placeholder starting at byte {0}")]
+    Unterminated(usize),
+}
+
+/// Splits `content` into text and placeholders.
+pub fn parse(content: &str) -> Result<Vec<Piece<'_>>, PlaceholderError> {
+    let mut pieces = Vec::new();
+    let mut rest = content;
+    let mut offset = 0;
+    while let Some(at) = rest.find('$') {
+        let tail = &rest[at..];
+        if let Some(after) = tail.strip_prefix("$${") {
+            pieces.push(Piece::Text(&rest[..at]));
+            pieces.push(Piece::Literal);
+            offset += at + 3;
+            rest = after;
+        } else if let Some(after) = tail.strip_prefix("${") {
+            pieces.push(Piece::Text(&rest[..at]));
+            let end = after
+                .find('}')
+                .ok_or(PlaceholderError::Unterminated(offset + at))?;
+            let placeholder = &after[..end];
+            pieces.push(match placeholder.split_once(':') {
+                Some(("var", name)) => Piece::Var(name),
+                Some(("secret", name)) => Piece::Secret(name),
+                _ => return Err(PlaceholderError::Unknown(placeholder.to_owned())),
+            });
+            offset += at + 2 + end + 1;
+            rest = &after[end + 1..];
+        } else {
+            pieces.push(Piece::Text(&rest[..=at]));
+            offset += at + 1;
+            rest = &tail[1..];
+        }
+    }
+    pieces.push(Piece::Text(rest));
+    pieces.retain(|p| *p != Piece::Text(""));
+    Ok(pieces)
+}
+
+/// Whether `name` can name a secret: letters, digits, `_` and `-` (it becomes a file name and
+/// an environment variable's suffix at the agent).
+pub fn valid_secret_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_text_placeholders_and_escapes() {
+        assert_eq!(
+            parse("a ${var:port} $${secret:K} $5 ${secret:API_KEY}").unwrap(),
+            vec![
+                Piece::Text("a "),
+                Piece::Var("port"),
+                Piece::Text(" "),
+                Piece::Literal,
+                Piece::Text("secret:K} $"),
+                Piece::Text("5 "),
+                Piece::Secret("API_KEY"),
+            ]
+        );
+    }
+
+    #[test]
+    fn names_what_is_malformed() {
+        assert_eq!(
+            parse("x ${var:port"),
+            Err(PlaceholderError::Unterminated(2))
+        );
+        assert_eq!(
+            parse("${env:HOME}"),
+            Err(PlaceholderError::Unknown("env:HOME".into()))
+        );
+        assert!(!valid_secret_name("../../etc/passwd"));
+        assert!(valid_secret_name("API_KEY-2"));
+    }
+}
