@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use flotilla_schemas::{
     Action, Check, CheckVerdict, Command, CommandId, GateReport, Gates, HttpCheck, Inspection,
-    Measurements, Outcome, Phase, PhaseReport, PhaseStatus, Precondition, Preview, RunResult, Step,
-    Workload, WorkloadFigures, WorkloadReport,
+    Measurements, MemorySource, Outcome, Phase, PhaseReport, PhaseStatus, Precondition, Preview,
+    RunResult, Step, Workload, WorkloadFigures, WorkloadReport,
 };
 use time::OffsetDateTime;
 use tracing::Instrument;
@@ -362,7 +362,10 @@ impl Lifecycle {
         let checked = self.check(spec, command_run_id, false).await?;
         measurements.startup_ms_before =
             self.supervisor.last_startup().map(|d| d.as_millis() as u64);
-        measurements.rss_bytes_before = self.supervisor.pid().and_then(metrics::tree_rss);
+        if let Some(memory) = self.memory(None) {
+            measurements.rss_bytes_before = Some(memory.bytes);
+            measurements.memory_source = Some(memory.source);
+        }
         // The baseline: each workload, once, before anything changes.
         let mut workloads = Vec::with_capacity(checked.workloads.len());
         for workload in checked.workloads {
@@ -532,6 +535,11 @@ impl Lifecycle {
         }
     }
 
+    /// The service's memory now; with `like` (the baseline's source), from that source only.
+    fn memory(&self, like: Option<MemorySource>) -> Option<metrics::Memory> {
+        metrics::service_memory(self.supervisor.pid()?, like)
+    }
+
     /// Runs a workload once, in a span that carries its figures.
     async fn measure(
         &self,
@@ -697,7 +705,10 @@ impl Lifecycle {
             .await?;
             tracing::info!(check = %passed, "functional check passed");
         }
-        measurements.rss_bytes_after = self.supervisor.pid().and_then(metrics::tree_rss);
+        if let Some(memory) = self.memory(measurements.memory_source) {
+            measurements.rss_bytes_after = Some(memory.bytes);
+            measurements.memory_source = Some(memory.source);
+        }
         *reports = evaluate_gates(spec.gates, measurements);
         // One start is one sample: a start slowed by a busy host would roll a healthy service
         // back. A tripped startup or memory gate is confirmed by a second restart, keeping the
@@ -724,8 +735,8 @@ impl Lifecycle {
                     .startup_ms_after
                     .map(|first| first.min(again))
                     .or(Some(again));
-                let rss = self.supervisor.pid().and_then(metrics::tree_rss);
-                measurements.rss_bytes_after = match (measurements.rss_bytes_after, rss) {
+                let again = self.memory(measurements.memory_source).map(|m| m.bytes);
+                measurements.rss_bytes_after = match (measurements.rss_bytes_after, again) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
@@ -743,8 +754,12 @@ impl Lifecycle {
             .iter()
             .filter(|g| !g.passed)
             .map(|g| {
+                let source = match (g.gate.as_str(), measurements.memory_source) {
+                    ("memory_bytes", Some(source)) => format!(" ({})", source.as_str()),
+                    _ => String::new(),
+                };
                 format!(
-                    "{} regression: {} after, {} before, limit {}",
+                    "{} regression: {} after, {} before, limit {}{source}",
                     g.gate, g.after, g.before, g.limit
                 )
             })

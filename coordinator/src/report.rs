@@ -18,6 +18,7 @@ pub use crate::store::RunStatus;
 mod html;
 mod junit;
 mod markdown;
+mod memory;
 
 pub(crate) use html::gate_figure;
 

@@ -144,3 +144,20 @@ fn path_like_identifiers_are_refused_in_messages() {
     let err = decode::<Command>(&serde_json::to_vec(&value).unwrap()).unwrap_err();
     assert!(matches!(err, DecodeError::Malformed { .. }), "{err:?}");
 }
+
+/// A memory source from a newer agent reads as `other`: the result is still understood.
+#[test]
+fn an_unknown_memory_source_is_read_as_other() {
+    let path = golden_paths::<RunResult>()
+        .into_iter()
+        .find(|p| file_name(p).contains("memory-gate"))
+        .expect("the memory-gate fixture");
+    let mut value: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    value["measurements"]["memory_source"] = "uss".into();
+    let result = decode::<RunResult>(&serde_json::to_vec(&value).unwrap()).unwrap();
+    assert_eq!(
+        result.measurements.memory_source,
+        Some(flotilla_schemas::MemorySource::Other)
+    );
+}

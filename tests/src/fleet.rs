@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+mod foreign;
+
 /// The five services of T006.
 pub const ROLES: [&str; 5] = ["inference", "training", "ingest", "execution", "preprocess"];
 

@@ -16,6 +16,7 @@ use flotilla_schemas::{CommandId, GateReport, Phase, PhaseStatus, RunResult};
 use serde::Serialize;
 use time::OffsetDateTime;
 
+use super::memory::memory_figures;
 use super::{RunReport, ServiceReport};
 use crate::events::RunEvent;
 use crate::store::{CommandRecord, RunRecord};
@@ -210,7 +211,7 @@ fn waves_and_summary(out: &mut String, report: &RunReport) {
         let _ = writeln!(
             out,
             "<tr class=\"svc-{}\"><td>{}/{}</td><td>{}</td><td><span class=\"badge {}\">{}</span></td>\
-             <td>{} ms</td><td>{} → {}</td><td>{} → {}</td><td>{}</td><td>{}</td></tr>",
+             <td>{} ms</td><td>{} → {}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(s.status.as_str()),
             esc(s.service.as_str()),
             esc(s.instance.as_str()),
@@ -220,8 +221,7 @@ fn waves_and_summary(out: &mut String, report: &RunReport) {
             total,
             ms(m.startup_ms_before),
             ms(m.startup_ms_after),
-            mib(m.rss_bytes_before),
-            mib(m.rss_bytes_after),
+            esc(&memory_figures(m)),
             yes_no(s.rollback_validated),
             esc(&problem(s)),
         );
@@ -938,13 +938,6 @@ pub(super) fn esc(text: &str) -> String {
 
 fn ms(v: Option<u64>) -> String {
     v.map_or_else(|| "-".into(), |v| format!("{v} ms"))
-}
-
-fn mib(v: Option<u64>) -> String {
-    v.map_or_else(
-        || "-".into(),
-        |v| format!("{:.1} MiB", v as f64 / 1048576.0),
-    )
 }
 
 fn yes_no(v: bool) -> &'static str {

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use flotilla_schemas::{PhaseStatus, Step};
 
+use super::memory::memory_figures;
 use super::{RunReport, ServiceReport};
 use crate::plan::{Plan, ServicePlan};
 
@@ -70,15 +71,14 @@ pub(super) fn render(report: &RunReport) -> String {
         let m = &s.measurements;
         let _ = writeln!(
             out,
-            "| {}/{} | {} | {} | {} → {} | {} → {} | {} | {} |",
+            "| {}/{} | {} | {} | {} → {} | {} | {} | {} |",
             s.service,
             s.instance,
             s.wave,
             s.status.as_str(),
             ms(m.startup_ms_before),
             ms(m.startup_ms_after),
-            mib(m.rss_bytes_before),
-            mib(m.rss_bytes_after),
+            memory_figures(m),
             yes_no(s.rollback_validated),
             problem(s).replace('|', "\\|").replace('\n', " "),
         );
@@ -149,11 +149,10 @@ fn guide(out: &mut String, s: &ServiceReport, plan: Option<&ServicePlan>) {
     let m = &s.measurements;
     let _ = writeln!(
         out,
-        "- figures: startup {} → {}, memory {} → {}, backup {} file(s), {}",
+        "- figures: startup {} → {}, memory {}, backup {} file(s), {}",
         ms(m.startup_ms_before),
         ms(m.startup_ms_after),
-        mib(m.rss_bytes_before),
-        mib(m.rss_bytes_after),
+        memory_figures(m),
         m.backup_files.map_or_else(|| "-".into(), |n| n.to_string()),
         bytes(m.backup_bytes),
     );
@@ -225,13 +224,6 @@ fn problem(s: &ServiceReport) -> String {
 
 fn ms(v: Option<u64>) -> String {
     v.map_or_else(|| "-".into(), |v| format!("{v} ms"))
-}
-
-fn mib(v: Option<u64>) -> String {
-    v.map_or_else(
-        || "-".into(),
-        |v| format!("{:.1} MiB", v as f64 / 1048576.0),
-    )
 }
 
 fn bytes(v: Option<u64>) -> String {

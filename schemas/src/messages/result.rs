@@ -56,16 +56,50 @@ pub struct Measurements {
     pub startup_ms_before: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub startup_ms_after: Option<u64>,
-    /// Resident memory of the service's process tree.
+    /// Resident memory of the service (its cgroup, or its processes, each counted once however
+    /// many threads it runs), measured as `memory_source` says. The names are kept from when
+    /// this was always a resident set size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rss_bytes_before: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rss_bytes_after: Option<u64>,
+    /// How both memory figures were measured; absent from agents older than this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_source: Option<MemorySource>,
     /// Files in the backup and their total size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_files: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_bytes: Option<u64>,
+}
+
+/// Where a memory figure comes from. Before and after always come from the same source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MemorySource {
+    /// The working set of the service's own cgroup (v2): `memory.current` less `inactive_file`
+    /// of `memory.stat`, as cAdvisor and `kubectl top` report it.
+    Cgroup,
+    /// The sum of the proportional set sizes (`/proc/<pid>/smaps_rollup`) of the service's
+    /// processes: pages they share are split among them instead of counted in each.
+    Pss,
+    /// The resident set size (`VmRSS`) of the service's processes, each process once.
+    Rss,
+    /// A source this reader does not know (from a newer agent).
+    #[serde(other)]
+    Other,
+}
+
+impl MemorySource {
+    /// The source's name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemorySource::Cgroup => "cgroup",
+            MemorySource::Pss => "pss",
+            MemorySource::Rss => "rss",
+            MemorySource::Other => "other",
+        }
+    }
 }
 
 /// One regression gate's verdict, with its figures whether it passed or not.
