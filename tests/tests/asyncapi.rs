@@ -252,6 +252,7 @@ fn every_command_kind_outcome_phase_and_status_is_in_the_doc() {
         ("flotilla.command.v1.schema.json", "Action", Some("kind")),
         ("flotilla.command.v1.schema.json", "Step", Some("action")),
         ("flotilla.result.v1.schema.json", "Outcome", None),
+        ("flotilla.result.v1.schema.json", "MemorySource", None),
         ("flotilla.progress.v1.schema.json", "Phase", None),
         ("flotilla.progress.v1.schema.json", "PhaseStatus", None),
         ("flotilla.presence.v1.schema.json", "AgentState", None),
