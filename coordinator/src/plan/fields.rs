@@ -153,12 +153,12 @@ fn placeholders(fields: &Fields, at: &str, keys: &[&str]) -> Result<(), RuleErro
 fn well_formed(text: &str) -> Result<(), String> {
     for piece in placeholder::parse(text).map_err(|e| e.to_string())? {
         match piece {
-            Piece::Secret(name) if !placeholder::valid_secret_name(name) => {
+            Piece::Secret(name, _) if !placeholder::valid_secret_name(name) => {
                 return Err(format!(
                     "secret name {name:?} is not valid: use letters, digits, '_' and '-'"
                 ));
             }
-            Piece::Var("") => return Err("${var:} names no variable".to_owned()),
+            Piece::Var("", _) => return Err("${var:} names no variable".to_owned()),
             _ => {}
         }
     }
