@@ -351,6 +351,7 @@ fn answer(
     ));
     let micro = tokio::spawn(serve_micro(
         client.clone(),
+        subjects.clone(),
         presence_template(lifecycle),
         status.clone(),
         shutdown.clone(),
@@ -508,9 +509,10 @@ fn presence_template(lifecycle: &Lifecycle) -> Presence {
 
 /// The NATS service API (`$SRV.PING|INFO|STATS`), so that `nats micro ls` lists the agents with
 /// their service and instance, and `nats micro stats` counts the status requests; the endpoint
-/// `flotilla.agent.<service>.<instance>.status` answers with the agent's presence.
+/// `<prefix>.agent.<service>.<instance>.status` answers with the agent's presence.
 async fn serve_micro(
     client: async_nats::Client,
+    subjects: Subjects,
     template: Presence,
     status: Arc<Mutex<Status>>,
     shutdown: CancellationToken,
@@ -538,10 +540,7 @@ async fn serve_micro(
             return;
         }
     };
-    let group = service.group(format!(
-        "flotilla.agent.{}.{}",
-        template.service, template.instance
-    ));
+    let group = service.group(subjects.agent_service_group(&template.service, &template.instance));
     let mut endpoint = match group.endpoint("status").await {
         Ok(endpoint) => endpoint,
         Err(e) => {
