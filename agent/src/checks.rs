@@ -2,6 +2,7 @@
 //! HTTP requests, TCP connects, and commands, which is how batch services are validated — by
 //! running the job and checking its exit code, duration and output.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -37,15 +38,40 @@ pub fn precondition(root: &RootDir, condition: &Precondition) -> Result<(), Stri
     }
 }
 
-/// Resolves `${var:…}` (and `${secret:…}`) in a check's URL, body, address and arguments.
+/// Resolves the placeholders in the values of request headers.
+pub fn render_headers(
+    renderer: &Renderer<'_>,
+    headers: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, TemplateError> {
+    headers
+        .iter()
+        .map(|(name, value)| Ok((name.clone(), renderer.render(value)?)))
+        .collect()
+}
+
+fn render_opt(
+    renderer: &Renderer<'_>,
+    s: &Option<String>,
+) -> Result<Option<String>, TemplateError> {
+    s.as_deref().map(|s| renderer.render(s)).transpose()
+}
+
+/// Resolves the placeholders in an HTTP check's (or health check's) URL, body and headers.
+pub fn render_http(renderer: &Renderer<'_>, http: &HttpCheck) -> Result<HttpCheck, TemplateError> {
+    Ok(HttpCheck {
+        url: render_opt(renderer, &http.url)?,
+        body: render_opt(renderer, &http.body)?,
+        headers: render_headers(renderer, &http.headers)?,
+        ..http.clone()
+    })
+}
+
+/// Resolves `${var:…}` (and `${secret:…}`, `${run:…}`) in a check's URL, body, headers, address,
+/// log pattern and arguments.
 pub fn render(renderer: &Renderer<'_>, check: &Check) -> Result<Check, TemplateError> {
-    let render_opt = |s: &Option<String>| s.as_deref().map(|s| renderer.render(s)).transpose();
+    let render_opt = |s: &Option<String>| render_opt(renderer, s);
     Ok(match check {
-        Check::Http(http) => Check::Http(HttpCheck {
-            url: render_opt(&http.url)?,
-            body: render_opt(&http.body)?,
-            ..http.clone()
-        }),
+        Check::Http(http) => Check::Http(render_http(renderer, http)?),
         Check::Tcp {
             address,
             timeout_ms,

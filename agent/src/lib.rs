@@ -16,6 +16,7 @@ pub mod journal;
 mod lifecycle;
 mod metrics;
 mod preview;
+mod run_vars;
 mod session;
 pub mod steps;
 mod supervisor;

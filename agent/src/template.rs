@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use flotilla_schemas::placeholder::{self, Piece, PlaceholderError};
 
 use crate::config::SecretSources;
+use crate::run_vars::RunVars;
 
 /// Why content could not be rendered. Names the placeholder, never a value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -15,6 +16,8 @@ pub enum TemplateError {
     UnknownSecret(String),
     #[error("variable {0:?} is not defined in the agent's [vars]")]
     UnknownVar(String),
+    #[error("{0:?} is not known: the command carries no trace context (telemetry is off)")]
+    NoTraceContext(String),
     #[error(transparent)]
     Syntax(#[from] PlaceholderError),
 }
@@ -26,6 +29,8 @@ pub const MASK: &str = "********";
 pub struct Renderer<'a> {
     pub vars: &'a BTreeMap<String, String>,
     pub secrets: &'a SecretSources,
+    /// Answers `${run:…}` and `${service:…}`.
+    pub run: &'a RunVars,
     /// Write [`MASK`] for each secret, once it is known to resolve: what a dry run shows.
     pub mask_secrets: bool,
 }
@@ -47,6 +52,12 @@ impl Renderer<'_> {
                     let value = self.secret(name)?;
                     out.push_str(if self.mask_secrets { MASK } else { &value });
                 }
+                Piece::Run(var) => out.push_str(
+                    &self
+                        .run
+                        .get(var)
+                        .ok_or_else(|| TemplateError::NoTraceContext(format!("{var:?}")))?,
+                ),
             }
         }
         Ok(out)
@@ -72,6 +83,15 @@ impl Renderer<'_> {
 mod tests {
     use super::*;
 
+    fn run_vars() -> RunVars {
+        RunVars {
+            run_id: flotilla_schemas::RunId::new(),
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            service: "ingest".into(),
+            instance: "a".into(),
+        }
+    }
+
     fn sources(dir: &std::path::Path) -> SecretSources {
         SecretSources {
             env_prefix: "FLOTILLA_TEST_TEMPLATE_NO_SUCH_PREFIX_".into(),
@@ -85,9 +105,11 @@ mod tests {
         std::fs::write(tmp.path().join("API_KEY"), "s3cr3t\n").unwrap();
         let vars = BTreeMap::from([("port".to_owned(), "18081".to_owned())]);
         let secrets = sources(tmp.path());
+        let run = run_vars();
         let r = Renderer {
             vars: &vars,
             secrets: &secrets,
+            run: &run,
             mask_secrets: false,
         };
         let out = r
@@ -112,13 +134,53 @@ mod tests {
     }
 
     #[test]
+    fn resolves_the_run_variables() {
+        let tmp = tempfile::tempdir().unwrap();
+        let vars = BTreeMap::new();
+        let secrets = sources(tmp.path());
+        let run = run_vars();
+        let r = Renderer {
+            vars: &vars,
+            secrets: &secrets,
+            run: &run,
+            mask_secrets: true,
+        };
+        assert_eq!(
+            r.render("id=${run:id} trace=${run:trace_id} ${service:name}/${service:instance}")
+                .unwrap(),
+            format!(
+                "id={} trace=0af7651916cd43dd8448eb211c80319c ingest/a",
+                run.run_id
+            )
+        );
+        assert_eq!(
+            r.render("${run:traceparent}").unwrap(),
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        );
+        let untraced = RunVars {
+            traceparent: None,
+            ..run_vars()
+        };
+        let r = Renderer {
+            run: &untraced,
+            ..r
+        };
+        assert!(matches!(
+            r.render("${run:trace_id}"),
+            Err(TemplateError::NoTraceContext(_))
+        ));
+    }
+
+    #[test]
     fn names_what_is_missing_without_values() {
         let tmp = tempfile::tempdir().unwrap();
         let vars = BTreeMap::new();
         let secrets = sources(tmp.path());
+        let run = run_vars();
         let r = Renderer {
             vars: &vars,
             secrets: &secrets,
+            run: &run,
             mask_secrets: false,
         };
         assert_eq!(

@@ -1,5 +1,7 @@
 //! Placeholders in plan text: `${var:NAME}` and `${secret:NAME}`, resolved by the agent (secret
-//! values never travel over the bus); `$${` writes a literal `${`, for files in which the service
+//! values never travel over the bus), and the run's own variables (`${run:id}`,
+//! `${run:trace_id}`, `${run:traceparent}`, `${service:name}`, `${service:instance}`), which the
+//! agent knows from the command; `$${` writes a literal `${`, for files in which the service
 //! itself resolves placeholders. The syntax is defined once, here, so that `flotilla plan check`
 //! and the agent read a text the same way.
 
@@ -14,13 +16,45 @@ pub enum Piece<'a> {
     Var(&'a str),
     /// `${secret:NAME}`.
     Secret(&'a str),
+    /// `${run:…}` or `${service:…}`: what the agent knows of the run and of itself.
+    Run(RunVar),
+}
+
+/// A variable of the run or of the service the agent runs, e.g. for a request header that a
+/// service logs under its own name (`X-Request-Id = "${run:id}"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunVar {
+    /// `${run:id}`: the run's correlation ID.
+    Id,
+    /// `${run:trace_id}`: the 32 hex digits of the run's trace.
+    TraceId,
+    /// `${run:traceparent}`: the W3C `traceparent` of the agent's span for the command.
+    TraceParent,
+    /// `${service:name}`.
+    ServiceName,
+    /// `${service:instance}`.
+    ServiceInstance,
+}
+
+impl RunVar {
+    /// The variable named `namespace:name`, if there is one.
+    fn named(namespace: &str, name: &str) -> Option<Self> {
+        Some(match (namespace, name) {
+            ("run", "id") => RunVar::Id,
+            ("run", "trace_id") => RunVar::TraceId,
+            ("run", "traceparent") => RunVar::TraceParent,
+            ("service", "name") => RunVar::ServiceName,
+            ("service", "instance") => RunVar::ServiceInstance,
+            _ => return None,
+        })
+    }
 }
 
 /// Why a text's placeholders cannot be read. Names the placeholder, never a value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlaceholderError {
     #[error(
-        "unknown placeholder ${{{0}}}: use ${{secret:NAME}}, ${{var:NAME}} or $${{ for a literal"
+        "unknown placeholder ${{{0}}}: use ${{secret:NAME}}, ${{var:NAME}}, ${{run:id}}, ${{run:trace_id}}, ${{run:traceparent}}, ${{service:name}}, ${{service:instance}} or $${{ for a literal"
     )]
     Unknown(String),
     #[error("unterminated placeholder starting at byte {0}")]
@@ -45,10 +79,13 @@ pub fn parse(content: &str) -> Result<Vec<Piece<'_>>, PlaceholderError> {
                 .find('}')
                 .ok_or(PlaceholderError::Unterminated(offset + at))?;
             let placeholder = &after[..end];
-            pieces.push(match placeholder.split_once(':') {
-                Some(("var", name)) => Piece::Var(name),
-                Some(("secret", name)) => Piece::Secret(name),
-                _ => return Err(PlaceholderError::Unknown(placeholder.to_owned())),
+            let unknown = || PlaceholderError::Unknown(placeholder.to_owned());
+            pieces.push(match placeholder.split_once(':').ok_or_else(unknown)? {
+                ("var", name) => Piece::Var(name),
+                ("secret", name) => Piece::Secret(name),
+                (namespace, name) => {
+                    Piece::Run(RunVar::named(namespace, name).ok_or_else(unknown)?)
+                }
             });
             offset += at + 2 + end + 1;
             rest = &after[end + 1..];
@@ -93,6 +130,22 @@ mod tests {
     }
 
     #[test]
+    fn reads_the_run_variables() {
+        assert_eq!(
+            parse("${run:id} ${run:trace_id}${run:traceparent}${service:name}${service:instance}")
+                .unwrap(),
+            vec![
+                Piece::Run(RunVar::Id),
+                Piece::Text(" "),
+                Piece::Run(RunVar::TraceId),
+                Piece::Run(RunVar::TraceParent),
+                Piece::Run(RunVar::ServiceName),
+                Piece::Run(RunVar::ServiceInstance),
+            ]
+        );
+    }
+
+    #[test]
     fn names_what_is_malformed() {
         assert_eq!(
             parse("x ${var:port"),
@@ -102,6 +155,12 @@ mod tests {
             parse("${env:HOME}"),
             Err(PlaceholderError::Unknown("env:HOME".into()))
         );
+        for unknown in ["run:nope", "service:port", "run:"] {
+            assert_eq!(
+                parse(&format!("${{{unknown}}}")),
+                Err(PlaceholderError::Unknown(unknown.into()))
+            );
+        }
         assert!(!valid_secret_name("../../etc/passwd"));
         assert!(valid_secret_name("API_KEY-2"));
     }
