@@ -550,18 +550,7 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
                 record.sent_at = Some(now);
                 continue;
             }
-            let action = self.action(t, kind);
-            let target = &self.record.targets[t];
-            let command = Command {
-                schema: Default::default(),
-                command_id: CommandId::new(),
-                run_id: self.record.run_id,
-                service: target.service.clone(),
-                instance: target.instance.clone(),
-                issued_at: now,
-                expires_at: now + self.timeout_of(t),
-                action,
-            };
+            let command = self.command_for(t, self.action(t, kind), now);
             self.index.insert(command.command_id, t);
             *slot_mut(&mut self.record.targets[t], kind) = Some(CommandRecord {
                 command,
@@ -1139,22 +1128,11 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
     ) -> Result<(Vec<(usize, RunResult)>, Vec<usize>), RolloutError> {
         let mut commands = Vec::new();
         for (t, checks, config_files) in round {
-            let target = &self.record.targets[t];
-            let now = OffsetDateTime::now_utc();
-            let command = Command {
-                schema: Default::default(),
-                command_id: CommandId::new(),
-                run_id: self.record.run_id,
-                service: target.service.clone(),
-                instance: target.instance.clone(),
-                issued_at: now,
-                expires_at: now + self.timeout_of(t),
-                action: Action::Inspect {
-                    checks,
-                    config_files,
-                },
+            let action = Action::Inspect {
+                checks,
+                config_files,
             };
-            commands.push((t, command));
+            commands.push((t, self.command_for(t, action, OffsetDateTime::now_utc())));
         }
         let sent = self
             .send_all(&commands.iter().map(|(_, c)| c.clone()).collect::<Vec<_>>())
@@ -1177,6 +1155,21 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             }
         }
         Ok((answers, waiting.into_values().collect()))
+    }
+
+    /// A new command of the run for target `t`, issued `now`.
+    fn command_for(&self, t: usize, action: Action, now: OffsetDateTime) -> Command {
+        let target = &self.record.targets[t];
+        Command {
+            schema: Default::default(),
+            command_id: CommandId::new(),
+            run_id: self.record.run_id,
+            service: target.service.clone(),
+            instance: target.instance.clone(),
+            issued_at: now,
+            expires_at: now + self.timeout_of(t),
+            action,
+        }
     }
 
     /// Target `t` as `service/instance`.
