@@ -6,9 +6,11 @@ use async_nats::jetstream;
 use flotilla_schemas::subjects::Subjects;
 use flotilla_schemas::{
     Command, HEADER_RUN_ID, InstanceId, Phase, PhaseStatus, Progress, RunId, RunResult,
-    ServiceName, WireMessage, encode,
+    ServiceName, WireMessage,
 };
 use time::OffsetDateTime;
+
+use crate::redact::Redactor;
 
 /// Why an event did not reach the stream.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +30,8 @@ pub struct Events {
     subjects: Subjects,
     service: ServiceName,
     instance: InstanceId,
+    /// Every event is scrubbed of secret values on its way out.
+    redactor: Redactor,
 }
 
 impl Events {
@@ -42,7 +46,13 @@ impl Events {
             subjects,
             service,
             instance,
+            redactor: Redactor::default(),
         }
+    }
+
+    /// Scrubs every event of the secret values `redactor` knows.
+    pub fn redacting(self, redactor: Redactor) -> Self {
+        Self { redactor, ..self }
     }
 
     /// Publishes a progress event. Progress is advisory: a failure is logged, not fatal.
@@ -78,7 +88,7 @@ impl Events {
         flotilla_telemetry::inject(&mut headers);
         if let Err(e) = self
             .js
-            .publish_with_headers(subject, headers, encode(&event).into())
+            .publish_with_headers(subject, headers, self.redactor.encode(&event).into())
             .await
         {
             tracing::warn!(error = %e, phase = phase.as_str(), "progress event not published");
@@ -101,7 +111,11 @@ impl Events {
         flotilla_telemetry::inject(&mut headers);
         let publish = async {
             self.js
-                .publish_with_headers(subject.clone(), headers, encode(message).into())
+                .publish_with_headers(
+                    subject.clone(),
+                    headers,
+                    self.redactor.encode(message).into(),
+                )
                 .await?
                 .await
         };

@@ -7,27 +7,15 @@ use flotilla_schemas::ConfigShape;
 use crate::config::SecretSources;
 use crate::steps::RootDir;
 
-/// Secrets shorter than this are not searched for: too likely to match by chance.
-const MIN_SECRET_LEN: usize = 6;
-
 /// The values of every secret the agent can resolve: `<env_prefix>*` variables and the files of
-/// the secrets directory.
+/// the secrets directory (those too short to be searched for without matching by chance left
+/// out, as the redactor leaves them).
 pub fn known_secret_values(sources: &SecretSources) -> Vec<String> {
-    let mut values: Vec<String> = std::env::vars()
-        .filter(|(name, _)| name.starts_with(&sources.env_prefix))
-        .map(|(_, value)| value)
-        .collect();
-    if let Some(dir) = &sources.dir
-        && let Ok(entries) = std::fs::read_dir(dir)
-    {
-        for entry in entries.flatten() {
-            if let Ok(value) = std::fs::read_to_string(entry.path()) {
-                values.push(value.trim_end_matches(['\n', '\r']).to_owned());
-            }
-        }
-    }
-    values.retain(|v| v.len() >= MIN_SECRET_LEN);
-    values
+    crate::redact::secrets(sources)
+        .into_iter()
+        .map(|s| s.value)
+        .filter(|v| v.len() >= crate::redact::MIN_SECRET_BYTES)
+        .collect()
 }
 
 /// Reads `path` (inside the service root) and describes its keys.

@@ -30,6 +30,17 @@ impl RunVars {
         }
     }
 
+    /// Variables of a fresh run with a fixed trace, for tests.
+    #[cfg(test)]
+    pub fn example() -> Self {
+        Self {
+            run_id: RunId::new(),
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            service: "ingest".into(),
+            instance: "a".into(),
+        }
+    }
+
     /// The value of `var`; `None` for a trace variable when the command has no trace context.
     pub fn get(&self, var: RunVar) -> Option<String> {
         match var {
@@ -53,13 +64,8 @@ mod tests {
 
     #[test]
     fn trace_variables_come_from_the_traceparent() {
-        let run_id = RunId::new();
-        let mut vars = RunVars {
-            run_id,
-            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
-            service: "ingest".into(),
-            instance: "a".into(),
-        };
+        let mut vars = RunVars::example();
+        let run_id = vars.run_id;
         assert_eq!(vars.get(RunVar::Id), Some(run_id.to_string()));
         assert_eq!(
             vars.get(RunVar::TraceId).as_deref(),

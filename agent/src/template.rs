@@ -83,15 +83,6 @@ impl Renderer<'_> {
 mod tests {
     use super::*;
 
-    fn run_vars() -> RunVars {
-        RunVars {
-            run_id: flotilla_schemas::RunId::new(),
-            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
-            service: "ingest".into(),
-            instance: "a".into(),
-        }
-    }
-
     fn sources(dir: &std::path::Path) -> SecretSources {
         SecretSources {
             env_prefix: "FLOTILLA_TEST_TEMPLATE_NO_SUCH_PREFIX_".into(),
@@ -105,7 +96,7 @@ mod tests {
         std::fs::write(tmp.path().join("API_KEY"), "s3cr3t\n").unwrap();
         let vars = BTreeMap::from([("port".to_owned(), "18081".to_owned())]);
         let secrets = sources(tmp.path());
-        let run = run_vars();
+        let run = RunVars::example();
         let r = Renderer {
             vars: &vars,
             secrets: &secrets,
@@ -138,7 +129,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let vars = BTreeMap::new();
         let secrets = sources(tmp.path());
-        let run = run_vars();
+        let run = RunVars::example();
         let r = Renderer {
             vars: &vars,
             secrets: &secrets,
@@ -159,7 +150,7 @@ mod tests {
         );
         let untraced = RunVars {
             traceparent: None,
-            ..run_vars()
+            ..RunVars::example()
         };
         let r = Renderer {
             run: &untraced,
@@ -176,7 +167,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let vars = BTreeMap::new();
         let secrets = sources(tmp.path());
-        let run = run_vars();
+        let run = RunVars::example();
         let r = Renderer {
             vars: &vars,
             secrets: &secrets,

@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 
 use flotilla_schemas::{GateReport, Gates, Inconclusive, RunId, Workload, WorkloadFigures};
 
-use crate::config::RunAs;
-use crate::template::{Renderer, TemplateError};
+use crate::checks::{RenderError, render_headers, render_plain};
+use crate::template::Renderer;
 use crate::{health, steps};
 
-/// Resolves `${var:…}` in a workload's URL, body, headers and arguments.
-pub fn render(renderer: &Renderer<'_>, workload: &Workload) -> Result<Workload, TemplateError> {
+/// Resolves `${var:…}` in a workload's URL, body, headers and arguments, and `${secret:…}` in
+/// its body and headers only.
+pub fn render(renderer: &Renderer<'_>, workload: &Workload) -> Result<Workload, RenderError> {
     Ok(match workload.clone() {
         Workload::Http {
             name,
@@ -25,10 +26,10 @@ pub fn render(renderer: &Renderer<'_>, workload: &Workload) -> Result<Workload, 
             concurrency,
         } => Workload::Http {
             name,
-            url: renderer.render(&url)?,
+            url: render_plain(renderer, "url", &url)?,
             method,
             body: body.map(|b| renderer.render(&b)).transpose()?,
-            headers: crate::checks::render_headers(renderer, &headers)?,
+            headers: render_headers(renderer, &headers)?,
             requests,
             concurrency,
         },
@@ -43,7 +44,7 @@ pub fn render(renderer: &Renderer<'_>, workload: &Workload) -> Result<Workload, 
             program,
             args: args
                 .iter()
-                .map(|a| renderer.render(a))
+                .map(|a| render_plain(renderer, "args", a))
                 .collect::<Result<_, _>>()?,
             timeout_ms,
             throughput_field,
@@ -58,7 +59,7 @@ pub async fn measure(
     root: &Path,
     workload: &Workload,
     run_id: RunId,
-    run_as: Option<RunAs>,
+    launcher: &crate::children::Launcher,
 ) -> WorkloadFigures {
     match workload {
         Workload::Http {
@@ -99,7 +100,7 @@ pub async fn measure(
                 args,
                 &Default::default(),
                 Duration::from_millis(*timeout_ms),
-                run_as,
+                launcher,
             )
             .await;
             let duration_ms = started.elapsed().as_millis() as u64;

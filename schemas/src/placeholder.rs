@@ -100,6 +100,21 @@ pub fn parse(content: &str) -> Result<Vec<Piece<'_>>, PlaceholderError> {
     Ok(pieces)
 }
 
+/// The first secret a text names, if it names one (`None` too when it does not parse): for the
+/// fields that may not hold a secret, where its value would end up in failure reasons, logs or
+/// process listings (check URLs, addresses, log paths and patterns, command arguments).
+pub fn first_secret(text: &str) -> Option<&str> {
+    parse(text).ok()?.into_iter().find_map(|piece| match piece {
+        Piece::Secret(name) => Some(name),
+        _ => None,
+    })
+}
+
+/// Why a field may not hold a secret, after "`${secret:NAME}` is not allowed in FIELD".
+pub const SECRET_NOT_ALLOWED_WHY: &str = "its value would show in failure reasons, logs and \
+     process listings; write secrets into the files the service reads (write_file content) or \
+     an HTTP body";
+
 /// Whether `name` can name a secret: letters, digits, `_` and `-` (it becomes a file name and
 /// an environment variable's suffix at the agent).
 pub fn valid_secret_name(name: &str) -> bool {
@@ -162,6 +177,11 @@ mod tests {
             );
         }
         assert!(!valid_secret_name("../../etc/passwd"));
+        assert_eq!(
+            first_secret("a ${var:x} ${secret:K} ${secret:L}"),
+            Some("K")
+        );
+        assert_eq!(first_secret("$${secret:K}"), None);
         assert!(valid_secret_name("API_KEY-2"));
     }
 }

@@ -60,6 +60,11 @@ const CHECK_PLACEHOLDERS: &[&str] = &[
 ];
 const WORKLOAD_PLACEHOLDERS: &[&str] = &["url", "body", "headers", "args"];
 const CORRELATION_PLACEHOLDERS: &[&str] = &["request", "log", "contains"];
+/// Of those, the fields that take no `${secret:…}`: only a request body and headers carry one
+/// (a log-correlation check's request is sent and quoted across the fleet: none at all).
+const NO_SECRET: &[&str] = &[
+    "url", "address", "path", "contains", "args", "request", "log",
+];
 
 /// Checks the paths and placeholders of the plan `text` (already known to parse).
 pub(super) fn check(text: &str) -> Result<(), RuleError> {
@@ -147,6 +152,15 @@ fn placeholders(fields: &Fields, at: &str, keys: &[&str]) -> Result<(), RuleErro
         strings_in(value.get_ref(), &mut strings);
         for text in strings {
             if let Err(reason) = well_formed(text) {
+                return Err(RuleError::at(value, format!("{at}.{key}"), reason));
+            }
+            if let Some(name) = placeholder::first_secret(text)
+                && NO_SECRET.contains(key)
+            {
+                let reason = format!(
+                    "${{secret:{name}}} is not allowed in {key}: {}",
+                    placeholder::SECRET_NOT_ALLOWED_WHY
+                );
                 return Err(RuleError::at(value, format!("{at}.{key}"), reason));
             }
         }
