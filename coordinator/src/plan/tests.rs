@@ -427,6 +427,8 @@ fn headers_and_run_variables_are_read_and_checked() {
          [[service.workload]]\ntype = \"http\"\nname = \"w\"\nurl = \"http://x/\"\n{headers}\n{}",
         correlation("${run:id}", "inference")
     );
+    // A secret may be a header's value (an `Authorization` header): only names are quoted.
+    Plan::parse(&good.replacen("${run:traceparent}", "${secret:TOKEN}", 1)).unwrap();
     let plan = Plan::parse(&good).unwrap();
     let health = &plan.services[0].health[0];
     assert_eq!(health.headers["X-Request-Id"], "${run:id}");
@@ -447,6 +449,11 @@ fn headers_and_run_variables_are_read_and_checked() {
         (
             format!("{GOOD}{}", correlation("${run:trace}", "inference")),
             "key cross_service.log_correlation[0].contains: unknown placeholder ${run:trace}",
+        ),
+        (
+            format!("{GOOD}{}", correlation("${run:id}", "nowhere"))
+                .replace("${run:traceparent}", "${secret:TOKEN}"),
+            "key cross_service.log_correlation[0].request: ${secret:TOKEN} is not allowed in request",
         ),
         (
             format!("{GOOD}{}", correlation("${run:id}", "nowhere")),
