@@ -451,7 +451,7 @@ impl Lifecycle {
             let content = match step {
                 Step::WriteFile { path, content, .. } => {
                     confine::relative_path(path).map_err(|e| at(&e))?;
-                    Some(renderer.render(content).map_err(|e| at(&e))?)
+                    Some(renderer.render_file(path, content).map_err(|e| at(&e))?)
                 }
                 Step::ReplaceText { path, .. } | Step::Delete { path } => {
                     confine::relative_path(path).map_err(|e| at(&e))?;

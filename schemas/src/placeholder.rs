@@ -2,8 +2,9 @@
 //! values never travel over the bus), and the run's own variables (`${run:id}`,
 //! `${run:trace_id}`, `${run:traceparent}`, `${service:name}`, `${service:instance}`), which the
 //! agent knows from the command; `$${` writes a literal `${`, for files in which the service
-//! itself resolves placeholders. The syntax is defined once, here, so that `flotilla plan check`
-//! and the agent read a text the same way.
+//! itself resolves placeholders. A filter after `|` (`${secret:NAME|json}`) names how the agent
+//! escapes the value. The syntax is defined once, here, so that `flotilla plan check` and the
+//! agent read a text the same way.
 
 /// One piece of a text with placeholders.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,12 +13,12 @@ pub enum Piece<'a> {
     Text(&'a str),
     /// `$${`: a literal `${`.
     Literal,
-    /// `${var:NAME}`.
-    Var(&'a str),
-    /// `${secret:NAME}`.
-    Secret(&'a str),
+    /// `${var:NAME}`, with its filter if any.
+    Var(&'a str, Option<Filter>),
+    /// `${secret:NAME}`, with its filter if any.
+    Secret(&'a str, Option<Filter>),
     /// `${run:…}` or `${service:…}`: what the agent knows of the run and of itself.
-    Run(RunVar),
+    Run(RunVar, Option<Filter>),
 }
 
 /// A variable of the run or of the service the agent runs, e.g. for a request header that a
@@ -48,6 +49,28 @@ impl RunVar {
             _ => return None,
         })
     }
+
+    /// The placeholder as written, without `${` and `}`.
+    pub fn name(self) -> &'static str {
+        match self {
+            RunVar::Id => "run:id",
+            RunVar::TraceId => "run:trace_id",
+            RunVar::TraceParent => "run:traceparent",
+            RunVar::ServiceName => "service:name",
+            RunVar::ServiceInstance => "service:instance",
+        }
+    }
+}
+
+/// How the agent writes a value: `|raw` as it is, or escaped for the usual string of a format
+/// (the agent's `template` module says where each applies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filter {
+    Raw,
+    Toml,
+    Json,
+    Yaml,
+    Env,
 }
 
 /// Why a text's placeholders cannot be read. Names the placeholder, never a value.
@@ -59,6 +82,8 @@ pub enum PlaceholderError {
     Unknown(String),
     #[error("unterminated placeholder starting at byte {0}")]
     Unterminated(usize),
+    #[error("unknown filter in ${{{0}}}: use |toml, |json, |yaml, |env or |raw")]
+    UnknownFilter(String),
 }
 
 /// Splits `content` into text and placeholders.
@@ -78,13 +103,20 @@ pub fn parse(content: &str) -> Result<Vec<Piece<'_>>, PlaceholderError> {
             let end = after
                 .find('}')
                 .ok_or(PlaceholderError::Unterminated(offset + at))?;
-            let placeholder = &after[..end];
+            let source = &after[..end];
+            let (placeholder, filter) = match source.split_once('|') {
+                None => (source, None),
+                Some((placeholder, name)) => match Filter::parse(name) {
+                    Some(filter) => (placeholder, Some(filter)),
+                    None => return Err(PlaceholderError::UnknownFilter(source.to_owned())),
+                },
+            };
             let unknown = || PlaceholderError::Unknown(placeholder.to_owned());
             pieces.push(match placeholder.split_once(':').ok_or_else(unknown)? {
-                ("var", name) => Piece::Var(name),
-                ("secret", name) => Piece::Secret(name),
+                ("var", name) => Piece::Var(name, filter),
+                ("secret", name) => Piece::Secret(name, filter),
                 (namespace, name) => {
-                    Piece::Run(RunVar::named(namespace, name).ok_or_else(unknown)?)
+                    Piece::Run(RunVar::named(namespace, name).ok_or_else(unknown)?, filter)
                 }
             });
             offset += at + 2 + end + 1;
@@ -105,7 +137,7 @@ pub fn parse(content: &str) -> Result<Vec<Piece<'_>>, PlaceholderError> {
 /// process listings (check URLs, addresses, log paths and patterns, command arguments).
 pub fn first_secret(text: &str) -> Option<&str> {
     parse(text).ok()?.into_iter().find_map(|piece| match piece {
-        Piece::Secret(name) => Some(name),
+        Piece::Secret(name, _) => Some(name),
         _ => None,
     })
 }
@@ -114,6 +146,33 @@ pub fn first_secret(text: &str) -> Option<&str> {
 pub const SECRET_NOT_ALLOWED_WHY: &str = "its value would show in failure reasons, logs and \
      process listings; write secrets into the files the service reads (write_file content) or \
      an HTTP body";
+
+// === impl Filter ===
+
+impl Filter {
+    /// The filter `|name` names.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "raw" => Some(Self::Raw),
+            "toml" => Some(Self::Toml),
+            "json" => Some(Self::Json),
+            "yaml" => Some(Self::Yaml),
+            "env" => Some(Self::Env),
+            _ => None,
+        }
+    }
+
+    /// How it is written after `|`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Raw => "raw",
+            Self::Toml => "toml",
+            Self::Json => "json",
+            Self::Yaml => "yaml",
+            Self::Env => "env",
+        }
+    }
+}
 
 /// Whether `name` can name a secret: letters, digits, `_` and `-` (it becomes a file name and
 /// an environment variable's suffix at the agent).
@@ -131,15 +190,15 @@ mod tests {
     #[test]
     fn splits_text_placeholders_and_escapes() {
         assert_eq!(
-            parse("a ${var:port} $${secret:K} $5 ${secret:API_KEY}").unwrap(),
+            parse("a ${var:port} $${secret:K} $5 ${secret:API_KEY|json}").unwrap(),
             vec![
                 Piece::Text("a "),
-                Piece::Var("port"),
+                Piece::Var("port", None),
                 Piece::Text(" "),
                 Piece::Literal,
                 Piece::Text("secret:K} $"),
                 Piece::Text("5 "),
-                Piece::Secret("API_KEY"),
+                Piece::Secret("API_KEY", Some(Filter::Json)),
             ]
         );
     }
@@ -150,12 +209,12 @@ mod tests {
             parse("${run:id} ${run:trace_id}${run:traceparent}${service:name}${service:instance}")
                 .unwrap(),
             vec![
-                Piece::Run(RunVar::Id),
+                Piece::Run(RunVar::Id, None),
                 Piece::Text(" "),
-                Piece::Run(RunVar::TraceId),
-                Piece::Run(RunVar::TraceParent),
-                Piece::Run(RunVar::ServiceName),
-                Piece::Run(RunVar::ServiceInstance),
+                Piece::Run(RunVar::TraceId, None),
+                Piece::Run(RunVar::TraceParent, None),
+                Piece::Run(RunVar::ServiceName, None),
+                Piece::Run(RunVar::ServiceInstance, None),
             ]
         );
     }
@@ -176,6 +235,10 @@ mod tests {
                 Err(PlaceholderError::Unknown(unknown.into()))
             );
         }
+        assert_eq!(
+            parse("${secret:K|base64}"),
+            Err(PlaceholderError::UnknownFilter("secret:K|base64".into()))
+        );
         assert!(!valid_secret_name("../../etc/passwd"));
         assert_eq!(
             first_secret("a ${var:x} ${secret:K} ${secret:L}"),

@@ -182,12 +182,12 @@ fn strings_in<'a>(value: &'a Value, out: &mut Vec<&'a str>) {
 fn well_formed(text: &str) -> Result<(), String> {
     for piece in placeholder::parse(text).map_err(|e| e.to_string())? {
         match piece {
-            Piece::Secret(name) if !placeholder::valid_secret_name(name) => {
+            Piece::Secret(name, _) if !placeholder::valid_secret_name(name) => {
                 return Err(format!(
                     "secret name {name:?} is not valid: use letters, digits, '_' and '-'"
                 ));
             }
-            Piece::Var("") => return Err("${var:} names no variable".to_owned()),
+            Piece::Var("", _) => return Err("${var:} names no variable".to_owned()),
             _ => {}
         }
     }
