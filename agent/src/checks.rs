@@ -2,6 +2,7 @@
 //! HTTP requests, TCP connects, and commands, which is how batch services are validated — by
 //! running the job and checking its exit code, duration and output.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -67,24 +68,49 @@ pub fn render_plain(
     Ok(renderer.render(text)?)
 }
 
-/// Resolves `${var:…}` in a check's URL, body, address and arguments, and `${secret:…}` in
-/// its body only.
+fn plain_opt(
+    renderer: &Renderer<'_>,
+    field: &'static str,
+    s: &Option<String>,
+) -> Result<Option<String>, RenderError> {
+    s.as_deref()
+        .map(|s| render_plain(renderer, field, s))
+        .transpose()
+}
+
+/// Resolves the placeholders in the values of request headers (a secret may be one: an
+/// `Authorization` header; only header names are ever quoted).
+pub fn render_headers(
+    renderer: &Renderer<'_>,
+    headers: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, RenderError> {
+    headers
+        .iter()
+        .map(|(name, value)| Ok((name.clone(), renderer.render(value)?)))
+        .collect()
+}
+
+/// Resolves the placeholders in an HTTP check's (or health check's) URL, body and headers;
+/// `${secret:…}` in its body and headers only.
+pub fn render_http(renderer: &Renderer<'_>, http: &HttpCheck) -> Result<HttpCheck, RenderError> {
+    Ok(HttpCheck {
+        url: plain_opt(renderer, "url", &http.url)?,
+        body: http
+            .body
+            .as_deref()
+            .map(|s| renderer.render(s))
+            .transpose()?,
+        headers: render_headers(renderer, &http.headers)?,
+        ..http.clone()
+    })
+}
+
+/// Resolves `${var:…}` (and the run variables) in a check's URL, body, headers, address, log
+/// pattern and arguments, and `${secret:…}` in its body and headers only.
 pub fn render(renderer: &Renderer<'_>, check: &Check) -> Result<Check, RenderError> {
-    let plain_opt = |field, s: &Option<String>| {
-        s.as_deref()
-            .map(|s| render_plain(renderer, field, s))
-            .transpose()
-    };
+    let plain_opt = |field, s: &Option<String>| plain_opt(renderer, field, s);
     Ok(match check {
-        Check::Http(http) => Check::Http(HttpCheck {
-            url: plain_opt("url", &http.url)?,
-            body: http
-                .body
-                .as_deref()
-                .map(|s| renderer.render(s))
-                .transpose()?,
-            ..http.clone()
-        }),
+        Check::Http(http) => Check::Http(render_http(renderer, http)?),
         Check::Tcp {
             address,
             timeout_ms,

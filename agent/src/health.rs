@@ -1,7 +1,10 @@
 //! HTTP health checks, with the run's correlation ID on every request so that the service's own
-//! logs join the run.
+//! logs join the run, and the plan's headers, which speak the service's own conventions.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 use flotilla_schemas::{HTTP_CORRELATION_HEADER, HttpCheck, RunId};
 use flotilla_telemetry::error_chain;
@@ -22,6 +25,34 @@ pub enum HealthError {
     },
     #[error("{url} answered without {expected:?} in its body")]
     Body { url: String, expected: String },
+    #[error("header {name:?} cannot be sent: {reason}")]
+    Header { name: String, reason: String },
+}
+
+/// The headers of a request of the run: its trace context and correlation ID, then `extra`
+/// (the plan's, already rendered), which replace those of the same name.
+pub fn request_headers(
+    run_id: Option<RunId>,
+    extra: &BTreeMap<String, String>,
+) -> Result<HeaderMap, HealthError> {
+    let mut headers = HeaderMap::new();
+    // The run's trace context goes only with its correlation ID: a service that continues the
+    // trace records that ID on its own spans, which `verify` requires of them.
+    let own = run_id.into_iter().flat_map(|run_id| {
+        flotilla_telemetry::http_headers()
+            .into_iter()
+            .chain([(HTTP_CORRELATION_HEADER.to_owned(), run_id.to_string())])
+    });
+    for (name, value) in own.chain(extra.iter().map(|(n, v)| (n.clone(), v.clone()))) {
+        let invalid = |reason: String| HealthError::Header {
+            name: name.clone(),
+            reason,
+        };
+        let header = HeaderName::from_bytes(name.as_bytes()).map_err(|e| invalid(e.to_string()))?;
+        let value = HeaderValue::from_str(&value).map_err(|e| invalid(e.to_string()))?;
+        headers.insert(header, value);
+    }
+    Ok(headers)
 }
 
 /// One GET. With `expect_status` `None`, any HTTP answer passes: the service is serving.
@@ -40,6 +71,7 @@ pub async fn probe(
         expect_status,
         body_contains,
         run_id,
+        &BTreeMap::new(),
     )
     .await
 }
@@ -53,18 +85,14 @@ async fn attempt(
     expect_status: Option<u16>,
     body_contains: Option<&str>,
     run_id: Option<RunId>,
+    headers: &BTreeMap<String, String>,
 ) -> Result<(), HealthError> {
-    let mut request = http.request(method, url).timeout(Duration::from_secs(2));
+    let mut request = http
+        .request(method, url)
+        .timeout(Duration::from_secs(2))
+        .headers(request_headers(run_id, headers)?);
     if let Some(body) = body {
         request = request.body(body.to_owned());
-    }
-    // The run's trace context goes only with its correlation ID: a service that continues the
-    // trace records that ID on its own spans, which `verify` requires of them.
-    if let Some(run_id) = run_id {
-        for (name, value) in flotilla_telemetry::http_headers() {
-            request = request.header(name, value);
-        }
-        request = request.header(HTTP_CORRELATION_HEADER, run_id.to_string());
     }
     let unreachable = |e: reqwest::Error| HealthError::Unreachable {
         url: url.to_owned(),
@@ -120,6 +148,7 @@ pub async fn check(
             Some(check.expect_status),
             check.body_contains.as_deref(),
             Some(run_id),
+            &check.headers,
         );
         match outcome.await {
             Ok(()) => return Ok(started.elapsed()),

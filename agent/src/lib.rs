@@ -19,6 +19,7 @@ mod lifecycle;
 mod metrics;
 mod preview;
 pub mod redact;
+mod run_vars;
 mod session;
 mod state_lock;
 pub mod steps;

@@ -17,6 +17,7 @@ use crate::backup::{self, BackupStore, Restored};
 use crate::config::AgentConfig;
 use crate::events::Events;
 use crate::journal::{Journal, JournalError, Record};
+use crate::run_vars::RunVars;
 use crate::steps::{self, RootDir};
 use crate::supervisor::Supervisor;
 use crate::template::Renderer;
@@ -109,6 +110,8 @@ struct MigrateSpec<'a> {
 struct Prepared {
     /// Content of `write_file` steps after placeholders are resolved, in step order.
     contents: Rendered,
+    /// Health checks with their placeholders resolved.
+    health: Vec<HttpCheck>,
     /// Functional checks with their placeholders resolved.
     checks: Vec<Check>,
     /// Workloads with their placeholders resolved, and what each measured before the change.
@@ -129,6 +132,7 @@ type Rendered = Vec<Option<String>>;
 /// What [`Lifecycle::check`] resolved: the declared work with its placeholders resolved.
 struct Checked {
     contents: Rendered,
+    health: Vec<HttpCheck>,
     checks: Vec<Check>,
     workloads: Vec<Workload>,
 }
@@ -378,6 +382,7 @@ impl Lifecycle {
         }
         Ok(Prepared {
             contents: checked.contents,
+            health: checked.health,
             checks: checked.checks,
             workloads,
         })
@@ -395,15 +400,26 @@ impl Lifecycle {
     ) -> Result<Checked, String> {
         let steps = spec.steps;
         let vars = self.vars();
+        let run = self.run_vars(command_run_id);
         let renderer = Renderer {
             vars: &vars,
             secrets: &self.config.secrets,
+            run: &run,
             mask_secrets,
         };
         let root = RootDir::open(&self.config.service.root).map_err(|e| error_chain(&e))?;
         for condition in spec.preconditions {
             checks::precondition(&root, condition)?;
         }
+        let rendered_health = spec
+            .health
+            .iter()
+            .enumerate()
+            .map(|(index, check)| {
+                checks::render_http(&renderer, check)
+                    .map_err(|e| format!("health check {}: {e}", index + 1))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let mut rendered_checks = Vec::with_capacity(spec.checks.len());
         for (index, check) in spec.checks.iter().enumerate() {
             let at =
@@ -464,6 +480,7 @@ impl Lifecycle {
         .map_err(|e| format!("the service is not healthy before the migration: {e}"))?;
         Ok(Checked {
             contents: rendered,
+            health: rendered_health,
             checks: rendered_checks,
             workloads: rendered_workloads,
         })
@@ -614,6 +631,15 @@ impl Lifecycle {
         vars
     }
 
+    /// The run variables of `run_id` for this agent, with the current span's trace context.
+    fn run_vars(&self, run_id: flotilla_schemas::RunId) -> RunVars {
+        RunVars::current(
+            run_id,
+            self.config.service.name.as_str(),
+            self.config.agent.instance.as_str(),
+        )
+    }
+
     async fn apply(&mut self, steps: &[Step], rendered: &Rendered) -> Result<(), String> {
         let root = RootDir::open(&self.config.service.root).map_err(|e| error_chain(&e))?;
         for (index, (step, content)) in steps.iter().zip(rendered).enumerate() {
@@ -683,10 +709,11 @@ impl Lifecycle {
                 expect_status: 200,
                 body_contains: None,
                 timeout_ms: self.config.service.startup_timeout.as_millis() as u64,
+                headers: Default::default(),
             }];
             &default_check[..]
         } else {
-            spec.health
+            &prepared.health[..]
         };
         for check in checks {
             let url = check
@@ -846,6 +873,7 @@ impl Lifecycle {
             expect_status: 200,
             body_contains: None,
             timeout_ms: self.config.service.startup_timeout.as_millis() as u64,
+            headers: Default::default(),
         };
         health::check(&self.http, &self.config.service.health_url, &check, run_id)
             .await
@@ -986,9 +1014,11 @@ impl Lifecycle {
         let inspection = tracker
             .run(Phase::Inspect, async {
                 let vars = self.vars();
+                let run = self.run_vars(command.run_id);
                 let renderer = Renderer {
                     vars: &vars,
                     secrets: &self.config.secrets,
+                    run: &run,
                     mask_secrets: false,
                 };
                 let mut verdicts = Vec::new();

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use flotilla_schemas::placeholder::{self, PlaceholderError};
 
 use crate::config::SecretSources;
+use crate::run_vars::RunVars;
 
 mod context;
 mod encode;
@@ -30,6 +31,8 @@ pub enum TemplateError {
     UnknownSecret(String),
     #[error("variable {0:?} is not defined in the agent's [vars]")]
     UnknownVar(String),
+    #[error("{0:?} is not known: the command carries no trace context (telemetry is off)")]
+    NoTraceContext(String),
     #[error(transparent)]
     Syntax(#[from] PlaceholderError),
     #[error("{path}: ${{{placeholder}}} cannot be written safely as {format}: {why}")]
@@ -54,6 +57,8 @@ pub const MASK: &str = "********";
 pub struct Renderer<'a> {
     pub vars: &'a BTreeMap<String, String>,
     pub secrets: &'a SecretSources,
+    /// Answers `${run:…}` and `${service:…}`.
+    pub run: &'a RunVars,
     /// Write [`MASK`] for each secret, once it is known to resolve (and, in a file, checked to
     /// be safe where it is): what a dry run shows.
     pub mask_secrets: bool,
@@ -144,19 +149,28 @@ impl Renderer<'_> {
                 }
                 placeholder::Piece::Var(name, filter) => (false, name, filter),
                 placeholder::Piece::Secret(name, filter) => (true, name, filter),
+                placeholder::Piece::Run(var, filter) => (false, var.name(), filter),
             };
             let value = if secret {
                 self.secret(name)?
+            } else if let placeholder::Piece::Run(var, _) = piece {
+                self.run
+                    .get(var)
+                    .ok_or_else(|| TemplateError::NoTraceContext(var.name().to_owned()))?
             } else {
                 self.vars
                     .get(name)
                     .cloned()
                     .ok_or_else(|| TemplateError::UnknownVar(name.to_owned()))?
             };
-            let kind = if secret { "secret" } else { "var" };
+            let source = match (secret, piece) {
+                (_, placeholder::Piece::Run(..)) => name.to_owned(),
+                (true, _) => format!("secret:{name}"),
+                (false, _) => format!("var:{name}"),
+            };
             let source = match filter {
-                Some(filter) => format!("{kind}:{name}|{}", filter.name()),
-                None => format!("{kind}:{name}"),
+                Some(filter) => format!("{source}|{}", filter.name()),
+                None => source,
             };
             pieces.push(Piece::Text(std::mem::take(&mut text)));
             pieces.push(Piece::Placeholder(Placeholder {

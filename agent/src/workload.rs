@@ -6,16 +6,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flotilla_schemas::{
-    GateReport, Gates, HTTP_CORRELATION_HEADER, Inconclusive, RunId, Workload, WorkloadFigures,
-};
+use flotilla_schemas::{GateReport, Gates, Inconclusive, RunId, Workload, WorkloadFigures};
 
-use crate::checks::{RenderError, render_plain};
-use crate::steps;
+use crate::checks::{RenderError, render_headers, render_plain};
 use crate::template::Renderer;
+use crate::{health, steps};
 
-/// Resolves `${var:…}` in a workload's URL, body and arguments, and `${secret:…}` in its body
-/// only.
+/// Resolves `${var:…}` in a workload's URL, body, headers and arguments, and `${secret:…}` in
+/// its body and headers only.
 pub fn render(renderer: &Renderer<'_>, workload: &Workload) -> Result<Workload, RenderError> {
     Ok(match workload.clone() {
         Workload::Http {
@@ -23,6 +21,7 @@ pub fn render(renderer: &Renderer<'_>, workload: &Workload) -> Result<Workload, 
             url,
             method,
             body,
+            headers,
             requests,
             concurrency,
         } => Workload::Http {
@@ -30,6 +29,7 @@ pub fn render(renderer: &Renderer<'_>, workload: &Workload) -> Result<Workload, 
             url: render_plain(renderer, "url", &url)?,
             method,
             body: body.map(|b| renderer.render(&b)).transpose()?,
+            headers: render_headers(renderer, &headers)?,
             requests,
             concurrency,
         },
@@ -66,6 +66,7 @@ pub async fn measure(
             url,
             method,
             body,
+            headers,
             requests,
             concurrency,
             ..
@@ -79,9 +80,9 @@ pub async fn measure(
                 url,
                 method,
                 body.clone(),
+                health::request_headers(Some(run_id), headers).ok(),
                 *requests,
                 *concurrency,
-                run_id,
             )
             .await
         }
@@ -137,19 +138,27 @@ async fn http_load(
     url: &str,
     method: reqwest::Method,
     body: Option<String>,
+    headers: Option<reqwest::header::HeaderMap>,
     requests: u32,
     concurrency: u32,
-    run_id: RunId,
 ) -> WorkloadFigures {
+    // Headers that cannot be sent fail every request: no samples, an inconclusive gate.
+    let Some(headers) = headers else {
+        return WorkloadFigures {
+            errors: requests,
+            ..Default::default()
+        };
+    };
     let concurrency = concurrency.clamp(1, requests.max(1));
     let next = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..concurrency {
-        let (http, url, method, body, next) = (
+        let (http, url, method, body, headers, next) = (
             http.clone(),
             url.to_owned(),
             method.clone(),
             body.clone(),
+            headers.clone(),
             next.clone(),
         );
         workers.spawn(async move {
@@ -159,10 +168,7 @@ async fn http_load(
                 let mut request = http
                     .request(method.clone(), &url)
                     .timeout(Duration::from_secs(10))
-                    .header(HTTP_CORRELATION_HEADER, run_id.to_string());
-                for (name, value) in flotilla_telemetry::http_headers() {
-                    request = request.header(name, value);
-                }
+                    .headers(headers.clone());
                 if let Some(body) = &body {
                     request = request.body(body.clone());
                 }

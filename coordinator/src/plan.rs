@@ -33,10 +33,12 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 mod amount;
+mod correlation;
 mod fields;
 mod waves;
 
 pub use amount::Amount;
+pub use correlation::LogCorrelation;
 
 /// Why a plan was refused.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +100,9 @@ pub struct CrossService {
     /// Further checks every agent runs.
     #[serde(rename = "check", default)]
     pub checks: Vec<Check>,
+    /// Requests to one service whose correlation ID must show in other services' logs.
+    #[serde(default)]
+    pub log_correlation: Vec<LogCorrelation>,
 }
 
 /// What to do when the failure budget is broken.
@@ -291,6 +296,7 @@ impl Plan {
         })?;
         Self::from_raw(raw)
             .and_then(|plan| fields::check(text).map(|()| plan))
+            .and_then(|plan| correlation::check(&plan).map(|()| plan))
             .map_err(|e| PlanError::Rule {
                 path: path.to_owned(),
                 at: match &e.span {

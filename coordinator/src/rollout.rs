@@ -550,18 +550,7 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
                 record.sent_at = Some(now);
                 continue;
             }
-            let action = self.action(t, kind);
-            let target = &self.record.targets[t];
-            let command = Command {
-                schema: Default::default(),
-                command_id: CommandId::new(),
-                run_id: self.record.run_id,
-                service: target.service.clone(),
-                instance: target.instance.clone(),
-                issued_at: now,
-                expires_at: now + self.timeout_of(t),
-                action,
-            };
+            let command = self.command_for(t, self.action(t, kind), now);
             self.index.insert(command.command_id, t);
             *slot_mut(&mut self.record.targets[t], kind) = Some(CommandRecord {
                 command,
@@ -905,13 +894,7 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
 
     /// The targets `members` as `service/instance`.
     fn target_names(&self, members: &[usize]) -> Vec<String> {
-        members
-            .iter()
-            .map(|&t| {
-                let t = &self.record.targets[t];
-                format!("{}/{}", t.service, t.instance)
-            })
-            .collect()
+        members.iter().map(|&t| self.target_name(t)).collect()
     }
 
     /// Migrated and proven, finalized by hand: stop here with every backup kept.
@@ -957,8 +940,16 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         } else {
             Vec::new()
         };
-        let mut waiting: HashMap<CommandId, usize> = HashMap::new();
-        let mut commands = Vec::new();
+        // A log-correlation request is sent by the first migrated instance of its service, in
+        // this first round; the logs are searched in a second one, once it was answered.
+        let requester = |plan_service: &ServiceName| {
+            members
+                .iter()
+                .copied()
+                .find(|&t| self.record.targets[t].service == *plan_service)
+        };
+        let mut problems = Vec::new();
+        let mut round = Vec::new();
         for &t in &members {
             let target = &self.record.targets[t];
             let mut checks = spec.checks.clone();
@@ -974,47 +965,28 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
                     expect_status: 200,
                     body_contains: None,
                     timeout_ms: 5_000,
+                    headers: Default::default(),
                 }));
             }
-            let now = OffsetDateTime::now_utc();
-            let command = Command {
-                schema: Default::default(),
-                command_id: CommandId::new(),
-                run_id: self.record.run_id,
-                service: target.service.clone(),
-                instance: target.instance.clone(),
-                issued_at: now,
-                expires_at: now + self.timeout_of(t),
-                action: Action::Inspect {
-                    checks,
-                    config_files: spec.config_files.clone(),
-                },
-            };
-            commands.push((t, command));
+            for correlation in &spec.log_correlation {
+                if requester(&correlation.request.service) == Some(t) {
+                    checks.push(correlation.request_check());
+                }
+            }
+            round.push((t, checks, spec.config_files.clone()));
         }
-        let sent = self
-            .send_all(&commands.iter().map(|(_, c)| c.clone()).collect::<Vec<_>>())
-            .await;
-        for ((t, command), sent) in commands.into_iter().zip(sent) {
-            if sent.is_ok() {
-                waiting.insert(command.command_id, t);
+        for correlation in &spec.log_correlation {
+            if requester(&correlation.request.service).is_none() {
+                problems.push(format!(
+                    "log correlation: no migrated instance of {} to send the request",
+                    correlation.request.service
+                ));
             }
         }
-        let deadline = Instant::now() + self.plan.command_timeout;
+        let (answers, unanswered) = self.inspect_round(round).await?;
         let mut services = Vec::new();
-        let mut problems = Vec::new();
-        while !waiting.is_empty() {
-            let Some(result) = self.follower.next_result(deadline, &mut self.sink).await else {
-                break;
-            };
-            let Some(t) = waiting.remove(&result.command_id) else {
-                self.apply(vec![result]).await?;
-                continue;
-            };
-            let name = format!(
-                "{}/{}",
-                self.record.targets[t].service, self.record.targets[t].instance
-            );
+        for (t, result) in answers {
+            let name = self.target_name(t);
             let inspection = result.inspection.unwrap_or_default();
             for verdict in inspection.checks.iter().filter(|v| !v.passed) {
                 problems.push(format!(
@@ -1057,25 +1029,153 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
                 "config": inspection.config,
             }));
         }
-        for (_, t) in waiting {
-            let target = &self.record.targets[t];
-            problems.push(format!(
-                "{}/{}: no answer to the cross-service checks",
-                target.service, target.instance
-            ));
+        for t in unanswered {
+            let name = self.target_name(t);
+            problems.push(format!("{name}: no answer to the cross-service checks"));
         }
+        let correlation = self
+            .log_correlation_round(&spec, &members, &mut problems)
+            .await?;
         let ok = problems.is_empty();
         self.record.notes.push(if ok {
             format!("cross-service checks passed: {} service(s)", services.len())
         } else {
             format!("cross-service checks failed: {}", problems.join(" | "))
         });
-        self.record.cross_service =
-            Some(serde_json::json!({ "ok": ok, "problems": problems, "services": services }));
+        self.record.cross_service = Some(serde_json::json!({
+            "ok": ok,
+            "problems": problems,
+            "services": services,
+            "log_correlation": correlation,
+        }));
         if !ok && self.correlation.enforce {
             self.record.stage = Stage::RollingBack;
         }
         self.save().await
+    }
+
+    /// The second round of the cross-service stage: the agents of each log-correlation check's
+    /// `expect_in_logs` services search their service's log for the run's ID (by default) until
+    /// the check's deadline. Failures go to `problems`; returns the verdicts, per agent.
+    async fn log_correlation_round(
+        &mut self,
+        spec: &crate::plan::CrossService,
+        members: &[usize],
+        problems: &mut Vec<String>,
+    ) -> Result<Vec<serde_json::Value>, RolloutError> {
+        if spec.log_correlation.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.sink
+            .stage("cross-service check: the run's correlation ID in other services' logs");
+        let mut searches: Vec<(usize, Vec<Check>)> = Vec::new();
+        for correlation in &spec.log_correlation {
+            for service in &correlation.expect_in_logs {
+                let found: Vec<usize> = members
+                    .iter()
+                    .copied()
+                    .filter(|&t| self.record.targets[t].service == *service)
+                    .collect();
+                if found.is_empty() {
+                    problems.push(format!(
+                        "log correlation: no migrated instance of {service} to search the log of"
+                    ));
+                }
+                for t in found {
+                    match searches.iter_mut().find(|(s, _)| *s == t) {
+                        Some((_, checks)) => checks.push(correlation.log_check()),
+                        None => searches.push((t, vec![correlation.log_check()])),
+                    }
+                }
+            }
+        }
+        let round = searches
+            .into_iter()
+            .map(|(t, checks)| (t, checks, Vec::new()))
+            .collect();
+        let (answers, unanswered) = self.inspect_round(round).await?;
+        let mut verdicts = Vec::new();
+        for (t, result) in answers {
+            let name = self.target_name(t);
+            let checks = result.inspection.unwrap_or_default().checks;
+            for verdict in checks.iter().filter(|v| !v.passed) {
+                problems.push(format!(
+                    "{name}: log correlation failed: {}",
+                    verdict.detail
+                ));
+            }
+            if result.outcome != Outcome::Succeeded {
+                problems.push(format!("{name}: {}", result.reason.unwrap_or_default()));
+            }
+            verdicts.push(serde_json::json!({
+                "service": self.record.targets[t].service,
+                "instance": self.record.targets[t].instance,
+                "checks": checks,
+            }));
+        }
+        for t in unanswered {
+            let name = self.target_name(t);
+            problems.push(format!("{name}: no answer to the log-correlation search"));
+        }
+        Ok(verdicts)
+    }
+
+    /// Sends each target `(t, checks, config_files)` an inspect command and waits, until the
+    /// command timeout, for their results; returns them and the targets that did not answer.
+    async fn inspect_round(
+        &mut self,
+        round: Vec<(usize, Vec<Check>, Vec<String>)>,
+    ) -> Result<(Vec<(usize, RunResult)>, Vec<usize>), RolloutError> {
+        let mut commands = Vec::new();
+        for (t, checks, config_files) in round {
+            let action = Action::Inspect {
+                checks,
+                config_files,
+            };
+            commands.push((t, self.command_for(t, action, OffsetDateTime::now_utc())));
+        }
+        let sent = self
+            .send_all(&commands.iter().map(|(_, c)| c.clone()).collect::<Vec<_>>())
+            .await;
+        let mut waiting: HashMap<CommandId, usize> = HashMap::new();
+        for ((t, command), sent) in commands.into_iter().zip(sent) {
+            if sent.is_ok() {
+                waiting.insert(command.command_id, t);
+            }
+        }
+        let deadline = Instant::now() + self.plan.command_timeout;
+        let mut answers = Vec::new();
+        while !waiting.is_empty() {
+            let Some(result) = self.follower.next_result(deadline, &mut self.sink).await else {
+                break;
+            };
+            match waiting.remove(&result.command_id) {
+                Some(t) => answers.push((t, result)),
+                None => self.apply(vec![result]).await?,
+            }
+        }
+        Ok((answers, waiting.into_values().collect()))
+    }
+
+    /// A new command of the run for target `t`, issued `now`.
+    fn command_for(&self, t: usize, action: Action, now: OffsetDateTime) -> Command {
+        let target = &self.record.targets[t];
+        Command {
+            schema: Default::default(),
+            command_id: CommandId::new(),
+            run_id: self.record.run_id,
+            service: target.service.clone(),
+            instance: target.instance.clone(),
+            issued_at: now,
+            expires_at: now + self.timeout_of(t),
+            action,
+        }
+    }
+
+    /// Target `t` as `service/instance`.
+    fn target_name(&self, t: usize) -> String {
+        let target = &self.record.targets[t];
+        format!("{}/{}", target.service, target.instance)
     }
 
     /// Every service migrated: prove from the tracing backend that each one's spans and logs

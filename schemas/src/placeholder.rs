@@ -1,5 +1,7 @@
 //! Placeholders in plan text: `${var:NAME}` and `${secret:NAME}`, resolved by the agent (secret
-//! values never travel over the bus); `$${` writes a literal `${`, for files in which the service
+//! values never travel over the bus), and the run's own variables (`${run:id}`,
+//! `${run:trace_id}`, `${run:traceparent}`, `${service:name}`, `${service:instance}`), which the
+//! agent knows from the command; `$${` writes a literal `${`, for files in which the service
 //! itself resolves placeholders. A filter after `|` (`${secret:NAME|json}`) names how the agent
 //! escapes the value. The syntax is defined once, here, so that `flotilla plan check` and the
 //! agent read a text the same way.
@@ -15,6 +17,49 @@ pub enum Piece<'a> {
     Var(&'a str, Option<Filter>),
     /// `${secret:NAME}`, with its filter if any.
     Secret(&'a str, Option<Filter>),
+    /// `${run:…}` or `${service:…}`: what the agent knows of the run and of itself.
+    Run(RunVar, Option<Filter>),
+}
+
+/// A variable of the run or of the service the agent runs, e.g. for a request header that a
+/// service logs under its own name (`X-Request-Id = "${run:id}"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunVar {
+    /// `${run:id}`: the run's correlation ID.
+    Id,
+    /// `${run:trace_id}`: the 32 hex digits of the run's trace.
+    TraceId,
+    /// `${run:traceparent}`: the W3C `traceparent` of the agent's span for the command.
+    TraceParent,
+    /// `${service:name}`.
+    ServiceName,
+    /// `${service:instance}`.
+    ServiceInstance,
+}
+
+impl RunVar {
+    /// The variable named `namespace:name`, if there is one.
+    fn named(namespace: &str, name: &str) -> Option<Self> {
+        Some(match (namespace, name) {
+            ("run", "id") => RunVar::Id,
+            ("run", "trace_id") => RunVar::TraceId,
+            ("run", "traceparent") => RunVar::TraceParent,
+            ("service", "name") => RunVar::ServiceName,
+            ("service", "instance") => RunVar::ServiceInstance,
+            _ => return None,
+        })
+    }
+
+    /// The placeholder as written, without `${` and `}`.
+    pub fn name(self) -> &'static str {
+        match self {
+            RunVar::Id => "run:id",
+            RunVar::TraceId => "run:trace_id",
+            RunVar::TraceParent => "run:traceparent",
+            RunVar::ServiceName => "service:name",
+            RunVar::ServiceInstance => "service:instance",
+        }
+    }
 }
 
 /// How the agent writes a value: `|raw` as it is, or escaped for the usual string of a format
@@ -32,7 +77,7 @@ pub enum Filter {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlaceholderError {
     #[error(
-        "unknown placeholder ${{{0}}}: use ${{secret:NAME}}, ${{var:NAME}} or $${{ for a literal"
+        "unknown placeholder ${{{0}}}: use ${{secret:NAME}}, ${{var:NAME}}, ${{run:id}}, ${{run:trace_id}}, ${{run:traceparent}}, ${{service:name}}, ${{service:instance}} or $${{ for a literal"
     )]
     Unknown(String),
     #[error("unterminated placeholder starting at byte {0}")]
@@ -66,10 +111,13 @@ pub fn parse(content: &str) -> Result<Vec<Piece<'_>>, PlaceholderError> {
                     None => return Err(PlaceholderError::UnknownFilter(source.to_owned())),
                 },
             };
-            pieces.push(match placeholder.split_once(':') {
-                Some(("var", name)) => Piece::Var(name, filter),
-                Some(("secret", name)) => Piece::Secret(name, filter),
-                _ => return Err(PlaceholderError::Unknown(placeholder.to_owned())),
+            let unknown = || PlaceholderError::Unknown(placeholder.to_owned());
+            pieces.push(match placeholder.split_once(':').ok_or_else(unknown)? {
+                ("var", name) => Piece::Var(name, filter),
+                ("secret", name) => Piece::Secret(name, filter),
+                (namespace, name) => {
+                    Piece::Run(RunVar::named(namespace, name).ok_or_else(unknown)?, filter)
+                }
             });
             offset += at + 2 + end + 1;
             rest = &after[end + 1..];
@@ -156,6 +204,22 @@ mod tests {
     }
 
     #[test]
+    fn reads_the_run_variables() {
+        assert_eq!(
+            parse("${run:id} ${run:trace_id}${run:traceparent}${service:name}${service:instance}")
+                .unwrap(),
+            vec![
+                Piece::Run(RunVar::Id, None),
+                Piece::Text(" "),
+                Piece::Run(RunVar::TraceId, None),
+                Piece::Run(RunVar::TraceParent, None),
+                Piece::Run(RunVar::ServiceName, None),
+                Piece::Run(RunVar::ServiceInstance, None),
+            ]
+        );
+    }
+
+    #[test]
     fn names_what_is_malformed() {
         assert_eq!(
             parse("x ${var:port"),
@@ -165,6 +229,12 @@ mod tests {
             parse("${env:HOME}"),
             Err(PlaceholderError::Unknown("env:HOME".into()))
         );
+        for unknown in ["run:nope", "service:port", "run:"] {
+            assert_eq!(
+                parse(&format!("${{{unknown}}}")),
+                Err(PlaceholderError::Unknown(unknown.into()))
+            );
+        }
         assert_eq!(
             parse("${secret:K|base64}"),
             Err(PlaceholderError::UnknownFilter("secret:K|base64".into()))

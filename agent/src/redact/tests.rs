@@ -231,9 +231,11 @@ fn checks_refuse_a_secret_where_it_would_show_and_take_one_in_a_body() {
         dir: Some(dir.path().to_owned()),
     };
     let vars = std::collections::BTreeMap::new();
+    let run = crate::run_vars::RunVars::example();
     let renderer = crate::template::Renderer {
         vars: &vars,
         secrets: &sources,
+        run: &run,
         mask_secrets: false,
     };
     let check = |json: serde_json::Value| serde_json::from_value::<Check>(json).unwrap();

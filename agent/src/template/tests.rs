@@ -1,5 +1,6 @@
 use super::verify::{Node, parse};
 use super::*;
+use crate::run_vars::RunVars;
 use proptest::prelude::*;
 
 fn sources(dir: &std::path::Path) -> SecretSources {
@@ -15,9 +16,11 @@ fn render_secret(path: &str, template: &str, value: &str) -> Result<String, Temp
     let tmp = tempfile::tempdir().unwrap();
     let vars = BTreeMap::from([("S".to_owned(), value.to_owned())]);
     let secrets = sources(tmp.path());
+    let run = RunVars::example();
     let renderer = Renderer {
         vars: &vars,
         secrets: &secrets,
+        run: &run,
         mask_secrets: false,
     };
     let mut pieces = renderer.pieces(template)?;
@@ -48,9 +51,11 @@ fn resolves_vars_secrets_and_escapes() {
     std::fs::write(tmp.path().join("API_KEY"), "s3cr3t\n").unwrap();
     let vars = BTreeMap::from([("port".to_owned(), "18081".to_owned())]);
     let secrets = sources(tmp.path());
+    let run = RunVars::example();
     let r = Renderer {
         vars: &vars,
         secrets: &secrets,
+        run: &run,
         mask_secrets: false,
     };
     let out = r
@@ -114,9 +119,11 @@ fn names_what_is_missing_without_values() {
     let tmp = tempfile::tempdir().unwrap();
     let vars = BTreeMap::new();
     let secrets = sources(tmp.path());
+    let run = RunVars::example();
     let r = Renderer {
         vars: &vars,
         secrets: &secrets,
+        run: &run,
         mask_secrets: false,
     };
     assert_eq!(
@@ -294,4 +301,42 @@ proptest! {
         let json: serde_json::Value = serde_json::from_str(inner).unwrap();
         prop_assert_eq!(json["p"].as_str(), Some(value.as_str()));
     }
+}
+
+#[test]
+fn resolves_the_run_variables() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vars = BTreeMap::new();
+    let secrets = sources(tmp.path());
+    let run = RunVars::example();
+    let r = Renderer {
+        vars: &vars,
+        secrets: &secrets,
+        run: &run,
+        mask_secrets: true,
+    };
+    assert_eq!(
+        r.render("id=${run:id} trace=${run:trace_id} ${service:name}/${service:instance}")
+            .unwrap(),
+        format!(
+            "id={} trace=0af7651916cd43dd8448eb211c80319c ingest/a",
+            run.run_id
+        )
+    );
+    assert_eq!(
+        r.render("${run:traceparent}").unwrap(),
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    );
+    let untraced = RunVars {
+        traceparent: None,
+        ..RunVars::example()
+    };
+    let r = Renderer {
+        run: &untraced,
+        ..r
+    };
+    assert_eq!(
+        r.render("${run:trace_id}"),
+        Err(TemplateError::NoTraceContext("run:trace_id".into()))
+    );
 }

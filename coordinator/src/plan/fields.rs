@@ -33,6 +33,8 @@ struct Tables {
     steps: Vec<Fields>,
     #[serde(rename = "precondition", default)]
     preconditions: Vec<Fields>,
+    #[serde(default)]
+    health: Vec<Fields>,
     #[serde(rename = "check", default)]
     checks: Vec<Fields>,
     #[serde(rename = "workload", default)]
@@ -45,15 +47,24 @@ struct CrossService {
     checks: Vec<Fields>,
     #[serde(default)]
     config_files: Vec<Spanned<String>>,
+    #[serde(default)]
+    log_correlation: Vec<Fields>,
 }
 
-/// Fields the agent renders placeholders in, by table: checks and workloads
-/// (`checks::render`, `workload::render` at the agent); of the steps, only `write_file`'s
-/// content.
-const CHECK_PLACEHOLDERS: &[&str] = &["url", "body", "address", "path", "contains", "args"];
-const WORKLOAD_PLACEHOLDERS: &[&str] = &["url", "body", "args"];
-/// Of those, the fields that take no `${secret:…}`: only a request body carries one.
-const NO_SECRET: &[&str] = &["url", "address", "path", "contains", "args"];
+/// Fields the agent renders placeholders in, by table: health checks, checks and workloads
+/// (`checks::render`, `workload::render` at the agent), the request and pattern of a
+/// log-correlation check; of the steps, only `write_file`'s content.
+const HEALTH_PLACEHOLDERS: &[&str] = &["url", "body", "headers"];
+const CHECK_PLACEHOLDERS: &[&str] = &[
+    "url", "body", "headers", "address", "path", "contains", "args",
+];
+const WORKLOAD_PLACEHOLDERS: &[&str] = &["url", "body", "headers", "args"];
+const CORRELATION_PLACEHOLDERS: &[&str] = &["request", "log", "contains"];
+/// Of those, the fields that take no `${secret:…}`: only a request body and headers carry one
+/// (a log-correlation check's request is sent and quoted across the fleet: none at all).
+const NO_SECRET: &[&str] = &[
+    "url", "address", "path", "contains", "args", "request", "log",
+];
 
 /// Checks the paths and placeholders of the plan `text` (already known to parse).
 pub(super) fn check(text: &str) -> Result<(), RuleError> {
@@ -70,6 +81,13 @@ pub(super) fn check(text: &str) -> Result<(), RuleError> {
                 check,
                 &format!("cross_service.check[{i}]"),
                 CHECK_PLACEHOLDERS,
+            )?;
+        }
+        for (i, correlation) in cross.log_correlation.iter().enumerate() {
+            placeholders(
+                correlation,
+                &format!("cross_service.log_correlation[{i}]"),
+                CORRELATION_PLACEHOLDERS,
             )?;
         }
         for (i, file) in cross.config_files.iter().enumerate() {
@@ -96,6 +114,9 @@ fn tables(tables: &Tables, prefix: &str) -> Result<(), RuleError> {
     for (i, condition) in tables.preconditions.iter().enumerate() {
         path(condition, &format!("{prefix}precondition[{i}]"))?;
     }
+    for (i, check) in tables.health.iter().enumerate() {
+        placeholders(check, &format!("{prefix}health[{i}]"), HEALTH_PLACEHOLDERS)?;
+    }
     for (i, check) in tables.checks.iter().enumerate() {
         placeholders(check, &format!("{prefix}check[{i}]"), CHECK_PLACEHOLDERS)?;
     }
@@ -120,17 +141,15 @@ fn path(fields: &Fields, at: &str) -> Result<(), RuleError> {
     }
 }
 
-/// Every string in `keys` (or in a list under them) has well-formed placeholders.
+/// Every string in `keys` (or in a list or table under them, such as `headers`) has
+/// well-formed placeholders.
 fn placeholders(fields: &Fields, at: &str, keys: &[&str]) -> Result<(), RuleError> {
     for key in keys {
         let Some(value) = fields.get(*key) else {
             continue;
         };
-        let strings: Vec<&str> = match value.get_ref() {
-            Value::String(s) => vec![s.as_str()],
-            Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
-            _ => Vec::new(),
-        };
+        let mut strings = Vec::new();
+        strings_in(value.get_ref(), &mut strings);
         for text in strings {
             if let Err(reason) = well_formed(text) {
                 return Err(RuleError::at(value, format!("{at}.{key}"), reason));
@@ -147,6 +166,16 @@ fn placeholders(fields: &Fields, at: &str, keys: &[&str]) -> Result<(), RuleErro
         }
     }
     Ok(())
+}
+
+/// Every string in `value`, however deep in lists and tables.
+fn strings_in<'a>(value: &'a Value, out: &mut Vec<&'a str>) {
+    match value {
+        Value::String(s) => out.push(s),
+        Value::Array(items) => items.iter().for_each(|v| strings_in(v, out)),
+        Value::Table(table) => table.values().for_each(|v| strings_in(v, out)),
+        _ => {}
+    }
 }
 
 /// Why `text`'s placeholders cannot be rendered by any agent, if they cannot.

@@ -409,3 +409,58 @@ fn malformed_placeholders_are_refused_in_every_field_the_agent_renders() {
     );
     Plan::parse(&replace).unwrap();
 }
+
+#[test]
+fn headers_and_run_variables_are_read_and_checked() {
+    let headers =
+        r#"headers = { "X-Request-Id" = "${run:id}", "traceparent" = "${run:traceparent}" }"#;
+    let correlation = |contains: &str, service: &str| {
+        format!(
+            "[cross_service]\n[[cross_service.log_correlation]]\n\
+             request = {{ service = \"inference\", url = \"http://127.0.0.1:1/forward\", {headers} }}\n\
+             expect_in_logs = [\"{service}\"]\nlog = \"relay.log\"\ncontains = \"{contains}\"\n"
+        )
+    };
+    let good = format!(
+        "{GOOD}{headers}\n[[service.check]]\ntype = \"log\"\npath = \"relay.log\"\n\
+         contains = \"request_id=${{run:id}} trace=${{run:trace_id}} ${{service:name}}/${{service:instance}}\"\n\
+         [[service.workload]]\ntype = \"http\"\nname = \"w\"\nurl = \"http://x/\"\n{headers}\n{}",
+        correlation("${run:id}", "inference")
+    );
+    // A secret may be a header's value (an `Authorization` header): only names are quoted.
+    Plan::parse(&good.replacen("${run:traceparent}", "${secret:TOKEN}", 1)).unwrap();
+    let plan = Plan::parse(&good).unwrap();
+    let health = &plan.services[0].health[0];
+    assert_eq!(health.headers["X-Request-Id"], "${run:id}");
+    let cross = plan.cross_service.unwrap();
+    let request = cross.log_correlation[0].request_check();
+    assert!(matches!(&request, Check::Http(h) if h.headers["traceparent"] == "${run:traceparent}"));
+    for (text, at) in [
+        (
+            format!("{GOOD}headers = {{ \"X-Request-Id\" = \"${{run:nope}}\" }}\n"),
+            "key service[0].health[0].headers: unknown placeholder ${run:nope}",
+        ),
+        (
+            format!(
+                "{GOOD}[[service.check]]\ntype = \"http\"\nheaders = {{ \"X-Id\" = \"${{service:port}}\" }}\n"
+            ),
+            "key service[0].check[0].headers: unknown placeholder ${service:port}",
+        ),
+        (
+            format!("{GOOD}{}", correlation("${run:trace}", "inference")),
+            "key cross_service.log_correlation[0].contains: unknown placeholder ${run:trace}",
+        ),
+        (
+            format!("{GOOD}{}", correlation("${run:id}", "nowhere"))
+                .replace("${run:traceparent}", "${secret:TOKEN}"),
+            "key cross_service.log_correlation[0].request: ${secret:TOKEN} is not allowed in request",
+        ),
+        (
+            format!("{GOOD}{}", correlation("${run:id}", "nowhere")),
+            "key cross_service.log_correlation[0].expect_in_logs[0]: nowhere is not a [[service]]",
+        ),
+    ] {
+        let err = Plan::parse(&text).unwrap_err().to_string();
+        assert!(err.contains(at), "{at}\n{err}");
+    }
+}

@@ -214,6 +214,10 @@ pub struct HttpCheck {
     pub body_contains: Option<String>,
     #[serde(default = "default_check_timeout_ms")]
     pub timeout_ms: u64,
+    /// Request headers, with placeholders (`"X-Request-Id" = "${run:id}"`): how the service's
+    /// own correlation header is spoken. They replace the agent's own headers of the same name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
 }
 
 /// Regression gates: the migrated service may be at most this much slower to start and this
@@ -272,6 +276,9 @@ pub enum Workload {
         method: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         body: Option<String>,
+        /// Request headers, with placeholders, as on an HTTP check.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        headers: BTreeMap<String, String>,
         #[serde(default = "default_requests")]
         requests: u32,
         #[serde(default = "default_concurrency")]

@@ -17,15 +17,30 @@ impl Fleet {
         files: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
         let mut fleet = Self::empty(nats_url, Vec::new())?;
-        let root = fleet.root(name);
-        let state = fleet.dir.join("state").join(name);
+        fleet.setup()?;
+        fleet.add_foreign(name, command, port, files)?;
+        Ok(fleet)
+    }
+
+    /// Adds one more service that is not the sample service, as [`Fleet::start_foreign`] starts
+    /// the first: a fleet of several foreign services, trusting the same signing key.
+    pub fn add_foreign(
+        &mut self,
+        name: &str,
+        command: &[&str],
+        port: u16,
+        files: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
+        let nats_url = self.nats_url().to_owned();
+        let root = self.root(name);
+        let state = self.dir.join("state").join(name);
         for dir in [&root, &state] {
             std::fs::create_dir_all(dir)?;
         }
         for (path, content) in files {
             std::fs::write(root.join(path), content)?;
         }
-        let config = fleet.dir.join(format!("agent-{name}.toml"));
+        let config = self.dir.join(format!("agent-{name}.toml"));
         let command: Vec<String> = command.iter().map(|a| format!("{a:?}")).collect();
         std::fs::write(
             &config,
@@ -38,10 +53,10 @@ impl Fleet {
                 state = path_text(&state),
                 root = path_text(&root),
                 command = command.join(", "),
-                trusted = fleet.trusted_key,
+                trusted = self.trusted_key,
             ),
         )?;
-        fleet.members.insert(
+        self.members.insert(
             name.to_owned(),
             Member {
                 port,
@@ -50,9 +65,8 @@ impl Fleet {
                 env: Vec::new(),
             },
         );
-        fleet.start_agent(name)?;
-        fleet.wait_ready(Duration::from_secs(30))?;
-        Ok(fleet)
+        self.start_agent(name)?;
+        self.wait_ready(Duration::from_secs(30))
     }
 }
 
