@@ -1282,6 +1282,7 @@ pub(crate) fn result(
         inspection: None,
         preview: None,
         replayed: false,
+        command_digest: None,
     }
 }
 

@@ -48,7 +48,12 @@ pub enum SessionError {
     },
     #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),
+    #[error("cannot load or create the agent's result-signing key")]
+    Key(#[from] signing::SigningError),
 }
+
+/// The agent's own signing key in its state directory, made at first start.
+const AGENT_KEY_FILE: &str = "agent.key";
 
 /// How long the agent waits for its telemetry to reach the store after each command.
 const TELEMETRY_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -94,11 +99,19 @@ pub async fn serve(
     };
     let service = lifecycle.config.service.name.clone();
     let instance = lifecycle.config.agent.instance.clone();
+    let signer = Arc::new(signing::SigningKey::load_or_create(
+        &lifecycle.config.agent.state_dir.join(AGENT_KEY_FILE),
+    )?);
+    tracing::info!(
+        key_id = signer.id(),
+        "results are signed with the agent's key"
+    );
     let events = Events::new(
         js.clone(),
         subjects.clone(),
         service.clone(),
         instance.clone(),
+        signer.clone(),
     );
 
     // Results that a crash kept from the stream go out before anything new is taken.
@@ -168,13 +181,13 @@ pub async fn serve(
     let presence = tokio::spawn(answer_presence(
         client.clone(),
         subjects.clone(),
-        presence_template(&lifecycle),
+        presence_template(&lifecycle, &signer),
         status.clone(),
         shutdown.clone(),
     ));
     let micro = tokio::spawn(serve_micro(
         client.clone(),
-        presence_template(&lifecycle),
+        presence_template(&lifecycle, &signer),
         status.clone(),
         shutdown.clone(),
     ));
@@ -210,27 +223,30 @@ pub async fn serve(
             },
         };
         // Authenticity first: nothing of an unsigned or forged message is trusted, not even its
-        // fields (the refusal names only the IDs it claims, so its sender hears why).
-        if !trusted.is_empty() {
-            let header = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(signing::SIGNATURE_HEADER))
-                .map(|v| v.as_str());
-            if let Err(e) = signing::verify(&trusted, &message.payload, header) {
-                refuse(&events, &message.payload, &e, &service, &instance).await;
-                let _ = message.ack_with(AckKind::Term).await;
-                continue;
-            }
+        // fields (the refusal names only the IDs it claims, so its sender hears why, and the
+        // digest of what was refused, so that it never counts against a genuine command).
+        let header = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(signing::SIGNATURE_HEADER))
+            .map(|v| v.as_str());
+        let digest = signing::command_digest(header, &message.payload);
+        if !trusted.is_empty()
+            && let Err(e) = signing::verify(&trusted, &message.payload, header)
+        {
+            refuse(&events, &message.payload, &digest, &e, &service, &instance).await;
+            let _ = message.ack_with(AckKind::Term).await;
+            continue;
         }
         let command = match decode::<Command>(&message.payload) {
             Ok(command) => command,
             Err(e) => {
-                refuse(&events, &message.payload, &e, &service, &instance).await;
+                refuse(&events, &message.payload, &digest, &e, &service, &instance).await;
                 let _ = message.ack_with(AckKind::Term).await;
                 continue;
             }
         };
+        events.received(command.command_id, digest);
         set_status(
             &status,
             AgentState::Busy,
@@ -375,6 +391,7 @@ async fn publish_result(
 async fn refuse(
     events: &Events,
     payload: &[u8],
+    digest: &str,
     error: &(dyn std::error::Error + Send + Sync),
     service: &ServiceName,
     instance: &InstanceId,
@@ -404,6 +421,7 @@ async fn refuse(
         inspection: None,
         preview: None,
         replayed: false,
+        command_digest: Some(digest.to_owned()),
     };
     if let Err(e) = events.result(&result).await {
         tracing::warn!(error = %error_chain(&e), "refusal not published");
@@ -446,7 +464,7 @@ fn set_status(status: &Mutex<Status>, state: AgentState, run: Option<RunId>, pid
     status.service_pid = pid;
 }
 
-fn presence_template(lifecycle: &Lifecycle) -> Presence {
+fn presence_template(lifecycle: &Lifecycle, signer: &signing::SigningKey) -> Presence {
     Presence {
         schema: Default::default(),
         service: lifecycle.config.service.name.clone(),
@@ -460,6 +478,7 @@ fn presence_template(lifecycle: &Lifecycle) -> Presence {
         current_run: None,
         service_pid: None,
         endpoint: Some(lifecycle.config.service.health_url.clone()),
+        result_key: Some(signer.public_key_text()),
         started_at: OffsetDateTime::now_utc(),
     }
 }
@@ -479,6 +498,10 @@ async fn serve_micro(
         ("instance".to_owned(), template.instance.to_string()),
         ("host".to_owned(), template.host.clone()),
         ("accepts".to_owned(), template.accepts.join(",")),
+        (
+            "result_key".to_owned(),
+            template.result_key.clone().unwrap_or_default(),
+        ),
     ]);
     let service = client
         .service_builder()

@@ -18,6 +18,7 @@ mod report;
 mod rollout;
 mod sanitize;
 mod store;
+mod trust;
 pub mod verify;
 
 use std::time::Duration;
