@@ -96,7 +96,7 @@ pub async fn run(
     check: &Check,
     default_url: &str,
     run_id: RunId,
-    run_as: Option<crate::config::RunAs>,
+    launcher: &crate::children::Launcher,
 ) -> Result<String, String> {
     match check {
         Check::Http(http_check) => {
@@ -133,7 +133,7 @@ pub async fn run(
                 args,
                 &Default::default(),
                 Duration::from_millis(*timeout_ms),
-                run_as,
+                launcher,
             )
             .await
             .map_err(|e| format!("command check: {e}"))?;

@@ -162,9 +162,14 @@ pub struct ServiceConfig {
     /// `external`: a substring of the service's command line, to find its PID without a PID file.
     #[serde(default)]
     pub process_match: Option<String>,
-    /// Extra environment for the service process.
+    /// Extra environment for the service process, on top of the agent's environment without
+    /// its `FLOTILLA_…` and secret variables.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Agent variables passed to the service, steps and checks although the agent keeps its
+    /// own (`FLOTILLA_…`, `<secrets.env_prefix>…`) from them, e.g. `["FLOTILLA_SAMPLE_INSTANCE"]`.
+    #[serde(default)]
+    pub inherit_env: Vec<String>,
     /// The health endpoint checked before and after a migration.
     pub health_url: String,
     /// How long the service may take to become healthy after a start.
@@ -277,6 +282,7 @@ impl AgentConfig {
                     .try_parsing(true)
                     .list_separator(",")
                     .with_list_parse_key("security.trusted_keys")
+                    .with_list_parse_key("service.inherit_env")
                     .source(Some(overrides)),
             )
             .build()
@@ -446,6 +452,13 @@ startup_timeout = "5s"
         .unwrap_err()
         .to_string();
         assert!(err.contains("commands.allow"), "{err}");
+    }
+
+    #[test]
+    fn inherit_env_comes_from_the_environment_separated_by_commas() {
+        let config =
+            load_with_env(GOOD, &[("FLOTILLA_SERVICE__INHERIT_ENV", "A_VAR,B_VAR")]).unwrap();
+        assert_eq!(config.service.inherit_env, ["A_VAR", "B_VAR"]);
     }
 
     #[test]

@@ -6,6 +6,8 @@
 
 pub mod backup;
 mod checks;
+mod child_env;
+mod children;
 pub mod config;
 mod confine;
 pub mod crashpoint;
@@ -17,6 +19,7 @@ mod lifecycle;
 mod metrics;
 mod preview;
 mod session;
+mod state_lock;
 pub mod steps;
 mod supervisor;
 mod template;
@@ -44,11 +47,17 @@ use crate::supervisor::Supervisor;
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error(transparent)]
+    Lock(#[from] state_lock::LockError),
+    #[error(transparent)]
     Journal(#[from] journal::JournalError),
     #[error(transparent)]
     Session(#[from] session::SessionError),
     #[error("cannot build the HTTP client for health checks")]
     Http(#[source] reqwest::Error),
+    #[error(
+        "cannot connect to NATS, and waiting will not help: check [nats] and [nats.auth] in the agent configuration"
+    )]
+    NatsConfig(#[source] flotilla_bus::BusError),
     #[error("invalid subject prefix")]
     Prefix(#[source] flotilla_schemas::IdError),
 }
@@ -61,7 +70,13 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
     let subjects = Subjects::new(&config.nats.prefix).map_err(AgentError::Prefix)?;
+    let _lock = state_lock::StateLock::acquire(&config.agent.state_dir)?;
+    // Before recovery restores the service root: nothing the previous agent started may still
+    // be writing into it.
+    let children = children::registry(&config.agent.state_dir);
+    children::reap_orphans(&children);
     let journal = Journal::open(&config.agent.state_dir)?;
+    let inherited = child_env::inherited(&config.secrets.env_prefix, &config.service.inherit_env);
     let http = reqwest::Client::builder()
         .no_proxy()
         .build()
@@ -71,7 +86,14 @@ pub async fn run(
         config.agent.state_dir.join("service-output.log"),
         http.clone(),
     )
-    .stop_on_exit(config.agent.stop_service_on_exit);
+    .stop_on_exit(config.agent.stop_service_on_exit)
+    .inherited_env(inherited.clone());
+    let launcher = children::Launcher {
+        run_as: config.commands.run_as,
+        env: inherited,
+        contain: true,
+        registry: Some(children),
+    };
     let backups = match &config.agent.backup_dir {
         Some(dir) => BackupStore::in_dir(dir),
         None => BackupStore::new(&config.agent.state_dir),
@@ -84,6 +106,7 @@ pub async fn run(
         backups,
         supervisor,
         http,
+        launcher,
         swapped_out: Vec::new(),
     };
 
@@ -123,9 +146,9 @@ pub async fn run(
     let client = loop {
         match flotilla_bus::connect(&options).await {
             Ok(client) => break client,
-            Err(e @ flotilla_bus::BusError::OldServer { .. }) => {
+            Err(e) if !e.is_transient() => {
                 lifecycle.supervisor.shutdown().await;
-                return Err(session::SessionError::Bus(e).into());
+                return Err(AgentError::NatsConfig(e));
             }
             Err(e) => {
                 tracing::warn!(error = %error_chain(&e), "NATS not reachable yet, retrying");

@@ -36,6 +36,8 @@ pub struct Lifecycle {
     pub backups: BackupStore,
     pub supervisor: Supervisor,
     pub http: reqwest::Client,
+    /// How steps, checks and job workloads start their programs.
+    pub launcher: crate::children::Launcher,
     /// Trees that restores swapped out, to remove once the answer is out
     /// ([`Lifecycle::remove_swapped_out`]).
     pub swapped_out: Vec<std::path::PathBuf>,
@@ -563,7 +565,7 @@ impl Lifecycle {
             &self.config.service.root,
             workload,
             run_id,
-            self.config.commands.run_as,
+            &self.launcher,
         )
         .instrument(span.clone())
         .await;
@@ -641,7 +643,7 @@ impl Lifecycle {
                     args,
                     env,
                     Duration::from_millis(*timeout_ms),
-                    self.config.commands.run_as,
+                    &self.launcher,
                 )
                 .await
                 .map_err(|e| e.to_string()),
@@ -700,7 +702,7 @@ impl Lifecycle {
                 check,
                 &self.config.service.health_url,
                 command.run_id,
-                self.config.commands.run_as,
+                &self.launcher,
             )
             .await?;
             tracing::info!(check = %passed, "functional check passed");
@@ -1002,7 +1004,7 @@ impl Lifecycle {
                                 &check,
                                 &self.config.service.health_url,
                                 command.run_id,
-                                self.config.commands.run_as,
+                                &self.launcher,
                             )
                             .await
                         }

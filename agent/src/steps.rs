@@ -7,7 +7,7 @@ use std::time::Duration;
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, Permissions, PermissionsExt};
 
-use crate::config::RunAs;
+use crate::children::{Group, Launcher};
 use crate::confine;
 
 /// Why a step failed. Messages name paths and programs, never written content.
@@ -167,17 +167,17 @@ impl RootDir {
     }
 }
 
-/// Runs an allowed program in `root` without a shell, with a clean environment plus `env`;
-/// fails unless it exits 0.
+/// Runs an allowed program in `root` without a shell, with the launcher's environment plus
+/// `env`; fails unless it exits 0.
 pub async fn run_command(
     root: &Path,
     program: &str,
     args: &[String],
     env: &std::collections::BTreeMap<String, String>,
     timeout: Duration,
-    run_as: Option<RunAs>,
+    launcher: &Launcher,
 ) -> Result<(), StepError> {
-    let output = run_program(root, program, args, env, timeout, run_as).await?;
+    let output = run_program(root, program, args, env, timeout, launcher).await?;
     if output.status.success() {
         return Ok(());
     }
@@ -188,27 +188,31 @@ pub async fn run_command(
     })
 }
 
-/// Runs `program` in `root` without a shell, with a clean environment plus `env`, and returns
-/// its exit status and output; kills it after `timeout`. With `run_as`, the program runs as
-/// that less privileged user and group.
+/// Runs `program` in `root` without a shell, with the launcher's environment (the agent's,
+/// without its secrets) plus `env`, and returns its exit status and output; kills it after
+/// `timeout`. With `launcher.contain`, it runs in its own process group, killed with whatever it
+/// spawned once it ends (see [`crate::children`]). With `launcher.run_as`, it runs as that less
+/// privileged user.
 pub async fn run_program(
     root: &Path,
     program: &str,
     args: &[String],
     env: &std::collections::BTreeMap<String, String>,
     timeout: Duration,
-    run_as: Option<RunAs>,
+    launcher: &Launcher,
 ) -> Result<std::process::Output, StepError> {
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
     let mut command = tokio::process::Command::new(program);
-    if let Some(user) = run_as {
+    if let Some(user) = launcher.run_as {
         command.uid(user.uid).gid(user.gid);
+    }
+    if launcher.contain {
+        command.process_group(0);
     }
     let child = command
         .args(args)
         .current_dir(root)
         .env_clear()
-        .env("PATH", path)
+        .envs(&launcher.env)
         .envs(env)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -219,6 +223,10 @@ pub async fn run_program(
             program: program.to_owned(),
             source,
         })?;
+    let _group = child
+        .id()
+        .filter(|_| launcher.contain)
+        .map(|pid| Group::record(pid, launcher.registry.as_deref()));
     tokio::time::timeout(timeout, child.wait_with_output())
         .await
         .map_err(|_| StepError::Timeout {
@@ -250,6 +258,7 @@ fn truncate(s: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::RunAs;
     use std::os::unix::fs::symlink;
 
     #[test]
@@ -316,16 +325,23 @@ mod tests {
     async fn run_command_reports_exit_status_and_timeout() {
         let tmp = tempfile::tempdir().unwrap();
         let env = Default::default();
-        run_command(tmp.path(), "true", &[], &env, Duration::from_secs(5), None)
-            .await
-            .unwrap();
+        run_command(
+            tmp.path(),
+            "true",
+            &[],
+            &env,
+            Duration::from_secs(5),
+            &Launcher::default(),
+        )
+        .await
+        .unwrap();
         let err = run_command(
             tmp.path(),
             "sh",
             &["-c".into(), "echo boom >&2; exit 3".into()],
             &env,
             Duration::from_secs(5),
-            None,
+            &Launcher::default(),
         )
         .await
         .unwrap_err();
@@ -339,7 +355,7 @@ mod tests {
             &["5".into()],
             &env,
             Duration::from_millis(100),
-            None,
+            &Launcher::default(),
         )
         .await
         .unwrap_err();
@@ -349,10 +365,13 @@ mod tests {
     #[tokio::test]
     async fn run_as_drops_to_the_configured_user() {
         let tmp = tempfile::tempdir().unwrap();
-        let nobody = Some(RunAs {
-            uid: 65534,
-            gid: 65534,
-        });
+        let nobody = &Launcher {
+            run_as: Some(RunAs {
+                uid: 65534,
+                gid: 65534,
+            }),
+            ..Default::default()
+        };
         let output = run_program(
             tmp.path(),
             "id",

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use rustix::process::{Pid, Signal, kill_process};
 use tokio::process::{Child, Command};
 
+use crate::children::Launcher;
 use crate::config::{ServiceConfig, SupervisorKind};
 use crate::health::{self, HealthError};
 use crate::steps;
@@ -59,6 +60,9 @@ pub struct Supervisor {
     last_startup: Option<Duration>,
     pid_file: PathBuf,
     stop_on_exit: bool,
+    /// The environment of the service and of the external supervisor's commands (before
+    /// `service.env`); its commands are not contained, they leave the service running.
+    launcher: Launcher,
 }
 
 /// How long a service left running by an earlier agent may take to answer before the agent
@@ -102,7 +106,7 @@ impl PidRecord {
 
 /// The start time of process `pid` (clock ticks since boot, `/proc/<pid>/stat` field 22), and
 /// whether it is a zombie.
-fn process_start(pid: i32) -> Option<(u64, bool)> {
+pub(crate) fn process_start(pid: i32) -> Option<(u64, bool)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let (_, rest) = stat.rsplit_once(')')?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -139,6 +143,19 @@ impl Supervisor {
             last_startup: None,
             pid_file,
             stop_on_exit: false,
+            launcher: Launcher::default(),
+        }
+    }
+
+    /// The service and the external supervisor's commands start with `env` (the agent's
+    /// environment without its secrets), plus `service.env` for the service.
+    pub fn inherited_env(self, env: std::collections::BTreeMap<String, String>) -> Self {
+        Self {
+            launcher: Launcher {
+                env,
+                ..Launcher::default()
+            },
+            ..self
         }
     }
 
@@ -261,7 +278,7 @@ impl Supervisor {
             args,
             &Default::default(),
             self.service.startup_timeout,
-            None,
+            &self.launcher,
         )
         .await
         .map_err(|e| SupervisorError::External {
@@ -319,6 +336,8 @@ impl Supervisor {
         // that exits, however it exits (a Ctrl-C to the agent's terminal included).
         let child = Command::new(&program)
             .args(args)
+            .env_clear()
+            .envs(&self.launcher.env)
             .envs(&self.service.env)
             .current_dir(&self.service.root)
             .stdin(Stdio::null())

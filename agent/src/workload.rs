@@ -10,7 +10,6 @@ use flotilla_schemas::{
     GateReport, Gates, HTTP_CORRELATION_HEADER, Inconclusive, RunId, Workload, WorkloadFigures,
 };
 
-use crate::config::RunAs;
 use crate::steps;
 use crate::template::{Renderer, TemplateError};
 
@@ -58,7 +57,7 @@ pub async fn measure(
     root: &Path,
     workload: &Workload,
     run_id: RunId,
-    run_as: Option<RunAs>,
+    launcher: &crate::children::Launcher,
 ) -> WorkloadFigures {
     match workload {
         Workload::Http {
@@ -98,7 +97,7 @@ pub async fn measure(
                 args,
                 &Default::default(),
                 Duration::from_millis(*timeout_ms),
-                run_as,
+                launcher,
             )
             .await;
             let duration_ms = started.elapsed().as_millis() as u64;

@@ -37,6 +37,12 @@ pub enum BusError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot read the TLS file {path}")]
+    TlsFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(
         "a TLS client certificate needs both tls_cert_file and tls_key_file; only {given} is set"
     )]
@@ -47,6 +53,30 @@ pub enum BusError {
         #[source]
         source: jetstream::context::CreateStreamError,
     },
+}
+
+impl BusError {
+    /// Whether waiting may cure it: the server is down, unreachable, still starting or slow
+    /// (refused, DNS, timeout, I/O). A configuration mistake (a credentials or TLS file missing
+    /// or unreadable, a malformed URL or seed, a TLS setup the server refuses, credentials the
+    /// server rejects, a server too old) needs an operator, and retrying it only hides it.
+    pub fn is_transient(&self) -> bool {
+        use async_nats::ConnectErrorKind as Kind;
+        match self {
+            BusError::Connect { source, .. } => match source.kind() {
+                Kind::Dns | Kind::TimedOut | Kind::Io | Kind::MaxReconnects => true,
+                Kind::ServerParse
+                | Kind::Authentication
+                | Kind::AuthorizationViolation
+                | Kind::Tls => false,
+            },
+            BusError::NoJetStream { .. } | BusError::Stream { .. } => true,
+            BusError::OldServer { .. }
+            | BusError::Credentials { .. }
+            | BusError::TlsFile { .. }
+            | BusError::HalfCertificate { .. } => false,
+        }
+    }
 }
 
 /// How to connect.
@@ -144,6 +174,16 @@ impl Credentials {
                 });
             }
             (None, None) => {}
+        }
+        // async-nats reads these only once connected, and reports a missing one as a TLS error.
+        for file in [&self.tls_ca_file, &self.tls_cert_file, &self.tls_key_file]
+            .into_iter()
+            .flatten()
+        {
+            std::fs::File::open(file).map_err(|source| BusError::TlsFile {
+                path: file.display().to_string(),
+                source,
+            })?;
         }
         if let Some(prefix) = &self.inbox_prefix {
             options = options.custom_inbox_prefix(prefix);

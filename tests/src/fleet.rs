@@ -503,6 +503,30 @@ impl Fleet {
         }
     }
 
+    /// Starts a replacement agent for `role` while the current one may still run (frozen, or
+    /// cut off): on a copy of its state directory, as a new host that took the state over would,
+    /// since one state directory admits one agent. It adopts the running service.
+    pub fn start_replacement_agent(&mut self, role: &str) -> anyhow::Result<()> {
+        let state = self.dir.join("state").join(role);
+        let copy = self.dir.join("state").join(format!("{role}-replacement"));
+        anyhow::ensure!(
+            Command::new("cp")
+                .arg("-a")
+                .arg(&state)
+                .arg(&copy)
+                .status()?
+                .success(),
+            "cannot copy the state directory {}",
+            state.display()
+        );
+        self.set_agent_env(
+            role,
+            "FLOTILLA_AGENT__STATE_DIR",
+            &copy.display().to_string(),
+        );
+        self.start_agent(role)
+    }
+
     /// The agent log of `role` (its stdout and stderr, across restarts).
     pub fn agent_log(&self, role: &str) -> PathBuf {
         self.dir.join(format!("agent-{role}.log"))

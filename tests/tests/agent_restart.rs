@@ -70,6 +70,11 @@ fn answer_time(fleet: &Fleet) -> Duration {
 /// Starts the agent again and waits until it answers presence and its pull is registered.
 fn restart_and_wait(fleet: &mut Fleet, nats: &NatsServer) {
     fleet.start_agent(ROLE).unwrap();
+    wait_pulling(fleet, nats);
+}
+
+/// Waits until the agent just started answers presence and its pull is registered.
+fn wait_pulling(fleet: &mut Fleet, nats: &NatsServer) {
     fleet.wait_ready(Duration::from_secs(30)).unwrap();
     wait_for("the new agent to pull", Duration::from_secs(30), || {
         waiting_pulls(nats.url()).is_some_and(|n| n >= 1)
@@ -124,8 +129,10 @@ fn the_first_command_after_the_previous_agent_froze_is_served_at_once() {
     let before = answer_time(&fleet);
     let frozen = fleet.agent_pid(ROLE).expect("the agent runs");
     assert!(fleet.signal_agent(ROLE, "STOP"));
-    // The frozen agent's child handle is replaced, not reaped: it is killed by PID below.
-    restart_and_wait(&mut fleet, &nats);
+    // The frozen agent's child handle is replaced, not reaped: it is killed by PID below. It
+    // still holds its state directory: the new one runs on a copy, as on another host.
+    fleet.start_replacement_agent(ROLE).unwrap();
+    wait_pulling(&mut fleet, &nats);
     let after = answer_time(&fleet);
     let _ = std::process::Command::new("kill")
         .arg("-KILL")

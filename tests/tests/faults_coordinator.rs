@@ -65,17 +65,22 @@ fn kill_then_resume_holding(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    if hold.is_some() {
+        // The stage is recorded before its commands go out (the cross-service and correlation
+        // checks run first): kill the coordinator only once the agent holds at its crash point,
+        // so the kill lands with the stage's command in flight.
+        let log = fleet.agent_log("ingest");
+        flotilla_tests::wait_for(
+            "ingest's agent to reach its crash point",
+            Duration::from_secs(40),
+            || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("test crash point reached")),
+        )
+        .unwrap();
+    }
     coordinator.kill().unwrap(); // SIGKILL
     coordinator.wait().unwrap();
     if hold.is_some() {
         // The crash point holds the agent until it is killed.
-        let log = fleet.agent_log("ingest");
-        flotilla_tests::wait_for(
-            "ingest's agent to reach its crash point",
-            Duration::from_secs(20),
-            || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("test crash point reached")),
-        )
-        .unwrap();
         fleet.kill_agent("ingest");
         fleet.clear_agent_env("ingest");
         fleet.start_agent("ingest").unwrap();

@@ -189,7 +189,8 @@ async fn a_restarted_agent_takes_its_consumer_over_under_the_shipped_permissions
         let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
         let frozen = fleet.agent_pid(role).unwrap();
         assert!(fleet.signal_agent(role, "STOP"));
-        fleet.start_agent(role).unwrap();
+        // The frozen agent holds its state directory: the new one runs on a copy.
+        fleet.start_replacement_agent(role).unwrap();
         flotilla_tests::wait_for("the new agent to be ready", Duration::from_secs(30), || {
             log().matches("ready for commands").count() >= 2
         })

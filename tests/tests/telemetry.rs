@@ -371,10 +371,17 @@ fn verify_names_a_service_that_drops_the_correlation_header() {
     let nats = NatsServer::start().unwrap();
     let dropping = |role: &str| {
         if role == "inference" {
-            vec![(
-                "FLOTILLA_SAMPLE_DROP_CORRELATION".to_owned(),
-                "1".to_owned(),
-            )]
+            vec![
+                (
+                    "FLOTILLA_SAMPLE_DROP_CORRELATION".to_owned(),
+                    "1".to_owned(),
+                ),
+                // The agent keeps its `FLOTILLA_…` variables from the service unless told.
+                (
+                    "FLOTILLA_SERVICE__INHERIT_ENV".to_owned(),
+                    "FLOTILLA_SAMPLE_DROP_CORRELATION".to_owned(),
+                ),
+            ]
         } else {
             Vec::new()
         }
