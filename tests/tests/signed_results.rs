@@ -149,9 +149,8 @@ async fn a_refusal_of_an_unsigned_replay_is_not_filed_against_the_genuine_comman
     assert_eq!(training_status(&report), "succeeded", "{report:#}");
     let notes = notes(&report);
     assert!(
-        notes.iter().any(|n| n.contains(
-            "ignored 1 forged result for training/a: it answers a copy of the command"
-        )),
+        notes.iter().any(|n| n
+            .contains("ignored 1 forged result for training/a: it answers a copy of the command")),
         "{notes:?}"
     );
     let log = std::fs::read_to_string(fleet.agent_log("training")).unwrap();
@@ -173,7 +172,10 @@ async fn forged_successes_unsigned_or_signed_by_another_agent_are_ignored_with_a
     let go = fleet.dir().join("go");
     let plan = plan(
         &fleet,
-        &format!("while [ ! -f {} ]; do sleep 0.05; done; exit 1", go.display()),
+        &format!(
+            "while [ ! -f {} ]; do sleep 0.05; done; exit 1",
+            go.display()
+        ),
     );
     let coordinator = fleet.spawn_flotilla(&[
         "migrate",
@@ -237,7 +239,10 @@ async fn forged_successes_unsigned_or_signed_by_another_agent_are_ignored_with_a
     let notes = notes(&report);
     for why in [
         "not signed by its agent's key",
-        &format!("signed by key {}, which is not its agent's", other_agent.id()),
+        &format!(
+            "signed by key {}, which is not its agent's",
+            other_agent.id()
+        ),
     ] {
         assert!(
             notes
