@@ -95,6 +95,17 @@ fn plan(fleet: &Fleet, script: &str) -> std::path::PathBuf {
     )
 }
 
+/// Starts `flotilla migrate` of `plan`, with its JSON report.
+fn migrate(fleet: &Fleet, plan: &std::path::Path) -> std::process::Child {
+    fleet.spawn_flotilla(&[
+        "migrate",
+        plan.to_str().unwrap(),
+        "--output",
+        "json",
+        "--no-verify",
+    ])
+}
+
 fn notes(report: &serde_json::Value) -> Vec<String> {
     report["notes"]
         .as_array()
@@ -129,13 +140,7 @@ async fn a_refusal_of_an_unsigned_replay_is_not_filed_against_the_genuine_comman
     let (service, instance) = agent_of("training");
     let consumer = Subjects::default().agent_consumer(&service, &instance);
     let plan = plan(&fleet, "echo applied >> counter.txt");
-    let coordinator = fleet.spawn_flotilla(&[
-        "migrate",
-        plan.to_str().unwrap(),
-        "--output",
-        "json",
-        "--no-verify",
-    ]);
+    let coordinator = migrate(&fleet, &plan);
     let (_, sequence, signature, payload) = pending_command(&js, "training").await;
     // The replay goes first: the genuine command is taken out and sent again after it.
     commands.delete_message(sequence).await.unwrap();
@@ -177,13 +182,7 @@ async fn forged_successes_unsigned_or_signed_by_another_agent_are_ignored_with_a
             go.display()
         ),
     );
-    let coordinator = fleet.spawn_flotilla(&[
-        "migrate",
-        plan.to_str().unwrap(),
-        "--output",
-        "json",
-        "--no-verify",
-    ]);
+    let coordinator = migrate(&fleet, &plan);
     let (command, ..) = pending_command(&js, "training").await;
     let (service, instance) = agent_of("training");
     commands
