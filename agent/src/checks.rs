@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use flotilla_schemas::placeholder;
 use flotilla_schemas::{Check, HttpCheck, Precondition, RunId};
 
 use crate::health;
@@ -37,20 +38,58 @@ pub fn precondition(root: &RootDir, condition: &Precondition) -> Result<(), Stri
     }
 }
 
-/// Resolves `${var:…}` (and `${secret:…}`) in a check's URL, body, address and arguments.
-pub fn render(renderer: &Renderer<'_>, check: &Check) -> Result<Check, TemplateError> {
-    let render_opt = |s: &Option<String>| s.as_deref().map(|s| renderer.render(s)).transpose();
+/// Why a check or workload could not be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    /// Refused here too, not only by `flotilla plan check`: a command may come from elsewhere.
+    #[error(
+        "${{secret:{name}}} is not allowed in {field}: {}",
+        placeholder::SECRET_NOT_ALLOWED_WHY
+    )]
+    SecretNotAllowed { field: &'static str, name: String },
+}
+
+/// Renders `text` of a field that may not hold a secret (its value would show in failure
+/// reasons and logs).
+pub fn render_plain(
+    renderer: &Renderer<'_>,
+    field: &'static str,
+    text: &str,
+) -> Result<String, RenderError> {
+    if let Some(name) = placeholder::first_secret(text) {
+        return Err(RenderError::SecretNotAllowed {
+            field,
+            name: name.to_owned(),
+        });
+    }
+    Ok(renderer.render(text)?)
+}
+
+/// Resolves `${var:…}` in a check's URL, body, address and arguments, and `${secret:…}` in
+/// its body only.
+pub fn render(renderer: &Renderer<'_>, check: &Check) -> Result<Check, RenderError> {
+    let plain_opt = |field, s: &Option<String>| {
+        s.as_deref()
+            .map(|s| render_plain(renderer, field, s))
+            .transpose()
+    };
     Ok(match check {
         Check::Http(http) => Check::Http(HttpCheck {
-            url: render_opt(&http.url)?,
-            body: render_opt(&http.body)?,
+            url: plain_opt("url", &http.url)?,
+            body: http
+                .body
+                .as_deref()
+                .map(|s| renderer.render(s))
+                .transpose()?,
             ..http.clone()
         }),
         Check::Tcp {
             address,
             timeout_ms,
         } => Check::Tcp {
-            address: renderer.render(address)?,
+            address: render_plain(renderer, "address", address)?,
             timeout_ms: *timeout_ms,
         },
         Check::Log {
@@ -58,14 +97,14 @@ pub fn render(renderer: &Renderer<'_>, check: &Check) -> Result<Check, TemplateE
             contains,
             timeout_ms,
         } => Check::Log {
-            path: renderer.render(path)?,
-            contains: render_opt(contains)?,
+            path: render_plain(renderer, "path", path)?,
+            contains: plain_opt("contains", contains)?,
             timeout_ms: *timeout_ms,
         },
         Check::Command { args, .. } => {
             let args = args
                 .iter()
-                .map(|a| renderer.render(a))
+                .map(|a| render_plain(renderer, "args", a))
                 .collect::<Result<_, _>>()?;
             match check.clone() {
                 Check::Command {

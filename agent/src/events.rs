@@ -12,9 +12,11 @@ use flotilla_bus::signing::{SIGNATURE_HEADER, SigningKey};
 use flotilla_schemas::subjects::Subjects;
 use flotilla_schemas::{
     Command, CommandId, HEADER_RUN_ID, InstanceId, Phase, PhaseStatus, Progress, RunId, RunResult,
-    ServiceName, WireMessage, encode,
+    ServiceName, WireMessage,
 };
 use time::OffsetDateTime;
+
+use crate::redact::Redactor;
 
 /// Why an event did not reach the stream.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +39,8 @@ pub struct Events {
     signer: Arc<SigningKey>,
     /// The digest of each command this incarnation accepted, as received.
     received: Arc<Mutex<HashMap<CommandId, String>>>,
+    /// Every event is scrubbed of secret values on its way out.
+    redactor: Redactor,
 }
 
 impl Events {
@@ -54,7 +58,13 @@ impl Events {
             instance,
             signer,
             received: Arc::default(),
+            redactor: Redactor::default(),
         }
+    }
+
+    /// Scrubs every event of the secret values `redactor` knows.
+    pub fn redacting(self, redactor: Redactor) -> Self {
+        Self { redactor, ..self }
     }
 
     /// Remembers the digest of an authentic command as received, for its result.
@@ -93,7 +103,8 @@ impl Events {
         let subject = self
             .subjects
             .event(&command.run_id, &self.service, &self.instance);
-        let payload = encode(&event);
+        // Signed as sent: after the secrets are scrubbed.
+        let payload = self.redactor.encode(&event);
         let headers = self.headers(command.run_id, &payload);
         if let Err(e) = self
             .js
@@ -142,7 +153,7 @@ impl Events {
         message: &T,
     ) -> Result<(), PublishError> {
         let subject = self.subjects.event(&run_id, &self.service, &self.instance);
-        let payload = encode(message);
+        let payload = self.redactor.encode(message);
         let headers = self.headers(run_id, &payload);
         let publish = async {
             self.js

@@ -7,27 +7,17 @@ use flotilla_schemas::ConfigShape;
 use crate::config::SecretSources;
 use crate::steps::RootDir;
 
-/// Secrets shorter than this are not searched for: too likely to match by chance.
-const MIN_SECRET_LEN: usize = 6;
-
-/// The values of every secret the agent can resolve: `<env_prefix>*` variables and the files of
-/// the secrets directory.
+/// The values of every secret the agent can resolve (`<env_prefix>*` variables and the files of
+/// the secrets directory), each also as it is escaped in a written file; those too short to be
+/// searched for without matching by chance are left out, as the redactor leaves them.
 pub fn known_secret_values(sources: &SecretSources) -> Vec<String> {
-    let mut values: Vec<String> = std::env::vars()
-        .filter(|(name, _)| name.starts_with(&sources.env_prefix))
-        .map(|(_, value)| value)
-        .collect();
-    if let Some(dir) = &sources.dir
-        && let Ok(entries) = std::fs::read_dir(dir)
-    {
-        for entry in entries.flatten() {
-            if let Ok(value) = std::fs::read_to_string(entry.path()) {
-                values.push(value.trim_end_matches(['\n', '\r']).to_owned());
-            }
-        }
-    }
-    values.retain(|v| v.len() >= MIN_SECRET_LEN);
-    values
+    crate::redact::secrets(sources)
+        .into_iter()
+        .map(|s| s.value)
+        .filter(|v| v.len() >= crate::redact::MIN_SECRET_BYTES)
+        // A written file holds a secret escaped for its format: look for those forms too.
+        .flat_map(|v| crate::template::written_forms(&v))
+        .collect()
 }
 
 /// Reads `path` (inside the service root) and describes its keys.
@@ -148,5 +138,22 @@ mod tests {
         assert!(standard.literal_secrets.is_empty());
         assert!(!format!("{legacy:?}{standard:?}").contains("hunter2"));
         assert!(!config_shape(&root, "nope.toml", &secrets).exists);
+    }
+
+    #[test]
+    fn a_secret_is_found_as_a_written_file_escapes_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("S"), "hunter\"2\n").unwrap();
+        let sources = SecretSources {
+            env_prefix: "FLOTILLA_TEST_INSPECT_NO_SUCH_PREFIX_".into(),
+            dir: Some(tmp.path().to_owned()),
+        };
+        let secrets = known_secret_values(&sources);
+        std::fs::write(tmp.path().join("app.conf"), "api_key=\"hunter\\\"2\"\n").unwrap();
+        let root = RootDir::open(tmp.path()).unwrap();
+        assert_eq!(
+            config_shape(&root, "app.conf", &secrets).literal_secrets,
+            ["api_key"]
+        );
     }
 }

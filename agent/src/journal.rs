@@ -18,6 +18,8 @@ use flotilla_schemas::{Action, Command, CommandId, Outcome, RunResult};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::redact::Redactor;
+
 /// The journal's file name in the state directory.
 const FILE: &str = "journal.jsonl";
 /// Where a compaction writes the new journal before renaming it over the old one.
@@ -81,6 +83,8 @@ pub struct Journal {
     /// What the last compaction kept, to compact again only once the journal doubled.
     kept_entries: usize,
     kept_bytes: u64,
+    /// Scrubs secret values from results before they are written (and kept in memory).
+    redactor: Redactor,
 }
 
 /// What a compaction keeps: every entry the agent may still need.
@@ -145,6 +149,7 @@ impl Journal {
             bytes: 0,
             kept_entries: 0,
             kept_bytes: 0,
+            redactor: Redactor::default(),
         };
         // A compaction cut short before its rename: the old journal is whole, drop the new one.
         let _ = std::fs::remove_file(state_dir.join(COMPACTING));
@@ -247,7 +252,25 @@ impl Journal {
         self.write(vec![record], false)
     }
 
+    /// Redacts secret values from every result written from now on (and from the results a
+    /// compaction rewrites).
+    pub fn redact_with(&mut self, redactor: Redactor) {
+        self.redactor = redactor;
+    }
+
+    /// `record` with its result scrubbed: results carry the agent's own text (reasons, details),
+    /// commands only what the coordinator sent (placeholders, never values).
+    fn scrubbed(&self, record: Record) -> Record {
+        match record {
+            Record::Finished { result } => Record::Finished {
+                result: self.redactor.scrub_result(&result),
+            },
+            other => other,
+        }
+    }
+
     fn write(&mut self, records: Vec<Record>, durable: bool) -> Result<(), JournalError> {
+        let records: Vec<Record> = records.into_iter().map(|r| self.scrubbed(r)).collect();
         let mut lines = Vec::new();
         for record in &records {
             serde_json::to_writer(&mut lines, record).expect("journal records serialize");
@@ -350,6 +373,7 @@ impl Journal {
             .filter_map(|id| self.entries.get(id))
         {
             for record in entry.records() {
+                let record = self.scrubbed(record);
                 serde_json::to_writer(&mut text, &record).expect("journal records serialize");
                 text.push(b'\n');
             }

@@ -18,6 +18,7 @@ pub mod journal;
 mod lifecycle;
 mod metrics;
 mod preview;
+pub mod redact;
 mod session;
 mod state_lock;
 pub mod steps;
@@ -40,6 +41,7 @@ pub use flotilla_telemetry::error_chain;
 use crate::backup::BackupStore;
 use crate::journal::Journal;
 use crate::lifecycle::Lifecycle;
+use crate::redact::Redactor;
 use crate::session::Status;
 use crate::supervisor::Supervisor;
 
@@ -60,6 +62,8 @@ pub enum AgentError {
     NatsConfig(#[source] flotilla_bus::BusError),
     #[error("invalid subject prefix")]
     Prefix(#[source] flotilla_schemas::IdError),
+    #[error(transparent)]
+    Secret(#[from] redact::TooShort),
 }
 
 /// Runs the agent until `shutdown` is cancelled. The service it supervises keeps running
@@ -69,13 +73,26 @@ pub async fn run(
     telemetry: &flotilla_telemetry::TelemetryGuard,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
+    let redactor = Redactor::from_sources(&config.secrets)?;
+    run_with(config, redactor, telemetry, shutdown).await
+}
+
+/// [`run`] with the redactor the binary also gave its telemetry (so that logs are scrubbed of
+/// the same values as events and the journal).
+pub async fn run_with(
+    config: AgentConfig,
+    redactor: Redactor,
+    telemetry: &flotilla_telemetry::TelemetryGuard,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
     let subjects = Subjects::new(&config.nats.prefix).map_err(AgentError::Prefix)?;
     let _lock = state_lock::StateLock::acquire(&config.agent.state_dir)?;
     // Before recovery restores the service root: nothing the previous agent started may still
     // be writing into it.
     let children = children::registry(&config.agent.state_dir);
     children::reap_orphans(&children);
-    let journal = Journal::open(&config.agent.state_dir)?;
+    let mut journal = Journal::open(&config.agent.state_dir)?;
+    journal.redact_with(redactor.clone());
     let inherited = child_env::inherited(&config.secrets.env_prefix, &config.service.inherit_env);
     let http = reqwest::Client::builder()
         .no_proxy()
@@ -107,6 +124,7 @@ pub async fn run(
         supervisor,
         http,
         launcher,
+        redactor,
         swapped_out: Vec::new(),
     };
 

@@ -38,6 +38,8 @@ pub struct Lifecycle {
     pub http: reqwest::Client,
     /// How steps, checks and job workloads start their programs.
     pub launcher: crate::children::Launcher,
+    /// Scrubs secret values from what the agent publishes, journals and logs.
+    pub redactor: crate::redact::Redactor,
     /// Trees that restores swapped out, to remove once the answer is out
     /// ([`Lifecycle::remove_swapped_out`]).
     pub swapped_out: Vec<std::path::PathBuf>,
@@ -433,7 +435,7 @@ impl Lifecycle {
             let content = match step {
                 Step::WriteFile { path, content, .. } => {
                     confine::relative_path(path).map_err(|e| at(&e))?;
-                    Some(renderer.render(content).map_err(|e| at(&e))?)
+                    Some(renderer.render_file(path, content).map_err(|e| at(&e))?)
                 }
                 Step::ReplaceText { path, .. } | Step::Delete { path } => {
                     confine::relative_path(path).map_err(|e| at(&e))?;

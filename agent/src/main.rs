@@ -26,6 +26,9 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = flotilla_agent::AgentConfig::load(&args.config)?;
+    // Built before logging starts, so that no line is written unscrubbed.
+    let redactor =
+        flotilla_agent::redact::Redactor::from_sources(&config.secrets).context("agent secrets")?;
     let telemetry = flotilla_telemetry::init_with(flotilla_telemetry::TelemetryConfig {
         format: if args.log_json {
             LogFormat::Json
@@ -46,11 +49,14 @@ async fn main() -> anyhow::Result<()> {
                 config.agent.instance.to_string(),
             ),
         ],
+        scrubber: Some(flotilla_telemetry::Scrubber(std::sync::Arc::new(
+            redactor.clone(),
+        ))),
         ..flotilla_telemetry::TelemetryConfig::new("flotilla-agent")
     });
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    let outcome = flotilla_agent::run(config, &telemetry, shutdown)
+    let outcome = flotilla_agent::run_with(config, redactor, &telemetry, shutdown)
         .await
         .context("agent failed");
     if let Err(e) = telemetry.shutdown().await {

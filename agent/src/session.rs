@@ -112,7 +112,8 @@ pub async fn serve(
         service.clone(),
         instance.clone(),
         signer.clone(),
-    );
+    )
+    .redacting(lifecycle.redactor.clone());
 
     // Results that a crash kept from the stream go out before anything new is taken.
     for result in lifecycle.journal.unpublished() {
@@ -267,6 +268,8 @@ pub async fn serve(
             flotilla.instance = %command.instance,
         );
         continue_trace(&span, message.headers.as_ref());
+        // A secret file added or rotated since the last command is redacted from now on.
+        lifecycle.redactor.refresh();
         if matches!(command.action, Action::Preview { .. }) {
             // Read-only, so never journalled: a replay runs it again and changes nothing either.
             let result = alongside(&mut flushing, lifecycle.preview(&command, &events))
@@ -465,7 +468,7 @@ fn set_status(status: &Mutex<Status>, state: AgentState, run: Option<RunId>, pid
 }
 
 fn presence_template(lifecycle: &Lifecycle, signer: &signing::SigningKey) -> Presence {
-    Presence {
+    let presence = Presence {
         schema: Default::default(),
         service: lifecycle.config.service.name.clone(),
         instance: lifecycle.config.agent.instance.clone(),
@@ -480,7 +483,9 @@ fn presence_template(lifecycle: &Lifecycle, signer: &signing::SigningKey) -> Pre
         endpoint: Some(lifecycle.config.service.health_url.clone()),
         result_key: Some(signer.public_key_text()),
         started_at: OffsetDateTime::now_utc(),
-    }
+    };
+    // The state, run and pid filled in later are the agent's own: never a secret.
+    lifecycle.redactor.scrubbed(&presence).unwrap_or(presence)
 }
 
 /// The NATS service API (`$SRV.PING|INFO|STATS`), so that `nats micro ls` lists the agents with

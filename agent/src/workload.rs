@@ -10,11 +10,13 @@ use flotilla_schemas::{
     GateReport, Gates, HTTP_CORRELATION_HEADER, Inconclusive, RunId, Workload, WorkloadFigures,
 };
 
+use crate::checks::{RenderError, render_plain};
 use crate::steps;
-use crate::template::{Renderer, TemplateError};
+use crate::template::Renderer;
 
-/// Resolves `${var:…}` in a workload's URL, body and arguments.
-pub fn render(renderer: &Renderer<'_>, workload: &Workload) -> Result<Workload, TemplateError> {
+/// Resolves `${var:…}` in a workload's URL, body and arguments, and `${secret:…}` in its body
+/// only.
+pub fn render(renderer: &Renderer<'_>, workload: &Workload) -> Result<Workload, RenderError> {
     Ok(match workload.clone() {
         Workload::Http {
             name,
@@ -25,7 +27,7 @@ pub fn render(renderer: &Renderer<'_>, workload: &Workload) -> Result<Workload, 
             concurrency,
         } => Workload::Http {
             name,
-            url: renderer.render(&url)?,
+            url: render_plain(renderer, "url", &url)?,
             method,
             body: body.map(|b| renderer.render(&b)).transpose()?,
             requests,
@@ -42,7 +44,7 @@ pub fn render(renderer: &Renderer<'_>, workload: &Workload) -> Result<Workload, 
             program,
             args: args
                 .iter()
-                .map(|a| renderer.render(a))
+                .map(|a| render_plain(renderer, "args", a))
                 .collect::<Result<_, _>>()?,
             timeout_ms,
             throughput_field,

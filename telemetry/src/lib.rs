@@ -41,6 +41,7 @@
 
 mod detached;
 pub mod propagation;
+pub mod scrub;
 pub mod store;
 
 use std::sync::Arc;
@@ -58,6 +59,7 @@ pub use detached::OTLP_SHUTDOWN_TIMEOUT;
 pub use propagation::{
     HeaderExtractor, HeaderInjector, extract, http_headers, inject, inject_context, set_parent,
 };
+pub use scrub::{Scrub, Scrubber};
 pub use store::StoreStats;
 
 /// Span and log attribute: the run's correlation ID. Every span and log record of a run carries it.
@@ -107,6 +109,9 @@ pub struct TelemetryConfig {
     pub default_store: bool,
     /// Extra resource attributes (e.g. `service.instance.id`); the `OTEL_*` variables win.
     pub resource_attributes: Vec<(String, String)>,
+    /// Applied to every log line, span and log record before it leaves the process (the
+    /// agent's secret redactor); `None` writes them as they are.
+    pub scrubber: Option<Scrubber>,
 }
 
 impl TelemetryConfig {
@@ -118,6 +123,7 @@ impl TelemetryConfig {
             default_filter: "info".to_owned(),
             default_store: true,
             resource_attributes: Vec::new(),
+            scrubber: None,
         }
     }
 }
@@ -149,7 +155,7 @@ pub fn init_with(config: TelemetryConfig) -> TelemetryGuard {
     let fmt_filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(&config.default_filter));
     let fmt_layer = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(scrub::ScrubbedStderr(config.scrubber.clone()))
         .with_ansi(use_colour());
     let fmt_layer: Box<dyn Layer<Registry> + Send + Sync> = match config.format {
         LogFormat::Text => fmt_layer.with_filter(fmt_filter).boxed(),
@@ -223,10 +229,17 @@ fn build_otel(config: &TelemetryConfig, warnings: &mut Vec<String>) -> Otel {
     let mut tracer_builder = SdkTracerProvider::builder().with_resource(resource.clone());
     let mut logger_builder = SdkLoggerProvider::builder().with_resource(resource);
 
+    let scrubber = &config.scrubber;
     let sink = config.default_store.then(|| Arc::new(store::Sink::new()));
     if let Some(sink) = &sink {
-        tracer_builder = tracer_builder.with_batch_exporter(store::StoreSpanExporter::new(sink));
-        logger_builder = logger_builder.with_batch_exporter(store::StoreLogExporter::new(sink));
+        tracer_builder = tracer_builder.with_batch_exporter(scrub::ScrubSpans::new(
+            store::StoreSpanExporter::new(sink),
+            scrubber.clone(),
+        ));
+        logger_builder = logger_builder.with_batch_exporter(scrub::ScrubLogs::new(
+            store::StoreLogExporter::new(sink),
+            scrubber.clone(),
+        ));
     }
     // The OTLP exporters never hold up a flush, and shutdown waits for them only briefly: a
     // collector that does not answer must not slow a run down (see `detached`).
@@ -237,6 +250,7 @@ fn build_otel(config: &TelemetryConfig, warnings: &mut Vec<String>) -> Otel {
             .build()
         {
             Ok(exporter) => {
+                let exporter = scrub::ScrubSpans::new(exporter, scrubber.clone());
                 let batch = opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter).build();
                 tracer_builder = tracer_builder
                     .with_span_processor(detached::Detached::new(batch, "spans", &collector));
@@ -250,6 +264,7 @@ fn build_otel(config: &TelemetryConfig, warnings: &mut Vec<String>) -> Otel {
             .build()
         {
             Ok(exporter) => {
+                let exporter = scrub::ScrubLogs::new(exporter, scrubber.clone());
                 let batch = opentelemetry_sdk::logs::BatchLogProcessor::builder(exporter).build();
                 logger_builder = logger_builder
                     .with_log_processor(detached::Detached::new(batch, "logs", &collector));

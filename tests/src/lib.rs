@@ -10,6 +10,7 @@ pub mod invariants;
 mod nats;
 pub mod proxy;
 mod snapshot;
+pub mod tap;
 
 pub use fleet::{Fleet, ROLES};
 pub use invariants::{Evidence, Scenario, Verdict};

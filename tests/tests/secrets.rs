@@ -2,40 +2,16 @@
 //! file only — not on the bus (commands, events, telemetry, API traffic), not in the agent's,
 //! the service's or the coordinator's output, the journal, the backup manifest or the report.
 
-use std::sync::{Arc, Mutex};
-
+use flotilla_tests::tap::{BusTap, files_under};
 use flotilla_tests::{Fleet, NatsServer, json_stdout, standard_config_step};
-use futures::StreamExt;
 
 const SECRET: &str = "s3cr3t-6f1d9c-never-leaks";
-
-fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    walkdir::WalkDir::new(dir)
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_file())
-        .map(|e| e.into_path())
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_written_by_a_plan_appears_only_in_its_target_file() {
     let nats = NatsServer::start().unwrap();
     // Everything that crosses the bus, from before the fleet starts.
-    let tap = async_nats::connect(nats.url()).await.unwrap();
-    let mut all = tap.subscribe(">").await.unwrap();
-    let captured = Arc::new(Mutex::new(Vec::<u8>::new()));
-    let sink = captured.clone();
-    tokio::spawn(async move {
-        while let Some(message) = all.next().await {
-            let mut bytes = sink.lock().unwrap();
-            bytes.extend_from_slice(message.subject.as_bytes());
-            bytes.extend_from_slice(&message.payload);
-            if let Some(headers) = &message.headers {
-                bytes.extend_from_slice(format!("{headers:?}").as_bytes());
-            }
-        }
-    });
+    let tap = BusTap::start(nats.url()).await.unwrap();
 
     let fleet =
         tokio::task::block_in_place(|| Fleet::start(nats.url(), &["training", "ingest"]).unwrap());
@@ -63,7 +39,7 @@ async fn a_secret_written_by_a_plan_appears_only_in_its_target_file() {
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
 
     let mut places: Vec<(String, Vec<u8>)> = vec![
-        ("bus traffic".into(), captured.lock().unwrap().clone()),
+        ("bus traffic".into(), tap.bytes()),
         ("coordinator stdout (report)".into(), out.stdout.clone()),
         ("coordinator stderr".into(), out.stderr.clone()),
     ];

@@ -52,6 +52,8 @@ struct CrossService {
 /// content.
 const CHECK_PLACEHOLDERS: &[&str] = &["url", "body", "address", "path", "contains", "args"];
 const WORKLOAD_PLACEHOLDERS: &[&str] = &["url", "body", "args"];
+/// Of those, the fields that take no `${secret:…}`: only a request body carries one.
+const NO_SECRET: &[&str] = &["url", "address", "path", "contains", "args"];
 
 /// Checks the paths and placeholders of the plan `text` (already known to parse).
 pub(super) fn check(text: &str) -> Result<(), RuleError> {
@@ -133,6 +135,15 @@ fn placeholders(fields: &Fields, at: &str, keys: &[&str]) -> Result<(), RuleErro
             if let Err(reason) = well_formed(text) {
                 return Err(RuleError::at(value, format!("{at}.{key}"), reason));
             }
+            if let Some(name) = placeholder::first_secret(text)
+                && NO_SECRET.contains(key)
+            {
+                let reason = format!(
+                    "${{secret:{name}}} is not allowed in {key}: {}",
+                    placeholder::SECRET_NOT_ALLOWED_WHY
+                );
+                return Err(RuleError::at(value, format!("{at}.{key}"), reason));
+            }
         }
     }
     Ok(())
@@ -142,12 +153,12 @@ fn placeholders(fields: &Fields, at: &str, keys: &[&str]) -> Result<(), RuleErro
 fn well_formed(text: &str) -> Result<(), String> {
     for piece in placeholder::parse(text).map_err(|e| e.to_string())? {
         match piece {
-            Piece::Secret(name) if !placeholder::valid_secret_name(name) => {
+            Piece::Secret(name, _) if !placeholder::valid_secret_name(name) => {
                 return Err(format!(
                     "secret name {name:?} is not valid: use letters, digits, '_' and '-'"
                 ));
             }
-            Piece::Var("") => return Err("${var:} names no variable".to_owned()),
+            Piece::Var("", _) => return Err("${var:} names no variable".to_owned()),
             _ => {}
         }
     }

@@ -368,6 +368,37 @@ fn malformed_placeholders_are_refused_in_every_field_the_agent_renders() {
         let err = Plan::parse(&text).unwrap_err().to_string();
         assert!(err.contains(at) && err.contains(reason), "{at}{reason}\n{err}");
     }
+    // A secret where its value would show in failure reasons and logs is refused.
+    for (table, at) in [
+        (
+            "[[service.check]]\ntype = \"http\"\nurl = \"http://127.0.0.1:9/api?token=${secret:API_KEY}\"\n",
+            "service[0].check[0].url",
+        ),
+        (
+            "[[service.check]]\ntype = \"tcp\"\naddress = \"${secret:HOST}:80\"\n",
+            "service[0].check[0].address",
+        ),
+        (
+            "[[service.check]]\ntype = \"log\"\npath = \"out.log\"\ncontains = \"${secret:API_KEY}\"\n",
+            "service[0].check[0].contains",
+        ),
+        (
+            "[[service.check]]\ntype = \"command\"\nprogram = \"true\"\nargs = [\"--key=${secret:API_KEY}\"]\n",
+            "service[0].check[0].args",
+        ),
+    ] {
+        let err = Plan::parse(&format!("{GOOD}{table}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(at) && err.contains("is not allowed in"),
+            "{at}\n{err}"
+        );
+    }
+    let body = format!(
+        "{GOOD}[[service.check]]\ntype = \"http\"\nurl = \"http://127.0.0.1:9/login\"\nmethod = \"POST\"\nbody = \"key=${{secret:API_KEY}}\"\n"
+    );
+    Plan::parse(&body).unwrap();
     // What only the agent knows (its vars, its secrets) and literal `${` are fine offline; a
     // `${` in a field the agent does not render is not a placeholder.
     let fine = content("${var:anything} ${secret:ANY_KEY} $${secret:LATER}");
