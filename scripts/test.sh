@@ -4,5 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/prerequisites.sh
+# The conformance test (tests/tests/conformance.rs) runs a Python client against a real agent.
+FLOTILLA_CONFORMANCE_PYTHON=$(scripts/ensure-python-deps.sh)
+export FLOTILLA_CONFORMANCE_PYTHON
 cargo build --workspace --bins --quiet
 cargo test --workspace --no-fail-fast "$@"

@@ -188,6 +188,7 @@ pub async fn serve(
     ));
     let micro = tokio::spawn(serve_micro(
         client.clone(),
+        subjects.clone(),
         presence_template(&lifecycle, &signer),
         status.clone(),
         shutdown.clone(),
@@ -490,9 +491,10 @@ fn presence_template(lifecycle: &Lifecycle, signer: &signing::SigningKey) -> Pre
 
 /// The NATS service API (`$SRV.PING|INFO|STATS`), so that `nats micro ls` lists the agents with
 /// their service and instance, and `nats micro stats` counts the status requests; the endpoint
-/// `flotilla.agent.<service>.<instance>.status` answers with the agent's presence.
+/// `<prefix>.agent.<service>.<instance>.status` answers with the agent's presence.
 async fn serve_micro(
     client: async_nats::Client,
+    subjects: Subjects,
     template: Presence,
     status: Arc<Mutex<Status>>,
     shutdown: CancellationToken,
@@ -524,10 +526,7 @@ async fn serve_micro(
             return;
         }
     };
-    let group = service.group(format!(
-        "flotilla.agent.{}.{}",
-        template.service, template.instance
-    ));
+    let group = service.group(subjects.agent_service_group(&template.service, &template.instance));
     let mut endpoint = match group.endpoint("status").await {
         Ok(endpoint) => endpoint,
         Err(e) => {

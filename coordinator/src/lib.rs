@@ -16,6 +16,8 @@ pub mod plan;
 mod progress;
 mod report;
 mod rollout;
+#[cfg(test)]
+mod run_schema;
 mod sanitize;
 mod store;
 mod trust;

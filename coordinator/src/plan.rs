@@ -127,7 +127,9 @@ impl OnFailure {
 }
 
 /// What a run does once every service is migrated and the cross-service checks passed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Finalize {
     /// The agents drop their backups at once (the default).

@@ -16,6 +16,7 @@ use async_nats::jetstream::{self, kv};
 use flotilla_schemas::subjects::Subjects;
 use flotilla_schemas::{Command, CommandId, InstanceId, RunId, RunResult, ServiceName};
 use futures::StreamExt;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -78,7 +79,7 @@ pub struct Found {
 }
 
 /// Where a run stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     /// Being driven by a coordinator, or interrupted (a killed coordinator): `resume` it.
@@ -102,7 +103,7 @@ pub enum RunStatus {
 }
 
 /// Which part of the run comes next.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
     Migrating,
@@ -112,9 +113,10 @@ pub enum Stage {
 }
 
 /// The durable record of one run.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct RunRecord {
-    /// Always [`RUN_SCHEMA`].
+    /// Always `flotilla.run.v1` ([`RUN_SCHEMA`]).
+    #[schemars(extend("const" = "flotilla.run.v1"))]
     pub schema: String,
     pub run_id: RunId,
     pub plan_name: String,
@@ -132,10 +134,13 @@ pub struct RunRecord {
     pub status: RunStatus,
     pub stage: Stage,
     #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String", extend("format" = "date-time"))]
     pub started_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String", extend("format" = "date-time"))]
     pub updated_at: OffsetDateTime,
     #[serde(default, with = "time::serde::rfc3339::option")]
+    #[schemars(with = "Option<String>", extend("format" = "date-time"))]
     pub finished_at: Option<OffsetDateTime>,
     /// The host and process driving (or that last drove) the run.
     pub coordinator: String,
@@ -157,7 +162,7 @@ pub struct RunRecord {
 }
 
 /// One wave's progress.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct WaveRecord {
     pub name: String,
     pub max_parallel: Option<u32>,
@@ -167,7 +172,7 @@ pub struct WaveRecord {
 }
 
 /// Where a wave stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WaveStatus {
     Pending,
@@ -207,7 +212,7 @@ impl WaveStatus {
 }
 
 /// One agent of the run, and the commands sent to it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct TargetRecord {
     pub service: ServiceName,
     pub instance: InstanceId,
@@ -227,10 +232,11 @@ pub struct TargetRecord {
 
 /// A command: recorded before it is sent (so a resumed run re-sends the same command ID, which
 /// agents dedupe), then when it was sent and how it ended.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct CommandRecord {
     pub command: Command,
     #[serde(default, with = "time::serde::rfc3339::option")]
+    #[schemars(with = "Option<String>", extend("format" = "date-time"))]
     pub sent_at: Option<OffsetDateTime>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<RunResult>,

@@ -5,6 +5,10 @@
 //! | `<prefix>.cmd.<service>.<instance>` | commands, in the commands stream |
 //! | `<prefix>.evt.<run>.<service>.<instance>` | progress and results, in the events stream |
 //! | `<prefix>.presence` | presence requests; every agent answers |
+//! | `<prefix>.agent.<service>.<instance>.status` | one agent's `status` endpoint in the NATS service API |
+//!
+//! `docs/wire-protocol.md` is the full contract, and `schemas/asyncapi.json` lists these
+//! subjects as channels (a test keeps the two in step).
 
 use crate::{InstanceId, RunId, ServiceName};
 
@@ -67,6 +71,12 @@ impl Subjects {
     /// Where presence requests are published.
     pub fn presence(&self) -> String {
         format!("{}.presence", self.prefix)
+    }
+
+    /// The NATS service API group of one agent: its `status` endpoint answers on
+    /// `<group>.status` with the agent's presence.
+    pub fn agent_service_group(&self, service: &ServiceName, instance: &InstanceId) -> String {
+        format!("{}.agent.{service}.{instance}", self.prefix)
     }
 
     /// The JetStream stream that holds commands.

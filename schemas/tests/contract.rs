@@ -1,7 +1,9 @@
 //! The committed JSON Schemas and golden fixtures are the contract other implementations read:
 //! these tests fail when they drift from the Rust types.
 //!
-//! After an intended change, regenerate with `FLOTILLA_BLESS=1 cargo test -p flotilla-schemas`.
+//! After an intended change, regenerate with `FLOTILLA_BLESS=1 cargo test -p flotilla-schemas`,
+//! and the run record's schema, which embeds commands and results, with
+//! `FLOTILLA_BLESS=1 cargo test -p flotilla-coordinator --lib run_schema`.
 
 use std::path::{Path, PathBuf};
 

@@ -22,11 +22,11 @@ pub struct Command {
     pub service: ServiceName,
     pub instance: InstanceId,
     #[serde(with = "time::serde::rfc3339")]
-    #[schemars(with = "String")]
+    #[schemars(with = "String", extend("format" = "date-time"))]
     pub issued_at: OffsetDateTime,
     /// The agent refuses the command after this instant.
     #[serde(with = "time::serde::rfc3339")]
-    #[schemars(with = "String")]
+    #[schemars(with = "String", extend("format" = "date-time"))]
     pub expires_at: OffsetDateTime,
     pub action: Action,
 }

@@ -48,7 +48,7 @@ pub struct Presence {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result_key: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
-    #[schemars(with = "String")]
+    #[schemars(with = "String", extend("format" = "date-time"))]
     pub started_at: OffsetDateTime,
 }
 

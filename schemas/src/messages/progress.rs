@@ -61,7 +61,7 @@ pub struct Progress {
     pub service: ServiceName,
     pub instance: InstanceId,
     #[serde(with = "time::serde::rfc3339")]
-    #[schemars(with = "String")]
+    #[schemars(with = "String", extend("format" = "date-time"))]
     pub at: OffsetDateTime,
     pub phase: Phase,
     pub status: PhaseStatus,

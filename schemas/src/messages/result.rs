@@ -218,7 +218,7 @@ pub struct RunResult {
     pub service: ServiceName,
     pub instance: InstanceId,
     #[serde(with = "time::serde::rfc3339")]
-    #[schemars(with = "String")]
+    #[schemars(with = "String", extend("format" = "date-time"))]
     pub at: OffsetDateTime,
     pub outcome: Outcome,
     /// Why it did not succeed; for a rollback, the failure that caused it.
