@@ -1,11 +1,17 @@
-//! Publishing progress and results to the events stream.
+//! Publishing progress and results to the events stream. Every event is signed with the
+//! agent's own key (its `Flotilla-Signature` header), and every result carries the digest of
+//! the command it answers, as received: the coordinator files only what this agent signed, in
+//! answer to what the coordinator sent.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream;
+use flotilla_bus::signing::{SIGNATURE_HEADER, SigningKey};
 use flotilla_schemas::subjects::Subjects;
 use flotilla_schemas::{
-    Command, HEADER_RUN_ID, InstanceId, Phase, PhaseStatus, Progress, RunId, RunResult,
+    Command, CommandId, HEADER_RUN_ID, InstanceId, Phase, PhaseStatus, Progress, RunId, RunResult,
     ServiceName, WireMessage,
 };
 use time::OffsetDateTime;
@@ -30,6 +36,9 @@ pub struct Events {
     subjects: Subjects,
     service: ServiceName,
     instance: InstanceId,
+    signer: Arc<SigningKey>,
+    /// The digest of each command this incarnation accepted, as received.
+    received: Arc<Mutex<HashMap<CommandId, String>>>,
     /// Every event is scrubbed of secret values on its way out.
     redactor: Redactor,
 }
@@ -40,12 +49,15 @@ impl Events {
         subjects: Subjects,
         service: ServiceName,
         instance: InstanceId,
+        signer: Arc<SigningKey>,
     ) -> Self {
         Self {
             js,
             subjects,
             service,
             instance,
+            signer,
+            received: Arc::default(),
             redactor: Redactor::default(),
         }
     }
@@ -53,6 +65,14 @@ impl Events {
     /// Scrubs every event of the secret values `redactor` knows.
     pub fn redacting(self, redactor: Redactor) -> Self {
         Self { redactor, ..self }
+    }
+
+    /// Remembers the digest of an authentic command as received, for its result.
+    pub fn received(&self, command_id: CommandId, digest: String) {
+        self.received
+            .lock()
+            .expect("digest lock is never poisoned")
+            .insert(command_id, digest);
     }
 
     /// Publishes a progress event. Progress is advisory: a failure is logged, not fatal.
@@ -83,21 +103,48 @@ impl Events {
         let subject = self
             .subjects
             .event(&command.run_id, &self.service, &self.instance);
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(HEADER_RUN_ID, command.run_id.to_string().as_str());
-        flotilla_telemetry::inject(&mut headers);
+        // Signed as sent: after the secrets are scrubbed.
+        let payload = self.redactor.encode(&event);
+        let headers = self.headers(command.run_id, &payload);
         if let Err(e) = self
             .js
-            .publish_with_headers(subject, headers, self.redactor.encode(&event).into())
+            .publish_with_headers(subject, headers, payload.into())
             .await
         {
             tracing::warn!(error = %e, phase = phase.as_str(), "progress event not published");
         }
     }
 
-    /// Publishes a result and waits for the stream to store it.
+    /// Publishes a result and waits for the stream to store it. A result that names no digest
+    /// gets the one of its command as this incarnation accepted it; a refusal of a message
+    /// that was not accepted already names the digest of what was refused, which never becomes
+    /// the genuine command's.
     pub async fn result(&self, result: &RunResult) -> Result<(), PublishError> {
-        self.publish(result.run_id, result).await
+        let digest = self
+            .received
+            .lock()
+            .expect("digest lock is never poisoned")
+            .get(&result.command_id)
+            .cloned();
+        match digest {
+            Some(digest) if result.command_digest.is_none() => {
+                let result = RunResult {
+                    command_digest: Some(digest),
+                    ..result.clone()
+                };
+                self.publish(result.run_id, &result).await
+            }
+            _ => self.publish(result.run_id, result).await,
+        }
+    }
+
+    /// The headers of every event: the run, the trace context, and this agent's signature.
+    fn headers(&self, run_id: RunId, payload: &[u8]) -> async_nats::HeaderMap {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(HEADER_RUN_ID, run_id.to_string().as_str());
+        headers.insert(SIGNATURE_HEADER, self.signer.sign(payload).as_str());
+        flotilla_telemetry::inject(&mut headers);
+        headers
     }
 
     async fn publish<T: WireMessage>(
@@ -106,16 +153,11 @@ impl Events {
         message: &T,
     ) -> Result<(), PublishError> {
         let subject = self.subjects.event(&run_id, &self.service, &self.instance);
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(HEADER_RUN_ID, run_id.to_string().as_str());
-        flotilla_telemetry::inject(&mut headers);
+        let payload = self.redactor.encode(message);
+        let headers = self.headers(run_id, &payload);
         let publish = async {
             self.js
-                .publish_with_headers(
-                    subject.clone(),
-                    headers,
-                    self.redactor.encode(message).into(),
-                )
+                .publish_with_headers(subject.clone(), headers, payload.into())
                 .await?
                 .await
         };

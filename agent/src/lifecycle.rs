@@ -1316,6 +1316,7 @@ pub(crate) fn result(
         inspection: None,
         preview: None,
         replayed: false,
+        command_digest: None,
     }
 }
 

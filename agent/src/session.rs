@@ -48,7 +48,12 @@ pub enum SessionError {
     },
     #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),
+    #[error("cannot load or create the agent's result-signing key")]
+    Key(#[from] signing::SigningError),
 }
+
+/// The agent's own signing key in its state directory, made at first start.
+const AGENT_KEY_FILE: &str = "agent.key";
 
 /// How long the agent waits for its telemetry to reach the store after each command.
 const TELEMETRY_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -74,6 +79,14 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<Lifecycle, SessionError> {
     let js = jetstream::new(client.clone());
+    // The key first: presence, even while waiting for the streams, announces it.
+    let signer = Arc::new(signing::SigningKey::load_or_create(
+        &lifecycle.config.agent.state_dir.join(AGENT_KEY_FILE),
+    )?);
+    tracing::info!(
+        key_id = signer.id(),
+        "results are signed with the agent's key"
+    );
     // A least-privileged agent may not create the streams (`flotilla setup` or any coordinator
     // command does): it waits for them, however long, and goes on as soon as they appear. While it
     // waits it answers presence, so that a coordinator that creates them finds it (the commands
@@ -83,7 +96,9 @@ pub async fn serve(
     let commands = match streams(&js, &subjects).await {
         Ok(commands) => commands,
         Err(_) => {
-            answering = Some(answer(&client, &subjects, &lifecycle, &status, &shutdown));
+            answering = Some(answer(
+                &client, &subjects, &lifecycle, &signer, &status, &shutdown,
+            ));
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(lifecycle),
                 commands = wait_for_streams(&js, &subjects) => commands,
@@ -97,6 +112,7 @@ pub async fn serve(
         subjects.clone(),
         service.clone(),
         instance.clone(),
+        signer.clone(),
     )
     .redacting(lifecycle.redactor.clone());
 
@@ -165,8 +181,8 @@ pub async fn serve(
     // Presence once the consumer exists (unless it answered while waiting for the streams): the
     // coordinator's discovery takes the consumers for the list of agents that can answer, and
     // stops when all of them have.
-    let (presence, micro) =
-        answering.unwrap_or_else(|| answer(&client, &subjects, &lifecycle, &status, &shutdown));
+    let (presence, micro) = answering
+        .unwrap_or_else(|| answer(&client, &subjects, &lifecycle, &signer, &status, &shutdown));
     tracing::info!(%service, %instance, consumer = %name, "ready for commands");
 
     let mut retry = tokio::time::interval(RESULT_RETRY);
@@ -199,27 +215,30 @@ pub async fn serve(
             },
         };
         // Authenticity first: nothing of an unsigned or forged message is trusted, not even its
-        // fields (the refusal names only the IDs it claims, so its sender hears why).
-        if !trusted.is_empty() {
-            let header = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(signing::SIGNATURE_HEADER))
-                .map(|v| v.as_str());
-            if let Err(e) = signing::verify(&trusted, &message.payload, header) {
-                refuse(&events, &message.payload, &e, &service, &instance).await;
-                let _ = message.ack_with(AckKind::Term).await;
-                continue;
-            }
+        // fields (the refusal names only the IDs it claims, so its sender hears why, and the
+        // digest of what was refused, so that it never counts against a genuine command).
+        let header = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(signing::SIGNATURE_HEADER))
+            .map(|v| v.as_str());
+        let digest = signing::command_digest(header, &message.payload);
+        if !trusted.is_empty()
+            && let Err(e) = signing::verify(&trusted, &message.payload, header)
+        {
+            refuse(&events, &message.payload, &digest, &e, &service, &instance).await;
+            let _ = message.ack_with(AckKind::Term).await;
+            continue;
         }
         let command = match decode::<Command>(&message.payload) {
             Ok(command) => command,
             Err(e) => {
-                refuse(&events, &message.payload, &e, &service, &instance).await;
+                refuse(&events, &message.payload, &digest, &e, &service, &instance).await;
                 let _ = message.ack_with(AckKind::Term).await;
                 continue;
             }
         };
+        events.received(command.command_id, digest);
         set_status(
             &status,
             AgentState::Busy,
@@ -336,6 +355,7 @@ fn answer(
     client: &async_nats::Client,
     subjects: &Subjects,
     lifecycle: &Lifecycle,
+    signer: &signing::SigningKey,
     status: &Arc<Mutex<Status>>,
     shutdown: &CancellationToken,
 ) -> (
@@ -345,14 +365,14 @@ fn answer(
     let presence = tokio::spawn(answer_presence(
         client.clone(),
         subjects.clone(),
-        presence_template(lifecycle),
+        presence_template(lifecycle, signer),
         status.clone(),
         shutdown.clone(),
     ));
     let micro = tokio::spawn(serve_micro(
         client.clone(),
         subjects.clone(),
-        presence_template(lifecycle),
+        presence_template(lifecycle, signer),
         status.clone(),
         shutdown.clone(),
     ));
@@ -416,6 +436,7 @@ async fn publish_result(
 async fn refuse(
     events: &Events,
     payload: &[u8],
+    digest: &str,
     error: &(dyn std::error::Error + Send + Sync),
     service: &ServiceName,
     instance: &InstanceId,
@@ -445,6 +466,7 @@ async fn refuse(
         inspection: None,
         preview: None,
         replayed: false,
+        command_digest: Some(digest.to_owned()),
     };
     if let Err(e) = events.result(&result).await {
         tracing::warn!(error = %error_chain(&e), "refusal not published");
@@ -487,7 +509,7 @@ fn set_status(status: &Mutex<Status>, state: AgentState, run: Option<RunId>, pid
     status.service_pid = pid;
 }
 
-fn presence_template(lifecycle: &Lifecycle) -> Presence {
+fn presence_template(lifecycle: &Lifecycle, signer: &signing::SigningKey) -> Presence {
     let presence = Presence {
         schema: Default::default(),
         service: lifecycle.config.service.name.clone(),
@@ -501,6 +523,7 @@ fn presence_template(lifecycle: &Lifecycle) -> Presence {
         current_run: None,
         service_pid: None,
         endpoint: Some(lifecycle.config.service.health_url.clone()),
+        result_key: Some(signer.public_key_text()),
         started_at: OffsetDateTime::now_utc(),
     };
     // The state, run and pid filled in later are the agent's own: never a secret.
@@ -523,6 +546,10 @@ async fn serve_micro(
         ("instance".to_owned(), template.instance.to_string()),
         ("host".to_owned(), template.host.clone()),
         ("accepts".to_owned(), template.accepts.join(",")),
+        (
+            "result_key".to_owned(),
+            template.result_key.clone().unwrap_or_default(),
+        ),
     ]);
     let service = client
         .service_builder()

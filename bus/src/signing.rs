@@ -5,6 +5,10 @@
 //! trust. Signing the bytes rather than a re-serialisation means another implementation needs
 //! no canonical JSON: it signs what it sends.
 //!
+//! Agents sign what they publish (results, progress) the same way, with a key of their own, and
+//! the coordinator verifies it against the key pinned for the agent a result names: one header
+//! format for both directions.
+//!
 //! Keys on disk are base64 text: the 32-byte seed for a signing key (mode 0600), the 32-byte
 //! public key for a trusted key. Trusting two keys at once is how a key is rotated.
 
@@ -132,13 +136,32 @@ impl SigningKey {
             .open(path)
             .map_err(write)?;
         writeln!(file, "{}", STANDARD.encode(self.key.to_bytes())).map_err(write)?;
+        // Durable before anyone is told the public half: a key lost in a crash would orphan
+        // every pin made of it.
+        file.sync_all().map_err(write)?;
         let public = public_key_path(path);
         std::fs::write(&public, format!("{}\n", self.public_key_text())).map_err(|source| {
             SigningError::Write {
                 path: public.display().to_string(),
                 source,
             }
-        })
+        })?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(write)?;
+        }
+        Ok(())
+    }
+
+    /// Reads the key at `path`, or makes one there (with its public half) when there is none.
+    pub fn load_or_create(path: &Path) -> Result<Self, SigningError> {
+        if path.exists() {
+            return Self::load(path);
+        }
+        let key = Self::generate()?;
+        key.save(path)?;
+        Ok(key)
     }
 
     /// The public key as base64 text, for agents' `trusted_keys`.
@@ -180,6 +203,18 @@ impl TrustedKey {
     pub fn id(&self) -> &str {
         &self.id
     }
+}
+
+/// The digest of a command as sent or received: BLAKE3 (hex) of its signature header value
+/// (empty when unsigned), a newline, and its exact bytes. An agent puts it in every result; the
+/// coordinator files a result only when it matches what it signed and sent, so a replayed copy
+/// (unsigned, or altered) is never answered on the genuine command's behalf.
+pub fn command_digest(signature: Option<&str>, payload: &[u8]) -> String {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(signature.unwrap_or_default().as_bytes());
+    hasher.update(b"\n");
+    hasher.update(payload);
+    hasher.finalize().to_hex().to_string()
 }
 
 /// Checks `header` (the `Flotilla-Signature` value) against `payload` and the trusted keys;

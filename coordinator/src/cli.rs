@@ -63,6 +63,18 @@ pub struct Cli {
     /// signed with it. Agents with `security.trusted_keys` refuse unsigned commands.
     #[arg(long, global = true, env = "FLOTILLA_SIGNING_KEY", value_name = "FILE")]
     pub signing_key: Option<PathBuf>,
+    /// Agents' result keys to trust, as `service/instance=<public key>` (the key an agent
+    /// announces in `flotilla agents`, and writes to `<state_dir>/agent.key.pub`); repeat an
+    /// agent with two keys during a rotation. Without any, each run trusts the key each agent
+    /// announces when it starts (see docs/security.md).
+    #[arg(
+        long,
+        global = true,
+        env = "FLOTILLA_TRUSTED_AGENT_KEYS",
+        value_name = "AGENT=KEY",
+        value_delimiter = ','
+    )]
+    pub trusted_agent_keys: Vec<String>,
     #[command(subcommand)]
     pub command: CommandKind,
     /// The process's telemetry, attached to NATS once connected (set by `main`, not an option).

@@ -117,7 +117,12 @@ pub async fn run(
 ) -> Result<DryRunReport, EventsError> {
     let run_id = RunId::new();
     // Opened before anything is sent, from the run's first event: no answer can be missed.
-    let mut events = RunEvents::open(client, subjects, run_id).await?;
+    let trust = crate::trust::ResultTrust::new(
+        targets
+            .iter()
+            .map(|t| (&t.service, &t.instance, &t.agent_keys[..])),
+    );
+    let mut events = RunEvents::open(client, subjects, run_id, trust).await?;
     let js = jetstream::new(client.clone());
     let now = OffsetDateTime::now_utc();
     let mut commands = Vec::with_capacity(targets.len());
@@ -328,6 +333,7 @@ mod tests {
             inspection: None,
             preview: None,
             replayed: false,
+            command_digest: None,
         };
         let old = answer(
             "malformed flotilla.command.v1 message: unknown variant `preview`, expected one of `migrate`, `rollback`, `finalize`, `inspect` at line 1 column 286",

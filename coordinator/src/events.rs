@@ -1,6 +1,8 @@
 //! A run's events read back from the events stream (`flotilla.evt.<run>.>`), from the first
 //! one: what `watch` follows live and what the HTML report's timeline is drawn from. An ordered
-//! consumer is ephemeral and needs no permission beyond reading the stream.
+//! consumer is ephemeral and needs no permission beyond reading the stream. An event that its
+//! agent did not sign (or that came on another agent's subject) is skipped with a warning:
+//! nothing forged is ever shown as an outcome.
 
 use std::time::Duration;
 
@@ -10,6 +12,8 @@ use flotilla_schemas::{Progress, RunId, RunResult, decode, schema_of};
 use futures::StreamExt;
 use time::OffsetDateTime;
 use tokio::time::Instant;
+
+use crate::trust::ResultTrust;
 
 /// Why a run's events cannot be read.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +38,10 @@ pub struct RunEvents {
     messages: consumer::pull::Ordered,
     /// Events in the stream when the consumer was created.
     pending_at_start: u64,
+    subjects: Subjects,
+    trust: ResultTrust,
+    /// Forged events skipped so far.
+    pub forged: usize,
 }
 
 /// How long [`read_all`] waits for the next stored event before it gives up on the rest.
@@ -62,11 +70,12 @@ impl RunEvent {
 // === impl RunEvents ===
 
 impl RunEvents {
-    /// Opens the events of `run`, from the first one.
+    /// Opens the events of `run`, from the first one; `trust` holds its agents' keys.
     pub async fn open(
         client: &async_nats::Client,
         subjects: &Subjects,
         run: RunId,
+        trust: ResultTrust,
     ) -> Result<Self, EventsError> {
         let error = |e: Box<dyn std::error::Error + Send + Sync>| EventsError { run, source: e };
         let js = jetstream::new(client.clone());
@@ -87,6 +96,9 @@ impl RunEvents {
         Ok(Self {
             messages,
             pending_at_start,
+            subjects: subjects.clone(),
+            trust,
+            forged: 0,
         })
     }
 
@@ -117,20 +129,46 @@ impl RunEvents {
                 }
             };
             match event {
-                Ok(event) => return Some((event, pending)),
+                Ok(event) => {
+                    let (run, service, instance) = match &event {
+                        RunEvent::Progress(p) => (p.run_id, &p.service, &p.instance),
+                        RunEvent::Result(r) => (r.run_id, &r.service, &r.instance),
+                    };
+                    let signature = message
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get(flotilla_bus::signing::SIGNATURE_HEADER))
+                        .map(|v| v.as_str());
+                    let checked = if message.subject.as_str()
+                        == self.subjects.event(&run, service, instance)
+                    {
+                        self.trust
+                            .check(service, instance, &message.payload, signature)
+                    } else {
+                        Err("published on another agent's subject".to_owned())
+                    };
+                    match checked {
+                        Ok(()) => return Some((event, pending)),
+                        Err(why) => {
+                            self.forged += 1;
+                            tracing::warn!(%service, %instance, "ignoring a forged event: {why}");
+                        }
+                    }
+                }
                 Err(e) => tracing::warn!(error = %e, "ignoring a malformed event"),
             }
         }
     }
 }
 
-/// Every event of `run` stored so far.
+/// Every authentic event of `record`'s run stored so far.
 pub async fn read_all(
     client: &async_nats::Client,
     subjects: &Subjects,
-    run: RunId,
+    record: &crate::store::RunRecord,
 ) -> Result<Vec<RunEvent>, EventsError> {
-    let mut events = RunEvents::open(client, subjects, run).await?;
+    let trust = ResultTrust::of(record);
+    let mut events = RunEvents::open(client, subjects, record.run_id, trust).await?;
     let mut out = Vec::new();
     if events.pending_at_start == 0 {
         return Ok(out);

@@ -20,6 +20,7 @@ mod rollout;
 mod run_schema;
 mod sanitize;
 mod store;
+mod trust;
 pub mod verify;
 
 use std::time::Duration;

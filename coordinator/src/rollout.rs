@@ -27,6 +27,7 @@ use crate::store::{
     CommandRecord, Revisions, RunRecord, RunStatus, Stage, Store, StoreError, TargetRecord,
     WaveStatus,
 };
+use crate::trust::{AgentPins, ResultTrust};
 
 /// Why a run could not proceed at all.
 #[derive(Debug, thiserror::Error)]
@@ -44,11 +45,17 @@ pub enum RolloutError {
 pub struct Target {
     pub service: ServiceName,
     pub instance: flotilla_schemas::InstanceId,
+    /// The keys trusted for its results ([`crate::trust`]).
+    pub agent_keys: Vec<String>,
 }
 
 /// Pre-flight: every service of the plan needs at least one live agent that speaks our command
-/// schema. Returns the targets, or the list of problems.
-pub fn preflight(plan: &Plan, agents: &[Presence]) -> Result<Vec<Target>, Vec<String>> {
+/// schema and whose result key is trusted. Returns the targets, or the list of problems.
+pub fn preflight(
+    plan: &Plan,
+    agents: &[Presence],
+    pins: &AgentPins,
+) -> Result<Vec<Target>, Vec<String>> {
     let mut targets = Vec::new();
     let mut problems = Vec::new();
     for service in &plan.services {
@@ -75,10 +82,14 @@ pub fn preflight(plan: &Plan, agents: &[Presence]) -> Result<Vec<Target>, Vec<St
                 ));
                 continue;
             }
-            targets.push(Target {
-                service: agent.service.clone(),
-                instance: agent.instance.clone(),
-            });
+            match pins.keys_for(agent) {
+                Ok(agent_keys) => targets.push(Target {
+                    service: agent.service.clone(),
+                    instance: agent.instance.clone(),
+                    agent_keys,
+                }),
+                Err(problem) => problems.push(problem),
+            }
         }
     }
     if problems.is_empty() {
@@ -181,6 +192,28 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             rehearse,
         );
         record.finalize = plan.finalize;
+        for target in &mut record.targets {
+            if let Some(found) = targets
+                .iter()
+                .find(|t| t.service == target.service && t.instance == target.instance)
+            {
+                target.agent_keys = found.agent_keys.clone();
+            }
+        }
+        let unsigned: Vec<String> = record
+            .targets
+            .iter()
+            .filter(|t| t.agent_keys.is_empty())
+            .map(|t| format!("{}/{}", t.service, t.instance))
+            .collect();
+        if !unsigned.is_empty() {
+            let note = format!(
+                "results of {} are accepted unverified: their agents sign nothing (older than signed results); upgrade them",
+                unsigned.join(", ")
+            );
+            tracing::warn!("{note}");
+            record.notes.push(note);
+        }
         record.trace_parent = Some(root_span(&record));
         // The root must reach the store before any agent hangs its spans under it: a
         // coordinator killed later must not leave the trace without its root.
@@ -212,7 +245,7 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         let js = jetstream::new(parts.client.clone());
         flotilla_bus::commands_stream(&js, parts.subjects).await?;
         let events = flotilla_bus::events_stream(&js, parts.subjects).await?;
-        let follower = Follower::new(&events, parts.subjects, record.run_id).await?;
+        let follower = Follower::new(&events, parts.subjects, &record).await?;
         Ok(Self {
             client: parts.client,
             js,
@@ -552,7 +585,9 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             }
             let command = self.command_for(t, self.action(t, kind), now);
             self.index.insert(command.command_id, t);
+            let digest = Some(self.digest_of(&command));
             *slot_mut(&mut self.record.targets[t], kind) = Some(CommandRecord {
+                digest,
                 command,
                 sent_at: Some(now),
                 result: None,
@@ -667,6 +702,14 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         futures::future::join_all(acks).await
     }
 
+    /// The digest of `command` as [`Self::publish`] signs and sends it (Ed25519 signatures are
+    /// deterministic: a resent command has the same).
+    fn digest_of(&self, command: &Command) -> String {
+        let payload = encode(command);
+        let signature = self.signer.as_ref().map(|s| s.sign(&payload));
+        flotilla_bus::signing::command_digest(signature.as_deref(), &payload)
+    }
+
     /// Publishes one command, signed and under a producer span; returns its pending
     /// acknowledgement.
     async fn publish(
@@ -713,10 +756,26 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
     /// the coordinator gave up on its command (`timed_out`) is filed too: the agent's journal is
     /// the truth, and the record follows it.
     async fn apply(&mut self, results: Vec<RunResult>) -> Result<(), RolloutError> {
+        self.take_ignored();
+        let before = self.record.notes.len();
         let touched = file_results(&mut self.record, &self.index, results);
-        self.save_targets(&touched).await
+        for note in &self.record.notes[before..] {
+            self.sink.note(note);
+        }
+        self.save_targets(&touched).await?;
+        if self.record.notes.len() != before {
+            self.save().await?;
+        }
+        Ok(())
     }
 
+    /// Moves the follower's notes of forged events it ignored into the record, and shows them.
+    fn take_ignored(&mut self) {
+        for note in self.follower.take_ignored() {
+            self.sink.note(&note);
+            self.record.notes.push(note);
+        }
+    }
     /// Files what the run's events already hold (a resumed or rolled-back run: results
     /// published while no coordinator listened, or after it gave up on a command).
     async fn catch_up(&mut self) -> Result<(), RolloutError> {
@@ -1261,6 +1320,7 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         self.record.status = status;
         self.record.stage = Stage::Done;
         self.record.finished_at = Some(OffsetDateTime::now_utc());
+        self.take_ignored();
         self.save().await
     }
 
@@ -1324,6 +1384,10 @@ struct Follower {
     filter: String,
     /// Stream sequence of the last event read.
     last: u64,
+    /// The keys each agent's events must be signed with.
+    trust: ResultTrust,
+    /// Notes on the forged events ignored, not yet taken into the record.
+    ignored: Vec<String>,
 }
 
 /// How long the run's events may stay silent before the follower reads them again from the
@@ -1339,9 +1403,9 @@ impl Follower {
     async fn new(
         events: &jetstream::stream::Stream,
         subjects: &Subjects,
-        run_id: RunId,
+        record: &RunRecord,
     ) -> Result<Self, RolloutError> {
-        let filter = subjects.run_events(&run_id);
+        let filter = subjects.run_events(&record.run_id);
         let messages = Self::follow(events, &filter, consumer::DeliverPolicy::All).await?;
         Ok(Self {
             messages,
@@ -1349,7 +1413,46 @@ impl Follower {
             events: events.clone(),
             filter,
             last: 0,
+            trust: ResultTrust::of(record),
+            ignored: Vec::new(),
         })
+    }
+
+    /// The notes on forged events ignored since the last call.
+    fn take_ignored(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.ignored)
+    }
+
+    /// Checks that an event comes from the agent it names: published on its subject (the
+    /// broker's permissions) and signed by its key. A forged result is noted for the record; a
+    /// forged progress event is only logged (it decides nothing).
+    fn authentic(
+        &mut self,
+        message: &async_nats::jetstream::Message,
+        what: &str,
+        service: &ServiceName,
+        instance: &flotilla_schemas::InstanceId,
+        run_id: &RunId,
+    ) -> bool {
+        let why = if message.subject.as_str() != self.subjects.event(run_id, service, instance) {
+            Err("published on another agent's subject".to_owned())
+        } else {
+            let signature = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(SIGNATURE_HEADER))
+                .map(|v| v.as_str());
+            self.trust
+                .check(service, instance, &message.payload, signature)
+        };
+        let Err(why) = why else { return true };
+        tracing::warn!(subject = %message.subject, %service, %instance, "ignoring a forged {what}: {why}");
+        if what == "result" {
+            self.ignored.push(format!(
+                "ignored 1 forged result for {service}/{instance}: {why}"
+            ));
+        }
+        false
     }
 
     async fn follow(
@@ -1369,14 +1472,6 @@ impl Follower {
             .messages()
             .await
             .map_err(|e| RolloutError::Follow(Box::new(e)))
-    }
-
-    /// True when `result` came on the event subject of the agent it names.
-    fn published_by_its_agent(&self, subject: &str, result: &RunResult) -> bool {
-        subject
-            == self
-                .subjects
-                .event(&result.run_id, &result.service, &result.instance)
     }
 
     /// Reads the run's events again from the one after the last seen.
@@ -1466,6 +1561,14 @@ impl Follower {
             return Some(match schema_of(&message.payload).as_deref() {
                 Ok(flotilla_schemas::ProgressSchema::VALUE) => {
                     match decode::<Progress>(&message.payload) {
+                        Ok(p)
+                            if !self.authentic(
+                                &message,
+                                "progress event",
+                                &p.service,
+                                &p.instance,
+                                &p.run_id,
+                            ) => {}
                         Ok(progress) => sink.progress(&progress),
                         Err(e) => tracing::warn!(error = %e, "ignoring a malformed progress event"),
                     }
@@ -1473,15 +1576,15 @@ impl Follower {
                 }
                 Ok(flotilla_schemas::ResultSchema::VALUE) => {
                     match decode::<RunResult>(&message.payload) {
-                        // Only the agent a result names may publish on its subject (the
-                        // broker's permissions): a result on another agent's subject is forged.
-                        Ok(result) if !self.published_by_its_agent(&message.subject, &result) => {
-                            tracing::warn!(
-                                subject = %message.subject,
-                                service = %result.service,
-                                instance = %result.instance,
-                                "ignoring a result published on another agent's subject"
-                            );
+                        Ok(r)
+                            if !self.authentic(
+                                &message,
+                                "result",
+                                &r.service,
+                                &r.instance,
+                                &r.run_id,
+                            ) =>
+                        {
                             None
                         }
                         Ok(result) => {
@@ -1534,6 +1637,7 @@ fn file_results(
             tracing::warn!(command_id = %result.command_id, "ignoring a result from another agent than the command's");
             continue;
         }
+        let signing_agent = !target.agent_keys.is_empty();
         let Some(command) = target
             .commands_mut()
             .find(|c| c.command.command_id == result.command_id)
@@ -1541,6 +1645,15 @@ fn file_results(
             continue;
         };
         if command.result.is_some() {
+            continue;
+        }
+        if let Some(why) = answers_another_copy(command, &result, signing_agent) {
+            let note = format!(
+                "ignored 1 forged result for {}/{}: {why}",
+                result.service, result.instance
+            );
+            tracing::warn!(command_id = %result.command_id, "{note}");
+            record.notes.push(note);
             continue;
         }
         if command.timed_out || command.not_delivered.is_some() {
@@ -1557,6 +1670,27 @@ fn file_results(
         touched.push(t);
     }
     touched
+}
+
+/// Why `result` does not answer `command` as the coordinator signed and sent it, if it does
+/// not: its digest names other bytes or another signature (a copy replayed unsigned, or
+/// altered), or it is a refusal from a signing agent that names no digest at all. Agents older
+/// than signed results (`signing_agent` false) name none and are not held to it.
+fn answers_another_copy(
+    command: &CommandRecord,
+    result: &RunResult,
+    signing_agent: bool,
+) -> Option<&'static str> {
+    let sent = command.digest.as_deref()?;
+    match result.command_digest.as_deref() {
+        Some(received) if received != sent => Some(
+            "it answers a copy of the command that the coordinator did not send (replayed unsigned, or altered)",
+        ),
+        None if signing_agent && result.outcome == Outcome::Refused => {
+            Some("a refusal that does not name the digest of the command it refuses")
+        }
+        _ => None,
+    }
 }
 
 /// For a run that no coordinator drives (ended or cancelled): files the results that reached
@@ -1577,11 +1711,14 @@ pub async fn file_late_results(
     }
     let js = jetstream::new(client.clone());
     let events = flotilla_bus::events_stream(&js, subjects).await?;
-    let mut follower = Follower::new(&events, subjects, record.run_id).await?;
+    let mut follower = Follower::new(&events, subjects, record).await?;
     let results = follower.catch_up(CATCH_UP_LIMIT, &mut Quiet).await;
     let index = command_index(record);
+    let ignored = follower.take_ignored();
+    let noted = !ignored.is_empty();
+    record.notes.extend(ignored);
     let touched = file_results(record, &index, results);
-    if !touched.is_empty() {
+    if !touched.is_empty() || noted {
         store.save_targets(record, &touched, revisions).await?;
         record.updated_at = OffsetDateTime::now_utc();
         store.save_header(record, revisions).await?;

@@ -224,6 +224,10 @@ pub struct TargetRecord {
     pub rollback: Option<CommandRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finalize: Option<CommandRecord>,
+    /// The public keys (base64) whose signature makes this agent's results count, fixed when
+    /// the run was created ([`crate::trust`]); empty for an agent that signs nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agent_keys: Vec<String>,
 }
 
 /// A command: recorded before it is sent (so a resumed run re-sends the same command ID, which
@@ -245,6 +249,10 @@ pub struct CommandRecord {
     /// Why the coordinator sent it (for rollbacks: the run failed, a rehearsal, a request).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cause: Option<String>,
+    /// The digest of the command as signed and sent
+    /// ([`flotilla_bus::signing::command_digest`]): a refusal counts only if it names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 /// The revisions of a run's keys, for compare-and-set writes.
@@ -341,6 +349,7 @@ impl RunRecord {
                         migrate: None,
                         rollback: None,
                         finalize: None,
+                        agent_keys: Vec::new(),
                     });
                 }
             }

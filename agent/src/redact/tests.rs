@@ -65,6 +65,7 @@ fn result_with(reason: String) -> RunResult {
         inspection: None,
         preview: None,
         replayed: false,
+        command_digest: None,
     }
 }
 

@@ -37,8 +37,8 @@ pub(super) async fn agents(cli: &Cli) -> u8 {
         OutputFormat::Json => super::print_json(&found),
         OutputFormat::Text => {
             println!(
-                "{:16} {:10} {:8} {:10} {:8} HOST",
-                "SERVICE", "INSTANCE", "VERSION", "STATE", "PID"
+                "{:16} {:10} {:8} {:10} {:8} {:12} HOST",
+                "SERVICE", "INSTANCE", "VERSION", "STATE", "PID", "RESULT KEY"
             );
             for a in &found {
                 let state = serde_json::to_value(a.state)
@@ -49,13 +49,19 @@ pub(super) async fn agents(cli: &Cli) -> u8 {
                     .service_pid
                     .map(|p| p.to_string())
                     .unwrap_or_else(|| "-".into());
+                // The ID of the key that signs its results (`-`: an agent too old to sign).
+                let key = a
+                    .result_key
+                    .as_deref()
+                    .map_or_else(|| "-".to_owned(), crate::trust::key_id);
                 println!(
-                    "{:16} {:10} {:8} {:10} {:8} {}",
+                    "{:16} {:10} {:8} {:10} {:8} {:12} {}",
                     a.service.as_str(),
                     a.instance.as_str(),
                     one_line(&a.version),
                     state,
                     pid,
+                    key,
                     one_line(&a.host)
                 );
             }

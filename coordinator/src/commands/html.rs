@@ -16,7 +16,7 @@ pub(super) async fn render(
     subjects: &Subjects,
     record: &RunRecord,
 ) -> String {
-    let events = match crate::events::read_all(client, subjects, record.run_id).await {
+    let events = match crate::events::read_all(client, subjects, record).await {
         Ok(events) => events,
         Err(e) => {
             eprintln!(

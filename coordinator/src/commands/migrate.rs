@@ -123,7 +123,11 @@ pub(super) async fn migrate(
         Ok(found) => found,
         Err(e) => return fail(exit::BUS, error_chain(&e)),
     };
-    let targets = match rollout::preflight(&plan, &agents) {
+    let pins = match crate::trust::AgentPins::parse(&cli.trusted_agent_keys) {
+        Ok(pins) => pins,
+        Err(e) => return fail(exit::USAGE, e),
+    };
+    let targets = match rollout::preflight(&plan, &agents, &pins) {
         Ok(targets) => targets,
         Err(problems) => {
             return fail(

@@ -72,7 +72,14 @@ pub(super) async fn watch(
         Ok(None) => return fail(exit::USAGE, format!("no run {run_id} in the run store")),
         Err(e) => return fail(exit::BUS, error_chain(&e)),
     };
-    let mut events = match RunEvents::open(&client, &subjects, run_id).await {
+    let mut events = match RunEvents::open(
+        &client,
+        &subjects,
+        run_id,
+        crate::trust::ResultTrust::of(&record),
+    )
+    .await
+    {
         Ok(events) => events,
         Err(e) => return fail(exit::BUS, error_chain(&e)),
     };

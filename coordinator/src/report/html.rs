@@ -1255,6 +1255,7 @@ mod tests {
             timed_out: false,
             not_delivered: None,
             cause: Some("another service failed".into()),
+            digest: None,
         };
         record.targets[0].migrate = Some(sent(
             "2026-01-01T00:00:01Z",

@@ -48,6 +48,7 @@ fn command(record: &RunRecord, t: usize) -> CommandRecord {
         timed_out: false,
         not_delivered: None,
         cause: None,
+        digest: None,
     }
 }
 
@@ -76,6 +77,7 @@ fn result(c: &CommandRecord, outcome: Outcome, failed: Option<Phase>) -> RunResu
         inspection: None,
         preview: None,
         replayed: false,
+        command_digest: None,
     }
 }
 

@@ -43,6 +43,10 @@ pub struct Presence {
     /// communication check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// The agent's Ed25519 public key (base64), which signs every result and progress event it
+    /// publishes; absent from agents older than signed results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_key: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     #[schemars(with = "String", extend("format" = "date-time"))]
     pub started_at: OffsetDateTime,

@@ -243,6 +243,13 @@ pub struct RunResult {
     /// True when this result was re-sent for a command the agent had already handled.
     #[serde(default)]
     pub replayed: bool,
+    /// The BLAKE3 (hex) of the command as the agent received it: its `Flotilla-Signature`
+    /// header value (empty when unsigned), a newline, then its exact bytes. The coordinator
+    /// files a refusal only when this matches what it signed and sent, so a refusal of a
+    /// replayed or altered copy never counts against the genuine command. Absent from agents
+    /// older than this field, and from results recovered after a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_digest: Option<String>,
 }
 
 impl SchemaTag for RunResult {
