@@ -7,7 +7,8 @@
 //! found in milliseconds. An agent that is known but silent (restarting, or down) is asked again
 //! until it answers or the window ends. An agent answers presence even while it waits for the
 //! streams (it creates its consumer once they exist), so for [`SETTLING`] after the commands
-//! stream appears its list is not trusted, and discovery waits for answers to stop instead.
+//! stream appears its list may be incomplete: discovery then waits for every listed agent and,
+//! in addition, for answers to stop.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -52,24 +53,29 @@ struct Identity {
 const SETTLING: Duration = Duration::from_secs(10);
 
 /// The agents the bus knows of: the names of the agents' durable consumers on the commands
-/// stream. `None` when the stream cannot be read (e.g. it does not exist yet), or when it is
-/// younger than [`SETTLING`] (agents that started before it may still be creating theirs).
-async fn known_agents(client: &async_nats::Client, subjects: &Subjects) -> Option<HashSet<String>> {
+/// stream (empty when the stream cannot be read, e.g. it does not exist yet), and whether that
+/// list is complete: not while the stream is younger than [`SETTLING`] (agents that started
+/// before it may still be creating theirs).
+async fn known_agents(client: &async_nats::Client, subjects: &Subjects) -> (HashSet<String>, bool) {
     let js = async_nats::jetstream::new(client.clone());
-    let mut stream = js.get_stream(subjects.commands_stream()).await.ok()?;
-    let age = time::OffsetDateTime::now_utc() - stream.info().await.ok()?.created;
-    if age < SETTLING {
-        return None;
-    }
+    let Ok(mut stream) = js.get_stream(subjects.commands_stream()).await else {
+        return (HashSet::new(), false);
+    };
+    let settled = match stream.info().await {
+        Ok(info) => time::OffsetDateTime::now_utc() - info.created >= SETTLING,
+        Err(_) => false,
+    };
     let mut names = stream.consumer_names();
     let mut known = HashSet::new();
     while let Some(name) = names.next().await {
-        let name = name.ok()?;
+        let Ok(name) = name else {
+            return (known, false);
+        };
         if name.starts_with(AGENT_CONSUMER_PREFIX) {
             known.insert(name);
         }
     }
-    Some(known)
+    (known, settled)
 }
 
 /// Asks every agent to report and gathers the answers for at most `window`. Stops as soon as
@@ -98,22 +104,23 @@ pub async fn discover(
     ask().await?;
     // Read after the request went out, so that an agent whose consumer is listed has had the
     // request (one that answers without being listed is found all the same).
-    let known = known_agents(client, subjects)
-        .await
-        .filter(|k| !k.is_empty());
+    let (known, settled) = known_agents(client, subjects).await;
     let mut next_ask = Instant::now() + ASK_AGAIN;
     let mut answered: HashSet<String> = HashSet::new();
     let mut found: Vec<Presence> = Vec::new();
     let mut last_answer: Option<Instant> = None;
     loop {
-        let wait_until = match (&known, last_answer) {
-            (Some(known), _) if known.is_subset(&answered) => break,
-            (Some(_), _) => deadline.min(next_ask),
-            (None, Some(last)) => deadline.min(last + QUIET),
-            (None, None) => deadline,
+        // Every known agent is waited for (asked again while silent); when the list may be
+        // incomplete (a young stream) or empty, answers must also have stopped for QUIET.
+        let waiting_for_known = !known.is_subset(&answered);
+        let wait_until = match last_answer {
+            _ if waiting_for_known => deadline.min(next_ask),
+            _ if settled && !known.is_empty() => break,
+            Some(last) => deadline.min(last + QUIET),
+            None => deadline,
         };
         match tokio::time::timeout_at(wait_until, answers.next()).await {
-            Err(_) if known.is_some() && Instant::now() < deadline => {
+            Err(_) if waiting_for_known && Instant::now() < deadline => {
                 ask().await?;
                 next_ask = Instant::now() + ASK_AGAIN;
             }
@@ -121,7 +128,7 @@ pub async fn discover(
             // "No responders": nobody listens now. When the bus knows of agents, one may be
             // coming up: keep asking until the window ends.
             Ok(Some(message)) if message.status == Some(StatusCode::NO_RESPONDERS) => {
-                if known.is_none() {
+                if known.is_empty() {
                     break;
                 }
             }
