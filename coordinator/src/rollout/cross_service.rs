@@ -1,0 +1,221 @@
+//! The cross-service stage (T006 phase 3).
+
+use flotilla_schemas::{Check, HttpCheck, Outcome, ServiceName};
+
+use super::{Engine, ProgressSink, RolloutError};
+use crate::store::Stage;
+
+impl<'a, P: ProgressSink> Engine<'a, P> {
+    /// T006 phase 3, once every service is migrated: each agent reaches the other services'
+    /// endpoints and runs the plan's cross-service checks, and reports the shape of its
+    /// configuration; the coordinator flags failed checks, standard configurations that lack a
+    /// required key, and configuration files that hold a literal secret. A failure rolls the
+    /// fleet back (unless `--no-verify`).
+    pub(super) async fn cross_service_stage(&mut self) -> Result<(), RolloutError> {
+        let Some(spec) = self.plan.cross_service.clone() else {
+            return Ok(());
+        };
+        self.sink
+            .stage("cross-service checks: communication, configuration consistency");
+        let members: Vec<usize> = (0..self.record.targets.len())
+            .filter(|&t| self.migrated(t))
+            .collect();
+        let endpoints: Vec<(ServiceName, String)> = if spec.communication {
+            crate::discovery::discover(
+                self.client,
+                self.subjects,
+                std::time::Duration::from_secs(1),
+            )
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| {
+                members
+                    .iter()
+                    .any(|&t| self.record.targets[t].service == p.service)
+            })
+            .filter_map(|p| p.endpoint.map(|e| (p.service, e)))
+            .collect()
+        } else {
+            Vec::new()
+        };
+        // A log-correlation request is sent by the first migrated instance of its service, in
+        // this first round; the logs are searched in a second one, once it was answered.
+        let requester = |plan_service: &ServiceName| {
+            members
+                .iter()
+                .copied()
+                .find(|&t| self.record.targets[t].service == *plan_service)
+        };
+        let mut problems = Vec::new();
+        let mut round = Vec::new();
+        for &t in &members {
+            let target = &self.record.targets[t];
+            let mut checks = spec.checks.clone();
+            for endpoint in endpoints
+                .iter()
+                .filter(|(s, _)| *s != target.service)
+                .map(|(_, e)| e)
+            {
+                checks.push(Check::Http(HttpCheck {
+                    url: Some(endpoint.clone()),
+                    method: None,
+                    body: None,
+                    expect_status: 200,
+                    body_contains: None,
+                    timeout_ms: 5_000,
+                    headers: Default::default(),
+                }));
+            }
+            for correlation in &spec.log_correlation {
+                if requester(&correlation.request.service) == Some(t) {
+                    checks.push(correlation.request_check());
+                }
+            }
+            round.push((t, checks, spec.config_files.clone()));
+        }
+        for correlation in &spec.log_correlation {
+            if requester(&correlation.request.service).is_none() {
+                problems.push(format!(
+                    "log correlation: no migrated instance of {} to send the request",
+                    correlation.request.service
+                ));
+            }
+        }
+        let (answers, unanswered) = self.inspect_round(round).await?;
+        let mut services = Vec::new();
+        for (t, result) in answers {
+            let name = self.target_name(t);
+            let inspection = result.inspection.unwrap_or_default();
+            for verdict in inspection.checks.iter().filter(|v| !v.passed) {
+                problems.push(format!(
+                    "{name}: {} check failed: {}",
+                    verdict.kind, verdict.detail
+                ));
+            }
+            if let Some(standard) = inspection.config.first() {
+                let missing: Vec<&String> = spec
+                    .required_keys
+                    .iter()
+                    .filter(|k| !standard.keys.contains(k))
+                    .collect();
+                if !standard.exists {
+                    problems.push(format!("{name}: {} does not exist", standard.path));
+                } else if !missing.is_empty() {
+                    problems.push(format!(
+                        "{name}: {} lacks required key(s) {missing:?}",
+                        standard.path
+                    ));
+                }
+            }
+            for shape in inspection
+                .config
+                .iter()
+                .filter(|c| !c.literal_secrets.is_empty())
+            {
+                problems.push(format!(
+                    "{name}: {} holds a literal secret in {:?}",
+                    shape.path, shape.literal_secrets
+                ));
+            }
+            if result.outcome != Outcome::Succeeded {
+                problems.push(format!("{name}: {}", result.reason.unwrap_or_default()));
+            }
+            services.push(serde_json::json!({
+                "service": self.record.targets[t].service,
+                "instance": self.record.targets[t].instance,
+                "checks": inspection.checks,
+                "config": inspection.config,
+            }));
+        }
+        for t in unanswered {
+            let name = self.target_name(t);
+            problems.push(format!("{name}: no answer to the cross-service checks"));
+        }
+        let correlation = self
+            .log_correlation_round(&spec, &members, &mut problems)
+            .await?;
+        let ok = problems.is_empty();
+        self.record.notes.push(if ok {
+            format!("cross-service checks passed: {} service(s)", services.len())
+        } else {
+            format!("cross-service checks failed: {}", problems.join(" | "))
+        });
+        self.record.cross_service = Some(serde_json::json!({
+            "ok": ok,
+            "problems": problems,
+            "services": services,
+            "log_correlation": correlation,
+        }));
+        if !ok && self.correlation.enforce {
+            self.record.stage = Stage::RollingBack;
+        }
+        self.save().await
+    }
+
+    /// The second round of the cross-service stage: the agents of each log-correlation check's
+    /// `expect_in_logs` services search their service's log for the run's ID (by default) until
+    /// the check's deadline. Failures go to `problems`; returns the verdicts, per agent.
+    pub(super) async fn log_correlation_round(
+        &mut self,
+        spec: &crate::plan::CrossService,
+        members: &[usize],
+        problems: &mut Vec<String>,
+    ) -> Result<Vec<serde_json::Value>, RolloutError> {
+        if spec.log_correlation.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.sink
+            .stage("cross-service check: the run's correlation ID in other services' logs");
+        let mut searches: Vec<(usize, Vec<Check>)> = Vec::new();
+        for correlation in &spec.log_correlation {
+            for service in &correlation.expect_in_logs {
+                let found: Vec<usize> = members
+                    .iter()
+                    .copied()
+                    .filter(|&t| self.record.targets[t].service == *service)
+                    .collect();
+                if found.is_empty() {
+                    problems.push(format!(
+                        "log correlation: no migrated instance of {service} to search the log of"
+                    ));
+                }
+                for t in found {
+                    match searches.iter_mut().find(|(s, _)| *s == t) {
+                        Some((_, checks)) => checks.push(correlation.log_check()),
+                        None => searches.push((t, vec![correlation.log_check()])),
+                    }
+                }
+            }
+        }
+        let round = searches
+            .into_iter()
+            .map(|(t, checks)| (t, checks, Vec::new()))
+            .collect();
+        let (answers, unanswered) = self.inspect_round(round).await?;
+        let mut verdicts = Vec::new();
+        for (t, result) in answers {
+            let name = self.target_name(t);
+            let checks = result.inspection.unwrap_or_default().checks;
+            for verdict in checks.iter().filter(|v| !v.passed) {
+                problems.push(format!(
+                    "{name}: log correlation failed: {}",
+                    verdict.detail
+                ));
+            }
+            if result.outcome != Outcome::Succeeded {
+                problems.push(format!("{name}: {}", result.reason.unwrap_or_default()));
+            }
+            verdicts.push(serde_json::json!({
+                "service": self.record.targets[t].service,
+                "instance": self.record.targets[t].instance,
+                "checks": checks,
+            }));
+        }
+        for t in unanswered {
+            let name = self.target_name(t);
+            problems.push(format!("{name}: no answer to the log-correlation search"));
+        }
+        Ok(verdicts)
+    }
+}
