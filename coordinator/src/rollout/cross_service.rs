@@ -1,6 +1,6 @@
 //! The cross-service stage (T006 phase 3).
 
-use flotilla_schemas::{Check, HttpCheck, Outcome, ServiceName};
+use flotilla_schemas::{Check, HttpCheck, InstanceId, Outcome, Presence, ServiceName};
 
 use super::{Engine, ProgressSink, RolloutError};
 use crate::store::Stage;
@@ -20,22 +20,23 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         let members: Vec<usize> = (0..self.record.targets.len())
             .filter(|&t| self.migrated(t))
             .collect();
-        let endpoints: Vec<(ServiceName, String)> = if spec.communication {
-            crate::discovery::discover(
+        let mut problems = Vec::new();
+        let endpoints = if spec.communication {
+            let discovered = crate::discovery::discover(
                 self.client,
                 self.subjects,
                 std::time::Duration::from_secs(1),
             )
             .await
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|p| {
-                members
-                    .iter()
-                    .any(|&t| self.record.targets[t].service == p.service)
-            })
-            .filter_map(|p| p.endpoint.map(|e| (p.service, e)))
-            .collect()
+            .map_err(|e| flotilla_telemetry::error_chain(&e));
+            let migrated: Vec<(ServiceName, InstanceId)> = members
+                .iter()
+                .map(|&t| {
+                    let target = &self.record.targets[t];
+                    (target.service.clone(), target.instance.clone())
+                })
+                .collect();
+            communication_endpoints(discovered, &migrated, &mut problems)
         } else {
             Vec::new()
         };
@@ -47,7 +48,6 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
                 .copied()
                 .find(|&t| self.record.targets[t].service == *plan_service)
         };
-        let mut problems = Vec::new();
         let mut round = Vec::new();
         for &t in &members {
             let target = &self.record.targets[t];
@@ -219,3 +219,42 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         Ok(verdicts)
     }
 }
+
+/// The endpoints the communication checks reach: those of the services of `migrated` that the
+/// agents announced in `discovered`. What leaves a communication check unmade goes to
+/// `problems`, so the stage fails instead of passing having checked nothing: discovery that
+/// failed, and a migrated agent that announced no endpoint (it did not answer discovery), which
+/// no other service could then be shown to reach.
+pub(super) fn communication_endpoints(
+    discovered: Result<Vec<Presence>, String>,
+    migrated: &[(ServiceName, InstanceId)],
+    problems: &mut Vec<String>,
+) -> Vec<(ServiceName, String)> {
+    let agents = match discovered {
+        Ok(agents) => agents,
+        Err(e) => {
+            problems.push(format!(
+                "communication: discovery of the agents' endpoints failed, nothing was checked: {e}"
+            ));
+            return Vec::new();
+        }
+    };
+    for (service, instance) in migrated {
+        let announced = agents
+            .iter()
+            .any(|p| p.service == *service && p.instance == *instance && p.endpoint.is_some());
+        if !announced {
+            problems.push(format!(
+                "communication: {service}/{instance} announced no endpoint (its agent did not answer discovery), so no service was checked to reach it"
+            ));
+        }
+    }
+    agents
+        .into_iter()
+        .filter(|p| migrated.iter().any(|(service, _)| *service == p.service))
+        .filter_map(|p| p.endpoint.map(|e| (p.service, e)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

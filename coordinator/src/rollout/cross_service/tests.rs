@@ -1,0 +1,82 @@
+//! The communication verdict: what discovery found, against the migrated members.
+
+use flotilla_schemas::{InstanceId, Presence, ServiceName};
+
+use super::communication_endpoints;
+
+fn member(service: &str, instance: &str) -> (ServiceName, InstanceId) {
+    (
+        ServiceName::parse(service).unwrap(),
+        InstanceId::parse(instance).unwrap(),
+    )
+}
+
+fn agent(service: &str, instance: &str, endpoint: Option<&str>) -> Presence {
+    serde_json::from_value(serde_json::json!({
+        "schema": "flotilla.presence.v1",
+        "service": service,
+        "instance": instance,
+        "version": "test",
+        "accepts": [],
+        "host": "h",
+        "state": "idle",
+        "endpoint": endpoint,
+        "started_at": "2026-01-01T00:00:00Z",
+    }))
+    .unwrap()
+}
+
+#[test]
+fn a_discovery_failure_fails_the_communication_check() {
+    let migrated = [member("api", "a1"), member("web", "w1")];
+    let mut problems = Vec::new();
+    let endpoints = communication_endpoints(
+        Err("cannot publish the presence request".into()),
+        &migrated,
+        &mut problems,
+    );
+    assert!(endpoints.is_empty());
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("discovery") && problems[0].contains("nothing was checked"),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn a_migrated_member_without_an_endpoint_is_a_problem() {
+    let migrated = [member("api", "a1"), member("web", "w1")];
+    let mut problems = Vec::new();
+    let endpoints = communication_endpoints(
+        Ok(vec![agent("api", "a1", Some("http://127.0.0.1:1/health"))]),
+        &migrated,
+        &mut problems,
+    );
+    assert_eq!(
+        endpoints,
+        vec![(
+            ServiceName::parse("api").unwrap(),
+            "http://127.0.0.1:1/health".to_owned()
+        )]
+    );
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].contains("web/w1"), "{problems:?}");
+}
+
+#[test]
+fn every_migrated_endpoint_found_is_no_problem_and_others_are_left_out() {
+    let migrated = [member("api", "a1"), member("web", "w1")];
+    let mut problems = Vec::new();
+    let endpoints = communication_endpoints(
+        Ok(vec![
+            agent("api", "a1", Some("http://a/health")),
+            agent("web", "w1", Some("http://w/health")),
+            agent("db", "d1", Some("http://d/health")),
+        ]),
+        &migrated,
+        &mut problems,
+    );
+    assert!(problems.is_empty(), "{problems:?}");
+    let services: Vec<&str> = endpoints.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(services, ["api", "web"]);
+}
