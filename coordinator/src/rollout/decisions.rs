@@ -1,68 +1,51 @@
-//! The engine's decisions, read from the run record.
+//! The engine's decisions, read from the run record: pure functions, unit-tested in
+//! `decisions/tests.rs`. The engine's methods of the same names apply them to its record.
 
 use flotilla_schemas::{CommandId, Outcome};
 
 use super::{Engine, Kind, ProgressSink};
-use crate::store::{CommandRecord, TargetRecord};
+use crate::plan::OnFailure;
+use crate::store::{CommandRecord, RunRecord, TargetRecord};
 
-impl<'a, P: ProgressSink> Engine<'a, P> {
-    pub(super) fn needs_dispatch(&self, t: usize, kind: Kind) -> bool {
-        match slot(&self.record.targets[t], kind) {
-            None => true,
-            Some(c) => c.sent_at.is_none() && c.not_delivered.is_none() && c.result.is_none(),
-        }
+/// True when the target has no command of `kind` that went out, or ended.
+pub(super) fn needs_dispatch(target: &TargetRecord, kind: Kind) -> bool {
+    match slot(target, kind) {
+        None => true,
+        Some(c) => c.sent_at.is_none() && c.not_delivered.is_none() && c.result.is_none(),
     }
+}
 
-    pub(super) fn in_flight(&self, t: usize, kind: Kind) -> bool {
-        slot(&self.record.targets[t], kind)
-            .as_ref()
-            .is_some_and(|c| {
-                c.sent_at.is_some()
-                    && c.result.is_none()
-                    && !c.timed_out
-                    && c.not_delivered.is_none()
-            })
-    }
+/// True when the target's command of `kind` was sent and is still awaited.
+pub(super) fn in_flight(target: &TargetRecord, kind: Kind) -> bool {
+    slot(target, kind).as_ref().is_some_and(|c| {
+        c.sent_at.is_some() && c.result.is_none() && !c.timed_out && c.not_delivered.is_none()
+    })
+}
 
-    /// True when the target's migration succeeded and it has not been finalized.
-    pub(super) fn migrated(&self, t: usize) -> bool {
-        let target = &self.record.targets[t];
-        let succeeded = target
-            .migrate
-            .as_ref()
-            .and_then(|m| m.result.as_ref())
-            .is_some_and(|r| r.outcome == Outcome::Succeeded);
-        let finalized = target
-            .finalize
-            .as_ref()
-            .and_then(|f| f.result.as_ref())
-            .is_some_and(|r| r.outcome == Outcome::Finalized);
-        succeeded && !finalized
-    }
+/// True when the target's migration succeeded and it has not been finalized.
+pub(super) fn migrated(target: &TargetRecord) -> bool {
+    let succeeded = target
+        .migrate
+        .as_ref()
+        .and_then(|m| m.result.as_ref())
+        .is_some_and(|r| r.outcome == Outcome::Succeeded);
+    let finalized = target
+        .finalize
+        .as_ref()
+        .and_then(|f| f.result.as_ref())
+        .is_some_and(|r| r.outcome == Outcome::Finalized);
+    succeeded && !finalized
+}
 
-    /// True when the coordinator gave up on the target's migrate command without an answer: the
-    /// agent may have applied it after all. A rollback is sent to it too; the agent restores its
-    /// backup if it did migrate, and refuses (changing nothing) if it did not. Both commands
-    /// go through the agent's own queue in order, so the rollback cannot overtake the migrate.
-    pub(super) fn maybe_migrated(&self, t: usize) -> bool {
-        self.record.targets[t]
-            .migrate
-            .as_ref()
-            .is_some_and(|m| m.result.is_none() && (m.timed_out || m.not_delivered.is_some()))
-    }
-
-    /// Targets whose migration ended in anything but success.
-    pub(super) fn failures(&self) -> usize {
-        self.record
-            .targets
-            .iter()
-            .filter(|t| migrate_failed(t))
-            .count()
-    }
-
-    pub(super) fn budget_broken(&self) -> bool {
-        self.failures() > self.plan.allowed_failures(self.record.targets.len())
-    }
+/// True when the coordinator gave up on the target's migrate command without an answer: the
+/// agent may have applied it after all. A rollback is sent to it too; the agent restores its
+/// backup if it did migrate, and refuses (changing nothing) if it did not. Both commands
+/// go through the agent's own queue in order, so the rollback cannot overtake the migrate.
+pub(super) fn maybe_migrated(target: &TargetRecord) -> bool {
+    target
+        .migrate
+        .as_ref()
+        .is_some_and(|m| m.result.is_none() && (m.timed_out || m.not_delivered.is_some()))
 }
 
 /// True when a migrate command ended in anything but success (or never got an answer).
@@ -71,6 +54,97 @@ pub(crate) fn migrate_failed(target: &TargetRecord) -> bool {
         Some(r) => r.outcome != Outcome::Succeeded,
         None => m.timed_out || m.not_delivered.is_some(),
     })
+}
+
+/// Targets whose migration ended in anything but success.
+pub(super) fn failures(record: &RunRecord) -> usize {
+    record.targets.iter().filter(|t| migrate_failed(t)).count()
+}
+
+/// True when no more migrations may start: the budget is broken and the plan does not say
+/// `on_failure = "continue"`.
+pub(super) fn stops_dispatch(budget_broken: bool, on_failure: OnFailure) -> bool {
+    budget_broken && on_failure != OnFailure::Continue
+}
+
+/// Where a run goes once its waves are over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum AfterWaves {
+    /// Proven, then finalized (a rehearsal is proven too, then restored).
+    Finalize,
+    /// The budget broke: every migrated service is rolled back.
+    RollBack,
+    /// The budget broke and the plan leaves the migrated services as they are: the run fails.
+    Leave,
+}
+
+/// The decision after the waves. A rehearsal promises to leave the fleet as it was, whatever
+/// the plan says, so it rolls back on a broken budget even with `on_failure = "leave"`.
+pub(super) fn after_waves(
+    budget_broken: bool,
+    rehearse: bool,
+    on_failure: OnFailure,
+) -> AfterWaves {
+    match on_failure {
+        _ if !budget_broken => AfterWaves::Finalize,
+        _ if rehearse => AfterWaves::RollBack,
+        OnFailure::Rollback => AfterWaves::RollBack,
+        OnFailure::Leave | OnFailure::Continue => AfterWaves::Leave,
+    }
+}
+
+/// Why the run's services are rolled back, as recorded on each rollback command.
+pub(super) fn rollback_cause(
+    failed_check: Option<&str>,
+    rehearse: bool,
+    budget_broken: bool,
+) -> String {
+    match (failed_check, rehearse) {
+        (Some(check), false) => format!("rolled back because {check} failed"),
+        (Some(check), true) => format!("rehearsal: restored; {check} failed"),
+        (None, true) if !budget_broken => {
+            "rehearsal: restored after validation and proved healthy".to_owned()
+        }
+        (None, _) => "rolled back because another service of the run failed".to_owned(),
+    }
+}
+
+/// True when a restored rehearsal counts as `rehearsed`: every rollback was proved and no
+/// check a real run makes failed.
+pub(super) fn rehearsed(record: &RunRecord, failed_check: Option<&str>) -> bool {
+    let rolled_back_ok = record.targets.iter().all(|t| {
+        t.rollback
+            .as_ref()
+            .and_then(|r| r.result.as_ref())
+            .is_some_and(|r| r.outcome == Outcome::RolledBack)
+    });
+    failed_check.is_none() && rolled_back_ok
+}
+
+impl<P: ProgressSink> Engine<'_, P> {
+    pub(super) fn needs_dispatch(&self, t: usize, kind: Kind) -> bool {
+        needs_dispatch(&self.record.targets[t], kind)
+    }
+
+    pub(super) fn in_flight(&self, t: usize, kind: Kind) -> bool {
+        in_flight(&self.record.targets[t], kind)
+    }
+
+    pub(super) fn migrated(&self, t: usize) -> bool {
+        migrated(&self.record.targets[t])
+    }
+
+    pub(super) fn maybe_migrated(&self, t: usize) -> bool {
+        maybe_migrated(&self.record.targets[t])
+    }
+
+    pub(super) fn failures(&self) -> usize {
+        failures(&self.record)
+    }
+
+    pub(super) fn budget_broken(&self) -> bool {
+        self.failures() > self.plan.allowed_failures(self.record.targets.len())
+    }
 }
 
 pub(super) fn slot(target: &TargetRecord, kind: Kind) -> &Option<CommandRecord> {
@@ -94,3 +168,6 @@ impl CommandRecord {
         self.command.command_id
     }
 }
+
+#[cfg(test)]
+mod tests;

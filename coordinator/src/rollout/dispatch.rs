@@ -14,7 +14,6 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use super::decisions::{slot, slot_mut};
 use super::trace::{COORDINATOR_SERVICE, parse_traceparent};
 use super::{Engine, Flow, Kind, ProgressSink, RolloutError};
-use crate::plan::OnFailure;
 use crate::store::CommandRecord;
 
 impl<'a, P: ProgressSink> Engine<'a, P> {
@@ -53,8 +52,7 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         loop {
             if flow == Flow::Done && !queue.is_empty() && flying.len() < cap {
                 if stop_on_budget
-                    && self.budget_broken()
-                    && self.plan.on_failure != OnFailure::Continue
+                    && super::decisions::stops_dispatch(self.budget_broken(), self.plan.on_failure)
                 {
                     flow = Flow::Stopped;
                 } else if self.cancel_requested().await? {

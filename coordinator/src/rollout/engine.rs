@@ -4,14 +4,15 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::jetstream::{self};
-use flotilla_schemas::{Outcome, RunId, ServiceName};
+use flotilla_schemas::{RunId, ServiceName};
 use time::OffsetDateTime;
 
+use super::decisions::{self, AfterWaves};
 use super::filing::command_index;
 use super::follower::Follower;
 use super::trace::{ROOT_FLUSH_TIMEOUT, root_span};
 use super::{Engine, EngineParts, Flow, Kind, ProgressSink, RolloutError, Target};
-use crate::plan::{Finalize, OnFailure, Plan};
+use crate::plan::{Finalize, Plan};
 use crate::store::{Revisions, RunRecord, RunStatus, Stage, WaveStatus};
 
 impl<'a, P: ProgressSink> Engine<'a, P> {
@@ -145,14 +146,11 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             return self.await_decision().await;
         }
         if self.record.stage == Stage::RollingBack {
-            let cause = match (self.failed_check(), self.record.rehearse) {
-                (Some(check), false) => format!("rolled back because {check} failed"),
-                (Some(check), true) => format!("rehearsal: restored; {check} failed"),
-                (None, true) if !self.budget_broken() => {
-                    "rehearsal: restored after validation and proved healthy".to_owned()
-                }
-                (None, _) => "rolled back because another service of the run failed".to_owned(),
-            };
+            let cause = decisions::rollback_cause(
+                self.failed_check(),
+                self.record.rehearse,
+                self.budget_broken(),
+            );
             if self.roll_back_waves(None, &cause).await? == Flow::Cancelled {
                 return self.cancelled().await;
             }
@@ -219,7 +217,7 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             if self.record.waves[w].status == WaveStatus::Done {
                 continue;
             }
-            if self.budget_broken() && self.plan.on_failure != OnFailure::Continue {
+            if decisions::stops_dispatch(self.budget_broken(), self.plan.on_failure) {
                 break;
             }
             let wave = &self.record.waves[w];
@@ -252,7 +250,8 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             }
         }
         let allowed = self.plan.allowed_failures(self.record.targets.len());
-        if self.budget_broken() {
+        let broken = self.budget_broken();
+        if broken {
             let note = format!(
                 "{} service(s) failed, over the failure budget of {allowed}; on_failure = {}",
                 self.failures(),
@@ -260,20 +259,17 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             );
             self.sink.note(&note);
             self.record.notes.push(note);
-            match self.plan.on_failure {
-                // A rehearsal promises to leave the fleet as it was, whatever the plan says.
-                _ if self.record.rehearse => self.record.stage = Stage::RollingBack,
-                OnFailure::Rollback => self.record.stage = Stage::RollingBack,
-                OnFailure::Leave | OnFailure::Continue => {
-                    self.record.notes.push(
-                        "the migrated services were left as they are, not finalized: `flotilla rollback RUN` restores them".into(),
-                    );
-                    self.finish(RunStatus::Failed).await?;
-                }
-            }
-        } else {
+        }
+        match decisions::after_waves(broken, self.record.rehearse, self.plan.on_failure) {
             // A rehearsal too: it is proven like a real run before it is rolled back.
-            self.record.stage = Stage::Finalizing;
+            AfterWaves::Finalize => self.record.stage = Stage::Finalizing,
+            AfterWaves::RollBack => self.record.stage = Stage::RollingBack,
+            AfterWaves::Leave => {
+                self.record.notes.push(
+                    "the migrated services were left as they are, not finalized: `flotilla rollback RUN` restores them".into(),
+                );
+                self.finish(RunStatus::Failed).await?;
+            }
         }
         self.save().await?;
         Ok(Flow::Done)
@@ -359,19 +355,13 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
     /// How a rehearsal ended once its services were restored: `rehearsed` only when every
     /// rollback was proved and every check a real run makes passed.
     pub(super) fn rehearsal_status(&mut self) -> RunStatus {
-        let rolled_back_ok = self.record.targets.iter().all(|t| {
-            t.rollback
-                .as_ref()
-                .and_then(|r| r.result.as_ref())
-                .is_some_and(|r| r.outcome == Outcome::RolledBack)
-        });
         let failed_check = self.failed_check();
         if let Some(check) = failed_check {
             let note = format!("rehearsal failed: {check} failed, which rolls a real run back");
             self.sink.note(&note);
             self.record.notes.push(note);
         }
-        if failed_check.is_none() && rolled_back_ok {
+        if decisions::rehearsed(&self.record, failed_check) {
             RunStatus::Rehearsed
         } else {
             RunStatus::Failed
