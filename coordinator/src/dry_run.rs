@@ -162,7 +162,7 @@ pub async fn run(
     let deadline = tokio::time::Instant::now() + longest;
     while answers.len() < commands.len() {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let Some((event, _)) = events.next(left).await else {
+        let Some(event) = events.next(left).await else {
             break;
         };
         if let RunEvent::Result(result) = event

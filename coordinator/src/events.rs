@@ -1,8 +1,15 @@
 //! A run's events read back from the events stream (`flotilla.evt.<run>.>`), from the first
-//! one: what `watch` follows live and what the HTML report's timeline is drawn from. An ordered
-//! consumer is ephemeral and needs no permission beyond reading the stream. An event that its
-//! agent did not sign (or that came on another agent's subject) is skipped with a warning:
-//! nothing forged is ever shown as an outcome.
+//! one: the one reader of them, used by the rollout engine (its results), `watch` (followed
+//! live), `migrate --dry-run` and the HTML report's timeline. An ordered consumer is ephemeral
+//! and needs no permission beyond reading the stream.
+//!
+//! Every reader gets the same two guarantees:
+//! - an event that its agent did not sign, or that came on another agent's subject, is
+//!   skipped with a warning (a forged result also leaves a note for the run record): nothing
+//!   forged is ever shown or filed as an outcome;
+//! - after [`RESYNC_AFTER`] of silence the events are read again from the one after the last
+//!   seen: an ordered consumer loses what the broker pushed into a connection that then died
+//!   (a network cut, a reset), and notices only at the next event, which may never come.
 
 use std::time::Duration;
 
@@ -36,13 +43,24 @@ pub enum RunEvent {
 /// A run's events, in the order the stream holds them.
 pub struct RunEvents {
     messages: consumer::pull::Ordered,
-    /// Events in the stream when the consumer was created.
-    pending_at_start: u64,
+    stream: jetstream::stream::Stream,
+    filter: String,
+    run: RunId,
     subjects: Subjects,
+    /// The keys each agent's events must be signed with.
     trust: ResultTrust,
-    /// Forged events skipped so far.
-    pub forged: usize,
+    /// Stream sequence of the last event read.
+    last: u64,
+    /// When the last event came, or the events were last read again.
+    heard: Instant,
+    /// Notes on the forged results skipped, not yet taken into the record.
+    forged: Vec<String>,
 }
+
+/// How long the run's events may stay silent before they are read again from the last one
+/// seen: without this, results published during a network cut were never read and their
+/// commands timed out although the agents had answered.
+const RESYNC_AFTER: Duration = Duration::from_secs(5);
 
 /// How long [`read_all`] waits for the next stored event before it gives up on the rest.
 const STORED_EVENT_WAIT: Duration = Duration::from_secs(3);
@@ -77,88 +95,201 @@ impl RunEvents {
         run: RunId,
         trust: ResultTrust,
     ) -> Result<Self, EventsError> {
-        let error = |e: Box<dyn std::error::Error + Send + Sync>| EventsError { run, source: e };
         let js = jetstream::new(client.clone());
         let stream = js
             .get_stream(subjects.events_stream())
             .await
-            .map_err(|e| error(Box::new(e)))?;
-        let consumer = stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: subjects.run_events(&run),
-                deliver_policy: consumer::DeliverPolicy::All,
-                ..Default::default()
-            })
+            .map_err(|e| EventsError {
+                run,
+                source: Box::new(e),
+            })?;
+        Self::on_stream(stream, subjects, run, trust).await
+    }
+
+    /// [`RunEvents::open`] on an events stream already at hand.
+    pub async fn on_stream(
+        stream: jetstream::stream::Stream,
+        subjects: &Subjects,
+        run: RunId,
+        trust: ResultTrust,
+    ) -> Result<Self, EventsError> {
+        let filter = subjects.run_events(&run);
+        let messages = follow(&stream, &filter, consumer::DeliverPolicy::All)
             .await
-            .map_err(|e| error(Box::new(e)))?;
-        let pending_at_start = consumer.cached_info().num_pending;
-        let messages = consumer.messages().await.map_err(|e| error(Box::new(e)))?;
+            .map_err(|source| EventsError { run, source })?;
         Ok(Self {
             messages,
-            pending_at_start,
+            stream,
+            filter,
+            run,
             subjects: subjects.clone(),
             trust,
-            forged: 0,
+            last: 0,
+            heard: Instant::now(),
+            forged: Vec::new(),
         })
     }
 
-    /// The next event and how many more the stream holds now; `None` when nothing came within
-    /// `wait`. Malformed events and events of unknown schemas are skipped.
-    pub async fn next(&mut self, wait: Duration) -> Option<(RunEvent, u64)> {
-        let deadline = Instant::now() + wait;
+    /// The notes on forged results skipped since the last call.
+    pub fn take_forged(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.forged)
+    }
+
+    /// The next authentic event; `None` when nothing came within `wait`.
+    pub async fn next(&mut self, wait: Duration) -> Option<RunEvent> {
+        self.next_until(Instant::now() + wait).await
+    }
+
+    /// The next authentic event; `None` at `deadline`. Malformed events, events of unknown
+    /// schemas and forged events are skipped.
+    pub async fn next_until(&mut self, deadline: Instant) -> Option<RunEvent> {
         loop {
-            let message = match tokio::time::timeout_at(deadline, self.messages.next()).await {
+            if let Some(event) = self.read(deadline).await? {
+                return Some(event);
+            }
+        }
+    }
+
+    /// Every authentic event stored now that was not read yet: what agents published while
+    /// no reader listened. Gives up when no event came for `wait`, or at `limit`.
+    pub async fn read_stored(&mut self, wait: Duration, limit: Option<Duration>) -> Vec<RunEvent> {
+        let policy = consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: self.last + 1,
+        };
+        let probe = self
+            .stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: self.filter.clone(),
+                deliver_policy: policy,
+                ..Default::default()
+            })
+            .await;
+        let pending = match probe {
+            Ok(probe) => probe.cached_info().num_pending,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot count the run's unread events");
+                return Vec::new();
+            }
+        };
+        let end = limit.map(|limit| Instant::now() + limit);
+        let mut events = Vec::new();
+        for _ in 0..pending {
+            let next = Instant::now() + wait;
+            let deadline = end.map_or(next, |end| end.min(next));
+            match self.read(deadline).await {
+                Some(Some(event)) => events.push(event),
+                Some(None) => {}
+                None => break,
+            }
+        }
+        events
+    }
+
+    /// The next message of the run: `Some(Some(event))`, `Some(None)` for one skipped, `None`
+    /// at `deadline`.
+    async fn read(&mut self, deadline: Instant) -> Option<Option<RunEvent>> {
+        loop {
+            let silence = (self.heard + RESYNC_AFTER).min(deadline);
+            let message = match tokio::time::timeout_at(silence, self.messages.next()).await {
                 Ok(Some(Ok(message))) => message,
                 Ok(Some(Err(e))) => {
                     tracing::warn!(error = %e, "event stream hiccup");
                     continue;
                 }
-                Ok(None) | Err(_) => return None,
-            };
-            let pending = message.info().map(|i| i.pending).unwrap_or(0);
-            let event = match schema_of(&message.payload).as_deref() {
-                Ok(flotilla_schemas::ProgressSchema::VALUE) => {
-                    decode::<Progress>(&message.payload).map(RunEvent::Progress)
-                }
-                Ok(flotilla_schemas::ResultSchema::VALUE) => {
-                    decode::<RunResult>(&message.payload).map(|r| RunEvent::Result(Box::new(r)))
-                }
-                other => {
-                    tracing::warn!(schema = ?other, "ignoring an event of unknown schema");
+                Ok(None) | Err(_) if silence < deadline => {
+                    self.resync().await;
                     continue;
                 }
+                Ok(None) | Err(_) => return None,
             };
-            match event {
-                Ok(event) => {
-                    let (run, service, instance) = match &event {
-                        RunEvent::Progress(p) => (p.run_id, &p.service, &p.instance),
-                        RunEvent::Result(r) => (r.run_id, &r.service, &r.instance),
-                    };
-                    let signature = message
-                        .headers
-                        .as_ref()
-                        .and_then(|h| h.get(flotilla_bus::signing::SIGNATURE_HEADER))
-                        .map(|v| v.as_str());
-                    let checked = if message.subject.as_str()
-                        == self.subjects.event(&run, service, instance)
-                    {
-                        self.trust
-                            .check(service, instance, &message.payload, signature)
-                    } else {
-                        Err("published on another agent's subject".to_owned())
-                    };
-                    match checked {
-                        Ok(()) => return Some((event, pending)),
-                        Err(why) => {
-                            self.forged += 1;
-                            tracing::warn!(%service, %instance, "ignoring a forged event: {why}");
-                        }
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "ignoring a malformed event"),
+            self.heard = Instant::now();
+            if let Ok(info) = message.info() {
+                self.last = info.stream_sequence;
             }
+            return Some(self.authentic_event(&message));
         }
     }
+
+    /// Reads the run's events again from the one after the last seen.
+    async fn resync(&mut self) {
+        let policy = consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: self.last + 1,
+        };
+        match follow(&self.stream, &self.filter, policy).await {
+            Ok(messages) => self.messages = messages,
+            Err(e) => {
+                tracing::warn!(run = %self.run, error = %e, "cannot re-read the run's events yet");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        self.heard = Instant::now();
+    }
+
+    /// The event `message` holds, if it is well-formed and comes from the agent it names:
+    /// published on its subject (the broker's permissions) and signed by its key.
+    fn authentic_event(&mut self, message: &jetstream::Message) -> Option<RunEvent> {
+        let event = match schema_of(&message.payload).as_deref() {
+            Ok(flotilla_schemas::ProgressSchema::VALUE) => {
+                decode::<Progress>(&message.payload).map(RunEvent::Progress)
+            }
+            Ok(flotilla_schemas::ResultSchema::VALUE) => {
+                decode::<RunResult>(&message.payload).map(|r| RunEvent::Result(Box::new(r)))
+            }
+            other => {
+                tracing::warn!(schema = ?other, "ignoring an event of unknown schema");
+                return None;
+            }
+        };
+        let event = match event {
+            Ok(event) => event,
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring a malformed event");
+                return None;
+            }
+        };
+        let (run, service, instance, what) = match &event {
+            RunEvent::Progress(p) => (p.run_id, &p.service, &p.instance, "progress event"),
+            RunEvent::Result(r) => (r.run_id, &r.service, &r.instance, "result"),
+        };
+        let checked = if message.subject.as_str() != self.subjects.event(&run, service, instance) {
+            Err("published on another agent's subject".to_owned())
+        } else {
+            let signature = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(flotilla_bus::signing::SIGNATURE_HEADER))
+                .map(|v| v.as_str());
+            self.trust
+                .check(service, instance, &message.payload, signature)
+        };
+        let Err(why) = checked else {
+            return Some(event);
+        };
+        tracing::warn!(subject = %message.subject, %service, %instance, "ignoring a forged {what}: {why}");
+        // A forged progress event decides nothing: only a forged result is noted.
+        if matches!(event, RunEvent::Result(_)) {
+            self.forged.push(format!(
+                "ignored 1 forged result for {service}/{instance}: {why}"
+            ));
+        }
+        None
+    }
+}
+
+/// An ordered consumer of `filter` from `deliver_policy`, and its messages.
+async fn follow(
+    stream: &jetstream::stream::Stream,
+    filter: &str,
+    deliver_policy: consumer::DeliverPolicy,
+) -> Result<consumer::pull::Ordered, Box<dyn std::error::Error + Send + Sync>> {
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: filter.to_owned(),
+            deliver_policy,
+            ..Default::default()
+        })
+        .await?;
+    Ok(consumer.messages().await?)
 }
 
 /// Every authentic event of `record`'s run stored so far.
@@ -169,15 +300,5 @@ pub async fn read_all(
 ) -> Result<Vec<RunEvent>, EventsError> {
     let trust = ResultTrust::of(record);
     let mut events = RunEvents::open(client, subjects, record.run_id, trust).await?;
-    let mut out = Vec::new();
-    if events.pending_at_start == 0 {
-        return Ok(out);
-    }
-    while let Some((event, pending)) = events.next(STORED_EVENT_WAIT).await {
-        out.push(event);
-        if pending == 0 {
-            break;
-        }
-    }
-    Ok(out)
+    Ok(events.read_stored(STORED_EVENT_WAIT, None).await)
 }

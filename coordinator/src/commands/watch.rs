@@ -98,7 +98,7 @@ pub(super) async fn watch(
             next = events.next(TICK) => next,
         };
         let mut reload = reloaded.elapsed() >= RELOAD;
-        if let Some((event, _)) = next {
+        if let Some(event) = next {
             if let RunEvent::Result(r) = &event {
                 reload = true;
                 results.insert(r.command_id);
@@ -133,7 +133,7 @@ pub(super) async fn watch(
                     .collect();
                 while !missing.is_empty() {
                     let wait = deadline.saturating_duration_since(Instant::now());
-                    let Some((event, _)) = events.next(wait).await else {
+                    let Some(event) = events.next(wait).await else {
                         break;
                     };
                     // Only a result settles a command: its progress events come first.
