@@ -116,14 +116,6 @@ pub trait ProgressSink {
     fn batch(&mut self, _name: &str, _targets: &[String]) {}
 }
 
-/// The kinds of command one target receives over a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Migrate,
-    Rollback,
-    Finalize,
-}
-
 /// How a batch of commands ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Flow {

@@ -24,7 +24,7 @@ use crate::events::{RunEvent, RunEvents};
 use crate::exit;
 use crate::report::RunReport;
 use crate::sanitize::one_line;
-use crate::store::{RunRecord, RunStatus, Stage, Store, WaveStatus};
+use crate::store::{ActionKind, RunRecord, RunStatus, Stage, Store, WaveStatus};
 
 /// How long one wait for the next event lasts: the view's refresh rate when nothing happens.
 const TICK: Duration = Duration::from_millis(200);
@@ -209,8 +209,8 @@ async fn newest_running(
 struct Row {
     target: String,
     command: Option<CommandId>,
-    /// `migrate`, `rollback` or `finalize`: the command being handled.
-    kind: &'static str,
+    /// The command being handled; `None` for one the record does not keep (an inspection).
+    kind: Option<ActionKind>,
     phase: Option<(&'static str, PhaseStatus)>,
     started: Option<OffsetDateTime>,
     ended: Option<OffsetDateTime>,
@@ -252,7 +252,7 @@ impl View {
             .iter()
             .map(|t| Row {
                 target: format!("{}/{}", t.service, t.instance),
-                kind: "migrate",
+                kind: Some(ActionKind::Migrate),
                 ..Row::default()
             })
             .collect();
@@ -342,7 +342,7 @@ impl View {
         let row = &mut self.rows[i];
         if row.command != Some(command) {
             row.command = Some(command);
-            row.kind = kind_of(record, i, command).unwrap_or("inspect");
+            row.kind = record.targets.get(i).and_then(|t| t.kind_of(command));
             row.started = Some(at);
             row.ended = None;
             row.phase = None;
@@ -355,7 +355,7 @@ impl View {
         let mut kind = "";
         if let Some(row) = self.row_for(target.clone(), p.command_id, p.at, record) {
             row.phase = Some((p.phase.as_str(), p.status));
-            kind = row.kind;
+            kind = kind_name(row.kind);
         }
         match &self.mode {
             Mode::Json => {
@@ -398,20 +398,20 @@ impl View {
 
     fn result(&mut self, r: &RunResult, record: &RunRecord) {
         let target = format!("{}/{}", r.service, r.instance);
-        let mut kind = "";
+        let mut kind = None;
         if let Some(row) = self.row_for(target.clone(), r.command_id, r.at, record) {
             row.ended = Some(r.at);
             row.outcome = Some(r.outcome.as_str().to_owned());
             if !r.gates.is_empty() {
                 row.gates = r.gates.clone();
             }
-            kind = row.kind;
+            kind = Some(row.kind);
         }
         match &self.mode {
             Mode::Json => {
                 let mut value = serde_json::to_value(r).unwrap_or_default();
                 value["type"] = json!("result");
-                value["command"] = json!(kind);
+                value["command"] = json!(kind.map_or("", kind_name));
                 self.json(value);
             }
             _ => {
@@ -426,10 +426,9 @@ impl View {
                 } else {
                     format!("; gates: {}", gates_text(&r.gates))
                 };
-                let kind = if kind == "migrate" || kind.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({kind})")
+                let kind = match kind {
+                    None | Some(Some(ActionKind::Migrate)) => String::new(),
+                    Some(kind) => format!(" ({})", kind_name(kind)),
                 };
                 self.line(&format!(
                     "{} {target} => {}{kind}{replayed}{reason}{gates}",
@@ -523,9 +522,9 @@ impl View {
                 .map(|s| format!("{:.1}s", (row.ended.unwrap_or(now) - s).as_seconds_f64()))
                 .unwrap_or_else(|| "-".into());
             let outcome = match (&row.outcome, row.kind) {
-                (Some(o), "migrate") => o.clone(),
-                (Some(o), kind) => format!("{o} ({kind})"),
-                (None, _) if row.started.is_some() => format!("{} …", row.kind),
+                (Some(o), Some(ActionKind::Migrate)) => o.clone(),
+                (Some(o), kind) => format!("{o} ({})", kind_name(kind)),
+                (None, kind) if row.started.is_some() => format!("{} …", kind_name(kind)),
                 (None, _) => "-".into(),
             };
             bar.set_message(message(format!(
@@ -614,17 +613,9 @@ fn message(text: String) -> String {
     one_line(&text).into_owned()
 }
 
-/// The kind of command `command` is, from the record (`None` if not recorded yet).
-fn kind_of(record: &RunRecord, t: usize, command: CommandId) -> Option<&'static str> {
-    let target = record.targets.get(t)?;
-    [
-        ("migrate", &target.migrate),
-        ("rollback", &target.rollback),
-        ("finalize", &target.finalize),
-    ]
-    .into_iter()
-    .find(|(_, c)| c.as_ref().is_some_and(|c| c.command.command_id == command))
-    .map(|(kind, _)| kind)
+/// A command's kind as shown: an inspection is the command the record does not keep.
+fn kind_name(kind: Option<ActionKind>) -> &'static str {
+    kind.map_or("inspect", ActionKind::as_str)
 }
 
 /// Every gate in as few characters as a terminal row allows: `startup 58→62 ms (≤160) ok`.

@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 use super::memory::memory_figures;
 use super::{RunReport, ServiceReport};
 use crate::events::RunEvent;
-use crate::store::{CommandRecord, RunRecord};
+use crate::store::{ActionKind, CommandRecord, RunRecord};
 
 /// The page's data for its script: times in milliseconds from the run's start.
 #[derive(Debug, Serialize)]
@@ -635,13 +635,9 @@ fn page_data(report: &RunReport, record: &RunRecord, events: &[RunEvent]) -> Pag
     // Which target and which kind of command every command ID is.
     let mut commands: HashMap<CommandId, (usize, &'static str)> = HashMap::new();
     for (t, target) in record.targets.iter().enumerate() {
-        for (kind, command) in [
-            ("migrate", &target.migrate),
-            ("rollback", &target.rollback),
-            ("finalize", &target.finalize),
-        ] {
-            if let Some(c) = command {
-                commands.insert(c.command.command_id, (t, kind));
+        for kind in ActionKind::ALL {
+            if let Some(c) = target.slot(kind) {
+                commands.insert(c.command.command_id, (t, kind.as_str()));
             }
         }
     }
@@ -713,22 +709,18 @@ fn page_data(report: &RunReport, record: &RunRecord, events: &[RunEvent]) -> Pag
     }
     // Commands whose events are gone (or were never read): their results' phases, back to back.
     for (t, target) in record.targets.iter().enumerate() {
-        for (kind, command) in [
-            ("migrate", &target.migrate),
-            ("rollback", &target.rollback),
-            ("finalize", &target.finalize),
-        ] {
+        for kind in ActionKind::ALL {
             let Some(CommandRecord {
                 result: Some(result),
                 ..
-            }) = command
+            }) = target.slot(kind)
             else {
                 continue;
             };
             if with_events.contains(&result.command_id) {
                 continue;
             }
-            bars[t].extend(bars_from_result(result, kind, rel(result.at)));
+            bars[t].extend(bars_from_result(result, kind.as_str(), rel(result.at)));
         }
         bars[t].sort_by_key(|b| (b.start, b.end));
     }

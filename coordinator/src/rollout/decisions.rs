@@ -3,21 +3,22 @@
 
 use flotilla_schemas::{CommandId, Outcome};
 
-use super::{Engine, Kind, ProgressSink};
+use super::{Engine, ProgressSink};
 use crate::plan::OnFailure;
+use crate::store::ActionKind;
 use crate::store::{CommandRecord, RunRecord, TargetRecord};
 
 /// True when the target has no command of `kind` that went out, or ended.
-pub(super) fn needs_dispatch(target: &TargetRecord, kind: Kind) -> bool {
-    match slot(target, kind) {
+pub(super) fn needs_dispatch(target: &TargetRecord, kind: ActionKind) -> bool {
+    match target.slot(kind) {
         None => true,
         Some(c) => c.sent_at.is_none() && c.not_delivered.is_none() && c.result.is_none(),
     }
 }
 
 /// True when the target's command of `kind` was sent and is still awaited.
-pub(super) fn in_flight(target: &TargetRecord, kind: Kind) -> bool {
-    slot(target, kind).as_ref().is_some_and(|c| {
+pub(super) fn in_flight(target: &TargetRecord, kind: ActionKind) -> bool {
+    target.slot(kind).as_ref().is_some_and(|c| {
         c.sent_at.is_some() && c.result.is_none() && !c.timed_out && c.not_delivered.is_none()
     })
 }
@@ -122,11 +123,11 @@ pub(super) fn rehearsed(record: &RunRecord, failed_check: Option<&str>) -> bool 
 }
 
 impl<P: ProgressSink> Engine<'_, P> {
-    pub(super) fn needs_dispatch(&self, t: usize, kind: Kind) -> bool {
+    pub(super) fn needs_dispatch(&self, t: usize, kind: ActionKind) -> bool {
         needs_dispatch(&self.record.targets[t], kind)
     }
 
-    pub(super) fn in_flight(&self, t: usize, kind: Kind) -> bool {
+    pub(super) fn in_flight(&self, t: usize, kind: ActionKind) -> bool {
         in_flight(&self.record.targets[t], kind)
     }
 
@@ -144,22 +145,6 @@ impl<P: ProgressSink> Engine<'_, P> {
 
     pub(super) fn budget_broken(&self) -> bool {
         self.failures() > self.plan.allowed_failures(self.record.targets.len())
-    }
-}
-
-pub(super) fn slot(target: &TargetRecord, kind: Kind) -> &Option<CommandRecord> {
-    match kind {
-        Kind::Migrate => &target.migrate,
-        Kind::Rollback => &target.rollback,
-        Kind::Finalize => &target.finalize,
-    }
-}
-
-pub(super) fn slot_mut(target: &mut TargetRecord, kind: Kind) -> &mut Option<CommandRecord> {
-    match kind {
-        Kind::Migrate => &mut target.migrate,
-        Kind::Rollback => &mut target.rollback,
-        Kind::Finalize => &mut target.finalize,
     }
 }
 

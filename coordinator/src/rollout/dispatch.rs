@@ -11,9 +11,9 @@ use time::OffsetDateTime;
 use tokio::time::Instant;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::decisions::{slot, slot_mut};
 use super::trace::{COORDINATOR_SERVICE, parse_traceparent};
-use super::{Engine, Flow, Kind, ProgressSink, RolloutError};
+use super::{Engine, Flow, ProgressSink, RolloutError};
+use crate::store::ActionKind;
 use crate::store::CommandRecord;
 
 impl<'a, P: ProgressSink> Engine<'a, P> {
@@ -27,7 +27,7 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
     /// writes in turn per agent.
     pub(super) async fn run_commands(
         &mut self,
-        kind: Kind,
+        kind: ActionKind,
         members: &[usize],
         cap: Option<u32>,
         cause: Option<&str>,
@@ -72,7 +72,8 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             let now = Instant::now();
             let mut earliest: Option<Instant> = None;
             for &t in &flying {
-                if let Some(id) = slot(&self.record.targets[t], kind)
+                if let Some(id) = self.record.targets[t]
+                    .slot(kind)
                     .as_ref()
                     .map(|c| c.command.command_id)
                 {
@@ -112,19 +113,19 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
     pub(super) async fn dispatch(
         &mut self,
         batch: &[usize],
-        kind: Kind,
+        kind: ActionKind,
         cause: Option<&str>,
     ) -> Result<Vec<usize>, RolloutError> {
         let now = OffsetDateTime::now_utc();
         for &t in batch {
-            if let Some(record) = slot_mut(&mut self.record.targets[t], kind) {
+            if let Some(record) = self.record.targets[t].slot_mut(kind) {
                 record.sent_at = Some(now);
                 continue;
             }
             let command = self.command_for(t, self.action(t, kind), now);
             self.index.insert(command.command_id, t);
             let digest = Some(self.digest_of(&command));
-            *slot_mut(&mut self.record.targets[t], kind) = Some(CommandRecord {
+            *self.record.targets[t].slot_mut(kind) = Some(CommandRecord {
                 digest,
                 command,
                 sent_at: Some(now),
@@ -140,7 +141,8 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         let mut failed = Vec::new();
         for (&t, sent) in batch.iter().zip(sent) {
             let deadline = Instant::now() + self.timeout_of(t);
-            let record = slot_mut(&mut self.record.targets[t], kind)
+            let record = self.record.targets[t]
+                .slot_mut(kind)
                 .as_mut()
                 .expect("the command was recorded above");
             match sent {
@@ -165,7 +167,11 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
 
     /// Sends again the commands a resumed run finds in flight (recorded as sent, no answer):
     /// the previous coordinator may have stopped before it published them.
-    pub(super) async fn resend(&mut self, flying: &std::collections::BTreeSet<usize>, kind: Kind) {
+    pub(super) async fn resend(
+        &mut self,
+        flying: &std::collections::BTreeSet<usize>,
+        kind: ActionKind,
+    ) {
         let targets: Vec<usize> = flying.iter().copied().collect();
         let sent = self.send_all(&self.commands_of(&targets, kind)).await;
         for (t, sent) in targets.into_iter().zip(sent) {
@@ -177,11 +183,12 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
     }
 
     /// The commands of `kind` recorded for `targets`.
-    pub(super) fn commands_of(&self, targets: &[usize], kind: Kind) -> Vec<Command> {
+    pub(super) fn commands_of(&self, targets: &[usize], kind: ActionKind) -> Vec<Command> {
         targets
             .iter()
             .map(|&t| {
-                slot(&self.record.targets[t], kind)
+                self.record.targets[t]
+                    .slot(kind)
                     .as_ref()
                     .map(|c| c.command.clone())
                     .expect("the command was recorded")
@@ -189,7 +196,7 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             .collect()
     }
 
-    pub(super) fn action(&self, t: usize, kind: Kind) -> Action {
+    pub(super) fn action(&self, t: usize, kind: ActionKind) -> Action {
         let target = &self.record.targets[t];
         let migration = target
             .migrate
@@ -197,7 +204,7 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             .map(|m| m.command.command_id)
             .unwrap_or_default();
         match kind {
-            Kind::Migrate => {
+            ActionKind::Migrate => {
                 let service = self
                     .plan
                     .service(&target.service)
@@ -211,8 +218,8 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
                     workloads: service.workloads.clone(),
                 }
             }
-            Kind::Rollback => Action::Rollback { migration },
-            Kind::Finalize => Action::Finalize { migration },
+            ActionKind::Rollback => Action::Rollback { migration },
+            ActionKind::Finalize => Action::Finalize { migration },
         }
     }
 
@@ -293,14 +300,14 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
     pub(super) async fn expire(
         &mut self,
         flying: &std::collections::BTreeSet<usize>,
-        kind: Kind,
+        kind: ActionKind,
     ) -> Result<(), RolloutError> {
         let now = Instant::now();
         let mut expired = Vec::new();
         for &t in flying {
             let target = &mut self.record.targets[t];
             let (service, instance) = (target.service.clone(), target.instance.clone());
-            let Some(command) = slot_mut(target, kind).as_mut() else {
+            let Some(command) = target.slot_mut(kind).as_mut() else {
                 continue;
             };
             if self

@@ -11,8 +11,9 @@ use super::decisions::{self, AfterWaves};
 use super::filing::command_index;
 use super::follower::Follower;
 use super::trace::{ROOT_FLUSH_TIMEOUT, root_span};
-use super::{Engine, EngineParts, Flow, Kind, ProgressSink, RolloutError, Target};
+use super::{Engine, EngineParts, Flow, ProgressSink, RolloutError, Target};
 use crate::plan::{Finalize, Plan};
+use crate::store::ActionKind;
 use crate::store::{Revisions, RunRecord, RunStatus, Stage, WaveStatus};
 
 impl<'a, P: ProgressSink> Engine<'a, P> {
@@ -237,7 +238,7 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             self.save().await?;
             let cap = self.record.waves[w].max_parallel;
             let flow = self
-                .run_commands(Kind::Migrate, &members, cap, None, true)
+                .run_commands(ActionKind::Migrate, &members, cap, None, true)
                 .await?;
             self.record.waves[w].status = if flow == Flow::Done {
                 WaveStatus::Done
@@ -312,7 +313,7 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
                 .batch(&format!("rollback {}", self.record.waves[w].name), &names);
             let cap = self.record.waves[w].max_parallel;
             let flow = self
-                .run_commands(Kind::Rollback, &members, cap, Some(cause), false)
+                .run_commands(ActionKind::Rollback, &members, cap, Some(cause), false)
                 .await?;
             if flow == Flow::Cancelled {
                 return Ok(flow);
@@ -376,7 +377,7 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             .collect();
         let names = self.target_names(&members);
         self.sink.batch("finalize", &names);
-        self.run_commands(Kind::Finalize, &members, None, None, false)
+        self.run_commands(ActionKind::Finalize, &members, None, None, false)
             .await
     }
 

@@ -7,6 +7,7 @@ use time::OffsetDateTime;
 
 use super::*;
 use crate::plan::OnFailure;
+use crate::store::ActionKind;
 use crate::store::{CommandRecord, RunRecord, TargetRecord};
 
 fn target(name: &str) -> TargetRecord {
@@ -68,17 +69,23 @@ fn record(targets: Vec<TargetRecord>) -> RunRecord {
 #[test]
 fn a_command_is_dispatched_until_it_went_out_or_ended() {
     let mut t = target("api");
-    assert!(needs_dispatch(&t, Kind::Migrate), "nothing recorded yet");
-    t.migrate = Some(command(&t, false, None));
-    assert!(needs_dispatch(&t, Kind::Migrate), "recorded but never sent");
-    assert!(!in_flight(&t, Kind::Migrate));
-    t.migrate = Some(command(&t, true, None));
-    assert!(!needs_dispatch(&t, Kind::Migrate));
-    assert!(in_flight(&t, Kind::Migrate), "sent, no answer");
-    t.migrate.as_mut().unwrap().timed_out = true;
-    assert!(!in_flight(&t, Kind::Migrate), "given up on");
     assert!(
-        needs_dispatch(&t, Kind::Rollback),
+        needs_dispatch(&t, ActionKind::Migrate),
+        "nothing recorded yet"
+    );
+    t.migrate = Some(command(&t, false, None));
+    assert!(
+        needs_dispatch(&t, ActionKind::Migrate),
+        "recorded but never sent"
+    );
+    assert!(!in_flight(&t, ActionKind::Migrate));
+    t.migrate = Some(command(&t, true, None));
+    assert!(!needs_dispatch(&t, ActionKind::Migrate));
+    assert!(in_flight(&t, ActionKind::Migrate), "sent, no answer");
+    t.migrate.as_mut().unwrap().timed_out = true;
+    assert!(!in_flight(&t, ActionKind::Migrate), "given up on");
+    assert!(
+        needs_dispatch(&t, ActionKind::Rollback),
         "each kind has its own slot"
     );
 }
