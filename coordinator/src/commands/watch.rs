@@ -12,11 +12,14 @@ use std::time::Duration;
 
 use flotilla_schemas::{CommandId, GateReport, PhaseStatus, Progress, RunId, RunResult};
 use flotilla_telemetry::error_chain;
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 use time::OffsetDateTime;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+mod screen;
+
+use screen::Screen;
 
 use super::{connect, fail, open_store};
 use crate::cli::{Cli, OutputFormat};
@@ -233,14 +236,6 @@ enum Mode {
     Lines,
     Json,
     Terminal(Screen),
-}
-
-/// The in-place view: a header line, then per wave a line and one row per service.
-struct Screen {
-    multi: MultiProgress,
-    header: ProgressBar,
-    waves: Vec<ProgressBar>,
-    rows: Vec<ProgressBar>,
 }
 
 // === impl View ===
@@ -571,39 +566,6 @@ impl View {
             {
                 bar.finish();
             }
-        }
-    }
-}
-
-// === impl Screen ===
-
-impl Screen {
-    fn new(record: &RunRecord) -> Self {
-        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
-        let style =
-            // `wide_msg` cuts lines to the terminal's width: a wrapped line would break the redraw.
-            ProgressStyle::with_template("{wide_msg}").unwrap_or_else(|_| ProgressStyle::default_bar());
-        let line = |multi: &MultiProgress| multi.add(ProgressBar::new(1).with_style(style.clone()));
-        let header = line(&multi);
-        let mut waves = Vec::new();
-        let mut rows: Vec<Option<ProgressBar>> = vec![None; record.targets.len()];
-        for wave in &record.waves {
-            waves.push(line(&multi));
-            for &t in &wave.targets {
-                if let Some(slot) = rows.get_mut(t) {
-                    *slot = Some(line(&multi));
-                }
-            }
-        }
-        let rows = rows
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|| line(&multi)))
-            .collect();
-        Screen {
-            multi,
-            header,
-            waves,
-            rows,
         }
     }
 }
