@@ -1,6 +1,8 @@
 //! The cross-service stage (T006 phase 3).
 
-use flotilla_schemas::{Check, HttpCheck, InstanceId, Outcome, Presence, ServiceName};
+use flotilla_schemas::{
+    Check, HttpCheck, Inspection, InstanceId, Outcome, Presence, RunResult, ServiceName,
+};
 
 use super::{Engine, ProgressSink, RolloutError};
 use crate::store::Stage;
@@ -40,6 +42,60 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         } else {
             Vec::new()
         };
+        let round = self.first_round(&spec, &members, &endpoints, &mut problems);
+        let (answers, unanswered) = self.inspect_round(round).await?;
+        let mut services = Vec::new();
+        for (t, result) in answers {
+            let name = self.target_name(t);
+            let inspection = result.inspection.clone().unwrap_or_default();
+            problems.extend(answer_problems(
+                &name,
+                &result,
+                &inspection,
+                &spec.required_keys,
+            ));
+            services.push(serde_json::json!({
+                "service": self.record.targets[t].service,
+                "instance": self.record.targets[t].instance,
+                "checks": inspection.checks,
+                "config": inspection.config,
+            }));
+        }
+        for t in unanswered {
+            let name = self.target_name(t);
+            problems.push(format!("{name}: no answer to the cross-service checks"));
+        }
+        let correlation = self
+            .log_correlation_round(&spec, &members, &mut problems)
+            .await?;
+        let ok = problems.is_empty();
+        self.record.notes.push(if ok {
+            format!("cross-service checks passed: {} service(s)", services.len())
+        } else {
+            format!("cross-service checks failed: {}", problems.join(" | "))
+        });
+        self.record.cross_service = Some(serde_json::json!({
+            "ok": ok,
+            "problems": problems,
+            "services": services,
+            "log_correlation": correlation,
+        }));
+        if !ok && self.correlation.enforce {
+            self.record.stage = Stage::RollingBack;
+        }
+        self.save().await
+    }
+
+    /// The first round's inspections, `(target, checks, config_files)` for every migrated
+    /// member: the plan's checks, a reach of every other migrated service's endpoint, and the
+    /// log-correlation requests. A request nobody can send goes to `problems`.
+    fn first_round(
+        &self,
+        spec: &crate::plan::CrossService,
+        members: &[usize],
+        endpoints: &[(ServiceName, String)],
+        problems: &mut Vec<String>,
+    ) -> Vec<(usize, Vec<Check>, Vec<String>)> {
         // A log-correlation request is sent by the first migrated instance of its service, in
         // this first round; the logs are searched in a second one, once it was answered.
         let requester = |plan_service: &ServiceName| {
@@ -49,7 +105,7 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
                 .find(|&t| self.record.targets[t].service == *plan_service)
         };
         let mut round = Vec::new();
-        for &t in &members {
+        for &t in members {
             let target = &self.record.targets[t];
             let mut checks = spec.checks.clone();
             for endpoint in endpoints
@@ -82,75 +138,7 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
                 ));
             }
         }
-        let (answers, unanswered) = self.inspect_round(round).await?;
-        let mut services = Vec::new();
-        for (t, result) in answers {
-            let name = self.target_name(t);
-            let inspection = result.inspection.unwrap_or_default();
-            for verdict in inspection.checks.iter().filter(|v| !v.passed) {
-                problems.push(format!(
-                    "{name}: {} check failed: {}",
-                    verdict.kind, verdict.detail
-                ));
-            }
-            if let Some(standard) = inspection.config.first() {
-                let missing: Vec<&String> = spec
-                    .required_keys
-                    .iter()
-                    .filter(|k| !standard.keys.contains(k))
-                    .collect();
-                if !standard.exists {
-                    problems.push(format!("{name}: {} does not exist", standard.path));
-                } else if !missing.is_empty() {
-                    problems.push(format!(
-                        "{name}: {} lacks required key(s) {missing:?}",
-                        standard.path
-                    ));
-                }
-            }
-            for shape in inspection
-                .config
-                .iter()
-                .filter(|c| !c.literal_secrets.is_empty())
-            {
-                problems.push(format!(
-                    "{name}: {} holds a literal secret in {:?}",
-                    shape.path, shape.literal_secrets
-                ));
-            }
-            if result.outcome != Outcome::Succeeded {
-                problems.push(format!("{name}: {}", result.reason.unwrap_or_default()));
-            }
-            services.push(serde_json::json!({
-                "service": self.record.targets[t].service,
-                "instance": self.record.targets[t].instance,
-                "checks": inspection.checks,
-                "config": inspection.config,
-            }));
-        }
-        for t in unanswered {
-            let name = self.target_name(t);
-            problems.push(format!("{name}: no answer to the cross-service checks"));
-        }
-        let correlation = self
-            .log_correlation_round(&spec, &members, &mut problems)
-            .await?;
-        let ok = problems.is_empty();
-        self.record.notes.push(if ok {
-            format!("cross-service checks passed: {} service(s)", services.len())
-        } else {
-            format!("cross-service checks failed: {}", problems.join(" | "))
-        });
-        self.record.cross_service = Some(serde_json::json!({
-            "ok": ok,
-            "problems": problems,
-            "services": services,
-            "log_correlation": correlation,
-        }));
-        if !ok && self.correlation.enforce {
-            self.record.stage = Stage::RollingBack;
-        }
-        self.save().await
+        round
     }
 
     /// The second round of the cross-service stage: the agents of each log-correlation check's
@@ -254,6 +242,55 @@ pub(super) fn communication_endpoints(
         .filter(|p| migrated.iter().any(|(service, _)| *service == p.service))
         .filter_map(|p| p.endpoint.map(|e| (p.service, e)))
         .collect()
+}
+
+/// The problems one agent's answer to the cross-service checks shows: failed checks, a
+/// standard configuration (the first file) that is missing or lacks a required key, files that
+/// hold a literal secret, and an answer that is not a success. `name` is `service/instance`.
+pub(super) fn answer_problems(
+    name: &str,
+    result: &RunResult,
+    inspection: &Inspection,
+    required_keys: &[String],
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for verdict in inspection.checks.iter().filter(|v| !v.passed) {
+        problems.push(format!(
+            "{name}: {} check failed: {}",
+            verdict.kind, verdict.detail
+        ));
+    }
+    if let Some(standard) = inspection.config.first() {
+        let missing: Vec<&String> = required_keys
+            .iter()
+            .filter(|k| !standard.keys.contains(k))
+            .collect();
+        if !standard.exists {
+            problems.push(format!("{name}: {} does not exist", standard.path));
+        } else if !missing.is_empty() {
+            problems.push(format!(
+                "{name}: {} lacks required key(s) {missing:?}",
+                standard.path
+            ));
+        }
+    }
+    for shape in inspection
+        .config
+        .iter()
+        .filter(|c| !c.literal_secrets.is_empty())
+    {
+        problems.push(format!(
+            "{name}: {} holds a literal secret in {:?}",
+            shape.path, shape.literal_secrets
+        ));
+    }
+    if result.outcome != Outcome::Succeeded {
+        problems.push(format!(
+            "{name}: {}",
+            result.reason.clone().unwrap_or_default()
+        ));
+    }
+    problems
 }
 
 #[cfg(test)]

@@ -1,8 +1,10 @@
 //! The communication verdict: what discovery found, against the migrated members.
 
-use flotilla_schemas::{InstanceId, Presence, ServiceName};
+use flotilla_schemas::{
+    CheckVerdict, ConfigShape, Inspection, InstanceId, Presence, RunResult, ServiceName,
+};
 
-use super::communication_endpoints;
+use super::{answer_problems, communication_endpoints};
 
 fn member(service: &str, instance: &str) -> (ServiceName, InstanceId) {
     (
@@ -79,4 +81,82 @@ fn every_migrated_endpoint_found_is_no_problem_and_others_are_left_out() {
     assert!(problems.is_empty(), "{problems:?}");
     let services: Vec<&str> = endpoints.iter().map(|(s, _)| s.as_str()).collect();
     assert_eq!(services, ["api", "web"]);
+}
+
+fn answer(outcome: &str, reason: Option<&str>) -> RunResult {
+    serde_json::from_value(serde_json::json!({
+        "schema": "flotilla.result.v1",
+        "run_id": flotilla_schemas::RunId::new(),
+        "command_id": flotilla_schemas::CommandId::new(),
+        "service": "api",
+        "instance": "a1",
+        "at": "2026-01-01T00:00:00Z",
+        "outcome": outcome,
+        "reason": reason,
+    }))
+    .unwrap()
+}
+
+fn shape(path: &str, exists: bool, keys: &[&str], secrets: &[&str]) -> ConfigShape {
+    ConfigShape {
+        path: path.into(),
+        exists,
+        format: "toml".into(),
+        keys: keys.iter().map(|k| k.to_string()).collect(),
+        fingerprint: String::new(),
+        literal_secrets: secrets.iter().map(|k| k.to_string()).collect(),
+    }
+}
+
+#[test]
+fn a_clean_answer_has_no_problem() {
+    let inspection = Inspection {
+        checks: vec![CheckVerdict {
+            kind: "http".into(),
+            passed: true,
+            detail: "200".into(),
+        }],
+        config: vec![shape("service.toml", true, &["server.port"], &[])],
+    };
+    let problems = answer_problems(
+        "api/a1",
+        &answer("succeeded", None),
+        &inspection,
+        &["server.port".into()],
+    );
+    assert!(problems.is_empty(), "{problems:?}");
+}
+
+#[test]
+fn every_kind_of_problem_in_an_answer_is_named() {
+    let inspection = Inspection {
+        checks: vec![CheckVerdict {
+            kind: "http".into(),
+            passed: false,
+            detail: "connection refused".into(),
+        }],
+        config: vec![
+            shape("service.toml", true, &["server.port"], &[]),
+            shape("legacy.conf", true, &[], &["api_key"]),
+        ],
+    };
+    let problems = answer_problems(
+        "api/a1",
+        &answer("refused", Some("busy")),
+        &inspection,
+        &["server.port".into(), "logging.format".into()],
+    );
+    assert_eq!(problems.len(), 4, "{problems:?}");
+    assert!(problems[0].contains("http check failed: connection refused"));
+    assert!(
+        problems[1].contains("lacks required key(s)") && problems[1].contains("logging.format")
+    );
+    assert!(problems[2].contains("legacy.conf holds a literal secret"));
+    assert_eq!(problems[3], "api/a1: busy");
+    let missing = Inspection {
+        checks: Vec::new(),
+        config: vec![shape("service.toml", false, &[], &[])],
+    };
+    let problems = answer_problems("api/a1", &answer("succeeded", None), &missing, &[]);
+    assert_eq!(problems, ["api/a1: service.toml does not exist"]);
 }
