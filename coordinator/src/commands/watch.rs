@@ -54,21 +54,9 @@ pub(super) async fn watch(
         Ok(s) => s,
         Err(code) => return code,
     };
-    let run_id = match run {
-        Some(prefix) => match store.find(Some(prefix)).await {
-            Ok(found) => {
-                super::warn_unreadable(&found.unreadable);
-                match found.run {
-                    Ok(id) => id,
-                    Err(why) => return fail(exit::USAGE, why),
-                }
-            }
-            Err(e) => return fail(exit::BUS, error_chain(&e)),
-        },
-        None => match newest_running(&store, wait, &shutdown).await {
-            Ok(id) => id,
-            Err(code) => return code,
-        },
+    let run_id = match run_to_watch(&store, run, wait, &shutdown).await {
+        Ok(id) => id,
+        Err(code) => return code,
     };
     let mut record = match store.load(&run_id).await {
         Ok(Some((record, _))) => record,
@@ -129,26 +117,36 @@ pub(super) async fn watch(
                 Err(e) => tracing::warn!(error = %error_chain(&e), "cannot re-read the run"),
             }
             if ended(&record) {
-                // Every result the record holds is in the stream: show those not seen yet.
-                let deadline = Instant::now() + DRAIN_WAIT;
-                let mut missing: HashSet<CommandId> = recorded_results(&record)
-                    .filter(|id| !results.contains(id))
-                    .collect();
-                while !missing.is_empty() {
-                    let wait = deadline.saturating_duration_since(Instant::now());
-                    let Some(event) = events.next(wait).await else {
-                        break;
-                    };
-                    // Only a result settles a command: its progress events come first.
-                    if let RunEvent::Result(r) = &event {
-                        missing.remove(&r.command_id);
-                    }
-                    view.event(&event, &record);
-                }
+                show_the_rest(&mut events, &mut view, &record, &results).await;
                 return view.finish(&record);
             }
         }
         view.redraw(&record);
+    }
+}
+
+/// The run ended: every result the record holds is in the stream, so the events of those not
+/// seen yet (`seen` holds the results shown) are shown, for at most [`DRAIN_WAIT`].
+async fn show_the_rest(
+    events: &mut RunEvents,
+    view: &mut View,
+    record: &RunRecord,
+    seen: &HashSet<CommandId>,
+) {
+    let deadline = Instant::now() + DRAIN_WAIT;
+    let mut missing: HashSet<CommandId> = recorded_results(record)
+        .filter(|id| !seen.contains(id))
+        .collect();
+    while !missing.is_empty() {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let Some(event) = events.next(wait).await else {
+            break;
+        };
+        // Only a result settles a command: its progress events come first.
+        if let RunEvent::Result(r) = &event {
+            missing.remove(&r.command_id);
+        }
+        view.event(&event, record);
     }
 }
 
@@ -168,6 +166,26 @@ fn ended(record: &RunRecord) -> bool {
             record.status,
             RunStatus::Cancelled | RunStatus::AwaitingFinalize
         )
+}
+
+/// The run named by the prefix `run`, or else the newest running one (see [`newest_running`]);
+/// `Err` holds the exit code.
+async fn run_to_watch(
+    store: &Store,
+    run: Option<&str>,
+    wait: Duration,
+    shutdown: &CancellationToken,
+) -> Result<RunId, u8> {
+    let Some(prefix) = run else {
+        return newest_running(store, wait, shutdown).await;
+    };
+    match store.find(Some(prefix)).await {
+        Ok(found) => {
+            super::warn_unreadable(&found.unreadable);
+            found.run.map_err(|why| fail(exit::USAGE, why))
+        }
+        Err(e) => Err(fail(exit::BUS, error_chain(&e))),
+    }
 }
 
 /// The newest run, once it is running: waits up to `wait` for one to start (or be resumed).
