@@ -261,6 +261,7 @@ mod tests {
         Step::WriteFile {
             path: path.into(),
             content: content.into(),
+            source: None,
             mode: None,
         }
     }
