@@ -53,3 +53,25 @@ pub async fn template<'a>(
         .map(Into::into)
         .map_err(|_| ShippedError::NotText(file.path.clone()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped() -> PlanFile {
+        PlanFile {
+            path: "templates/a.toml.tmpl".into(),
+            digest: flotilla_bus::plan_files::digest_of(b"a = 1\n"),
+            size: 6,
+        }
+    }
+
+    #[tokio::test]
+    async fn inline_content_needs_no_bucket_and_a_source_refuses_without_one() {
+        assert_eq!(template(None, "a = 1\n", None).await.unwrap(), "a = 1\n");
+        let err = template(None, "", Some(&shipped())).await.unwrap_err();
+        assert!(matches!(err, ShippedError::Unconnected(ref p) if p == "templates/a.toml.tmpl"));
+        let err = template(None, "x", Some(&shipped())).await.unwrap_err();
+        assert!(matches!(err, ShippedError::Both(_)), "{err}");
+    }
+}

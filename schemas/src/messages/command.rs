@@ -438,3 +438,34 @@ impl Step {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plan_file_reads_from_a_path_or_the_whole_object() {
+        let from_plan: Step = serde_json::from_str(
+            r#"{"action":"write_file","path":"c.toml","source":"templates/c.toml.tmpl"}"#,
+        )
+        .unwrap();
+        let Step::WriteFile {
+            source: Some(file),
+            content,
+            ..
+        } = &from_plan
+        else {
+            panic!("{from_plan:?}")
+        };
+        assert_eq!(file.path, "templates/c.toml.tmpl");
+        assert!(file.digest.is_empty() && content.is_empty());
+        let wire = PlanFile {
+            path: "t".into(),
+            digest: "blake3:00".into(),
+            size: 3,
+        };
+        let text = serde_json::to_string(&wire).unwrap();
+        assert_eq!(text, r#"{"path":"t","digest":"blake3:00","size":3}"#);
+        assert_eq!(serde_json::from_str::<PlanFile>(&text).unwrap(), wire);
+    }
+}
