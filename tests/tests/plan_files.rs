@@ -405,7 +405,19 @@ fn plan_check_refuses_a_missing_or_malformed_source() {
         stderr.contains("source templates/service.toml.tmpl:"),
         "{stderr}"
     );
-    write_template(&fleet, &template(0));
+    let text = template(0);
+    write_template(&fleet, &text);
     let (code, stderr) = check();
     assert_eq!(code, Some(0), "{stderr}");
+    let out = fleet.flotilla(&["plan", "check", plan.to_str().unwrap(), "--output", "json"]);
+    let report = json_stdout(&out);
+    assert_eq!(
+        report["files"],
+        serde_json::json!([{
+            "path": TEMPLATE_PATH,
+            "digest": digest_of(&text),
+            "size": text.len(),
+        }]),
+        "{report:#}"
+    );
 }

@@ -37,8 +37,8 @@ fn read_plan(path: &Path) -> Result<Loaded, u8> {
 /// way (`valid`, and the plan's shape or the `error`).
 pub(super) fn plan_check(cli: &Cli, path: &Path) -> u8 {
     let json = cli.output == OutputFormat::Json;
-    let plan = match load_plan(path) {
-        Ok((plan, _, _)) => plan,
+    let (plan, files) = match load_plan(path) {
+        Ok((plan, _, files)) => (plan, files),
         Err(error) => {
             if json {
                 let report = serde_json::json!({
@@ -67,6 +67,7 @@ pub(super) fn plan_check(cli: &Cli, path: &Path) -> u8 {
             "waves": waves,
             "failure_budget": plan.failure_budget.to_string(),
             "on_failure": plan.on_failure.as_str(),
+            "files": files.iter().map(|f| &f.file).collect::<Vec<_>>(),
         });
         println!(
             "{}",
@@ -100,6 +101,14 @@ pub(super) fn plan_check(cli: &Cli, path: &Path) -> u8 {
         plan.failure_budget,
         plan.on_failure.as_str()
     );
+    for f in &files {
+        println!(
+            "  ships {} ({} bytes, {})",
+            crate::sanitize::one_line(&f.file.path),
+            f.file.size,
+            f.file.digest
+        );
+    }
     exit::OK
 }
 
