@@ -487,6 +487,7 @@ mod tests {
                 steps: vec![Step::WriteFile {
                     path: "config/service.toml".into(),
                     content,
+                    source: None,
                     mode: None,
                 }],
                 health: Vec::new(),

@@ -17,6 +17,7 @@ mod inspect;
 pub mod journal;
 mod lifecycle;
 mod metrics;
+mod plan_files;
 mod preview;
 pub mod redact;
 mod run_vars;
@@ -127,6 +128,7 @@ pub async fn run_with(
         launcher,
         redactor,
         swapped_out: Vec::new(),
+        plan_files: None,
     };
 
     let recovered = lifecycle.recover()?;

@@ -44,6 +44,8 @@ pub struct Lifecycle {
     /// Trees that restores swapped out, to remove once the answer is out
     /// ([`Lifecycle::remove_swapped_out`]).
     pub swapped_out: Vec<std::path::PathBuf>,
+    /// Where `write_file` sources (files shipped with the plan) come from; set by the session.
+    pub plan_files: Option<crate::plan_files::PlanFiles>,
 }
 
 /// Collects phase reports and publishes progress as phases start and end.
@@ -449,9 +451,22 @@ impl Lifecycle {
         for (index, step) in steps.iter().enumerate() {
             let at = |e: &dyn std::fmt::Display| at_step(index, step, e);
             let content = match step {
-                Step::WriteFile { path, content, .. } => {
+                Step::WriteFile {
+                    path,
+                    content,
+                    source,
+                    ..
+                } => {
                     confine::relative_path(path).map_err(|e| at(&e))?;
-                    Some(renderer.render_file(path, content).map_err(|e| at(&e))?)
+                    // A shipped file is fetched and its digest checked here, before any change.
+                    let template = crate::plan_files::template(
+                        self.plan_files.as_ref(),
+                        content,
+                        source.as_ref(),
+                    )
+                    .await
+                    .map_err(|e| at(&error_chain(&e)))?;
+                    Some(renderer.render_file(path, &template).map_err(|e| at(&e))?)
                 }
                 Step::ReplaceText { path, .. } | Step::Delete { path } => {
                     confine::relative_path(path).map_err(|e| at(&e))?;

@@ -223,13 +223,12 @@ impl Overlay<'_> {
         } else {
             "/dev/null".to_owned()
         };
-        Some(
-            similar::TextDiff::from_lines(&old_text, &new_text)
-                .unified_diff()
-                .context_radius(3)
-                .header(&from, &format!("b/{path}"))
-                .to_string(),
-        )
+        let diff = similar::TextDiff::from_lines(&old_text, &new_text)
+            .unified_diff()
+            .context_radius(3)
+            .header(&from, &format!("b/{path}"))
+            .to_string();
+        Some(capped(diff))
     }
 
     /// `text` with every known secret value replaced by [`MASK`].
@@ -238,6 +237,28 @@ impl Overlay<'_> {
             .iter()
             .fold(text.to_owned(), |text, secret| text.replace(secret, MASK))
     }
+}
+
+/// The most of one diff a preview shows: a file shipped with the plan may be megabytes, and the
+/// whole preview must fit in one result message.
+const MAX_DIFF_BYTES: usize = 64 * 1024;
+
+/// `diff`, cut after the last whole line within [`MAX_DIFF_BYTES`], saying how much was left out.
+fn capped(diff: String) -> String {
+    if diff.len() <= MAX_DIFF_BYTES {
+        return diff;
+    }
+    let mut end = MAX_DIFF_BYTES;
+    while !diff.is_char_boundary(end) {
+        end -= 1;
+    }
+    let end = diff[..end].rfind('\n').map_or(end, |at| at + 1);
+    let left = diff[end..].lines().count();
+    format!(
+        "{}… {left} more line(s) of diff not shown ({} bytes)\n",
+        &diff[..end],
+        diff.len() - end
+    )
 }
 
 /// A program or argument as a shell would need it quoted to mean the same.
@@ -261,8 +282,20 @@ mod tests {
         Step::WriteFile {
             path: path.into(),
             content: content.into(),
+            source: None,
             mode: None,
         }
+    }
+
+    #[test]
+    fn a_huge_diff_is_cut_at_a_line_and_says_so() {
+        let line = "x = \"é and more text on a line\"\n";
+        let diff = capped(line.repeat(10_000));
+        assert!(diff.len() < MAX_DIFF_BYTES + 100, "{}", diff.len());
+        let (shown, note) = diff.rsplit_once("… ").unwrap();
+        assert!(shown.ends_with('\n') && shown.lines().all(|l| format!("{l}\n") == line));
+        assert!(note.contains("more line(s) of diff not shown"), "{note}");
+        assert_eq!(capped("short\n".into()), "short\n");
     }
 
     #[test]

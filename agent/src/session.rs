@@ -105,6 +105,10 @@ pub async fn serve(
             }
         }
     };
+    lifecycle.plan_files = Some(crate::plan_files::PlanFiles::new(
+        js.clone(),
+        subjects.clone(),
+    ));
     let service = lifecycle.config.service.name.clone();
     let instance = lifecycle.config.agent.instance.clone();
     let events = Events::new(

@@ -549,10 +549,14 @@ async fn take_over(
     files: &ReportFiles,
     shutdown: CancellationToken,
 ) -> u8 {
-    let plan = match Plan::parse_named(&record.plan_text, &record.plan_path) {
+    let mut plan = match Plan::parse_named(&record.plan_text, &record.plan_path) {
         Ok(plan) => plan,
         Err(e) => return fail(exit::USAGE, e),
     };
+    // The files as the run shipped them (the bucket holds them), not as the disk has them now.
+    if let Err(e) = crate::plan_files::bind(&mut plan, &record.plan_files) {
+        return fail(exit::USAGE, e);
+    }
     let parts = match engine_parts(cli, &client, &subjects, store, shutdown) {
         Ok(parts) => parts,
         Err(code) => return code,

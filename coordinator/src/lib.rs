@@ -13,6 +13,7 @@ mod dry_run;
 mod events;
 pub mod exit;
 pub mod plan;
+mod plan_files;
 mod progress;
 mod report;
 mod rollout;

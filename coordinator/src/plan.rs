@@ -34,7 +34,7 @@ use toml::Spanned;
 
 mod amount;
 mod correlation;
-mod fields;
+pub(crate) mod fields;
 mod waves;
 
 pub use amount::Amount;

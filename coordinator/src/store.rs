@@ -128,6 +128,10 @@ pub struct RunRecord {
     pub plan_path: String,
     /// The plan's text, so the run can be resumed where the file is not.
     pub plan_text: String,
+    /// The files the plan ships (`write_file` sources) with their digests as the run started:
+    /// a resumed run sends these, from the plan-files bucket, whatever the disk holds now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plan_files: Vec<flotilla_schemas::PlanFile>,
     /// `--rehearse`: roll everything back after validation.
     #[serde(default)]
     pub rehearse: bool,
@@ -326,6 +330,7 @@ impl RunRecord {
             plan_name: plan_name.to_owned(),
             plan_path: plan_path.to_owned(),
             plan_text: plan_text.to_owned(),
+            plan_files: Vec::new(),
             rehearse,
             finalize: Finalize::Auto,
             status: RunStatus::Running,

@@ -18,7 +18,7 @@ pub use ids::{CommandId, IdError, InstanceId, RunId, ServiceName};
 pub use messages::{
     Action, AgentState, Check, CheckVerdict, Command, CommandSchema, ConfigShape, GateReport,
     Gates, HttpCheck, Inconclusive, Inspection, Measurements, MemorySource, Outcome, Phase,
-    PhaseReport, PhaseStatus, Precondition, Presence, Preview, Progress, ProgressSchema,
+    PhaseReport, PhaseStatus, PlanFile, Precondition, Presence, Preview, Progress, ProgressSchema,
     ResultSchema, RunResult, Step, StepPreview, WireMessage, Workload, WorkloadFigures,
     WorkloadReport,
 };

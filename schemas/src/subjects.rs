@@ -6,6 +6,7 @@
 //! | `<prefix>.evt.<run>.<service>.<instance>` | progress and results, in the events stream |
 //! | `<prefix>.presence` | presence requests; every agent answers |
 //! | `<prefix>.agent.<service>.<instance>.status` | one agent's `status` endpoint in the NATS service API |
+//! | `$O.<prefix>_files.>` | the plan-files object store: template files, each under its digest |
 //!
 //! `docs/wire-protocol.md` is the full contract, and `schemas/asyncapi.json` lists these
 //! subjects as channels (a test keeps the two in step).
@@ -98,6 +99,12 @@ impl Subjects {
     /// The durable consumer through which one agent reads its commands.
     pub fn agent_consumer(&self, service: &ServiceName, instance: &InstanceId) -> String {
         format!("agent_{service}_{instance}")
+    }
+
+    /// The object store bucket that holds the files shipped with plans, each under its digest.
+    /// Its stream is `OBJ_<bucket>`, its subjects `$O.<bucket>.>`.
+    pub fn files_bucket(&self) -> String {
+        format!("{}_files", self.prefix.replace('-', "_"))
     }
 
     /// The key-value bucket that holds run records.

@@ -50,6 +50,7 @@ fn template_of(builder: &str) -> Option<String> {
         "Subjects::events_stream" => s.events_stream(),
         "Subjects::agent_consumer" => s.agent_consumer(&svc, &inst),
         "Subjects::runs_bucket" => s.runs_bucket(),
+        "Subjects::files_bucket" => s.files_bucket(),
         "telemetry::stream_name" => telemetry::stream_name(PREFIX),
         "telemetry::all_subjects" => telemetry::all_subjects(PREFIX),
         "telemetry::traces_subject" => telemetry::traces_subject(PREFIX, TRACE),

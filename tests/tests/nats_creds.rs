@@ -105,7 +105,17 @@ fn the_shipped_permissions_are_read_as_expected() {
             .iter()
             .any(|s| s == "flotilla.evt.*.training.a")
     );
-    assert_eq!(agent.publish.len(), 11, "{agent:?}");
+    assert!(
+        agent.publish.iter().all(|s| !s.starts_with("$O.")),
+        "an agent may not write the plan-files bucket: {agent:?}"
+    );
+    assert!(
+        coordinator
+            .publish
+            .iter()
+            .any(|s| s == "$O.flotilla_files.>")
+    );
+    assert_eq!(agent.publish.len(), 15, "{agent:?}");
     assert_eq!(agent.subscribe[0], "_INBOX_agent-training-a.>");
     assert_eq!(agent.responses, Some((1, Duration::from_secs(60))));
 }

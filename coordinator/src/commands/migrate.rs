@@ -9,19 +9,27 @@ use super::{check_report_files, connect, engine_parts, fail, finish, open_store}
 use crate::cli::{Cli, OutputFormat, ReportFiles};
 use crate::dry_run::{self, DryRunReport, PreviewStatus, TargetPreview};
 use crate::plan::Plan;
+use crate::plan_files::LocalFile;
 use crate::rollout::{self, Engine, Target};
 use crate::{discovery, exit};
 
-/// Reads a plan and its text; the error says which line and key are wrong.
-fn load_plan(path: &Path) -> Result<(Plan, String), String> {
+/// A plan, its text, and the files it ships (their digests filled in).
+type Loaded = (Plan, String, Vec<LocalFile>);
+
+/// Reads a plan, its text and the files it ships; the error says which line and key, or which
+/// step's file, is wrong.
+fn load_plan(path: &Path) -> Result<Loaded, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read plan {}: {e}", path.display()))?;
-    let plan = Plan::parse_named(&text, &path.display().to_string()).map_err(|e| e.to_string())?;
-    Ok((plan, text))
+    let mut plan =
+        Plan::parse_named(&text, &path.display().to_string()).map_err(|e| e.to_string())?;
+    let files = crate::plan_files::resolve(&mut plan, path)
+        .map_err(|e| format!("invalid plan {}: {e}", path.display()))?;
+    Ok((plan, text, files))
 }
 
-/// Reads a plan and its text, or says why not (exit 2).
-fn read_plan(path: &Path) -> Result<(Plan, String), u8> {
+/// Reads a plan, its text and its files, or says why not (exit 2).
+fn read_plan(path: &Path) -> Result<Loaded, u8> {
     load_plan(path).map_err(|e| fail(exit::USAGE, e))
 }
 
@@ -29,8 +37,8 @@ fn read_plan(path: &Path) -> Result<(Plan, String), u8> {
 /// way (`valid`, and the plan's shape or the `error`).
 pub(super) fn plan_check(cli: &Cli, path: &Path) -> u8 {
     let json = cli.output == OutputFormat::Json;
-    let plan = match load_plan(path) {
-        Ok((plan, _)) => plan,
+    let (plan, files) = match load_plan(path) {
+        Ok((plan, _, files)) => (plan, files),
         Err(error) => {
             if json {
                 let report = serde_json::json!({
@@ -59,6 +67,7 @@ pub(super) fn plan_check(cli: &Cli, path: &Path) -> u8 {
             "waves": waves,
             "failure_budget": plan.failure_budget.to_string(),
             "on_failure": plan.on_failure.as_str(),
+            "files": files.iter().map(|f| &f.file).collect::<Vec<_>>(),
         });
         println!(
             "{}",
@@ -92,6 +101,14 @@ pub(super) fn plan_check(cli: &Cli, path: &Path) -> u8 {
         plan.failure_budget,
         plan.on_failure.as_str()
     );
+    for f in &files {
+        println!(
+            "  ships {} ({} bytes, {})",
+            crate::sanitize::one_line(&f.file.path),
+            f.file.size,
+            f.file.digest
+        );
+    }
     exit::OK
 }
 
@@ -105,7 +122,7 @@ pub(super) async fn migrate(
     files: &ReportFiles,
     shutdown: CancellationToken,
 ) -> u8 {
-    let (mut plan, text) = match read_plan(plan_path) {
+    let (mut plan, text, plan_files) = match read_plan(plan_path) {
         Ok(read) => read,
         Err(code) => return code,
     };
@@ -139,6 +156,17 @@ pub(super) async fn migrate(
             );
         }
     };
+    // Before any command (a preview too) names them: once, whatever the number of agents.
+    let js = async_nats::jetstream::new(client.clone());
+    match crate::plan_files::ship(&js, &subjects, &plan_files).await {
+        Ok(shipped) if !plan_files.is_empty() => tracing::info!(
+            uploaded = shipped.uploaded,
+            already_there = shipped.present,
+            "plan files shipped"
+        ),
+        Ok(_) => {}
+        Err(e) => return fail(exit::BUS, error_chain(&e)),
+    }
     if dry_run {
         return dry_run_previews(cli, &client, &subjects, &plan, &targets).await;
     }

@@ -104,7 +104,30 @@ pub(crate) async fn provision_all(
         }
     };
     resources.push(Resource::new("bucket", bucket, provisioned));
+    resources.push(provision_files_bucket(js, subjects).await?);
     Ok(resources)
+}
+
+/// The object store bucket the plan files are shipped in.
+async fn provision_files_bucket(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+) -> Result<Resource, BusError> {
+    use flotilla_bus::plan_files;
+    let bucket = subjects.files_bucket();
+    let provisioned = match provision::inspect(js, &plan_files::bucket_as_stream(subjects)).await? {
+        Some(differences) => provision::found(differences),
+        None => {
+            plan_files::create_or_open(js, subjects)
+                .await
+                .map_err(|e| BusError::Inspect {
+                    name: bucket.clone(),
+                    source: Box::new(e),
+                })?;
+            Provisioned::Created
+        }
+    };
+    Ok(Resource::new("bucket", bucket, provisioned))
 }
 
 /// The stream under the runs bucket, as the server keeps it (a key-value bucket is a stream

@@ -109,6 +109,7 @@ fn tables(tables: &Tables, prefix: &str) -> Result<(), RuleError> {
             .is_some_and(|a| a.get_ref().as_str() == Some("write_file"));
         if is_write {
             placeholders(step, &at, &["content"])?;
+            content_or_source(step, &at)?;
         }
     }
     for (i, condition) in tables.preconditions.iter().enumerate() {
@@ -128,6 +129,33 @@ fn tables(tables: &Tables, prefix: &str) -> Result<(), RuleError> {
         )?;
     }
     Ok(())
+}
+
+/// A `write_file` has its template inline (`content`) or in a plan file (`source`): one of
+/// the two.
+fn content_or_source(step: &Fields, at: &str) -> Result<(), RuleError> {
+    match (step.get("content"), step.get("source")) {
+        (Some(_), None) => Ok(()),
+        (None, Some(source)) if source.get_ref().is_str() => Ok(()),
+        (None, Some(source)) => Err(RuleError::at(
+            source,
+            format!("{at}.source"),
+            "source is a path relative to the plan file, e.g. \"templates/service.toml.tmpl\""
+                .into(),
+        )),
+        (Some(_), Some(source)) => Err(RuleError::at(
+            source,
+            format!("{at}.source"),
+            "write_file takes content or source, not both".into(),
+        )),
+        (None, None) => Err(RuleError {
+            span: step.get("path").map(|p| p.span()),
+            key: at.to_owned(),
+            reason: "write_file needs content (the template inline) or source (a file next to \
+                     the plan)"
+                .into(),
+        }),
+    }
 }
 
 /// The table's `path`, when it has one, stays inside the service root.
@@ -179,7 +207,7 @@ fn strings_in<'a>(value: &'a Value, out: &mut Vec<&'a str>) {
 }
 
 /// Why `text`'s placeholders cannot be rendered by any agent, if they cannot.
-fn well_formed(text: &str) -> Result<(), String> {
+pub(crate) fn well_formed(text: &str) -> Result<(), String> {
     for piece in placeholder::parse(text).map_err(|e| e.to_string())? {
         match piece {
             Piece::Secret(name, _) if !placeholder::valid_secret_name(name) => {

@@ -41,6 +41,7 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             rehearse,
         );
         record.finalize = plan.finalize;
+        record.plan_files = crate::plan_files::recorded(&plan);
         for target in &mut record.targets {
             if let Some(found) = targets
                 .iter()

@@ -93,9 +93,15 @@ pub enum Action {
 #[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Step {
     /// Write a file. `${secret:NAME}` and `${var:NAME}` placeholders are resolved by the agent.
+    /// The template is `content`, or the plan file `source` names (then `content` is empty).
     WriteFile {
         path: String,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
         content: String,
+        /// A template file shipped with the plan, fetched by the agent from the plan-files
+        /// bucket and checked against its digest before use; rendered like `content`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        source: Option<PlanFile>,
         /// Unix permission bits, e.g. `0o600`; the default keeps an existing file's mode or
         /// uses 0o644.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -121,6 +127,50 @@ pub enum Step {
     },
     /// Restart the service now (the migration always restarts it once after the last step).
     Restart,
+}
+
+/// A file shipped with the plan: stored in the plan-files bucket under its digest, once per run.
+/// A plan names it by its path alone (`source = "templates/ingest.toml.tmpl"`); the coordinator
+/// fills in the digest and the size before any command carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanFile {
+    /// The path relative to the plan file, as the plan names it: for messages only.
+    pub path: String,
+    /// `blake3:<64 hex digits>` of the content: the object's name in the bucket, and what the
+    /// agent checks the fetched bytes against. Signed with the command, it binds the content.
+    pub digest: String,
+    /// The content's length in bytes.
+    pub size: u64,
+}
+
+/// The forms a [`PlanFile`] is written in: a path (in a plan), or the whole object (on the
+/// wire).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PlanFileForm {
+    Path(String),
+    #[serde(rename_all = "snake_case")]
+    Full {
+        path: String,
+        #[serde(default)]
+        digest: String,
+        #[serde(default)]
+        size: u64,
+    },
+}
+
+impl<'de> Deserialize<'de> for PlanFile {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(match PlanFileForm::deserialize(deserializer)? {
+            PlanFileForm::Path(path) => PlanFile {
+                path,
+                digest: String::new(),
+                size: 0,
+            },
+            PlanFileForm::Full { path, digest, size } => PlanFile { path, digest, size },
+        })
+    }
 }
 
 fn default_command_timeout_ms() -> u64 {
@@ -386,5 +436,36 @@ impl Step {
             Step::RunCommand { .. } => "run_command",
             Step::Restart => "restart",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plan_file_reads_from_a_path_or_the_whole_object() {
+        let from_plan: Step = serde_json::from_str(
+            r#"{"action":"write_file","path":"c.toml","source":"templates/c.toml.tmpl"}"#,
+        )
+        .unwrap();
+        let Step::WriteFile {
+            source: Some(file),
+            content,
+            ..
+        } = &from_plan
+        else {
+            panic!("{from_plan:?}")
+        };
+        assert_eq!(file.path, "templates/c.toml.tmpl");
+        assert!(file.digest.is_empty() && content.is_empty());
+        let wire = PlanFile {
+            path: "t".into(),
+            digest: "blake3:00".into(),
+            size: 3,
+        };
+        let text = serde_json::to_string(&wire).unwrap();
+        assert_eq!(text, r#"{"path":"t","digest":"blake3:00","size":3}"#);
+        assert_eq!(serde_json::from_str::<PlanFile>(&text).unwrap(), wire);
     }
 }
