@@ -129,10 +129,10 @@ pub struct RunReport {
     pub services: Vec<ServiceReport>,
     /// The cross-service correlation check (`flotilla verify`'s report), when it ran.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub correlation: Option<serde_json::Value>,
+    pub correlation: Option<crate::store::CorrelationVerdict>,
     /// The cross-service checks (communication, configuration consistency), when they ran.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cross_service: Option<serde_json::Value>,
+    pub cross_service: Option<crate::store::CrossServiceVerdict>,
     /// The plan, for the migration guide.
     #[serde(skip)]
     plan_text: String,

@@ -24,8 +24,8 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::plan::{Finalize, OnFailure, Plan};
 use crate::store::{
-    CommandRecord, Revisions, RunRecord, RunStatus, Stage, Store, StoreError, TargetRecord,
-    WaveStatus,
+    CommandRecord, CorrelationVerdict, CrossServiceVerdict, LogCorrelationVerdict, Revisions,
+    RunRecord, RunStatus, ServiceInspection, Stage, Store, StoreError, TargetRecord, WaveStatus,
 };
 use crate::trust::{AgentPins, ResultTrust};
 
@@ -1081,12 +1081,12 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             if result.outcome != Outcome::Succeeded {
                 problems.push(format!("{name}: {}", result.reason.unwrap_or_default()));
             }
-            services.push(serde_json::json!({
-                "service": self.record.targets[t].service,
-                "instance": self.record.targets[t].instance,
-                "checks": inspection.checks,
-                "config": inspection.config,
-            }));
+            services.push(ServiceInspection {
+                service: self.record.targets[t].service.clone(),
+                instance: self.record.targets[t].instance.clone(),
+                checks: inspection.checks,
+                config: inspection.config,
+            });
         }
         for t in unanswered {
             let name = self.target_name(t);
@@ -1101,12 +1101,12 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         } else {
             format!("cross-service checks failed: {}", problems.join(" | "))
         });
-        self.record.cross_service = Some(serde_json::json!({
-            "ok": ok,
-            "problems": problems,
-            "services": services,
-            "log_correlation": correlation,
-        }));
+        self.record.cross_service = Some(CrossServiceVerdict {
+            ok,
+            problems,
+            services,
+            log_correlation: correlation,
+        });
         if !ok && self.correlation.enforce {
             self.record.stage = Stage::RollingBack;
         }
@@ -1121,7 +1121,7 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         spec: &crate::plan::CrossService,
         members: &[usize],
         problems: &mut Vec<String>,
-    ) -> Result<Vec<serde_json::Value>, RolloutError> {
+    ) -> Result<Vec<LogCorrelationVerdict>, RolloutError> {
         if spec.log_correlation.is_empty() {
             return Ok(Vec::new());
         }
@@ -1166,11 +1166,11 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             if result.outcome != Outcome::Succeeded {
                 problems.push(format!("{name}: {}", result.reason.unwrap_or_default()));
             }
-            verdicts.push(serde_json::json!({
-                "service": self.record.targets[t].service,
-                "instance": self.record.targets[t].instance,
-                "checks": checks,
-            }));
+            verdicts.push(LogCorrelationVerdict {
+                service: self.record.targets[t].service.clone(),
+                instance: self.record.targets[t].instance.clone(),
+                checks,
+            });
         }
         for t in unanswered {
             let name = self.target_name(t);
@@ -1296,17 +1296,12 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
                         failing.join(" | ")
                     )
                 };
-                (
-                    report.ok,
-                    serde_json::to_value(&report).expect("reports serialize"),
-                    note,
-                )
+                (report.ok, CorrelationVerdict::Checked(report), note)
             }
-            Err(e) => (
-                false,
-                serde_json::json!({ "ok": false, "error": e }),
-                format!("correlation check failed: {e}"),
-            ),
+            Err(e) => {
+                let note = format!("correlation check failed: {e}");
+                (false, CorrelationVerdict::failed(e), note)
+            }
         };
         self.record.notes.push(note);
         self.record.correlation = Some(value);

@@ -12,14 +12,16 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use flotilla_schemas::{CommandId, GateReport, Phase, PhaseStatus, RunResult};
+use flotilla_schemas::{
+    CheckVerdict, CommandId, ConfigShape, GateReport, Phase, PhaseStatus, RunResult,
+};
 use serde::Serialize;
 use time::OffsetDateTime;
 
 use super::memory::memory_figures;
 use super::{RunReport, ServiceReport};
 use crate::events::RunEvent;
-use crate::store::{CommandRecord, RunRecord};
+use crate::store::{CommandRecord, CrossServiceVerdict, RunRecord};
 
 /// The page's data for its script: times in milliseconds from the run's start.
 #[derive(Debug, Serialize)]
@@ -269,68 +271,56 @@ fn checks(out: &mut String, report: &RunReport) {
         );
         return;
     };
-    let ok = c["ok"].as_bool() == Some(true);
+    let ok = c.ok();
+    let report = c.report();
     let _ = writeln!(
         out,
         "<p class=\"verdict {}\">Correlation: <strong>{}</strong>{}</p>",
         if ok { "ok" } else { "bad" },
         if ok { "verified" } else { "FAILED" },
-        c["trace_id"]
-            .as_str()
+        report
+            .map(|r| r.trace_id.as_str())
             .filter(|t| !t.is_empty())
             .map(|t| format!(" (trace <code>{}</code>)", esc(t)))
             .unwrap_or_default()
     );
-    if let Some(error) = c["error"].as_str() {
+    if let Some(error) = c.error() {
         let _ = writeln!(out, "<p class=\"error\">{}</p>", esc(error));
     }
-    let services = c["services"].as_array().cloned().unwrap_or_default();
+    let services = report.map_or(&[][..], |r| &r.services);
     if !services.is_empty() {
         out.push_str(
             "<table>\n<thead><tr><th>service</th><th>spans</th><th>logs</th><th>correlated</th>\
              <th>problems</th></tr></thead>\n<tbody>\n",
         );
-        for s in &services {
-            let problems: Vec<String> = s["problems"]
-                .as_array()
-                .map(|p| {
-                    p.iter()
-                        .filter_map(|x| x.as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default();
+        for s in services {
             let _ = writeln!(
                 out,
                 "<tr><td>{}/{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                esc(s["service"].as_str().unwrap_or("?")),
-                esc(s["instance"].as_str().unwrap_or("")),
-                s["spans"].as_u64().unwrap_or(0),
-                s["logs"].as_u64().unwrap_or(0),
-                if s["correlated"].as_bool() == Some(true) {
-                    "yes"
-                } else {
-                    "NO"
-                },
-                esc(&if problems.is_empty() {
+                esc(&s.service),
+                esc(&s.instance),
+                s.spans,
+                s.logs,
+                if s.correlated { "yes" } else { "NO" },
+                esc(&if s.problems.is_empty() {
                     "none".to_owned()
                 } else {
-                    problems.join("; ")
+                    s.problems.join("; ")
                 })
             );
         }
         out.push_str("</tbody>\n</table>\n");
     }
-    let count = |key: &str| c[key].as_array().map_or(0, Vec::len);
     let _ = writeln!(
         out,
         "<p>Trace roots: {} (one expected); orphan spans: {}.</p>",
-        count("roots"),
-        count("orphans")
+        report.map_or(0, |r| r.roots.len()),
+        report.map_or(0, |r| r.orphans.len())
     );
-    if let Some(problems) = c["problems"].as_array().filter(|p| !p.is_empty()) {
+    if let Some(problems) = report.map(|r| &r.problems).filter(|p| !p.is_empty()) {
         out.push_str("<ul class=\"notes\">\n");
         for p in problems {
-            let _ = writeln!(out, "<li>{}</li>", esc(p.as_str().unwrap_or_default()));
+            let _ = writeln!(out, "<li>{}</li>", esc(p));
         }
         out.push_str("</ul>\n");
     }
@@ -338,7 +328,7 @@ fn checks(out: &mut String, report: &RunReport) {
 }
 
 /// The cross-service stage: each agent's checks of the others, and its configuration's shape.
-fn cross_service(out: &mut String, stage: Option<&serde_json::Value>) {
+fn cross_service(out: &mut String, stage: Option<&CrossServiceVerdict>) {
     out.push_str("<h3>Communication and configuration consistency</h3>\n");
     let Some(c) = stage else {
         out.push_str(
@@ -346,73 +336,19 @@ fn cross_service(out: &mut String, stage: Option<&serde_json::Value>) {
         );
         return;
     };
-    let ok = c["ok"].as_bool() == Some(true);
     let _ = writeln!(
         out,
         "<p class=\"verdict {}\">Cross-service checks: <strong>{}</strong></p>",
-        if ok { "ok" } else { "bad" },
-        if ok { "passed" } else { "FAILED" }
+        if c.ok { "ok" } else { "bad" },
+        if c.ok { "passed" } else { "FAILED" }
     );
-    let strings = |v: &serde_json::Value| -> Vec<String> {
-        v.as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let services = c["services"].as_array().cloned().unwrap_or_default();
-    if !services.is_empty() {
+    if !c.services.is_empty() {
         out.push_str(
             "<table>\n<thead><tr><th>service</th><th>checks</th><th>configuration</th></tr></thead>\n<tbody>\n",
         );
-        for s in &services {
-            let checks: Vec<String> = s["checks"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .map(|v| {
-                            format!(
-                                "{} {}: {}",
-                                v["kind"].as_str().unwrap_or("check"),
-                                if v["passed"].as_bool() == Some(true) {
-                                    "passed"
-                                } else {
-                                    "FAILED"
-                                },
-                                v["detail"].as_str().unwrap_or_default()
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            let config: Vec<String> = s["config"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .map(|v| {
-                            let secrets = strings(&v["literal_secrets"]);
-                            format!(
-                                "{} ({}, {} key(s){}{})",
-                                v["path"].as_str().unwrap_or("?"),
-                                v["format"].as_str().unwrap_or("?"),
-                                v["keys"].as_array().map_or(0, Vec::len),
-                                if v["exists"].as_bool() == Some(false) {
-                                    ", missing"
-                                } else {
-                                    ""
-                                },
-                                if secrets.is_empty() {
-                                    String::new()
-                                } else {
-                                    format!(", literal secret in {}", secrets.join(", "))
-                                }
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
+        for s in &c.services {
+            let checks: Vec<String> = s.checks.iter().map(check_text).collect();
+            let config: Vec<String> = s.config.iter().map(config_text).collect();
             let list = |items: &[String]| {
                 if items.is_empty() {
                     "-".to_owned()
@@ -427,22 +363,47 @@ fn cross_service(out: &mut String, stage: Option<&serde_json::Value>) {
             let _ = writeln!(
                 out,
                 "<tr><td>{}/{}</td><td>{}</td><td>{}</td></tr>",
-                esc(s["service"].as_str().unwrap_or("?")),
-                esc(s["instance"].as_str().unwrap_or("")),
+                esc(s.service.as_str()),
+                esc(s.instance.as_str()),
                 list(&checks),
                 list(&config)
             );
         }
         out.push_str("</tbody>\n</table>\n");
     }
-    let problems = strings(&c["problems"]);
-    if !problems.is_empty() {
+    if !c.problems.is_empty() {
         out.push_str("<ul class=\"notes\">\n");
-        for p in problems {
-            let _ = writeln!(out, "<li>{}</li>", esc(&p));
+        for p in &c.problems {
+            let _ = writeln!(out, "<li>{}</li>", esc(p));
         }
         out.push_str("</ul>\n");
     }
+}
+
+/// A check's verdict in a few words: `http passed: 200`.
+fn check_text(v: &CheckVerdict) -> String {
+    format!(
+        "{} {}: {}",
+        v.kind,
+        if v.passed { "passed" } else { "FAILED" },
+        v.detail
+    )
+}
+
+/// A configuration file's shape in a few words: `app.toml (standard, 4 key(s))`.
+fn config_text(v: &ConfigShape) -> String {
+    format!(
+        "{} ({}, {} key(s){}{})",
+        v.path,
+        v.format,
+        v.keys.len(),
+        if v.exists { "" } else { ", missing" },
+        if v.literal_secrets.is_empty() {
+            String::new()
+        } else {
+            format!(", literal secret in {}", v.literal_secrets.join(", "))
+        }
+    )
 }
 
 /// The Markdown report's per-service migration guide, rendered as HTML.
