@@ -23,7 +23,7 @@ mod verdict;
 
 pub(crate) use record::coordinator_name;
 pub use record::{
-    CommandRecord, RUN_SCHEMA, RunRecord, RunStatus, Stage, TargetRecord, WaveStatus,
+    CommandRecord, RUN_SCHEMA, RunRecord, RunStatus, Stage, TargetRecord, WaveRecord, WaveStatus,
     failed_verdict,
 };
 pub use verdict::{

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use flotilla_schemas::{PhaseStatus, Step};
 
+use super::gate::Gate;
 use super::memory::memory_figures;
 use super::{RunReport, ServiceReport};
 use crate::plan::{Plan, ServicePlan};
@@ -80,7 +81,7 @@ pub(super) fn render(report: &RunReport) -> String {
             ms(m.startup_ms_after),
             memory_figures(m),
             yes_no(s.rollback_validated),
-            problem(s).replace('|', "\\|").replace('\n', " "),
+            s.problem().replace('|', "\\|").replace('\n', " "),
         );
     }
 
@@ -157,15 +158,7 @@ fn guide(out: &mut String, s: &ServiceReport, plan: Option<&ServicePlan>) {
         bytes(m.backup_bytes),
     );
     for gate in &s.gates {
-        let _ = writeln!(
-            out,
-            "- gate {}: {} → {} (limit {}): {}",
-            gate.gate,
-            gate.before,
-            gate.after,
-            gate.limit,
-            if gate.passed { "passed" } else { "TRIPPED" }
-        );
+        let _ = writeln!(out, "- gate {}", Gate(gate).line());
     }
     let _ = writeln!(
         out,
@@ -191,7 +184,7 @@ fn guide(out: &mut String, s: &ServiceReport, plan: Option<&ServicePlan>) {
             .collect();
         let _ = writeln!(out, "- phases: {}", phases.join(", "));
     }
-    let _ = writeln!(out, "- problems: {}\n", problem(s));
+    let _ = writeln!(out, "- problems: {}\n", s.problem());
 }
 
 fn describe(step: &Step) -> String {
@@ -206,19 +199,6 @@ fn describe(step: &Step) -> String {
             format!("run `{program} {}`", args.join(" "))
         }
         Step::Restart => "restart the service".into(),
-    }
-}
-
-fn problem(s: &ServiceReport) -> String {
-    let failed = s.failed_phases();
-    match (s.failure, &s.reason) {
-        (Some(kind), Some(reason)) => format!("{}: {reason}", kind.as_str()),
-        (Some(kind), None) if !failed.is_empty() => {
-            format!("{}: {}", kind.as_str(), failed.join("; "))
-        }
-        (Some(kind), None) => kind.as_str().to_owned(),
-        (None, _) if !failed.is_empty() => failed.join("; "),
-        (None, _) => "none".into(),
     }
 }
 

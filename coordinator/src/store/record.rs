@@ -117,6 +117,24 @@ pub enum WaveStatus {
     Stopped,
 }
 
+// === impl RunStatus ===
+
+impl RunStatus {
+    /// The status as written in reports (its JSON spelling).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::SucceededWithFailures => "succeeded_with_failures",
+            RunStatus::Failed => "failed",
+            RunStatus::RolledBack => "rolled_back",
+            RunStatus::Rehearsed => "rehearsed",
+            RunStatus::AwaitingFinalize => "awaiting_finalize",
+            RunStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
 // === impl Stage ===
 
 impl Stage {
@@ -307,4 +325,25 @@ pub(crate) fn coordinator_name() -> String {
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "unknown-host".into());
     format!("{host}:{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_status_text_is_its_json_spelling() {
+        for status in [
+            RunStatus::Running,
+            RunStatus::Succeeded,
+            RunStatus::SucceededWithFailures,
+            RunStatus::Failed,
+            RunStatus::RolledBack,
+            RunStatus::Rehearsed,
+            RunStatus::AwaitingFinalize,
+            RunStatus::Cancelled,
+        ] {
+            assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
+        }
+    }
 }
