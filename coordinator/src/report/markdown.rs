@@ -45,6 +45,19 @@ pub(super) fn render(report: &RunReport) -> String {
         let _ = writeln!(out, "\n> {note}");
     }
 
+    tables(&mut out, report);
+    let _ = writeln!(out, "\n## Migration guide, per service\n");
+    for s in &report.services {
+        let service_plan = plan.as_ref().and_then(|p| p.service(&s.service));
+        guide(&mut out, s, service_plan);
+    }
+    // Reasons, paths and names are data: no control character reaches a reader's terminal or
+    // editor raw (see `sanitize`).
+    crate::sanitize::multi_line(&out).into_owned()
+}
+
+/// The waves table and the summary table, one row per service.
+fn tables(out: &mut String, report: &RunReport) {
     let _ = writeln!(out, "\n## Waves\n");
     let _ = writeln!(
         out,
@@ -84,68 +97,13 @@ pub(super) fn render(report: &RunReport) -> String {
             s.problem().replace('|', "\\|").replace('\n', " "),
         );
     }
-
-    let _ = writeln!(out, "\n## Migration guide, per service\n");
-    for s in &report.services {
-        let service_plan = plan.as_ref().and_then(|p| p.service(&s.service));
-        guide(&mut out, s, service_plan);
-    }
-    // Reasons, paths and names are data: no control character reaches a reader's terminal or
-    // editor raw (see `sanitize`).
-    crate::sanitize::multi_line(&out).into_owned()
 }
 
 fn guide(out: &mut String, s: &ServiceReport, plan: Option<&ServicePlan>) {
     let _ = writeln!(out, "### {}/{}\n", s.service, s.instance);
     let _ = writeln!(out, "- status: **{}**", s.status.as_str());
     if let Some(plan) = plan {
-        let configs: Vec<&str> = plan
-            .steps
-            .iter()
-            .filter_map(|step| match step {
-                Step::WriteFile { path, .. } | Step::ReplaceText { path, .. } => {
-                    Some(path.as_str())
-                }
-                _ => None,
-            })
-            .collect();
-        let _ = writeln!(
-            out,
-            "- configuration written: {}",
-            if configs.is_empty() {
-                "none".to_owned()
-            } else {
-                configs
-                    .iter()
-                    .map(|c| format!("`{c}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            }
-        );
-        let health: Vec<String> = plan
-            .health
-            .iter()
-            .map(|h| {
-                let url = h.url.as_deref().unwrap_or("the agent's health_url");
-                match &h.body_contains {
-                    Some(body) => format!("{url} → {} with `{body}`", h.expect_status),
-                    None => format!("{url} → {}", h.expect_status),
-                }
-            })
-            .collect();
-        let _ = writeln!(
-            out,
-            "- health endpoint: {}",
-            if health.is_empty() {
-                "the agent's health_url → 200".to_owned()
-            } else {
-                health.join("; ")
-            }
-        );
-        let _ = writeln!(out, "- steps:");
-        for (i, step) in plan.steps.iter().enumerate() {
-            let _ = writeln!(out, "  {}. {}", i + 1, describe(step));
-        }
+        plan_lines(out, plan);
     }
     let m = &s.measurements;
     let _ = writeln!(
@@ -185,6 +143,55 @@ fn guide(out: &mut String, s: &ServiceReport, plan: Option<&ServicePlan>) {
         let _ = writeln!(out, "- phases: {}", phases.join(", "));
     }
     let _ = writeln!(out, "- problems: {}\n", s.problem());
+}
+
+/// What the plan does to the service: the configuration written, the health endpoint, the steps.
+fn plan_lines(out: &mut String, plan: &ServicePlan) {
+    let configs: Vec<&str> = plan
+        .steps
+        .iter()
+        .filter_map(|step| match step {
+            Step::WriteFile { path, .. } | Step::ReplaceText { path, .. } => Some(path.as_str()),
+            _ => None,
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "- configuration written: {}",
+        if configs.is_empty() {
+            "none".to_owned()
+        } else {
+            configs
+                .iter()
+                .map(|c| format!("`{c}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    );
+    let health: Vec<String> = plan
+        .health
+        .iter()
+        .map(|h| {
+            let url = h.url.as_deref().unwrap_or("the agent's health_url");
+            match &h.body_contains {
+                Some(body) => format!("{url} → {} with `{body}`", h.expect_status),
+                None => format!("{url} → {}", h.expect_status),
+            }
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "- health endpoint: {}",
+        if health.is_empty() {
+            "the agent's health_url → 200".to_owned()
+        } else {
+            health.join("; ")
+        }
+    );
+    let _ = writeln!(out, "- steps:");
+    for (i, step) in plan.steps.iter().enumerate() {
+        let _ = writeln!(out, "  {}. {}", i + 1, describe(step));
+    }
 }
 
 fn describe(step: &Step) -> String {
