@@ -35,16 +35,6 @@ impl Unit {
         }
     }
 
-    /// The unit as the HTML page's script names it.
-    pub(crate) fn key(self) -> &'static str {
-        match self {
-            Unit::Millis => "ms",
-            Unit::Micros => "us",
-            Unit::Bytes => "bytes",
-            Unit::Count => "",
-        }
-    }
-
     /// `v` in this unit: `120 ms`, `950 µs`, `20.5 MiB`, or the bare number.
     pub(crate) fn figure(self, v: f64) -> String {
         match self {

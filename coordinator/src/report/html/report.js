@@ -22,13 +22,6 @@
     var s = ms / 1000;
     return (Math.abs(s) >= 10 ? s.toFixed(0) : Math.abs(s) >= 1 ? s.toFixed(1) : s.toFixed(2)) + " s";
   }
-  function figure(v, unit) {
-    if (v === null || v === undefined) return "-";
-    if (unit === "bytes") return (v / 1048576).toFixed(1) + " MiB";
-    if (unit === "ms") return Math.round(v) + " ms";
-    if (unit === "us") return Math.round(v) + " µs";
-    return String(Math.round(v * 100) / 100);
-  }
   function niceStep(span, ticks) {
     var raw = span / ticks, p = Math.pow(10, Math.floor(Math.log10(raw)));
     var steps = [1, 2, 5, 10];
@@ -129,20 +122,18 @@
         var sx = function (v) { return labelW + (v / top) * (width - labelW - valueW); };
         var vx = width - valueW + 8;
         el("text", { x: 0, y: y + 13 }, svg, gate.name);
-        var verdict = gate.passed === null ? "measured" : gate.inconclusive ? "inconclusive" :
-          gate.passed ? "passed" : "TRIPPED";
-        el("text", { "class": "value", x: 0, y: y + 29 }, svg, verdict);
+        el("text", { "class": "value", x: 0, y: y + 29 }, svg, gate.text.verdict);
         el("rect", { "class": "before", x: labelW, y: y + 2, height: barH, width: Math.max(1, sx(gate.before) - labelW) }, svg);
-        el("text", { "class": "value", x: vx, y: y + 13 }, svg, "before " + figure(gate.before, gate.unit));
+        el("text", { "class": "value", x: vx, y: y + 13 }, svg, "before " + gate.text.before);
         if (gate.after !== null) {
           var cls = "after" + (gate.passed === false ? " tripped" : "") + (gate.inconclusive ? " inconclusive" : "");
           el("rect", { "class": cls, x: labelW, y: y + 2 + barH + 3, height: barH, width: Math.max(1, sx(gate.after) - labelW) }, svg);
-          el("text", { "class": "value", x: vx, y: y + 13 + barH + 3 }, svg, "after " + figure(gate.after, gate.unit));
+          el("text", { "class": "value", x: vx, y: y + 13 + barH + 3 }, svg, "after " + gate.text.after);
         }
         if (gate.limit !== null) {
           el("line", { "class": "limit", x1: sx(gate.limit), x2: sx(gate.limit), y1: y, y2: y + 2 * barH + 7 }, svg);
           el("text", { "class": "value", x: vx, y: y + 13 + 2 * (barH + 3) }, svg,
-            "limit " + (gate.higher_is_better ? "≥ " : "≤ ") + figure(gate.limit, gate.unit));
+            "limit " + gate.text.limit);
         }
       });
       box.appendChild(card);

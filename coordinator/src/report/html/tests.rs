@@ -132,6 +132,11 @@ fn timeline_comes_from_events_and_falls_back_to_results() {
     assert_eq!(data.marks[0].kind, "rollback");
     assert_eq!(data.marks[0].at, 3000);
     assert_eq!(data.charts[0].gates[0].name, "startup_ms");
+    let text = &data.charts[0].gates[0].text;
+    assert_eq!(
+        (text.verdict, text.before.as_str(), text.limit.as_deref()),
+        ("passed", "50 ms", Some("≤ 150 ms"))
+    );
     let page = render(&report, &record, &events);
     assert!(!page.contains("p</script>"), "the plan name is not escaped");
     assert!(!page.contains("<boom>"), "a phase detail is not escaped");

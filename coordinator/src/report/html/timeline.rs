@@ -80,14 +80,25 @@ pub(super) struct Chart {
 #[derive(Debug, Serialize)]
 pub(super) struct ChartGate {
     pub(super) name: String,
-    /// `ms`, `us`, `bytes` or empty ([`Unit::key`]).
-    pub(super) unit: &'static str,
+    /// The figures as the script shows them, written by the one gate renderer
+    /// ([`super::super::gate`]): `before 55 ms`, `after 62 ms`, `limit ≤ 155 ms`.
+    pub(super) text: ChartText,
     pub(super) before: f64,
     pub(super) after: Option<f64>,
     pub(super) limit: Option<f64>,
     pub(super) passed: Option<bool>,
     pub(super) higher_is_better: bool,
     pub(super) inconclusive: bool,
+}
+
+/// A chart's figures, in words with their unit.
+#[derive(Debug, Serialize)]
+pub(super) struct ChartText {
+    /// [`Gate::verdict`], or `measured` for a figure without a gate.
+    pub(super) verdict: &'static str,
+    pub(super) before: String,
+    pub(super) after: Option<String>,
+    pub(super) limit: Option<String>,
 }
 
 /// The commands of the run being placed on the timeline.
@@ -379,7 +390,12 @@ fn chart(s: &ServiceReport) -> Chart {
         .iter()
         .map(|g| ChartGate {
             name: g.gate.clone(),
-            unit: Gate(g).unit().key(),
+            text: ChartText {
+                verdict: Gate(g).verdict(),
+                before: Gate(g).figure(g.before),
+                after: Some(Gate(g).figure(g.after)),
+                limit: Some(format!("{} {}", Gate(g).bound(), Gate(g).figure(g.limit))),
+            },
             before: g.before as f64,
             after: Some(g.after as f64),
             limit: Some(g.limit as f64),
@@ -398,9 +414,15 @@ fn chart(s: &ServiceReport) -> Chart {
             continue;
         }
         if let Some(v) = before.or(after) {
+            let unit = Unit::of(name);
             gates.push(ChartGate {
                 name: name.to_owned(),
-                unit: Unit::of(name).key(),
+                text: ChartText {
+                    verdict: "measured",
+                    before: unit.figure(before.unwrap_or(v) as f64),
+                    after: after.map(|a| unit.figure(a as f64)),
+                    limit: None,
+                },
                 before: before.unwrap_or(v) as f64,
                 after: after.map(|a| a as f64),
                 limit: None,
