@@ -15,12 +15,11 @@ use crate::store::{CommandRecord, RunRecord, Stage, TargetRecord, WaveStatus};
 
 pub use crate::store::RunStatus;
 
+pub(crate) mod gate;
 mod html;
 mod junit;
 mod markdown;
 mod memory;
-
-pub(crate) use html::gate_figure;
 
 /// How one service ended (or stands, while the run goes on).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -129,10 +128,10 @@ pub struct RunReport {
     pub services: Vec<ServiceReport>,
     /// The cross-service correlation check (`flotilla verify`'s report), when it ran.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub correlation: Option<serde_json::Value>,
+    pub correlation: Option<crate::store::CorrelationVerdict>,
     /// The cross-service checks (communication, configuration consistency), when they ran.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cross_service: Option<serde_json::Value>,
+    pub cross_service: Option<crate::store::CrossServiceVerdict>,
     /// The plan, for the migration guide.
     #[serde(skip)]
     plan_text: String,
@@ -195,6 +194,23 @@ impl ServiceReport {
                     .map(|d| format!("{}: {d}", p.phase.as_str()))
             })
             .collect()
+    }
+
+    /// What went wrong with this service, in one line: its failure kind with the reason (or
+    /// the failed phases), the failed phases alone, or `none`. A reason without a failure (a
+    /// rehearsal's restore, a rollback on request or because another service failed, a service
+    /// not started) is not this service's problem: its status and the run's notes tell it.
+    pub(crate) fn problem(&self) -> String {
+        let failed = self.failed_phases();
+        match (self.failure, &self.reason) {
+            (Some(kind), Some(reason)) => format!("{}: {reason}", kind.as_str()),
+            (Some(kind), None) if !failed.is_empty() => {
+                format!("{}: {}", kind.as_str(), failed.join("; "))
+            }
+            (Some(kind), None) => kind.as_str().to_owned(),
+            (None, _) if !failed.is_empty() => failed.join("; "),
+            (None, _) => "none".into(),
+        }
     }
 
     /// The report of a service in `wave` of which nothing is known yet: not started.

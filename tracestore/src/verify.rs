@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use flotilla_telemetry::{INSTANCE_ATTR, RUN_ID_ATTR, SERVICE_ATTR};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{LogSource, Trace};
@@ -14,7 +15,7 @@ pub const COMPONENT_ATTR: &str = "flotilla.component";
 pub const SERVICE_COMPONENT: &str = "service";
 
 /// The verdict on one run's trace.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct VerifyReport {
     /// The run's correlation ID.
     pub run_id: String,
@@ -36,7 +37,7 @@ pub struct VerifyReport {
 }
 
 /// What one service contributed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ServiceReport {
     /// The service (`flotilla.service`, else the resource's `service.name`).
     pub service: String,
@@ -53,7 +54,7 @@ pub struct ServiceReport {
 }
 
 /// A span whose parent is missing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrphanSpan {
     /// The span.
     pub span_id: String,
@@ -68,7 +69,7 @@ pub struct OrphanSpan {
 }
 
 /// A span without a parent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct RootSpan {
     /// The span.
     pub span_id: String,

@@ -437,7 +437,7 @@ impl View {
                 let gates = if r.gates.is_empty() {
                     String::new()
                 } else {
-                    format!("; gates: {}", gates_text(&r.gates))
+                    format!("; gates: {}", crate::report::gate::lines(&r.gates))
                 };
                 let kind = match kind {
                     None | Some(Some(ActionKind::Migrate)) => String::new(),
@@ -543,7 +543,7 @@ impl View {
             bar.set_message(message(format!(
                 "  {:width$}  {phase:16}  {elapsed:>6}  {outcome:22}  {}",
                 row.target,
-                gates_short(&row.gates)
+                crate::report::gate::compact(&row.gates)
             )));
         }
     }
@@ -598,77 +598,8 @@ fn kind_name(kind: Option<ActionKind>) -> &'static str {
     kind.map_or("inspect", ActionKind::as_str)
 }
 
-/// Every gate in as few characters as a terminal row allows: `startup 58→62 ms (≤160) ok`.
-fn gates_short(gates: &[GateReport]) -> String {
-    gates
-        .iter()
-        .map(|g| {
-            let v = serde_json::to_value(g).unwrap_or_default();
-            let n = |key: &str| v[key].as_f64().unwrap_or_default();
-            let (name, scale, unit, digits) = if let Some(name) = g.gate.strip_suffix("_bytes") {
-                (name, 1048576.0, " MiB", 1)
-            } else if let Some(name) = g.gate.strip_suffix("_ms") {
-                (name, 1.0, " ms", 0)
-            } else {
-                (g.gate.as_str(), 1.0, "", 2)
-            };
-            let verdict = match (v["inconclusive"].as_bool() == Some(true), g.passed) {
-                (true, _) => "?",
-                (false, true) => "ok",
-                (false, false) => "TRIPPED",
-            };
-            let bound = if v["higher_is_better"].as_bool() == Some(true) {
-                "≥"
-            } else {
-                "≤"
-            };
-            format!(
-                "{name} {:.digits$}→{:.digits$}{unit} ({bound}{:.digits$}) {verdict}",
-                n("before") / scale,
-                n("after") / scale,
-                n("limit") / scale,
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// Every gate in a few words: `name before → after (limit L) verdict`.
-fn gates_text(gates: &[GateReport]) -> String {
-    gates
-        .iter()
-        .map(|g| {
-            let v = serde_json::to_value(g).unwrap_or_default();
-            let verdict = match (v["inconclusive"].as_bool() == Some(true), g.passed) {
-                (true, _) => "inconclusive",
-                (false, true) => "ok",
-                (false, false) => "TRIPPED",
-            };
-            let bound = if v["higher_is_better"].as_bool() == Some(true) {
-                "≥"
-            } else {
-                "≤"
-            };
-            let figure = |key: &str| {
-                crate::report::gate_figure(&g.gate, v[key].as_f64().unwrap_or_default())
-            };
-            format!(
-                "{} {} → {} ({bound} {}) {verdict}",
-                g.gate,
-                figure("before"),
-                figure("after"),
-                figure("limit")
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 fn status_str(status: RunStatus) -> String {
-    serde_json::to_value(status)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
+    status.as_str().to_owned()
 }
 
 fn run_json(record: &RunRecord, kind: &str) -> serde_json::Value {

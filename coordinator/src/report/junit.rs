@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
 
-use super::{RunReport, ServiceReport, ServiceStatus};
+use super::{RunReport, ServiceReport, ServiceStatus, gate};
 use crate::sanitize::{multi_line, one_line};
 
 /// Renders `report` as JUnit XML.
@@ -28,15 +28,16 @@ pub(super) fn render(report: &RunReport) -> String {
             case.set_classname(one_line(&format!("flotilla.{}", wave.name)))
                 .set_time(Duration::from_millis(time));
             if s.failure.is_none() && s.status != ServiceStatus::NotStarted {
-                case.set_system_out(format!(
-                    "{}{}",
+                case.set_system_out(multi_line(&format!(
+                    "{}{}{}",
                     s.status.as_str(),
                     if s.rollback_validated {
                         ", rollback validated"
                     } else {
                         ""
-                    }
-                ));
+                    },
+                    gates_text(s)
+                )));
             }
             suite.add_test_case(case);
         }
@@ -54,7 +55,11 @@ fn status(s: &ServiceReport) -> TestCaseStatus {
         status
             .set_type(kind.as_str())
             .set_message(one_line(reason))
-            .set_description(multi_line(&format!("{}: {reason}", s.status.as_str())));
+            .set_description(multi_line(&format!(
+                "{}: {reason}{}",
+                s.status.as_str(),
+                gates_text(s)
+            )));
         status
     } else if s.status == ServiceStatus::NotStarted {
         let mut status = TestCaseStatus::skipped();
@@ -64,6 +69,15 @@ fn status(s: &ServiceReport) -> TestCaseStatus {
         status
     } else {
         TestCaseStatus::success()
+    }
+}
+
+/// The service's gates on a line of their own, when it has any.
+fn gates_text(s: &ServiceReport) -> String {
+    if s.gates.is_empty() {
+        String::new()
+    } else {
+        format!("\ngates: {}", gate::lines(&s.gates))
     }
 }
 

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use flotilla_schemas::{PhaseStatus, Step};
 
+use super::gate::Gate;
 use super::memory::memory_figures;
 use super::{RunReport, ServiceReport};
 use crate::plan::{Plan, ServicePlan};
@@ -44,6 +45,19 @@ pub(super) fn render(report: &RunReport) -> String {
         let _ = writeln!(out, "\n> {note}");
     }
 
+    tables(&mut out, report);
+    let _ = writeln!(out, "\n## Migration guide, per service\n");
+    for s in &report.services {
+        let service_plan = plan.as_ref().and_then(|p| p.service(&s.service));
+        guide(&mut out, s, service_plan);
+    }
+    // Reasons, paths and names are data: no control character reaches a reader's terminal or
+    // editor raw (see `sanitize`).
+    crate::sanitize::multi_line(&out).into_owned()
+}
+
+/// The waves table and the summary table, one row per service.
+fn tables(out: &mut String, report: &RunReport) {
     let _ = writeln!(out, "\n## Waves\n");
     let _ = writeln!(
         out,
@@ -80,71 +94,16 @@ pub(super) fn render(report: &RunReport) -> String {
             ms(m.startup_ms_after),
             memory_figures(m),
             yes_no(s.rollback_validated),
-            problem(s).replace('|', "\\|").replace('\n', " "),
+            s.problem().replace('|', "\\|").replace('\n', " "),
         );
     }
-
-    let _ = writeln!(out, "\n## Migration guide, per service\n");
-    for s in &report.services {
-        let service_plan = plan.as_ref().and_then(|p| p.service(&s.service));
-        guide(&mut out, s, service_plan);
-    }
-    // Reasons, paths and names are data: no control character reaches a reader's terminal or
-    // editor raw (see `sanitize`).
-    crate::sanitize::multi_line(&out).into_owned()
 }
 
 fn guide(out: &mut String, s: &ServiceReport, plan: Option<&ServicePlan>) {
     let _ = writeln!(out, "### {}/{}\n", s.service, s.instance);
     let _ = writeln!(out, "- status: **{}**", s.status.as_str());
     if let Some(plan) = plan {
-        let configs: Vec<&str> = plan
-            .steps
-            .iter()
-            .filter_map(|step| match step {
-                Step::WriteFile { path, .. } | Step::ReplaceText { path, .. } => {
-                    Some(path.as_str())
-                }
-                _ => None,
-            })
-            .collect();
-        let _ = writeln!(
-            out,
-            "- configuration written: {}",
-            if configs.is_empty() {
-                "none".to_owned()
-            } else {
-                configs
-                    .iter()
-                    .map(|c| format!("`{c}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            }
-        );
-        let health: Vec<String> = plan
-            .health
-            .iter()
-            .map(|h| {
-                let url = h.url.as_deref().unwrap_or("the agent's health_url");
-                match &h.body_contains {
-                    Some(body) => format!("{url} → {} with `{body}`", h.expect_status),
-                    None => format!("{url} → {}", h.expect_status),
-                }
-            })
-            .collect();
-        let _ = writeln!(
-            out,
-            "- health endpoint: {}",
-            if health.is_empty() {
-                "the agent's health_url → 200".to_owned()
-            } else {
-                health.join("; ")
-            }
-        );
-        let _ = writeln!(out, "- steps:");
-        for (i, step) in plan.steps.iter().enumerate() {
-            let _ = writeln!(out, "  {}. {}", i + 1, describe(step));
-        }
+        plan_lines(out, plan);
     }
     let m = &s.measurements;
     let _ = writeln!(
@@ -157,15 +116,7 @@ fn guide(out: &mut String, s: &ServiceReport, plan: Option<&ServicePlan>) {
         bytes(m.backup_bytes),
     );
     for gate in &s.gates {
-        let _ = writeln!(
-            out,
-            "- gate {}: {} → {} (limit {}): {}",
-            gate.gate,
-            gate.before,
-            gate.after,
-            gate.limit,
-            if gate.passed { "passed" } else { "TRIPPED" }
-        );
+        let _ = writeln!(out, "- gate {}", Gate(gate).line());
     }
     let _ = writeln!(
         out,
@@ -191,7 +142,56 @@ fn guide(out: &mut String, s: &ServiceReport, plan: Option<&ServicePlan>) {
             .collect();
         let _ = writeln!(out, "- phases: {}", phases.join(", "));
     }
-    let _ = writeln!(out, "- problems: {}\n", problem(s));
+    let _ = writeln!(out, "- problems: {}\n", s.problem());
+}
+
+/// What the plan does to the service: the configuration written, the health endpoint, the steps.
+fn plan_lines(out: &mut String, plan: &ServicePlan) {
+    let configs: Vec<&str> = plan
+        .steps
+        .iter()
+        .filter_map(|step| match step {
+            Step::WriteFile { path, .. } | Step::ReplaceText { path, .. } => Some(path.as_str()),
+            _ => None,
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "- configuration written: {}",
+        if configs.is_empty() {
+            "none".to_owned()
+        } else {
+            configs
+                .iter()
+                .map(|c| format!("`{c}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    );
+    let health: Vec<String> = plan
+        .health
+        .iter()
+        .map(|h| {
+            let url = h.url.as_deref().unwrap_or("the agent's health_url");
+            match &h.body_contains {
+                Some(body) => format!("{url} → {} with `{body}`", h.expect_status),
+                None => format!("{url} → {}", h.expect_status),
+            }
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "- health endpoint: {}",
+        if health.is_empty() {
+            "the agent's health_url → 200".to_owned()
+        } else {
+            health.join("; ")
+        }
+    );
+    let _ = writeln!(out, "- steps:");
+    for (i, step) in plan.steps.iter().enumerate() {
+        let _ = writeln!(out, "  {}. {}", i + 1, describe(step));
+    }
 }
 
 fn describe(step: &Step) -> String {
@@ -206,19 +206,6 @@ fn describe(step: &Step) -> String {
             format!("run `{program} {}`", args.join(" "))
         }
         Step::Restart => "restart the service".into(),
-    }
-}
-
-fn problem(s: &ServiceReport) -> String {
-    let failed = s.failed_phases();
-    match (s.failure, &s.reason) {
-        (Some(kind), Some(reason)) => format!("{}: {reason}", kind.as_str()),
-        (Some(kind), None) if !failed.is_empty() => {
-            format!("{}: {}", kind.as_str(), failed.join("; "))
-        }
-        (Some(kind), None) => kind.as_str().to_owned(),
-        (None, _) if !failed.is_empty() => failed.join("; "),
-        (None, _) => "none".into(),
     }
 }
 

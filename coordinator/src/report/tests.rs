@@ -195,3 +195,39 @@ fn a_run_awaiting_finalize_exits_0_only_when_every_service_succeeded_and_names_b
         report.to_text()
     );
 }
+
+/// A service restored by a rehearsal has a reason but no failure: it has no problem, in the
+/// Markdown report and the HTML page alike, while a failed one shows its kind and reason in both.
+#[test]
+fn markdown_and_html_agree_on_a_services_problem() {
+    let mut record = record();
+    let mut migrate = command(&record, 0);
+    migrate.result = Some(result(&migrate, Outcome::Succeeded, None));
+    let mut rollback = command(&record, 0);
+    rollback.cause = Some("rehearsal: restored after validation and proved healthy".into());
+    rollback.result = Some(result(&rollback, Outcome::RolledBack, None));
+    record.targets[0].migrate = Some(migrate);
+    record.targets[0].rollback = Some(rollback);
+    let mut failed = command(&record, 1);
+    failed.result = Some(result(&failed, Outcome::RolledBack, Some(Phase::Validate)));
+    record.targets[1].migrate = Some(failed);
+    let report = RunReport::from_record(&record);
+    assert_eq!(report.services[0].problem(), "none");
+    let failure = "failed validation: health <check> said \"no\" & more";
+    assert_eq!(report.services[1].problem(), failure);
+    let md = report.to_markdown();
+    assert!(md.contains("| a/x | canary | rolled_back |"), "{md}");
+    assert!(md.contains("| yes | none |"), "{md}");
+    let html = report.to_html(&record, &[]);
+    assert!(
+        html.contains("<td>yes</td><td>none</td></tr>"),
+        "the restored service's problem in the page"
+    );
+    assert!(
+        html.contains(
+            "<td>failed validation: health &#60;check&#62; said &#34;no&#34; &#38; more</td>"
+        ),
+        "{html}"
+    );
+    assert!(!html.contains("rehearsal: restored after validation and proved healthy</td>"));
+}

@@ -1,7 +1,7 @@
 //! The correlation stage: the tracing backend proves every service carried the run's IDs.
 
 use super::{Engine, ProgressSink, RolloutError};
-use crate::store::Stage;
+use crate::store::{CorrelationVerdict, Stage};
 
 /// How the cross-service correlation check runs before a migration is finalized.
 #[derive(Clone)]
@@ -75,17 +75,12 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
                         failing.join(" | ")
                     )
                 };
-                (
-                    report.ok,
-                    serde_json::to_value(&report).expect("reports serialize"),
-                    note,
-                )
+                (report.ok, CorrelationVerdict::Checked(report), note)
             }
-            Err(e) => (
-                false,
-                serde_json::json!({ "ok": false, "error": e }),
-                format!("correlation check failed: {e}"),
-            ),
+            Err(e) => {
+                let note = format!("correlation check failed: {e}");
+                (false, CorrelationVerdict::failed(e), note)
+            }
         };
         self.record.notes.push(note);
         self.record.correlation = Some(value);

@@ -5,7 +5,7 @@ use flotilla_schemas::{
 };
 
 use super::{Engine, ProgressSink, RolloutError};
-use crate::store::Stage;
+use crate::store::{CrossServiceVerdict, LogCorrelationVerdict, ServiceInspection, Stage};
 
 impl<'a, P: ProgressSink> Engine<'a, P> {
     /// T006 phase 3, once every service is migrated: each agent reaches the other services'
@@ -54,12 +54,12 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
                 &inspection,
                 &spec.required_keys,
             ));
-            services.push(serde_json::json!({
-                "service": self.record.targets[t].service,
-                "instance": self.record.targets[t].instance,
-                "checks": inspection.checks,
-                "config": inspection.config,
-            }));
+            services.push(ServiceInspection {
+                service: self.record.targets[t].service.clone(),
+                instance: self.record.targets[t].instance.clone(),
+                checks: inspection.checks,
+                config: inspection.config,
+            });
         }
         for t in unanswered {
             let name = self.target_name(t);
@@ -74,12 +74,12 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         } else {
             format!("cross-service checks failed: {}", problems.join(" | "))
         });
-        self.record.cross_service = Some(serde_json::json!({
-            "ok": ok,
-            "problems": problems,
-            "services": services,
-            "log_correlation": correlation,
-        }));
+        self.record.cross_service = Some(CrossServiceVerdict {
+            ok,
+            problems,
+            services,
+            log_correlation: correlation,
+        });
         if !ok && self.correlation.enforce {
             self.record.stage = Stage::RollingBack;
         }
@@ -149,7 +149,7 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         spec: &crate::plan::CrossService,
         members: &[usize],
         problems: &mut Vec<String>,
-    ) -> Result<Vec<serde_json::Value>, RolloutError> {
+    ) -> Result<Vec<LogCorrelationVerdict>, RolloutError> {
         if spec.log_correlation.is_empty() {
             return Ok(Vec::new());
         }
@@ -194,11 +194,11 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             if result.outcome != Outcome::Succeeded {
                 problems.push(format!("{name}: {}", result.reason.unwrap_or_default()));
             }
-            verdicts.push(serde_json::json!({
-                "service": self.record.targets[t].service,
-                "instance": self.record.targets[t].instance,
-                "checks": checks,
-            }));
+            verdicts.push(LogCorrelationVerdict {
+                service: self.record.targets[t].service.clone(),
+                instance: self.record.targets[t].instance.clone(),
+                checks,
+            });
         }
         for t in unanswered {
             let name = self.target_name(t);

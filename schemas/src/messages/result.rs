@@ -105,8 +105,8 @@ impl MemorySource {
 /// One regression gate's verdict, with its figures whether it passed or not.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct GateReport {
-    /// `startup_ms`, `memory_bytes`, or `<workload>.p95_ms`, `<workload>.duration_ms`,
-    /// `<workload>.throughput`.
+    /// `startup_ms`, `memory_bytes`, or `<workload>.errors`, `<workload>.p95_us`,
+    /// `<workload>.duration_ms`, `<workload>.throughput`.
     pub gate: String,
     pub before: u64,
     pub after: u64,

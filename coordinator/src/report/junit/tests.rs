@@ -8,6 +8,7 @@ use time::OffsetDateTime;
 use super::super::{
     FailureKind, RunReport, RunStatus, ServiceReport, ServiceStatus, Stage, WaveReport, WaveStatus,
 };
+use super::gates_text;
 use crate::sanitize::{multi_line, one_line};
 
 /// A service's name, how it ended and its reason.
@@ -73,6 +74,15 @@ fn report(plan: String, waves: Vec<(String, Vec<Service>)>) -> RunReport {
                 status,
                 failure,
                 reason: Some(reason),
+                gates: vec![flotilla_schemas::GateReport {
+                    gate: "predict.p95_us".into(),
+                    before: 4000,
+                    after: 9000,
+                    limit: 8000,
+                    passed: false,
+                    higher_is_better: false,
+                    inconclusive: false,
+                }],
                 ..ServiceReport::not_started(
                     ServiceName::parse(service).unwrap(),
                     InstanceId::parse("a").unwrap(),
@@ -131,7 +141,7 @@ proptest! {
                         let failure = child("failure").expect("a failure element");
                         prop_assert_eq!(attr(failure, "type"), kind.as_str());
                         prop_assert_eq!(attr(failure, "message"), one_line(reason));
-                        let body = format!("{}: {reason}", s.status.as_str());
+                        let body = format!("{}: {reason}{}", s.status.as_str(), gates_text(s));
                         prop_assert_eq!(failure.text().unwrap_or_default(), multi_line(&body));
                     }
                     (None, ServiceStatus::NotStarted) => {
@@ -141,7 +151,8 @@ proptest! {
                     }
                     (None, status) => {
                         let out = child("system-out").expect("a system-out element");
-                        prop_assert_eq!(out.text(), Some(status.as_str()));
+                        let text = format!("{}{}", status.as_str(), gates_text(s));
+                        prop_assert_eq!(out.text(), Some(text.as_str()));
                     }
                 }
             }

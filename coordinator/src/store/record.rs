@@ -1,0 +1,354 @@
+//! The run record: what one run is, as the run store keeps it (schema `flotilla.run.v1`), and
+//! what it decided. [`super::Store`] reads and writes it; this file only says what it holds.
+
+use flotilla_schemas::{Command, CommandId, InstanceId, RunId, RunResult, ServiceName};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::verdict::{CorrelationVerdict, CrossServiceVerdict};
+use crate::plan::{Finalize, Wave};
+
+/// The run record's schema tag.
+pub const RUN_SCHEMA: &str = "flotilla.run.v1";
+
+/// Where a run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Being driven by a coordinator, or interrupted (a killed coordinator): `resume` it.
+    Running,
+    /// Every service migrated, validated and finalized.
+    Succeeded,
+    /// Some services failed within the failure budget; the others were finalized.
+    SucceededWithFailures,
+    /// The failure budget was broken; see `on_failure` for what happened to the rest.
+    Failed,
+    /// The run was rolled back on request (`flotilla rollback`).
+    RolledBack,
+    /// `--rehearse`: every service migrated, validated, rolled back and proved healthy.
+    Rehearsed,
+    /// `--no-finalize` (or `finalize = "manual"`): every service migrated and the cross-service
+    /// and correlation checks passed; the backups are kept until `flotilla finalize RUN` or
+    /// `flotilla rollback RUN` decides.
+    AwaitingFinalize,
+    /// Dispatching stopped on request; `resume` finishes the run.
+    Cancelled,
+}
+
+/// Which part of the run comes next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Migrating,
+    RollingBack,
+    Finalizing,
+    Done,
+}
+
+/// The durable record of one run.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct RunRecord {
+    /// Always `flotilla.run.v1` ([`RUN_SCHEMA`]).
+    #[schemars(extend("const" = "flotilla.run.v1"))]
+    pub schema: String,
+    pub run_id: RunId,
+    pub plan_name: String,
+    /// Where the plan was read from, as given on the command line.
+    pub plan_path: String,
+    /// The plan's text, so the run can be resumed where the file is not.
+    pub plan_text: String,
+    /// The files the plan ships (`write_file` sources) with their digests as the run started:
+    /// a resumed run sends these, from the plan-files bucket, whatever the disk holds now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plan_files: Vec<flotilla_schemas::PlanFile>,
+    /// `--rehearse`: roll everything back after validation.
+    #[serde(default)]
+    pub rehearse: bool,
+    /// `manual`: stop `awaiting_finalize` once proven, backups kept. `flotilla finalize RUN`
+    /// turns it back to `auto` (the decision is made) before it sends the finalize commands.
+    #[serde(default, skip_serializing_if = "Finalize::is_auto")]
+    pub finalize: Finalize,
+    pub status: RunStatus,
+    pub stage: Stage,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String", extend("format" = "date-time"))]
+    pub started_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String", extend("format" = "date-time"))]
+    pub updated_at: OffsetDateTime,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[schemars(with = "Option<String>", extend("format" = "date-time"))]
+    pub finished_at: Option<OffsetDateTime>,
+    /// The host and process driving (or that last drove) the run.
+    pub coordinator: String,
+    /// Why the run stopped early, or what it decided.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    pub waves: Vec<WaveRecord>,
+    pub targets: Vec<TargetRecord>,
+    /// W3C `traceparent` of the run's root span: every span of the run, also after a resume,
+    /// joins this one trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_parent: Option<String>,
+    /// The cross-service correlation check's verdict (`flotilla verify`'s report), once run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation: Option<CorrelationVerdict>,
+    /// The cross-service checks' verdict (communication, configuration consistency), once run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cross_service: Option<CrossServiceVerdict>,
+}
+
+/// One wave's progress.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct WaveRecord {
+    pub name: String,
+    pub max_parallel: Option<u32>,
+    /// Indices into [`RunRecord::targets`].
+    pub targets: Vec<usize>,
+    pub status: WaveStatus,
+}
+
+/// Where a wave stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WaveStatus {
+    Pending,
+    Running,
+    /// Every service of the wave has a result.
+    Done,
+    /// The run stopped before the wave finished.
+    Stopped,
+}
+
+// === impl RunStatus ===
+
+impl RunStatus {
+    /// The status as written in reports (its JSON spelling).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::SucceededWithFailures => "succeeded_with_failures",
+            RunStatus::Failed => "failed",
+            RunStatus::RolledBack => "rolled_back",
+            RunStatus::Rehearsed => "rehearsed",
+            RunStatus::AwaitingFinalize => "awaiting_finalize",
+            RunStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+// === impl Stage ===
+
+impl Stage {
+    /// The stage as written in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Migrating => "migrating",
+            Stage::RollingBack => "rolling_back",
+            Stage::Finalizing => "finalizing",
+            Stage::Done => "done",
+        }
+    }
+}
+
+// === impl WaveStatus ===
+
+impl WaveStatus {
+    /// The status as written in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WaveStatus::Pending => "pending",
+            WaveStatus::Running => "running",
+            WaveStatus::Done => "done",
+            WaveStatus::Stopped => "stopped",
+        }
+    }
+}
+
+/// One agent of the run, and the commands sent to it.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct TargetRecord {
+    pub service: ServiceName,
+    pub instance: InstanceId,
+    /// Index into [`RunRecord::waves`].
+    pub wave: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrate: Option<CommandRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<CommandRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finalize: Option<CommandRecord>,
+    /// The public keys (base64) whose signature makes this agent's results count, fixed when
+    /// the run was created ([`crate::trust`]); empty for an agent that signs nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agent_keys: Vec<String>,
+}
+
+/// A command: recorded before it is sent (so a resumed run re-sends the same command ID, which
+/// agents dedupe), then when it was sent and how it ended.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct CommandRecord {
+    pub command: Command,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[schemars(with = "Option<String>", extend("format" = "date-time"))]
+    pub sent_at: Option<OffsetDateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<RunResult>,
+    /// No result came within the deadline.
+    #[serde(default)]
+    pub timed_out: bool,
+    /// The command never reached the bus: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_delivered: Option<String>,
+    /// Why the coordinator sent it (for rollbacks: the run failed, a rehearsal, a request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
+    /// The digest of the command as signed and sent
+    /// ([`flotilla_bus::signing::command_digest`]): a refusal counts only if it names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+}
+
+// === impl TargetRecord ===
+
+impl TargetRecord {
+    /// The commands sent to this target: migrate, rollback, finalize, those that exist.
+    pub fn commands(&self) -> impl Iterator<Item = &CommandRecord> {
+        [&self.migrate, &self.rollback, &self.finalize]
+            .into_iter()
+            .flatten()
+    }
+
+    /// [`TargetRecord::commands`], to change.
+    pub fn commands_mut(&mut self) -> impl Iterator<Item = &mut CommandRecord> {
+        [&mut self.migrate, &mut self.rollback, &mut self.finalize]
+            .into_iter()
+            .flatten()
+    }
+}
+
+// === impl RunRecord ===
+
+impl RunRecord {
+    /// A new record for `targets` in `waves`.
+    pub fn new(
+        run_id: RunId,
+        plan_name: &str,
+        plan_path: &str,
+        plan_text: &str,
+        waves: &[Wave],
+        targets: &[(ServiceName, InstanceId)],
+        rehearse: bool,
+    ) -> Self {
+        let now = OffsetDateTime::now_utc();
+        let mut record = RunRecord {
+            schema: RUN_SCHEMA.into(),
+            run_id,
+            plan_name: plan_name.to_owned(),
+            plan_path: plan_path.to_owned(),
+            plan_text: plan_text.to_owned(),
+            plan_files: Vec::new(),
+            rehearse,
+            finalize: Finalize::Auto,
+            status: RunStatus::Running,
+            stage: Stage::Migrating,
+            started_at: now,
+            updated_at: now,
+            finished_at: None,
+            coordinator: coordinator_name(),
+            notes: Vec::new(),
+            waves: Vec::new(),
+            targets: Vec::new(),
+            trace_parent: None,
+            correlation: None,
+            cross_service: None,
+        };
+        for (w, wave) in waves.iter().enumerate() {
+            let mut members = Vec::new();
+            for service in &wave.services {
+                for (s, i) in targets.iter().filter(|(s, _)| s == service) {
+                    members.push(record.targets.len());
+                    record.targets.push(TargetRecord {
+                        service: s.clone(),
+                        instance: i.clone(),
+                        wave: w,
+                        migrate: None,
+                        rollback: None,
+                        finalize: None,
+                        agent_keys: Vec::new(),
+                    });
+                }
+            }
+            record.waves.push(WaveRecord {
+                name: wave.name.clone(),
+                max_parallel: wave.max_parallel,
+                targets: members,
+                status: WaveStatus::Pending,
+            });
+        }
+        record
+    }
+
+    /// The index of the target that `command_id` was sent to.
+    pub fn find_target(&self, command_id: CommandId) -> Option<usize> {
+        self.targets
+            .iter()
+            .position(|t| t.commands().any(|c| c.command.command_id == command_id))
+    }
+
+    /// Every command recorded for every target.
+    pub fn commands(&self) -> impl Iterator<Item = &CommandRecord> {
+        self.targets.iter().flat_map(TargetRecord::commands)
+    }
+
+    /// True when the run may be resumed.
+    pub fn resumable(&self) -> bool {
+        matches!(self.status, RunStatus::Running | RunStatus::Cancelled)
+    }
+}
+
+/// The check across the fleet whose recorded verdict failed, named for people: the
+/// cross-service checks first (they run first), then the correlation check.
+pub fn failed_verdict(
+    cross_service: &Option<CrossServiceVerdict>,
+    correlation: &Option<CorrelationVerdict>,
+) -> Option<&'static str> {
+    if cross_service.as_ref().is_some_and(|c| !c.ok) {
+        Some("the cross-service checks")
+    } else if correlation.as_ref().is_some_and(|c| !c.ok()) {
+        Some("the correlation check")
+    } else {
+        None
+    }
+}
+
+/// `host:pid` of this process.
+pub(crate) fn coordinator_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown-host".into());
+    format!("{host}:{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_status_text_is_its_json_spelling() {
+        for status in [
+            RunStatus::Running,
+            RunStatus::Succeeded,
+            RunStatus::SucceededWithFailures,
+            RunStatus::Failed,
+            RunStatus::RolledBack,
+            RunStatus::Rehearsed,
+            RunStatus::AwaitingFinalize,
+            RunStatus::Cancelled,
+        ] {
+            assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
+        }
+    }
+}
