@@ -20,6 +20,7 @@ mod metrics;
 mod preview;
 pub mod redact;
 mod retry;
+mod run_context;
 mod run_vars;
 mod session;
 mod state_lock;

@@ -4,6 +4,8 @@
 //! recovery is journalled before it is acted on.
 
 mod check;
+mod context;
+mod error;
 mod inspect;
 mod migrate;
 mod recover;

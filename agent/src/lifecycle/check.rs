@@ -6,13 +6,13 @@ use flotilla_schemas::{
 };
 
 use super::Lifecycle;
-use super::results::{at_step, refused, result};
-use super::tracker::{PhaseFailure, Tracker};
+use super::error::{PhaseError, PhaseFailure, Place};
+use super::results::{refused, result};
+use super::tracker::Tracker;
 use crate::events::Events;
-use crate::steps::{self, RootDir};
+use crate::steps::RootDir;
 use crate::template::Renderer;
 use crate::{checks, confine, health, inspect, preview, workload};
-use flotilla_telemetry::error_chain;
 
 /// What a migrate command asks for.
 pub(super) struct MigrateSpec<'a> {
@@ -45,8 +45,7 @@ impl Lifecycle {
         spec: &MigrateSpec<'_>,
         command_run_id: flotilla_schemas::RunId,
         mask_secrets: bool,
-    ) -> Result<Checked, String> {
-        let steps = spec.steps;
+    ) -> Result<Checked, PhaseError> {
         let vars = self.vars();
         let run = self.run_vars(command_run_id);
         let renderer = Renderer {
@@ -55,68 +54,25 @@ impl Lifecycle {
             run: &run,
             mask_secrets,
         };
-        let root = RootDir::open(&self.config.service.root).map_err(|e| error_chain(&e))?;
+        let root = RootDir::open(&self.config.service.root).map_err(PhaseError::Root)?;
         for condition in spec.preconditions {
-            checks::precondition(&root, condition)?;
+            checks::precondition(&root, condition).map_err(PhaseError::Precondition)?;
         }
-        let rendered_health = spec
+        let health = spec
             .health
             .iter()
             .enumerate()
             .map(|(index, check)| {
                 checks::render_http(&renderer, check)
-                    .map_err(|e| format!("health check {}: {e}", index + 1))
+                    .map_err(|e| PhaseError::Render(e).at(Place::HealthCheck { index }))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let mut rendered_checks = Vec::with_capacity(spec.checks.len());
-        for (index, check) in spec.checks.iter().enumerate() {
-            let at =
-                |e: &dyn std::fmt::Display| format!("check {} ({}): {e}", index + 1, check.kind());
-            if let Check::Command { program, .. } = check
-                && !self.allowed(program)
-            {
-                return Err(at(&steps::StepError::NotAllowed {
-                    program: program.clone(),
-                }));
-            }
-            rendered_checks.push(checks::render(&renderer, check).map_err(|e| at(&e))?);
-        }
-        let mut rendered_workloads = Vec::with_capacity(spec.workloads.len());
-        for workload in spec.workloads {
-            let at = |e: &dyn std::fmt::Display| format!("workload {}: {e}", workload.name());
-            if let Workload::Job { program, .. } = workload
-                && !self.allowed(program)
-            {
-                return Err(at(&steps::StepError::NotAllowed {
-                    program: program.clone(),
-                }));
-            }
-            rendered_workloads.push(workload::render(&renderer, workload).map_err(|e| at(&e))?);
-        }
-        let mut rendered = Vec::with_capacity(steps.len());
-        for (index, step) in steps.iter().enumerate() {
-            let at = |e: &dyn std::fmt::Display| at_step(index, step, e);
-            let content = match step {
-                Step::WriteFile { path, content, .. } => {
-                    confine::relative_path(path).map_err(|e| at(&e))?;
-                    Some(renderer.render_file(path, content).map_err(|e| at(&e))?)
-                }
-                Step::ReplaceText { path, .. } | Step::Delete { path } => {
-                    confine::relative_path(path).map_err(|e| at(&e))?;
-                    None
-                }
-                Step::RunCommand { program, .. } => {
-                    if !self.allowed(program) {
-                        return Err(at(&steps::StepError::NotAllowed {
-                            program: program.clone(),
-                        }));
-                    }
-                    None
-                }
-                Step::Restart => None,
-            };
-            rendered.push(content);
-        }
+        let checked = Checked {
+            health,
+            checks: self.render_checks(&renderer, spec.checks)?,
+            workloads: self.render_workloads(&renderer, spec.workloads)?,
+            contents: self.render_steps(&renderer, spec.steps)?,
+        };
         health::probe(
             &self.http,
             &self.config.service.health_url,
@@ -125,13 +81,79 @@ impl Lifecycle {
             Some(command_run_id),
         )
         .await
-        .map_err(|e| format!("the service is not healthy before the migration: {e}"))?;
-        Ok(Checked {
-            contents: rendered,
-            health: rendered_health,
-            checks: rendered_checks,
-            workloads: rendered_workloads,
-        })
+        .map_err(PhaseError::UnhealthyBefore)?;
+        Ok(checked)
+    }
+
+    /// The functional checks, rendered; each runs only an allowed program.
+    fn render_checks(
+        &self,
+        renderer: &Renderer<'_>,
+        declared: &[Check],
+    ) -> Result<Vec<Check>, PhaseError> {
+        let mut rendered = Vec::with_capacity(declared.len());
+        for (index, check) in declared.iter().enumerate() {
+            let at = || Place::Check {
+                index,
+                kind: check.kind(),
+            };
+            if let Check::Command { program, .. } = check {
+                self.allowed(program).map_err(|e| e.at(at()))?;
+            }
+            let check = checks::render(renderer, check);
+            rendered.push(check.map_err(|e| PhaseError::Render(e).at(at()))?);
+        }
+        Ok(rendered)
+    }
+
+    /// The workloads, rendered; each job runs only an allowed program.
+    fn render_workloads(
+        &self,
+        renderer: &Renderer<'_>,
+        declared: &[Workload],
+    ) -> Result<Vec<Workload>, PhaseError> {
+        let mut rendered = Vec::with_capacity(declared.len());
+        for workload in declared {
+            let at = || Place::Workload(workload.name().to_owned());
+            if let Workload::Job { program, .. } = workload {
+                self.allowed(program).map_err(|e| e.at(at()))?;
+            }
+            rendered.push(
+                workload::render(renderer, workload).map_err(|e| PhaseError::Render(e).at(at()))?,
+            );
+        }
+        Ok(rendered)
+    }
+
+    /// The content of each `write_file` step, rendered, after checking every step's path and
+    /// program.
+    fn render_steps(
+        &self,
+        renderer: &Renderer<'_>,
+        steps: &[Step],
+    ) -> Result<Rendered, PhaseError> {
+        let mut rendered = Vec::with_capacity(steps.len());
+        for (index, step) in steps.iter().enumerate() {
+            let at = || Place::step(index, step);
+            let content = match step {
+                Step::WriteFile { path, content, .. } => {
+                    confine::relative_path(path).map_err(|e| PhaseError::Path(e).at(at()))?;
+                    let content = renderer.render_file(path, content);
+                    Some(content.map_err(|e| PhaseError::Template(e).at(at()))?)
+                }
+                Step::ReplaceText { path, .. } | Step::Delete { path } => {
+                    confine::relative_path(path).map_err(|e| PhaseError::Path(e).at(at()))?;
+                    None
+                }
+                Step::RunCommand { program, .. } => {
+                    self.allowed(program).map_err(|e| e.at(at()))?;
+                    None
+                }
+                Step::Restart => None,
+            };
+            rendered.push(content);
+        }
+        Ok(rendered)
     }
 
     /// A dry run of a migration: the precheck, the free space the backup needs, then each step
@@ -172,14 +194,26 @@ impl Lifecycle {
             Ok(checked) => checked,
             Err(failure) => return refused(command, failure.to_string(), phases),
         };
-        let would_fail = |phase, reason| PhaseFailure { phase, reason }.to_string();
+        let would_fail = |phase, error| PhaseFailure { phase, error }.to_string();
         let backup_bytes = match self.backups.check_space(&self.config.service.root) {
             Ok(bytes) => bytes,
-            Err(e) => return refused(command, would_fail(Phase::Backup, error_chain(&e)), phases),
+            Err(e) => {
+                return refused(
+                    command,
+                    would_fail(Phase::Backup, PhaseError::Backup(e)),
+                    phases,
+                );
+            }
         };
         let root = match RootDir::open(&self.config.service.root) {
             Ok(root) => root,
-            Err(e) => return refused(command, would_fail(Phase::Apply, error_chain(&e)), phases),
+            Err(e) => {
+                return refused(
+                    command,
+                    would_fail(Phase::Apply, PhaseError::Root(e)),
+                    phases,
+                );
+            }
         };
         let secrets = inspect::known_secret_values(&self.config.secrets);
         let (shown, failure) = preview::play(&root, steps, &checked.contents, &secrets);
@@ -197,7 +231,10 @@ impl Lifecycle {
                 preview,
                 ..refused(
                     command,
-                    would_fail(Phase::Apply, at_step(index, &steps[index], &e)),
+                    would_fail(
+                        Phase::Apply,
+                        PhaseError::Step(e).at(Place::step(index, &steps[index])),
+                    ),
                     phases,
                 )
             },

@@ -6,12 +6,13 @@ use flotilla_schemas::{
 };
 
 use super::Lifecycle;
+use super::error::PhaseError;
 use super::results::{refused, result};
 use super::tracker::Tracker;
-use crate::steps::{self, RootDir};
+use crate::run_context::RunContext;
+use crate::steps::RootDir;
 use crate::template::Renderer;
 use crate::{checks, crashpoint, inspect};
-use flotilla_telemetry::error_chain;
 
 impl Lifecycle {
     /// The cross-service stage: runs the checks and reports the shape of the configuration
@@ -33,43 +34,18 @@ impl Lifecycle {
                     run: &run,
                     mask_secrets: false,
                 };
+                let cx = self.context(command.run_id);
                 let mut verdicts = Vec::new();
                 for check in checks {
-                    let kind = check.kind().to_owned();
-                    let verdict = match checks::render(&renderer, check) {
-                        Err(e) => Err(e.to_string()),
-                        Ok(Check::Command { program, .. }) if !self.allowed(&program) => {
-                            Err(steps::StepError::NotAllowed { program }.to_string())
-                        }
-                        Ok(check) => {
-                            checks::run(
-                                &self.http,
-                                &self.config.service.root,
-                                &check,
-                                &self.config.service.health_url,
-                                command.run_id,
-                                &self.launcher,
-                            )
-                            .await
-                        }
-                    };
-                    let (passed, detail) = match verdict {
-                        Ok(detail) => (true, detail),
-                        Err(detail) => (false, detail),
-                    };
-                    verdicts.push(CheckVerdict {
-                        kind,
-                        passed,
-                        detail,
-                    });
+                    verdicts.push(self.verdict(&renderer, &cx, check).await);
                 }
-                let root = RootDir::open(&self.config.service.root).map_err(|e| error_chain(&e))?;
+                let root = RootDir::open(&self.config.service.root).map_err(PhaseError::Root)?;
                 let secrets = inspect::known_secret_values(&self.config.secrets);
                 let config = config_files
                     .iter()
                     .map(|path| inspect::config_shape(&root, path, &secrets))
                     .collect();
-                Ok::<_, String>(Inspection {
+                Ok::<_, PhaseError>(Inspection {
                     checks: verdicts,
                     config,
                 })
@@ -82,6 +58,34 @@ impl Lifecycle {
                 ..result(command, Outcome::Succeeded, None, Measurements::default())
             },
             Err(failure) => refused(command, failure.to_string(), tracker.phases.clone()),
+        }
+    }
+
+    /// Renders and runs one check of the cross-service stage; a check that cannot run fails.
+    async fn verdict(
+        &self,
+        renderer: &Renderer<'_>,
+        cx: &RunContext<'_>,
+        check: &Check,
+    ) -> CheckVerdict {
+        let verdict = match checks::render(renderer, check) {
+            Err(e) => Err(e.to_string()),
+            Ok(check) => match &check {
+                Check::Command { program, .. } => match self.allowed(program) {
+                    Err(e) => Err(e.to_string()),
+                    Ok(()) => checks::run(cx, &check).await,
+                },
+                _ => checks::run(cx, &check).await,
+            },
+        };
+        let (passed, detail) = match verdict {
+            Ok(detail) => (true, detail),
+            Err(detail) => (false, detail),
+        };
+        CheckVerdict {
+            kind: check.kind().to_owned(),
+            passed,
+            detail,
         }
     }
 
@@ -99,8 +103,11 @@ impl Lifecycle {
                 // Off the runtime's thread: removing a big tree takes a while.
                 tokio::task::spawn_blocking(move || backups.discard(migration))
                     .await
-                    .map_err(|e| format!("finalize task: {e}"))?
-                    .map_err(|e| error_chain(&e))
+                    .map_err(|error| PhaseError::Task {
+                        what: "finalize",
+                        error,
+                    })?
+                    .map_err(PhaseError::Backup)
             })
             .await;
         match dropped {

@@ -4,19 +4,20 @@
 use std::time::Duration;
 
 use flotilla_schemas::{
-    Check, Command, GateReport, Gates, HttpCheck, Measurements, MemorySource, Outcome, Phase,
-    RunResult, Step, Workload, WorkloadFigures, WorkloadReport,
+    Check, Command, CommandId, GateReport, Gates, HttpCheck, Measurements, MemorySource, Outcome,
+    Phase, RunResult, Step, Workload, WorkloadFigures, WorkloadReport,
 };
 use tracing::Instrument;
 
 use super::Lifecycle;
 use super::check::{MigrateSpec, Rendered};
-use super::results::{at_step, refused, result};
-use super::tracker::{PhaseFailure, Tracker};
+use super::error::{PhaseError, PhaseFailure, Place};
+use super::results::{refused, result};
+use super::tracker::Tracker;
+use crate::backup::Backup;
 use crate::journal::{JournalError, Record};
 use crate::steps::{self, RootDir};
 use crate::{checks, crashpoint, health, metrics, workload};
-use flotilla_telemetry::error_chain;
 
 /// What precheck resolved, for the later phases.
 pub(super) struct Prepared {
@@ -30,6 +31,14 @@ pub(super) struct Prepared {
     pub(super) workloads: Vec<(Workload, WorkloadFigures)>,
 }
 
+/// What a migration measured and judged, for its result.
+#[derive(Default)]
+pub(super) struct Findings {
+    pub(super) measurements: Measurements,
+    pub(super) gates: Vec<GateReport>,
+    pub(super) workloads: Vec<WorkloadReport>,
+}
+
 impl Lifecycle {
     pub(super) async fn migrate(
         &mut self,
@@ -37,14 +46,9 @@ impl Lifecycle {
         spec: &MigrateSpec<'_>,
         tracker: &mut Tracker<'_>,
     ) -> Result<RunResult, JournalError> {
-        let mut measurements = Measurements::default();
-        let prepared = match tracker
-            .run(
-                Phase::Precheck,
-                self.precheck(spec, command.run_id, &mut measurements),
-            )
-            .await
-        {
+        let mut findings = Findings::default();
+        let precheck = self.precheck(spec, command.run_id, &mut findings.measurements);
+        let prepared = match tracker.run(Phase::Precheck, precheck).await {
             Ok(prepared) => prepared,
             Err(failure) => {
                 return Ok(refused(
@@ -54,20 +58,8 @@ impl Lifecycle {
                 ));
             }
         };
-        let root = self.config.service.root.clone();
-        let backups = self.backups.clone();
         let id = command.command_id;
-        let backup = tracker
-            .run(Phase::Backup, async {
-                let (backups, root) = (backups.clone(), root.clone());
-                // Off the runtime's thread: a big tree takes seconds to copy.
-                tokio::task::spawn_blocking(move || backups.take(&root, id))
-                    .await
-                    .map_err(|e| format!("backup task: {e}"))?
-                    .map_err(|e| error_chain(&e))
-            })
-            .await;
-        let backup = match backup {
+        let backup = match tracker.run(Phase::Backup, self.back_up(id)).await {
             Ok(backup) => backup,
             Err(failure) => {
                 return Ok(refused(
@@ -77,14 +69,13 @@ impl Lifecycle {
                 ));
             }
         };
-        measurements.backup_files = Some(backup.manifest.files());
-        measurements.backup_bytes = Some(backup.manifest.bytes());
+        findings.measurements.backup_files = Some(backup.manifest.files());
+        findings.measurements.backup_bytes = Some(backup.manifest.bytes());
         // One record, one fsync: the backup is durable and the root is about to change.
         self.journal.append(Record::Applying { command_id: id })?;
         crashpoint::reached(&self.config.agent.state_dir, "backed_up");
 
-        let mut gate_reports = Vec::new();
-        let mut workload_reports: Vec<WorkloadReport> = prepared
+        findings.workloads = prepared
             .workloads
             .iter()
             .map(|(w, before)| WorkloadReport {
@@ -99,24 +90,23 @@ impl Lifecycle {
                 .await?;
             let startup = tracker
                 .run(Phase::Restart, async {
-                    self.supervisor.restart().await.map_err(|e| error_chain(&e))
+                    self.supervisor.restart().await.map_err(PhaseError::Service)
                 })
                 .await?;
             crashpoint::reached(&self.config.agent.state_dir, "restarted");
-            measurements.startup_ms_after = Some(startup.as_millis() as u64);
-            let validation = self.validate(
-                command,
-                spec,
-                &prepared,
-                &mut measurements,
-                &mut gate_reports,
-                &mut workload_reports,
-            );
+            findings.measurements.startup_ms_after = Some(startup.as_millis() as u64);
+            let validation = self.validate(command.run_id, spec, &prepared, &mut findings);
             tracker.run(Phase::Validate, validation).await?;
             crashpoint::reached(&self.config.agent.state_dir, "validated");
             Ok::<_, PhaseFailure>(())
         };
-        let finished = match change.await {
+        let outcome = change.await;
+        let Findings {
+            measurements,
+            gates,
+            workloads,
+        } = findings;
+        let finished = match outcome {
             Ok(()) => result(command, Outcome::Succeeded, None, measurements),
             Err(failure) => {
                 let (outcome, reason) = self.roll_back(id, failure.to_string(), tracker).await;
@@ -125,8 +115,8 @@ impl Lifecycle {
         };
         Ok(RunResult {
             phases: tracker.phases.clone(),
-            gates: gate_reports,
-            workloads: workload_reports,
+            gates,
+            workloads,
             ..finished
         })
     }
@@ -138,7 +128,7 @@ impl Lifecycle {
         spec: &MigrateSpec<'_>,
         command_run_id: flotilla_schemas::RunId,
         measurements: &mut Measurements,
-    ) -> Result<Prepared, String> {
+    ) -> Result<Prepared, PhaseError> {
         let checked = self.check(spec, command_run_id, false).await?;
         measurements.startup_ms_before =
             self.supervisor.last_startup().map(|d| d.as_millis() as u64);
@@ -158,6 +148,19 @@ impl Lifecycle {
             checks: checked.checks,
             workloads,
         })
+    }
+
+    /// Backs the service root up for migration `id`.
+    async fn back_up(&self, id: CommandId) -> Result<Backup, PhaseError> {
+        let (backups, root) = (self.backups.clone(), self.config.service.root.clone());
+        // Off the runtime's thread: a big tree takes seconds to copy.
+        tokio::task::spawn_blocking(move || backups.take(&root, id))
+            .await
+            .map_err(|error| PhaseError::Task {
+                what: "backup",
+                error,
+            })?
+            .map_err(PhaseError::Backup)
     }
 
     /// The service's memory now; with `like` (the baseline's source), from that source only.
@@ -183,15 +186,9 @@ impl Lifecycle {
             workload.duration_ms = tracing::field::Empty,
             workload.throughput = tracing::field::Empty,
         );
-        let figures = workload::measure(
-            &self.http,
-            &self.config.service.root,
-            workload,
-            run_id,
-            &self.launcher,
-        )
-        .instrument(span.clone())
-        .await;
+        let figures = workload::measure(&self.context(run_id), workload)
+            .instrument(span.clone())
+            .await;
         span.record("workload.samples", figures.samples);
         span.record("workload.errors", figures.errors);
         if let Some(p95) = figures.p95_ms {
@@ -217,21 +214,21 @@ impl Lifecycle {
         figures
     }
 
+    /// Carries out the steps in order, with the content precheck rendered.
     pub(super) async fn apply(
         &mut self,
         steps: &[Step],
         rendered: &Rendered,
-    ) -> Result<(), String> {
-        let root = RootDir::open(&self.config.service.root).map_err(|e| error_chain(&e))?;
+    ) -> Result<(), PhaseError> {
+        let root = RootDir::open(&self.config.service.root).map_err(PhaseError::Root)?;
         for (index, (step, content)) in steps.iter().zip(rendered).enumerate() {
-            let at = |e: String| at_step(index, step, &e);
             let outcome = match step {
                 Step::WriteFile { path, mode, .. } => {
                     let content = content
                         .as_deref()
                         .expect("precheck rendered every write_file");
                     root.write_file(path, content.as_bytes(), *mode)
-                        .map_err(|e| e.to_string())
+                        .map_err(PhaseError::Step)
                 }
                 Step::ReplaceText {
                     path,
@@ -239,8 +236,8 @@ impl Lifecycle {
                     replace,
                 } => root
                     .replace_text(path, find, replace)
-                    .map_err(|e| e.to_string()),
-                Step::Delete { path } => root.delete(path).map_err(|e| e.to_string()),
+                    .map_err(PhaseError::Step),
+                Step::Delete { path } => root.delete(path).map_err(PhaseError::Step),
                 Step::RunCommand {
                     program,
                     args,
@@ -255,15 +252,15 @@ impl Lifecycle {
                     &self.launcher,
                 )
                 .await
-                .map_err(|e| e.to_string()),
+                .map_err(PhaseError::Step),
                 Step::Restart => self
                     .supervisor
                     .restart()
                     .await
                     .map(|_| ())
-                    .map_err(|e| error_chain(&e)),
+                    .map_err(PhaseError::Service),
             };
-            outcome.map_err(at)?;
+            outcome.map_err(|e| e.at(Place::step(index, step)))?;
             if index == 0 {
                 crashpoint::reached(&self.config.agent.state_dir, "applying");
             }
@@ -271,117 +268,121 @@ impl Lifecycle {
         Ok(())
     }
 
-    /// Health checks, then the regression gates against the baseline.
+    /// Health checks, functional checks, then the regression gates against the baseline.
     pub(super) async fn validate(
         &mut self,
-        command: &Command,
+        run_id: flotilla_schemas::RunId,
         spec: &MigrateSpec<'_>,
         prepared: &Prepared,
-        measurements: &mut Measurements,
-        reports: &mut Vec<GateReport>,
-        workload_reports: &mut [WorkloadReport],
-    ) -> Result<(), String> {
+        findings: &mut Findings,
+    ) -> Result<(), PhaseError> {
         let default_check;
-        let checks = if spec.health.is_empty() {
-            default_check = [HttpCheck {
-                url: None,
-                method: None,
-                body: None,
-                expect_status: 200,
-                body_contains: None,
-                timeout_ms: self.config.service.startup_timeout.as_millis() as u64,
-                headers: Default::default(),
-            }];
+        let health = if spec.health.is_empty() {
+            default_check = [self.default_health_check()];
             &default_check[..]
         } else {
             &prepared.health[..]
         };
+        self.health_checks(health, run_id).await?;
+        let cx = self.context(run_id);
+        for check in &prepared.checks {
+            let passed = checks::run(&cx, check).await.map_err(PhaseError::Check)?;
+            tracing::info!(check = %passed, "functional check passed");
+        }
+        let measurements = &mut findings.measurements;
+        if let Some(memory) = self.memory(measurements.memory_source) {
+            measurements.rss_bytes_after = Some(memory.bytes);
+            measurements.memory_source = Some(memory.source);
+        }
+        findings.gates = evaluate_gates(spec.gates, measurements);
+        if findings.gates.iter().any(|g| !g.passed) {
+            self.confirm_gates(health, run_id, spec.gates, findings)
+                .await?;
+        }
+        for ((workload, before), report) in
+            prepared.workloads.iter().zip(findings.workloads.iter_mut())
+        {
+            let after = self.measure(workload, run_id).await;
+            findings
+                .gates
+                .extend(workload::gates(workload.name(), before, &after, spec.gates));
+            report.after = Some(after);
+        }
+        let tripped = regressions(&findings.gates, findings.measurements.memory_source);
+        if tripped.is_empty() {
+            Ok(())
+        } else {
+            Err(PhaseError::Regressions(tripped))
+        }
+    }
+
+    /// One start is one sample: a start slowed by a busy host would roll a healthy service
+    /// back. A tripped startup or memory gate is confirmed by a second restart, keeping the
+    /// better figures; a real regression trips both times.
+    async fn confirm_gates(
+        &mut self,
+        health: &[HttpCheck],
+        run_id: flotilla_schemas::RunId,
+        gates: &Gates,
+        findings: &mut Findings,
+    ) -> Result<(), PhaseError> {
+        tracing::info!("a startup or memory gate tripped: confirming with a second restart");
+        let restarted = self
+            .supervisor
+            .restart()
+            .await
+            .map_err(PhaseError::ConfirmRestart)?;
+        self.health_checks(health, run_id).await?;
+        let measurements = &mut findings.measurements;
+        let again = restarted.as_millis() as u64;
+        measurements.startup_ms_after = measurements
+            .startup_ms_after
+            .map(|first| first.min(again))
+            .or(Some(again));
+        let again = self.memory(measurements.memory_source).map(|m| m.bytes);
+        measurements.rss_bytes_after = match (measurements.rss_bytes_after, again) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        findings.gates = evaluate_gates(gates, measurements);
+        Ok(())
+    }
+
+    /// Runs the health checks in order; the first failure ends them.
+    async fn health_checks(
+        &self,
+        checks: &[HttpCheck],
+        run_id: flotilla_schemas::RunId,
+    ) -> Result<(), PhaseError> {
         for check in checks {
             let url = check
                 .url
                 .as_deref()
                 .unwrap_or(&self.config.service.health_url);
-            health::check(&self.http, url, check, command.run_id)
+            health::check(&self.http, url, check, run_id)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(PhaseError::Health)?;
         }
-        for check in &prepared.checks {
-            let passed = checks::run(
-                &self.http,
-                &self.config.service.root,
-                check,
-                &self.config.service.health_url,
-                command.run_id,
-                &self.launcher,
-            )
-            .await?;
-            tracing::info!(check = %passed, "functional check passed");
-        }
-        if let Some(memory) = self.memory(measurements.memory_source) {
-            measurements.rss_bytes_after = Some(memory.bytes);
-            measurements.memory_source = Some(memory.source);
-        }
-        *reports = evaluate_gates(spec.gates, measurements);
-        // One start is one sample: a start slowed by a busy host would roll a healthy service
-        // back. A tripped startup or memory gate is confirmed by a second restart, keeping the
-        // better figures; a real regression trips both times.
-        if reports.iter().any(|g| !g.passed) {
-            tracing::info!("a startup or memory gate tripped: confirming with a second restart");
-            let restarted = self
-                .supervisor
-                .restart()
-                .await
-                .map_err(|e| format!("restart to confirm a gate: {}", error_chain(&e)))?;
-            for check in checks {
-                let url = check
-                    .url
-                    .as_deref()
-                    .unwrap_or(&self.config.service.health_url);
-                health::check(&self.http, url, check, command.run_id)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-            {
-                let again = restarted.as_millis() as u64;
-                measurements.startup_ms_after = measurements
-                    .startup_ms_after
-                    .map(|first| first.min(again))
-                    .or(Some(again));
-                let again = self.memory(measurements.memory_source).map(|m| m.bytes);
-                measurements.rss_bytes_after = match (measurements.rss_bytes_after, again) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
-                *reports = evaluate_gates(spec.gates, measurements);
-            }
-        }
-        for ((workload, before), report) in
-            prepared.workloads.iter().zip(workload_reports.iter_mut())
-        {
-            let after = self.measure(workload, command.run_id).await;
-            reports.extend(workload::gates(workload.name(), before, &after, spec.gates));
-            report.after = Some(after);
-        }
-        let tripped: Vec<String> = reports
-            .iter()
-            .filter(|g| !g.passed)
-            .map(|g| {
-                let source = match (g.gate.as_str(), measurements.memory_source) {
-                    ("memory_bytes", Some(source)) => format!(" ({})", source.as_str()),
-                    _ => String::new(),
-                };
-                format!(
-                    "{} regression: {} after, {} before, limit {}{source}",
-                    g.gate, g.after, g.before, g.limit
-                )
-            })
-            .collect();
-        if tripped.is_empty() {
-            Ok(())
-        } else {
-            Err(tripped.join("; "))
-        }
+        Ok(())
     }
+}
+
+/// The tripped gates, each described with its figures (and the memory figures' source).
+fn regressions(gates: &[GateReport], memory_source: Option<MemorySource>) -> Vec<String> {
+    gates
+        .iter()
+        .filter(|g| !g.passed)
+        .map(|g| {
+            let source = match (g.gate.as_str(), memory_source) {
+                ("memory_bytes", Some(source)) => format!(" ({})", source.as_str()),
+                _ => String::new(),
+            };
+            format!(
+                "{} regression: {} after, {} before, limit {}{source}",
+                g.gate, g.after, g.before, g.limit
+            )
+        })
+        .collect()
 }
 
 /// Compares the figures after the change with the baseline. A gate without both figures is not

@@ -1,11 +1,14 @@
 //! Finishing, at start, what a crash interrupted.
 
-use flotilla_schemas::{Action, Measurements, Outcome, Phase, PhaseReport, PhaseStatus, RunResult};
+use flotilla_schemas::{
+    Action, Command, Measurements, Outcome, Phase, PhaseReport, PhaseStatus, RunResult,
+};
 
 use super::Lifecycle;
+use super::error::PhaseError;
 use super::results::{refused, result};
 use crate::backup::Restored;
-use crate::journal::{JournalError, Record};
+use crate::journal::{Entry, JournalError, Record};
 use flotilla_telemetry::error_chain;
 
 impl Lifecycle {
@@ -16,106 +19,120 @@ impl Lifecycle {
     pub fn recover(&mut self) -> Result<Vec<RunResult>, JournalError> {
         let mut results = Vec::new();
         for entry in self.journal.unfinished() {
-            let command = entry.command.expect("unfinished entries have a command");
-            let id = command.command_id;
-            let recover_phase = |status, detail: Option<String>| PhaseReport {
-                phase: Phase::Recover,
-                status,
-                duration_ms: 0,
-                detail,
-            };
-            let restored = |restore: Result<Restored, String>, what: &str| match restore {
-                Ok(_) => RunResult {
-                    phases: vec![recover_phase(
-                        PhaseStatus::Succeeded,
-                        Some("restored the backup".into()),
-                    )],
-                    ..result(
-                        &command,
-                        Outcome::RolledBack,
-                        Some(format!(
-                            "the agent was interrupted {what}; the backup was restored"
-                        )),
-                        Measurements::default(),
-                    )
-                },
-                Err(e) => RunResult {
-                    phases: vec![recover_phase(PhaseStatus::Failed, Some(e.clone()))],
-                    ..result(
-                        &command,
-                        Outcome::RollbackFailed,
-                        Some(format!(
-                            "the agent was interrupted {what} and the restore failed: {e}"
-                        )),
-                        Measurements::default(),
-                    )
-                },
-            };
-            let nothing_changed = || RunResult {
-                phases: vec![recover_phase(
-                    PhaseStatus::Succeeded,
-                    Some("nothing had changed".into()),
-                )],
-                ..result(
-                    &command,
-                    Outcome::Refused,
-                    Some("the agent was interrupted before changing anything".into()),
-                    Measurements::default(),
-                )
-            };
-            let result = match &command.action {
-                Action::Migrate { .. } if entry.applying || entry.backed_up => {
-                    // Recovery re-hashes the root: it must end on the backup exactly.
-                    restored(self.restore(id, true), "mid-migration")
-                }
-                Action::Rollback { migration } => {
-                    let migration = *migration;
-                    let migrated = self
-                        .journal
-                        .get(migration)
-                        .and_then(|e| e.result.as_ref())
-                        .map(|r| r.outcome);
-                    if migrated == Some(Outcome::Succeeded) && self.backups.exists(migration) {
-                        // The coordinator asked for it: carry it out. The restore knows whether
-                        // its swap already happened.
-                        restored(self.restore(migration, true), "during a rollback")
-                    } else {
-                        nothing_changed()
-                    }
-                }
-                Action::Finalize { migration } => match self.backups.discard(*migration) {
-                    Ok(()) => RunResult {
-                        phases: vec![recover_phase(
-                            PhaseStatus::Succeeded,
-                            Some("dropped the backup".into()),
-                        )],
-                        ..result(
-                            &command,
-                            Outcome::Finalized,
-                            Some("the agent was interrupted while finalizing; the backup was dropped".into()),
-                            Measurements::default(),
-                        )
-                    },
-                    Err(e) => refused(
-                        &command,
-                        format!(
-                            "the agent was interrupted while finalizing and cannot drop the backup: {}",
-                            error_chain(&e)
-                        ),
-                        Vec::new(),
-                    ),
-                },
-                _ => {
-                    let _ = self.backups.discard(id);
-                    nothing_changed()
-                }
-            };
-            tracing::warn!(command_id = %id, outcome = result.outcome.as_str(), "recovered an interrupted command");
+            let result = self.recover_one(entry);
+            tracing::warn!(
+                command_id = %result.command_id,
+                outcome = result.outcome.as_str(),
+                "recovered an interrupted command"
+            );
             self.journal.append(Record::Finished {
                 result: result.clone(),
             })?;
             results.push(result);
         }
         Ok(results)
+    }
+
+    /// The result of one interrupted command, once what it left is finished or undone.
+    fn recover_one(&mut self, entry: Entry) -> RunResult {
+        let command = entry.command.expect("unfinished entries have a command");
+        let id = command.command_id;
+        match &command.action {
+            Action::Migrate { .. } if entry.applying || entry.backed_up => {
+                // Recovery re-hashes the root: it must end on the backup exactly.
+                restored(&command, self.restore(id, true), "mid-migration")
+            }
+            Action::Rollback { migration } => {
+                let migration = *migration;
+                let migrated = self
+                    .journal
+                    .get(migration)
+                    .and_then(|e| e.result.as_ref())
+                    .map(|r| r.outcome);
+                if migrated == Some(Outcome::Succeeded) && self.backups.exists(migration) {
+                    // The coordinator asked for it: carry it out. The restore knows whether
+                    // its swap already happened.
+                    let restore = self.restore(migration, true);
+                    restored(&command, restore, "during a rollback")
+                } else {
+                    nothing_changed(&command)
+                }
+            }
+            Action::Finalize { migration } => match self.backups.discard(*migration) {
+                Ok(()) => recovered(
+                    &command,
+                    Outcome::Finalized,
+                    PhaseStatus::Succeeded,
+                    "dropped the backup".into(),
+                    "the agent was interrupted while finalizing; the backup was dropped".into(),
+                ),
+                Err(e) => refused(
+                    &command,
+                    format!(
+                        "the agent was interrupted while finalizing and cannot drop the backup: {}",
+                        error_chain(&e)
+                    ),
+                    Vec::new(),
+                ),
+            },
+            _ => {
+                let _ = self.backups.discard(id);
+                nothing_changed(&command)
+            }
+        }
+    }
+}
+
+/// The result of a restore that recovery carried out, interrupted `what`.
+fn restored(command: &Command, restore: Result<Restored, PhaseError>, what: &str) -> RunResult {
+    match restore {
+        Ok(_) => recovered(
+            command,
+            Outcome::RolledBack,
+            PhaseStatus::Succeeded,
+            "restored the backup".into(),
+            format!("the agent was interrupted {what}; the backup was restored"),
+        ),
+        Err(e) => {
+            let e = error_chain(&e);
+            let reason = format!("the agent was interrupted {what} and the restore failed: {e}");
+            recovered(
+                command,
+                Outcome::RollbackFailed,
+                PhaseStatus::Failed,
+                e,
+                reason,
+            )
+        }
+    }
+}
+
+/// The result of a command interrupted before it changed anything.
+fn nothing_changed(command: &Command) -> RunResult {
+    recovered(
+        command,
+        Outcome::Refused,
+        PhaseStatus::Succeeded,
+        "nothing had changed".into(),
+        "the agent was interrupted before changing anything".into(),
+    )
+}
+
+/// A recovered command's result: `outcome` for `reason`, with one recover phase.
+fn recovered(
+    command: &Command,
+    outcome: Outcome,
+    status: PhaseStatus,
+    detail: String,
+    reason: String,
+) -> RunResult {
+    RunResult {
+        phases: vec![PhaseReport {
+            phase: Phase::Recover,
+            status,
+            duration_ms: 0,
+            detail: Some(detail),
+        }],
+        ..result(command, outcome, Some(reason), Measurements::default())
     }
 }

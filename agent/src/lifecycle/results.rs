@@ -1,44 +1,7 @@
-//! The results and reasons that every flow builds.
+//! The results that every flow builds.
 
-use flotilla_schemas::{Command, Measurements, Outcome, PhaseReport, RunResult, Step};
+use flotilla_schemas::{Command, Measurements, Outcome, PhaseReport, RunResult};
 use time::OffsetDateTime;
-
-use super::Lifecycle;
-use crate::run_vars::RunVars;
-
-/// A failure of step `index` (from 0), as every reason names it: `step 2 (write_file): …`.
-pub(super) fn at_step(index: usize, step: &Step, e: &dyn std::fmt::Display) -> String {
-    format!("step {} ({}): {e}", index + 1, step.name())
-}
-
-impl Lifecycle {
-    /// Whether `program` is on the agent's allow-list (exact match).
-    pub(super) fn allowed(&self, program: &str) -> bool {
-        self.config
-            .commands
-            .allow
-            .iter()
-            .any(|allowed| allowed == program)
-    }
-
-    pub(super) fn vars(&self) -> std::collections::BTreeMap<String, String> {
-        let mut vars = self.config.vars.clone();
-        vars.entry("service".into())
-            .or_insert_with(|| self.config.service.name.to_string());
-        vars.entry("instance".into())
-            .or_insert_with(|| self.config.agent.instance.to_string());
-        vars
-    }
-
-    /// The run variables of `run_id` for this agent, with the current span's trace context.
-    pub(super) fn run_vars(&self, run_id: flotilla_schemas::RunId) -> RunVars {
-        RunVars::current(
-            run_id,
-            self.config.service.name.as_str(),
-            self.config.agent.instance.as_str(),
-        )
-    }
-}
 
 /// The result of `command`: `outcome`, now, with no phases yet.
 pub(crate) fn result(

@@ -1,13 +1,14 @@
 //! Putting a migration's backup back: after a failed phase, on the coordinator's request, and
 //! the second rollback that finds it already done.
 
-use flotilla_schemas::{Command, CommandId, HttpCheck, Measurements, Outcome, Phase, RunResult};
+use flotilla_schemas::{Command, CommandId, Measurements, Outcome, Phase, RunResult};
 
 use super::Lifecycle;
+use super::error::{PhaseError, PhaseFailure};
 use super::results::{refused, result};
 use super::tracker::Tracker;
 use crate::backup::{BackupStore, Restored};
-use crate::{crashpoint, health};
+use crate::crashpoint;
 use flotilla_telemetry::error_chain;
 
 impl Lifecycle {
@@ -24,15 +25,15 @@ impl Lifecycle {
                 self.supervisor.stop().await;
                 self.restore_off_thread(migration)
                     .await
-                    .map_err(|e| format!("restore: {e}"))?;
+                    .map_err(|e| PhaseError::Restore(Box::new(e)))?;
                 crashpoint::reached(&self.config.agent.state_dir, "restored");
                 self.supervisor
                     .start()
                     .await
-                    .map_err(|e| format!("restart after restore: {}", error_chain(&e)))?;
+                    .map_err(PhaseError::StartAfterRestore)?;
                 self.healthy(run_id)
                     .await
-                    .map_err(|e| format!("unhealthy after restore: {e}"))
+                    .map_err(PhaseError::UnhealthyAfterRestore)
             })
             .await;
         match restored {
@@ -47,7 +48,7 @@ impl Lifecycle {
         &mut self,
         migration: CommandId,
         full_check: bool,
-    ) -> Result<Restored, String> {
+    ) -> Result<Restored, PhaseError> {
         let how = restore(
             &self.backups,
             &self.config.service.root,
@@ -62,15 +63,19 @@ impl Lifecycle {
     pub(super) async fn restore_off_thread(
         &mut self,
         migration: CommandId,
-    ) -> Result<Restored, String> {
+    ) -> Result<Restored, PhaseError> {
         let (backups, root) = (self.backups.clone(), self.config.service.root.clone());
         let how = tokio::task::spawn_blocking(move || restore(&backups, &root, migration, false))
             .await
-            .map_err(|e| format!("restore task: {e}"))??;
+            .map_err(|error| PhaseError::Task {
+                what: "restore",
+                error,
+            })??;
         self.queue_swapped_out(&how);
         Ok(how)
     }
 
+    /// Queues the tree a restore swapped out, if any, for removal after the answer.
     pub(super) fn queue_swapped_out(&mut self, how: &Restored) {
         if let Restored::Swapped {
             swapped_out: Some(path),
@@ -78,23 +83,6 @@ impl Lifecycle {
         {
             self.swapped_out.push(path.clone());
         }
-    }
-
-    /// The agent's own health check of the service, with the startup timeout.
-    pub(super) async fn healthy(&self, run_id: flotilla_schemas::RunId) -> Result<(), String> {
-        let check = HttpCheck {
-            url: None,
-            method: None,
-            body: None,
-            expect_status: 200,
-            body_contains: None,
-            timeout_ms: self.config.service.startup_timeout.as_millis() as u64,
-            headers: Default::default(),
-        };
-        health::check(&self.http, &self.config.service.health_url, &check, run_id)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
     }
 
     /// A rollback asked for after the migration had succeeded (the run failed elsewhere).
@@ -151,18 +139,19 @@ impl Lifecycle {
         tracker: &mut Tracker<'_>,
     ) -> RunResult {
         let run_id = command.run_id;
-        let mut unhealthy = false;
         let checked = tracker
             .run(Phase::Rollback, async {
                 let (backups, root) = (self.backups.clone(), self.config.service.root.clone());
                 tokio::task::spawn_blocking(move || root_equals_backup(&backups, &root, migration))
                     .await
-                    .map_err(|e| format!("check task: {e}"))?
-                    .map_err(|e| format!("already rolled back by an earlier command, and {e}"))?;
-                self.healthy(run_id).await.map_err(|e| {
-                    unhealthy = true;
-                    format!("already restored, but the service is not healthy on it: {e}")
-                })
+                    .map_err(|error| PhaseError::Task {
+                        what: "check",
+                        error,
+                    })?
+                    .map_err(|e| PhaseError::RootChanged(Box::new(e)))?;
+                self.healthy(run_id)
+                    .await
+                    .map_err(PhaseError::UnhealthyOnRestored)
             })
             .await;
         let phases = tracker.phases.clone();
@@ -178,7 +167,13 @@ impl Lifecycle {
                     Measurements::default(),
                 )
             },
-            Err(failure) if unhealthy => RunResult {
+            // Restored, but not healthy on it: the rollback failed (a changed root is refused).
+            Err(
+                failure @ PhaseFailure {
+                    error: PhaseError::UnhealthyOnRestored(_),
+                    ..
+                },
+            ) => RunResult {
                 phases,
                 ..result(
                     command,
@@ -200,10 +195,10 @@ pub(super) fn restore(
     root: &std::path::Path,
     migration: CommandId,
     full_check: bool,
-) -> Result<Restored, String> {
+) -> Result<Restored, PhaseError> {
     let how = backups
         .restore(migration, root)
-        .map_err(|e| error_chain(&e))?;
+        .map_err(PhaseError::Backup)?;
     if full_check || how == Restored::AlreadyRestored {
         root_equals_backup(backups, root, migration)?;
     }
@@ -215,17 +210,20 @@ pub(super) fn root_equals_backup(
     backups: &BackupStore,
     root: &std::path::Path,
     migration: CommandId,
-) -> Result<(), String> {
-    let backup = backups.load(migration).map_err(|e| error_chain(&e))?;
-    let found = crate::tree::scan(root).map_err(|e| error_chain(&e))?;
+) -> Result<(), PhaseError> {
+    let backup = backups.load(migration).map_err(PhaseError::Backup)?;
+    let found = crate::tree::scan(root).map_err(PhaseError::Tree)?;
     let diff = crate::tree::differences(&backup.manifest, &found);
     if diff.is_empty() {
         return Ok(());
     }
     let shown: Vec<&str> = diff.iter().take(5).map(String::as_str).collect();
-    Err(format!(
-        "the service root differs from the backup of {migration}: {}{}",
-        shown.join(", "),
-        if diff.len() > 5 { ", …" } else { "" }
-    ))
+    Err(PhaseError::Differs {
+        migration,
+        differences: format!(
+            "{}{}",
+            shown.join(", "),
+            if diff.len() > 5 { ", …" } else { "" }
+        ),
+    })
 }

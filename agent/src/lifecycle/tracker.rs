@@ -5,13 +5,9 @@ use std::time::Instant;
 use flotilla_schemas::{Command, Phase, PhaseReport, PhaseStatus};
 use tracing::Instrument;
 
+use super::error::{PhaseError, PhaseFailure};
 use crate::events::Events;
-
-/// A failure of the phase named in it; its message becomes the result's reason.
-pub(super) struct PhaseFailure {
-    pub(super) phase: Phase,
-    pub(super) reason: String,
-}
+use flotilla_telemetry::error_chain;
 
 /// Collects phase reports and publishes progress as phases start and end.
 pub(super) struct Tracker<'a> {
@@ -21,9 +17,10 @@ pub(super) struct Tracker<'a> {
 }
 
 impl Tracker<'_> {
+    /// Runs the phase `work`, reporting its start and end; its failure names the phase.
     pub(super) async fn run<T, F>(&mut self, phase: Phase, work: F) -> Result<T, PhaseFailure>
     where
-        F: Future<Output = Result<T, String>>,
+        F: Future<Output = Result<T, PhaseError>>,
     {
         self.events
             .progress(self.command, phase, PhaseStatus::Started, None, None)
@@ -41,7 +38,7 @@ impl Tracker<'_> {
         let elapsed = started.elapsed();
         let (status, detail) = match &outcome {
             Ok(_) => (PhaseStatus::Succeeded, None),
-            Err(reason) => (PhaseStatus::Failed, Some(reason.clone())),
+            Err(error) => (PhaseStatus::Failed, Some(error_chain(error))),
         };
         tracing::info!(
             phase = phase.as_str(),
@@ -59,12 +56,6 @@ impl Tracker<'_> {
             duration_ms: elapsed.as_millis() as u64,
             detail,
         });
-        outcome.map_err(|reason| PhaseFailure { phase, reason })
-    }
-}
-
-impl std::fmt::Display for PhaseFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.phase.as_str(), self.reason)
+        outcome.map_err(|error| PhaseFailure { phase, error })
     }
 }
