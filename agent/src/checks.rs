@@ -7,9 +7,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use flotilla_schemas::placeholder;
-use flotilla_schemas::{Check, HttpCheck, Precondition, RunId};
+use flotilla_schemas::{Check, HttpCheck, Precondition};
 
 use crate::health;
+use crate::run_context::RunContext;
 use crate::steps::{self, RootDir};
 use crate::template::{Renderer, TemplateError};
 
@@ -155,14 +156,14 @@ pub fn render(renderer: &Renderer<'_>, check: &Check) -> Result<Check, RenderErr
 }
 
 /// Runs one functional check; returns a short description of what passed.
-pub async fn run(
-    http: &reqwest::Client,
-    root: &Path,
-    check: &Check,
-    default_url: &str,
-    run_id: RunId,
-    launcher: &crate::children::Launcher,
-) -> Result<String, String> {
+pub async fn run(cx: &RunContext<'_>, check: &Check) -> Result<String, String> {
+    let RunContext {
+        http,
+        root,
+        health_url: default_url,
+        run_id,
+        launcher,
+    } = *cx;
     match check {
         Check::Http(http_check) => {
             let url = http_check.url.as_deref().unwrap_or(default_url);

@@ -58,7 +58,11 @@ impl Group {
             match written {
                 Ok(()) => Some(path),
                 Err(e) => {
-                    tracing::warn!(error = %e, path = %path.display(), "cannot record a child's process group");
+                    tracing::warn!(
+                        error = %e,
+                        path = %path.display(),
+                        "cannot record a child's process group"
+                    );
                     None
                 }
             }

@@ -20,6 +20,8 @@ mod metrics;
 mod plan_files;
 mod preview;
 pub mod redact;
+mod retry;
+mod run_context;
 mod run_vars;
 mod session;
 mod state_lock;
@@ -164,23 +166,27 @@ pub async fn run_with(
         allow_old_server: false,
         auth: lifecycle.config.nats.auth.clone(),
     };
-    let client = loop {
-        match flotilla_bus::connect(&options).await {
-            Ok(client) => break client,
-            Err(e) if !e.is_transient() => {
-                lifecycle.supervisor.shutdown().await;
-                return Err(AgentError::NatsConfig(e));
+    let connected = retry::steadily(
+        Duration::from_secs(1),
+        &shutdown,
+        || flotilla_bus::connect(&options),
+        |e| {
+            if e.is_transient() {
+                tracing::warn!(error = %error_chain(e), "NATS not reachable yet, retrying");
             }
-            Err(e) => {
-                tracing::warn!(error = %error_chain(&e), "NATS not reachable yet, retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => {
-                        lifecycle.supervisor.shutdown().await;
-                        return Ok(());
-                    }
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
+            e.is_transient()
+        },
+    )
+    .await;
+    let client = match connected {
+        Some(Ok(client)) => client,
+        Some(Err(e)) => {
+            lifecycle.supervisor.shutdown().await;
+            return Err(AgentError::NatsConfig(e));
+        }
+        None => {
+            lifecycle.supervisor.shutdown().await;
+            return Ok(());
         }
     };
 

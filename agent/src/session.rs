@@ -7,8 +7,8 @@ use async_nats::jetstream::{self, AckKind, consumer};
 use flotilla_bus::{BusError, signing};
 use flotilla_schemas::subjects::Subjects;
 use flotilla_schemas::{
-    Action, AgentState, Command, CommandId, CommandSchema, HEADER_RUN_TRACEPARENT, InstanceId,
-    Measurements, Outcome, Presence, RunId, RunResult, ServiceName, decode, encode,
+    Action, AgentState, Command, CommandId, HEADER_RUN_TRACEPARENT, InstanceId, Measurements,
+    Outcome, RunId, RunResult, ServiceName, decode,
 };
 use futures::StreamExt;
 use serde::Deserialize;
@@ -20,7 +20,9 @@ use crate::events::Events;
 use crate::journal::Record;
 use crate::lifecycle::{Acceptance, Lifecycle};
 use flotilla_telemetry::error_chain;
+use presence::answer;
 
+mod presence;
 mod takeover;
 
 /// Why the session ended with an error.
@@ -87,21 +89,14 @@ pub async fn serve(
         key_id = signer.id(),
         "results are signed with the agent's key"
     );
-    // A least-privileged agent may not create the streams (`flotilla setup` or any coordinator
-    // command does): it waits for them, however long, and goes on as soon as they appear. While it
-    // waits it answers presence, so that a coordinator that creates them finds it (the commands
-    // sent meanwhile wait in the stream for its consumer; discovery does not trust the consumer
-    // list of a stream that young).
-    let mut answering = None;
-    let commands = match streams(&js, &subjects).await {
-        Ok(commands) => commands,
+    let (commands, answering) = match streams(&js, &subjects).await {
+        Ok(commands) => (commands, None),
         Err(_) => {
-            answering = Some(answer(
-                &client, &subjects, &lifecycle, &signer, &status, &shutdown,
-            ));
+            // While it waits for the streams it answers presence (see `wait_for_streams`).
+            let answering = answer(&client, &subjects, &lifecycle, &signer, &status, &shutdown);
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(lifecycle),
-                commands = wait_for_streams(&js, &subjects) => commands,
+                commands = wait_for_streams(&js, &subjects) => (commands, Some(answering)),
             }
         }
     };
@@ -109,8 +104,10 @@ pub async fn serve(
         js.clone(),
         subjects.clone(),
     ));
-    let service = lifecycle.config.service.name.clone();
-    let instance = lifecycle.config.agent.instance.clone();
+    let (service, instance) = (
+        lifecycle.config.service.name.clone(),
+        lifecycle.config.agent.instance.clone(),
+    );
     let events = Events::new(
         js.clone(),
         subjects.clone(),
@@ -119,55 +116,15 @@ pub async fn serve(
         signer.clone(),
     )
     .redacting(lifecycle.redactor.clone());
-
     // Results that a crash kept from the stream go out before anything new is taken.
-    for result in lifecycle.journal.unpublished() {
-        publish_result(&mut lifecycle, &events, &result).await?;
-    }
+    publish_unpublished(&mut lifecycle, &events).await?;
+    let trusted = trusted_keys(&lifecycle);
 
-    let trusted: Vec<signing::TrustedKey> = lifecycle
-        .config
-        .security
-        .trusted_keys
-        .iter()
-        .filter_map(|k| signing::TrustedKey::parse(k).ok())
-        .collect();
-    if trusted.is_empty() {
-        tracing::warn!(
-            "security.trusted_keys is empty: unsigned commands are accepted (fine for a local demo, never in production)"
-        );
-    }
     let name = subjects.agent_consumer(&service, &instance);
-    // A busy server may time the creation out: keep trying, as for the streams, rather than
-    // stop the agent.
-    let mut consumer = loop {
-        let created = commands
-            .get_or_create_consumer(
-                &name,
-                consumer::pull::Config {
-                    durable_name: Some(name.clone()),
-                    description: Some(format!("commands for the agent of {service}/{instance}")),
-                    filter_subject: subjects.command(&service, &instance),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: std::time::Duration::from_secs(30),
-                    ..Default::default()
-                },
-            )
-            .await;
-        match created {
-            Ok(consumer) => break consumer,
-            Err(source) => {
-                let e = SessionError::Consumer {
-                    name: name.clone(),
-                    source,
-                };
-                tracing::warn!(error = %error_chain(&e), "cannot create the command consumer yet; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(lifecycle),
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
-                }
-            }
-        }
+    let Some(mut consumer) =
+        command_consumer(&commands, &subjects, &name, &lifecycle, &shutdown).await
+    else {
+        return Ok(lifecycle);
     };
     if let Err(e) = takeover::take_over(&commands, &mut consumer, &name, &shutdown).await {
         tracing::warn!(error = %error_chain(&e), "a previous incarnation's pull requests stay registered: the next command may wait for the ack wait");
@@ -175,7 +132,7 @@ pub async fn serve(
     if shutdown.is_cancelled() {
         return Ok(lifecycle);
     }
-    let mut messages = consumer
+    let messages = consumer
         .messages()
         .await
         .map_err(|source| SessionError::Messages {
@@ -189,147 +146,309 @@ pub async fn serve(
         .unwrap_or_else(|| answer(&client, &subjects, &lifecycle, &signer, &status, &shutdown));
     tracing::info!(%service, %instance, consumer = %name, "ready for commands");
 
-    let mut retry = tokio::time::interval(RESULT_RETRY);
-    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The flush of the last command's spans and logs: it runs alongside whatever comes next
-    // (waiting, or the next command), never in front of it.
-    let mut flushing: Option<Flush<'_>> = None;
-    loop {
-        let message = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            () = async { flushing.as_mut().expect("guarded by the condition").await }, if flushing.is_some() => {
-                flushing = None;
-                continue;
-            }
-            _ = retry.tick() => {
-                // Results the broker refused (unreachable, full) go out as soon as it takes
-                // them again, not only at the next start: the coordinator is still waiting.
-                for result in lifecycle.journal.unpublished() {
-                    publish_result(&mut lifecycle, &events, &result).await?;
-                }
-                continue;
-            }
-            next = messages.next() => match next {
-                Some(Ok(message)) => message,
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "command stream hiccup");
+    let mut session = Session {
+        lifecycle,
+        events,
+        status,
+        trusted,
+        telemetry,
+    };
+    let served = session.take_commands(messages, &shutdown).await;
+    presence.abort();
+    micro.abort();
+    served.map(|()| session.lifecycle)
+}
+
+/// What handling a command needs. (The telemetry flush in progress is kept beside it, not in it:
+/// it is `Send` but not `Sync`, and the session is borrowed across awaits.)
+struct Session<'a> {
+    lifecycle: Lifecycle,
+    events: Events,
+    status: Arc<Mutex<Status>>,
+    /// Keys whose signatures commands must carry; empty accepts unsigned commands.
+    trusted: Vec<signing::TrustedKey>,
+    telemetry: &'a flotilla_telemetry::TelemetryGuard,
+}
+
+impl<'a> Session<'a> {
+    /// Takes commands one at a time until `shutdown` or the end of `messages`, retrying
+    /// unpublished results meanwhile.
+    async fn take_commands(
+        &mut self,
+        mut messages: consumer::pull::Stream,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SessionError> {
+        let mut retry = tokio::time::interval(RESULT_RETRY);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The flush of the last command's spans and logs: it runs alongside whatever comes next
+        // (waiting, or the next command), never in front of it.
+        let mut flushing: Option<Flush<'a>> = None;
+        loop {
+            let message = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                () = flushed(&mut flushing), if flushing.is_some() => {
+                    flushing = None;
                     continue;
                 }
-                None => break,
-            },
-        };
-        // Authenticity first: nothing of an unsigned or forged message is trusted, not even its
-        // fields (the refusal names only the IDs it claims, so its sender hears why, and the
-        // digest of what was refused, so that it never counts against a genuine command).
-        let header = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(signing::SIGNATURE_HEADER))
-            .map(|v| v.as_str());
-        let digest = signing::command_digest(header, &message.payload);
-        if !trusted.is_empty()
-            && let Err(e) = signing::verify(&trusted, &message.payload, header)
-        {
-            refuse(&events, &message.payload, &digest, &e, &service, &instance).await;
-            let _ = message.ack_with(AckKind::Term).await;
-            continue;
-        }
-        let command = match decode::<Command>(&message.payload) {
-            Ok(command) => command,
-            Err(e) => {
-                refuse(&events, &message.payload, &digest, &e, &service, &instance).await;
-                let _ = message.ack_with(AckKind::Term).await;
-                continue;
-            }
-        };
-        events.received(command.command_id, digest);
-        set_status(
-            &status,
-            AgentState::Busy,
-            Some(command.run_id),
-            lifecycle.supervisor.pid(),
-        );
-        // The consumer span continues the coordinator's trace from the message's traceparent.
-        let span = tracing::info_span!(
-            "process",
-            otel.name = format!("{} process", message.subject),
-            otel.kind = "consumer",
-            messaging.system = "nats",
-            messaging.operation.type = "process",
-            messaging.destination.name = %message.subject,
-            messaging.message.id = %command.command_id,
-            flotilla.run_id = %command.run_id,
-            flotilla.service = %command.service,
-            flotilla.instance = %command.instance,
-        );
-        continue_trace(&span, message.headers.as_ref());
-        // A secret file added or rotated since the last command is redacted from now on.
-        lifecycle.redactor.refresh();
-        if matches!(command.action, Action::Preview { .. }) {
-            // Read-only, so never journalled: a replay runs it again and changes nothing either.
-            let result = alongside(&mut flushing, lifecycle.preview(&command, &events))
-                .instrument(span.clone())
-                .await;
-            let _ = message.ack().await;
-            match events.result(&result).instrument(span).await {
-                Ok(()) => tracing::info!(outcome = result.outcome.as_str(), "preview published"),
-                Err(e) => tracing::warn!(error = %error_chain(&e), "preview not published"),
-            }
-            set_status(&status, AgentState::Idle, None, lifecycle.supervisor.pid());
-            continue;
-        }
-        let handled = alongside(&mut flushing, async {
-            tracing::info!(command_id = %command.command_id, "command received");
-            match lifecycle.accept(&command) {
-            Ok(Acceptance::Done(result)) => Ok(*result),
-            Ok(Acceptance::Proceed) => {
-                // The journal owns the command now: ack so the broker stops redelivering it. A
-                // crash from here on is recovered from the journal; a redelivery anyway (acks
-                // are not durable across a broker crash) is answered from it.
-                if let Err(e) = message.double_ack().await {
-                    tracing::warn!(error = %e, "ack not confirmed; a redelivery will be answered from the journal");
+                _ = retry.tick() => {
+                    // Results the broker refused (unreachable, full) go out as soon as it takes
+                    // them again, not only at the next start: the coordinator is still waiting.
+                    publish_unpublished(&mut self.lifecycle, &self.events).await?;
+                    continue;
                 }
-                                lifecycle.execute(command, &events).await
-            }
-            Err(e) => Err(e),
-            }
+                next = messages.next() => match next {
+                    Some(Ok(message)) => message,
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "command stream hiccup");
+                        continue;
+                    }
+                    None => break,
+                },
+            };
+            self.handle(message, &mut flushing).await?;
         }
-        .instrument(span.clone()))
-        .await;
-        let result = match handled {
-            Ok(result) => result,
-            Err(e) => {
-                tracing::error!(error = %error_chain(&e), "journal write failed; stopping");
-                return Err(e.into());
-            }
+        // Stop pulling before the last flush: a command sent meanwhile goes to the next
+        // incarnation, not to a request nobody will serve.
+        drop(messages);
+        if let Some(pending) = flushing {
+            pending.await;
+        }
+        Ok(())
+    }
+
+    /// Checks, carries out and answers one message; an error is a journal that cannot be
+    /// written, which stops the agent.
+    async fn handle(
+        &mut self,
+        message: jetstream::Message,
+        flushing: &mut Option<Flush<'a>>,
+    ) -> Result<(), SessionError> {
+        let Some(command) = self.authentic(&message).await else {
+            let _ = message.ack_with(AckKind::Term).await;
+            return Ok(());
         };
+        self.set_status(AgentState::Busy, Some(command.run_id));
+        let span = process_span(&message, &command);
+        // A secret file added or rotated since the last command is redacted from now on.
+        self.lifecycle.redactor.refresh();
+        if matches!(command.action, Action::Preview { .. }) {
+            self.preview(&message, &command, flushing)
+                .instrument(span)
+                .await;
+            self.set_status(AgentState::Idle, None);
+            return Ok(());
+        }
+        let run = accept_and_run(&mut self.lifecycle, command, &message, &self.events);
+        let handled = alongside(flushing, run.instrument(span.clone())).await;
+        let result = handled.inspect_err(|e| {
+            tracing::error!(error = %error_chain(e), "journal write failed; stopping");
+        })?;
         let _ = message.ack().await;
-        publish_result(&mut lifecycle, &events, &result)
+        publish_result(&mut self.lifecycle, &self.events, &result)
             .instrument(span)
             .await?;
-        lifecycle.remove_swapped_out();
+        self.lifecycle.remove_swapped_out();
         // After the answer, so that the coordinator never waits for it.
-        lifecycle.compact_journal(false)?;
+        self.lifecycle.compact_journal(false)?;
         // Spans and logs of the command reach the store now, not at the next batch, so that
         // `verify` finds them as soon as the result is in; the next command does not wait.
-        flushing = Some(match flushing.take() {
+        let telemetry = self.telemetry;
+        *flushing = Some(match flushing.take() {
             Some(earlier) => Box::pin(async move {
                 earlier.await;
                 flush(telemetry).await;
             }),
             None => Box::pin(flush(telemetry)),
         });
-        set_status(&status, AgentState::Idle, None, lifecycle.supervisor.pid());
+        self.set_status(AgentState::Idle, None);
+        Ok(())
     }
-    // Stop pulling before the last flush: a command sent meanwhile goes to the next
-    // incarnation, not to a request nobody will serve.
-    drop(messages);
-    if let Some(pending) = flushing {
-        pending.await;
+
+    /// The command a message carries, once its signature (when keys are trusted) and its
+    /// decoding hold; otherwise it is refused and `None` returned. Authenticity first: nothing of
+    /// an unsigned or forged message is trusted, not even its fields (the refusal names only the
+    /// IDs it claims, so its sender hears why, and the digest of what was refused, so that it
+    /// never counts against a genuine command).
+    async fn authentic(&self, message: &jetstream::Message) -> Option<Command> {
+        let header = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(signing::SIGNATURE_HEADER))
+            .map(|v| v.as_str());
+        let digest = signing::command_digest(header, &message.payload);
+        let (service, instance) = (
+            &self.lifecycle.config.service.name,
+            &self.lifecycle.config.agent.instance,
+        );
+        if !self.trusted.is_empty()
+            && let Err(e) = signing::verify(&self.trusted, &message.payload, header)
+        {
+            refuse(
+                &self.events,
+                &message.payload,
+                &digest,
+                &e,
+                service,
+                instance,
+            )
+            .await;
+            return None;
+        }
+        match decode::<Command>(&message.payload) {
+            Ok(command) => {
+                self.events.received(command.command_id, digest);
+                Some(command)
+            }
+            Err(e) => {
+                refuse(
+                    &self.events,
+                    &message.payload,
+                    &digest,
+                    &e,
+                    service,
+                    instance,
+                )
+                .await;
+                None
+            }
+        }
     }
-    presence.abort();
-    micro.abort();
-    Ok(lifecycle)
+
+    /// Answers a preview. Read-only, so never journalled: a replay runs it again and changes
+    /// nothing either.
+    async fn preview(
+        &mut self,
+        message: &jetstream::Message,
+        command: &Command,
+        flushing: &mut Option<Flush<'a>>,
+    ) {
+        let result = alongside(flushing, self.lifecycle.preview(command, &self.events)).await;
+        let _ = message.ack().await;
+        match self.events.result(&result).await {
+            Ok(()) => tracing::info!(outcome = result.outcome.as_str(), "preview published"),
+            Err(e) => tracing::warn!(error = %error_chain(&e), "preview not published"),
+        }
+    }
+
+    fn set_status(&self, state: AgentState, run: Option<RunId>) {
+        set_status(&self.status, state, run, self.lifecycle.supervisor.pid());
+    }
+}
+
+/// Journals `command` and carries it out, or answers it from the journal.
+async fn accept_and_run(
+    lifecycle: &mut Lifecycle,
+    command: Command,
+    message: &jetstream::Message,
+    events: &Events,
+) -> Result<RunResult, crate::journal::JournalError> {
+    tracing::info!(command_id = %command.command_id, "command received");
+    match lifecycle.accept(&command)? {
+        Acceptance::Done(result) => Ok(*result),
+        Acceptance::Proceed => {
+            // The journal owns the command now: ack so the broker stops redelivering it. A crash
+            // from here on is recovered from the journal; a redelivery anyway (acks are not
+            // durable across a broker crash) is answered from it.
+            if let Err(e) = message.double_ack().await {
+                tracing::warn!(
+                    error = %e,
+                    "ack not confirmed; a redelivery will be answered from the journal"
+                );
+            }
+            lifecycle.execute(command, events).await
+        }
+    }
+}
+
+/// The consumer span of a command: it continues the coordinator's trace from the message's
+/// traceparent.
+fn process_span(message: &jetstream::Message, command: &Command) -> tracing::Span {
+    let span = tracing::info_span!(
+        "process",
+        otel.name = format!("{} process", message.subject),
+        otel.kind = "consumer",
+        messaging.system = "nats",
+        messaging.operation.type = "process",
+        messaging.destination.name = %message.subject,
+        messaging.message.id = %command.command_id,
+        flotilla.run_id = %command.run_id,
+        flotilla.service = %command.service,
+        flotilla.instance = %command.instance,
+    );
+    continue_trace(&span, message.headers.as_ref());
+    span
+}
+
+/// Publishes the results the journal still marks unpublished.
+async fn publish_unpublished(
+    lifecycle: &mut Lifecycle,
+    events: &Events,
+) -> Result<(), SessionError> {
+    for result in lifecycle.journal.unpublished() {
+        publish_result(lifecycle, events, &result).await?;
+    }
+    Ok(())
+}
+
+/// The keys commands must be signed with; none (unsigned commands accepted) is warned about.
+fn trusted_keys(lifecycle: &Lifecycle) -> Vec<signing::TrustedKey> {
+    let trusted: Vec<_> = lifecycle
+        .config
+        .security
+        .trusted_keys
+        .iter()
+        .filter_map(|k| signing::TrustedKey::parse(k).ok())
+        .collect();
+    if trusted.is_empty() {
+        tracing::warn!(
+            "security.trusted_keys is empty: unsigned commands are accepted (fine for a local demo, never in production)"
+        );
+    }
+    trusted
+}
+
+/// The agent's durable consumer of its commands, created if need be. A busy server may time the
+/// creation out: it keeps trying, as for the streams, rather than stop the agent; `None` on
+/// shutdown.
+async fn command_consumer(
+    commands: &jetstream::stream::Stream,
+    subjects: &Subjects,
+    name: &str,
+    lifecycle: &Lifecycle,
+    shutdown: &CancellationToken,
+) -> Option<consumer::PullConsumer> {
+    let (service, instance) = (
+        &lifecycle.config.service.name,
+        &lifecycle.config.agent.instance,
+    );
+    let config = consumer::pull::Config {
+        durable_name: Some(name.to_owned()),
+        description: Some(format!("commands for the agent of {service}/{instance}")),
+        filter_subject: subjects.command(service, instance),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: std::time::Duration::from_secs(30),
+        ..Default::default()
+    };
+    let created = crate::retry::steadily(
+        std::time::Duration::from_secs(2),
+        shutdown,
+        || async {
+            let created = commands.get_or_create_consumer(name, config.clone()).await;
+            created.map_err(|source| SessionError::Consumer {
+                name: name.to_owned(),
+                source,
+            })
+        },
+        |e| {
+            tracing::warn!(
+                error = %error_chain(e),
+                "cannot create the command consumer yet; retrying"
+            );
+            true
+        },
+    )
+    .await;
+    created.and_then(Result::ok)
 }
 
 /// The commands stream, once the events stream exists too.
@@ -341,7 +460,11 @@ async fn streams(
     js.get_stream(subjects.commands_stream()).await
 }
 
-/// Waits until both streams exist; returns the commands stream.
+/// Waits until both streams exist; returns the commands stream. A least-privileged agent may not
+/// create the streams (`flotilla setup` or any coordinator command does): it waits for them,
+/// however long, and goes on as soon as they appear. While it waits it answers presence, so that
+/// a coordinator that creates them finds it (the commands sent meanwhile wait in the stream for
+/// its consumer; discovery does not trust the consumer list of a stream that young).
 async fn wait_for_streams(
     js: &jetstream::Context,
     subjects: &Subjects,
@@ -354,35 +477,6 @@ async fn wait_for_streams(
     .await
 }
 
-/// Starts answering presence and the NATS service API.
-fn answer(
-    client: &async_nats::Client,
-    subjects: &Subjects,
-    lifecycle: &Lifecycle,
-    signer: &signing::SigningKey,
-    status: &Arc<Mutex<Status>>,
-    shutdown: &CancellationToken,
-) -> (
-    tokio::task::JoinHandle<Result<(), SessionError>>,
-    tokio::task::JoinHandle<()>,
-) {
-    let presence = tokio::spawn(answer_presence(
-        client.clone(),
-        subjects.clone(),
-        presence_template(lifecycle, signer),
-        status.clone(),
-        shutdown.clone(),
-    ));
-    let micro = tokio::spawn(serve_micro(
-        client.clone(),
-        subjects.clone(),
-        presence_template(lifecycle, signer),
-        status.clone(),
-        shutdown.clone(),
-    ));
-    (presence, micro)
-}
-
 /// A telemetry flush in progress.
 type Flush<'a> = std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
@@ -390,6 +484,11 @@ async fn flush(telemetry: &flotilla_telemetry::TelemetryGuard) {
     if let Err(e) = telemetry.flush(TELEMETRY_FLUSH_TIMEOUT).await {
         tracing::warn!(error = %error_chain(&e), "telemetry not flushed");
     }
+}
+
+/// Waits for the flush in progress; there must be one.
+async fn flushed(flushing: &mut Option<Flush<'_>>) {
+    flushing.as_mut().expect("guarded by the condition").await
 }
 
 /// Runs `work` to its end while also driving `background` (a flush still in progress), which
@@ -511,128 +610,4 @@ fn set_status(status: &Mutex<Status>, state: AgentState, run: Option<RunId>, pid
     status.state = state;
     status.current_run = run;
     status.service_pid = pid;
-}
-
-fn presence_template(lifecycle: &Lifecycle, signer: &signing::SigningKey) -> Presence {
-    let presence = Presence {
-        schema: Default::default(),
-        service: lifecycle.config.service.name.clone(),
-        instance: lifecycle.config.agent.instance.clone(),
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-        accepts: vec![CommandSchema::VALUE.to_owned()],
-        host: hostname::get()
-            .map(|h| h.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        state: AgentState::Idle,
-        current_run: None,
-        service_pid: None,
-        endpoint: Some(lifecycle.config.service.health_url.clone()),
-        result_key: Some(signer.public_key_text()),
-        started_at: OffsetDateTime::now_utc(),
-    };
-    // The state, run and pid filled in later are the agent's own: never a secret.
-    lifecycle.redactor.scrubbed(&presence).unwrap_or(presence)
-}
-
-/// The NATS service API (`$SRV.PING|INFO|STATS`), so that `nats micro ls` lists the agents with
-/// their service and instance, and `nats micro stats` counts the status requests; the endpoint
-/// `<prefix>.agent.<service>.<instance>.status` answers with the agent's presence.
-async fn serve_micro(
-    client: async_nats::Client,
-    subjects: Subjects,
-    template: Presence,
-    status: Arc<Mutex<Status>>,
-    shutdown: CancellationToken,
-) {
-    use async_nats::service::ServiceExt;
-    let metadata = std::collections::HashMap::from([
-        ("service".to_owned(), template.service.to_string()),
-        ("instance".to_owned(), template.instance.to_string()),
-        ("host".to_owned(), template.host.clone()),
-        ("accepts".to_owned(), template.accepts.join(",")),
-        (
-            "result_key".to_owned(),
-            template.result_key.clone().unwrap_or_default(),
-        ),
-    ]);
-    let service = client
-        .service_builder()
-        .description(format!(
-            "Flotilla agent of {}/{}",
-            template.service, template.instance
-        ))
-        .metadata(metadata)
-        .start(MICRO_SERVICE_NAME, env!("CARGO_PKG_VERSION"))
-        .await;
-    let service = match service {
-        Ok(service) => service,
-        Err(e) => {
-            tracing::warn!(error = %e, "not registered with the NATS service API");
-            return;
-        }
-    };
-    let group = service.group(subjects.agent_service_group(&template.service, &template.instance));
-    let mut endpoint = match group.endpoint("status").await {
-        Ok(endpoint) => endpoint,
-        Err(e) => {
-            tracing::warn!(error = %e, "no status endpoint on the NATS service API");
-            return;
-        }
-    };
-    loop {
-        let request = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            next = endpoint.next() => match next { Some(r) => r, None => return },
-        };
-        let snapshot = status
-            .lock()
-            .expect("status lock is never poisoned")
-            .clone();
-        let presence = Presence {
-            state: snapshot.state,
-            current_run: snapshot.current_run,
-            service_pid: snapshot.service_pid,
-            ..template.clone()
-        };
-        if let Err(e) = request.respond(Ok(encode(&presence).into())).await {
-            tracing::warn!(error = %e, "status answer not sent");
-        }
-    }
-}
-
-/// The agents' name in the NATS service API.
-pub const MICRO_SERVICE_NAME: &str = "flotilla-agent";
-
-async fn answer_presence(
-    client: async_nats::Client,
-    subjects: Subjects,
-    template: Presence,
-    status: Arc<Mutex<Status>>,
-    shutdown: CancellationToken,
-) -> Result<(), SessionError> {
-    let subject = subjects.presence();
-    let mut requests = client
-        .subscribe(subject.clone())
-        .await
-        .map_err(|source| SessionError::Subscribe { subject, source })?;
-    loop {
-        let request = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            next = requests.next() => match next { Some(r) => r, None => return Ok(()) },
-        };
-        let Some(reply) = request.reply else { continue };
-        let snapshot = status
-            .lock()
-            .expect("status lock is never poisoned")
-            .clone();
-        let presence = Presence {
-            state: snapshot.state,
-            current_run: snapshot.current_run,
-            service_pid: snapshot.service_pid,
-            ..template.clone()
-        };
-        if let Err(e) = client.publish(reply, encode(&presence).into()).await {
-            tracing::warn!(error = %e, "presence answer not sent");
-        }
-    }
 }

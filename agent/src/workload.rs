@@ -2,13 +2,13 @@
 //! after it — N HTTP requests at concurrency C (latency percentiles, errors), or one job run
 //! (duration, and the throughput the job prints) — and the gates that compare the two.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flotilla_schemas::{GateReport, Gates, Inconclusive, RunId, Workload, WorkloadFigures};
+use flotilla_schemas::{GateReport, Gates, Inconclusive, Workload, WorkloadFigures};
 
 use crate::checks::{RenderError, render_headers, render_plain};
+use crate::run_context::RunContext;
 use crate::template::Renderer;
 use crate::{health, steps};
 
@@ -54,13 +54,14 @@ pub fn render(renderer: &Renderer<'_>, workload: &Workload) -> Result<Workload, 
 
 /// Runs `workload` once and returns its figures. Failures are counted, not raised: a workload
 /// that cannot run at all has zero samples, which the gate judges inconclusive.
-pub async fn measure(
-    http: &reqwest::Client,
-    root: &Path,
-    workload: &Workload,
-    run_id: RunId,
-    launcher: &crate::children::Launcher,
-) -> WorkloadFigures {
+pub async fn measure(cx: &RunContext<'_>, workload: &Workload) -> WorkloadFigures {
+    let RunContext {
+        http,
+        root,
+        run_id,
+        launcher,
+        ..
+    } = *cx;
     match workload {
         Workload::Http {
             url,

@@ -78,19 +78,22 @@ pub async fn take_over(
             name: name.to_owned(),
             source,
         })?;
-    loop {
-        match stream.create_consumer(config.clone()).await {
-            Ok(fresh) => {
-                *consumer = fresh;
-                return Ok(());
-            }
-            Err(e) => {
-                tracing::warn!(consumer = %name, error = %error_chain(&e), "cannot recreate the command consumer yet; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
-                }
-            }
-        }
+    let recreated = crate::retry::steadily(
+        std::time::Duration::from_secs(2),
+        shutdown,
+        || stream.create_consumer(config.clone()),
+        |e| {
+            tracing::warn!(
+                consumer = %name,
+                error = %error_chain(e),
+                "cannot recreate the command consumer yet; retrying"
+            );
+            true
+        },
+    )
+    .await;
+    if let Some(Ok(fresh)) = recreated {
+        *consumer = fresh;
     }
+    Ok(())
 }
