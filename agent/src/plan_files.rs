@@ -15,6 +15,12 @@ pub struct PlanFiles {
     subjects: Subjects,
 }
 
+/// How long a precheck waits for a shipped file. A fetch of an object deleted while it was read
+/// was seen to wait forever (the agent then held its command, and its shutdown, for good).
+const FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long the second attempt after a fetch timed out may take.
+const RECHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Why a shipped file cannot be used. Names the file and digest, never the content.
 #[derive(Debug, thiserror::Error)]
 pub enum ShippedError {
@@ -22,6 +28,10 @@ pub enum ShippedError {
     Unconnected(String),
     #[error(transparent)]
     Fetch(#[from] PlanFileError),
+    #[error(
+        "plan file {0} could not be fetched from the plan-files bucket within {FETCH_TIMEOUT:?}"
+    )]
+    TimedOut(String),
     #[error("plan file {0} is not UTF-8 text: a template must be")]
     NotText(String),
     #[error("a write_file step has both content and source {0}: give one")]
@@ -48,7 +58,15 @@ pub async fn template<'a>(
         return Err(ShippedError::Both(file.path.clone()));
     }
     let files = files.ok_or_else(|| ShippedError::Unconnected(file.path.clone()))?;
-    let bytes = plan_files::fetch(&files.js, &files.subjects, file).await?;
+    let fetch = || plan_files::fetch(&files.js, &files.subjects, file);
+    let bytes = match tokio::time::timeout(FETCH_TIMEOUT, fetch()).await {
+        Ok(fetched) => fetched?,
+        // An object deleted while it was read leaves the reader waiting for purged chunks; asked
+        // again, the bucket says what happened (usually: the object is gone).
+        Err(_) => tokio::time::timeout(RECHECK_TIMEOUT, fetch())
+            .await
+            .map_err(|_| ShippedError::TimedOut(file.path.clone()))??,
+    };
     String::from_utf8(bytes)
         .map(Into::into)
         .map_err(|_| ShippedError::NotText(file.path.clone()))
