@@ -280,21 +280,18 @@ impl<'a> Session<'a> {
             &self.lifecycle.config.service.name,
             &self.lifecycle.config.agent.instance,
         );
-        if !self.trusted.is_empty()
-            && let Err(e) = signing::verify(&self.trusted, &message.payload, header)
-        {
-            refuse(
-                &self.events,
-                &message.payload,
-                &digest,
-                &e,
-                service,
-                instance,
-            )
-            .await;
-            return None;
-        }
-        match decode::<Command>(&message.payload) {
+        // An unsigned command is taken only when no key is trusted; either refusal names why.
+        type Refusal = Box<dyn std::error::Error + Send + Sync>;
+        let verified: Result<(), Refusal> = if self.trusted.is_empty() {
+            Ok(())
+        } else {
+            signing::verify(&self.trusted, &message.payload, header)
+                .map(drop)
+                .map_err(Refusal::from)
+        };
+        let command =
+            verified.and_then(|()| decode::<Command>(&message.payload).map_err(Refusal::from));
+        match command {
             Ok(command) => {
                 self.events.received(command.command_id, digest);
                 Some(command)
@@ -304,7 +301,7 @@ impl<'a> Session<'a> {
                     &self.events,
                     &message.payload,
                     &digest,
-                    &e,
+                    e.as_ref(),
                     service,
                     instance,
                 )

@@ -113,19 +113,24 @@ async fn serve_micro(
             _ = shutdown.cancelled() => return,
             next = endpoint.next() => match next { Some(r) => r, None => return },
         };
-        let snapshot = status
-            .lock()
-            .expect("status lock is never poisoned")
-            .clone();
-        let presence = Presence {
-            state: snapshot.state,
-            current_run: snapshot.current_run,
-            service_pid: snapshot.service_pid,
-            ..template.clone()
-        };
+        let presence = current(&template, &status);
         if let Err(e) = request.respond(Ok(encode(&presence).into())).await {
             tracing::warn!(error = %e, "status answer not sent");
         }
+    }
+}
+
+/// `template` (what never changes) with the agent's status now.
+fn current(template: &Presence, status: &Mutex<Status>) -> Presence {
+    let snapshot = status
+        .lock()
+        .expect("status lock is never poisoned")
+        .clone();
+    Presence {
+        state: snapshot.state,
+        current_run: snapshot.current_run,
+        service_pid: snapshot.service_pid,
+        ..template.clone()
     }
 }
 
@@ -150,16 +155,7 @@ async fn answer_presence(
             next = requests.next() => match next { Some(r) => r, None => return Ok(()) },
         };
         let Some(reply) = request.reply else { continue };
-        let snapshot = status
-            .lock()
-            .expect("status lock is never poisoned")
-            .clone();
-        let presence = Presence {
-            state: snapshot.state,
-            current_run: snapshot.current_run,
-            service_pid: snapshot.service_pid,
-            ..template.clone()
-        };
+        let presence = current(&template, &status);
         if let Err(e) = client.publish(reply, encode(&presence).into()).await {
             tracing::warn!(error = %e, "presence answer not sent");
         }

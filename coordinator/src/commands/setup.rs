@@ -90,40 +90,46 @@ pub(crate) async fn provision_all(
             provision::provision(js, wanted).await?,
         ));
     }
-    let bucket = subjects.runs_bucket();
-    let provisioned = match provision::inspect(js, &bucket_as_stream(subjects)).await? {
-        Some(differences) => provision::found(differences),
-        None => {
-            Store::open(js, subjects)
-                .await
-                .map_err(|e| BusError::Inspect {
-                    name: bucket.clone(),
-                    source: Box::new(e),
-                })?;
-            Provisioned::Created
-        }
-    };
-    resources.push(Resource::new("bucket", bucket, provisioned));
-    resources.push(provision_files_bucket(js, subjects).await?);
+    resources.push(
+        provision_bucket(
+            js,
+            subjects.runs_bucket(),
+            &bucket_as_stream(subjects),
+            Store::open(js, subjects),
+        )
+        .await?,
+    );
+    // The object store bucket the plan files are shipped in.
+    resources.push(
+        provision_bucket(
+            js,
+            subjects.files_bucket(),
+            &flotilla_bus::plan_files::bucket_as_stream(subjects),
+            flotilla_bus::plan_files::create_or_open(js, subjects),
+        )
+        .await?,
+    );
     Ok(resources)
 }
 
-/// The object store bucket the plan files are shipped in.
-async fn provision_files_bucket(
+/// A bucket, read as the stream that holds it: reported as found (with what differs), or made
+/// by `create`, which only runs when the bucket is missing.
+async fn provision_bucket<T, E>(
     js: &jetstream::Context,
-    subjects: &Subjects,
-) -> Result<Resource, BusError> {
-    use flotilla_bus::plan_files;
-    let bucket = subjects.files_bucket();
-    let provisioned = match provision::inspect(js, &plan_files::bucket_as_stream(subjects)).await? {
+    bucket: String,
+    as_stream: &stream::Config,
+    create: impl Future<Output = Result<T, E>>,
+) -> Result<Resource, BusError>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let provisioned = match provision::inspect(js, as_stream).await? {
         Some(differences) => provision::found(differences),
         None => {
-            plan_files::create_or_open(js, subjects)
-                .await
-                .map_err(|e| BusError::Inspect {
-                    name: bucket.clone(),
-                    source: Box::new(e),
-                })?;
+            create.await.map_err(|e| BusError::Inspect {
+                name: bucket.clone(),
+                source: Box::new(e),
+            })?;
             Provisioned::Created
         }
     };

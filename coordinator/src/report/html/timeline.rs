@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use super::super::gate::{Gate, Unit};
 use super::super::{RunReport, ServiceReport};
 use crate::events::RunEvent;
-use crate::store::{CommandRecord, RunRecord, TargetRecord, WaveRecord};
+use crate::store::{ActionKind, CommandRecord, RunRecord, TargetRecord, WaveRecord};
 
 /// The page's data for its script: times in milliseconds from the run's start.
 #[derive(Debug, Serialize)]
@@ -270,13 +270,9 @@ pub(super) fn page_data(report: &RunReport, record: &RunRecord, events: &[RunEve
 
 /// The migrate, rollback and finalize commands of `target`, those that exist.
 fn commands_of(target: &TargetRecord) -> impl Iterator<Item = (&'static str, &CommandRecord)> {
-    [
-        ("migrate", &target.migrate),
-        ("rollback", &target.rollback),
-        ("finalize", &target.finalize),
-    ]
-    .into_iter()
-    .filter_map(|(kind, command)| Some((kind, command.as_ref()?)))
+    ActionKind::ALL
+        .into_iter()
+        .filter_map(|kind| Some((kind.as_str(), target.slot(kind).as_ref()?)))
 }
 
 /// When wave `w`'s migrations ran: from the first sent (or first bar) to the last result (or
