@@ -209,11 +209,6 @@ pub async fn fetch(
         Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Err(missing()),
         Err(e) => return Err(failed(Box::new(e))),
     };
-    // A deleted object keeps its metadata, marked deleted, and no chunks: reading it would wait
-    // for chunks that are gone.
-    if object.info().deleted {
-        return Err(missing());
-    }
     let stored_size = object.info().size as u64;
     let mut bytes = Vec::with_capacity(stored_size.min(MAX_FILE_BYTES) as usize);
     // One byte past the limit is enough to know the object is too large.
