@@ -1,5 +1,5 @@
 use base64::engine::general_purpose::{STANDARD, URL_SAFE};
-use flotilla_schemas::{CommandId, InstanceId, Measurements, Outcome, RunId, ServiceName, decode};
+use flotilla_schemas::{CommandId, InstanceId, Outcome, RunId, ServiceName, decode};
 use proptest::prelude::*;
 
 use super::*;
@@ -50,22 +50,15 @@ fn leaks(text: &str, secret: &str) -> Option<String> {
 
 fn result_with(reason: String) -> RunResult {
     RunResult {
-        schema: Default::default(),
-        run_id: RunId::new(),
-        command_id: CommandId::new(),
-        service: ServiceName::parse("svc").unwrap(),
-        instance: InstanceId::parse("a").unwrap(),
-        at: time::OffsetDateTime::now_utc(),
-        outcome: Outcome::RolledBack,
         reason: Some(reason),
-        phases: Vec::new(),
-        measurements: Measurements::default(),
-        gates: Vec::new(),
-        workloads: Vec::new(),
-        inspection: None,
-        preview: None,
-        replayed: false,
-        command_digest: None,
+        ..RunResult::new(
+            RunId::new(),
+            CommandId::new(),
+            ServiceName::parse("svc").unwrap(),
+            InstanceId::parse("a").unwrap(),
+            time::OffsetDateTime::now_utc(),
+            Outcome::RolledBack,
+        )
     }
 }
 

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::version::schema_tag;
-use crate::{CommandId, InstanceId, Phase, PhaseStatus, RunId, SchemaTag, ServiceName};
+use crate::{Command, CommandId, InstanceId, Phase, PhaseStatus, RunId, SchemaTag, ServiceName};
 
 schema_tag!(ResultSchema, "flotilla.result.v1");
 
@@ -252,6 +252,109 @@ pub struct RunResult {
     pub command_digest: Option<String>,
 }
 
+// === impl RunResult ===
+
+impl RunResult {
+    /// The result of one command that reports only its `outcome` at `at`: no reason, phases,
+    /// measurements, gates, workloads, inspection or preview; not replayed, no digest. Set the
+    /// rest with struct-update syntax: `RunResult { reason, ..RunResult::new(…) }`.
+    pub fn new(
+        run_id: RunId,
+        command_id: CommandId,
+        service: ServiceName,
+        instance: InstanceId,
+        at: OffsetDateTime,
+        outcome: Outcome,
+    ) -> Self {
+        Self {
+            schema: ResultSchema,
+            run_id,
+            command_id,
+            service,
+            instance,
+            at,
+            outcome,
+            reason: None,
+            phases: Vec::new(),
+            measurements: Measurements::default(),
+            gates: Vec::new(),
+            workloads: Vec::new(),
+            inspection: None,
+            preview: None,
+            replayed: false,
+            command_digest: None,
+        }
+    }
+
+    /// [`RunResult::new`] for `command`: its run, id, service and instance.
+    pub fn of(command: &Command, at: OffsetDateTime, outcome: Outcome) -> Self {
+        Self::new(
+            command.run_id,
+            command.command_id,
+            command.service.clone(),
+            command.instance.clone(),
+            at,
+            outcome,
+        )
+    }
+}
+
 impl SchemaTag for RunResult {
     const SCHEMA: &'static str = ResultSchema::VALUE;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A result built for a command carries its identity, and nothing optional on the wire.
+    #[test]
+    fn a_bare_result_names_its_command_and_reports_only_its_outcome() {
+        let command: Command = crate::decode(include_bytes!(
+            "../../fixtures/flotilla.command.v1.migrate.json"
+        ))
+        .expect("the fixture decodes");
+        let result = RunResult::of(&command, command.issued_at, Outcome::Refused);
+        assert_eq!(
+            (
+                result.run_id,
+                result.command_id,
+                &result.service,
+                &result.instance
+            ),
+            (
+                command.run_id,
+                command.command_id,
+                &command.service,
+                &command.instance
+            )
+        );
+        let json = serde_json::to_value(&result).expect("a result encodes");
+        let mut keys: Vec<_> = json
+            .as_object()
+            .expect("an object")
+            .keys()
+            .cloned()
+            .collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "at",
+                "command_id",
+                "instance",
+                "measurements",
+                "outcome",
+                "phases",
+                "replayed",
+                "run_id",
+                "schema",
+                "service"
+            ]
+        );
+        assert_eq!(
+            crate::decode::<RunResult>(&crate::encode(&result)).ok(),
+            Some(result)
+        );
+    }
 }
