@@ -66,7 +66,10 @@ impl Lifecycle {
             .get(command.command_id)
             .and_then(|e| e.result.clone())
         {
-            tracing::info!(command_id = %command.command_id, "command already handled, re-sending its result");
+            tracing::info!(
+                command_id = %command.command_id,
+                "command already handled, re-sending its result"
+            );
             return Ok(Acceptance::Done(Box::new(RunResult {
                 replayed: true,
                 ..result

@@ -127,7 +127,10 @@ pub async fn serve(
         return Ok(lifecycle);
     };
     if let Err(e) = takeover::take_over(&commands, &mut consumer, &name, &shutdown).await {
-        tracing::warn!(error = %error_chain(&e), "a previous incarnation's pull requests stay registered: the next command may wait for the ack wait");
+        tracing::warn!(
+            error = %error_chain(&e),
+            "a previous incarnation's pull requests stay registered: the next command may wait for the ack wait"
+        );
     }
     if shutdown.is_cancelled() {
         return Ok(lifecycle);

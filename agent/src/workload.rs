@@ -278,7 +278,10 @@ pub fn gates(
         let limit = (b * (1.0 - gates.throughput_max_decrease_pct / 100.0)).floor();
         // A job that ran within the latency slack of its baseline is too short to read a
         // throughput drop from: a preempted 2 ms job "loses" half its throughput.
-        let within_slack = matches!((before.duration_ms, after.duration_ms), (Some(bd), Some(ad)) if ad <= bd + gates.latency_slack_ms);
+        let within_slack = match (before.duration_ms, after.duration_ms) {
+            (Some(bd), Some(ad)) => ad <= bd + gates.latency_slack_ms,
+            _ => false,
+        };
         out.push(GateReport {
             gate: format!("{name}.throughput"),
             before: b.round() as u64,

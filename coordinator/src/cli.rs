@@ -27,7 +27,14 @@ pub struct Cli {
     )]
     pub prefix: String,
     /// Output format.
-    #[arg(long, short, global = true, env = "FLOTILLA_OUTPUT", value_enum, default_value_t = OutputFormat::Text)]
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "FLOTILLA_OUTPUT",
+        value_enum,
+        default_value_t = OutputFormat::Text
+    )]
     pub output: OutputFormat,
     /// How long to wait for NATS to answer the connection.
     #[arg(long, global = true, default_value = "5s", value_parser = humantime::parse_duration)]
