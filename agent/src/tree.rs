@@ -121,12 +121,7 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<Manifest, TreeError> {
         } else if file_type.is_symlink() {
             let link = fs::read_link(item.path()).map_err(io("read link", item.path()))?;
             symlink(&link, &target).map_err(io("create symlink", &target))?;
-            let target = link.to_str().ok_or_else(|| TreeError::NotUtf8 {
-                path: item.path().to_owned(),
-            })?;
-            EntryKind::Symlink {
-                target: target.to_owned(),
-            }
+            symlink_entry(item.path(), &link)?
         } else if file_type.is_file() {
             // Files are copied once the walk has made every directory, several at a time.
             files.push(FileCopy {
@@ -247,6 +242,16 @@ fn copy_file(
     Ok((size, hasher.finalize().to_hex().to_string()))
 }
 
+/// The manifest entry of the symlink at `path` pointing to `link`, whose target must be UTF-8.
+fn symlink_entry(path: &Path, link: &Path) -> Result<EntryKind, TreeError> {
+    let target = link.to_str().ok_or_else(|| TreeError::NotUtf8 {
+        path: path.to_owned(),
+    })?;
+    Ok(EntryKind::Symlink {
+        target: target.to_owned(),
+    })
+}
+
 fn relative_name(root: &Path, path: &Path) -> Result<String, TreeError> {
     let relative = path
         .strip_prefix(root)
@@ -278,15 +283,7 @@ pub fn scan(root: &Path) -> Result<Manifest, TreeError> {
             (EntryKind::Dir, mode)
         } else if file_type.is_symlink() {
             let link = fs::read_link(item.path()).map_err(io("read link", item.path()))?;
-            let target = link.to_str().ok_or_else(|| TreeError::NotUtf8 {
-                path: item.path().to_owned(),
-            })?;
-            (
-                EntryKind::Symlink {
-                    target: target.to_owned(),
-                },
-                0,
-            )
+            (symlink_entry(item.path(), &link)?, 0)
         } else if file_type.is_file() {
             let mut hasher = blake3::Hasher::new();
             hasher

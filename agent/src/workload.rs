@@ -15,41 +15,24 @@ use crate::{health, steps};
 /// Resolves `${var:…}` in a workload's URL, body, headers and arguments, and `${secret:…}` in
 /// its body and headers only.
 pub fn render(renderer: &Renderer<'_>, workload: &Workload) -> Result<Workload, RenderError> {
-    Ok(match workload.clone() {
+    let mut rendered = workload.clone();
+    match &mut rendered {
         Workload::Http {
-            name,
-            url,
-            method,
-            body,
-            headers,
-            requests,
-            concurrency,
-        } => Workload::Http {
-            name,
-            url: render_plain(renderer, "url", &url)?,
-            method,
-            body: body.map(|b| renderer.render(&b)).transpose()?,
-            headers: render_headers(renderer, &headers)?,
-            requests,
-            concurrency,
-        },
-        Workload::Job {
-            name,
-            program,
-            args,
-            timeout_ms,
-            throughput_field,
-        } => Workload::Job {
-            name,
-            program,
-            args: args
-                .iter()
-                .map(|a| render_plain(renderer, "args", a))
-                .collect::<Result<_, _>>()?,
-            timeout_ms,
-            throughput_field,
-        },
-    })
+            url, body, headers, ..
+        } => {
+            *url = render_plain(renderer, "url", url)?;
+            if let Some(body) = body {
+                *body = renderer.render(body)?;
+            }
+            *headers = render_headers(renderer, headers)?;
+        }
+        Workload::Job { args, .. } => {
+            for arg in args.iter_mut() {
+                *arg = render_plain(renderer, "args", arg)?;
+            }
+        }
+    }
+    Ok(rendered)
 }
 
 /// Runs `workload` once and returns its figures. Failures are counted, not raised: a workload
@@ -94,17 +77,8 @@ pub async fn measure(cx: &RunContext<'_>, workload: &Workload) -> WorkloadFigure
             throughput_field,
             ..
         } => {
-            let started = Instant::now();
-            let run = steps::run_program(
-                root,
-                program,
-                args,
-                &Default::default(),
-                Duration::from_millis(*timeout_ms),
-                launcher,
-            )
-            .await;
-            let duration_ms = started.elapsed().as_millis() as u64;
+            let (run, took) = steps::run_timed(root, program, args, *timeout_ms, launcher).await;
+            let duration_ms = took.as_millis() as u64;
             match run {
                 Ok(output) if output.status.success() => WorkloadFigures {
                     samples: 1,
