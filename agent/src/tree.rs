@@ -99,16 +99,8 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<Manifest, TreeError> {
         .follow_links(false)
         .sort_by_file_name()
     {
-        let item = item.map_err(|source| TreeError::Walk {
-            path: from.to_owned(),
-            source,
-        })?;
-        let relative = relative_name(from, item.path())?;
+        let (item, relative, meta) = walked(from, item)?;
         let target = to.join(&relative);
-        let meta = item
-            .path()
-            .symlink_metadata()
-            .map_err(io("stat", item.path()))?;
         let mode = meta.permissions().mode() & 0o7777;
         let file_type = meta.file_type();
         let kind = if file_type.is_dir() {
@@ -252,6 +244,24 @@ fn symlink_entry(path: &Path, link: &Path) -> Result<EntryKind, TreeError> {
     })
 }
 
+/// An entry of the walk of `root`: the entry, its name relative to `root`, and its metadata
+/// (of a symlink itself, not of what it points to).
+fn walked(
+    root: &Path,
+    item: walkdir::Result<walkdir::DirEntry>,
+) -> Result<(walkdir::DirEntry, String, fs::Metadata), TreeError> {
+    let item = item.map_err(|source| TreeError::Walk {
+        path: root.to_owned(),
+        source,
+    })?;
+    let relative = relative_name(root, item.path())?;
+    let meta = item
+        .path()
+        .symlink_metadata()
+        .map_err(io("stat", item.path()))?;
+    Ok((item, relative, meta))
+}
+
 fn relative_name(root: &Path, path: &Path) -> Result<String, TreeError> {
     let relative = path
         .strip_prefix(root)
@@ -268,15 +278,7 @@ fn relative_name(root: &Path, path: &Path) -> Result<String, TreeError> {
 pub fn scan(root: &Path) -> Result<Manifest, TreeError> {
     let mut manifest = Manifest::default();
     for item in walkdir::WalkDir::new(root).follow_links(false).min_depth(1) {
-        let item = item.map_err(|source| TreeError::Walk {
-            path: root.to_owned(),
-            source,
-        })?;
-        let relative = relative_name(root, item.path())?;
-        let meta = item
-            .path()
-            .symlink_metadata()
-            .map_err(io("stat", item.path()))?;
+        let (item, relative, meta) = walked(root, item)?;
         let mode = meta.permissions().mode() & 0o7777;
         let file_type = meta.file_type();
         let (kind, mode) = if file_type.is_dir() {

@@ -213,40 +213,31 @@ pub fn gates(
         });
         return out;
     }
-    out.push(GateReport {
-        gate: format!("{name}.errors"),
-        before: u64::from(before.errors),
-        after: u64::from(after.errors),
-        limit: u64::from(before.errors),
-        passed: after.errors <= before.errors,
+    // A gate the after figure passes by staying at or under `limit`.
+    let at_most = |gate: &str, before: u64, after: u64, limit: u64| GateReport {
+        gate: format!("{name}.{gate}"),
+        before,
+        after,
+        limit,
+        passed: after <= limit,
         higher_is_better: false,
         inconclusive: false,
-    });
+    };
+    out.push(at_most(
+        "errors",
+        u64::from(before.errors),
+        u64::from(after.errors),
+        u64::from(before.errors),
+    ));
     let micros = |ms: f64| (ms * 1000.0).round() as u64;
     if let (Some(b), Some(a)) = (before.p95_ms, after.p95_ms) {
         let (b, a) = (micros(b), micros(a));
         let limit = ceiling(b, gates.latency_slack_ms * 1000);
-        out.push(GateReport {
-            gate: format!("{name}.p95_us"),
-            before: b,
-            after: a,
-            limit,
-            passed: a <= limit,
-            higher_is_better: false,
-            inconclusive: false,
-        });
+        out.push(at_most("p95_us", b, a, limit));
     }
     if let (Some(b), Some(a)) = (before.duration_ms, after.duration_ms) {
         let limit = ceiling(b, gates.latency_slack_ms);
-        out.push(GateReport {
-            gate: format!("{name}.duration_ms"),
-            before: b,
-            after: a,
-            limit,
-            passed: a <= limit,
-            higher_is_better: false,
-            inconclusive: false,
-        });
+        out.push(at_most("duration_ms", b, a, limit));
     }
     if let (Some(b), Some(a)) = (before.throughput, after.throughput) {
         let limit = (b * (1.0 - gates.throughput_max_decrease_pct / 100.0)).floor();
