@@ -94,12 +94,7 @@ impl TelemetryGuard {
         // The SDK's flush blocks until its export thread answers.
         let flushed = tokio::task::spawn_blocking(move || flush_providers(&tp, &lp))
             .await
-            .unwrap_or_else(|e| {
-                Err(TelemetryError::Provider {
-                    what: "flush",
-                    message: e.to_string(),
-                })
-            });
+            .unwrap_or_else(|e| Err(provider_error("flush")(e)));
         let drained = match &otel.sink {
             Some(sink) => sink.drain(timeout).await,
             None => Ok(()),
@@ -118,12 +113,7 @@ impl TelemetryGuard {
         let sink = otel.sink.clone();
         let stopped = tokio::task::spawn_blocking(move || stop_providers(&otel))
             .await
-            .unwrap_or_else(|e| {
-                Err(TelemetryError::Provider {
-                    what: "shutdown",
-                    message: e.to_string(),
-                })
-            });
+            .unwrap_or_else(|e| Err(provider_error("shutdown")(e)));
         let drained = match sink {
             Some(sink) => sink.drain(SHUTDOWN_TIMEOUT).await,
             None => Ok(()),
@@ -172,14 +162,8 @@ fn drain_blocking(sink: &store::Sink) -> Result<(), TelemetryError> {
 
 fn flush_providers(tp: &SdkTracerProvider, lp: &SdkLoggerProvider) -> Result<(), TelemetryError> {
     // Spans first: closing a span can emit log records.
-    let spans = tp.force_flush().map_err(|e| TelemetryError::Provider {
-        what: "span flush",
-        message: e.to_string(),
-    });
-    let logs = lp.force_flush().map_err(|e| TelemetryError::Provider {
-        what: "log flush",
-        message: e.to_string(),
-    });
+    let spans = tp.force_flush().map_err(provider_error("span flush"));
+    let logs = lp.force_flush().map_err(provider_error("log flush"));
     spans.and(logs)
 }
 
@@ -188,16 +172,18 @@ fn stop_providers(otel: &Otel) -> Result<(), TelemetryError> {
     let spans = otel
         .tracer_provider
         .shutdown_with_timeout(SHUTDOWN_TIMEOUT)
-        .map_err(|e| TelemetryError::Provider {
-            what: "span shutdown",
-            message: e.to_string(),
-        });
+        .map_err(provider_error("span shutdown"));
     let logs = otel
         .logger_provider
         .shutdown_with_timeout(SHUTDOWN_TIMEOUT)
-        .map_err(|e| TelemetryError::Provider {
-            what: "log shutdown",
-            message: e.to_string(),
-        });
+        .map_err(provider_error("log shutdown"));
     flushed.and(spans).and(logs)
+}
+
+/// A provider's failure (or its blocking task's) at `what`, as a [`TelemetryError`].
+fn provider_error<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> TelemetryError {
+    move |e| TelemetryError::Provider {
+        what,
+        message: e.to_string(),
+    }
 }
