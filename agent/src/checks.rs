@@ -128,29 +128,14 @@ pub fn render(renderer: &Renderer<'_>, check: &Check) -> Result<Check, RenderErr
             contains: plain_opt("contains", contains)?,
             timeout_ms: *timeout_ms,
         },
-        Check::Command { args, .. } => {
-            let args = args
-                .iter()
-                .map(|a| render_plain(renderer, "args", a))
-                .collect::<Result<_, _>>()?;
-            match check.clone() {
-                Check::Command {
-                    program,
-                    expect_exit,
-                    timeout_ms,
-                    max_duration_ms,
-                    stdout_contains,
-                    ..
-                } => Check::Command {
-                    program,
-                    args,
-                    expect_exit,
-                    timeout_ms,
-                    max_duration_ms,
-                    stdout_contains,
-                },
-                _ => unreachable!("matched as a command above"),
+        Check::Command { .. } => {
+            let mut rendered = check.clone();
+            if let Check::Command { args, .. } = &mut rendered {
+                for arg in args.iter_mut() {
+                    *arg = render_plain(renderer, "args", arg)?;
+                }
             }
+            rendered
         }
     })
 }
@@ -192,18 +177,8 @@ pub async fn run(cx: &RunContext<'_>, check: &Check) -> Result<String, String> {
             max_duration_ms,
             stdout_contains,
         } => {
-            let started = Instant::now();
-            let output = steps::run_program(
-                root,
-                program,
-                args,
-                &Default::default(),
-                Duration::from_millis(*timeout_ms),
-                launcher,
-            )
-            .await
-            .map_err(|e| format!("command check: {e}"))?;
-            let took = started.elapsed();
+            let (run, took) = steps::run_timed(root, program, args, *timeout_ms, launcher).await;
+            let output = run.map_err(|e| format!("command check: {e}"))?;
             let code = output.status.code();
             if code != Some(*expect_exit) {
                 return Err(format!(
