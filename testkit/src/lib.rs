@@ -9,6 +9,9 @@
 //! (`flotilla`, `flotilla-agent`, `flotilla-sample`) are found next to the running executable:
 //! `cargo build --workspace --bins` first.
 
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
 mod fleet;
 mod nats;
 pub mod plan;
@@ -17,9 +20,6 @@ pub mod report;
 pub use fleet::{Fleet, ROLES};
 pub use nats::NatsServer;
 pub use plan::{Plan, Service, demo_plan_text, standard_config_step};
-
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 /// The repository's root.
 pub fn repo_root() -> PathBuf {
