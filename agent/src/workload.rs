@@ -7,50 +7,8 @@ use std::time::{Duration, Instant};
 
 use flotilla_schemas::{GateReport, Gates, Inconclusive, Workload, WorkloadFigures};
 
-use crate::checks::{RenderError, render_headers, render_plain};
 use crate::run_context::RunContext;
-use crate::template::Renderer;
 use crate::{health, steps};
-
-/// Resolves `${var:…}` in a workload's URL, body, headers and arguments, and `${secret:…}` in
-/// its body and headers only.
-pub fn render(renderer: &Renderer<'_>, workload: &Workload) -> Result<Workload, RenderError> {
-    Ok(match workload.clone() {
-        Workload::Http {
-            name,
-            url,
-            method,
-            body,
-            headers,
-            requests,
-            concurrency,
-        } => Workload::Http {
-            name,
-            url: render_plain(renderer, "url", &url)?,
-            method,
-            body: body.map(|b| renderer.render(&b)).transpose()?,
-            headers: render_headers(renderer, &headers)?,
-            requests,
-            concurrency,
-        },
-        Workload::Job {
-            name,
-            program,
-            args,
-            timeout_ms,
-            throughput_field,
-        } => Workload::Job {
-            name,
-            program,
-            args: args
-                .iter()
-                .map(|a| render_plain(renderer, "args", a))
-                .collect::<Result<_, _>>()?,
-            timeout_ms,
-            throughput_field,
-        },
-    })
-}
 
 /// Runs `workload` once and returns its figures. Failures are counted, not raised: a workload
 /// that cannot run at all has zero samples, which the gate judges inconclusive.
