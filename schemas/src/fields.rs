@@ -7,7 +7,7 @@ use crate::paths::{self, PathError};
 use crate::placeholder::{self, Piece, PlaceholderError};
 use Table::{
     Check as C, CorrelationRequest as R, CrossService as X, Health as H, LogCorrelation as L,
-    Precondition as P, Step as S, Workload as W,
+    Plan as N, Precondition as P, Step as S, Wave as V, Workload as W,
 };
 use Takes::{FileContent, Nothing, Path, Secrets, Vars};
 
@@ -34,6 +34,10 @@ pub enum Takes {
 /// The tables of a plan whose fields the table describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Table {
+    /// The plan's own keys (`name`, `description`): read by the coordinator only.
+    Plan,
+    /// `[[wave]]`.
+    Wave,
     /// `[[step]]`, by `action`.
     Step,
     /// `[[precondition]]`, by `type`.
@@ -96,6 +100,9 @@ const fn row(table: Table, variant: Option<&'static str>, key: &'static str, tak
 /// (`url`, `body`, `headers`, …) are the same in a health check, an `http` check and an `http`
 /// workload. Numbers and booleans hold no placeholder and are not listed.
 pub const ROWS: &[Row] = &[
+    row(N, None, "name", Nothing),
+    row(N, None, "description", Nothing),
+    row(V, None, "name", Nothing),
     row(S, Some("write_file"), "path", Path),
     row(S, Some("write_file"), "content", FileContent),
     row(S, Some("write_file"), "source", Nothing),

@@ -24,6 +24,8 @@ type Fields = BTreeMap<String, Spanned<Value>>;
 struct Positions {
     #[serde(rename = "service", default)]
     services: Vec<Tables>,
+    #[serde(rename = "wave", default)]
+    waves: Vec<Fields>,
     #[serde(default)]
     cross_service: Option<Fields>,
 }
@@ -71,6 +73,11 @@ pub(super) fn check(text: &str) -> Result<(), RuleError> {
     // Read twice rather than through `#[serde(flatten)]`, which loses the positions.
     let defaults: Tables = toml::from_str(text).unwrap_or_default();
     let positions: Positions = toml::from_str(text).unwrap_or_default();
+    let own: Fields = toml::from_str(text).unwrap_or_default();
+    table(&own_keys(&own), Table::Plan, "")?;
+    for (i, wave) in positions.waves.iter().enumerate() {
+        table(wave, Table::Wave, &format!("wave[{i}]"))?;
+    }
     tables(&defaults, "")?;
     for (i, service) in positions.services.iter().enumerate() {
         tables(service, &format!("service[{i}]."))?;
@@ -79,6 +86,20 @@ pub(super) fn check(text: &str) -> Result<(), RuleError> {
         cross_service(cross, text)?;
     }
     Ok(())
+}
+
+/// The keys of `fields` that hold text or a list of text: the table's own keys, not the tables
+/// inside it (each checked as a table of its own).
+fn own_keys(fields: &Fields) -> Fields {
+    fields
+        .iter()
+        .filter(|(_, value)| match value.get_ref() {
+            Value::String(_) => true,
+            Value::Array(items) => items.iter().all(Value::is_str),
+            _ => false,
+        })
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect()
 }
 
 /// `[cross_service]`: its own keys, then each of its tables at its own position.
@@ -193,9 +214,13 @@ fn field(value: &Value, takes: Takes, name: &str, at: &At<'_>) -> Result<(), Rul
 }
 
 fn refusal(at: &At<'_>, name: &str, error: FieldError) -> RuleError {
+    let key = match at.table {
+        "" => name.to_owned(),
+        table => format!("{table}.{name}"),
+    };
     RuleError {
         span: Some(at.span.clone()),
-        key: format!("{}.{name}", at.table),
+        key,
         reason: error.to_string(),
     }
 }

@@ -134,6 +134,8 @@ fn doc_line(row: &Row) -> String {
 
 fn table_name(table: Table) -> &'static str {
     match table {
+        Table::Plan => "the plan",
+        Table::Wave => "`[[wave]]`",
         Table::Step => "`[[step]]`",
         Table::Precondition => "`[[precondition]]`",
         Table::Health => "`[[health]]`",

@@ -124,3 +124,19 @@ fn fields_that_now_take_placeholders_check_them() {
         assert!(err.contains(at), "{at}\n{err}");
     }
 }
+
+#[test]
+fn the_plan_and_wave_names_take_no_placeholder() {
+    let err = refused(&GOOD.replace("name = \"demo\"", "name = \"demo-${run:id}\""));
+    assert!(
+        err.contains("line 2, key name: ${run:id} is not allowed in name"),
+        "{err}"
+    );
+    let err = refused(&format!(
+        "{GOOD}[[wave]]\nname = \"canary ${{var:x}}\"\nservices = [\"inference\"]\n"
+    ));
+    assert!(
+        err.contains("line 16, key wave[0].name: ${var:x} is not allowed in name"),
+        "{err}"
+    );
+}
