@@ -23,7 +23,7 @@
 //! content = "..."
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
@@ -35,6 +35,7 @@ use toml::Spanned;
 mod amount;
 mod correlation;
 pub(crate) mod fields;
+mod services;
 mod waves;
 
 pub use amount::Amount;
@@ -325,9 +326,9 @@ impl Plan {
             .services
             .iter()
             .enumerate()
-            .map(|(i, s)| service_plan(&raw, i, s, command_timeout))
+            .map(|(i, s)| services::service_plan(&raw, i, s, command_timeout))
             .collect::<Result<Vec<_>, _>>()?;
-        link_dependencies(&raw.services, &mut services)?;
+        services::link_dependencies(&raw.services, &mut services)?;
         if let Some(budget) = &raw.failure_budget
             && let Amount::Percent(p) = budget.get_ref()
             && !(0.0..=100.0).contains(p)
@@ -365,83 +366,6 @@ impl Plan {
     pub fn allowed_failures(&self, targets: usize) -> usize {
         self.failure_budget.of(targets, false)
     }
-}
-
-/// Service `i` of the plan, with the plan-level defaults filled in; its dependencies are linked
-/// once every service is known ([`link_dependencies`]).
-fn service_plan(
-    raw: &RawPlan,
-    i: usize,
-    s: &RawService,
-    plan_timeout: Duration,
-) -> Result<ServicePlan, RuleError> {
-    let name = s.name.get_ref().clone();
-    if raw.services[..i]
-        .iter()
-        .any(|earlier| *earlier.name.get_ref() == name)
-    {
-        return Err(RuleError::at(
-            &s.name,
-            format!("service[{i}].name"),
-            format!("service {name} appears twice"),
-        ));
-    }
-    let steps = or_default(&s.steps, &raw.default_steps);
-    if steps.is_empty() {
-        return Err(RuleError::at(
-            &s.name,
-            format!("service[{i}]"),
-            format!("service {name} has no steps: give it [[service.step]] or the plan [[step]]"),
-        ));
-    }
-    let command_timeout = match &s.command_timeout {
-        Some(t) => checked_timeout(t, &format!("service[{i}].command_timeout"))?,
-        None => plan_timeout,
-    };
-    Ok(ServicePlan {
-        name,
-        steps,
-        health: or_default(&s.health, &raw.default_health),
-        gates: s.gates.clone().unwrap_or_else(|| raw.default_gates.clone()),
-        preconditions: or_default(&s.preconditions, &raw.default_preconditions),
-        checks: or_default(&s.checks, &raw.default_checks),
-        workloads: or_default(&s.workloads, &raw.default_workloads),
-        depends_on: Vec::new(),
-        command_timeout,
-    })
-}
-
-/// Fills in each service's `depends_on`: every name must be another service of the plan.
-fn link_dependencies(raw: &[RawService], services: &mut [ServicePlan]) -> Result<(), RuleError> {
-    let known: BTreeSet<ServiceName> = services.iter().map(|s| s.name.clone()).collect();
-    for (i, s) in raw.iter().enumerate() {
-        for (j, dep) in s.depends_on.iter().enumerate() {
-            let key = format!("service[{i}].depends_on[{j}]");
-            let found = ServiceName::parse(dep.get_ref().as_str())
-                .ok()
-                .filter(|d| known.contains(d));
-            let Some(dep_name) = found else {
-                return Err(RuleError::at(
-                    dep,
-                    key,
-                    format!(
-                        "service {} depends on {:?}, which is not a [[service]] of this plan",
-                        s.name.get_ref(),
-                        dep.get_ref()
-                    ),
-                ));
-            };
-            if &dep_name == s.name.get_ref() {
-                return Err(RuleError::at(
-                    dep,
-                    key,
-                    format!("service {dep_name} depends on itself"),
-                ));
-            }
-            services[i].depends_on.push(dep_name);
-        }
-    }
-    Ok(())
 }
 
 fn or_default<T: Clone>(own: &[T], plan: &[T]) -> Vec<T> {
