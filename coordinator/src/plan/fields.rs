@@ -70,7 +70,7 @@ struct At<'a> {
 
 /// Checks the placeholders and paths of the plan `text` (already known to parse).
 pub(super) fn check(text: &str) -> Result<(), RuleError> {
-    // Read twice rather than through `#[serde(flatten)]`, which loses the positions.
+    // Read apart rather than through `#[serde(flatten)]`, which loses the positions.
     let defaults: Tables = toml::from_str(text).unwrap_or_default();
     let positions: Positions = toml::from_str(text).unwrap_or_default();
     let own: Fields = toml::from_str(text).unwrap_or_default();
