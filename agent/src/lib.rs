@@ -12,6 +12,7 @@ pub mod config;
 mod confine;
 pub mod crashpoint;
 mod events;
+mod expand;
 mod health;
 mod inspect;
 pub mod journal;

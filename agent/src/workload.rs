@@ -7,33 +7,8 @@ use std::time::{Duration, Instant};
 
 use flotilla_schemas::{GateReport, Gates, Inconclusive, Workload, WorkloadFigures};
 
-use crate::checks::{RenderError, render_headers, render_plain};
 use crate::run_context::RunContext;
-use crate::template::Renderer;
 use crate::{health, steps};
-
-/// Resolves `${var:…}` in a workload's URL, body, headers and arguments, and `${secret:…}` in
-/// its body and headers only.
-pub fn render(renderer: &Renderer<'_>, workload: &Workload) -> Result<Workload, RenderError> {
-    let mut rendered = workload.clone();
-    match &mut rendered {
-        Workload::Http {
-            url, body, headers, ..
-        } => {
-            *url = render_plain(renderer, "url", url)?;
-            if let Some(body) = body {
-                *body = renderer.render(body)?;
-            }
-            *headers = render_headers(renderer, headers)?;
-        }
-        Workload::Job { args, .. } => {
-            for arg in args.iter_mut() {
-                *arg = render_plain(renderer, "args", arg)?;
-            }
-        }
-    }
-    Ok(rendered)
-}
 
 /// Runs `workload` once and returns its figures. Failures are counted, not raised: a workload
 /// that cannot run at all has zero samples, which the gate judges inconclusive.

@@ -23,7 +23,7 @@
 //! content = "..."
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
@@ -35,6 +35,7 @@ use toml::Spanned;
 mod amount;
 mod correlation;
 pub(crate) mod fields;
+mod services;
 mod waves;
 
 pub use amount::Amount;
@@ -321,74 +322,13 @@ impl Plan {
         if raw.services.is_empty() {
             return Err(RuleError::plain("the plan names no [[service]]"));
         }
-        let mut services = Vec::new();
-        let mut seen = BTreeSet::new();
-        for (i, s) in raw.services.iter().enumerate() {
-            let name = s.name.get_ref().clone();
-            if !seen.insert(name.clone()) {
-                return Err(RuleError::at(
-                    &s.name,
-                    format!("service[{i}].name"),
-                    format!("service {name} appears twice"),
-                ));
-            }
-            let steps = if s.steps.is_empty() {
-                raw.default_steps.clone()
-            } else {
-                s.steps.clone()
-            };
-            if steps.is_empty() {
-                return Err(RuleError::at(
-                    &s.name,
-                    format!("service[{i}]"),
-                    format!(
-                        "service {name} has no steps: give it [[service.step]] or the plan [[step]]"
-                    ),
-                ));
-            }
-            let command_timeout = match &s.command_timeout {
-                Some(t) => checked_timeout(t, &format!("service[{i}].command_timeout"))?,
-                None => command_timeout,
-            };
-            services.push(ServicePlan {
-                name,
-                steps,
-                health: or_default(&s.health, &raw.default_health),
-                gates: s.gates.clone().unwrap_or_else(|| raw.default_gates.clone()),
-                preconditions: or_default(&s.preconditions, &raw.default_preconditions),
-                checks: or_default(&s.checks, &raw.default_checks),
-                workloads: or_default(&s.workloads, &raw.default_workloads),
-                depends_on: Vec::new(),
-                command_timeout,
-            });
-        }
-        for (i, s) in raw.services.iter().enumerate() {
-            for (j, dep) in s.depends_on.iter().enumerate() {
-                let key = format!("service[{i}].depends_on[{j}]");
-                let known = ServiceName::parse(dep.get_ref().as_str())
-                    .ok()
-                    .filter(|d| seen.contains(d));
-                let Some(dep_name) = known else {
-                    return Err(RuleError::at(
-                        dep,
-                        key,
-                        format!(
-                            "service {} depends on {:?}, which is not a [[service]] of this plan",
-                            s.name.get_ref(),
-                            dep.get_ref()
-                        ),
-                    ));
-                };
-                if &dep_name == s.name.get_ref() {
-                    return Err(RuleError::at(
-                        dep,
-                        key,
-                        format!("service {dep_name} depends on itself"),
-                    ));
-                }
-                services[i].depends_on.push(dep_name);
-            }
-        }
+        let mut services = raw
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| services::service_plan(&raw, i, s, command_timeout))
+            .collect::<Result<Vec<_>, _>>()?;
+        services::link_dependencies(&raw.services, &mut services)?;
         if let Some(budget) = &raw.failure_budget
             && let Amount::Percent(p) = budget.get_ref()
             && !(0.0..=100.0).contains(p)

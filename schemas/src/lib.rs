@@ -6,6 +6,7 @@
 //! from the JSON Schema files generated from them under `schemas/json/`) alone.
 
 mod codec;
+pub mod fields;
 mod ids;
 pub mod messages;
 pub mod paths;

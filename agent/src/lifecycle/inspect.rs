@@ -1,6 +1,7 @@
 //! The commands that change no files: inspect (the cross-service stage) and finalize (drops the
 //! backup).
 
+use flotilla_schemas::fields::Table;
 use flotilla_schemas::{
     Check, CheckVerdict, Command, CommandId, Inspection, Measurements, Outcome, Phase, RunResult,
 };
@@ -9,6 +10,7 @@ use super::Lifecycle;
 use super::error::PhaseError;
 use super::results::{refused, result};
 use super::tracker::Tracker;
+use crate::expand::{expand, expand_text};
 use crate::run_context::RunContext;
 use crate::steps::RootDir;
 use crate::template::Renderer;
@@ -34,6 +36,17 @@ impl Lifecycle {
                     run: &run,
                     mask_secrets: false,
                 };
+                // Expanded where this service's vars are known, before any check runs: a file
+                // that cannot be named refuses the inspection.
+                let takes = Table::CrossService.field(None, "config_files");
+                let paths = config_files
+                    .iter()
+                    .enumerate()
+                    .map(|(i, path)| {
+                        expand_text(&renderer, takes, &format!("config_files[{i}]"), path)
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(PhaseError::Render)?;
                 let cx = self.context(command.run_id);
                 let mut verdicts = Vec::new();
                 for check in checks {
@@ -41,7 +54,7 @@ impl Lifecycle {
                 }
                 let root = RootDir::open(&self.config.service.root).map_err(PhaseError::Root)?;
                 let secrets = inspect::known_secret_values(&self.config.secrets);
-                let config = config_files
+                let config = paths
                     .iter()
                     .map(|path| inspect::config_shape(&root, path, &secrets))
                     .collect();
@@ -68,7 +81,7 @@ impl Lifecycle {
         cx: &RunContext<'_>,
         check: &Check,
     ) -> CheckVerdict {
-        let verdict = match checks::render(renderer, check) {
+        let verdict = match expand(renderer, Table::Check, check) {
             Err(e) => Err(e.to_string()),
             Ok(check) => match &check {
                 Check::Command { program, .. } => match self.allowed(program) {

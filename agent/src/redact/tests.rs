@@ -236,7 +236,7 @@ fn checks_refuse_a_secret_where_it_would_show_and_take_one_in_a_body() {
     let url = check(serde_json::json!({
         "type": "http", "url": "http://127.0.0.1:9/api?token=${secret:API_KEY}"
     }));
-    let err = crate::checks::render(&renderer, &url)
+    let err = crate::expand::expand(&renderer, flotilla_schemas::fields::Table::Check, &url)
         .unwrap_err()
         .to_string();
     assert!(
@@ -246,11 +246,15 @@ fn checks_refuse_a_secret_where_it_would_show_and_take_one_in_a_body() {
     let args = check(serde_json::json!({
         "type": "command", "program": "true", "args": ["${secret:API_KEY}"]
     }));
-    assert!(crate::checks::render(&renderer, &args).is_err());
+    assert!(
+        crate::expand::expand(&renderer, flotilla_schemas::fields::Table::Check, &args).is_err()
+    );
     let body = check(serde_json::json!({
         "type": "http", "url": "http://127.0.0.1:9/login", "body": "k=${secret:API_KEY}"
     }));
-    let Check::Http(http) = crate::checks::render(&renderer, &body).unwrap() else {
+    let Check::Http(http) =
+        crate::expand::expand(&renderer, flotilla_schemas::fields::Table::Check, &body).unwrap()
+    else {
         unreachable!()
     };
     assert_eq!(http.body.as_deref(), Some("k=long-enough-value"));
