@@ -3,6 +3,7 @@
 
 use flotilla_schemas::{
     Check, CheckVerdict, Command, CommandId, Inspection, Measurements, Outcome, Phase, RunResult,
+    SettingProbe, SettingReport,
 };
 
 use super::Lifecycle;
@@ -22,6 +23,7 @@ impl Lifecycle {
         command: &Command,
         checks: &[Check],
         config_files: &[String],
+        settings: &[SettingProbe],
         tracker: &mut Tracker<'_>,
     ) -> RunResult {
         let inspection = tracker
@@ -40,14 +42,16 @@ impl Lifecycle {
                     verdicts.push(self.verdict(&renderer, &cx, check).await);
                 }
                 let root = RootDir::open(&self.config.service.root).map_err(PhaseError::Root)?;
-                let secrets = inspect::known_secret_values(&self.config.secrets);
+                let secrets = inspect::known_secret_forms(&self.config.secrets);
                 let config = config_files
                     .iter()
                     .map(|path| inspect::config_shape(&root, path, &secrets))
                     .collect();
+                let settings = self.settings(&renderer, &root, settings, command.run_id);
                 Ok::<_, PhaseError>(Inspection {
                     checks: verdicts,
                     config,
+                    settings,
                 })
             })
             .await;
@@ -59,6 +63,33 @@ impl Lifecycle {
             },
             Err(failure) => refused(command, failure.to_string(), tracker.phases.clone()),
         }
+    }
+
+    /// The settings of `probes`, each file name rendered (`${var:…}`) first; a name that cannot
+    /// be rendered leaves its setting not found, saying why. In the probes' order.
+    fn settings(
+        &self,
+        renderer: &Renderer<'_>,
+        root: &RootDir,
+        probes: &[SettingProbe],
+        run: flotilla_schemas::RunId,
+    ) -> Vec<SettingReport> {
+        probes
+            .iter()
+            .map(|probe| match renderer.render(&probe.file) {
+                Ok(file) => {
+                    let rendered = SettingProbe {
+                        file,
+                        ..probe.clone()
+                    };
+                    let mut found = inspect::settings(root, std::slice::from_ref(&rendered), run);
+                    found
+                        .pop()
+                        .unwrap_or_else(|| unrendered(probe, "no answer".into()))
+                }
+                Err(e) => unrendered(probe, e.to_string()),
+            })
+            .collect()
     }
 
     /// Renders and runs one check of the cross-service stage; a check that cannot run fails.
@@ -117,5 +148,17 @@ impl Lifecycle {
             },
             Err(failure) => refused(command, failure.to_string(), tracker.phases.clone()),
         }
+    }
+}
+
+/// A setting whose file name could not be rendered: not found, and why.
+fn unrendered(probe: &SettingProbe, why: String) -> SettingReport {
+    SettingReport {
+        name: probe.name.clone(),
+        file: probe.file.clone(),
+        key: probe.key.clone(),
+        found: false,
+        digest: None,
+        detail: Some(why),
     }
 }

@@ -1,0 +1,177 @@
+//! `[cross_service]` and `[service.cross_service]`: defaults, overrides, and what `plan check`
+//! refuses (with the line).
+
+use flotilla_schemas::{ServiceName, SettingProbe};
+
+use crate::plan::Plan;
+
+/// Two services of another team: `ingest` keeps the database URL in TOML, `preprocess` in a
+/// `.env` under another name, each with its own secret key. `extra` goes at the end.
+fn plan(extra: &str) -> String {
+    format!(
+        r#"name = "foreign"
+[[step]]
+action = "restart"
+
+[cross_service]
+config_files = ["config/service.toml"]
+required_keys = ["db.url"]
+secret_keys = ["secrets.api_key"]
+[cross_service.settings]
+database_url = "db.url"
+region = {{ file = "region.txt", key = "region" }}
+
+[[service]]
+name = "ingest"
+[service.cross_service]
+config_files = ["config/ingest.toml"]
+
+[[service]]
+name = "preprocess"
+[service.cross_service]
+config_files = ["settings.env"]
+required_keys = []
+secret_keys = [{{ key = "API_TOKEN" }}]
+settings = {{ database_url = "DATABASE_URL" }}
+
+[[service]]
+name = "plain"
+{extra}"#
+    )
+}
+
+fn inspect_of(plan: &Plan, name: &str) -> crate::plan::ServiceInspect {
+    let service = plan.service(&ServiceName::parse(name).unwrap()).unwrap();
+    plan.cross_service
+        .as_ref()
+        .unwrap()
+        .for_service(service.cross_service.as_ref())
+        .unwrap()
+}
+
+fn probe(name: &str, file: &str, key: &str) -> SettingProbe {
+    SettingProbe {
+        name: name.into(),
+        file: file.into(),
+        key: key.into(),
+    }
+}
+
+fn refusal(text: &str) -> String {
+    Plan::parse(text).unwrap_err().to_string()
+}
+
+#[test]
+fn each_service_gets_its_own_files_keys_and_settings_over_the_fleet_defaults() {
+    let plan = Plan::parse(&plan("")).unwrap();
+    let ingest = inspect_of(&plan, "ingest");
+    assert_eq!(ingest.config_files, ["config/ingest.toml", "region.txt"]);
+    assert!(ingest.has_standard);
+    assert_eq!(ingest.required_keys, ["db.url"]);
+    assert_eq!(
+        ingest.secret_keys,
+        [(
+            "config/ingest.toml".to_owned(),
+            "secrets.api_key".to_owned()
+        )]
+    );
+    assert_eq!(
+        ingest.settings,
+        [
+            probe("database_url", "config/ingest.toml", "db.url"),
+            probe("region", "region.txt", "region"),
+        ]
+    );
+    let preprocess = inspect_of(&plan, "preprocess");
+    assert_eq!(preprocess.config_files, ["settings.env", "region.txt"]);
+    assert!(preprocess.required_keys.is_empty());
+    assert_eq!(
+        preprocess.secret_keys,
+        [("settings.env".to_owned(), "API_TOKEN".to_owned())]
+    );
+    assert_eq!(
+        preprocess.settings[0],
+        probe("database_url", "settings.env", "DATABASE_URL")
+    );
+    // No [service.cross_service]: the fleet's keys as they are.
+    let plain = inspect_of(&plan, "plain");
+    assert_eq!(plain.config_files, ["config/service.toml", "region.txt"]);
+    assert_eq!(
+        plain.settings[0],
+        probe("database_url", "config/service.toml", "db.url")
+    );
+}
+
+#[test]
+fn a_plan_without_the_new_keys_reads_as_before() {
+    let text = "name = \"old\"\n[[step]]\naction = \"restart\"\n[[service]]\nname = \"a\"\n\
+                [cross_service]\ncommunication = true\nconfig_files = [\"config/service.toml\", \"legacy.conf\"]\n\
+                required_keys = [\"service.name\"]\n";
+    let plan = Plan::parse(text).unwrap();
+    let a = inspect_of(&plan, "a");
+    assert_eq!(a.config_files, ["config/service.toml", "legacy.conf"]);
+    assert!(a.secret_keys.is_empty() && a.settings.is_empty());
+    assert_eq!(a.required_keys, ["service.name"]);
+}
+
+#[test]
+fn a_service_placing_a_setting_the_fleet_does_not_declare_is_refused_at_its_line() {
+    let text = plan("[service.cross_service]\nsettings = { databse_url = \"DB\" }\n");
+    let err = refusal(&text);
+    assert!(
+        err.contains("line 29, key service[2].cross_service.settings.databse_url: ")
+            && err.contains("does not declare"),
+        "{err}"
+    );
+}
+
+#[test]
+fn service_keys_without_a_cross_service_table_are_refused() {
+    let text = "name = \"p\"\n[[step]]\naction = \"restart\"\n[[service]]\nname = \"a\"\n\
+                [service.cross_service]\nconfig_files = [\"x.toml\"]\n";
+    let err = refusal(text);
+    assert!(
+        err.contains("key service[0].cross_service: ") && err.contains("no [cross_service]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_bare_key_in_a_service_with_no_config_files_is_refused() {
+    let text = plan("[service.cross_service]\nconfig_files = []\n");
+    let err = refusal(&text);
+    assert!(
+        err.contains("line 8, key cross_service.secret_keys[0]: for service plain: ")
+            && err.contains("names no file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn files_outside_the_root_empty_keys_and_secrets_in_file_names_are_refused() {
+    for (extra, at) in [
+        (
+            "[service.cross_service]\nconfig_files = [\"../up.env\"]\n",
+            "line 29, key service[2].cross_service.config_files[0]: ",
+        ),
+        (
+            "[service.cross_service]\nsecret_keys = [{ file = \"/etc/x\", key = \"k\" }]\n",
+            "line 29, key service[2].cross_service.secret_keys[0].file: ",
+        ),
+        (
+            "[service.cross_service]\nsecret_keys = [\"\"]\n",
+            "line 29, key service[2].cross_service.secret_keys[0]: the key is empty",
+        ),
+        (
+            "[service.cross_service]\nsettings = { region = { file = \"${secret:X}.env\", key = \"R\" } }\n",
+            "key service[2].cross_service.settings.region.file: ${secret:X} is not allowed",
+        ),
+        (
+            "[service.cross_service]\nsettings = { region = { fil = \"a\", key = \"R\" } }\n",
+            "a key (\"db.url\") or a table",
+        ),
+    ] {
+        let err = refusal(&plan(extra));
+        assert!(err.contains(at), "{extra}: {err}");
+    }
+}
