@@ -175,3 +175,39 @@ fn files_outside_the_root_empty_keys_and_secrets_in_file_names_are_refused() {
         assert!(err.contains(at), "{extra}: {err}");
     }
 }
+
+#[test]
+fn the_reference_examples_are_valid() {
+    let doc = include_str!("../../../../docs/plan-reference.md");
+    let block = |heading: &str| {
+        let start = doc
+            .find(heading)
+            .and_then(|i| doc[i..].find("```toml\n").map(|j| i + j + 8))
+            .expect("the section has an example");
+        let end = start + doc[start..].find("\n```").expect("the example ends");
+        format!(
+            "name = \"doc\"\n[[step]]\naction = \"restart\"\n{}",
+            &doc[start..end]
+        )
+    };
+    let fleet = block("## Cross-service checks (`[cross_service]`)");
+    let fleet = Plan::parse(&format!("{fleet}\n[[service]]\nname = \"a\"\n")).unwrap();
+    let a = inspect_of(&fleet, "a");
+    assert_eq!(
+        a.config_files,
+        ["config/service.toml", "legacy.conf", "region.conf"]
+    );
+    let per_service = Plan::parse(&block("### Per-service files and keys")).unwrap();
+    let preprocess = inspect_of(&per_service, "preprocess");
+    assert_eq!(
+        preprocess.settings,
+        [probe("database_url", "settings.env", "DATABASE_URL")]
+    );
+    assert_eq!(
+        inspect_of(&per_service, "ingest").secret_keys,
+        [(
+            "config/ingest.toml".to_owned(),
+            "secrets.api_key".to_owned()
+        )]
+    );
+}
