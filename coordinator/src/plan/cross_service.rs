@@ -16,6 +16,11 @@
 //! config_files = ["settings.env"]
 //! secret_keys = ["API_TOKEN"]
 //! settings = { database_url = "DATABASE_URL" }
+//!
+//! [[service]]
+//! name = "training"                          # a job: no database
+//! [service.cross_service]
+//! settings = { database_url = false }
 //! ```
 
 use std::collections::BTreeMap;
@@ -76,15 +81,17 @@ pub struct CrossServiceOverride {
 }
 
 /// A key of a configuration file: `"db.url"` is in the service's standard configuration (its
-/// first `config_files`); `{ file = "settings.env", key = "DATABASE_URL" }` names the file.
+/// first `config_files`); `{ file = "settings.env", key = "DATABASE_URL" }` names the file. For
+/// a setting, `false` says the service does not hold it (`true` is refused).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(
     untagged,
-    expecting = "a key (\"db.url\") or a table { file = \"settings.env\", key = \"DATABASE_URL\" }"
+    expecting = "a key (\"db.url\"), a table { file = \"settings.env\", key = \"DATABASE_URL\" }, or false (a setting the service does not hold)"
 )]
 pub enum KeyRef {
     Key(String),
     At(KeyAt),
+    Held(bool),
 }
 
 /// A key in a named file (or, without `file`, in the standard configuration).
@@ -136,17 +143,19 @@ impl CrossService {
             None => self.config_files.clone(),
         };
         let standard = files.first().cloned();
+        // `None`: a setting this service does not hold (`check` refuses `false` elsewhere).
         let place = |key: &Spanned<KeyRef>, at: String| match key.get_ref() {
+            KeyRef::Held(_) => Ok(None),
             KeyRef::At(KeyAt {
                 file: Some(file),
                 key: name,
-            }) => Ok((file.clone(), name.clone())),
+            }) => Ok(Some((file.clone(), name.clone()))),
             KeyRef::Key(name)
             | KeyRef::At(KeyAt {
                 file: None,
                 key: name,
             }) => match &standard {
-                Some(file) => Ok((file.clone(), name.clone())),
+                Some(file) => Ok(Some((file.clone(), name.clone()))),
                 None => Err(RuleError::at(
                     key,
                     at,
@@ -171,14 +180,16 @@ impl CrossService {
         };
         for (i, key) in secrets.iter().enumerate() {
             spec.secret_keys
-                .push(place(key, format!("{secrets_at}[{i}]"))?);
+                .extend(place(key, format!("{secrets_at}[{i}]"))?);
         }
         for (name, fleet) in &self.settings {
             let (key, at) = match own.and_then(|o| o.settings.get(name)) {
                 Some(key) => (key, format!("{own_at}.settings.{}", name.get_ref())),
                 None => (fleet, format!("cross_service.settings.{}", name.get_ref())),
             };
-            let (file, key) = place(key, at)?;
+            let Some((file, key)) = place(key, at)? else {
+                continue;
+            };
             spec.settings.push(SettingProbe {
                 name: name.get_ref().clone(),
                 file,
@@ -273,10 +284,21 @@ fn keys(
     let placed = settings
         .iter()
         .map(|(name, k)| (format!("{at}.settings.{}", name.get_ref()), k));
-    for (key_at, key) in named.chain(placed) {
+    let placed = placed.map(|(at, k)| (at, k, true));
+    for (key_at, key, is_setting) in named.map(|(at, k)| (at, k, false)).chain(placed) {
         let (file, name) = match key.get_ref() {
             KeyRef::Key(name) => (None, name),
             KeyRef::At(KeyAt { file, key }) => (file.as_ref(), key),
+            KeyRef::Held(false) if is_setting => continue,
+            KeyRef::Held(_) => {
+                let reason = if is_setting {
+                    "true is not a place: write a key, { file, key }, or false (the service does \
+                     not hold the setting)"
+                } else {
+                    "a secret key is a key or { file, key }"
+                };
+                return Err(RuleError::at(key, key_at, reason.into()));
+            }
         };
         if name.trim().is_empty() {
             return Err(RuleError::at(key, key_at, "the key is empty".into()));

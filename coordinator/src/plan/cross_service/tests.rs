@@ -168,7 +168,7 @@ fn files_outside_the_root_empty_keys_and_secrets_in_file_names_are_refused() {
         ),
         (
             "[service.cross_service]\nsettings = { region = { fil = \"a\", key = \"R\" } }\n",
-            "a key (\"db.url\") or a table",
+            "a key (\"db.url\"), a table",
         ),
     ] {
         let err = refusal(&plan(extra));
@@ -203,6 +203,7 @@ fn the_reference_examples_are_valid() {
         preprocess.settings,
         [probe("database_url", "settings.env", "DATABASE_URL")]
     );
+    assert!(inspect_of(&per_service, "training").settings.is_empty());
     assert_eq!(
         inspect_of(&per_service, "ingest").secret_keys,
         [(
@@ -210,4 +211,34 @@ fn the_reference_examples_are_valid() {
             "secrets.api_key".to_owned()
         )]
     );
+}
+
+#[test]
+fn false_leaves_a_setting_out_for_one_service_or_for_all_that_do_not_place_it() {
+    let opted = Plan::parse(&plan(
+        "[service.cross_service]\nsettings = { database_url = false }\n",
+    ))
+    .unwrap();
+    let plain = inspect_of(&opted, "plain");
+    let names: Vec<&str> = plain.settings.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["region"]);
+    assert_eq!(inspect_of(&opted, "ingest").settings.len(), 2);
+    // Fleet-wide `false`: only the services that place it hold it.
+    let text = plan("").replace("database_url = \"db.url\"", "database_url = false");
+    let placed = Plan::parse(&text).unwrap();
+    assert_eq!(inspect_of(&placed, "ingest").settings.len(), 1);
+    assert_eq!(
+        inspect_of(&placed, "preprocess").settings[0],
+        probe("database_url", "settings.env", "DATABASE_URL")
+    );
+    for (extra, reason) in [
+        ("settings = { database_url = true }", "true is not a place"),
+        (
+            "secret_keys = [false]",
+            "a secret key is a key or { file, key }",
+        ),
+    ] {
+        let err = refusal(&plan(&format!("[service.cross_service]\n{extra}\n")));
+        assert!(err.contains(reason), "{err}");
+    }
 }
