@@ -135,8 +135,9 @@ impl Lifecycle {
             Action::Inspect {
                 checks,
                 config_files,
+                settings,
             } => {
-                self.inspect(&command, checks, config_files, &mut tracker)
+                self.inspect(&command, checks, config_files, settings, &mut tracker)
                     .await
             }
             // The session answers previews without the journal; one that got here anyway is

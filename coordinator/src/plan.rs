@@ -34,12 +34,14 @@ use toml::Spanned;
 
 mod amount;
 mod correlation;
+mod cross_service;
 pub(crate) mod fields;
 mod services;
 mod waves;
 
 pub use amount::Amount;
 pub use correlation::LogCorrelation;
+pub use cross_service::{CrossService, CrossServiceOverride, KeyAt, KeyRef, ServiceInspect};
 
 /// Why a plan was refused.
 #[derive(Debug, thiserror::Error)]
@@ -81,29 +83,6 @@ pub struct Plan {
     pub cross_service: Option<CrossService>,
     /// Whether a proven run drops its backups at once or waits for an operator's decision.
     pub finalize: Finalize,
-}
-
-/// The cross-service stage (T006 phase 3), run by every migrated service's agent under the
-/// run's trace once the whole fleet is migrated, before anything is finalized.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CrossService {
-    /// Service communication: every agent reaches every other migrated service's endpoint.
-    #[serde(default)]
-    pub communication: bool,
-    /// Configuration files every agent reports the shape of (key names, a fingerprint, keys
-    /// holding a literal secret); the first one is the standard configuration.
-    #[serde(default)]
-    pub config_files: Vec<String>,
-    /// Keys the standard configuration of every service must have.
-    #[serde(default)]
-    pub required_keys: Vec<String>,
-    /// Further checks every agent runs.
-    #[serde(rename = "check", default)]
-    pub checks: Vec<Check>,
-    /// Requests to one service whose correlation ID must show in other services' logs.
-    #[serde(default)]
-    pub log_correlation: Vec<LogCorrelation>,
 }
 
 /// What to do when the failure budget is broken.
@@ -171,6 +150,8 @@ pub struct ServicePlan {
     pub depends_on: Vec<ServiceName>,
     /// This service's own `command_timeout`.
     pub command_timeout: Duration,
+    /// Its own keys of the cross-service stage, in place of `[cross_service]`'s.
+    pub cross_service: Option<CrossServiceOverride>,
 }
 
 /// One wave: services migrated together, at most `max_parallel` at once.
@@ -251,6 +232,8 @@ struct RawService {
     depends_on: Vec<Spanned<String>>,
     #[serde(default)]
     command_timeout: Option<Spanned<HumanDuration>>,
+    #[serde(default)]
+    cross_service: Option<Spanned<CrossServiceOverride>>,
 }
 
 /// A duration written the humantime way (`"90s"`, `"2m"`).
@@ -339,6 +322,12 @@ impl Plan {
                 "a percentage must be between 0% and 100%".into(),
             ));
         }
+        let overrides: Vec<_> = raw
+            .services
+            .iter()
+            .map(|s| (s.name.get_ref(), s.cross_service.as_ref()))
+            .collect();
+        cross_service::check(raw.cross_service.as_ref(), &overrides)?;
         let waves = waves::resolve(&raw, &services, max_parallel)?;
         Ok(Plan {
             name: raw.name,
@@ -415,6 +404,12 @@ impl RuleError {
             key,
             reason,
         }
+    }
+
+    /// The error of a fleet-wide key that cannot apply to service `name`.
+    fn for_service(mut self, name: &ServiceName) -> Self {
+        self.reason = format!("for service {name}: {}", self.reason);
+        self
     }
 
     fn plain(reason: &str) -> Self {

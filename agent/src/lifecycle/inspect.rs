@@ -4,6 +4,7 @@
 use flotilla_schemas::fields::Table;
 use flotilla_schemas::{
     Check, CheckVerdict, Command, CommandId, Inspection, Measurements, Outcome, Phase, RunResult,
+    SettingProbe, SettingReport,
 };
 
 use super::Lifecycle;
@@ -24,6 +25,7 @@ impl Lifecycle {
         command: &Command,
         checks: &[Check],
         config_files: &[String],
+        settings: &[SettingProbe],
         tracker: &mut Tracker<'_>,
     ) -> RunResult {
         let inspection = tracker
@@ -53,14 +55,16 @@ impl Lifecycle {
                     verdicts.push(self.verdict(&renderer, &cx, check).await);
                 }
                 let root = RootDir::open(&self.config.service.root).map_err(PhaseError::Root)?;
-                let secrets = inspect::known_secret_values(&self.config.secrets);
+                let secrets = inspect::known_secret_forms(&self.config.secrets);
                 let config = paths
                     .iter()
                     .map(|path| inspect::config_shape(&root, path, &secrets))
                     .collect();
+                let settings = self.settings(&renderer, &root, settings, command.run_id);
                 Ok::<_, PhaseError>(Inspection {
                     checks: verdicts,
                     config,
+                    settings,
                 })
             })
             .await;
@@ -72,6 +76,35 @@ impl Lifecycle {
             },
             Err(failure) => refused(command, failure.to_string(), tracker.phases.clone()),
         }
+    }
+
+    /// The settings of `probes`, each file name rendered (`${var:…}`) first; a name that cannot
+    /// be rendered leaves its setting not found, saying why. In the probes' order.
+    fn settings(
+        &self,
+        renderer: &Renderer<'_>,
+        root: &RootDir,
+        probes: &[SettingProbe],
+        run: flotilla_schemas::RunId,
+    ) -> Vec<SettingReport> {
+        // A setting's file is named like a config file: a path, expanded the same way.
+        let takes = Table::CrossService.field(None, "config_files");
+        probes
+            .iter()
+            .map(|probe| match expand_text(renderer, takes, "settings.file", &probe.file) {
+                Ok(file) => {
+                    let rendered = SettingProbe {
+                        file,
+                        ..probe.clone()
+                    };
+                    let mut found = inspect::settings(root, std::slice::from_ref(&rendered), run);
+                    found
+                        .pop()
+                        .unwrap_or_else(|| unrendered(probe, "no answer".into()))
+                }
+                Err(e) => unrendered(probe, e.to_string()),
+            })
+            .collect()
     }
 
     /// Renders and runs one check of the cross-service stage; a check that cannot run fails.
@@ -130,5 +163,17 @@ impl Lifecycle {
             },
             Err(failure) => refused(command, failure.to_string(), tracker.phases.clone()),
         }
+    }
+}
+
+/// A setting whose file name could not be rendered: not found, and why.
+fn unrendered(probe: &SettingProbe, why: String) -> SettingReport {
+    SettingReport {
+        name: probe.name.clone(),
+        file: probe.file.clone(),
+        key: probe.key.clone(),
+        found: false,
+        digest: None,
+        detail: Some(why),
     }
 }

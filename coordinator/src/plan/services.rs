@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use flotilla_schemas::ServiceName;
+use toml::Spanned;
 
 use super::{RawPlan, RawService, RuleError, ServicePlan, checked_timeout, or_default};
 
@@ -49,6 +50,7 @@ pub(super) fn service_plan(
         workloads: or_default(&s.workloads, &raw.default_workloads),
         depends_on: Vec::new(),
         command_timeout,
+        cross_service: s.cross_service.clone().map(Spanned::into_inner),
     })
 }
 

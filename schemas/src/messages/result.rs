@@ -157,6 +157,27 @@ pub struct Inspection {
     pub checks: Vec<CheckVerdict>,
     /// Each declared configuration file's shape.
     pub config: Vec<ConfigShape>,
+    /// Each requested setting, in order: where it was looked for and a digest of its value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub settings: Vec<SettingReport>,
+}
+
+/// One setting as a service holds it: never its value, a digest of it keyed by the run, so that
+/// equal values across the fleet have equal digests in this run only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SettingReport {
+    pub name: String,
+    pub file: String,
+    pub key: String,
+    /// Whether the file has the key (false too when the file is missing or does not parse).
+    pub found: bool,
+    /// BLAKE3 of the value as text, keyed by the run ID; `None` when not found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Why it was not found, when it was not: the file is missing, does not parse, or lacks the
+    /// key (never quoting the file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// One check's verdict.
@@ -173,7 +194,8 @@ pub struct CheckVerdict {
 pub struct ConfigShape {
     pub path: String,
     pub exists: bool,
-    /// `standard` (TOML), `key_value` (`key=value` lines), or `unreadable`.
+    /// `standard` (TOML), `json`, `yaml`, `env` (`.env`), `key_value` (`key=value` lines of
+    /// any other file), `missing` or `unreadable`.
     pub format: String,
     /// Dotted key names, sorted.
     pub keys: Vec<String>,
@@ -181,6 +203,10 @@ pub struct ConfigShape {
     pub fingerprint: String,
     /// Keys whose value is one of the agent's secrets in clear.
     pub literal_secrets: Vec<String>,
+    /// Whether one of the agent's secrets is in the file outside any key's value (a comment, a
+    /// key name, a line that does not parse).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secret_outside_keys: bool,
 }
 
 /// What a `preview` command found: what each step of the migration would do.
