@@ -71,7 +71,7 @@ impl Lifecycle {
             health,
             checks: self.render_checks(&renderer, spec.checks)?,
             workloads: self.render_workloads(&renderer, spec.workloads)?,
-            contents: self.render_steps(&renderer, spec.steps).await?,
+            contents: self.render_steps(&renderer, &root, spec.steps).await?,
         };
         health::probe(
             &self.http,
@@ -125,11 +125,12 @@ impl Lifecycle {
         Ok(rendered)
     }
 
-    /// The content of each `write_file` step, rendered, after checking every step's path and
-    /// program.
+    /// The content of each `write_file` step, rendered, after checking every step's path (that
+    /// it resolves beneath the root, no symlink leading outside) and program.
     async fn render_steps(
         &self,
         renderer: &Renderer<'_>,
+        root: &RootDir,
         steps: &[Step],
     ) -> Result<Rendered, PhaseError> {
         let mut rendered = Vec::with_capacity(steps.len());
@@ -142,7 +143,7 @@ impl Lifecycle {
                     source,
                     ..
                 } => {
-                    confine::relative_path(path).map_err(|e| PhaseError::Path(e).at(at()))?;
+                    beneath(root, path, false).map_err(|e| e.at(at()))?;
                     // A shipped file is fetched and its digest checked here, before any change.
                     let template = crate::plan_files::template(
                         self.plan_files.as_ref(),
@@ -154,8 +155,12 @@ impl Lifecycle {
                     let content = renderer.render_file(path, &template);
                     Some(content.map_err(|e| PhaseError::Template(e).at(at()))?)
                 }
-                Step::ReplaceText { path, .. } | Step::Delete { path } => {
-                    confine::relative_path(path).map_err(|e| PhaseError::Path(e).at(at()))?;
+                Step::ReplaceText { path, .. } => {
+                    beneath(root, path, true).map_err(|e| e.at(at()))?;
+                    None
+                }
+                Step::Delete { path } => {
+                    beneath(root, path, false).map_err(|e| e.at(at()))?;
                     None
                 }
                 Step::RunCommand { program, .. } => {
@@ -173,8 +178,8 @@ impl Lifecycle {
     /// played against the current files in memory. Changes nothing and journals nothing; the
     /// reason it is refused with is the one the migration would stop on.
     pub async fn preview(&self, command: &Command, events: &Events) -> RunResult {
-        if let Some(reason) = self.refusal(command) {
-            return refused(command, reason, Vec::new());
+        if let Some(refusal) = self.refused_outright(command) {
+            return refusal;
         }
         let Action::Preview {
             steps,
@@ -203,10 +208,21 @@ impl Lifecycle {
             .run(Phase::Precheck, self.check(&spec, command.run_id, true))
             .await;
         let phases = tracker.phases;
-        let checked = match checked {
-            Ok(checked) => checked,
-            Err(failure) => return refused(command, failure.to_string(), phases),
-        };
+        match checked {
+            Ok(checked) => self.play(command, steps, &checked, phases),
+            Err(failure) => refused(command, failure.to_string(), phases),
+        }
+    }
+
+    /// The dry run after its precheck: the free space the backup needs, then each step played
+    /// against the current files in memory; the result names the step that would fail.
+    fn play(
+        &self,
+        command: &Command,
+        steps: &[Step],
+        checked: &Checked,
+        phases: Vec<flotilla_schemas::PhaseReport>,
+    ) -> RunResult {
         let would_fail = |phase, error| PhaseFailure { phase, error }.to_string();
         let backup_bytes = match self.backups.check_space(&self.config.service.root) {
             Ok(bytes) => bytes,
@@ -253,4 +269,12 @@ impl Lifecycle {
             },
         }
     }
+}
+
+/// Checks that a step's `path` stays beneath the root, lexically and through the symlinks that
+/// exist now (`follow_final`: the step reads through a final symlink too).
+pub(super) fn beneath(root: &RootDir, path: &str, follow_final: bool) -> Result<(), PhaseError> {
+    confine::relative_path(path).map_err(PhaseError::Path)?;
+    root.resolves_beneath(path, follow_final)
+        .map_err(PhaseError::Step)
 }

@@ -111,6 +111,8 @@ pub(crate) enum Place {
     Workload(String),
     /// `health check 1`
     HealthCheck { index: usize },
+    /// `config file "config/service.toml"` (of an inspection)
+    ConfigFile(String),
 }
 
 impl Place {
@@ -130,6 +132,7 @@ impl std::fmt::Display for Place {
             Place::Check { index, kind } => write!(f, "check {} ({kind})", index + 1),
             Place::Workload(name) => write!(f, "workload {name}"),
             Place::HealthCheck { index } => write!(f, "health check {}", index + 1),
+            Place::ConfigFile(path) => write!(f, "config file {path:?}"),
         }
     }
 }

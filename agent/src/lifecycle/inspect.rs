@@ -6,7 +6,7 @@ use flotilla_schemas::{
 };
 
 use super::Lifecycle;
-use super::error::PhaseError;
+use super::error::{PhaseError, Place};
 use super::results::{refused, result};
 use super::tracker::Tracker;
 use crate::run_context::RunContext;
@@ -40,6 +40,12 @@ impl Lifecycle {
                     verdicts.push(self.verdict(&renderer, &cx, check).await);
                 }
                 let root = RootDir::open(&self.config.service.root).map_err(PhaseError::Root)?;
+                // A file outside the root is refused, not reported missing: nothing outside is
+                // ever looked at.
+                for path in config_files {
+                    super::check::beneath(&root, path, true)
+                        .map_err(|e| e.at(Place::ConfigFile(path.clone())))?;
+                }
                 let secrets = inspect::known_secret_values(&self.config.secrets);
                 let config = config_files
                     .iter()
@@ -96,6 +102,9 @@ impl Lifecycle {
         migration: CommandId,
         tracker: &mut Tracker<'_>,
     ) -> RunResult {
+        if let Some(reason) = self.of_another_run(command, migration, "finalize") {
+            return refused(command, reason, Vec::new());
+        }
         let backups = self.backups.clone();
         crashpoint::reached(&self.config.agent.state_dir, "finalizing");
         let dropped = tracker
