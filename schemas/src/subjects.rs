@@ -118,13 +118,6 @@ impl Subjects {
         )
     }
 
-    /// The consumer name agents used before [`Subjects::agent_consumer`] doubled `_`: an agent
-    /// upgraded in place removes its old consumer (on the work-queue stream, two consumers may
-    /// not filter the same subject).
-    pub fn legacy_agent_consumer(&self, service: &ServiceName, instance: &InstanceId) -> String {
-        format!("agent_{service}_{instance}")
-    }
-
     /// The object store bucket that holds the files shipped with plans, each under its digest.
     /// Its stream is `OBJ_<bucket>`, its subjects `$O.<bucket>.>`.
     pub fn files_bucket(&self) -> String {

@@ -416,7 +416,8 @@ async fn an_upgraded_agent_replaces_its_consumer_of_the_old_name() {
     let subjects = Subjects::default();
     let (service, instance) = agent("training", "x_a");
     let commands = js.get_stream(subjects.commands_stream()).await.unwrap();
-    let legacy = subjects.legacy_agent_consumer(&service, &instance);
+    // The name of earlier versions: `_` inside names not doubled.
+    let legacy = format!("agent_{service}_{instance}");
     commands
         .create_consumer(jetstream::consumer::pull::Config {
             durable_name: Some(legacy.clone()),

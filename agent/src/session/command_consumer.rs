@@ -10,7 +10,7 @@ use super::SessionError;
 use crate::lifecycle::Lifecycle;
 
 /// Deletes the consumer this agent had under the name of earlier versions
-/// ([`Subjects::legacy_agent_consumer`]), when that name differs from today's and the consumer
+/// ([`legacy_name`]), when that name differs from today's and the consumer
 /// reads exactly this agent's subject: the work-queue stream refuses a second consumer on it.
 /// Its unacked commands stay in the stream for the new consumer. One that reads another subject
 /// is another agent's, and is left alone.
@@ -23,7 +23,7 @@ async fn drop_legacy_consumer(
         &lifecycle.config.service.name,
         &lifecycle.config.agent.instance,
     );
-    let legacy = subjects.legacy_agent_consumer(service, instance);
+    let legacy = legacy_name(service, instance);
     if legacy == subjects.agent_consumer(service, instance) {
         return;
     }
@@ -100,4 +100,13 @@ pub(super) async fn command_consumer(
         });
     }
     Ok(Some(consumer))
+}
+
+/// The consumer name agents used before [`Subjects::agent_consumer`] doubled `_` inside names:
+/// `agent_<service>_<instance>` as is.
+fn legacy_name(
+    service: &flotilla_schemas::ServiceName,
+    instance: &flotilla_schemas::InstanceId,
+) -> String {
+    format!("agent_{service}_{instance}")
 }
