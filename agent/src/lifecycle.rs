@@ -75,8 +75,7 @@ impl Lifecycle {
                 ..result
             })));
         }
-        if let Some(reason) = self.refusal(command) {
-            let result = refused(command, reason, Vec::new());
+        if let Some(result) = self.refused_outright(command) {
             // Remembered (a replay is answered from the journal), with one write and one fsync.
             self.journal.append_all(vec![
                 Record::Accepted {
@@ -150,17 +149,29 @@ impl Lifecycle {
         Ok(result)
     }
 
+    /// The refusal of a command that must be refused outright, if it must. It names this agent,
+    /// whose subject and key it goes out on, even when the command named another (misaddressed):
+    /// the reason says which.
+    pub(super) fn refused_outright(&self, command: &Command) -> Option<RunResult> {
+        let reason = self.refusal(command)?;
+        Some(RunResult {
+            service: self.config.service.name.clone(),
+            instance: self.config.agent.instance.clone(),
+            ..refused(command, reason, Vec::new())
+        })
+    }
+
     /// Why the command must be refused outright, if it must.
     pub(super) fn refusal(&self, command: &Command) -> Option<String> {
         if command.service != self.config.service.name
             || command.instance != self.config.agent.instance
         {
             return Some(format!(
-                "command is addressed to {}/{}, this agent is {}/{}",
+                "refused by {}/{}: the command was addressed to {}/{}",
+                self.config.service.name,
+                self.config.agent.instance,
                 command.service,
                 command.instance,
-                self.config.service.name,
-                self.config.agent.instance
             ));
         }
         let now = OffsetDateTime::now_utc();

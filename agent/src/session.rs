@@ -22,6 +22,7 @@ use crate::lifecycle::{Acceptance, Lifecycle};
 use flotilla_telemetry::error_chain;
 use presence::answer;
 
+mod command_consumer;
 mod presence;
 mod takeover;
 
@@ -47,6 +48,14 @@ pub enum SessionError {
         subject: String,
         #[source]
         source: async_nats::SubscribeError,
+    },
+    #[error(
+        "the consumer {name} reads {found:?}, not this agent's commands ({wanted:?}): another agent's names map to the same consumer; rename one of them"
+    )]
+    ConsumerTaken {
+        name: String,
+        wanted: String,
+        found: String,
     },
     #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),
@@ -122,7 +131,8 @@ pub async fn serve(
 
     let name = subjects.agent_consumer(&service, &instance);
     let Some(mut consumer) =
-        command_consumer(&commands, &subjects, &name, &lifecycle, &shutdown).await
+        command_consumer::command_consumer(&commands, &subjects, &name, &lifecycle, &shutdown)
+            .await?
     else {
         return Ok(lifecycle);
     };
@@ -405,50 +415,6 @@ fn trusted_keys(lifecycle: &Lifecycle) -> Vec<signing::TrustedKey> {
         );
     }
     trusted
-}
-
-/// The agent's durable consumer of its commands, created if need be. A busy server may time the
-/// creation out: it keeps trying, as for the streams, rather than stop the agent; `None` on
-/// shutdown.
-async fn command_consumer(
-    commands: &jetstream::stream::Stream,
-    subjects: &Subjects,
-    name: &str,
-    lifecycle: &Lifecycle,
-    shutdown: &CancellationToken,
-) -> Option<consumer::PullConsumer> {
-    let (service, instance) = (
-        &lifecycle.config.service.name,
-        &lifecycle.config.agent.instance,
-    );
-    let config = consumer::pull::Config {
-        durable_name: Some(name.to_owned()),
-        description: Some(format!("commands for the agent of {service}/{instance}")),
-        filter_subject: subjects.command(service, instance),
-        ack_policy: consumer::AckPolicy::Explicit,
-        ack_wait: std::time::Duration::from_secs(30),
-        ..Default::default()
-    };
-    let created = crate::retry::steadily(
-        std::time::Duration::from_secs(2),
-        shutdown,
-        || async {
-            let created = commands.get_or_create_consumer(name, config.clone()).await;
-            created.map_err(|source| SessionError::Consumer {
-                name: name.to_owned(),
-                source,
-            })
-        },
-        |e| {
-            tracing::warn!(
-                error = %error_chain(e),
-                "cannot create the command consumer yet; retrying"
-            );
-            true
-        },
-    )
-    .await;
-    created.and_then(Result::ok)
 }
 
 /// The commands stream, once the events stream exists too.

@@ -27,6 +27,14 @@ pub enum StepError {
         path: String,
         source: std::io::Error,
     },
+    #[error(
+        "{path}: {via} leads outside the service root (through a symlink) or cannot be searched: {why}"
+    )]
+    Escapes {
+        path: String,
+        via: String,
+        why: String,
+    },
     #[error("replace_text: {find:?} does not occur in {path}")]
     TextNotFound { path: String, find: String },
     #[error("delete: {0} does not exist")]
@@ -107,6 +115,36 @@ impl RootDir {
         self.dir
             .rename(&temp, &self.dir, &relative)
             .map_err(io("rename into", path))?;
+        Ok(())
+    }
+
+    /// Checks, changing nothing, that `path` resolves beneath the root: that no directory above
+    /// it (nor, with `follow_final`, `path` itself) is reached through a symlink that leads
+    /// outside. What does not exist yet is fine (a step creates it); other errors are left to
+    /// the step, which reports them in its own words. The step itself stays confined anyway:
+    /// this only lets the precheck refuse before a backup and a restart.
+    pub fn resolves_beneath(&self, path: &str, follow_final: bool) -> Result<(), StepError> {
+        let relative = confine::relative_path(path)?;
+        let mut prefixes: Vec<&Path> = relative.ancestors().collect();
+        // Shortest first; the empty path (the root itself) is not a step's to check.
+        prefixes.pop();
+        prefixes.reverse();
+        if !follow_final {
+            prefixes.pop();
+        }
+        for prefix in prefixes {
+            match self.dir.metadata(prefix) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    return Err(StepError::Escapes {
+                        path: path.to_owned(),
+                        via: prefix.display().to_string(),
+                        why: e.to_string(),
+                    });
+                }
+                Err(_) => return Ok(()),
+            }
+        }
         Ok(())
     }
 
@@ -330,6 +368,45 @@ mod tests {
         // Deleting the link removes the link, not the directory it points to.
         root.delete("escape").unwrap();
         assert!(outside.join("victim").exists());
+    }
+
+    #[test]
+    fn a_symlink_leading_outside_is_found_without_touching_anything() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (svc, outside) = (tmp.path().join("svc"), tmp.path().join("outside"));
+        std::fs::create_dir_all(svc.join("config")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("victim"), "untouched").unwrap();
+        symlink(&outside, svc.join("escape")).unwrap();
+        symlink("../../outside", svc.join("config/up")).unwrap();
+        symlink(outside.join("victim"), svc.join("victim.toml")).unwrap();
+        symlink("config", svc.join("inside")).unwrap();
+        let root = RootDir::open(&svc).unwrap();
+        for (path, via) in [
+            ("escape/victim", "escape"),
+            ("escape/new/deeper", "escape"),
+            ("config/up/victim", "config/up"),
+        ] {
+            let Err(StepError::Escapes { via: found, .. }) = root.resolves_beneath(path, false)
+            else {
+                panic!("{path} was not refused");
+            };
+            assert_eq!(found, via);
+        }
+        // A final symlink counts only where the step follows it (replace_text reads through it).
+        assert!(root.resolves_beneath("victim.toml", false).is_ok());
+        assert!(matches!(
+            root.resolves_beneath("victim.toml", true),
+            Err(StepError::Escapes { .. })
+        ));
+        // Inside links, and what does not exist yet, are fine.
+        for path in ["inside/service.toml", "new/dir/file", "config/service.toml"] {
+            root.resolves_beneath(path, true).unwrap();
+        }
+        assert_eq!(
+            std::fs::read_to_string(outside.join("victim")).unwrap(),
+            "untouched"
+        );
     }
 
     #[test]

@@ -1,10 +1,10 @@
 //! Finding the live agents: a presence request, every agent answers.
 //!
 //! The bus knows every agent by its durable consumer on the commands stream
-//! (`agent_<service>_<instance>`, see `Subjects::agent_consumer`). So the consumer list read
-//! right after the request is published names every agent that has been up for a moment, and
-//! discovery stops as soon as each of them has answered: a fleet that answers in milliseconds is
-//! found in milliseconds. An agent that is known but silent (restarting, or down) is asked again
+//! (`agent_<service>_<instance>`, a `_` inside a name doubled: see `Subjects::agent_consumer`).
+//! So the consumer list read right after the request is published names every agent that has
+//! been up for a moment, and discovery stops as soon as each of them has answered: a fleet that
+//! answers in milliseconds is found in milliseconds. An agent that is known but silent (restarting, or down) is asked again
 //! until it answers or the window ends. An agent answers presence even while it waits for the
 //! streams (it creates its consumer once they exist), so for [`SETTLING`] after the commands
 //! stream appears its list may be incomplete: discovery then waits for every listed agent and,

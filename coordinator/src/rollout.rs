@@ -29,7 +29,7 @@ mod follower;
 mod trace;
 
 pub use correlation::CorrelationCheck;
-pub use filing::file_late_results;
+pub use filing::{file_late_results, not_filed};
 use follower::Follower;
 
 /// Why a run could not proceed at all.

@@ -118,8 +118,9 @@ impl ResultTrust {
         Self { keys }
     }
 
-    /// Checks that an event naming `service/instance` is signed by that agent's key; an agent
-    /// with no recorded key (older than signed results) is not checked.
+    /// Checks that an event naming `service/instance` comes from an agent of the run, signed by
+    /// that agent's key; an agent of the run with no recorded key (older than signed results)
+    /// is not checked.
     pub fn check(
         &self,
         service: &ServiceName,
@@ -127,13 +128,12 @@ impl ResultTrust {
         payload: &[u8],
         signature: Option<&str>,
     ) -> Result<(), String> {
-        let Some(keys) = self
-            .keys
-            .get(&(service.clone(), instance.clone()))
-            .filter(|k| !k.is_empty())
-        else {
-            return Ok(());
+        let Some(keys) = self.keys.get(&(service.clone(), instance.clone())) else {
+            return Err("it names an agent that is not in this run".to_owned());
         };
+        if keys.is_empty() {
+            return Ok(());
+        }
         signing::verify(keys, payload, signature)
             .map(|_| ())
             .map_err(|e| match e {

@@ -22,6 +22,12 @@ pub enum IdError {
         "{kind} name {name:?} may only hold lower-case letters, digits, '-' and '_', and must start with a letter or digit"
     )]
     BadCharacter { kind: &'static str, name: String },
+    /// A subject prefix held `_`: the stream and bucket names turn `-` into `_`, so it would
+    /// share them with the prefix spelt with `-` (another deployment on the same server).
+    #[error(
+        "prefix {name:?} may not hold '_': stream and bucket names turn '-' into '_', so it would share the streams and run store of prefix {twin:?}; use '-'"
+    )]
+    PrefixUnderscore { name: String, twin: String },
 }
 
 /// The longest service or instance name.

@@ -31,9 +31,17 @@ impl Default for Subjects {
 }
 
 impl Subjects {
-    /// Subjects under `prefix`, which must be a valid service-style name.
+    /// Subjects under `prefix`, which must be a valid service-style name without `_`: the
+    /// stream and bucket names turn `-` into `_` (stream names are upper-cased, and `-` is
+    /// spelt `_` there by convention), so `a_b` and `a-b` would share them.
     pub fn new(prefix: &str) -> Result<Self, crate::IdError> {
         ServiceName::parse(prefix)?;
+        if prefix.contains('_') {
+            return Err(crate::IdError::PrefixUnderscore {
+                name: prefix.to_owned(),
+                twin: prefix.replace('_', "-"),
+            });
+        }
         Ok(Self {
             prefix: prefix.to_owned(),
         })
@@ -96,9 +104,18 @@ impl Subjects {
         )
     }
 
-    /// The durable consumer through which one agent reads its commands.
+    /// The durable consumer through which one agent reads its commands:
+    /// `agent_<service>_<instance>`, each `_` inside a name doubled. Names may hold `_`, so
+    /// without the doubling `a_b`/`c` and `a`/`b_c` would share one consumer (and one agent
+    /// would take the other's commands); with it, the single `_` between the names is the only
+    /// odd run of `_` (a name starts with a letter or digit), so the name is unambiguous. Names
+    /// without `_` keep the consumer they always had.
     pub fn agent_consumer(&self, service: &ServiceName, instance: &InstanceId) -> String {
-        format!("agent_{service}_{instance}")
+        format!(
+            "agent_{}_{}",
+            service.as_str().replace('_', "__"),
+            instance.as_str().replace('_', "__")
+        )
     }
 
     /// The object store bucket that holds the files shipped with plans, each under its digest.
@@ -126,5 +143,81 @@ mod tests {
         assert_eq!(s.commands_stream(), "FLOTILLA_COMMANDS");
         assert_eq!(s.agent_consumer(&svc, &inst), "agent_inference_a1");
         assert!(Subjects::new("bad.prefix").is_err());
+    }
+
+    fn names(s: &Subjects) -> Vec<String> {
+        vec![
+            s.commands_stream(),
+            s.events_stream(),
+            s.files_bucket(),
+            s.runs_bucket(),
+            s.all_commands(),
+            s.all_events(),
+            s.presence(),
+        ]
+    }
+
+    #[test]
+    fn agents_whose_names_join_alike_get_distinct_consumers() {
+        let s = Subjects::default();
+        let consumer = |svc: &str, inst: &str| {
+            s.agent_consumer(
+                &ServiceName::parse(svc).unwrap(),
+                &InstanceId::parse(inst).unwrap(),
+            )
+        };
+        let agents = [
+            ("a_b", "c"),
+            ("a", "b_c"),
+            ("a_", "b"),
+            ("a", "b"),
+            ("a__b", "c"),
+            ("a__", "b"),
+            ("a_", "b_c"),
+            ("a-b", "c"),
+            ("a", "b-c"),
+            ("a_b_", "c"),
+            ("a", "b__c"),
+        ];
+        let mut seen = std::collections::HashMap::new();
+        for (svc, inst) in agents {
+            let name = consumer(svc, inst);
+            if let Some(other) = seen.insert(name.clone(), (svc, inst)) {
+                assert_eq!(other, (svc, inst), "{name} is shared");
+            }
+        }
+        assert_eq!(consumer("a_b", "c"), "agent_a__b_c");
+        assert_eq!(consumer("a", "b_c"), "agent_a_b__c");
+        // Names without '_' keep the consumer of earlier versions.
+        assert_eq!(consumer("inference", "a1"), "agent_inference_a1");
+    }
+
+    #[test]
+    fn prefixes_that_would_share_streams_or_buckets_are_refused() {
+        let refused = Subjects::new("fleet_a").unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .contains("share the streams and run store of prefix \"fleet-a\""),
+            "{refused}"
+        );
+        // A prefix that begins another one shares nothing with it: every name differs.
+        for (p, q) in [
+            ("flotilla", "flotilla-2"),
+            ("a", "a-b"),
+            ("flotilla", "flotilla-events"),
+            ("flotilla", "flotilla-runs"),
+            ("x", "x-commands"),
+        ] {
+            let (p, q) = (Subjects::new(p).unwrap(), Subjects::new(q).unwrap());
+            for name in names(&p) {
+                assert!(!names(&q).contains(&name), "{name} is shared");
+            }
+            // No subject of one matches the other's filters (subjects match whole tokens).
+            assert!(
+                !p.command(&"svc".parse().unwrap(), &"a".parse().unwrap())
+                    .starts_with(&format!("{}.", q.prefix()))
+            );
+        }
     }
 }

@@ -222,8 +222,9 @@ fn a_symlink_planted_in_the_root_leads_no_step_outside_it() {
         );
         let out = fleet.flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"]);
         let report = flotilla_tests::json_stdout(&out);
+        // Refused at precheck (before a backup and a restart), no longer rolled back.
         assert_eq!(
-            report["services"][0]["status"], "rolled_back",
+            report["services"][0]["status"], "refused",
             "{step}: {report:#}"
         );
         assert_eq!(

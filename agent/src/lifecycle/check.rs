@@ -75,7 +75,7 @@ impl Lifecycle {
                     .map_err(|e| PhaseError::Render(e).at(Place::HealthCheck { index }))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let (steps, contents) = self.render_steps(&renderer, spec.steps).await?;
+        let (steps, contents) = self.render_steps(&renderer, &root, spec.steps).await?;
         let checked = Checked {
             steps,
             contents,
@@ -136,12 +136,14 @@ impl Lifecycle {
         Ok(rendered)
     }
 
-    /// Every step with its fields expanded (paths held to the path rule once expanded), and
-    /// the content of each `write_file`, rendered for its expanded path; programs are checked
-    /// against the allow-list.
+    /// Every step with its fields expanded (paths held to the path rule once expanded, and
+    /// resolved beneath the root with no symlink leading outside), and the content of each
+    /// `write_file`, rendered for its expanded path; programs are checked against the
+    /// allow-list.
     async fn render_steps(
         &self,
         renderer: &Renderer<'_>,
+        root: &RootDir,
         declared: &[Step],
     ) -> Result<(Vec<Step>, Rendered), PhaseError> {
         let mut steps = Vec::with_capacity(declared.len());
@@ -157,6 +159,7 @@ impl Lifecycle {
                     source,
                     ..
                 } => {
+                    beneath(root, path, false).map_err(|e| e.at(at()))?;
                     // A shipped file is fetched and its digest checked here, before any change.
                     let template = crate::plan_files::template(
                         self.plan_files.as_ref(),
@@ -168,11 +171,19 @@ impl Lifecycle {
                     let content = renderer.render_file(path, &template);
                     Some(content.map_err(|e| PhaseError::Template(e).at(at()))?)
                 }
+                Step::ReplaceText { path, .. } => {
+                    beneath(root, path, true).map_err(|e| e.at(at()))?;
+                    None
+                }
+                Step::Delete { path } => {
+                    beneath(root, path, false).map_err(|e| e.at(at()))?;
+                    None
+                }
                 Step::RunCommand { program, .. } => {
                     self.allowed(program).map_err(|e| e.at(at()))?;
                     None
                 }
-                Step::ReplaceText { .. } | Step::Delete { .. } | Step::Restart => None,
+                Step::Restart => None,
             };
             steps.push(step);
             rendered.push(content);
@@ -184,8 +195,8 @@ impl Lifecycle {
     /// played against the current files in memory. Changes nothing and journals nothing; the
     /// reason it is refused with is the one the migration would stop on.
     pub async fn preview(&self, command: &Command, events: &Events) -> RunResult {
-        if let Some(reason) = self.refusal(command) {
-            return refused(command, reason, Vec::new());
+        if let Some(refusal) = self.refused_outright(command) {
+            return refusal;
         }
         let Action::Preview {
             steps,
@@ -214,10 +225,20 @@ impl Lifecycle {
             .run(Phase::Precheck, self.check(&spec, command.run_id, true))
             .await;
         let phases = tracker.phases;
-        let checked = match checked {
-            Ok(checked) => checked,
-            Err(failure) => return refused(command, failure.to_string(), phases),
-        };
+        match checked {
+            Ok(checked) => self.play(command, &checked, phases),
+            Err(failure) => refused(command, failure.to_string(), phases),
+        }
+    }
+
+    /// The dry run after its precheck: the free space the backup needs, then each step played
+    /// against the current files in memory; the result names the step that would fail.
+    fn play(
+        &self,
+        command: &Command,
+        checked: &Checked,
+        phases: Vec<flotilla_schemas::PhaseReport>,
+    ) -> RunResult {
         let would_fail = |phase, error| PhaseFailure { phase, error }.to_string();
         let backup_bytes = match self.backups.check_space(&self.config.service.root) {
             Ok(bytes) => bytes,
@@ -264,4 +285,12 @@ impl Lifecycle {
             },
         }
     }
+}
+
+/// Checks that a `path` stays beneath the root through the symlinks that exist now
+/// (`follow_final`: the step reads through a final symlink too). The lexical rule was applied
+/// when the path was expanded (`crate::expand`).
+pub(super) fn beneath(root: &RootDir, path: &str, follow_final: bool) -> Result<(), PhaseError> {
+    root.resolves_beneath(path, follow_final)
+        .map_err(PhaseError::Step)
 }

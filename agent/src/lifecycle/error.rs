@@ -110,6 +110,8 @@ pub(crate) enum Place {
     HealthCheck { index: usize },
     /// `precondition 1`
     Precondition { index: usize },
+    /// `config file "config/service.toml"` (of an inspection)
+    ConfigFile(String),
 }
 
 impl Place {
@@ -130,6 +132,7 @@ impl std::fmt::Display for Place {
             Place::Workload(name) => write!(f, "workload {name}"),
             Place::HealthCheck { index } => write!(f, "health check {}", index + 1),
             Place::Precondition { index } => write!(f, "precondition {}", index + 1),
+            Place::ConfigFile(path) => write!(f, "config file {path:?}"),
         }
     }
 }

@@ -8,7 +8,7 @@ use flotilla_schemas::{
 };
 
 use super::Lifecycle;
-use super::error::PhaseError;
+use super::error::{PhaseError, Place};
 use super::results::{refused, result};
 use super::tracker::Tracker;
 use crate::expand::{expand, expand_text};
@@ -55,6 +55,12 @@ impl Lifecycle {
                     verdicts.push(self.verdict(&renderer, &cx, check).await);
                 }
                 let root = RootDir::open(&self.config.service.root).map_err(PhaseError::Root)?;
+                // A file outside the root is refused, not reported missing: nothing outside is
+                // ever looked at.
+                for path in &paths {
+                    super::check::beneath(&root, path, true)
+                        .map_err(|e| e.at(Place::ConfigFile(path.clone())))?;
+                }
                 let secrets = inspect::known_secret_forms(&self.config.secrets);
                 let config = paths
                     .iter()
@@ -142,6 +148,9 @@ impl Lifecycle {
         migration: CommandId,
         tracker: &mut Tracker<'_>,
     ) -> RunResult {
+        if let Some(reason) = self.of_another_run(command, migration, "finalize") {
+            return refused(command, reason, Vec::new());
+        }
         let backups = self.backups.clone();
         crashpoint::reached(&self.config.agent.state_dir, "finalizing");
         let dropped = tracker

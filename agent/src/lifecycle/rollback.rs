@@ -92,6 +92,9 @@ impl Lifecycle {
         migration: CommandId,
         tracker: &mut Tracker<'_>,
     ) -> RunResult {
+        if let Some(reason) = self.of_another_run(command, migration, "rollback") {
+            return refused(command, reason, Vec::new());
+        }
         let migrated = self
             .journal
             .get(migration)
@@ -126,6 +129,29 @@ impl Lifecycle {
             phases: tracker.phases.clone(),
             ..result(command, outcome, Some(reason), Measurements::default())
         }
+    }
+
+    /// Why a rollback or finalize of `migration` under `command`'s run must be refused: the
+    /// journal holds that migration under another run. A run's commands act only on that run's
+    /// migrations, so a command replayed or forged under another run's ID changes nothing.
+    pub(super) fn of_another_run(
+        &self,
+        command: &Command,
+        migration: CommandId,
+        what: &str,
+    ) -> Option<String> {
+        let entry = self.journal.get(migration)?;
+        let run = entry
+            .command
+            .as_ref()
+            .map(|c| c.run_id)
+            .or(entry.result.as_ref().map(|r| r.run_id))?;
+        (run != command.run_id).then(|| {
+            format!(
+                "migration {migration} belongs to run {run}, not to run {} that this {what} names: nothing changed",
+                command.run_id
+            )
+        })
     }
 
     /// A second rollback of a migration whose backup an earlier rollback already swapped in:

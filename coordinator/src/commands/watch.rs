@@ -104,7 +104,9 @@ pub(super) async fn watch(
                 record = fresh;
                 view.record(&record);
             }
-            view.event(&event, &record);
+            if shown(&event, &record) {
+                view.event(&event, &record);
+            }
         }
         if reload {
             reloaded = Instant::now();
@@ -146,8 +148,28 @@ async fn show_the_rest(
         if let RunEvent::Result(r) = &event {
             missing.remove(&r.command_id);
         }
-        view.event(&event, record);
+        if shown(&event, record) {
+            view.event(&event, record);
+        }
     }
+}
+
+/// Whether `event` is shown: a result the engine does not file (another agent's, or answering
+/// a copy of the command it did not send) is not an outcome, and is skipped with a warning.
+fn shown(event: &RunEvent, record: &RunRecord) -> bool {
+    let RunEvent::Result(result) = event else {
+        return true;
+    };
+    let Some(why) = crate::rollout::not_filed(record, result) else {
+        return true;
+    };
+    tracing::warn!(
+        service = %result.service,
+        instance = %result.instance,
+        command_id = %result.command_id,
+        "not showing a result that is not filed: {why}"
+    );
+    false
 }
 
 /// The commands of `record` that have a result.

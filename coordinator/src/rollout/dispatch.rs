@@ -373,7 +373,10 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
                 break;
             };
             match waiting.remove(&result.command_id) {
-                Some(t) => answers.push((t, result)),
+                Some(t) => {
+                    self.sink.result(&result);
+                    answers.push((t, result));
+                }
                 None => self.apply(vec![result]).await?,
             }
         }

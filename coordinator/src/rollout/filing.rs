@@ -20,7 +20,10 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
     pub(super) async fn apply(&mut self, results: Vec<RunResult>) -> Result<(), RolloutError> {
         self.take_ignored();
         let before = self.record.notes.len();
-        let touched = file_results(&mut self.record, &self.index, results);
+        let sink = &mut self.sink;
+        let touched = file_results(&mut self.record, &self.index, results, &mut |r| {
+            sink.result(r)
+        });
         for note in &self.record.notes[before..] {
             self.sink.note(note);
         }
@@ -53,11 +56,13 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
 /// Files `results` under the commands they answer; returns the targets that changed. The first
 /// answer to a command wins (a replayed one carries the same outcome). A result that comes
 /// after the coordinator gave up on its command (`timed_out`) is filed too, with a note: the
-/// agent's journal is the truth, and the record follows it.
+/// agent's journal is the truth, and the record follows it. `filed` sees each result filed, and
+/// only those: what live progress shows is what the record holds.
 fn file_results(
     record: &mut RunRecord,
     index: &HashMap<CommandId, usize>,
     results: Vec<RunResult>,
+    filed: &mut dyn FnMut(&RunResult),
 ) -> Vec<usize> {
     let mut touched = Vec::new();
     for result in results {
@@ -101,10 +106,26 @@ fn file_results(
             tracing::warn!(command_id = %result.command_id, "{note}");
             record.notes.push(note);
         }
+        filed(&result);
         command.result = Some(result);
         touched.push(t);
     }
     touched
+}
+
+/// Why the engine does not file `result` although `record` holds its command: it names another
+/// agent than the command's, or answers a copy of the command the coordinator did not send.
+/// `None` when it would be filed, or when the record does not know the command. `watch` shows
+/// no result that this refuses.
+pub fn not_filed(record: &RunRecord, result: &RunResult) -> Option<&'static str> {
+    let target = &record.targets[record.find_target(result.command_id)?];
+    if target.service != result.service || target.instance != result.instance {
+        return Some("it answers another agent's command");
+    }
+    let command = target
+        .commands()
+        .find(|c| c.command.command_id == result.command_id)?;
+    answers_another_copy(command, result, !target.agent_keys.is_empty())
 }
 
 /// Why `result` does not answer `command` as the coordinator signed and sent it, if it does
@@ -152,7 +173,7 @@ pub async fn file_late_results(
     let ignored = follower.take_ignored();
     let noted = !ignored.is_empty();
     record.notes.extend(ignored);
-    let touched = file_results(record, &index, results);
+    let touched = file_results(record, &index, results, &mut |_| {});
     if !touched.is_empty() || noted {
         store.save_targets(record, &touched, revisions).await?;
         record.updated_at = OffsetDateTime::now_utc();

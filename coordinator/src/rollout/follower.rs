@@ -39,7 +39,8 @@ impl Follower {
         self.events.take_forged()
     }
 
-    /// The next result of the run, passing progress to `sink` on the way; `None` at `deadline`.
+    /// The next result of the run, passing progress to `sink` on the way (not the result: the
+    /// caller shows it once it takes it); `None` at `deadline`.
     pub(super) async fn next_result(
         &mut self,
         deadline: Instant,
@@ -67,16 +68,14 @@ impl Follower {
     }
 }
 
-/// Shows `event` on `sink`; returns it if it is a result.
+/// Shows `event` on `sink` if it is progress; returns it if it is a result. A result is shown
+/// only once it is filed (see `filing`): one the engine refuses is never displayed as an outcome.
 fn pass_on(event: RunEvent, sink: &mut impl ProgressSink) -> Option<RunResult> {
     match event {
         RunEvent::Progress(progress) => {
             sink.progress(&progress);
             None
         }
-        RunEvent::Result(result) => {
-            sink.result(&result);
-            Some(*result)
-        }
+        RunEvent::Result(result) => Some(*result),
     }
 }
