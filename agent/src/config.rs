@@ -170,7 +170,15 @@ pub struct ServiceConfig {
     /// own (`FLOTILLA_…`, `<secrets.env_prefix>…`) from them, e.g. `["FLOTILLA_SAMPLE_INSTANCE"]`.
     #[serde(default)]
     pub inherit_env: Vec<String>,
-    /// The health endpoint checked before and after a migration.
+    /// What the service is: a long-running `service` (the default) or a run-once `job`, which
+    /// has no health endpoint and is *run* where a service is restarted (see `[service.job]`).
+    #[serde(default)]
+    pub kind: ServiceKind,
+    /// A job's run, outputs, dry-run check and baseline; only with `kind = "job"`.
+    #[serde(default)]
+    pub job: Option<crate::job::JobConfig>,
+    /// The health endpoint checked before and after a migration (required unless a job).
+    #[serde(default)]
     pub health_url: String,
     /// How long the service may take to become healthy after a start.
     #[serde(default = "default_startup_timeout", with = "humantime_serde")]
@@ -178,6 +186,25 @@ pub struct ServiceConfig {
     /// How long the service may take to stop on SIGTERM before it is killed.
     #[serde(default = "default_stop_timeout", with = "humantime_serde")]
     pub stop_timeout: Duration,
+}
+
+/// What kind of program the service is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceKind {
+    /// Long-running: started, kept serving, health-checked.
+    #[default]
+    Service,
+    /// Run once to completion (training, batch preprocess): judged by its exit code, outputs,
+    /// duration and peak memory.
+    Job,
+}
+
+impl ServiceConfig {
+    /// The job settings when the service is a job (defaults when `[service.job]` is absent).
+    pub fn job(&self) -> Option<crate::job::JobConfig> {
+        (self.kind == ServiceKind::Job).then(|| self.job.clone().unwrap_or_default())
+    }
 }
 
 /// Who runs the service.
@@ -319,6 +346,25 @@ impl AgentConfig {
             }
             _ => {}
         }
+        match (self.service.kind, &self.service.job) {
+            (ServiceKind::Job, job) => {
+                if self.service.supervisor != SupervisorKind::Agent {
+                    return Err("a job (kind = \"job\") is run by the agent: it needs supervisor = \"agent\" and a command".into());
+                }
+                if let Some(job) = job {
+                    job.check()?;
+                }
+            }
+            (ServiceKind::Service, Some(_)) => {
+                return Err("[service.job] needs kind = \"job\" in [service]".into());
+            }
+            (ServiceKind::Service, None) if self.service.health_url.is_empty() => {
+                return Err(
+                    "service.health_url is required (or kind = \"job\" for a run-once job)".into(),
+                );
+            }
+            (ServiceKind::Service, None) => {}
+        }
         if !self.service.root.is_absolute() {
             return Err(format!(
                 "service.root {:?} must be an absolute path",
@@ -459,6 +505,73 @@ startup_timeout = "5s"
         let config =
             load_with_env(GOOD, &[("FLOTILLA_SERVICE__INHERIT_ENV", "A_VAR,B_VAR")]).unwrap();
         assert_eq!(config.service.inherit_env, ["A_VAR", "B_VAR"]);
+    }
+
+    const JOB: &str = r#"
+[agent]
+instance = "a"
+state_dir = "/var/lib/flotilla/train"
+[service]
+name = "train"
+root = "/srv/train"
+kind = "job"
+command = ["python3", "train.py"]
+[service.job]
+timeout = "10m"
+check_command = ["python3", "train.py", "--check"]
+[[service.job.outputs]]
+path = "out/model.json"
+contains = "weights"
+"#;
+
+    #[test]
+    fn a_job_needs_no_health_url_and_reads_its_outputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = AgentConfig::load(&write(dir.path(), JOB)).unwrap();
+        let job = config.service.job().unwrap();
+        assert_eq!(job.timeout, Duration::from_secs(600));
+        assert_eq!(job.success_exit_codes, [0]);
+        assert_eq!(job.outputs[0].path, "out/model.json");
+        assert!(job.outputs[0].non_empty && job.outputs[0].fresh);
+        assert_eq!(job.baseline, crate::job::JobBaseline::Recorded);
+        assert!(!job.rerun_on_rollback);
+    }
+
+    #[test]
+    fn bad_job_settings_are_refused_with_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        for (text, wanted) in [
+            (
+                JOB.replace("out/model.json", "../model.json"),
+                "outputs path",
+            ),
+            (JOB.replace("kind = \"job\"\n", ""), "needs kind = \"job\""),
+            (
+                JOB.replace(
+                    "timeout = \"10m\"",
+                    "timeout = \"10m\"\nsuccess_exit_codes = []",
+                ),
+                "success_exit_codes",
+            ),
+            (JOB.replace("contains", "contians"), "contians"),
+            (
+                JOB.replace(
+                    "kind = \"job\"",
+                    "kind = \"job\"\nsupervisor = \"external\"\nrestart_command = [\"x\"]",
+                ),
+                "supervisor = \"agent\"",
+            ),
+        ] {
+            let err = AgentConfig::load(&write(dir.path(), &text))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(wanted), "{wanted}: {err}");
+        }
+        let no_health = GOOD.replace("health_url = \"http://127.0.0.1:18081/health\"\n", "");
+        let err = AgentConfig::load(&write(dir.path(), &no_health))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("health_url is required"), "{err}");
     }
 
     #[test]

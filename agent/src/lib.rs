@@ -14,6 +14,7 @@ pub mod crashpoint;
 mod events;
 mod health;
 mod inspect;
+pub mod job;
 pub mod journal;
 mod lifecycle;
 mod metrics;
@@ -41,6 +42,10 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::AgentConfig;
 pub use flotilla_telemetry::error_chain;
+
+/// The file in the state directory that receives the service's (or the job's) stdout and
+/// stderr.
+pub const SERVICE_OUTPUT_LOG: &str = "service-output.log";
 
 use crate::backup::BackupStore;
 use crate::journal::Journal;
@@ -104,7 +109,7 @@ pub async fn run_with(
         .map_err(AgentError::Http)?;
     let supervisor = Supervisor::new(
         config.service.clone(),
-        config.agent.state_dir.join("service-output.log"),
+        config.agent.state_dir.join(SERVICE_OUTPUT_LOG),
         http.clone(),
     )
     .stop_on_exit(config.agent.stop_service_on_exit)

@@ -73,6 +73,11 @@ impl Lifecycle {
             workloads: self.render_workloads(&renderer, spec.workloads)?,
             contents: self.render_steps(&renderer, spec.steps).await?,
         };
+        if let Some(job) = self.job_config() {
+            // A job has no health endpoint: its own dry run instead (crate::job).
+            self.job_precheck(&job, spec.steps).await?;
+            return Ok(checked);
+        }
         health::probe(
             &self.http,
             &self.config.service.health_url,
