@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 mod foreign;
+mod job;
 
 /// The five services of T006.
 pub const ROLES: [&str; 5] = ["inference", "training", "ingest", "execution", "preprocess"];
