@@ -79,6 +79,13 @@ fn result_json(fleet: &Fleet) -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
+/// `flotilla report <run> --format <format>`, as text.
+fn report_of(fleet: &Fleet, run_id: &str, format: &str) -> String {
+    let out = fleet.flotilla(&["report", run_id, "--format", format]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// A job's figures as a report carries them, checked to be those of a good run.
 fn assert_good_run(run: &Value, service: &Value) {
     assert_eq!(run["exit_code"], 0, "{service:#}");
@@ -128,6 +135,34 @@ fn a_job_migrates_by_running_it_and_records_its_figures() {
             "job_peak_memory_limit_bytes"
         ],
         "{service:#}"
+    );
+
+    // Every report shows the job's figures where a service shows its startup time.
+    let run_id = report["run_id"].as_str().unwrap();
+    let text = report_of(&fleet, run_id, "text");
+    assert!(
+        text.contains("STARTUP") && text.contains("  run "),
+        "{text}"
+    );
+    let markdown = report_of(&fleet, run_id, "md");
+    for wanted in [
+        "| job run ",
+        "ms, exit code 0 |",
+        "- job baseline run: ",
+        "- job run after the change: ",
+        "exit code 0; out/result.json ok (",
+        "| peak ",
+        "- health endpoint: none: a run-once job",
+        "- gate job_duration_ms ",
+        "- gate job_peak_memory_limit_bytes ",
+    ] {
+        assert!(markdown.contains(wanted), "{wanted}:\n{markdown}");
+    }
+    assert!(!markdown.contains("figures: startup"), "{markdown}");
+    let html = report_of(&fleet, run_id, "html");
+    assert!(
+        html.contains("<h3>Job runs</h3>") && html.contains("run after the change"),
+        "{html}"
     );
 
     // The next migration compares with the run the last one recorded: no baseline run.
