@@ -115,3 +115,30 @@ impl JobConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::AgentConfig;
+
+    /// The example of `docs/agent-config.md` loads, with every key it shows.
+    #[test]
+    fn the_documented_example_loads() {
+        let doc = include_str!("../../../docs/agent-config.md");
+        let start = doc
+            .find("[service]\nname = \"train\"")
+            .expect("the job example");
+        let example = &doc[start..start + doc[start..].find("```").unwrap()];
+        let text = format!(
+            "[agent]\ninstance = \"a\"\nstate_dir = \"/var/lib/flotilla/train\"\n{example}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, text).unwrap();
+        let config = AgentConfig::load(&path).unwrap();
+        let job = config.service.job().unwrap();
+        assert_eq!(job.timeout, std::time::Duration::from_secs(7200));
+        assert_eq!(job.max_peak_memory_bytes, Some(8 << 30));
+        assert_eq!(job.outputs.len(), 2);
+        assert_eq!(job.outputs[0].contains.as_deref(), Some("\"weights\""));
+    }
+}
