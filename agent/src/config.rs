@@ -170,13 +170,6 @@ pub struct ServiceConfig {
     /// own (`FLOTILLA_…`, `<secrets.env_prefix>…`) from them, e.g. `["FLOTILLA_SAMPLE_INSTANCE"]`.
     #[serde(default)]
     pub inherit_env: Vec<String>,
-    /// What the service is: a long-running `service` (the default) or a run-once `job`, which
-    /// has no health endpoint and is *run* where a service is restarted (see `[service.job]`).
-    #[serde(default)]
-    pub kind: ServiceKind,
-    /// A job's run, outputs, dry-run check and baseline; only with `kind = "job"`.
-    #[serde(default)]
-    pub job: Option<crate::job::JobConfig>,
     /// The health endpoint checked before and after a migration (required unless a job).
     #[serde(default)]
     pub health_url: String,
@@ -186,6 +179,13 @@ pub struct ServiceConfig {
     /// How long the service may take to stop on SIGTERM before it is killed.
     #[serde(default = "default_stop_timeout", with = "humantime_serde")]
     pub stop_timeout: Duration,
+    /// What the service is: a long-running `service` (the default) or a run-once `job`, which
+    /// has no health endpoint and is *run* where a service is restarted (see `[service.job]`).
+    #[serde(default)]
+    pub kind: ServiceKind,
+    /// A job's run, outputs, dry-run check and baseline; only with `kind = "job"`.
+    #[serde(default)]
+    pub job: Option<crate::job::JobConfig>,
 }
 
 /// What kind of program the service is.
