@@ -165,8 +165,16 @@ fn a_job_migrates_by_running_it_and_records_its_figures() {
         "{html}"
     );
 
-    // The next migration compares with the run the last one recorded: no baseline run.
-    let (code, report) = migrate(&fleet, &plan(&fleet, "rows=20", "rows=30"));
+    // The next migration compares with the run the last one recorded: no baseline run. Its
+    // log check reads what the run wrote to its output log.
+    let log = fleet.job_state_dir(JOB).join("service-output.log");
+    let with_log_check = format!(
+        "{}[[service.check]]\ntype = \"log\"\npath = {:?}\ncontains = \"batch job run rows=30\"\n",
+        std::fs::read_to_string(plan(&fleet, "rows=20", "rows=30")).unwrap(),
+        log.display().to_string(),
+    );
+    let path = fleet.write_plan("job-plan-log.toml", &with_log_check);
+    let (code, report) = migrate(&fleet, path.to_str().unwrap());
     assert_eq!(code, Some(0), "{report:#}");
     assert_eq!(runs(&fleet), 3);
     assert_eq!(result_json(&fleet)["rows"], 30);
@@ -285,6 +293,21 @@ fn the_dry_run_uses_the_jobs_check_command() {
     );
     assert_eq!(snapshot(&fleet.root(JOB)), untouched);
     std::fs::write(&conf, CONF).unwrap();
+
+    // A restart step would run the job twice: refused before anything changes.
+    let restart = format!(
+        "{}[[service.step]]\naction = \"restart\"\n",
+        std::fs::read_to_string(plan(&fleet, "rows=10", "rows=12")).unwrap()
+    );
+    let restart = fleet.write_plan("job-plan-restart.toml", &restart);
+    let out = fleet.flotilla(&["migrate", restart.to_str().unwrap(), "--output", "json"]);
+    let report = json_stdout(&out);
+    let reason = only_service(&report)["reason"].as_str().unwrap().to_owned();
+    assert!(
+        reason.contains("step 2 (restart): batch is a job"),
+        "{reason}"
+    );
+    assert_eq!(runs(&fleet), 0);
 
     // New files the check refuses: the job is not run, the files come back.
     let before = snapshot(&fleet.root(JOB));
