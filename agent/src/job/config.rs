@@ -118,7 +118,88 @@ impl JobConfig {
 
 #[cfg(test)]
 mod tests {
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
+
     use crate::AgentConfig;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let path = dir.join("agent.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    const JOB: &str = r#"
+[agent]
+instance = "a"
+state_dir = "/var/lib/flotilla/train"
+[service]
+name = "train"
+root = "/srv/train"
+kind = "job"
+command = ["python3", "train.py"]
+[service.job]
+timeout = "10m"
+check_command = ["python3", "train.py", "--check"]
+[[service.job.outputs]]
+path = "out/model.json"
+contains = "weights"
+"#;
+
+    #[test]
+    fn a_job_needs_no_health_url_and_reads_its_outputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = AgentConfig::load(&write(dir.path(), JOB)).unwrap();
+        let job = config.service.job().unwrap();
+        assert_eq!(job.timeout, Duration::from_secs(600));
+        assert_eq!(job.success_exit_codes, [0]);
+        assert_eq!(job.outputs[0].path, "out/model.json");
+        assert!(job.outputs[0].non_empty && job.outputs[0].fresh);
+        assert_eq!(job.baseline, super::JobBaseline::Recorded);
+        assert!(!job.rerun_on_rollback);
+    }
+
+    #[test]
+    fn bad_job_settings_are_refused_with_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        for (text, wanted) in [
+            (
+                JOB.replace("out/model.json", "../model.json"),
+                "outputs path",
+            ),
+            (JOB.replace("kind = \"job\"\n", ""), "needs kind = \"job\""),
+            (
+                JOB.replace(
+                    "timeout = \"10m\"",
+                    "timeout = \"10m\"\nsuccess_exit_codes = []",
+                ),
+                "success_exit_codes",
+            ),
+            (JOB.replace("contains", "contians"), "contians"),
+            (
+                JOB.replace(
+                    "kind = \"job\"",
+                    "kind = \"job\"\nsupervisor = \"external\"\nrestart_command = [\"x\"]",
+                ),
+                "supervisor = \"agent\"",
+            ),
+        ] {
+            let err = AgentConfig::load(&write(dir.path(), &text))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(wanted), "{wanted}: {err}");
+        }
+        let no_health = JOB
+            .replace("kind = \"job\"\n", "")
+            .split("[service.job]")
+            .next()
+            .unwrap()
+            .to_owned();
+        let err = AgentConfig::load(&write(dir.path(), &no_health))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("health_url is required"), "{err}");
+    }
 
     /// The example of `docs/agent-config.md` loads, with every key it shows.
     #[test]
@@ -132,11 +213,9 @@ mod tests {
             "[agent]\ninstance = \"a\"\nstate_dir = \"/var/lib/flotilla/train\"\n{example}"
         );
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("agent.toml");
-        std::fs::write(&path, text).unwrap();
-        let config = AgentConfig::load(&path).unwrap();
+        let config = AgentConfig::load(&write(dir.path(), &text)).unwrap();
         let job = config.service.job().unwrap();
-        assert_eq!(job.timeout, std::time::Duration::from_secs(7200));
+        assert_eq!(job.timeout, Duration::from_secs(7200));
         assert_eq!(job.max_peak_memory_bytes, Some(8 << 30));
         assert_eq!(job.outputs.len(), 2);
         assert_eq!(job.outputs[0].contains.as_deref(), Some("\"weights\""));
