@@ -323,3 +323,40 @@ fn the_dry_run_uses_the_jobs_check_command() {
     assert_eq!(runs(&fleet), 0);
     assert_eq!(snapshot(&fleet.root(JOB)), before);
 }
+
+/// A job migration held for a finalize and rolled back later by the operator: its files come
+/// back byte-identical, the job is not run, and the baseline is the one from before it (the
+/// next migration is gated against that run, not the rolled-back one).
+#[test]
+fn an_operator_rollback_of_a_job_migration_restores_its_files_and_its_baseline() {
+    let nats = NatsServer::start().unwrap();
+    let fleet = start(&nats, "");
+    let (code, report) = migrate(&fleet, &plan(&fleet, "rows=10", "rows=11"));
+    assert_eq!(code, Some(0), "{report:#}");
+    let before = snapshot(&fleet.root(JOB));
+    let recorded_run = || {
+        let text = std::fs::read_to_string(fleet.job_state_dir(JOB).join("job-baseline.json"));
+        serde_json::from_str::<Value>(&text.unwrap()).unwrap()["run"].clone()
+    };
+    let baseline = recorded_run();
+    assert!(baseline["duration_ms"].is_u64(), "{baseline:#}");
+
+    let held = plan(&fleet, "rows=11", "rows=12");
+    let out = fleet.flotilla(&["migrate", &held, "--no-finalize", "--output", "json"]);
+    let report = json_stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{report:#}");
+    assert_eq!(result_json(&fleet)["rows"], 12);
+    let runs_before = runs(&fleet);
+
+    let run_id = report["run_id"].as_str().unwrap();
+    let out = fleet.flotilla(&["rollback", run_id, "--output", "json"]);
+    let report = json_stdout(&out);
+    assert_eq!(report["status"], "rolled_back", "{report:#}");
+    assert_eq!(snapshot(&fleet.root(JOB)), before);
+    assert_eq!(runs(&fleet), runs_before, "not re-run");
+    assert_eq!(
+        recorded_run(),
+        baseline,
+        "the baseline from before the rolled-back migration"
+    );
+}
