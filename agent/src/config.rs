@@ -170,7 +170,8 @@ pub struct ServiceConfig {
     /// own (`FLOTILLA_…`, `<secrets.env_prefix>…`) from them, e.g. `["FLOTILLA_SAMPLE_INSTANCE"]`.
     #[serde(default)]
     pub inherit_env: Vec<String>,
-    /// The health endpoint checked before and after a migration.
+    /// The health endpoint checked before and after a migration (required unless a job).
+    #[serde(default)]
     pub health_url: String,
     /// How long the service may take to become healthy after a start.
     #[serde(default = "default_startup_timeout", with = "humantime_serde")]
@@ -178,6 +179,32 @@ pub struct ServiceConfig {
     /// How long the service may take to stop on SIGTERM before it is killed.
     #[serde(default = "default_stop_timeout", with = "humantime_serde")]
     pub stop_timeout: Duration,
+    /// What the service is: a long-running `service` (the default) or a run-once `job`, which
+    /// has no health endpoint and is *run* where a service is restarted (see `[service.job]`).
+    #[serde(default)]
+    pub kind: ServiceKind,
+    /// A job's run, outputs, dry-run check and baseline; only with `kind = "job"`.
+    #[serde(default)]
+    pub job: Option<crate::job::JobConfig>,
+}
+
+/// What kind of program the service is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceKind {
+    /// Long-running: started, kept serving, health-checked.
+    #[default]
+    Service,
+    /// Run once to completion (training, batch preprocess): judged by its exit code, outputs,
+    /// duration and peak memory.
+    Job,
+}
+
+impl ServiceConfig {
+    /// The job settings when the service is a job (defaults when `[service.job]` is absent).
+    pub fn job(&self) -> Option<crate::job::JobConfig> {
+        (self.kind == ServiceKind::Job).then(|| self.job.clone().unwrap_or_default())
+    }
 }
 
 /// Who runs the service.
@@ -318,6 +345,25 @@ impl AgentConfig {
                 );
             }
             _ => {}
+        }
+        match (self.service.kind, &self.service.job) {
+            (ServiceKind::Job, job) => {
+                if self.service.supervisor != SupervisorKind::Agent {
+                    return Err("a job (kind = \"job\") is run by the agent: it needs supervisor = \"agent\" and a command".into());
+                }
+                if let Some(job) = job {
+                    job.check()?;
+                }
+            }
+            (ServiceKind::Service, Some(_)) => {
+                return Err("[service.job] needs kind = \"job\" in [service]".into());
+            }
+            (ServiceKind::Service, None) if self.service.health_url.is_empty() => {
+                return Err(
+                    "service.health_url is required (or kind = \"job\" for a run-once job)".into(),
+                );
+            }
+            (ServiceKind::Service, None) => {}
         }
         if !self.service.root.is_absolute() {
             return Err(format!(

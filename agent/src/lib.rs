@@ -15,6 +15,7 @@ mod events;
 mod expand;
 mod health;
 mod inspect;
+pub mod job;
 pub mod journal;
 mod lifecycle;
 mod metrics;
@@ -42,6 +43,10 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::AgentConfig;
 pub use flotilla_telemetry::error_chain;
+
+/// The file in the state directory that receives the service's (or the job's) stdout and
+/// stderr.
+pub const SERVICE_OUTPUT_LOG: &str = "service-output.log";
 
 use crate::backup::BackupStore;
 use crate::journal::Journal;
@@ -146,7 +151,7 @@ fn assemble(config: AgentConfig, redactor: Redactor) -> Result<Lifecycle, AgentE
         .map_err(AgentError::Http)?;
     let supervisor = Supervisor::new(
         config.service.clone(),
-        config.agent.state_dir.join("service-output.log"),
+        config.agent.state_dir.join(SERVICE_OUTPUT_LOG),
         http.clone(),
     )
     .stop_on_exit(config.agent.stop_service_on_exit)

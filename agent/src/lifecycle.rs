@@ -7,6 +7,7 @@ mod check;
 mod context;
 mod error;
 mod inspect;
+mod job;
 mod migrate;
 mod recover;
 mod results;

@@ -222,6 +222,10 @@ impl Supervisor {
     /// and it answers `health_url`; otherwise it is (re)started. An external one is only waited
     /// for (another supervisor already runs it). Returns the startup time of a new start.
     pub async fn boot(&mut self, adopt: bool) -> Result<Option<Duration>, SupervisorError> {
+        // A job runs only when a migration asks for it (see `crate::job`).
+        if self.service.kind == crate::config::ServiceKind::Job {
+            return Ok(None);
+        }
         if self.external() {
             self.wait_serving(Instant::now()).await?;
             return Ok(None);

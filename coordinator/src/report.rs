@@ -486,11 +486,7 @@ impl RunReport {
         );
         for s in &self.services {
             let total: u64 = s.phases.iter().map(|p| p.duration_ms).sum();
-            let startup = s
-                .measurements
-                .startup_ms_after
-                .map(|ms| format!("{ms}ms"))
-                .unwrap_or_else(|| "-".into());
+            let startup = gate::restart_compact(&s.measurements);
             let reason = match (s.failure, s.reason.as_deref()) {
                 (Some(kind), Some(reason)) => format!("[{}] {reason}", kind.as_str()),
                 (Some(kind), None) => format!("[{}]", kind.as_str()),

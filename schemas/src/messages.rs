@@ -12,9 +12,9 @@ pub use command::{
 pub use presence::{AgentState, Presence, PresenceSchema};
 pub use progress::{Phase, PhaseStatus, Progress, ProgressSchema};
 pub use result::{
-    CheckVerdict, ConfigShape, GateReport, Inspection, Measurements, MemorySource, Outcome,
-    PhaseReport, Preview, ResultSchema, RunResult, SettingReport, StepPreview, WorkloadFigures,
-    WorkloadReport,
+    CheckVerdict, ConfigShape, GateReport, Inspection, JobOutputReport, JobRun, Measurements,
+    MemorySource, Outcome, PhaseReport, Preview, ResultSchema, RunResult, SettingReport,
+    StepPreview, WorkloadFigures, WorkloadReport,
 };
 
 use schemars::JsonSchema;

@@ -12,6 +12,7 @@ mod agents;
 mod cli;
 mod external;
 mod foreign;
+mod job;
 
 /// The five services of T006.
 pub const ROLES: [&str; 5] = ["inference", "training", "ingest", "execution", "preprocess"];

@@ -83,6 +83,11 @@ impl Lifecycle {
             checks: self.render_checks(&renderer, spec.checks)?,
             workloads: self.render_workloads(&renderer, spec.workloads)?,
         };
+        if let Some(job) = self.job_config() {
+            // A job has no health endpoint: its own dry run instead (crate::job).
+            self.job_precheck(&job, spec.steps).await?;
+            return Ok(checked);
+        }
         health::probe(
             &self.http,
             &self.config.service.health_url,

@@ -65,6 +65,9 @@ pub(crate) enum PhaseError {
     /// A functional check failed (its own words).
     #[error("{0}")]
     Check(String),
+    /// A run-once job's dry run, run, outputs or gates failed (as [`crate::job`] words it).
+    #[error("{0}")]
+    Job(String),
     #[error("restart to confirm a gate")]
     ConfirmRestart(#[source] SupervisorError),
     /// Gates tripped, each described.

@@ -93,6 +93,17 @@ impl Lifecycle {
                     self.apply(&prepared.steps, &prepared.contents),
                 )
                 .await?;
+            if let Some(job) = self.job_config() {
+                // A job's "restart" is its run, and its figures are what validation judges.
+                let run = self.job_restart_phase(&job, &mut findings.measurements.job_after);
+                tracker.run(Phase::Restart, run).await?;
+                crashpoint::reached(&self.config.agent.state_dir, "restarted");
+                let ids = (command.command_id, command.run_id);
+                let validation = self.job_validate(&job, ids, spec.gates, &prepared, &mut findings);
+                tracker.run(Phase::Validate, validation).await?;
+                crashpoint::reached(&self.config.agent.state_dir, "validated");
+                return Ok::<_, PhaseFailure>(());
+            }
             let startup = tracker
                 .run(Phase::Restart, async {
                     self.supervisor.restart().await.map_err(PhaseError::Service)
@@ -127,7 +138,7 @@ impl Lifecycle {
     }
 
     /// The precheck of a migration: [`Lifecycle::check`], then the baseline (startup time,
-    /// memory, each workload once) that validation compares with.
+    /// memory, or a job's run; each workload once) that validation compares with.
     pub(super) async fn precheck(
         &self,
         spec: &MigrateSpec<'_>,
@@ -141,6 +152,7 @@ impl Lifecycle {
             measurements.rss_bytes_before = Some(memory.bytes);
             measurements.memory_source = Some(memory.source);
         }
+        measurements.job_before = self.job_baseline().await?;
         // The baseline: each workload, once, before anything changes.
         let mut workloads = Vec::with_capacity(checked.workloads.len());
         for workload in checked.workloads {

@@ -27,6 +27,10 @@ impl Lifecycle {
                     .await
                     .map_err(|e| PhaseError::Restore(Box::new(e)))?;
                 crashpoint::reached(&self.config.agent.state_dir, "restored");
+                if let Some(job) = self.job_config() {
+                    // A job is not re-run on rollback unless configured (crate::job).
+                    return self.job_after_restore(&job, migration).await;
+                }
                 self.supervisor
                     .start()
                     .await

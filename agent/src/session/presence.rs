@@ -55,7 +55,8 @@ fn presence_template(lifecycle: &Lifecycle, signer: &signing::SigningKey) -> Pre
         state: AgentState::Idle,
         current_run: None,
         service_pid: None,
-        endpoint: Some(lifecycle.config.service.health_url.clone()),
+        // A job has no endpoint: nothing for the cross-service checks to reach.
+        endpoint: Some(lifecycle.config.service.health_url.clone()).filter(|url| !url.is_empty()),
         result_key: Some(signer.public_key_text()),
         started_at: OffsetDateTime::now_utc(),
     };

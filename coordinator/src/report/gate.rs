@@ -1,9 +1,11 @@
 //! One way to write a regression gate, with its unit, for every report (text, Markdown, HTML,
 //! JUnit) and for `flotilla watch`. The unit comes from the gate's name, as the agent writes it
 //! (`startup_ms`, `memory_bytes`, `<workload>.p95_us`, `<workload>.duration_ms`, …), so gates an
-//! agent adds later render too.
+//! agent adds later render too. A run-once job's figures (its run's duration, peak memory, exit
+//! code and outputs) are written here as well: they are what its gates judge, and what a report
+//! shows where a service shows its startup time.
 
-use flotilla_schemas::GateReport;
+use flotilla_schemas::{GateReport, JobRun, Measurements};
 
 /// What a gate's figures count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +152,94 @@ pub(crate) fn compact(gates: &[GateReport]) -> String {
         .join(", ")
 }
 
+/// Whether the figures are those of a run-once job (the agent ran it instead of a restart).
+pub(crate) fn is_job(m: &Measurements) -> bool {
+    m.job_before.is_some() || m.job_after.is_some()
+}
+
+/// What the restart phase measured, before → after: a service's startup time
+/// (`55 ms → 62 ms`), or a job's run (`job run 40 ms → 52 ms, exit code 0`).
+pub(crate) fn restart_figures(m: &Measurements) -> String {
+    let ms = |v: Option<u64>| v.map_or_else(|| "-".into(), |v| Unit::Millis.figure(v as f64));
+    if !is_job(m) {
+        return format!("{} → {}", ms(m.startup_ms_before), ms(m.startup_ms_after));
+    }
+    let ending = m
+        .job_after
+        .as_deref()
+        .map(|run| format!(", {}", run.ending()))
+        .unwrap_or_default();
+    format!(
+        "job run {} → {}{ending}",
+        ms(m.job_before.as_deref().map(|r| r.duration_ms)),
+        ms(m.job_after.as_deref().map(|r| r.duration_ms)),
+    )
+}
+
+/// The memory figures before → after: a service's resident memory
+/// ([`super::memory::memory_figures`]), or a job's peak (`peak 13.5 MiB → 14.0 MiB`).
+pub(crate) fn memory_figures(m: &Measurements) -> String {
+    if !is_job(m) {
+        return super::memory::memory_figures(m);
+    }
+    let peak = |run: Option<&JobRun>| {
+        run.and_then(|r| r.peak_memory_bytes)
+            .map_or_else(|| "-".into(), |b| Unit::Bytes.figure(b as f64))
+    };
+    format!(
+        "peak {} → {}",
+        peak(m.job_before.as_deref()),
+        peak(m.job_after.as_deref())
+    )
+}
+
+/// The restart phase's figure after the change, for a narrow column: `62ms`, `run 52ms`, `-`.
+pub(crate) fn restart_compact(m: &Measurements) -> String {
+    match (m.job_after.as_deref(), m.startup_ms_after) {
+        (Some(run), _) => format!("run {}ms", run.duration_ms),
+        (None, Some(startup)) => format!("{startup}ms"),
+        (None, None) => "-".into(),
+    }
+}
+
+/// One run of a job: `52 ms, peak 10.1 MiB, exit code 0; out/result.json ok (52 bytes)`.
+pub(crate) fn job_run(run: &JobRun) -> String {
+    let peak = run
+        .peak_memory_bytes
+        .map(|b| format!(", peak {}", Unit::Bytes.figure(b as f64)))
+        .unwrap_or_default();
+    let outputs: Vec<String> = run
+        .outputs
+        .iter()
+        .map(|o| {
+            let verdict = if o.passed { "ok" } else { "FAILED" };
+            format!("{} {verdict} ({})", o.path, o.detail)
+        })
+        .collect();
+    let outputs = if outputs.is_empty() {
+        String::new()
+    } else {
+        format!("; {}", outputs.join(", "))
+    };
+    format!(
+        "{}{peak}, {}{outputs}",
+        Unit::Millis.figure(run.duration_ms as f64),
+        run.ending()
+    )
+}
+
+/// A job's runs as labelled lines (`baseline run: …`, `run after the change: …`); none for a
+/// service.
+pub(crate) fn job_runs(m: &Measurements) -> Vec<(&'static str, String)> {
+    [
+        ("baseline run", m.job_before.as_deref()),
+        ("run after the change", m.job_after.as_deref()),
+    ]
+    .into_iter()
+    .filter_map(|(label, run)| Some((label, job_run(run?))))
+    .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,5 +284,56 @@ mod tests {
         );
         assert_eq!(Unit::of("epoch.duration_ms"), Unit::Millis);
         assert_eq!(Unit::of("predict.errors"), Unit::Count);
+        assert_eq!(Unit::of("job_peak_memory_limit_bytes"), Unit::Bytes);
+    }
+
+    #[test]
+    fn a_job_shows_its_run_where_a_service_shows_its_startup() {
+        let service = Measurements {
+            startup_ms_before: Some(55),
+            startup_ms_after: Some(62),
+            ..Default::default()
+        };
+        assert_eq!(restart_figures(&service), "55 ms → 62 ms");
+        assert_eq!(restart_compact(&service), "62ms");
+        assert!(job_runs(&service).is_empty());
+        let run = |duration_ms, exit_code| JobRun {
+            duration_ms,
+            peak_memory_bytes: Some(10 * 1048576),
+            exit_code: Some(exit_code),
+            outputs: vec![flotilla_schemas::JobOutputReport {
+                path: "out/result.json".into(),
+                bytes: Some(52),
+                passed: exit_code == 0,
+                detail: if exit_code == 0 {
+                    "52 bytes"
+                } else {
+                    "missing"
+                }
+                .into(),
+            }],
+            ..Default::default()
+        };
+        let job = Measurements {
+            job_before: Some(Box::new(run(40, 0))),
+            job_after: Some(Box::new(run(52, 3))),
+            ..Default::default()
+        };
+        assert_eq!(restart_figures(&job), "job run 40 ms → 52 ms, exit code 3");
+        assert_eq!(restart_compact(&job), "run 52ms");
+        assert_eq!(memory_figures(&service), "- → -");
+        assert_eq!(memory_figures(&job), "peak 10.0 MiB → 10.0 MiB");
+        let runs = job_runs(&job);
+        assert_eq!(
+            runs[0],
+            (
+                "baseline run",
+                "40 ms, peak 10.0 MiB, exit code 0; out/result.json ok (52 bytes)".into()
+            )
+        );
+        assert_eq!(
+            runs[1].1,
+            "52 ms, peak 10.0 MiB, exit code 3; out/result.json FAILED (missing)"
+        );
     }
 }

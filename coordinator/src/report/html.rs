@@ -16,8 +16,7 @@ use askama::Template;
 use flotilla_schemas::{CheckVerdict, ConfigShape, SettingReport};
 use time::OffsetDateTime;
 
-use super::gate::Gate;
-use super::memory::memory_figures;
+use super::gate::{self, Gate};
 use super::{RunReport, ServiceReport};
 use crate::events::RunEvent;
 use crate::store::{CorrelationVerdict, CrossServiceVerdict, RunRecord};
@@ -44,6 +43,8 @@ struct Page<'a> {
     notes: &'a [String],
     waves: Vec<WaveLine>,
     services: Vec<ServiceLine>,
+    /// The runs of run-once jobs: their duration, peak memory, exit code and outputs.
+    jobs: Vec<JobLine>,
     gates: Vec<GateLine>,
     cross_service: Option<CrossServiceView>,
     correlation: Option<CorrelationView<'a>>,
@@ -74,6 +75,13 @@ struct ServiceLine {
     memory: String,
     rollback_tested: &'static str,
     problem: String,
+}
+
+/// A row of the table of job runs.
+struct JobLine {
+    target: String,
+    run: &'static str,
+    figures: String,
 }
 
 /// A row of the table of every gate's figures.
@@ -136,6 +144,7 @@ pub(super) fn render(report: &RunReport, record: &RunRecord, events: &[RunEvent]
             })
             .collect(),
         services: report.services.iter().map(service_line).collect(),
+        jobs: report.services.iter().flat_map(job_lines).collect(),
         gates: report
             .services
             .iter()
@@ -182,11 +191,22 @@ fn service_line(s: &ServiceReport) -> ServiceLine {
         wave: s.wave.clone(),
         status: s.status.as_str(),
         time_ms: s.phases.iter().map(|p| p.duration_ms).sum(),
-        startup: format!("{} → {}", ms(m.startup_ms_before), ms(m.startup_ms_after)),
-        memory: memory_figures(m),
+        startup: gate::restart_figures(m),
+        memory: gate::memory_figures(m),
         rollback_tested: yes_no(s.rollback_validated),
         problem: s.problem(),
     }
+}
+
+fn job_lines(s: &ServiceReport) -> Vec<JobLine> {
+    gate::job_runs(&s.measurements)
+        .into_iter()
+        .map(|(run, figures)| JobLine {
+            target: format!("{}/{}", s.service, s.instance),
+            run,
+            figures,
+        })
+        .collect()
 }
 
 fn gate_line(s: &ServiceReport, gate: Gate) -> GateLine {
@@ -292,10 +312,6 @@ fn markdown_to_html(md: &str) -> String {
     let mut out = String::with_capacity(md.len() * 3 / 2);
     pulldown_cmark::html::push_html(&mut out, events);
     out
-}
-
-fn ms(v: Option<u64>) -> String {
-    v.map_or_else(|| "-".into(), |v| format!("{v} ms"))
 }
 
 fn yes_no(v: bool) -> &'static str {

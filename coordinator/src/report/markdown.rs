@@ -6,8 +6,7 @@ use std::fmt::Write as _;
 
 use flotilla_schemas::{PhaseStatus, Step};
 
-use super::gate::Gate;
-use super::memory::memory_figures;
+use super::gate::{self, Gate};
 use super::{RunReport, ServiceReport};
 use crate::plan::{Plan, ServicePlan};
 
@@ -79,20 +78,19 @@ fn tables(out: &mut String, report: &RunReport) {
     let _ = writeln!(out, "\n## Summary\n");
     let _ = writeln!(
         out,
-        "| service | wave | status | startup before → after | memory before → after | rollback tested | problem |\n|---|---|---|---|---|---|---|"
+        "| service | wave | status | startup (or job run) before → after | memory before → after | rollback tested | problem |\n|---|---|---|---|---|---|---|"
     );
     for s in &report.services {
         let m = &s.measurements;
         let _ = writeln!(
             out,
-            "| {}/{} | {} | {} | {} → {} | {} | {} | {} |",
+            "| {}/{} | {} | {} | {} | {} | {} | {} |",
             s.service,
             s.instance,
             s.wave,
             s.status.as_str(),
-            ms(m.startup_ms_before),
-            ms(m.startup_ms_after),
-            memory_figures(m),
+            gate::restart_figures(m),
+            gate::memory_figures(m),
             yes_no(s.rollback_validated),
             s.problem().replace('|', "\\|").replace('\n', " "),
         );
@@ -103,18 +101,21 @@ fn guide(out: &mut String, s: &ServiceReport, plan: Option<&ServicePlan>) {
     let _ = writeln!(out, "### {}/{}\n", s.service, s.instance);
     let _ = writeln!(out, "- status: **{}**", s.status.as_str());
     if let Some(plan) = plan {
-        plan_lines(out, plan);
+        plan_lines(out, plan, gate::is_job(&s.measurements));
     }
     let m = &s.measurements;
     let _ = writeln!(
         out,
-        "- figures: startup {} → {}, memory {}, backup {} file(s), {}",
-        ms(m.startup_ms_before),
-        ms(m.startup_ms_after),
-        memory_figures(m),
+        "- figures: {}{}, memory {}, backup {} file(s), {}",
+        if gate::is_job(m) { "" } else { "startup " },
+        gate::restart_figures(m),
+        gate::memory_figures(m),
         m.backup_files.map_or_else(|| "-".into(), |n| n.to_string()),
         bytes(m.backup_bytes),
     );
+    for (label, run) in gate::job_runs(m) {
+        let _ = writeln!(out, "- job {label}: {run}");
+    }
     for gate in &s.gates {
         let _ = writeln!(out, "- gate {}", Gate(gate).line());
     }
@@ -146,7 +147,7 @@ fn guide(out: &mut String, s: &ServiceReport, plan: Option<&ServicePlan>) {
 }
 
 /// What the plan does to the service: the configuration written, the health endpoint, the steps.
-fn plan_lines(out: &mut String, plan: &ServicePlan) {
+fn plan_lines(out: &mut String, plan: &ServicePlan, job: bool) {
     let configs: Vec<&str> = plan
         .steps
         .iter()
@@ -182,7 +183,9 @@ fn plan_lines(out: &mut String, plan: &ServicePlan) {
     let _ = writeln!(
         out,
         "- health endpoint: {}",
-        if health.is_empty() {
+        if job {
+            "none: a run-once job, judged by its run".to_owned()
+        } else if health.is_empty() {
             "the agent's health_url → 200".to_owned()
         } else {
             health.join("; ")
@@ -207,10 +210,6 @@ fn describe(step: &Step) -> String {
         }
         Step::Restart => "restart the service".into(),
     }
-}
-
-fn ms(v: Option<u64>) -> String {
-    v.map_or_else(|| "-".into(), |v| format!("{v} ms"))
 }
 
 fn bytes(v: Option<u64>) -> String {

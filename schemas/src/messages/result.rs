@@ -71,6 +71,67 @@ pub struct Measurements {
     pub backup_files: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_bytes: Option<u64>,
+    /// A run-once job (`kind = "job"` in the agent's configuration): its run before the change
+    /// (the baseline) and the run the migration made. A job has no startup time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_before: Option<Box<JobRun>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_after: Option<Box<JobRun>>,
+}
+
+/// One run of a run-once job, as its agent measured it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct JobRun {
+    /// From the start of the program to its exit (or to its kill at the timeout).
+    pub duration_ms: u64,
+    /// The highest resident memory seen: the main process's own high-water mark (`VmHWM`),
+    /// or the largest sampled sum over its process tree, whichever is higher.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_memory_bytes: Option<u64>,
+    /// The exit code; absent when a signal ended it (`signal`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// Killed at the job's timeout.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub timed_out: bool,
+    /// Each output the job must produce, as found after this run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<JobOutputReport>,
+}
+
+impl JobRun {
+    /// Whether the run ended by itself with one of `success_codes`.
+    pub fn exited_with(&self, success_codes: &[i32]) -> bool {
+        !self.timed_out
+            && self
+                .exit_code
+                .is_some_and(|code| success_codes.contains(&code))
+    }
+
+    /// How it ended, in words: `exit code 0`, `signal 9`, `killed at its timeout`.
+    pub fn ending(&self) -> String {
+        match (self.timed_out, self.exit_code, self.signal) {
+            (true, _, _) => "killed at its timeout".to_owned(),
+            (false, Some(code), _) => format!("exit code {code}"),
+            (false, None, Some(signal)) => format!("signal {signal}"),
+            (false, None, None) => "an unknown ending".to_owned(),
+        }
+    }
+}
+
+/// An output file of a job after a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct JobOutputReport {
+    /// Relative to the service root.
+    pub path: String,
+    /// Its size, when it exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    pub passed: bool,
+    /// Why it failed, or what was proved.
+    pub detail: String,
 }
 
 /// Where a memory figure comes from. Before and after always come from the same source.
