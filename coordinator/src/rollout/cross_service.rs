@@ -246,8 +246,9 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
 /// The endpoints the communication checks reach: those of the services of `migrated` that the
 /// agents announced in `discovered`. What leaves a communication check unmade goes to
 /// `problems`, so the stage fails instead of passing having checked nothing: discovery that
-/// failed, and a migrated agent that announced no endpoint (it did not answer discovery), which
-/// no other service could then be shown to reach.
+/// failed, and a migrated agent that did not answer discovery, which no other service could
+/// then be shown to reach. An agent that answered without an endpoint runs a job
+/// (`kind = "job"`): there is nothing to reach, and nothing left unmade.
 pub(super) fn communication_endpoints(
     discovered: Result<Vec<Presence>, String>,
     migrated: &[(ServiceName, InstanceId)],
@@ -263,12 +264,12 @@ pub(super) fn communication_endpoints(
         }
     };
     for (service, instance) in migrated {
-        let announced = agents
+        let answered = agents
             .iter()
-            .any(|p| p.service == *service && p.instance == *instance && p.endpoint.is_some());
-        if !announced {
+            .any(|p| p.service == *service && p.instance == *instance);
+        if !answered {
             problems.push(format!(
-                "communication: {service}/{instance} announced no endpoint (its agent did not answer discovery), so no service was checked to reach it"
+                "communication: {service}/{instance} did not answer discovery, so no service was checked to reach it"
             ));
         }
     }

@@ -19,15 +19,30 @@ impl Fleet {
     ) -> anyhow::Result<Self> {
         let mut fleet = Self::empty(nats_url, Vec::new())?;
         fleet.setup()?;
-        let root = fleet.root(name);
-        let state = fleet.job_state_dir(name);
+        fleet.add_job_with_env(name, command, job_section, files, &[])?;
+        Ok(fleet)
+    }
+
+    /// Adds one more job to this fleet, as [`Fleet::start_job`] starts the first, its agent
+    /// started with `env` too (e.g. its NATS identity, or `FLOTILLA_SECRET_<NAME>`).
+    pub fn add_job_with_env(
+        &mut self,
+        name: &str,
+        command: &[&str],
+        job_section: &str,
+        files: &[(&str, &str)],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
+        let nats_url = self.nats_url().to_owned();
+        let root = self.root(name);
+        let state = self.job_state_dir(name);
         for dir in [&root, &state] {
             std::fs::create_dir_all(dir)?;
         }
         for (path, content) in files {
             std::fs::write(root.join(path), content)?;
         }
-        let config = fleet.dir.join(format!("agent-{name}.toml"));
+        let config = self.dir.join(format!("agent-{name}.toml"));
         let command: Vec<String> = command.iter().map(|a| format!("{a:?}")).collect();
         std::fs::write(
             &config,
@@ -41,21 +56,23 @@ impl Fleet {
                 state = state.display(),
                 root = root.display(),
                 command = command.join(", "),
-                trusted = fleet.trusted_key,
+                trusted = self.trusted_key,
             ),
         )?;
-        fleet.members.insert(
+        self.members.insert(
             name.to_owned(),
             Member {
                 port: 0,
                 agent: None,
                 config,
-                env: Vec::new(),
+                env: env
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
             },
         );
-        fleet.start_agent(name)?;
-        fleet.wait_ready(Duration::from_secs(30))?;
-        Ok(fleet)
+        self.start_agent(name)?;
+        self.wait_ready(Duration::from_secs(30))
     }
 
     /// The state directory of the job `name`'s agent; its `service-output.log` holds what

@@ -47,7 +47,7 @@ fn a_discovery_failure_fails_the_communication_check() {
 }
 
 #[test]
-fn a_migrated_member_without_an_endpoint_is_a_problem() {
+fn a_migrated_member_that_did_not_answer_discovery_is_a_problem() {
     let migrated = [member("api", "a1"), member("web", "w1")];
     let mut problems = Vec::new();
     let endpoints = communication_endpoints(
@@ -182,4 +182,21 @@ fn every_kind_of_problem_in_an_answer_is_named() {
         &spec(&["service.toml"], &[]),
     );
     assert_eq!(problems, ["api/a1: service.toml does not exist"]);
+}
+
+#[test]
+fn a_job_that_answered_without_an_endpoint_is_not_a_problem() {
+    let migrated = [member("api", "a1"), member("batch", "b1")];
+    let mut problems = Vec::new();
+    let endpoints = communication_endpoints(
+        Ok(vec![
+            agent("api", "a1", Some("http://a/health")),
+            agent("batch", "b1", None),
+        ]),
+        &migrated,
+        &mut problems,
+    );
+    assert!(problems.is_empty(), "{problems:?}");
+    let services: Vec<&str> = endpoints.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(services, ["api"]);
 }
