@@ -157,7 +157,7 @@ pub async fn run_with(
     }));
 
     let options = BusOptions {
-        url: lifecycle.config.nats.url.clone(),
+        servers: lifecycle.config.nats.url.clone(),
         name: format!(
             "flotilla-agent {}/{}",
             lifecycle.config.service.name, lifecycle.config.agent.instance

@@ -5,81 +5,86 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::settings::Settings;
+
 /// Flotilla migrates a fleet of services safely: every agent backs its service up, applies the
 /// plan, validates it and rolls back by itself on failure.
 #[derive(Debug, Parser)]
 #[command(version, about, after_help = EXIT_CODES)]
 pub struct Cli {
-    /// NATS server URL.
-    #[arg(
-        long,
-        global = true,
-        env = "FLOTILLA_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
-    pub nats_url: String,
-    /// Subject prefix shared with the agents.
-    #[arg(
-        long,
-        global = true,
-        env = "FLOTILLA_PREFIX",
-        default_value = "flotilla"
-    )]
-    pub prefix: String,
-    /// Output format.
-    #[arg(long, short, global = true, env = "FLOTILLA_OUTPUT", value_enum, default_value_t = OutputFormat::Text)]
+    #[command(flatten)]
+    pub flags: GlobalFlags,
+    #[command(subcommand)]
+    pub command: CommandKind,
+    /// Every option, from defaults, the `--config` file, `FLOTILLA_…` variables and the flags
+    /// (set by [`parse_args`]).
+    #[arg(skip)]
+    pub settings: Settings,
+    /// `settings.output`, which every command reads.
+    #[arg(skip)]
     pub output: OutputFormat,
-    /// How long to wait for NATS to answer the connection.
-    #[arg(long, global = true, default_value = "5s", value_parser = humantime::parse_duration)]
-    pub connect_timeout: Duration,
-    /// How long to wait for agents to answer discovery.
-    #[arg(long, global = true, default_value = "2s", value_parser = humantime::parse_duration)]
-    pub discovery_window: Duration,
-    /// Run against a nats-server older than the supported minimum (not recommended).
+    /// The process's telemetry, attached to NATS once connected (set by `main`, not an option).
+    #[arg(skip)]
+    pub telemetry: TelemetryHandle,
+}
+
+/// The options every command takes. Each is also a key of the `--config` file and a
+/// `FLOTILLA_…` variable (shown in brackets), see docs/operations.md; a flag wins over both.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct GlobalFlags {
+    /// NATS server URL, or several separated by commas (all are tried) [default:
+    /// nats://127.0.0.1:4222] [key: nats.url, env: FLOTILLA_NATS__URL].
+    #[arg(long, global = true, value_name = "URL[,URL…]")]
+    pub nats_url: Option<String>,
+    /// Subject prefix shared with the agents [default: flotilla] [key: nats.prefix, env:
+    /// FLOTILLA_NATS__PREFIX].
+    #[arg(long, global = true)]
+    pub prefix: Option<String>,
+    /// Output format [default: text] [env: FLOTILLA_OUTPUT].
+    #[arg(long, short, global = true, value_enum)]
+    pub output: Option<OutputFormat>,
+    /// How long to wait for NATS to answer the connection [default: 5s] [key:
+    /// nats.connect_timeout, env: FLOTILLA_NATS__CONNECT_TIMEOUT].
+    #[arg(long, global = true, value_parser = humantime::parse_duration)]
+    pub connect_timeout: Option<Duration>,
+    /// How long to wait for agents to answer discovery [default: 2s] [env:
+    /// FLOTILLA_DISCOVERY_WINDOW].
+    #[arg(long, global = true, value_parser = humantime::parse_duration)]
+    pub discovery_window: Option<Duration>,
+    /// Run against a nats-server older than the supported minimum (not recommended) [key:
+    /// nats.allow_old_server, env: FLOTILLA_NATS__ALLOW_OLD_SERVER].
     #[arg(long, global = true)]
     pub allow_old_server: bool,
-    /// A TOML file of defaults for these options (`nats_url = "…"`, `signing_key = "…"`,
-    /// `trace_backend = "…"`, …); flags and `FLOTILLA_…` variables override it.
+    /// A TOML file of these options (`[nats] url = "…"`, `signing_key = "…"`, …); variables and
+    /// flags override it.
     #[arg(long, global = true, env = "FLOTILLA_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub auth: AuthArgs,
     /// Where `verify` (and the migration's correlation check) reads traces: `default` (the
-    /// store in NATS), `jaeger=URL` or `tempo=URL`.
-    #[arg(
-        long,
-        global = true,
-        env = "FLOTILLA_TRACE_BACKEND",
-        default_value = "default"
-    )]
-    pub trace_backend: crate::verify::Backend,
-    /// How long to wait for late telemetry before judging correlation.
-    #[arg(long, global = true, default_value = "15s", value_parser = humantime::parse_duration)]
-    pub verify_wait: Duration,
-    /// Finalize a migration even when its correlation check fails (it is still reported).
+    /// store in NATS), `jaeger=URL` or `tempo=URL` [env: FLOTILLA_TRACE_BACKEND].
+    #[arg(long, global = true)]
+    pub trace_backend: Option<crate::verify::Backend>,
+    /// How long to wait for late telemetry before judging correlation [default: 15s] [env:
+    /// FLOTILLA_VERIFY_WAIT].
+    #[arg(long, global = true, value_parser = humantime::parse_duration)]
+    pub verify_wait: Option<Duration>,
+    /// Finalize a migration even when its correlation check fails (it is still reported)
+    /// [env: FLOTILLA_NO_VERIFY].
     #[arg(long, global = true)]
     pub no_verify: bool,
     /// The coordinator's Ed25519 signing key (from `flotilla keys generate`); every command is
-    /// signed with it. Agents with `security.trusted_keys` refuse unsigned commands.
-    #[arg(long, global = true, env = "FLOTILLA_SIGNING_KEY", value_name = "FILE")]
+    /// signed with it. Agents with `security.trusted_keys` refuse unsigned commands [env:
+    /// FLOTILLA_SIGNING_KEY].
+    #[arg(long, global = true, value_name = "FILE")]
     pub signing_key: Option<PathBuf>,
     /// Agents' result keys to trust, as `service/instance=<public key>` (the key an agent
     /// announces in `flotilla agents`, and writes to `<state_dir>/agent.key.pub`); repeat an
     /// agent with two keys during a rotation. Without any, each run trusts the key each agent
-    /// announces when it starts (see docs/security.md).
-    #[arg(
-        long,
-        global = true,
-        env = "FLOTILLA_TRUSTED_AGENT_KEYS",
-        value_name = "AGENT=KEY",
-        value_delimiter = ','
-    )]
+    /// announces when it starts (see docs/security.md) [env: FLOTILLA_TRUSTED_AGENT_KEYS,
+    /// separated by commas].
+    #[arg(long, global = true, value_name = "AGENT=KEY", value_delimiter = ',')]
     pub trusted_agent_keys: Vec<String>,
-    #[command(subcommand)]
-    pub command: CommandKind,
-    /// The process's telemetry, attached to NATS once connected (set by `main`, not an option).
-    #[arg(skip)]
-    pub telemetry: TelemetryHandle,
 }
 
 /// A shared handle on the process's telemetry pipeline.
@@ -96,95 +101,66 @@ impl std::fmt::Debug for TelemetryHandle {
     }
 }
 
-/// The coordinator's NATS identity. Secrets come from files (or `FLOTILLA_NATS_PASSWORD` in the
-/// environment), never from the command line.
+/// The coordinator's NATS identity (the `[nats.auth]` keys, `FLOTILLA_NATS__AUTH__…`). Secrets
+/// come from files (or `FLOTILLA_NATS__AUTH__PASSWORD` in the environment, or `password` in the
+/// file), never from the command line.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct AuthArgs {
-    /// NATS user (with a password from --nats-password-file or FLOTILLA_NATS_PASSWORD).
-    #[arg(long, global = true, env = "FLOTILLA_NATS_USER")]
+    /// NATS user (with a password from --nats-password-file or FLOTILLA_NATS__AUTH__PASSWORD)
+    /// [key: nats.auth.user].
+    #[arg(long, global = true)]
     pub nats_user: Option<String>,
-    /// File holding the NATS password.
-    #[arg(
-        long,
-        global = true,
-        env = "FLOTILLA_NATS_PASSWORD_FILE",
-        value_name = "FILE"
-    )]
+    /// File holding the NATS password [key: nats.auth.password_file].
+    #[arg(long, global = true, value_name = "FILE")]
     pub nats_password_file: Option<PathBuf>,
-    /// File holding an nkey seed.
-    #[arg(
-        long,
-        global = true,
-        env = "FLOTILLA_NATS_NKEY_FILE",
-        value_name = "FILE"
-    )]
+    /// File holding an nkey seed [key: nats.auth.nkey_seed_file].
+    #[arg(long, global = true, value_name = "FILE")]
     pub nats_nkey_file: Option<PathBuf>,
-    /// A NATS `.creds` file (JWT and seed).
-    #[arg(long, global = true, env = "FLOTILLA_NATS_CREDS", value_name = "FILE")]
+    /// A NATS `.creds` file (JWT and seed) [key: nats.auth.credentials_file].
+    #[arg(long, global = true, value_name = "FILE")]
     pub nats_creds: Option<PathBuf>,
-    /// CA certificate of the NATS server (requires TLS).
-    #[arg(long, global = true, env = "FLOTILLA_NATS_TLS_CA", value_name = "FILE")]
+    /// CA certificate of the NATS server (requires TLS) [key: nats.auth.tls_ca_file].
+    #[arg(long, global = true, value_name = "FILE")]
     pub nats_tls_ca: Option<PathBuf>,
-    /// Client certificate and key for mutual TLS.
-    #[arg(
-        long,
-        global = true,
-        env = "FLOTILLA_NATS_TLS_CERT",
-        value_name = "FILE",
-        requires = "nats_tls_key"
-    )]
+    /// Client certificate and key for mutual TLS [keys: nats.auth.tls_cert_file, tls_key_file].
+    #[arg(long, global = true, value_name = "FILE")]
     pub nats_tls_cert: Option<PathBuf>,
-    #[arg(
-        long,
-        global = true,
-        env = "FLOTILLA_NATS_TLS_KEY",
-        value_name = "FILE",
-        requires = "nats_tls_cert"
-    )]
+    #[arg(long, global = true, value_name = "FILE")]
     pub nats_tls_key: Option<PathBuf>,
     /// Private reply-inbox prefix (default `_INBOX_<user>` when a user is given,
-    /// `_INBOX_coordinator` with a certificate, nkey or creds identity).
-    #[arg(long, global = true, env = "FLOTILLA_NATS_INBOX_PREFIX")]
+    /// `_INBOX_coordinator` with a certificate, nkey or creds identity) [key:
+    /// nats.auth.inbox_prefix].
+    #[arg(long, global = true)]
     pub nats_inbox_prefix: Option<String>,
 }
 
 /// The coordinator's reply-inbox prefix in the shipped server configurations.
 const DEFAULT_COORDINATOR_INBOX: &str = "_INBOX_coordinator";
 
-impl AuthArgs {
-    /// The credentials to connect with.
-    pub fn credentials(&self) -> flotilla_bus::Credentials {
-        flotilla_bus::Credentials {
-            user: self.nats_user.clone(),
-            password: std::env::var("FLOTILLA_NATS_PASSWORD").ok(),
-            password_file: self.nats_password_file.clone(),
-            nkey_seed_file: self.nats_nkey_file.clone(),
-            credentials_file: self.nats_creds.clone(),
-            tls_ca_file: self.nats_tls_ca.clone(),
-            tls_cert_file: self.nats_tls_cert.clone(),
-            tls_key_file: self.nats_tls_key.clone(),
-            inbox_prefix: self.nats_inbox_prefix.clone().or_else(|| {
-                match &self.nats_user {
-                    Some(user) => Some(format!("_INBOX_{user}")),
-                    // A certificate, nkey or creds identity has no user name to derive the
-                    // prefix from: the shipped configurations call the coordinator so.
-                    None if self.nats_tls_cert.is_some()
-                        || self.nats_nkey_file.is_some()
-                        || self.nats_creds.is_some() =>
-                    {
-                        Some(DEFAULT_COORDINATOR_INBOX.to_owned())
-                    }
-                    None => None,
-                }
-            }),
+/// The credentials to connect with: `auth` with the inbox prefix derived when none is given.
+pub fn credentials(auth: &flotilla_bus::Credentials) -> flotilla_bus::Credentials {
+    let mut credentials = auth.clone();
+    credentials.inbox_prefix = auth.inbox_prefix.clone().or_else(|| match &auth.user {
+        Some(user) => Some(format!("_INBOX_{user}")),
+        // A certificate, nkey or creds identity has no user name to derive the prefix
+        // from: the shipped configurations call the coordinator so.
+        None if auth.tls_cert_file.is_some()
+            || auth.nkey_seed_file.is_some()
+            || auth.credentials_file.is_some() =>
+        {
+            Some(DEFAULT_COORDINATOR_INBOX.to_owned())
         }
-    }
+        None => None,
+    });
+    credentials
 }
 
 /// Output formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OutputFormat {
     /// Human-readable lines and tables.
+    #[default]
     Text,
     /// One JSON document on stdout.
     Json,
@@ -382,62 +358,107 @@ const EXIT_CODES: &str = "Exit codes:
   6  an agent did not answer in time (or a command was not delivered)
   7  the run was cancelled; `flotilla resume RUN` finishes it";
 
-/// Parses the command line, with the defaults of a `--config` file (or `FLOTILLA_CONFIG`)
-/// applied beneath flags and environment variables.
-pub fn parse_args(args: Vec<std::ffi::OsString>) -> Result<Cli, clap::Error> {
-    use clap::{CommandFactory, FromArgMatches};
-    let mut command = Cli::command();
-    if let Some(path) = config_path(&args) {
-        let invalid = |message: String| {
-            clap::Error::raw(clap::error::ErrorKind::InvalidValue, message + "\n")
-        };
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| invalid(format!("cannot read configuration {}: {e}", path.display())))?;
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            invalid(format!(
-                "invalid configuration {}: {}",
-                path.display(),
-                e.to_string().trim_end()
-            ))
-        })?;
-        let known: Vec<String> = command
-            .get_arguments()
-            .filter(|a| a.is_global_set() && a.get_id() != "config")
-            .map(|a| a.get_id().to_string())
-            .collect();
-        for (key, value) in table {
-            let id = key.replace('-', "_");
-            if !known.contains(&id) {
-                return Err(invalid(format!(
-                    "invalid configuration {}: unknown key {key:?} (known: {})",
-                    path.display(),
-                    known.join(", ")
-                )));
-            }
-            let value = match value {
-                toml::Value::String(s) => s,
-                other => other.to_string(),
-            };
-            command = command.mut_arg(id, |arg| arg.default_value(value));
-        }
-    }
-    let matches = command.try_get_matches_from(args)?;
-    Cli::from_arg_matches(&matches)
+/// Parses the command line and assembles the settings beneath it: the `--config` file (or
+/// `FLOTILLA_CONFIG`), then `FLOTILLA_…` variables, then flags. Deprecated spellings warn on
+/// stderr.
+pub fn parse_args(args: Vec<std::ffi::OsString>) -> Result<Cli, CliError> {
+    use clap::Parser;
+    let mut cli = Cli::try_parse_from(args)?;
+    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    let settings = crate::settings::assemble(
+        cli.flags.config.as_deref(),
+        &env,
+        cli.flags.overrides(),
+        &mut |warning| eprintln!("warning: {warning}"),
+    )?;
+    cli.output = settings.output;
+    cli.settings = settings;
+    Ok(cli)
 }
 
-/// `--config FILE`, `--config=FILE`, or `FLOTILLA_CONFIG`.
-fn config_path(args: &[std::ffi::OsString]) -> Option<PathBuf> {
-    let mut iter = args.iter().skip(1);
-    while let Some(arg) = iter.next() {
-        let arg = arg.to_string_lossy();
-        if arg == "--config" {
-            return iter.next().map(PathBuf::from);
+/// Why the command line could not be turned into settings.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Clap's own (also `--help` and `--version`, which are not errors to the user).
+    #[error(transparent)]
+    Args(#[from] clap::Error),
+    #[error(transparent)]
+    Settings(#[from] crate::settings::SettingsError),
+}
+
+impl GlobalFlags {
+    /// The keys the command line sets, as the top layer of the settings.
+    fn overrides(&self) -> Vec<(&'static str, config::Value)> {
+        let text = |v: &dyn ToString| config::Value::from(v.to_string());
+        let path = |p: &PathBuf| config::Value::from(p.display().to_string());
+        let duration =
+            |d: &Duration| config::Value::from(humantime::format_duration(*d).to_string());
+        let auth = &self.auth;
+        let mut set: Vec<(&'static str, Option<config::Value>)> = vec![
+            ("nats.url", self.nats_url.as_ref().map(|v| text(v))),
+            ("nats.prefix", self.prefix.as_ref().map(|v| text(v))),
+            (
+                "nats.connect_timeout",
+                self.connect_timeout.as_ref().map(duration),
+            ),
+            (
+                "nats.allow_old_server",
+                self.allow_old_server.then(|| true.into()),
+            ),
+            ("nats.auth.user", auth.nats_user.as_ref().map(|v| text(v))),
+            (
+                "nats.auth.password_file",
+                auth.nats_password_file.as_ref().map(path),
+            ),
+            (
+                "nats.auth.nkey_seed_file",
+                auth.nats_nkey_file.as_ref().map(path),
+            ),
+            (
+                "nats.auth.credentials_file",
+                auth.nats_creds.as_ref().map(path),
+            ),
+            ("nats.auth.tls_ca_file", auth.nats_tls_ca.as_ref().map(path)),
+            (
+                "nats.auth.tls_cert_file",
+                auth.nats_tls_cert.as_ref().map(path),
+            ),
+            (
+                "nats.auth.tls_key_file",
+                auth.nats_tls_key.as_ref().map(path),
+            ),
+            (
+                "nats.auth.inbox_prefix",
+                auth.nats_inbox_prefix.as_ref().map(|v| text(v)),
+            ),
+            ("output", self.output.map(|o| text(&output_name(o)))),
+            (
+                "discovery_window",
+                self.discovery_window.as_ref().map(duration),
+            ),
+            (
+                "trace_backend",
+                self.trace_backend.as_ref().map(|b| text(b)),
+            ),
+            ("verify_wait", self.verify_wait.as_ref().map(duration)),
+            ("no_verify", self.no_verify.then(|| true.into())),
+            ("signing_key", self.signing_key.as_ref().map(path)),
+        ];
+        if !self.trusted_agent_keys.is_empty() {
+            set.push((
+                "trusted_agent_keys",
+                Some(self.trusted_agent_keys.clone().into()),
+            ));
         }
-        if let Some(path) = arg.strip_prefix("--config=") {
-            return Some(PathBuf::from(path));
-        }
+        set.into_iter()
+            .filter_map(|(key, value)| value.map(|v| (key, v)))
+            .collect()
     }
-    std::env::var_os("FLOTILLA_CONFIG")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
+}
+
+fn output_name(output: OutputFormat) -> String {
+    output
+        .to_possible_value()
+        .map(|v| v.get_name().to_owned())
+        .unwrap_or_default()
 }

@@ -95,9 +95,9 @@ pub(crate) fn engine_parts<'a>(
         sink: TerminalProgress::new(cli.output == OutputFormat::Json),
         signer: signer(cli)?,
         correlation: crate::rollout::CorrelationCheck {
-            backend: cli.trace_backend.clone(),
-            wait: cli.verify_wait,
-            enforce: !cli.no_verify,
+            backend: cli.settings.trace_backend.clone(),
+            wait: cli.settings.verify_wait,
+            enforce: !cli.settings.no_verify,
             telemetry: cli.telemetry.clone(),
         },
         shutdown,
@@ -135,7 +135,7 @@ fn keys_generate(cli: &Cli, out: &Path) -> u8 {
 
 /// The signing key named on the command line, if any.
 fn signer(cli: &Cli) -> Result<Option<std::sync::Arc<flotilla_bus::signing::SigningKey>>, u8> {
-    match &cli.signing_key {
+    match &cli.settings.signing_key {
         None => Ok(None),
         Some(path) => flotilla_bus::signing::SigningKey::load(path)
             .map(|k| Some(std::sync::Arc::new(k)))
@@ -175,14 +175,14 @@ async fn connect(cli: &Cli) -> Result<(async_nats::Client, Subjects), u8> {
 
 /// Connects, and nothing more.
 async fn connect_bus(cli: &Cli) -> Result<(async_nats::Client, Subjects), u8> {
-    let subjects =
-        Subjects::new(&cli.prefix).map_err(|e| fail(exit::USAGE, format!("--prefix: {e}")))?;
+    let subjects = Subjects::new(&cli.settings.nats.prefix)
+        .map_err(|e| fail(exit::USAGE, format!("--prefix: {e}")))?;
     let options = BusOptions {
-        url: cli.nats_url.clone(),
+        servers: cli.settings.nats.url.clone(),
         name: "flotilla".into(),
-        connect_timeout: cli.connect_timeout,
-        allow_old_server: cli.allow_old_server,
-        auth: cli.auth.credentials(),
+        connect_timeout: cli.settings.nats.connect_timeout,
+        allow_old_server: cli.settings.nats.allow_old_server,
+        auth: cli::credentials(&cli.settings.nats.auth),
     };
     let client = flotilla_bus::connect(&options)
         .await
@@ -399,11 +399,11 @@ async fn verify(cli: &Cli, run: Option<&str>) -> u8 {
     let report = match crate::verify::verify_run(
         &client,
         subjects.prefix(),
-        &cli.trace_backend,
+        &cli.settings.trace_backend,
         trace_id,
         &record.run_id.to_string(),
         &expected,
-        cli.verify_wait,
+        cli.settings.verify_wait,
     )
     .await
     {

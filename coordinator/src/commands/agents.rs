@@ -13,7 +13,7 @@ pub(super) async fn agents(cli: &Cli) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let found = match discovery::discover(&client, &subjects, cli.discovery_window).await {
+    let found = match discovery::discover(&client, &subjects, cli.settings.discovery_window).await {
         Ok(found) => found,
         Err(e) => return fail(exit::BUS, error_chain(&e)),
     };
@@ -26,8 +26,8 @@ pub(super) async fn agents(cli: &Cli) -> u8 {
                  connected to this server ({}), with the same --prefix ({}), in the same account, \
                  and allowed to subscribe to {}? An agent's log says whether it is connected \
                  (an agent waiting for the streams still answers).",
-                humantime::format_duration(cli.discovery_window),
-                one_line(&cli.nats_url),
+                humantime::format_duration(cli.settings.discovery_window),
+                one_line(&cli.settings.nats.url.to_string()),
                 subjects.prefix(),
                 subjects.presence()
             ),

@@ -39,7 +39,7 @@ pub(super) async fn write_file(
     let Some(path) = &files.report_html else {
         return exit::OK;
     };
-    let subjects = match Subjects::new(&cli.prefix) {
+    let subjects = match Subjects::new(&cli.settings.nats.prefix) {
         Ok(subjects) => subjects,
         Err(e) => return fail(exit::USAGE, format!("--prefix: {e}")),
     };

@@ -136,11 +136,12 @@ pub(super) async fn migrate(
         Ok(c) => c,
         Err(code) => return code,
     };
-    let agents = match discovery::discover(&client, &subjects, cli.discovery_window).await {
+    let agents = match discovery::discover(&client, &subjects, cli.settings.discovery_window).await
+    {
         Ok(found) => found,
         Err(e) => return fail(exit::BUS, error_chain(&e)),
     };
-    let pins = match crate::trust::AgentPins::parse(&cli.trusted_agent_keys) {
+    let pins = match crate::trust::AgentPins::parse(&cli.settings.trusted_agent_keys) {
         Ok(pins) => pins,
         Err(e) => return fail(exit::USAGE, e),
     };
