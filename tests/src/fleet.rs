@@ -384,7 +384,7 @@ OTEL_BLRP_SCHEDULE_DELAY = "{batch_delay_ms}"
         let mut command = Command::new(crate::binary("flotilla"));
         command
             .args(args)
-            .env("FLOTILLA_NATS_URL", &self.nats_url)
+            .env("FLOTILLA_NATS__URL", &self.nats_url)
             .envs(self.cli_env.iter().map(|(k, v)| (k, v)))
             .env("NO_COLOR", "1")
             .current_dir(crate::repo_root());
@@ -570,11 +570,11 @@ impl Fleet {
         self.members.keys().cloned().collect()
     }
 
-    /// Runs `flotilla` with extra environment (e.g. another `FLOTILLA_NATS_URL`).
+    /// Runs `flotilla` with extra environment (e.g. another `FLOTILLA_NATS__URL`).
     pub fn flotilla_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         Command::new(crate::binary("flotilla"))
             .args(args)
-            .env("FLOTILLA_NATS_URL", &self.nats_url)
+            .env("FLOTILLA_NATS__URL", &self.nats_url)
             .envs(self.cli_env.iter().map(|(k, v)| (k, v)))
             .envs(env.iter().copied())
             .env("NO_COLOR", "1")
@@ -587,7 +587,7 @@ impl Fleet {
     pub fn spawn_flotilla_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Child {
         Command::new(crate::binary("flotilla"))
             .args(args)
-            .env("FLOTILLA_NATS_URL", &self.nats_url)
+            .env("FLOTILLA_NATS__URL", &self.nats_url)
             .envs(self.cli_env.iter().map(|(k, v)| (k, v)))
             .envs(env.iter().copied())
             .env("NO_COLOR", "1")

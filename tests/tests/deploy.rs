@@ -371,5 +371,5 @@ fn the_demo_nats_identities_agree() {
             );
         }
     }
-    assert!(compose.contains("FLOTILLA_NATS_USER: coordinator"));
+    assert!(compose.contains("FLOTILLA_NATS__AUTH__USER: coordinator"));
 }

@@ -1,5 +1,5 @@
 //! Operator/JWT mode: the `.creds` files of `[nats.auth] credentials_file` (agents) and
-//! `--nats-creds` / `FLOTILLA_NATS_CREDS` (coordinator), run for real. An operator, a system
+//! `--nats-creds` / `FLOTILLA_NATS__AUTH__CREDENTIALS_FILE` (coordinator), run for real. An operator, a system
 //! account, a JetStream-enabled application account and user JWTs are minted at test time (nkeys
 //! signatures, claims from the `nats-jwt-rs` port of nats-io/jwt v2); each user carries the
 //! permissions `deploy/nats/nats-server.conf` gives the same identity, read from that file. The
@@ -345,7 +345,7 @@ async fn creds_agent_reads_and_writes_only_its_own_subjects() {
 
 /// The whole product in operator mode: the agent reads its `.creds` through
 /// `[nats.auth] credentials_file` (as `FLOTILLA_NATS__AUTH__CREDENTIALS_FILE`), the coordinator
-/// through `FLOTILLA_NATS_CREDS`; `flotilla migrate` of a one-service plan succeeds.
+/// through `FLOTILLA_NATS__AUTH__CREDENTIALS_FILE`; `flotilla migrate` of a one-service plan succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn creds_a_migration_runs_end_to_end() {
     let trust = Trust::new();
@@ -387,9 +387,9 @@ async fn creds_a_migration_runs_end_to_end() {
         ]
     };
     let cli_env = vec![
-        ("FLOTILLA_NATS_CREDS".to_owned(), coordinator.path()),
+        ("FLOTILLA_NATS__AUTH__CREDENTIALS_FILE".to_owned(), coordinator.path()),
         (
-            "FLOTILLA_NATS_INBOX_PREFIX".to_owned(),
+            "FLOTILLA_NATS__AUTH__INBOX_PREFIX".to_owned(),
             "_INBOX_coordinator".to_owned(),
         ),
     ];
