@@ -387,7 +387,10 @@ async fn creds_a_migration_runs_end_to_end() {
         ]
     };
     let cli_env = vec![
-        ("FLOTILLA_NATS__AUTH__CREDENTIALS_FILE".to_owned(), coordinator.path()),
+        (
+            "FLOTILLA_NATS__AUTH__CREDENTIALS_FILE".to_owned(),
+            coordinator.path(),
+        ),
         (
             "FLOTILLA_NATS__AUTH__INBOX_PREFIX".to_owned(),
             "_INBOX_coordinator".to_owned(),
