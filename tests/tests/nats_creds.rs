@@ -281,7 +281,7 @@ async fn creds_are_required_and_must_chain_to_the_operator() {
 
     // Control: the product's own connect (`credentials_file`) gets in and sees JetStream.
     let client = flotilla_bus::connect(&flotilla_bus::BusOptions {
-        url: url.to_owned(),
+        servers: url.parse().unwrap(),
         name: "creds-test".into(),
         connect_timeout: Duration::from_secs(5),
         allow_old_server: false,
