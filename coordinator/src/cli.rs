@@ -33,27 +33,48 @@ pub struct Cli {
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct GlobalFlags {
     /// NATS server URL, or several separated by commas (all are tried) [default:
-    /// nats://127.0.0.1:4222] [key: nats.url, env: FLOTILLA_NATS__URL].
-    #[arg(long, global = true, value_name = "URL[,URL…]")]
+    /// nats://127.0.0.1:4222] [key: nats.url].
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL[,URL…]",
+        env = "FLOTILLA_NATS__URL",
+        hide_env_values = true
+    )]
     pub nats_url: Option<String>,
-    /// Subject prefix shared with the agents [default: flotilla] [key: nats.prefix, env:
-    /// FLOTILLA_NATS__PREFIX].
-    #[arg(long, global = true)]
+    /// Subject prefix shared with the agents [default: flotilla] [key: nats.prefix].
+    #[arg(
+        long,
+        global = true,
+        env = "FLOTILLA_NATS__PREFIX",
+        hide_env_values = true
+    )]
     pub prefix: Option<String>,
-    /// Output format [default: text] [env: FLOTILLA_OUTPUT].
-    #[arg(long, short, global = true, value_enum)]
+    /// Output format [default: text] [key: output].
+    #[arg(
+        long,
+        short,
+        global = true,
+        value_enum,
+        env = "FLOTILLA_OUTPUT",
+        hide_env_values = true
+    )]
     pub output: Option<OutputFormat>,
     /// How long to wait for NATS to answer the connection [default: 5s] [key:
-    /// nats.connect_timeout, env: FLOTILLA_NATS__CONNECT_TIMEOUT].
-    #[arg(long, global = true, value_parser = humantime::parse_duration)]
+    /// nats.connect_timeout].
+    #[arg(long, global = true, value_parser = humantime::parse_duration, env = "FLOTILLA_NATS__CONNECT_TIMEOUT", hide_env_values = true)]
     pub connect_timeout: Option<Duration>,
-    /// How long to wait for agents to answer discovery [default: 2s] [env:
-    /// FLOTILLA_DISCOVERY_WINDOW].
-    #[arg(long, global = true, value_parser = humantime::parse_duration)]
+    /// How long to wait for agents to answer discovery [default: 2s] [key: discovery_window].
+    #[arg(long, global = true, value_parser = humantime::parse_duration, env = "FLOTILLA_DISCOVERY_WINDOW", hide_env_values = true)]
     pub discovery_window: Option<Duration>,
     /// Run against a nats-server older than the supported minimum (not recommended) [key:
-    /// nats.allow_old_server, env: FLOTILLA_NATS__ALLOW_OLD_SERVER].
-    #[arg(long, global = true)]
+    /// nats.allow_old_server].
+    #[arg(
+        long,
+        global = true,
+        value_parser = clap::builder::BoolishValueParser::new(), env = "FLOTILLA_NATS__ALLOW_OLD_SERVER",
+        hide_env_values = true
+    )]
     pub allow_old_server: bool,
     /// A TOML file of these options (`[nats] url = "…"`, `signing_key = "…"`, …); variables and
     /// flags override it.
@@ -62,28 +83,48 @@ pub struct GlobalFlags {
     #[command(flatten)]
     pub auth: AuthArgs,
     /// Where `verify` (and the migration's correlation check) reads traces: `default` (the
-    /// store in NATS), `jaeger=URL` or `tempo=URL` [env: FLOTILLA_TRACE_BACKEND].
-    #[arg(long, global = true)]
+    /// store in NATS), `jaeger=URL` or `tempo=URL` [default: default] [key: trace_backend].
+    #[arg(
+        long,
+        global = true,
+        env = "FLOTILLA_TRACE_BACKEND",
+        hide_env_values = true
+    )]
     pub trace_backend: Option<crate::verify::Backend>,
-    /// How long to wait for late telemetry before judging correlation [default: 15s] [env:
-    /// FLOTILLA_VERIFY_WAIT].
-    #[arg(long, global = true, value_parser = humantime::parse_duration)]
+    /// How long to wait for late telemetry before judging correlation [default: 15s] [key: verify_wait].
+    #[arg(long, global = true, value_parser = humantime::parse_duration, env = "FLOTILLA_VERIFY_WAIT", hide_env_values = true)]
     pub verify_wait: Option<Duration>,
-    /// Finalize a migration even when its correlation check fails (it is still reported)
-    /// [env: FLOTILLA_NO_VERIFY].
-    #[arg(long, global = true)]
+    /// Finalize a migration even when its correlation check fails (it is still reported) [key: no_verify].
+    #[arg(
+        long,
+        global = true,
+        value_parser = clap::builder::BoolishValueParser::new(),
+        env = "FLOTILLA_NO_VERIFY",
+        hide_env_values = true
+    )]
     pub no_verify: bool,
     /// The coordinator's Ed25519 signing key (from `flotilla keys generate`); every command is
-    /// signed with it. Agents with `security.trusted_keys` refuse unsigned commands [env:
-    /// FLOTILLA_SIGNING_KEY].
-    #[arg(long, global = true, value_name = "FILE")]
+    /// signed with it. Agents with `security.trusted_keys` refuse unsigned commands [key: signing_key].
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "FLOTILLA_SIGNING_KEY",
+        hide_env_values = true
+    )]
     pub signing_key: Option<PathBuf>,
     /// Agents' result keys to trust, as `service/instance=<public key>` (the key an agent
     /// announces in `flotilla agents`, and writes to `<state_dir>/agent.key.pub`); repeat an
     /// agent with two keys during a rotation. Without any, each run trusts the key each agent
-    /// announces when it starts (see docs/security.md) [env: FLOTILLA_TRUSTED_AGENT_KEYS,
-    /// separated by commas].
-    #[arg(long, global = true, value_name = "AGENT=KEY", value_delimiter = ',')]
+    /// announces when it starts (see docs/security.md); the variable separates them with commas [key: trusted_agent_keys].
+    #[arg(
+        long,
+        global = true,
+        value_name = "AGENT=KEY",
+        value_delimiter = ',',
+        env = "FLOTILLA_TRUSTED_AGENT_KEYS",
+        hide_env_values = true
+    )]
     pub trusted_agent_keys: Vec<String>,
 }
 
@@ -108,29 +149,76 @@ impl std::fmt::Debug for TelemetryHandle {
 pub struct AuthArgs {
     /// NATS user (with a password from --nats-password-file or FLOTILLA_NATS__AUTH__PASSWORD)
     /// [key: nats.auth.user].
-    #[arg(long, global = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "FLOTILLA_NATS__AUTH__USER",
+        hide_env_values = true
+    )]
     pub nats_user: Option<String>,
     /// File holding the NATS password [key: nats.auth.password_file].
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "FLOTILLA_NATS__AUTH__PASSWORD_FILE",
+        hide_env_values = true
+    )]
     pub nats_password_file: Option<PathBuf>,
     /// File holding an nkey seed [key: nats.auth.nkey_seed_file].
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "FLOTILLA_NATS__AUTH__NKEY_SEED_FILE",
+        hide_env_values = true
+    )]
     pub nats_nkey_file: Option<PathBuf>,
     /// A NATS `.creds` file (JWT and seed) [key: nats.auth.credentials_file].
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "FLOTILLA_NATS__AUTH__CREDENTIALS_FILE",
+        hide_env_values = true
+    )]
     pub nats_creds: Option<PathBuf>,
     /// CA certificate of the NATS server (requires TLS) [key: nats.auth.tls_ca_file].
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "FLOTILLA_NATS__AUTH__TLS_CA_FILE",
+        hide_env_values = true
+    )]
     pub nats_tls_ca: Option<PathBuf>,
-    /// Client certificate and key for mutual TLS [keys: nats.auth.tls_cert_file, tls_key_file].
-    #[arg(long, global = true, value_name = "FILE")]
+    /// Client certificate and key for mutual TLS [key: nats.auth.tls_cert_file].
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "FLOTILLA_NATS__AUTH__TLS_CERT_FILE",
+        hide_env_values = true
+    )]
     pub nats_tls_cert: Option<PathBuf>,
-    #[arg(long, global = true, value_name = "FILE")]
+    /// The client certificate's private key [key: nats.auth.tls_key_file].
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "FLOTILLA_NATS__AUTH__TLS_KEY_FILE",
+        hide_env_values = true
+    )]
     pub nats_tls_key: Option<PathBuf>,
     /// Private reply-inbox prefix (default `_INBOX_<user>` when a user is given,
     /// `_INBOX_coordinator` with a certificate, nkey or creds identity) [key:
     /// nats.auth.inbox_prefix].
-    #[arg(long, global = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "FLOTILLA_NATS__AUTH__INBOX_PREFIX",
+        hide_env_values = true
+    )]
     pub nats_inbox_prefix: Option<String>,
 }
 
