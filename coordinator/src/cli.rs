@@ -29,7 +29,7 @@ pub struct Cli {
 }
 
 /// The options every command takes. Each is also a key of the `--config` file and a
-/// `FLOTILLA_…` variable (shown in brackets), see docs/operations.md; a flag wins over both.
+/// `FLOTILLA_…` variable (shown in brackets), see docs/coordinator-config.md; a flag wins over both.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct GlobalFlags {
     /// NATS server URL, or several separated by commas (all are tried) [default:

@@ -413,6 +413,16 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/coordinator.toml");
+        let (settings, warnings) = assemble_quiet(Some(&path), &HashMap::new(), vec![]);
+        let settings = settings.unwrap();
+        assert_eq!(settings.nats.url.as_slice().len(), 2);
+        assert_eq!(settings.nats.auth.user.as_deref(), Some("coordinator"));
+        assert!(warnings.is_empty(), "{warnings:?}");
+    }
+
+    #[test]
     fn variables_that_are_not_configuration_are_left_alone() {
         let (settings, _) = assemble_quiet(
             None,
