@@ -17,9 +17,8 @@ async fn main() -> ExitCode {
                 0
             });
         }
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(flotilla_coordinator::exit::USAGE);
+        Err(flotilla_coordinator::cli::CliError::Settings(e)) => {
+            return ExitCode::from(flotilla_coordinator::exit::CommandError::from(e).report());
         }
     };
     let mut cli = cli;

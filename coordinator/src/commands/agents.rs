@@ -4,22 +4,20 @@ use flotilla_telemetry::error_chain;
 
 use super::{connect, fail};
 use crate::cli::{Cli, OutputFormat};
+use crate::discovery;
+use crate::exit::{self, Outcome};
 use crate::sanitize::one_line;
-use crate::{discovery, exit};
 
 /// Lists the agents that answer presence.
-pub(super) async fn agents(cli: &Cli) -> u8 {
-    let (client, subjects) = match connect(cli).await {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
+pub(super) async fn agents(cli: &Cli) -> Outcome {
+    let (client, subjects) = connect(cli).await?;
     let found = match discovery::discover(&client, &subjects, cli.settings.discovery_window).await {
         Ok(found) => found,
-        Err(e) => return fail(exit::BUS, error_chain(&e)),
+        Err(e) => return Err(fail(exit::BUS, error_chain(&e))),
     };
     // An error like any other: stdout stays empty, stderr says why.
     if found.is_empty() {
-        return fail(
+        return Err(fail(
             exit::PREFLIGHT,
             format!(
                 "no agent answered within {} (--discovery-window). Are the agents running and \
@@ -31,7 +29,7 @@ pub(super) async fn agents(cli: &Cli) -> u8 {
                 subjects.prefix(),
                 subjects.presence()
             ),
-        );
+        ));
     }
     match cli.output {
         OutputFormat::Json => super::print_json(&found),
@@ -68,5 +66,5 @@ pub(super) async fn agents(cli: &Cli) -> u8 {
             eprintln!("{} agent(s)", found.len());
         }
     }
-    exit::OK
+    Ok(exit::OK)
 }

@@ -7,11 +7,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::{check_report_files, connect, engine_parts, fail, finish, open_store};
 use crate::cli::{Cli, OutputFormat, ReportFiles};
+use crate::discovery;
 use crate::dry_run::{self, DryRunReport, PreviewStatus, TargetPreview};
+use crate::exit::{self, CommandError, Outcome};
 use crate::plan::Plan;
 use crate::plan_files::LocalFile;
 use crate::rollout::{self, Engine, Target};
-use crate::{discovery, exit};
 
 /// A plan, its text, and the files it ships (their digests filled in).
 type Loaded = (Plan, String, Vec<LocalFile>);
@@ -29,13 +30,13 @@ fn load_plan(path: &Path) -> Result<Loaded, String> {
 }
 
 /// Reads a plan, its text and its files, or says why not (exit 2).
-fn read_plan(path: &Path) -> Result<Loaded, u8> {
+fn read_plan(path: &Path) -> Result<Loaded, CommandError> {
     load_plan(path).map_err(|e| fail(exit::USAGE, e))
 }
 
 /// Checks a plan offline and shows its waves; with `--output json`, one JSON document either
 /// way (`valid`, and the plan's shape or the `error`).
-pub(super) fn plan_check(cli: &Cli, path: &Path) -> u8 {
+pub(super) fn plan_check(cli: &Cli, path: &Path) -> Outcome {
     let json = cli.output == OutputFormat::Json;
     let (plan, files) = match load_plan(path) {
         Ok((plan, _, files)) => (plan, files),
@@ -48,7 +49,7 @@ pub(super) fn plan_check(cli: &Cli, path: &Path) -> u8 {
                 });
                 println!("{report:#}");
             }
-            return fail(exit::USAGE, error);
+            return Err(fail(exit::USAGE, error));
         }
     };
     let steps: usize = plan.services.iter().map(|s| s.steps.len()).sum();
@@ -73,7 +74,7 @@ pub(super) fn plan_check(cli: &Cli, path: &Path) -> u8 {
             "{}",
             serde_json::to_string_pretty(&report).expect("reports serialize")
         );
-        return exit::OK;
+        return Ok(exit::OK);
     }
     println!(
         "plan {:?} is valid: {} service(s), {} step(s), {} wave(s)",
@@ -109,7 +110,7 @@ pub(super) fn plan_check(cli: &Cli, path: &Path) -> u8 {
             f.file.digest
         );
     }
-    exit::OK
+    Ok(exit::OK)
 }
 
 /// Runs a plan over the fleet (or shows what it would do).
@@ -121,40 +122,32 @@ pub(super) async fn migrate(
     no_finalize: bool,
     files: &ReportFiles,
     shutdown: CancellationToken,
-) -> u8 {
-    let (mut plan, text, plan_files) = match read_plan(plan_path) {
-        Ok(read) => read,
-        Err(code) => return code,
-    };
+) -> Outcome {
+    let (mut plan, text, plan_files) = read_plan(plan_path)?;
     if no_finalize {
         plan.finalize = crate::plan::Finalize::Manual;
     }
-    if let Err(code) = check_report_files(files) {
-        return code;
-    }
-    let (client, subjects) = match connect(cli).await {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
+    check_report_files(files)?;
+    let (client, subjects) = connect(cli).await?;
     let agents = match discovery::discover(&client, &subjects, cli.settings.discovery_window).await
     {
         Ok(found) => found,
-        Err(e) => return fail(exit::BUS, error_chain(&e)),
+        Err(e) => return Err(fail(exit::BUS, error_chain(&e))),
     };
     let pins = match crate::trust::AgentPins::parse(&cli.settings.trusted_agent_keys) {
         Ok(pins) => pins,
-        Err(e) => return fail(exit::USAGE, e),
+        Err(e) => return Err(fail(exit::USAGE, e)),
     };
     let targets = match rollout::preflight(&plan, &agents, &pins) {
         Ok(targets) => targets,
         Err(problems) => {
-            return fail(
+            return Err(fail(
                 exit::PREFLIGHT,
                 format!(
                     "pre-flight failed, nothing was changed: {}",
                     problems.join("; ")
                 ),
-            );
+            ));
         }
     };
     // Before any command (a preview too) names them: once, whatever the number of agents.
@@ -166,19 +159,13 @@ pub(super) async fn migrate(
             "plan files shipped"
         ),
         Ok(_) => {}
-        Err(e) => return fail(exit::BUS, error_chain(&e)),
+        Err(e) => return Err(fail(exit::BUS, error_chain(&e))),
     }
     if dry_run {
         return dry_run_previews(cli, &client, &subjects, &plan, &targets).await;
     }
-    let store = match open_store(&client, &subjects).await {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let parts = match engine_parts(cli, &client, &subjects, store, shutdown) {
-        Ok(parts) => parts,
-        Err(code) => return code,
-    };
+    let store = open_store(&client, &subjects).await?;
+    let parts = engine_parts(cli, &client, &subjects, store, shutdown)?;
     let engine = match Engine::create(
         parts,
         plan.clone(),
@@ -190,7 +177,7 @@ pub(super) async fn migrate(
     .await
     {
         Ok(engine) => engine,
-        Err(e) => return fail(exit::BUS, error_chain(&e)),
+        Err(e) => return Err(fail(exit::BUS, error_chain(&e))),
     };
     if cli.output == crate::cli::OutputFormat::Text {
         eprintln!(
@@ -218,14 +205,11 @@ async fn dry_run_previews(
     subjects: &flotilla_schemas::subjects::Subjects,
     plan: &Plan,
     targets: &[Target],
-) -> u8 {
-    let signer = match super::signer(cli) {
-        Ok(signer) => signer,
-        Err(code) => return code,
-    };
+) -> Outcome {
+    let signer = super::signer(cli)?;
     let report = match dry_run::run(client, subjects, signer.as_deref(), plan, targets).await {
         Ok(report) => report,
-        Err(e) => return fail(exit::BUS, error_chain(&e)),
+        Err(e) => return Err(fail(exit::BUS, error_chain(&e))),
     };
     match cli.output {
         OutputFormat::Json => println!(
@@ -234,7 +218,7 @@ async fn dry_run_previews(
         ),
         OutputFormat::Text => print!("{}", dry_run_text(plan, targets.len(), &report)),
     }
-    report.exit_code
+    Ok(report.exit_code)
 }
 
 /// The dry run as text: the plan's shape, then per target what each step would do.
