@@ -432,18 +432,7 @@ async fn report(cli: &Cli, run: Option<&str>, format: ReportFormat) -> Outcome {
 
 async fn cancel(cli: &Cli, run: &str) -> Outcome {
     let (_client, _subjects, store, record, _) = load_run(cli, Some(run)).await?;
-    if record.status == RunStatus::AwaitingFinalize {
-        return Err(fail(exit::USAGE, awaiting_decision(&record)));
-    }
-    if !record.resumable() {
-        return Err(fail(
-            exit::USAGE,
-            format!(
-                "run {} has ended ({:?}); there is nothing to cancel",
-                record.run_id, record.status
-            ),
-        ));
-    }
+    able_to_go_on(&record, "there is nothing to cancel")?;
     if let Err(e) = store.request_cancel(&record.run_id).await {
         return Err(fail(exit::BUS, error_chain(&e)));
     }
@@ -465,18 +454,8 @@ async fn cancel(cli: &Cli, run: &str) -> Outcome {
 async fn resume(cli: &Cli, run: &str, files: &ReportFiles, shutdown: CancellationToken) -> Outcome {
     check_report_files(files)?;
     let (client, subjects, store, record, revisions) = load_run(cli, Some(run)).await?;
-    if record.status == RunStatus::AwaitingFinalize {
-        return Err(fail(exit::USAGE, awaiting_decision(&record)));
-    }
-    if !record.resumable() {
-        return Err(fail(
-            exit::USAGE,
-            format!(
-                "run {} has ended ({:?}); `flotilla status {}` shows it",
-                record.run_id, record.status, record.run_id
-            ),
-        ));
-    }
+    let shows_it = format!("`flotilla status {}` shows it", record.run_id);
+    able_to_go_on(&record, &shows_it)?;
     if cli.output == OutputFormat::Text {
         eprintln!(
             "resuming run {} ({}) at stage {:?}",
@@ -489,12 +468,25 @@ async fn resume(cli: &Cli, run: &str, files: &ReportFiles, shutdown: Cancellatio
     take_over(cli, loaded, Takeover::Resume, files, shutdown).await
 }
 
-/// Why `resume` and `cancel` leave alone a run that waits for its operator.
-fn awaiting_decision(record: &RunRecord) -> String {
+/// `resume` and `cancel` act only on a run that can go on: not one that waits for its operator's
+/// decision, nor one that has ended (`if_ended` says what to do instead).
+fn able_to_go_on(record: &RunRecord, if_ended: &str) -> Result<(), CommandError> {
     let run = record.run_id;
-    format!(
-        "run {run} is migrated and proven, and awaits a decision, not a coordinator: `flotilla finalize {run}` drops the backups, `flotilla rollback {run}` restores the fleet"
-    )
+    if record.status == RunStatus::AwaitingFinalize {
+        return Err(fail(
+            exit::USAGE,
+            format!(
+                "run {run} is migrated and proven, and awaits a decision, not a coordinator: `flotilla finalize {run}` drops the backups, `flotilla rollback {run}` restores the fleet"
+            ),
+        ));
+    }
+    if !record.resumable() {
+        return Err(fail(
+            exit::USAGE,
+            format!("run {run} has ended ({:?}); {if_ended}", record.status),
+        ));
+    }
+    Ok(())
 }
 
 /// `flotilla finalize RUN`: the decision to keep a run that awaits it.

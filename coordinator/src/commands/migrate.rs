@@ -134,33 +134,9 @@ pub(super) async fn migrate(
         Ok(found) => found,
         Err(e) => return Err(fail(exit::BUS, error_chain(&e))),
     };
-    let pins = match crate::trust::AgentPins::parse(&cli.settings.trusted_agent_keys) {
-        Ok(pins) => pins,
-        Err(e) => return Err(fail(exit::USAGE, e)),
-    };
-    let targets = match rollout::preflight(&plan, &agents, &pins) {
-        Ok(targets) => targets,
-        Err(problems) => {
-            return Err(fail(
-                exit::PREFLIGHT,
-                format!(
-                    "pre-flight failed, nothing was changed: {}",
-                    problems.join("; ")
-                ),
-            ));
-        }
-    };
+    let targets = preflight(cli, &plan, &agents)?;
     // Before any command (a preview too) names them: once, whatever the number of agents.
-    let js = async_nats::jetstream::new(client.clone());
-    match crate::plan_files::ship(&js, &subjects, &plan_files).await {
-        Ok(shipped) if !plan_files.is_empty() => tracing::info!(
-            uploaded = shipped.uploaded,
-            already_there = shipped.present,
-            "plan files shipped"
-        ),
-        Ok(_) => {}
-        Err(e) => return Err(fail(exit::BUS, error_chain(&e))),
-    }
+    ship_plan_files(&client, &subjects, &plan_files).await?;
     if dry_run {
         return dry_run_previews(cli, &client, &subjects, &plan, &targets).await;
     }
@@ -180,21 +156,66 @@ pub(super) async fn migrate(
         Err(e) => return Err(fail(exit::BUS, error_chain(&e))),
     };
     if cli.output == crate::cli::OutputFormat::Text {
-        eprintln!(
-            "run {}: plan \"{}\", {} agent(s) in {} wave(s){}",
-            engine.run_id(),
-            crate::sanitize::one_line(&plan.name),
-            targets.len(),
-            plan.waves.len(),
-            match (rehearse, plan.finalize) {
-                (true, _) => ", rehearsal",
-                (false, crate::plan::Finalize::Manual) => ", manual finalize",
-                (false, crate::plan::Finalize::Auto) => "",
-            }
-        );
+        announce(engine.run_id(), &plan, targets.len(), rehearse);
     }
     let result = engine.drive().await;
     finish(cli, &client, result, files).await
+}
+
+/// The targets of `plan` among the live `agents`, under the operator's key pins; every problem
+/// found is named (exit 3).
+fn preflight(
+    cli: &Cli,
+    plan: &Plan,
+    agents: &[flotilla_schemas::Presence],
+) -> Result<Vec<Target>, CommandError> {
+    let pins = crate::trust::AgentPins::parse(&cli.settings.trusted_agent_keys)
+        .map_err(|e| fail(exit::USAGE, e))?;
+    rollout::preflight(plan, agents, &pins).map_err(|problems| {
+        fail(
+            exit::PREFLIGHT,
+            format!(
+                "pre-flight failed, nothing was changed: {}",
+                problems.join("; ")
+            ),
+        )
+    })
+}
+
+/// Uploads the files the plan ships (those already in the store are not sent again).
+async fn ship_plan_files(
+    client: &async_nats::Client,
+    subjects: &flotilla_schemas::subjects::Subjects,
+    plan_files: &[LocalFile],
+) -> Result<(), CommandError> {
+    let js = async_nats::jetstream::new(client.clone());
+    let shipped = crate::plan_files::ship(&js, subjects, plan_files)
+        .await
+        .map_err(|e| fail(exit::BUS, error_chain(&e)))?;
+    if !plan_files.is_empty() {
+        tracing::info!(
+            uploaded = shipped.uploaded,
+            already_there = shipped.present,
+            "plan files shipped"
+        );
+    }
+    Ok(())
+}
+
+/// The run's first line on stderr: its ID, plan and shape.
+fn announce(run: flotilla_schemas::RunId, plan: &Plan, agents: usize, rehearse: bool) {
+    eprintln!(
+        "run {}: plan \"{}\", {} agent(s) in {} wave(s){}",
+        run,
+        crate::sanitize::one_line(&plan.name),
+        agents,
+        plan.waves.len(),
+        match (rehearse, plan.finalize) {
+            (true, _) => ", rehearsal",
+            (false, crate::plan::Finalize::Manual) => ", manual finalize",
+            (false, crate::plan::Finalize::Auto) => "",
+        }
+    );
 }
 
 /// Asks every target agent for its preview and prints the report; the exit code is the one the
@@ -221,6 +242,59 @@ async fn dry_run_previews(
     Ok(report.exit_code)
 }
 
+/// One target of the dry run: its steps and gates, what each step would do, and its verdict.
+fn write_target(out: &mut String, plan: &Plan, target: &TargetPreview) {
+    use std::fmt::Write;
+    let Some(service_plan) = plan.service(&target.service) else {
+        return;
+    };
+    let steps: Vec<&str> = service_plan.steps.iter().map(|s| s.name()).collect();
+    let g = &service_plan.gates;
+    let _ = writeln!(
+        out,
+        "  {}/{}: backup, {}, restart, validate ({} check(s){}), gates: startup +{}% (slack {}ms), memory +{}% (slack {} B)",
+        target.service,
+        target.instance,
+        steps.join(", "),
+        target.health_checks,
+        if target.functional_checks == 0 {
+            String::new()
+        } else {
+            format!(", {} functional", target.functional_checks)
+        },
+        g.startup_max_increase_pct,
+        g.startup_slack_ms,
+        g.memory_max_increase_pct,
+        g.memory_slack_bytes
+    );
+    for step in &target.steps {
+        let _ = writeln!(
+            out,
+            "    step {} {}: {}",
+            step.step, step.action, step.summary
+        );
+        for line in step.diff.iter().flat_map(|d| d.lines()) {
+            let _ = writeln!(out, "      {line}");
+        }
+    }
+    match &target.reason {
+        Some(reason) => {
+            let _ = writeln!(out, "    {}: {reason}", target.status.as_str());
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "    {}{}",
+                target.status.as_str(),
+                target
+                    .backup_bytes
+                    .map(|b| format!(" (backup of {b} bytes)"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+}
+
 /// The dry run as text: the plan's shape, then per target what each step would do.
 fn dry_run_text(plan: &Plan, agents: usize, report: &DryRunReport) -> String {
     use std::fmt::Write;
@@ -244,54 +318,7 @@ fn dry_run_text(plan: &Plan, agents: usize, report: &DryRunReport) -> String {
                 .map_or_else(|| "all".to_owned(), |n| n.to_string())
         );
         for target in &wave.targets {
-            let Some(service_plan) = plan.service(&target.service) else {
-                continue;
-            };
-            let steps: Vec<&str> = service_plan.steps.iter().map(|s| s.name()).collect();
-            let g = &service_plan.gates;
-            let _ = writeln!(
-                out,
-                "  {}/{}: backup, {}, restart, validate ({} check(s){}), gates: startup +{}% (slack {}ms), memory +{}% (slack {} B)",
-                target.service,
-                target.instance,
-                steps.join(", "),
-                target.health_checks,
-                if target.functional_checks == 0 {
-                    String::new()
-                } else {
-                    format!(", {} functional", target.functional_checks)
-                },
-                g.startup_max_increase_pct,
-                g.startup_slack_ms,
-                g.memory_max_increase_pct,
-                g.memory_slack_bytes
-            );
-            for step in &target.steps {
-                let _ = writeln!(
-                    out,
-                    "    step {} {}: {}",
-                    step.step, step.action, step.summary
-                );
-                for line in step.diff.iter().flat_map(|d| d.lines()) {
-                    let _ = writeln!(out, "      {line}");
-                }
-            }
-            match &target.reason {
-                Some(reason) => {
-                    let _ = writeln!(out, "    {}: {reason}", target.status.as_str());
-                }
-                None => {
-                    let _ = writeln!(
-                        out,
-                        "    {}{}",
-                        target.status.as_str(),
-                        target
-                            .backup_bytes
-                            .map(|b| format!(" (backup of {b} bytes)"))
-                            .unwrap_or_default()
-                    );
-                }
-            }
+            write_target(&mut out, plan, target);
         }
     }
     if plan.on_failure == crate::plan::OnFailure::Rollback {

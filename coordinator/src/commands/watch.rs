@@ -51,27 +51,7 @@ pub(super) async fn watch(
     let Some(run_id) = run_to_watch(&store, run, wait, &shutdown).await? else {
         return Ok(exit::OK);
     };
-    let mut record = match store.load(&run_id).await {
-        Ok(Some((record, _))) => record,
-        Ok(None) => {
-            return Err(fail(
-                exit::USAGE,
-                format!("no run {run_id} in the run store"),
-            ));
-        }
-        Err(e) => return Err(fail(exit::BUS, error_chain(&e))),
-    };
-    let mut events = match RunEvents::open(
-        &client,
-        &subjects,
-        run_id,
-        crate::trust::ResultTrust::of(&record),
-    )
-    .await
-    {
-        Ok(events) => events,
-        Err(e) => return Err(fail(exit::BUS, error_chain(&e))),
-    };
+    let (mut record, mut events) = open_run(&client, &subjects, &store, run_id).await?;
     let mut view = View::new(cli.output, &record);
     view.record(&record);
     let mut reloaded = Instant::now();
@@ -164,6 +144,30 @@ fn ended(record: &RunRecord) -> bool {
             record.status,
             RunStatus::Cancelled | RunStatus::AwaitingFinalize
         )
+}
+
+/// The run's record and its events, trusting the agents' keys the record fixed.
+async fn open_run(
+    client: &async_nats::Client,
+    subjects: &flotilla_schemas::subjects::Subjects,
+    store: &Store,
+    run_id: RunId,
+) -> Result<(RunRecord, RunEvents), CommandError> {
+    let record = match store.load(&run_id).await {
+        Ok(Some((record, _))) => record,
+        Ok(None) => {
+            return Err(fail(
+                exit::USAGE,
+                format!("no run {run_id} in the run store"),
+            ));
+        }
+        Err(e) => return Err(fail(exit::BUS, error_chain(&e))),
+    };
+    let trust = crate::trust::ResultTrust::of(&record);
+    let events = RunEvents::open(client, subjects, run_id, trust)
+        .await
+        .map_err(|e| fail(exit::BUS, error_chain(&e)))?;
+    Ok((record, events))
 }
 
 /// The run named by the prefix `run`, or else the newest running one (see [`newest_running`]);
