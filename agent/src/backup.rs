@@ -17,10 +17,14 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use flotilla_schemas::CommandId;
-use rustix::fs::{CWD, RenameFlags};
 
 use crate::crashpoint;
 use crate::tree::{self, Manifest, TreeError};
+use swap::{exchange, same_file_system};
+
+mod swap;
+
+pub use swap::restore_by_copy;
 
 /// The copy inside a backup directory.
 const TREE: &str = "tree";
@@ -60,13 +64,6 @@ pub enum BackupError {
     Damaged { path: PathBuf, detail: String },
     #[error("the restored tree does not match the backup: {0}")]
     Mismatch(String),
-    #[error("{op} {path}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
 }
 
 /// Backups under `<state_dir>/backups/<command_id>/`: `tree/` holds the copy, `manifest.json`
@@ -260,55 +257,14 @@ impl BackupStore {
             return Ok(Restored::AlreadyRestored);
         }
         let backup = self.load(id)?;
-        let recorded = fs::read_to_string(dir.join(TREE_ID))
-            .ok()
-            .and_then(|t| t.trim().parse::<u64>().ok());
-        let dir_dev = fs::metadata(&dir)
-            .map_err(|source| io("stat", &dir, source))?
-            .dev();
         let root_meta = fs::symlink_metadata(root).ok();
         let parent = root.parent().unwrap_or(Path::new("/"));
-        let root_dev = match &root_meta {
-            Some(meta) => meta.dev(),
-            None => fs::metadata(parent)
-                .map_err(|source| io("stat", parent, source))?
-                .dev(),
-        };
-        if root_dev != dir_dev {
+        if !same_file_system(&dir, root_meta.as_ref(), parent)? {
             restore_by_copy(&backup, root)?;
             return Ok(Restored::Copied);
         }
-        let tree_ino = fs::symlink_metadata(&backup.tree).ok().map(|m| m.ino());
-        let root_ino = root_meta.as_ref().map(MetadataExt::ino);
-        match recorded {
-            // A restore cut short after its swap: the root is the backup's tree already.
-            Some(ino) if root_ino == Some(ino) => {
-                let restored = self.finish_swap(&dir)?;
-                tree::sync_dir(parent)?;
-                return Ok(restored);
-            }
-            Some(ino) if tree_ino == Some(ino) => {}
-            // Written before `tree.id` existed: the tree is still in place (a restore never
-            // ran), record it now, before the swap makes it the root.
-            None if tree_ino.is_some() => {
-                let id_path = dir.join(TREE_ID);
-                fs::write(&id_path, tree_ino.unwrap_or_default().to_string())
-                    .and_then(|()| fs::File::open(&id_path)?.sync_all())
-                    .map_err(|source| io("write", &id_path, source))?;
-                tree::sync_dir(&dir)?;
-            }
-            // Neither tree is recognisable by its inode: only a full comparison can tell.
-            _ => {
-                if root_meta.is_some()
-                    && tree::differences(&backup.manifest, &tree::scan(root)?).is_empty()
-                {
-                    return self.finish_swap(&dir);
-                }
-                return Err(BackupError::Damaged {
-                    path: backup.tree.clone(),
-                    detail: "neither the backup's tree nor the root is the backup".into(),
-                });
-            }
+        if let Some(restored) = self.resume_by_inode(&dir, &backup, root, root_meta.as_ref())? {
+            return Ok(restored);
         }
         let diff = tree::stat_differences(&backup.tree, &backup.manifest)?;
         if !diff.is_empty() {
@@ -321,7 +277,7 @@ impl BackupStore {
         match exchange(&backup.tree, root, &dir) {
             Ok(()) => {}
             // Another file system after all (e.g. the root is a mount point): copy.
-            Err(BackupError::Io { source, .. })
+            Err(BackupError::Tree(TreeError::Io { source, .. }))
                 if source.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) =>
             {
                 restore_by_copy(&backup, root)?;
@@ -335,6 +291,54 @@ impl BackupStore {
         // directory was synced in `finish_swap`); the root's parent holds the other half.
         tree::sync_dir(parent)?;
         Ok(restored)
+    }
+
+    /// Tells, by inode number, where an earlier restore of the backup in `dir` got to. `Some`
+    /// when the root already is the backup's tree (the swap is finished now); `None` when the
+    /// backup's tree is still in place, to be swapped in.
+    fn resume_by_inode(
+        &self,
+        dir: &Path,
+        backup: &Backup,
+        root: &Path,
+        root_meta: Option<&fs::Metadata>,
+    ) -> Result<Option<Restored>, BackupError> {
+        let recorded = fs::read_to_string(dir.join(TREE_ID))
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok());
+        let tree_ino = fs::symlink_metadata(&backup.tree).ok().map(|m| m.ino());
+        let root_ino = root_meta.map(MetadataExt::ino);
+        match recorded {
+            // A restore cut short after its swap: the root is the backup's tree already.
+            Some(ino) if root_ino == Some(ino) => {
+                let restored = self.finish_swap(dir)?;
+                tree::sync_dir(root.parent().unwrap_or(Path::new("/")))?;
+                Ok(Some(restored))
+            }
+            Some(ino) if tree_ino == Some(ino) => Ok(None),
+            // Written before `tree.id` existed: the tree is still in place (a restore never
+            // ran), record it now, before the swap makes it the root.
+            None if tree_ino.is_some() => {
+                let id_path = dir.join(TREE_ID);
+                fs::write(&id_path, tree_ino.unwrap_or_default().to_string())
+                    .and_then(|()| fs::File::open(&id_path)?.sync_all())
+                    .map_err(|source| io("write", &id_path, source))?;
+                tree::sync_dir(dir)?;
+                Ok(None)
+            }
+            // Neither tree is recognisable by its inode: only a full comparison can tell.
+            _ => {
+                if root_meta.is_some()
+                    && tree::differences(&backup.manifest, &tree::scan(root)?).is_empty()
+                {
+                    return self.finish_swap(dir).map(Some);
+                }
+                Err(BackupError::Damaged {
+                    path: backup.tree.clone(),
+                    detail: "neither the backup's tree nor the root is the backup".into(),
+                })
+            }
+        }
     }
 
     /// After the swap: the tree that was the root (now at `tree/`) is renamed `discard/`, and
@@ -408,85 +412,13 @@ fn summarize(diff: &[String]) -> String {
     text
 }
 
-/// Exchanges the backup's `tree` and `root` (the restore's commit point), or renames `tree`
-/// to `root` when the root is missing. Where the file system cannot exchange, the root is
-/// renamed into the backup's directory first (`discard/`), which leaves a short window without
-/// a root; a crash in it is recovered like a missing root.
-fn exchange(tree: &Path, root: &Path, dir: &Path) -> Result<(), BackupError> {
-    if fs::symlink_metadata(root).is_err() {
-        // The root itself is gone (e.g. deleted by a bad step): a plain rename restores it.
-        return fs::rename(tree, root).map_err(|source| io("rename", tree, source));
-    }
-    match rustix::fs::renameat_with(CWD, tree, CWD, root, RenameFlags::EXCHANGE) {
-        Ok(()) => Ok(()),
-        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS | rustix::io::Errno::OPNOTSUPP) => {
-            let aside = dir.join(DISCARD);
-            if fs::symlink_metadata(&aside).is_ok() {
-                remove_all(&aside)?;
-            }
-            fs::rename(root, &aside).map_err(|source| io("rename", root, source))?;
-            fs::rename(tree, root).map_err(|source| io("rename", tree, source))
-        }
-        Err(e) => Err(io("exchange", root, e.into())),
-    }
-}
-
-/// Puts a copy of `backup` at `root`, keeping the backup: the copy is staged beside the root,
-/// made durable, then swapped in with one `renameat2(RENAME_EXCHANGE)`, so the service sees
-/// either the old tree or the restored one, never a mix. Verifies the result against the
-/// manifest. The restore for a backup on another file system than the root.
-pub fn restore_by_copy(backup: &Backup, root: &Path) -> Result<(), BackupError> {
-    let staging = sibling(root, "restore");
-    let _ = fs::remove_dir_all(&staging);
-    tree::copy_tree(&backup.tree, &staging)?;
-    tree::sync_filesystem(&staging)?;
-    swap_in(&staging, root)?;
-    let _ = fs::remove_dir_all(&staging);
-    let found = tree::scan(root)?;
-    let diff = tree::differences(&backup.manifest, &found);
-    if !diff.is_empty() {
-        return Err(BackupError::Mismatch(diff.join(", ")));
-    }
-    Ok(())
-}
-
-/// Exchanges `staging` and `root`; where the file system cannot exchange, falls back to two
-/// renames (root aside, staging in), which leaves a short window without a root.
-fn swap_in(staging: &Path, root: &Path) -> Result<(), BackupError> {
-    let parent = root.parent().unwrap_or(Path::new("/"));
-    match rustix::fs::renameat_with(CWD, staging, CWD, root, RenameFlags::EXCHANGE) {
-        Ok(()) => {}
-        Err(rustix::io::Errno::NOENT) => {
-            // The root itself is gone (e.g. deleted by a bad step): a plain rename restores it.
-            fs::rename(staging, root).map_err(|source| io("rename", staging, source))?;
-        }
-        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS | rustix::io::Errno::OPNOTSUPP) => {
-            let aside = sibling(root, "aside");
-            fs::rename(root, &aside).map_err(|source| io("rename", root, source))?;
-            fs::rename(staging, root).map_err(|source| io("rename", staging, source))?;
-            fs::rename(&aside, staging).map_err(|source| io("rename", &aside, source))?;
-        }
-        Err(e) => return Err(io("exchange", root, e.into())),
-    }
-    tree::sync_dir(parent)?;
-    Ok(())
-}
-
-/// A hidden name beside `root`, on the same file system, for staging.
-fn sibling(root: &Path, purpose: &str) -> PathBuf {
-    let name = root
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    root.with_file_name(format!(".{name}.flotilla-{purpose}"))
-}
-
+/// A failed file-system call, reported like the tree module's.
 fn io(op: &'static str, path: &Path, source: std::io::Error) -> BackupError {
-    BackupError::Io {
+    BackupError::Tree(TreeError::Io {
         op,
         path: path.to_owned(),
         source,
-    }
+    })
 }
 
 #[cfg(test)]

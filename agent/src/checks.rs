@@ -2,17 +2,14 @@
 //! HTTP requests, TCP connects, and commands, which is how batch services are validated — by
 //! running the job and checking its exit code, duration and output.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use flotilla_schemas::placeholder;
-use flotilla_schemas::{Check, HttpCheck, Precondition};
+use flotilla_schemas::{Check, Precondition};
 
 use crate::health;
 use crate::run_context::RunContext;
 use crate::steps::{self, RootDir};
-use crate::template::{Renderer, TemplateError};
 
 /// Checks one precondition inside the service root.
 pub fn precondition(root: &RootDir, condition: &Precondition) -> Result<(), String> {
@@ -38,121 +35,6 @@ pub fn precondition(root: &RootDir, condition: &Precondition) -> Result<(), Stri
             }
         }
     }
-}
-
-/// Why a check or workload could not be rendered.
-#[derive(Debug, thiserror::Error)]
-pub enum RenderError {
-    #[error(transparent)]
-    Template(#[from] TemplateError),
-    /// Refused here too, not only by `flotilla plan check`: a command may come from elsewhere.
-    #[error(
-        "${{secret:{name}}} is not allowed in {field}: {}",
-        placeholder::SECRET_NOT_ALLOWED_WHY
-    )]
-    SecretNotAllowed { field: &'static str, name: String },
-}
-
-/// Renders `text` of a field that may not hold a secret (its value would show in failure
-/// reasons and logs).
-pub fn render_plain(
-    renderer: &Renderer<'_>,
-    field: &'static str,
-    text: &str,
-) -> Result<String, RenderError> {
-    if let Some(name) = placeholder::first_secret(text) {
-        return Err(RenderError::SecretNotAllowed {
-            field,
-            name: name.to_owned(),
-        });
-    }
-    Ok(renderer.render(text)?)
-}
-
-fn plain_opt(
-    renderer: &Renderer<'_>,
-    field: &'static str,
-    s: &Option<String>,
-) -> Result<Option<String>, RenderError> {
-    s.as_deref()
-        .map(|s| render_plain(renderer, field, s))
-        .transpose()
-}
-
-/// Resolves the placeholders in the values of request headers (a secret may be one: an
-/// `Authorization` header; only header names are ever quoted).
-pub fn render_headers(
-    renderer: &Renderer<'_>,
-    headers: &BTreeMap<String, String>,
-) -> Result<BTreeMap<String, String>, RenderError> {
-    headers
-        .iter()
-        .map(|(name, value)| Ok((name.clone(), renderer.render(value)?)))
-        .collect()
-}
-
-/// Resolves the placeholders in an HTTP check's (or health check's) URL, body and headers;
-/// `${secret:…}` in its body and headers only.
-pub fn render_http(renderer: &Renderer<'_>, http: &HttpCheck) -> Result<HttpCheck, RenderError> {
-    Ok(HttpCheck {
-        url: plain_opt(renderer, "url", &http.url)?,
-        body: http
-            .body
-            .as_deref()
-            .map(|s| renderer.render(s))
-            .transpose()?,
-        headers: render_headers(renderer, &http.headers)?,
-        ..http.clone()
-    })
-}
-
-/// Resolves `${var:…}` (and the run variables) in a check's URL, body, headers, address, log
-/// pattern and arguments, and `${secret:…}` in its body and headers only.
-pub fn render(renderer: &Renderer<'_>, check: &Check) -> Result<Check, RenderError> {
-    let plain_opt = |field, s: &Option<String>| plain_opt(renderer, field, s);
-    Ok(match check {
-        Check::Http(http) => Check::Http(render_http(renderer, http)?),
-        Check::Tcp {
-            address,
-            timeout_ms,
-        } => Check::Tcp {
-            address: render_plain(renderer, "address", address)?,
-            timeout_ms: *timeout_ms,
-        },
-        Check::Log {
-            path,
-            contains,
-            timeout_ms,
-        } => Check::Log {
-            path: render_plain(renderer, "path", path)?,
-            contains: plain_opt("contains", contains)?,
-            timeout_ms: *timeout_ms,
-        },
-        Check::Command { args, .. } => {
-            let args = args
-                .iter()
-                .map(|a| render_plain(renderer, "args", a))
-                .collect::<Result<_, _>>()?;
-            match check.clone() {
-                Check::Command {
-                    program,
-                    expect_exit,
-                    timeout_ms,
-                    max_duration_ms,
-                    stdout_contains,
-                    ..
-                } => Check::Command {
-                    program,
-                    args,
-                    expect_exit,
-                    timeout_ms,
-                    max_duration_ms,
-                    stdout_contains,
-                },
-                _ => unreachable!("matched as a command above"),
-            }
-        }
-    })
 }
 
 /// Runs one functional check; returns a short description of what passed.
@@ -192,18 +74,8 @@ pub async fn run(cx: &RunContext<'_>, check: &Check) -> Result<String, String> {
             max_duration_ms,
             stdout_contains,
         } => {
-            let started = Instant::now();
-            let output = steps::run_program(
-                root,
-                program,
-                args,
-                &Default::default(),
-                Duration::from_millis(*timeout_ms),
-                launcher,
-            )
-            .await
-            .map_err(|e| format!("command check: {e}"))?;
-            let took = started.elapsed();
+            let (run, took) = steps::run_timed(root, program, args, *timeout_ms, launcher).await;
+            let output = run.map_err(|e| format!("command check: {e}"))?;
             let code = output.status.code();
             if code != Some(*expect_exit) {
                 return Err(format!(

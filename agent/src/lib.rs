@@ -12,6 +12,7 @@ pub mod config;
 mod confine;
 pub mod crashpoint;
 mod events;
+mod expand;
 mod health;
 mod inspect;
 pub mod journal;
@@ -91,94 +92,15 @@ pub async fn run_with(
 ) -> Result<(), AgentError> {
     let subjects = Subjects::new(&config.nats.prefix).map_err(AgentError::Prefix)?;
     let _lock = state_lock::StateLock::acquire(&config.agent.state_dir)?;
-    // Before recovery restores the service root: nothing the previous agent started may still
-    // be writing into it.
-    let children = children::registry(&config.agent.state_dir);
-    children::reap_orphans(&children);
-    let mut journal = Journal::open(&config.agent.state_dir)?;
-    journal.redact_with(redactor.clone());
-    let inherited = child_env::inherited(&config.secrets.env_prefix, &config.service.inherit_env);
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .map_err(AgentError::Http)?;
-    let supervisor = Supervisor::new(
-        config.service.clone(),
-        config.agent.state_dir.join("service-output.log"),
-        http.clone(),
-    )
-    .stop_on_exit(config.agent.stop_service_on_exit)
-    .inherited_env(inherited.clone());
-    let launcher = children::Launcher {
-        run_as: config.commands.run_as,
-        env: inherited,
-        contain: true,
-        registry: Some(children),
-    };
-    let backups = match &config.agent.backup_dir {
-        Some(dir) => BackupStore::in_dir(dir),
-        None => BackupStore::new(&config.agent.state_dir),
-    }
-    .with_limit(config.agent.max_backup_bytes)
-    .with_crash_points(&config.agent.state_dir);
-    let mut lifecycle = Lifecycle {
-        config,
-        journal,
-        backups,
-        supervisor,
-        http,
-        launcher,
-        redactor,
-        swapped_out: Vec::new(),
-        plan_files: None,
-    };
-
-    let recovered = lifecycle.recover()?;
-    lifecycle.compact_journal(true)?;
-    // Trees swapped out by restores, this recovery's and any a crash kept from removal.
-    lifecycle.swapped_out = lifecycle.backups.sweep();
-    lifecycle.remove_swapped_out();
-    if !recovered.is_empty() {
-        tracing::warn!(
-            count = recovered.len(),
-            "recovered interrupted commands; their results go out once connected"
-        );
-    }
-    // A service the previous agent left running is adopted, unless recovery just changed the
-    // files under it (then it must restart on them).
-    if let Err(e) = lifecycle.supervisor.boot(recovered.is_empty()).await {
-        // The agent stays up: a broken service is exactly when an operator needs it reachable.
-        tracing::error!(error = %error_chain(&e), "the service did not start healthy");
-    }
+    let mut lifecycle = assemble(config, redactor)?;
+    recover_and_boot(&mut lifecycle).await?;
     let status = Arc::new(Mutex::new(Status {
         state: AgentState::Idle,
         current_run: None,
         service_pid: lifecycle.supervisor.pid(),
     }));
 
-    let options = BusOptions {
-        servers: lifecycle.config.nats.url.clone(),
-        name: format!(
-            "flotilla-agent {}/{}",
-            lifecycle.config.service.name, lifecycle.config.agent.instance
-        ),
-        connect_timeout: lifecycle.config.nats.connect_timeout,
-        allow_old_server: false,
-        auth: lifecycle.config.nats.auth.clone(),
-    };
-    let connected = retry::steadily(
-        Duration::from_secs(1),
-        &shutdown,
-        || flotilla_bus::connect(&options),
-        |e| {
-            if e.is_transient() {
-                tracing::warn!(error = %error_chain(e), "NATS not reachable yet, retrying");
-            }
-            e.is_transient()
-        },
-    )
-    .await;
-    let client = match connected {
+    let client = match connect(&lifecycle.config, &shutdown).await {
         Some(Ok(client)) => client,
         Some(Err(e)) => {
             lifecycle.supervisor.shutdown().await;
@@ -207,4 +129,102 @@ pub async fn run_with(
     lifecycle.supervisor.shutdown().await;
     tracing::info!("agent stopped");
     Ok(())
+}
+
+/// Opens the journal and builds the supervisor, the launcher and the backup store the agent
+/// works with. Reaps what a previous agent started first: nothing of it may still be writing
+/// into the service root when recovery restores it.
+fn assemble(config: AgentConfig, redactor: Redactor) -> Result<Lifecycle, AgentError> {
+    let children = children::registry(&config.agent.state_dir);
+    children::reap_orphans(&children);
+    let mut journal = Journal::open(&config.agent.state_dir)?;
+    journal.redact_with(redactor.clone());
+    let inherited = child_env::inherited(&config.secrets.env_prefix, &config.service.inherit_env);
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .map_err(AgentError::Http)?;
+    let supervisor = Supervisor::new(
+        config.service.clone(),
+        config.agent.state_dir.join("service-output.log"),
+        http.clone(),
+    )
+    .stop_on_exit(config.agent.stop_service_on_exit)
+    .inherited_env(inherited.clone());
+    let launcher = children::Launcher {
+        run_as: config.commands.run_as,
+        env: inherited,
+        contain: true,
+        registry: Some(children),
+    };
+    let backups = match &config.agent.backup_dir {
+        Some(dir) => BackupStore::in_dir(dir),
+        None => BackupStore::new(&config.agent.state_dir),
+    }
+    .with_limit(config.agent.max_backup_bytes)
+    .with_crash_points(&config.agent.state_dir);
+    Ok(Lifecycle {
+        config,
+        journal,
+        backups,
+        supervisor,
+        http,
+        launcher,
+        redactor,
+        swapped_out: Vec::new(),
+        plan_files: None,
+    })
+}
+
+/// Finishes what a crash interrupted, compacts the journal, removes swapped-out trees, then
+/// starts the service (or adopts the one left running).
+async fn recover_and_boot(lifecycle: &mut Lifecycle) -> Result<(), AgentError> {
+    let recovered = lifecycle.recover()?;
+    lifecycle.compact_journal(true)?;
+    // Trees swapped out by restores, this recovery's and any a crash kept from removal.
+    lifecycle.swapped_out = lifecycle.backups.sweep();
+    lifecycle.remove_swapped_out();
+    if !recovered.is_empty() {
+        tracing::warn!(
+            count = recovered.len(),
+            "recovered interrupted commands; their results go out once connected"
+        );
+    }
+    // A service the previous agent left running is adopted, unless recovery just changed the
+    // files under it (then it must restart on them).
+    if let Err(e) = lifecycle.supervisor.boot(recovered.is_empty()).await {
+        // The agent stays up: a broken service is exactly when an operator needs it reachable.
+        tracing::error!(error = %error_chain(&e), "the service did not start healthy");
+    }
+    Ok(())
+}
+
+/// Connects to NATS, retrying every second while the failure is transient. `None` when
+/// `shutdown` came first; an error when waiting would not help.
+async fn connect(
+    config: &AgentConfig,
+    shutdown: &CancellationToken,
+) -> Option<Result<async_nats::Client, flotilla_bus::BusError>> {
+    let options = BusOptions {
+        servers: config.nats.url.clone(),
+        name: format!(
+            "flotilla-agent {}/{}",
+            config.service.name, config.agent.instance
+        ),
+        connect_timeout: config.nats.connect_timeout,
+        allow_old_server: false,
+        auth: config.nats.auth.clone(),
+    };
+    retry::steadily(
+        Duration::from_secs(1),
+        shutdown,
+        || flotilla_bus::connect(&options),
+        |e| {
+            if e.is_transient() {
+                tracing::warn!(error = %error_chain(e), "NATS not reachable yet, retrying");
+            }
+            e.is_transient()
+        },
+    )
+    .await
 }

@@ -66,7 +66,10 @@ impl Lifecycle {
             .get(command.command_id)
             .and_then(|e| e.result.clone())
         {
-            tracing::info!(command_id = %command.command_id, "command already handled, re-sending its result");
+            tracing::info!(
+                command_id = %command.command_id,
+                "command already handled, re-sending its result"
+            );
             return Ok(Acceptance::Done(Box::new(RunResult {
                 replayed: true,
                 ..result
@@ -132,8 +135,9 @@ impl Lifecycle {
             Action::Inspect {
                 checks,
                 config_files,
+                settings,
             } => {
-                self.inspect(&command, checks, config_files, &mut tracker)
+                self.inspect(&command, checks, config_files, settings, &mut tracker)
                     .await
             }
             // The session answers previews without the journal; one that got here anyway is

@@ -214,19 +214,23 @@ impl Redactor {
     }
 
     /// `result` scrubbed; when a secret sits where redacting it breaks the result (an
-    /// identifier), all of its text is dropped instead and the reason says so.
+    /// identifier), all of its text is dropped instead and the reason says so. Only the fields
+    /// named here are kept, so a field added to results later is dropped too, not leaked.
     pub fn scrub_result(&self, result: &RunResult) -> RunResult {
         self.scrubbed(result).unwrap_or_else(|_| RunResult {
             reason: Some(format!(
                 "{REDACTED}: the result held a secret value that could not be redacted in place"
             )),
-            phases: Vec::new(),
-            measurements: Default::default(),
-            gates: Vec::new(),
-            workloads: Vec::new(),
-            inspection: None,
-            preview: None,
-            ..result.clone()
+            replayed: result.replayed,
+            command_digest: result.command_digest.clone(),
+            ..RunResult::new(
+                result.run_id,
+                result.command_id,
+                result.service.clone(),
+                result.instance.clone(),
+                result.at,
+                result.outcome,
+            )
         })
     }
 }

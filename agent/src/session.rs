@@ -7,8 +7,8 @@ use async_nats::jetstream::{self, AckKind, consumer};
 use flotilla_bus::{BusError, signing};
 use flotilla_schemas::subjects::Subjects;
 use flotilla_schemas::{
-    Action, AgentState, Command, CommandId, HEADER_RUN_TRACEPARENT, InstanceId, Measurements,
-    Outcome, RunId, RunResult, ServiceName, decode,
+    Action, AgentState, Command, CommandId, HEADER_RUN_TRACEPARENT, InstanceId, Outcome, RunId,
+    RunResult, ServiceName, decode,
 };
 use futures::StreamExt;
 use serde::Deserialize;
@@ -127,7 +127,10 @@ pub async fn serve(
         return Ok(lifecycle);
     };
     if let Err(e) = takeover::take_over(&commands, &mut consumer, &name, &shutdown).await {
-        tracing::warn!(error = %error_chain(&e), "a previous incarnation's pull requests stay registered: the next command may wait for the ack wait");
+        tracing::warn!(
+            error = %error_chain(&e),
+            "a previous incarnation's pull requests stay registered: the next command may wait for the ack wait"
+        );
     }
     if shutdown.is_cancelled() {
         return Ok(lifecycle);
@@ -551,22 +554,16 @@ async fn refuse(
         return;
     };
     let result = RunResult {
-        schema: Default::default(),
-        run_id: loose.run_id,
-        command_id: loose.command_id,
-        service: service.clone(),
-        instance: instance.clone(),
-        at: OffsetDateTime::now_utc(),
-        outcome: Outcome::Refused,
         reason: Some(error_chain(error)),
-        phases: Vec::new(),
-        measurements: Measurements::default(),
-        gates: Vec::new(),
-        workloads: Vec::new(),
-        inspection: None,
-        preview: None,
-        replayed: false,
         command_digest: Some(digest.to_owned()),
+        ..RunResult::new(
+            loose.run_id,
+            loose.command_id,
+            service.clone(),
+            instance.clone(),
+            OffsetDateTime::now_utc(),
+            Outcome::Refused,
+        )
     };
     if let Err(e) = events.result(&result).await {
         tracing::warn!(error = %error_chain(&e), "refusal not published");

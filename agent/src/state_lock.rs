@@ -11,7 +11,10 @@ use rustix::fs::{FlockOperation, flock};
 /// Why the state directory could not be locked.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error("another agent{} already uses the state directory {dir}; stop it, or give this agent its own agent.state_dir", holder.map(|pid| format!(" (PID {pid})")).unwrap_or_default())]
+    #[error(
+        "another agent{} already uses the state directory {dir}; stop it, or give this agent its own agent.state_dir",
+        holder.map(|pid| format!(" (PID {pid})")).unwrap_or_default()
+    )]
     Held { dir: PathBuf, holder: Option<u32> },
     #[error("cannot lock the state directory {dir} ({path})")]
     Io {

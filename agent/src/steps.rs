@@ -2,7 +2,7 @@
 //! directory handle. A step that would reach outside the root fails without touching anything.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, Permissions, PermissionsExt};
@@ -188,6 +188,28 @@ pub async fn run_command(
     })
 }
 
+/// [`run_program`] with no extra environment and a timeout in milliseconds, timed: the run,
+/// and how long it took.
+pub async fn run_timed(
+    root: &Path,
+    program: &str,
+    args: &[String],
+    timeout_ms: u64,
+    launcher: &Launcher,
+) -> (Result<std::process::Output, StepError>, Duration) {
+    let started = Instant::now();
+    let run = run_program(
+        root,
+        program,
+        args,
+        &Default::default(),
+        Duration::from_millis(timeout_ms),
+        launcher,
+    )
+    .await;
+    (run, started.elapsed())
+}
+
 /// Runs `program` in `root` without a shell, with the launcher's environment (the agent's,
 /// without its secrets) plus `env`, and returns its exit status and output; kills it after
 /// `timeout`. With `launcher.contain`, it runs in its own process group, killed with whatever it
@@ -362,38 +384,34 @@ mod tests {
         assert!(matches!(err, StepError::Timeout { .. }));
     }
 
-    #[tokio::test]
-    async fn run_as_drops_to_the_configured_user() {
-        let tmp = tempfile::tempdir().unwrap();
-        let nobody = &Launcher {
+    /// Runs `program arg` in `root` as nobody.
+    async fn as_nobody(root: &Path, program: &str, arg: &str) -> std::process::Output {
+        let nobody = Launcher {
             run_as: Some(RunAs {
                 uid: 65534,
                 gid: 65534,
             }),
             ..Default::default()
         };
-        let output = run_program(
-            tmp.path(),
-            "id",
-            &["-u".into()],
+        run_program(
+            root,
+            program,
+            &[arg.into()],
             &Default::default(),
             Duration::from_secs(5),
-            nobody,
+            &nobody,
         )
         .await
-        .unwrap();
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn run_as_drops_to_the_configured_user() {
+        let tmp = tempfile::tempdir().unwrap();
+        let output = as_nobody(tmp.path(), "id", "-u").await;
         assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "65534");
         // As nobody, the root-owned service root is read-only.
-        let write = run_program(
-            tmp.path(),
-            "touch",
-            &["x".into()],
-            &Default::default(),
-            Duration::from_secs(5),
-            nobody,
-        )
-        .await
-        .unwrap();
+        let write = as_nobody(tmp.path(), "touch", "x").await;
         assert!(!write.status.success() && !tmp.path().join("x").exists());
     }
 }

@@ -248,7 +248,11 @@ impl Supervisor {
             match health::probe(&self.http, &self.service.health_url, None, None, None).await {
                 Ok(()) => break,
                 Err(e) if Instant::now() >= deadline => {
-                    tracing::warn!(pid = record.pid, error = %e, "the service left running by the previous agent does not answer: restarting it");
+                    tracing::warn!(
+                        pid = record.pid,
+                        error = %e,
+                        "the service left running by the previous agent does not answer: restarting it"
+                    );
                     return false;
                 }
                 Err(_) => tokio::time::sleep(health::POLL_INTERVAL).await,
@@ -440,7 +444,11 @@ impl Supervisor {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         if running() {
-            tracing::warn!(pid, timeout = ?self.service.stop_timeout, "service ignored SIGTERM, killing it");
+            tracing::warn!(
+                pid,
+                timeout = ?self.service.stop_timeout,
+                "service ignored SIGTERM, killing it"
+            );
             let _ = kill_process(target, Signal::KILL);
             while running() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -477,7 +485,10 @@ impl Supervisor {
         match tokio::time::timeout(self.service.stop_timeout, child.wait()).await {
             Ok(_) => {}
             Err(_) => {
-                tracing::warn!(timeout = ?self.service.stop_timeout, "service ignored SIGTERM, killing it");
+                tracing::warn!(
+                    timeout = ?self.service.stop_timeout,
+                    "service ignored SIGTERM, killing it"
+                );
                 let _ = child.kill().await;
             }
         }

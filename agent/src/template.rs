@@ -23,6 +23,7 @@ mod verify;
 pub use context::Format;
 use context::Position;
 pub use encode::written_forms;
+pub use verify::{Node, parse};
 
 /// Why content could not be rendered. Names the placeholder, never a value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

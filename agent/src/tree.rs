@@ -99,16 +99,8 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<Manifest, TreeError> {
         .follow_links(false)
         .sort_by_file_name()
     {
-        let item = item.map_err(|source| TreeError::Walk {
-            path: from.to_owned(),
-            source,
-        })?;
-        let relative = relative_name(from, item.path())?;
+        let (item, relative, meta) = walked(from, item)?;
         let target = to.join(&relative);
-        let meta = item
-            .path()
-            .symlink_metadata()
-            .map_err(io("stat", item.path()))?;
         let mode = meta.permissions().mode() & 0o7777;
         let file_type = meta.file_type();
         let kind = if file_type.is_dir() {
@@ -121,12 +113,7 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<Manifest, TreeError> {
         } else if file_type.is_symlink() {
             let link = fs::read_link(item.path()).map_err(io("read link", item.path()))?;
             symlink(&link, &target).map_err(io("create symlink", &target))?;
-            let target = link.to_str().ok_or_else(|| TreeError::NotUtf8 {
-                path: item.path().to_owned(),
-            })?;
-            EntryKind::Symlink {
-                target: target.to_owned(),
-            }
+            symlink_entry(item.path(), &link)?
         } else if file_type.is_file() {
             // Files are copied once the walk has made every directory, several at a time.
             files.push(FileCopy {
@@ -247,6 +234,34 @@ fn copy_file(
     Ok((size, hasher.finalize().to_hex().to_string()))
 }
 
+/// The manifest entry of the symlink at `path` pointing to `link`, whose target must be UTF-8.
+fn symlink_entry(path: &Path, link: &Path) -> Result<EntryKind, TreeError> {
+    let target = link.to_str().ok_or_else(|| TreeError::NotUtf8 {
+        path: path.to_owned(),
+    })?;
+    Ok(EntryKind::Symlink {
+        target: target.to_owned(),
+    })
+}
+
+/// An entry of the walk of `root`: the entry, its name relative to `root`, and its metadata
+/// (of a symlink itself, not of what it points to).
+fn walked(
+    root: &Path,
+    item: walkdir::Result<walkdir::DirEntry>,
+) -> Result<(walkdir::DirEntry, String, fs::Metadata), TreeError> {
+    let item = item.map_err(|source| TreeError::Walk {
+        path: root.to_owned(),
+        source,
+    })?;
+    let relative = relative_name(root, item.path())?;
+    let meta = item
+        .path()
+        .symlink_metadata()
+        .map_err(io("stat", item.path()))?;
+    Ok((item, relative, meta))
+}
+
 fn relative_name(root: &Path, path: &Path) -> Result<String, TreeError> {
     let relative = path
         .strip_prefix(root)
@@ -263,30 +278,14 @@ fn relative_name(root: &Path, path: &Path) -> Result<String, TreeError> {
 pub fn scan(root: &Path) -> Result<Manifest, TreeError> {
     let mut manifest = Manifest::default();
     for item in walkdir::WalkDir::new(root).follow_links(false).min_depth(1) {
-        let item = item.map_err(|source| TreeError::Walk {
-            path: root.to_owned(),
-            source,
-        })?;
-        let relative = relative_name(root, item.path())?;
-        let meta = item
-            .path()
-            .symlink_metadata()
-            .map_err(io("stat", item.path()))?;
+        let (item, relative, meta) = walked(root, item)?;
         let mode = meta.permissions().mode() & 0o7777;
         let file_type = meta.file_type();
         let (kind, mode) = if file_type.is_dir() {
             (EntryKind::Dir, mode)
         } else if file_type.is_symlink() {
             let link = fs::read_link(item.path()).map_err(io("read link", item.path()))?;
-            let target = link.to_str().ok_or_else(|| TreeError::NotUtf8 {
-                path: item.path().to_owned(),
-            })?;
-            (
-                EntryKind::Symlink {
-                    target: target.to_owned(),
-                },
-                0,
-            )
+            (symlink_entry(item.path(), &link)?, 0)
         } else if file_type.is_file() {
             let mut hasher = blake3::Hasher::new();
             hasher
@@ -460,87 +459,4 @@ pub fn sync_dir(path: &Path) -> Result<(), TreeError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sample_tree(root: &Path) {
-        fs::create_dir_all(root.join("config/empty")).unwrap();
-        fs::write(root.join("config/service.toml"), "port = 1\n").unwrap();
-        fs::write(root.join("run.sh"), "#!/bin/sh\n").unwrap();
-        fs::set_permissions(root.join("run.sh"), fs::Permissions::from_mode(0o750)).unwrap();
-        symlink("config/service.toml", root.join("current.toml")).unwrap();
-        symlink("/etc/passwd", root.join("outside")).unwrap();
-    }
-
-    #[test]
-    fn copy_keeps_contents_modes_symlinks_and_empty_dirs() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (from, to) = (tmp.path().join("from"), tmp.path().join("to"));
-        fs::create_dir(&from).unwrap();
-        sample_tree(&from);
-        let manifest = copy_tree(&from, &to).unwrap();
-        assert_eq!(manifest, scan(&from).unwrap());
-        assert_eq!(
-            differences(&manifest, &scan(&to).unwrap()),
-            Vec::<String>::new()
-        );
-        assert_eq!(manifest.files(), 2);
-        assert!(manifest.entries.contains_key("config/empty"));
-        assert_eq!(
-            fs::read_link(to.join("outside")).unwrap(),
-            PathBuf::from("/etc/passwd")
-        );
-    }
-
-    #[test]
-    fn stat_differences_see_kinds_modes_sizes_and_links_but_not_contents() {
-        let tmp = tempfile::tempdir().unwrap();
-        sample_tree(tmp.path());
-        let manifest = scan(tmp.path()).unwrap();
-        assert!(stat_differences(tmp.path(), &manifest).unwrap().is_empty());
-        // Same size, other bytes: only the full check sees it.
-        fs::write(tmp.path().join("run.sh"), "#!/bin/XX\n").unwrap();
-        assert!(stat_differences(tmp.path(), &manifest).unwrap().is_empty());
-        assert_eq!(
-            differences(&manifest, &scan(tmp.path()).unwrap()),
-            vec!["run.sh: differs"]
-        );
-        fs::write(tmp.path().join("config/service.toml"), "port = 12\n").unwrap();
-        fs::set_permissions(tmp.path().join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
-        fs::remove_file(tmp.path().join("current.toml")).unwrap();
-        symlink("elsewhere", tmp.path().join("current.toml")).unwrap();
-        fs::remove_dir(tmp.path().join("config/empty")).unwrap();
-        fs::write(tmp.path().join("new"), "").unwrap();
-        let mut diff = stat_differences(tmp.path(), &manifest).unwrap();
-        diff.sort();
-        assert_eq!(
-            diff,
-            vec![
-                "config/empty: missing",
-                "config/service.toml: differs",
-                "current.toml: differs",
-                "new: unexpected",
-                "run.sh: differs",
-            ]
-        );
-    }
-
-    #[test]
-    fn differences_name_every_changed_path() {
-        let tmp = tempfile::tempdir().unwrap();
-        sample_tree(tmp.path());
-        let before = scan(tmp.path()).unwrap();
-        fs::write(tmp.path().join("run.sh"), "changed").unwrap();
-        fs::remove_file(tmp.path().join("current.toml")).unwrap();
-        fs::write(tmp.path().join("new"), "").unwrap();
-        let diff = differences(&before, &scan(tmp.path()).unwrap());
-        assert_eq!(
-            diff,
-            vec![
-                "current.toml: missing",
-                "run.sh: differs",
-                "new: unexpected"
-            ]
-        );
-    }
-}
+mod tests;

@@ -7,50 +7,8 @@ use std::time::{Duration, Instant};
 
 use flotilla_schemas::{GateReport, Gates, Inconclusive, Workload, WorkloadFigures};
 
-use crate::checks::{RenderError, render_headers, render_plain};
 use crate::run_context::RunContext;
-use crate::template::Renderer;
 use crate::{health, steps};
-
-/// Resolves `${var:…}` in a workload's URL, body, headers and arguments, and `${secret:…}` in
-/// its body and headers only.
-pub fn render(renderer: &Renderer<'_>, workload: &Workload) -> Result<Workload, RenderError> {
-    Ok(match workload.clone() {
-        Workload::Http {
-            name,
-            url,
-            method,
-            body,
-            headers,
-            requests,
-            concurrency,
-        } => Workload::Http {
-            name,
-            url: render_plain(renderer, "url", &url)?,
-            method,
-            body: body.map(|b| renderer.render(&b)).transpose()?,
-            headers: render_headers(renderer, &headers)?,
-            requests,
-            concurrency,
-        },
-        Workload::Job {
-            name,
-            program,
-            args,
-            timeout_ms,
-            throughput_field,
-        } => Workload::Job {
-            name,
-            program,
-            args: args
-                .iter()
-                .map(|a| render_plain(renderer, "args", a))
-                .collect::<Result<_, _>>()?,
-            timeout_ms,
-            throughput_field,
-        },
-    })
-}
 
 /// Runs `workload` once and returns its figures. Failures are counted, not raised: a workload
 /// that cannot run at all has zero samples, which the gate judges inconclusive.
@@ -94,17 +52,8 @@ pub async fn measure(cx: &RunContext<'_>, workload: &Workload) -> WorkloadFigure
             throughput_field,
             ..
         } => {
-            let started = Instant::now();
-            let run = steps::run_program(
-                root,
-                program,
-                args,
-                &Default::default(),
-                Duration::from_millis(*timeout_ms),
-                launcher,
-            )
-            .await;
-            let duration_ms = started.elapsed().as_millis() as u64;
+            let (run, took) = steps::run_timed(root, program, args, *timeout_ms, launcher).await;
+            let duration_ms = took.as_millis() as u64;
             match run {
                 Ok(output) if output.status.success() => WorkloadFigures {
                     samples: 1,
@@ -239,46 +188,40 @@ pub fn gates(
         });
         return out;
     }
-    out.push(GateReport {
-        gate: format!("{name}.errors"),
-        before: u64::from(before.errors),
-        after: u64::from(after.errors),
-        limit: u64::from(before.errors),
-        passed: after.errors <= before.errors,
+    // A gate the after figure passes by staying at or under `limit`.
+    let at_most = |gate: &str, before: u64, after: u64, limit: u64| GateReport {
+        gate: format!("{name}.{gate}"),
+        before,
+        after,
+        limit,
+        passed: after <= limit,
         higher_is_better: false,
         inconclusive: false,
-    });
+    };
+    out.push(at_most(
+        "errors",
+        u64::from(before.errors),
+        u64::from(after.errors),
+        u64::from(before.errors),
+    ));
     let micros = |ms: f64| (ms * 1000.0).round() as u64;
     if let (Some(b), Some(a)) = (before.p95_ms, after.p95_ms) {
         let (b, a) = (micros(b), micros(a));
         let limit = ceiling(b, gates.latency_slack_ms * 1000);
-        out.push(GateReport {
-            gate: format!("{name}.p95_us"),
-            before: b,
-            after: a,
-            limit,
-            passed: a <= limit,
-            higher_is_better: false,
-            inconclusive: false,
-        });
+        out.push(at_most("p95_us", b, a, limit));
     }
     if let (Some(b), Some(a)) = (before.duration_ms, after.duration_ms) {
         let limit = ceiling(b, gates.latency_slack_ms);
-        out.push(GateReport {
-            gate: format!("{name}.duration_ms"),
-            before: b,
-            after: a,
-            limit,
-            passed: a <= limit,
-            higher_is_better: false,
-            inconclusive: false,
-        });
+        out.push(at_most("duration_ms", b, a, limit));
     }
     if let (Some(b), Some(a)) = (before.throughput, after.throughput) {
         let limit = (b * (1.0 - gates.throughput_max_decrease_pct / 100.0)).floor();
         // A job that ran within the latency slack of its baseline is too short to read a
         // throughput drop from: a preempted 2 ms job "loses" half its throughput.
-        let within_slack = matches!((before.duration_ms, after.duration_ms), (Some(bd), Some(ad)) if ad <= bd + gates.latency_slack_ms);
+        let within_slack = match (before.duration_ms, after.duration_ms) {
+            (Some(bd), Some(ad)) => ad <= bd + gates.latency_slack_ms,
+            _ => false,
+        };
         out.push(GateReport {
             gate: format!("{name}.throughput"),
             before: b.round() as u64,

@@ -9,7 +9,7 @@ use anyhow::Context;
 use flotilla_bus::signing::{SIGNATURE_HEADER, SigningKey};
 use flotilla_schemas::subjects::Subjects;
 use flotilla_schemas::{Command, HEADER_RUN_ID, RunResult, encode};
-use flotilla_tests::NatsServer;
+use flotilla_testkit::{NatsServer, Plan};
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -338,6 +338,16 @@ content = "noop = true\n"
 /// startup gate from rolling a benchmark run back; the memory gate has no PID to measure).
 pub const BENCH_GATES_TOML: &str = "[gates]\nstartup_slack_ms = 60000\n";
 
+/// A benchmark's plan: `command_timeout`, [`BENCH_GATES_TOML`], `step` (a top-level `[[step]]`,
+/// the default of every service) and the one service `service`.
+pub fn bench_plan(name: &str, command_timeout: &str, step: &str, service: &str) -> Plan {
+    Plan::new(name)
+        .set("command_timeout", command_timeout)
+        .service(flotilla_testkit::Service::new(service))
+        .table(BENCH_GATES_TOML)
+        .table(step)
+}
+
 /// A migrate command (built from JSON, so new optional fields of the contract need no change
 /// here) for `service`/`instance`, with `steps`.
 pub fn migrate_command(
@@ -438,7 +448,9 @@ pub async fn wait_presence(
     while started.elapsed() < timeout {
         tokio::select! {
             _ = tick.tick() => {
-                client.publish_with_reply(subjects.presence(), inbox.clone(), Vec::new().into()).await?;
+                client
+                    .publish_with_reply(subjects.presence(), inbox.clone(), Vec::new().into())
+                    .await?;
             }
             Some(message) = answers.next() => {
                 if let Ok(p) = serde_json::from_slice::<serde_json::Value>(&message.payload) {

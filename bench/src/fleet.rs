@@ -32,7 +32,7 @@ pub async fn run_coordinator(
 ) -> anyhow::Result<CoordinatorRun> {
     let before = common::cpu_of("self").context("own /proc stat")?;
     let started = Instant::now();
-    let mut child = tokio::process::Command::new(flotilla_tests::binary("flotilla"))
+    let mut child = tokio::process::Command::new(flotilla_testkit::binary("flotilla"))
         .arg("migrate")
         .arg(plan)
         .args(["--output", "json", "--no-verify"])
@@ -97,105 +97,120 @@ struct Row {
     agent_phase_ms: Stats,
 }
 
+/// One N's measurements, run by run.
+#[derive(Default)]
+struct Samples {
+    wall: Vec<f64>,
+    cpu: Vec<f64>,
+    rss_mib: Vec<f64>,
+    sim_cpu: Vec<f64>,
+    nats_cpu: Vec<f64>,
+    agent_phase_ms: Vec<f64>,
+}
+
 pub async fn fleet(counts: &[usize], runs: usize, sync: Sync) -> anyhow::Result<()> {
     let limit = common::raise_fd_limit();
     eprintln!("open-file limit {limit}");
     let mut rows = Vec::new();
     for &n in counts {
-        let nats = Nats::start(sync)?;
-        let nats_pid = common::child_named("nats-server")
-            .map(|p| p.to_string())
-            .context("nats-server pid")?;
-        eprintln!("fleet N={n}: starting {n} simulated agents");
-        let sim = SimFleet::start(nats.url(), "noop", n, &[]).await?;
-        eprintln!(
-            "fleet N={n}: all agents ready after {:.1} s",
-            sim.ready_after.as_secs_f64()
-        );
-        let plan = sim.dir.path().join("plan.toml");
-        std::fs::write(
-            &plan,
-            format!(
-                "name = \"bench-noop\"\ncommand_timeout = \"600s\"\n\n{}\n{}\n[[service]]\nname = \"noop\"\n",
-                common::BENCH_GATES_TOML,
-                common::NOOP_STEP_TOML
-            ),
-        )?;
-        let window = if n >= 1000 { "10s" } else { "2s" };
-        let (mut wall, mut cpu, mut rss, mut sim_cpu, mut nats_cpu, mut phases) =
-            (vec![], vec![], vec![], vec![], vec![], vec![]);
-        for run in 0..runs {
-            let own = sim.cpu();
-            let nats_before = common::cpu_of(&nats_pid).map_or(0.0, |c| c.own);
-            let log = sim.dir.path().join(format!("flotilla-{run}.log"));
-            let r = run_coordinator(
-                nats.url(),
-                &sim.key_path,
-                &plan,
-                &["--discovery-window", window],
-                &log,
-            )
-            .await?;
-            let own_after = sim.cpu();
-            let nats_after = common::cpu_of(&nats_pid).map_or(0.0, |c| c.own);
-            eprintln!(
-                "fleet N={n} run {}: {:.3} s, exit {}, {}/{} succeeded, coordinator {:.2} CPU-s, {} MiB peak",
-                run + 1,
-                r.wall.as_secs_f64(),
-                r.exit,
-                r.succeeded,
-                r.services,
-                r.cpu_s,
-                r.peak_rss_kib / 1024
-            );
-            ensure!(
-                r.exit == 0 && r.services == n && r.succeeded == n,
-                "run {} over N={n} did not succeed everywhere (exit {}, {}/{} of {n}): {}",
-                run + 1,
-                r.exit,
-                r.succeeded,
-                r.services,
-                reasons(&r.json)
-            );
-            // The agents' own time: the slowest agent's sum of phase durations.
-            let slowest = r.json["services"]
+        rows.push(measure(n, runs, sync).await?);
+    }
+    print_table(&rows, runs, sync);
+    Ok(())
+}
+
+/// `runs` no-op migrations over N simulated agents, on a nats-server of their own.
+async fn measure(n: usize, runs: usize, sync: Sync) -> anyhow::Result<Row> {
+    let nats = Nats::start(sync)?;
+    let nats_pid = common::child_named("nats-server")
+        .map(|p| p.to_string())
+        .context("nats-server pid")?;
+    eprintln!("fleet N={n}: starting {n} simulated agents");
+    let sim = SimFleet::start(nats.url(), "noop", n, &[]).await?;
+    eprintln!(
+        "fleet N={n}: all agents ready after {:.1} s",
+        sim.ready_after.as_secs_f64()
+    );
+    let plan = sim.dir.path().join("plan.toml");
+    let text = common::bench_plan("bench-noop", "600s", common::NOOP_STEP_TOML, "noop");
+    std::fs::write(&plan, text.to_string())?;
+    let window = if n >= 1000 { "10s" } else { "2s" };
+    let mut samples = Samples::default();
+    for run in 0..runs {
+        let own = sim.cpu();
+        let nats_before = common::cpu_of(&nats_pid).map_or(0.0, |c| c.own);
+        let log = sim.dir.path().join(format!("flotilla-{run}.log"));
+        let extra = ["--discovery-window", window];
+        let r = run_coordinator(nats.url(), &sim.key_path, &plan, &extra, &log).await?;
+        let own_after = sim.cpu();
+        let nats_after = common::cpu_of(&nats_pid).map_or(0.0, |c| c.own);
+        let slowest = check_run(n, run, &r)?;
+        samples.wall.push(r.wall.as_secs_f64());
+        samples.cpu.push(r.cpu_s);
+        samples.rss_mib.push(r.peak_rss_kib as f64 / 1024.0);
+        samples.sim_cpu.push(own_after - own);
+        samples.nats_cpu.push(nats_after - nats_before);
+        samples.agent_phase_ms.push(slowest);
+    }
+    let row = Row {
+        n,
+        ready_s: sim.ready_after.as_secs_f64(),
+        wall: Stats::new(samples.wall),
+        cpu: Stats::new(samples.cpu),
+        rss_mib: Stats::new(samples.rss_mib),
+        sim_cpu: Stats::new(samples.sim_cpu),
+        nats_cpu: Stats::new(samples.nats_cpu),
+        agent_phase_ms: Stats::new(samples.agent_phase_ms),
+    };
+    sim.stop().await;
+    drop(nats);
+    Ok(row)
+}
+
+/// Reports run `run` on stderr, fails unless every agent succeeded, and returns the agents' own
+/// time: the slowest agent's sum of phase durations.
+fn check_run(n: usize, run: usize, r: &CoordinatorRun) -> anyhow::Result<f64> {
+    eprintln!(
+        "fleet N={n} run {}: {:.3} s, exit {}, {}/{} succeeded, coordinator {:.2} CPU-s, {} MiB peak",
+        run + 1,
+        r.wall.as_secs_f64(),
+        r.exit,
+        r.succeeded,
+        r.services,
+        r.cpu_s,
+        r.peak_rss_kib / 1024
+    );
+    ensure!(
+        r.exit == 0 && r.services == n && r.succeeded == n,
+        "run {} over N={n} did not succeed everywhere (exit {}, {}/{} of {n}): {}",
+        run + 1,
+        r.exit,
+        r.succeeded,
+        r.services,
+        reasons(&r.json)
+    );
+    let slowest = r.json["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            s["phases"]
                 .as_array()
                 .into_iter()
                 .flatten()
-                .map(|s| {
-                    s["phases"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|p| p["duration_ms"].as_f64())
-                        .sum::<f64>()
-                })
-                .fold(0.0, f64::max);
-            eprintln!(
-                "fleet N={n} run {}: agents' phases {}",
-                run + 1,
-                phase_spread(&r.json)
-            );
-            wall.push(r.wall.as_secs_f64());
-            cpu.push(r.cpu_s);
-            rss.push(r.peak_rss_kib as f64 / 1024.0);
-            sim_cpu.push(own_after - own);
-            nats_cpu.push(nats_after - nats_before);
-            phases.push(slowest);
-        }
-        rows.push(Row {
-            n,
-            ready_s: sim.ready_after.as_secs_f64(),
-            wall: Stats::new(wall),
-            cpu: Stats::new(cpu),
-            rss_mib: Stats::new(rss),
-            sim_cpu: Stats::new(sim_cpu),
-            nats_cpu: Stats::new(nats_cpu),
-            agent_phase_ms: Stats::new(phases),
-        });
-        sim.stop().await;
-        drop(nats);
-    }
+                .filter_map(|p| p["duration_ms"].as_f64())
+                .sum::<f64>()
+        })
+        .fold(0.0, f64::max);
+    eprintln!(
+        "fleet N={n} run {}: agents' phases {}",
+        run + 1,
+        phase_spread(&r.json)
+    );
+    Ok(slowest)
+}
+
+fn print_table(rows: &[Row], runs: usize, sync: Sync) {
     println!(
         "## fleet: no-op migration (`flotilla migrate`, discovery → pre-flight → dispatch → 5 phases → results → finalize) over N simulated agents\n"
     );
@@ -245,7 +260,6 @@ pub async fn fleet(counts: &[usize], runs: usize, sync: Sync) -> anyhow::Result<
         ],
         &table_rows,
     );
-    Ok(())
 }
 
 /// The first few distinct failure reasons of a report, for an error message.

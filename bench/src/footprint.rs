@@ -5,51 +5,22 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use flotilla_schemas::RunId;
-use flotilla_schemas::subjects::Subjects;
 
-use crate::common::{self, Nats, Stats, Sync};
-use crate::roundtrip::{AgentProcess, one_migration};
+use crate::agent::{AgentProcess, Bus, Migrations};
+use crate::common::{self, Stats, Sync};
+
+/// The resident memory of `pid` now, in MiB (0 when unreadable).
+fn rss_mib(pid: &str) -> f64 {
+    common::status_kib(pid, "VmRSS:").unwrap_or(0) as f64 / 1024.0
+}
 
 pub async fn footprint(seconds: u64, migrations: usize, starts: usize) -> anyhow::Result<()> {
-    let nats = Nats::start(Sync::Always)?;
-    let client = async_nats::connect(nats.url()).await?;
-    let js = async_nats::jetstream::new(client.clone());
-    let subjects = Subjects::new(flotilla_schemas::subjects::DEFAULT_PREFIX)?;
-    common::ensure_streams(&client, &subjects).await?;
+    let bus = Bus::start(Sync::Always).await?;
+    let (ready, rss_at_ready) = startup(&bus, starts).await?;
 
-    // Start-up: from spawn to the first presence answer (the agent has connected, opened its
-    // journal, checked its service and subscribed), polled every 2 ms.
-    let mut ready = Vec::new();
-    let mut rss_at_ready = Vec::new();
-    for i in 0..starts {
-        let service = format!("fp{i}");
-        let agent = AgentProcess::spawn(nats.url(), &service, &[]).await?;
-        let spawned = agent.spawned;
-        common::wait_presence(
-            &client,
-            &subjects,
-            1,
-            Duration::from_millis(2),
-            Duration::from_secs(30),
-        )
-        .await?;
-        ready.push(common::ms(spawned.elapsed()));
-        rss_at_ready.push(common::status_kib(&agent.pid(), "VmRSS:").unwrap_or(0) as f64 / 1024.0);
-        drop(agent);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-
-    let agent = AgentProcess::spawn(nats.url(), "fp", &[]).await?;
+    let agent = AgentProcess::spawn(bus.nats.url(), "fp", &[]).await?;
     let pid = agent.pid();
-    common::wait_presence(
-        &client,
-        &subjects,
-        1,
-        Duration::from_millis(5),
-        Duration::from_secs(30),
-    )
-    .await?;
+    bus.wait_agent(Duration::from_millis(5)).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_idle_start = common::status_kib(&pid, "VmRSS:").context("agent RSS")?;
     let cpu0 = common::cpu_of(&pid).context("agent CPU")?.own;
@@ -58,50 +29,31 @@ pub async fn footprint(seconds: u64, migrations: usize, starts: usize) -> anyhow
     let t0 = std::time::Instant::now();
     while t0.elapsed() < Duration::from_secs(seconds) {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        rss_samples.push(common::status_kib(&pid, "VmRSS:").unwrap_or(0) as f64 / 1024.0);
+        rss_samples.push(rss_mib(&pid));
     }
     let idle_cpu = common::cpu_of(&pid).context("agent CPU")?.own - cpu0;
     let idle_pct = 100.0 * idle_cpu / t0.elapsed().as_secs_f64();
     let idle = Stats::new(rss_samples);
 
     eprintln!("footprint: {migrations} migrations");
-    let run_id = RunId::new();
-    let mut events = client.subscribe(subjects.run_events(&run_id)).await?;
+    let mut run = Migrations::new(&bus, &agent, "fp").await?;
     let mut after = Vec::new();
     for i in 0..migrations {
-        one_migration(
-            &client,
-            &js,
-            &subjects,
-            &agent.key,
-            &mut events,
-            run_id,
-            "fp",
-        )
-        .await
-        .with_context(|| format!("migration {i}"))?;
+        run.next().await?;
         if (i + 1) % 25 == 0 {
-            after.push((
-                i + 1,
-                common::status_kib(&pid, "VmRSS:").unwrap_or(0) as f64 / 1024.0,
-            ));
+            after.push((i + 1, rss_mib(&pid)));
         }
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss_end = common::status_kib(&pid, "VmRSS:").unwrap_or(0) as f64 / 1024.0;
+    let rss_end = rss_mib(&pid);
     let hwm = common::status_kib(&pid, "VmHWM:").unwrap_or(0) as f64 / 1024.0;
+    drop(run);
     drop(agent);
 
-    println!("## footprint: one real flotilla-agent process (service simulated, not counted)\n");
-    println!(
-        "{}; nats-server with sync_interval: always\n",
-        common::machine()
-    );
-    let ready = Stats::new(ready);
     let mut rows = vec![
         vec![
             format!("start-up to ready (first presence answer), {starts} starts"),
-            format!("{} ms", ready.mmm(1)),
+            format!("{} ms", Stats::new(ready).mmm(1)),
         ],
         vec![
             "RSS at ready".into(),
@@ -130,6 +82,30 @@ pub async fn footprint(seconds: u64, migrations: usize, starts: usize) -> anyhow
         "RSS 2 s after the last migration / peak (VmHWM)".into(),
         format!("{rss_end:.1} / {hwm:.1} MiB"),
     ]);
+    println!("## footprint: one real flotilla-agent process (service simulated, not counted)\n");
+    println!(
+        "{}; nats-server with sync_interval: always\n",
+        common::machine()
+    );
     common::table(&["what", "median (min–max)"], &rows);
     Ok(())
+}
+
+/// Start-up: from spawn to the first presence answer (the agent has connected, opened its
+/// journal, checked its service and subscribed), polled every 2 ms, `starts` times; with the
+/// resident memory at that moment.
+async fn startup(bus: &Bus, starts: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let mut ready = Vec::new();
+    let mut rss_at_ready = Vec::new();
+    for i in 0..starts {
+        let service = format!("fp{i}");
+        let agent = AgentProcess::spawn(bus.nats.url(), &service, &[]).await?;
+        let spawned = agent.spawned;
+        bus.wait_agent(Duration::from_millis(2)).await?;
+        ready.push(common::ms(spawned.elapsed()));
+        rss_at_ready.push(rss_mib(&agent.pid()));
+        drop(agent);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok((ready, rss_at_ready))
 }

@@ -8,10 +8,12 @@
 //! target/release/flotilla-bench fleet --agents 5,50,1000,10000 [--runs 3]
 //! target/release/flotilla-bench peers [--agents 1,5,20,50] [--peer-results DIR]
 //! target/release/flotilla-bench footprint [--seconds 60] [--migrations 100]
-//! target/release/flotilla-bench backup [-- ARGS of flotilla-bench-backup]
+//! target/release/flotilla-bench backup [--files 10000] [--total-mb 200] [--runs 3] [--dir DIR]
 //! target/release/flotilla-bench verify --services 1000
 //! ```
 
+mod agent;
+mod backup;
 mod common;
 mod fleet;
 mod footprint;
@@ -23,7 +25,6 @@ mod verify;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -75,10 +76,19 @@ enum Bench {
         #[arg(long, default_value_t = 10)]
         starts: usize,
     },
-    /// Backup and restore against `cp -a` (runs `flotilla-bench-backup` with these arguments).
+    /// The agent's backup and restore of a file tree against `cp -a` + `sync -f`.
     Backup {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
+        /// Files in the generated tree.
+        #[arg(long, default_value_t = 10_000)]
+        files: u64,
+        /// The tree's total size, in MB.
+        #[arg(long, default_value_t = 200)]
+        total_mb: u64,
+        #[arg(long, default_value_t = 3)]
+        runs: u64,
+        /// Where the temporary tree goes (default `$TMPDIR`, else `/var/tmp`).
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// Internal: one simulator process of the fleet simulator (runs agents until stdin closes).
     #[command(hide = true)]
@@ -109,12 +119,20 @@ enum Bench {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if let Bench::Backup { args } = &args.command {
-        let status = std::process::Command::new(flotilla_tests::binary("flotilla-bench-backup"))
-            .args(args)
-            .status()
-            .context("running flotilla-bench-backup (cargo build --release -p flotilla-tests --bin flotilla-bench-backup)")?;
-        std::process::exit(status.code().unwrap_or(1));
+    // File-system work only: no runtime, no telemetry.
+    if let Bench::Backup {
+        files,
+        total_mb,
+        runs,
+        dir,
+    } = args.command
+    {
+        return backup::backup(&backup::Options {
+            files,
+            total_mb,
+            runs,
+            dir,
+        });
     }
     // The simulated agents share this process's telemetry: spans are made (as in a real agent)
     // but not exported; warnings only on stderr.

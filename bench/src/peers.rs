@@ -67,6 +67,9 @@ fn make_source(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(src)
 }
 
+/// Flotilla's figures: (N, operation) → wall time of `flotilla migrate`.
+type OurRows = BTreeMap<(usize, &'static str), Stats>;
+
 pub async fn peers(
     counts: &[usize],
     runs: usize,
@@ -84,57 +87,67 @@ pub async fn peers(
         src = src.display(),
         dst = data.path().display()
     );
-    let mut ours: BTreeMap<(usize, &str), Stats> = BTreeMap::new();
+    let copy_step = format!(
+        "[[step]]\naction = \"run_command\"\nprogram = \"/bin/sh\"\nargs = [\"-c\", {copy:?}]\ntimeout_ms = 60000\n"
+    );
+    let mut ours = OurRows::new();
     for &n in counts {
         let nats = Nats::start(Sync::Always)?;
         let sim = SimFleet::start(nats.url(), "peer", n, &["/bin/sh"]).await?;
         for (op, step) in [
-            ("noop", common::NOOP_STEP_TOML.to_owned()),
-            (
-                "copy",
-                format!(
-                    "[[step]]\naction = \"run_command\"\nprogram = \"/bin/sh\"\nargs = [\"-c\", {copy:?}]\ntimeout_ms = 60000\n"
-                ),
-            ),
+            ("noop", common::NOOP_STEP_TOML),
+            ("copy", copy_step.as_str()),
         ] {
-            let plan = sim.dir.path().join(format!("plan-{op}.toml"));
-            std::fs::write(
-                &plan,
-                format!(
-                    "name = \"bench-{op}\"\ncommand_timeout = \"120s\"\n\n{}\n{step}\n[[service]]\nname = \"peer\"\n",
-                    common::BENCH_GATES_TOML
-                ),
-            )?;
-            let mut times = Vec::new();
-            for i in 0..warmup + runs {
-                let log = sim.dir.path().join(format!("flotilla-{op}-{i}.log"));
-                let r = run_coordinator(
-                    nats.url(),
-                    &sim.key_path,
-                    &plan,
-                    &["--discovery-window", "2s"],
-                    &log,
-                )
-                .await?;
-                ensure!(
-                    r.exit == 0 && r.succeeded == n,
-                    "{op} over N={n}: exit {}, {}/{n} succeeded: {}",
-                    r.exit,
-                    r.succeeded,
-                    crate::fleet::reasons(&r.json)
-                );
-                if i >= warmup {
-                    times.push(r.wall.as_secs_f64());
-                }
-            }
-            let s = Stats::new(times);
+            let s = time_operation(nats.url(), &sim, n, op, step, warmup + runs).await?;
+            let s = Stats::new(s.into_iter().skip(warmup).collect());
             eprintln!("peers: flotilla {op} N={n}: {} s", s.mmm(3));
             ours.insert((n, op), s);
         }
         sim.stop().await;
         drop(nats);
     }
+    print_tables(counts, runs, warmup, peer_dir, &peer_rows, &ours);
+    Ok(())
+}
 
+/// `flotilla migrate` of the plan running `step` over the N agents of `sim`, `times` times:
+/// each run's wall time in seconds, once every agent succeeded.
+async fn time_operation(
+    nats_url: &str,
+    sim: &SimFleet,
+    n: usize,
+    op: &str,
+    step: &str,
+    times: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let plan = sim.dir.path().join(format!("plan-{op}.toml"));
+    let text = common::bench_plan(&format!("bench-{op}"), "120s", step, "peer");
+    std::fs::write(&plan, text.to_string())?;
+    let mut wall = Vec::new();
+    for i in 0..times {
+        let log = sim.dir.path().join(format!("flotilla-{op}-{i}.log"));
+        let extra = ["--discovery-window", "2s"];
+        let r = run_coordinator(nats_url, &sim.key_path, &plan, &extra, &log).await?;
+        ensure!(
+            r.exit == 0 && r.succeeded == n,
+            "{op} over N={n}: exit {}, {}/{n} succeeded: {}",
+            r.exit,
+            r.succeeded,
+            crate::fleet::reasons(&r.json)
+        );
+        wall.push(r.wall.as_secs_f64());
+    }
+    Ok(wall)
+}
+
+fn print_tables(
+    counts: &[usize],
+    runs: usize,
+    warmup: usize,
+    peer_dir: &Path,
+    peer_rows: &PeerRows,
+    ours: &OurRows,
+) {
     println!("## peers: Flotilla beside Salt 3008 and Ansible 2.19 (same machine)\n");
     println!(
         "{}. Flotilla: `flotilla migrate` (CLI process start to exit, including discovery), {runs} runs after {warmup} warm-up, median (min–max) s. Peers: latest rows of `{}` (5 runs after 1 warm-up, from the peer scripts). Ratio = peer median / Flotilla median (how many times faster Flotilla is).\n",
@@ -194,5 +207,4 @@ pub async fn peers(
     if let (Some(first), Some(last)) = (dates.first(), dates.last()) {
         println!("Peer rows measured {first} … {last}.\n");
     }
-    Ok(())
 }

@@ -154,7 +154,9 @@ async fn wait_presence_of(
     while started.elapsed() < timeout {
         tokio::select! {
             _ = tick.tick() => {
-                client.publish_with_reply(subjects.presence(), inbox.clone(), Vec::new().into()).await?;
+                client
+                    .publish_with_reply(subjects.presence(), inbox.clone(), Vec::new().into())
+                    .await?;
             }
             Some(message) = answers.next() => {
                 if let Ok(p) = serde_json::from_slice::<serde_json::Value>(&message.payload)

@@ -70,6 +70,115 @@ fn resource(service: &str, instance: &str) -> Option<Resource> {
     })
 }
 
+fn log_record(trace: &[u8], span_id: Vec<u8>, message: &str, attrs: Vec<KeyValue>) -> LogRecord {
+    LogRecord {
+        trace_id: trace.to_vec(),
+        span_id,
+        time_unix_nano: 1_700_000_000_050_000_000,
+        severity_number: 9,
+        severity_text: "INFO".into(),
+        body: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(message.into())),
+        }),
+        attributes: attrs,
+        ..Default::default()
+    }
+}
+
+fn spans_request(resource: Option<Resource>, spans: Vec<Span>) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource,
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+fn logs_request(resource: Option<Resource>, records: Vec<LogRecord>) -> ExportLogsServiceRequest {
+    ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource,
+            scope_logs: vec![ScopeLogs {
+                log_records: records,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+/// The synthetic run's identity: its trace, its root span, and the span IDs handed out so far.
+struct Run<'a> {
+    trace: &'a [u8],
+    run_id: &'a str,
+    root: Vec<u8>,
+    ids: Ids,
+}
+
+impl Run<'_> {
+    fn ident(&self, service: &str, instance: &str) -> Vec<KeyValue> {
+        vec![
+            kv(flotilla_telemetry::RUN_ID_ATTR, self.run_id),
+            kv(flotilla_telemetry::SERVICE_ATTR, service),
+            kv(flotilla_telemetry::INSTANCE_ATTR, instance),
+        ]
+    }
+
+    /// What one agent exports for `command` (its consumer span, its phase spans, their log
+    /// records), and the coordinator's producer span for it.
+    fn agent_export(
+        &mut self,
+        service: &str,
+        instance: &str,
+        command: &str,
+    ) -> (Span, Vec<Span>, Vec<LogRecord>) {
+        let trace = self.trace;
+        let producer = span(
+            trace,
+            self.ids.span(),
+            self.root.clone(),
+            &format!("flotilla.cmd.{service}.{instance} publish"),
+            4,
+            self.ident("flotilla", "bench"),
+        );
+        let process = self.ids.span();
+        let mut spans = vec![span(
+            trace,
+            process.clone(),
+            self.root.clone(),
+            &format!("flotilla.cmd.{service}.{instance} process ({command})"),
+            5,
+            self.ident(service, instance),
+        )];
+        let phases: &[&str] = if command == "migrate" {
+            &["precheck", "backup", "apply", "restart", "validate"]
+        } else {
+            &["finalize"]
+        };
+        let mut records = Vec::new();
+        for phase in phases {
+            let id = self.ids.span();
+            let attrs = self.ident(service, instance);
+            spans.push(span(trace, id.clone(), process.clone(), phase, 1, attrs));
+            records.push(log_record(
+                trace,
+                id,
+                "phase ended",
+                self.ident(service, instance),
+            ));
+        }
+        for message in ["command received", "result published"] {
+            let attrs = self.ident(service, instance);
+            records.push(log_record(trace, process.clone(), message, attrs));
+        }
+        (producer, spans, records)
+    }
+}
+
 /// Publishes the synthetic run; returns the number of spans and log records.
 async fn publish_run(
     js: &async_nats::jetstream::Context,
@@ -83,109 +192,32 @@ async fn publish_run(
     let logs = flotilla_telemetry::store::logs_subject(prefix, trace_hex);
     let mut ids = Ids(0);
     let root = ids.span();
-    let ident = |s: &str, i: &str| {
-        vec![
-            kv(flotilla_telemetry::RUN_ID_ATTR, run_id),
-            kv(flotilla_telemetry::SERVICE_ATTR, s),
-            kv(flotilla_telemetry::INSTANCE_ATTR, i),
-        ]
+    let mut run = Run {
+        trace,
+        run_id,
+        root: root.clone(),
+        ids,
     };
     let mut coordinator = vec![span(
         trace,
-        root.clone(),
+        root,
         Vec::new(),
         "flotilla run bench",
         1,
-        ident("flotilla", "bench"),
+        run.ident("flotilla", "bench"),
     )];
     let (mut n_spans, mut n_logs) = (1, 0);
     let mut acks = Vec::new();
     for s in 0..services {
         let (service, instance) = (format!("svc{s:05}"), "a".to_owned());
         for command in ["migrate", "finalize"] {
-            let producer = ids.span();
-            coordinator.push(span(
-                trace,
-                producer.clone(),
-                root.clone(),
-                &format!("flotilla.cmd.{service}.{instance} publish"),
-                4,
-                ident("flotilla", "bench"),
-            ));
-            let process = ids.span();
-            let mut spans = vec![span(
-                trace,
-                process.clone(),
-                root.clone(),
-                &format!("flotilla.cmd.{service}.{instance} process ({command})"),
-                5,
-                ident(&service, &instance),
-            )];
-            let phases: &[&str] = if command == "migrate" {
-                &["precheck", "backup", "apply", "restart", "validate"]
-            } else {
-                &["finalize"]
-            };
-            let mut records = Vec::new();
-            for phase in phases {
-                let id = ids.span();
-                spans.push(span(
-                    trace,
-                    id.clone(),
-                    process.clone(),
-                    phase,
-                    1,
-                    ident(&service, &instance),
-                ));
-                records.push(LogRecord {
-                    trace_id: trace.to_vec(),
-                    span_id: id,
-                    time_unix_nano: 1_700_000_000_050_000_000,
-                    severity_number: 9,
-                    severity_text: "INFO".into(),
-                    body: Some(AnyValue {
-                        value: Some(any_value::Value::StringValue("phase ended".into())),
-                    }),
-                    attributes: ident(&service, &instance),
-                    ..Default::default()
-                });
-            }
-            for message in ["command received", "result published"] {
-                records.push(LogRecord {
-                    trace_id: trace.to_vec(),
-                    span_id: process.clone(),
-                    time_unix_nano: 1_700_000_000_050_000_000,
-                    severity_number: 9,
-                    severity_text: "INFO".into(),
-                    body: Some(AnyValue {
-                        value: Some(any_value::Value::StringValue(message.into())),
-                    }),
-                    attributes: ident(&service, &instance),
-                    ..Default::default()
-                });
-            }
+            let (producer, spans, records) = run.agent_export(&service, &instance, command);
+            coordinator.push(producer);
             n_spans += spans.len();
             n_logs += records.len();
-            let spans = ExportTraceServiceRequest {
-                resource_spans: vec![ResourceSpans {
-                    resource: resource("flotilla-agent", &format!("{service}/{instance}")),
-                    scope_spans: vec![ScopeSpans {
-                        spans,
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }],
-            };
-            let records = ExportLogsServiceRequest {
-                resource_logs: vec![ResourceLogs {
-                    resource: resource("flotilla-agent", &format!("{service}/{instance}")),
-                    scope_logs: vec![ScopeLogs {
-                        log_records: records,
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }],
-            };
+            let agent = || resource("flotilla-agent", &format!("{service}/{instance}"));
+            let spans = spans_request(agent(), spans);
+            let records = logs_request(agent(), records);
             acks.push(
                 js.publish(traces.clone(), spans.encode_to_vec().into())
                     .await?,
@@ -202,16 +234,7 @@ async fn publish_run(
         }
     }
     n_spans += coordinator.len() - 1;
-    let spans = ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: resource("flotilla", "bench"),
-            scope_spans: vec![ScopeSpans {
-                spans: coordinator,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    };
+    let spans = spans_request(resource("flotilla", "bench"), coordinator);
     acks.push(js.publish(traces, spans.encode_to_vec().into()).await?);
     for ack in acks {
         ack.await?;

@@ -288,21 +288,28 @@ async fn runs(cli: &Cli) -> Outcome {
             let rows: Vec<serde_json::Value> = reports
                 .iter()
                 .map(|r| {
+                    let started_at = r
+                        .started_at
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default();
                     serde_json::json!({
                         "run_id": r.run_id,
                         "plan": r.plan,
                         "status": r.status,
                         "stage": r.stage,
                         "rehearsal": r.rehearsal,
-                        "started_at": r.started_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+                        "started_at": started_at,
                         "duration_ms": r.duration_ms,
                         "services": r.services.len(),
                         "coordinator": r.coordinator,
                     })
                 })
-                .chain(listing.unreadable.iter().map(|u| {
-                    serde_json::json!({ "key": u.key, "unreadable": u.reason })
-                }))
+                .chain(
+                    listing
+                        .unreadable
+                        .iter()
+                        .map(|u| serde_json::json!({ "key": u.key, "unreadable": u.reason })),
+                )
                 .collect();
             print_json(&rows);
         }

@@ -338,22 +338,8 @@ mod tests {
         };
         // What an agent built before the preview kind answers: it cannot decode the command.
         let answer = |reason: &str| RunResult {
-            schema: Default::default(),
-            run_id: command.run_id,
-            command_id: command.command_id,
-            service: command.service.clone(),
-            instance: command.instance.clone(),
-            at: now,
-            outcome: Outcome::Refused,
             reason: Some(reason.to_owned()),
-            phases: Vec::new(),
-            measurements: Default::default(),
-            gates: Vec::new(),
-            workloads: Vec::new(),
-            inspection: None,
-            preview: None,
-            replayed: false,
-            command_digest: None,
+            ..RunResult::of(&command, now, Outcome::Refused)
         };
         let old = answer(
             "malformed flotilla.command.v1 message: unknown variant `preview`, expected one of `migrate`, `rollback`, `finalize`, `inspect` at line 1 column 286",

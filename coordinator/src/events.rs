@@ -265,7 +265,12 @@ impl RunEvents {
         let Err(why) = checked else {
             return Some(event);
         };
-        tracing::warn!(subject = %message.subject, %service, %instance, "ignoring a forged {what}: {why}");
+        tracing::warn!(
+            subject = %message.subject,
+            %service,
+            %instance,
+            "ignoring a forged {what}: {why}"
+        );
         // A forged progress event decides nothing: only a forged result is noted.
         if matches!(event, RunEvent::Result(_)) {
             self.forged.push(format!(

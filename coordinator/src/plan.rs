@@ -23,7 +23,7 @@
 //! content = "..."
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
@@ -34,11 +34,14 @@ use toml::Spanned;
 
 mod amount;
 mod correlation;
+mod cross_service;
 pub(crate) mod fields;
+mod services;
 mod waves;
 
 pub use amount::Amount;
 pub use correlation::LogCorrelation;
+pub use cross_service::{CrossService, CrossServiceOverride, KeyAt, KeyRef, ServiceInspect};
 
 /// Why a plan was refused.
 #[derive(Debug, thiserror::Error)]
@@ -80,29 +83,6 @@ pub struct Plan {
     pub cross_service: Option<CrossService>,
     /// Whether a proven run drops its backups at once or waits for an operator's decision.
     pub finalize: Finalize,
-}
-
-/// The cross-service stage (T006 phase 3), run by every migrated service's agent under the
-/// run's trace once the whole fleet is migrated, before anything is finalized.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CrossService {
-    /// Service communication: every agent reaches every other migrated service's endpoint.
-    #[serde(default)]
-    pub communication: bool,
-    /// Configuration files every agent reports the shape of (key names, a fingerprint, keys
-    /// holding a literal secret); the first one is the standard configuration.
-    #[serde(default)]
-    pub config_files: Vec<String>,
-    /// Keys the standard configuration of every service must have.
-    #[serde(default)]
-    pub required_keys: Vec<String>,
-    /// Further checks every agent runs.
-    #[serde(rename = "check", default)]
-    pub checks: Vec<Check>,
-    /// Requests to one service whose correlation ID must show in other services' logs.
-    #[serde(default)]
-    pub log_correlation: Vec<LogCorrelation>,
 }
 
 /// What to do when the failure budget is broken.
@@ -170,6 +150,8 @@ pub struct ServicePlan {
     pub depends_on: Vec<ServiceName>,
     /// This service's own `command_timeout`.
     pub command_timeout: Duration,
+    /// Its own keys of the cross-service stage, in place of `[cross_service]`'s.
+    pub cross_service: Option<CrossServiceOverride>,
 }
 
 /// One wave: services migrated together, at most `max_parallel` at once.
@@ -250,6 +232,8 @@ struct RawService {
     depends_on: Vec<Spanned<String>>,
     #[serde(default)]
     command_timeout: Option<Spanned<HumanDuration>>,
+    #[serde(default)]
+    cross_service: Option<Spanned<CrossServiceOverride>>,
 }
 
 /// A duration written the humantime way (`"90s"`, `"2m"`).
@@ -321,74 +305,13 @@ impl Plan {
         if raw.services.is_empty() {
             return Err(RuleError::plain("the plan names no [[service]]"));
         }
-        let mut services = Vec::new();
-        let mut seen = BTreeSet::new();
-        for (i, s) in raw.services.iter().enumerate() {
-            let name = s.name.get_ref().clone();
-            if !seen.insert(name.clone()) {
-                return Err(RuleError::at(
-                    &s.name,
-                    format!("service[{i}].name"),
-                    format!("service {name} appears twice"),
-                ));
-            }
-            let steps = if s.steps.is_empty() {
-                raw.default_steps.clone()
-            } else {
-                s.steps.clone()
-            };
-            if steps.is_empty() {
-                return Err(RuleError::at(
-                    &s.name,
-                    format!("service[{i}]"),
-                    format!(
-                        "service {name} has no steps: give it [[service.step]] or the plan [[step]]"
-                    ),
-                ));
-            }
-            let command_timeout = match &s.command_timeout {
-                Some(t) => checked_timeout(t, &format!("service[{i}].command_timeout"))?,
-                None => command_timeout,
-            };
-            services.push(ServicePlan {
-                name,
-                steps,
-                health: or_default(&s.health, &raw.default_health),
-                gates: s.gates.clone().unwrap_or_else(|| raw.default_gates.clone()),
-                preconditions: or_default(&s.preconditions, &raw.default_preconditions),
-                checks: or_default(&s.checks, &raw.default_checks),
-                workloads: or_default(&s.workloads, &raw.default_workloads),
-                depends_on: Vec::new(),
-                command_timeout,
-            });
-        }
-        for (i, s) in raw.services.iter().enumerate() {
-            for (j, dep) in s.depends_on.iter().enumerate() {
-                let key = format!("service[{i}].depends_on[{j}]");
-                let known = ServiceName::parse(dep.get_ref().as_str())
-                    .ok()
-                    .filter(|d| seen.contains(d));
-                let Some(dep_name) = known else {
-                    return Err(RuleError::at(
-                        dep,
-                        key,
-                        format!(
-                            "service {} depends on {:?}, which is not a [[service]] of this plan",
-                            s.name.get_ref(),
-                            dep.get_ref()
-                        ),
-                    ));
-                };
-                if &dep_name == s.name.get_ref() {
-                    return Err(RuleError::at(
-                        dep,
-                        key,
-                        format!("service {dep_name} depends on itself"),
-                    ));
-                }
-                services[i].depends_on.push(dep_name);
-            }
-        }
+        let mut services = raw
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| services::service_plan(&raw, i, s, command_timeout))
+            .collect::<Result<Vec<_>, _>>()?;
+        services::link_dependencies(&raw.services, &mut services)?;
         if let Some(budget) = &raw.failure_budget
             && let Amount::Percent(p) = budget.get_ref()
             && !(0.0..=100.0).contains(p)
@@ -399,6 +322,12 @@ impl Plan {
                 "a percentage must be between 0% and 100%".into(),
             ));
         }
+        let overrides: Vec<_> = raw
+            .services
+            .iter()
+            .map(|s| (s.name.get_ref(), s.cross_service.as_ref()))
+            .collect();
+        cross_service::check(raw.cross_service.as_ref(), &overrides)?;
         let waves = waves::resolve(&raw, &services, max_parallel)?;
         Ok(Plan {
             name: raw.name,
@@ -475,6 +404,12 @@ impl RuleError {
             key,
             reason,
         }
+    }
+
+    /// The error of a fleet-wide key that cannot apply to service `name`.
+    fn for_service(mut self, name: &ServiceName) -> Self {
+        self.reason = format!("for service {name}: {}", self.reason);
+        self
     }
 
     fn plain(reason: &str) -> Self {

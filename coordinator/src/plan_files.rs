@@ -129,7 +129,12 @@ pub async fn ship(
             Upload::Uploaded => shipped.uploaded += 1,
             Upload::Present => shipped.present += 1,
         }
-        tracing::info!(path = %local.file.path, digest = %local.file.digest, size = local.file.size, "plan file in the bucket");
+        tracing::info!(
+            path = %local.file.path,
+            digest = %local.file.digest,
+            size = local.file.size,
+            "plan file in the bucket"
+        );
     }
     Ok(shipped)
 }

@@ -254,7 +254,12 @@ impl Store {
                             source,
                         });
                     }
-                    tracing::warn!(key, attempt, error = %source, "run store write unconfirmed; retrying");
+                    tracing::warn!(
+                        key,
+                        attempt,
+                        error = %source,
+                        "run store write unconfirmed; retrying"
+                    );
                     tokio::time::sleep(WRITE_RETRY_PAUSE * attempt).await;
                 }
             }

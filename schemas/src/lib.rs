@@ -6,6 +6,7 @@
 //! from the JSON Schema files generated from them under `schemas/json/`) alone.
 
 mod codec;
+pub mod fields;
 mod ids;
 pub mod messages;
 pub mod paths;
@@ -19,8 +20,8 @@ pub use messages::{
     Action, AgentState, Check, CheckVerdict, Command, CommandSchema, ConfigShape, GateReport,
     Gates, HttpCheck, Inconclusive, Inspection, Measurements, MemorySource, Outcome, Phase,
     PhaseReport, PhaseStatus, PlanFile, Precondition, Presence, Preview, Progress, ProgressSchema,
-    ResultSchema, RunResult, Step, StepPreview, WireMessage, Workload, WorkloadFigures,
-    WorkloadReport,
+    ResultSchema, RunResult, SettingProbe, SettingReport, Step, StepPreview, WireMessage, Workload,
+    WorkloadFigures, WorkloadReport,
 };
 pub use version::SchemaTag;
 

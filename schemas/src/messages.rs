@@ -7,13 +7,14 @@ mod result;
 
 pub use command::{
     Action, Check, Command, CommandSchema, Gates, HttpCheck, Inconclusive, PlanFile, Precondition,
-    Step, Workload,
+    SettingProbe, Step, Workload,
 };
 pub use presence::{AgentState, Presence, PresenceSchema};
 pub use progress::{Phase, PhaseStatus, Progress, ProgressSchema};
 pub use result::{
     CheckVerdict, ConfigShape, GateReport, Inspection, Measurements, MemorySource, Outcome,
-    PhaseReport, Preview, ResultSchema, RunResult, StepPreview, WorkloadFigures, WorkloadReport,
+    PhaseReport, Preview, ResultSchema, RunResult, SettingReport, StepPreview, WorkloadFigures,
+    WorkloadReport,
 };
 
 use schemars::JsonSchema;

@@ -93,15 +93,22 @@ impl<P: Flushable> Detached<P> {
     fn request_flush(&self) {
         let flusher = self.flusher.get_or_init(|| {
             let (tx, rx) = std::sync::mpsc::sync_channel(1);
-            let (inner, collector, signal) =
-                (Arc::clone(&self.inner), Arc::clone(&self.collector), self.signal);
+            let (inner, collector, signal) = (
+                Arc::clone(&self.inner),
+                Arc::clone(&self.collector),
+                self.signal,
+            );
             // A plain thread, not `spawn_blocking`: a runtime waits for its blocking tasks when it
             // shuts down, and this one may be waiting for a collector that never answers.
             let spawned = std::thread::Builder::new()
                 .name(format!("flotilla-otlp-{signal}-flush"))
                 .spawn(move || flush_on_request(&*inner, &rx, &collector, signal));
             if let Err(e) = spawned {
-                tracing::warn!(target: "flotilla_telemetry", error = %e, "no OTLP flush thread; batches go out on their schedule");
+                tracing::warn!(
+                    target: "flotilla_telemetry",
+                    error = %e,
+                    "no OTLP flush thread; batches go out on their schedule"
+                );
             }
             tx
         });

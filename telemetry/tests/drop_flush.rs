@@ -1,8 +1,6 @@
 //! A short CLI run that just drops its guard at the end of an async `main` (multi-thread
 //! runtime) loses no span: the drop flushes the providers and waits for the store.
 
-mod support;
-
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
@@ -17,7 +15,7 @@ use flotilla_telemetry::{LogFormat, store};
 /// The last span of the run, closed just before the guard drops, is in the stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_guard_stores_the_last_span() {
-    let server = support::NatsServer::start();
+    let server = flotilla_testkit::NatsServer::start().expect("nats-server starts");
     let guard = flotilla_telemetry::init(LogFormat::Json, "warn");
     let client = async_nats::connect(server.url()).await.expect("connect");
     guard

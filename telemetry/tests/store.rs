@@ -2,8 +2,6 @@
 //! spans and logs read back from the stream. One test per file: the global subscriber can be
 //! installed once per process.
 
-mod support;
-
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
@@ -34,7 +32,7 @@ fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
 /// reach the stream on shutdown with matching trace and span IDs, and logs inherit the run ID.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_and_logs_reach_the_default_store_with_matching_ids() {
-    let server = support::NatsServer::start();
+    let server = flotilla_testkit::NatsServer::start().expect("nats-server starts");
     let guard = flotilla_telemetry::init_with(TelemetryConfig {
         resource_attributes: vec![("service.instance.id".into(), "a1".into())],
         ..TelemetryConfig::new("telemetry-test")

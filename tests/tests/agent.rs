@@ -8,7 +8,7 @@ use flotilla_schemas::subjects::Subjects;
 use flotilla_schemas::{
     Action, Command, CommandId, InstanceId, RunId, RunResult, ServiceName, Step, decode, encode,
 };
-use flotilla_tests::{Fleet, NatsServer, json_stdout, snapshot, standard_config_step};
+use flotilla_tests::{Fleet, NatsServer, snapshot, standard_config_step};
 use futures::StreamExt;
 
 /// The T006 migration of one service (the demo plan's steps).
@@ -44,10 +44,8 @@ path = "legacy.conf"
 find = "extra_memory_mb=0"
 replace = "extra_memory_mb=64"
 "#;
-    let plan = fleet.write_plan("regress.toml", plan);
-    let out = fleet.flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"]);
-    let report = json_stdout(&out);
-    assert_eq!(out.status.code(), Some(1), "{report:#}");
+    let (code, report) = fleet.migrate(plan);
+    assert_eq!(code, Some(1), "{report:#}");
     for (role, gate) in [("inference", "startup_ms"), ("ingest", "memory_bytes")] {
         let service = report["services"]
             .as_array()
@@ -90,12 +88,7 @@ fn a_backup_over_the_quota_is_refused_before_any_change() {
     )
     .unwrap();
     let before = snapshot(&fleet.root("preprocess"));
-    let plan = fleet.write_plan(
-        "quota.toml",
-        "name = \"q\"\n[[service]]\nname = \"preprocess\"\n[[service.step]]\naction = \"delete\"\npath = \"legacy.conf\"\n",
-    );
-    let out = fleet.flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"]);
-    let report = json_stdout(&out);
+    let (_, report) = fleet.migrate("name = \"q\"\n[[service]]\nname = \"preprocess\"\n[[service.step]]\naction = \"delete\"\npath = \"legacy.conf\"\n");
     let service = &report["services"][0];
     assert_eq!(service["status"], "refused", "{report:#}");
     assert!(
@@ -233,9 +226,7 @@ fn a_full_backup_volume_fails_cleanly_with_nothing_changed() {
     )
     .unwrap();
     let before = snapshot(&fleet.root("inference"));
-    let plan = fleet.write_plan("plan.toml", &migrate_inference_plan());
-    let out = fleet.flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"]);
-    let report = json_stdout(&out);
+    let (_, report) = fleet.migrate(migrate_inference_plan());
     let service = &report["services"][0];
     assert_eq!(service["status"], "refused", "{report:#}");
     assert!(

@@ -1,7 +1,7 @@
 //! Preconditions, functional checks (HTTP, TCP, a batch job run) and an external supervisor,
 //! end to end with the real binaries.
 
-use flotilla_tests::{Fleet, NatsServer, binary, json_stdout, snapshot, standard_config_step};
+use flotilla_tests::{Fleet, NatsServer, binary, snapshot, standard_config_step};
 
 fn plan(role: &str, behaviour: &str, tail: &str) -> String {
     format!(
@@ -23,21 +23,18 @@ fn a_batch_service_is_validated_by_running_its_job_and_a_failing_job_rolls_back(
     let fleet = Fleet::start(nats.url(), &["training", "preprocess"]).unwrap();
 
     let tcp = "[[service.check]]\ntype = \"tcp\"\naddress = \"127.0.0.1:${var:port}\"\ntimeout_ms = 2000\n";
-    let good = fleet.write_plan(
-        "good.toml",
-        &plan("training", "", &format!("{}{tcp}", job_check("training"))),
-    );
-    let out = fleet.flotilla(&["migrate", good.to_str().unwrap(), "--output", "json"]);
-    let report = json_stdout(&out);
-    assert_eq!(out.status.code(), Some(0), "{report:#}");
+    let (code, report) = fleet.migrate(plan(
+        "training",
+        "",
+        &format!("{}{tcp}", job_check("training")),
+    ));
+    assert_eq!(code, Some(0), "{report:#}");
 
     // The job run as the wrong role refuses its configuration and exits 2: validation fails and
     // the service, healthy as it is, is restored anyway.
     let before = snapshot(&fleet.root("preprocess"));
-    let bad = fleet.write_plan("bad.toml", &plan("preprocess", "", &job_check("training")));
-    let out = fleet.flotilla(&["migrate", bad.to_str().unwrap(), "--output", "json"]);
-    let report = json_stdout(&out);
-    assert_eq!(out.status.code(), Some(1), "{report:#}");
+    let (code, report) = fleet.migrate(plan("preprocess", "", &job_check("training")));
+    assert_eq!(code, Some(1), "{report:#}");
     let service = &report["services"][0];
     assert_eq!(service["status"], "rolled_back", "{report:#}");
     let reason = service["reason"].as_str().unwrap();
@@ -72,9 +69,7 @@ fn an_unmet_precondition_or_a_disallowed_check_is_refused_before_any_change() {
         ),
     ];
     for (tail, expected) in cases {
-        let path = fleet.write_plan("refused.toml", &plan("ingest", "", tail));
-        let out = fleet.flotilla(&["migrate", path.to_str().unwrap(), "--output", "json"]);
-        let report = json_stdout(&out);
+        let (_, report) = fleet.migrate(plan("ingest", "", tail));
         let service = &report["services"][0];
         assert_eq!(service["status"], "refused", "{report:#}");
         let reason = service["reason"].to_string();
@@ -85,16 +80,12 @@ fn an_unmet_precondition_or_a_disallowed_check_is_refused_before_any_change() {
         assert_eq!(snapshot(&fleet.root("ingest")), before);
     }
     // A precondition that holds lets the migration through.
-    let ok = fleet.write_plan(
-        "ok.toml",
-        &plan(
-            "ingest",
-            "",
-            "[[service.precondition]]\ntype = \"file_exists\"\npath = \"legacy.conf\"\n",
-        ),
-    );
-    let out = fleet.flotilla(&["migrate", ok.to_str().unwrap(), "--output", "json"]);
-    assert_eq!(out.status.code(), Some(0), "{:#}", json_stdout(&out));
+    let (code, report) = fleet.migrate(plan(
+        "ingest",
+        "",
+        "[[service.precondition]]\ntype = \"file_exists\"\npath = \"legacy.conf\"\n",
+    ));
+    assert_eq!(code, Some(0), "{report:#}");
 }
 
 #[test]
@@ -106,16 +97,11 @@ fn an_externally_supervised_service_is_migrated_and_rolled_back_through_its_comm
     let before = snapshot(&fleet.root("execution"));
 
     // A failing migration: restored, restarted by the external supervisor, healthy on legacy.
-    let bad = fleet.write_plan(
-        "bad.toml",
-        &plan(
-            "execution",
-            "fail_health = true",
-            "[[service.health]]\ntimeout_ms = 1000\n",
-        ),
-    );
-    let out = fleet.flotilla(&["migrate", bad.to_str().unwrap(), "--output", "json"]);
-    let report = json_stdout(&out);
+    let (_, report) = fleet.migrate(plan(
+        "execution",
+        "fail_health = true",
+        "[[service.health]]\ntimeout_ms = 1000\n",
+    ));
     assert_eq!(report["services"][0]["status"], "rolled_back", "{report:#}");
     assert_eq!(snapshot(&fleet.root("execution")), before);
     let (status, body) = fleet.health("execution").unwrap();
@@ -124,10 +110,8 @@ fn an_externally_supervised_service_is_migrated_and_rolled_back_through_its_comm
         "{status} {body}"
     );
 
-    let good = fleet.write_plan("good.toml", &plan("execution", "", ""));
-    let out = fleet.flotilla(&["migrate", good.to_str().unwrap(), "--output", "json"]);
-    let report = json_stdout(&out);
-    assert_eq!(out.status.code(), Some(0), "{report:#}");
+    let (code, report) = fleet.migrate(plan("execution", "", ""));
+    assert_eq!(code, Some(0), "{report:#}");
     let measurements = &report["services"][0]["measurements"];
     assert!(
         measurements["rss_bytes_before"].as_u64().unwrap() > 0,

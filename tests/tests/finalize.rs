@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use flotilla_tests::invariants::{journal_path, read_journal};
+use flotilla_tests::report::service;
 use flotilla_tests::{
     Fleet, NatsServer, assert_restored, demo_plan_text, json_stdout, snapshot, wait_for,
 };
@@ -24,12 +25,7 @@ fn backups(fleet: &Fleet, role: &str) -> Vec<String> {
 }
 
 fn command_id(report: &Value, role: &str) -> String {
-    report["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["service"] == role)
-        .unwrap_or_else(|| panic!("{role} not in {report:#}"))["command_id"]
+    service(report, role)["command_id"]
         .as_str()
         .unwrap()
         .to_owned()
@@ -94,16 +90,8 @@ fn no_finalize_keeps_every_backup_until_finalize_from_another_process() {
     let nats = NatsServer::start().unwrap();
     let roles = ["inference", "training", "ingest"];
     let fleet = Fleet::start(nats.url(), &roles).unwrap();
-    let plan = fleet.write_plan("demo.toml", &demo_plan_text(&roles));
-    let out = fleet.flotilla(&[
-        "migrate",
-        plan.to_str().unwrap(),
-        "--no-finalize",
-        "--output",
-        "json",
-    ]);
-    let report = json_stdout(&out);
-    assert_eq!(out.status.code(), Some(0), "{report:#}\n{}", stderr(&out));
+    let (code, report) = fleet.migrate_with(demo_plan_text(&roles), &["--no-finalize"]);
+    assert_eq!(code, Some(0), "{report:#}");
     assert_awaiting(&fleet, &report, &roles);
     // Proven before the pause: both checks ran over the migrated fleet.
     assert_eq!(report["cross_service"]["ok"], true, "{report:#}");
@@ -156,10 +144,8 @@ fn a_run_awaiting_finalize_rolled_back_later_is_byte_identical_to_the_legacy_tre
     let before: Vec<_> = roles.iter().map(|r| snapshot(&fleet.root(r))).collect();
     // The plan's own key this time, instead of the flag.
     let text = format!("finalize = \"manual\"\n{}", demo_plan_text(&roles));
-    let plan = fleet.write_plan("manual.toml", &text);
-    let out = fleet.flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"]);
-    let report = json_stdout(&out);
-    assert_eq!(out.status.code(), Some(0), "{report:#}\n{}", stderr(&out));
+    let (code, report) = fleet.migrate(&text);
+    assert_eq!(code, Some(0), "{report:#}");
     assert_awaiting(&fleet, &report, &roles);
     let run = report["run_id"].as_str().unwrap();
 

@@ -3,33 +3,16 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use flotilla_tests::{
-    Fleet, NatsServer, ROLES, json_stdout, repo_root, snapshot, standard_config_step,
-};
-use serde_json::Value;
-
-fn service<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["service"] == name)
-        .unwrap_or_else(|| panic!("{name} not in {report:#}"))
-}
+use flotilla_tests::report::service;
+use flotilla_tests::{Fleet, NatsServer, ROLES, repo_root, snapshot, standard_config_step};
 
 #[test]
 fn the_demo_plan_moves_all_five_services_to_the_standard_layout() {
     let nats = NatsServer::start().unwrap();
     let fleet = Fleet::start(nats.url(), &ROLES).unwrap();
     let plan = repo_root().join("deploy/demo/plan.toml");
-    let out = fleet.flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"]);
-    let report = json_stdout(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{report:#}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, report) = fleet.migrate_file(&plan, &[]);
+    assert_eq!(code, Some(0), "{report:#}");
     assert_eq!(report["status"], "succeeded");
     assert_eq!(report["finalized"], true);
     let run_id = report["run_id"].as_str().unwrap();
@@ -117,10 +100,8 @@ fn a_service_that_fails_validation_is_restored_byte_identical_and_the_run_rolls_
     let fleet = Fleet::start(nats.url(), &["inference", "ingest"]).unwrap();
     let before_inference = snapshot(&fleet.root("inference"));
     let before_ingest = snapshot(&fleet.root("ingest"));
-    let plan = fleet.write_plan("break.toml", &break_inference_plan());
-    let out = fleet.flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"]);
-    let report = json_stdout(&out);
-    assert_eq!(out.status.code(), Some(1), "{report:#}");
+    let (code, report) = fleet.migrate(break_inference_plan());
+    assert_eq!(code, Some(1), "{report:#}");
     assert_eq!(report["status"], "failed");
     assert_eq!(report["finalized"], false);
 
@@ -190,13 +171,8 @@ fn a_refused_step_changes_nothing_and_says_why() {
         ),
     ];
     for (action, fields, expected) in cases {
-        let plan = fleet.write_plan(
-            "refused.toml",
-            &format!("name = \"refused\"\n[[service]]\nname = \"training\"\n[[service.step]]\naction = \"{action}\"\n{fields}\n"),
-        );
-        let out = fleet.flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"]);
-        let report = json_stdout(&out);
-        assert_eq!(out.status.code(), Some(1), "{report:#}");
+        let (code, report) = fleet.migrate(format!("name = \"refused\"\n[[service]]\nname = \"training\"\n[[service.step]]\naction = \"{action}\"\n{fields}\n"));
+        assert_eq!(code, Some(1), "{report:#}");
         let training = service(&report, "training");
         assert_eq!(training["status"], "refused");
         let reason = training["reason"].to_string();
@@ -221,9 +197,8 @@ fn an_agent_that_does_not_answer_in_time_is_reported_timed_out() {
         "name = \"slow\"\ncommand_timeout = \"2s\"\n[[service]]\nname = \"execution\"\n[[service.step]]\naction = \"run_command\"\nprogram = \"sh\"\nargs = [\"-c\", \"sleep 4\"]\n",
     );
     let started = std::time::Instant::now();
-    let out = fleet.flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"]);
-    let report = json_stdout(&out);
-    assert_eq!(out.status.code(), Some(6), "{report:#}");
+    let (code, report) = fleet.migrate_file(&plan, &[]);
+    assert_eq!(code, Some(6), "{report:#}");
     assert_eq!(service(&report, "execution")["status"], "timed_out");
     assert!(
         started.elapsed() < std::time::Duration::from_secs(15),
@@ -269,10 +244,8 @@ fn a_literal_secret_left_in_a_config_file_fails_the_cross_service_check_and_roll
         .replace("[[service]]\nname = \"execution\"\n", "")
         .replace("[[service]]\nname = \"preprocess\"\n", "");
     assert_ne!(keep_legacy, demo);
-    let plan = fleet.write_plan("keep-legacy.toml", &keep_legacy);
-    let out = fleet.flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"]);
-    let report = json_stdout(&out);
-    assert_eq!(out.status.code(), Some(1), "{report:#}");
+    let (code, report) = fleet.migrate(&keep_legacy);
+    assert_eq!(code, Some(1), "{report:#}");
     let cross = &report["cross_service"];
     assert_eq!(cross["ok"], false, "{cross:#}");
     let problems = cross["problems"].to_string();

@@ -5,19 +5,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use flotilla_tests::report::service;
 use flotilla_tests::{
-    Fleet, NatsServer, ROLES, Snapshot, json_stdout, repo_root, snapshot, wait_for,
+    Fleet, NatsServer, Plan, ROLES, Service, Snapshot, json_stdout, repo_root, snapshot, wait_for,
 };
 use serde_json::Value;
-
-fn service<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["service"] == name)
-        .unwrap_or_else(|| panic!("{name} not in {report:#}"))
-}
 
 fn snapshots(fleet: &Fleet, roles: &[&str]) -> BTreeMap<String, Snapshot> {
     roles
@@ -37,18 +29,16 @@ fn assert_healthy_legacy(fleet: &Fleet, roles: &[&str]) {
 /// A `[[service]]` whose migration counts its applications in `counter.txt` (then waits
 /// `sleep` seconds), and fails validation when `fail` is set.
 fn counting_service(name: &str, sleep: u32, fail: bool) -> String {
-    let mut text = format!(
-        "[[service]]\nname = \"{name}\"\n[[service.step]]\naction = \"run_command\"\nprogram = \"sh\"\nargs = [\"-c\", \"echo x >> counter.txt\"]\n"
-    );
+    let mut service = Service::new(name).sh("echo x >> counter.txt");
     if sleep > 0 {
-        text.push_str(&format!(
-            "[[service.step]]\naction = \"run_command\"\nprogram = \"sh\"\nargs = [\"-c\", \"sleep {sleep}\"]\n"
-        ));
+        service = service.sh(&format!("sleep {sleep}"));
     }
     if fail {
-        text.push_str("[[service.step]]\naction = \"replace_text\"\npath = \"legacy.conf\"\nfind = \"fail_health=false\"\nreplace = \"fail_health=true\"\n[[service.health]]\ntimeout_ms = 1500\n");
+        service = service
+            .replace_text("legacy.conf", "fail_health=false", "fail_health=true")
+            .health_timeout_ms(1500);
     }
-    text
+    service.to_string()
 }
 
 fn counter(fleet: &Fleet, role: &str) -> usize {
@@ -83,16 +73,15 @@ fn a_failing_canary_stops_the_run_before_the_next_wave_and_is_rolled_back() {
     let roles = ["inference", "ingest", "training"];
     let fleet = Fleet::start(nats.url(), &roles).unwrap();
     let before = snapshots(&fleet, &roles);
-    let plan = format!(
-        "name = \"canary-breaks\"\ncommand_timeout = \"30s\"\n[[wave]]\nname = \"canary\"\nservices = [\"inference\"]\n[[wave]]\nname = \"rest\"\n{}{}{}",
-        counting_service("inference", 0, true),
-        counting_service("ingest", 0, false),
-        counting_service("training", 0, false),
-    );
-    let plan = fleet.write_plan("canary.toml", &plan);
-    let out = fleet.flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"]);
-    let report = json_stdout(&out);
-    assert_eq!(out.status.code(), Some(1), "{report:#}");
+    let plan = Plan::new("canary-breaks")
+        .set("command_timeout", "30s")
+        .wave("canary", &["inference"])
+        .wave("rest", &[])
+        .service(counting_service("inference", 0, true))
+        .service(counting_service("ingest", 0, false))
+        .service(counting_service("training", 0, false));
+    let (code, report) = fleet.migrate(plan);
+    assert_eq!(code, Some(1), "{report:#}");
     assert_eq!(report["status"], "failed");
     let canary = service(&report, "inference");
     assert_eq!(canary["status"], "rolled_back", "{canary:#}");
@@ -123,10 +112,8 @@ fn a_failure_in_wave_two_rolls_back_waves_two_and_one_in_reverse_order() {
         counting_service("execution", 0, false),
         counting_service("preprocess", 0, false),
     );
-    let plan = fleet.write_plan("wave2.toml", &plan);
-    let out = fleet.flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"]);
-    let report = json_stdout(&out);
-    assert_eq!(out.status.code(), Some(1), "{report:#}");
+    let (code, report) = fleet.migrate(&plan);
+    assert_eq!(code, Some(1), "{report:#}");
     assert_eq!(report["status"], "failed");
     assert_eq!(service(&report, "training")["failure"], "failed_validation");
     for role in ["inference", "ingest"] {
@@ -300,10 +287,8 @@ fn rollback_restores_a_left_run_one_service_then_the_rest_latest_wave_first() {
         counting_service("ingest", 0, false),
         counting_service("training", 0, true),
     );
-    let plan = fleet.write_plan("leave.toml", &plan);
-    let out = fleet.flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"]);
-    let report = json_stdout(&out);
-    assert_eq!(out.status.code(), Some(1), "{report:#}");
+    let (code, report) = fleet.migrate(&plan);
+    assert_eq!(code, Some(1), "{report:#}");
     assert_eq!(service(&report, "inference")["status"], "succeeded");
     assert_eq!(service(&report, "ingest")["status"], "succeeded");
     assert_eq!(counter(&fleet, "ingest"), 1);
@@ -544,10 +529,8 @@ fn a_failure_within_the_budget_does_not_stop_the_run_and_the_rest_is_finalized()
         counting_service("ingest", 0, false),
         counting_service("training", 0, false),
     );
-    let plan = fleet.write_plan("budget.toml", &plan);
-    let out = fleet.flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"]);
-    let report = json_stdout(&out);
-    assert_eq!(out.status.code(), Some(1), "{report:#}");
+    let (code, report) = fleet.migrate(&plan);
+    assert_eq!(code, Some(1), "{report:#}");
     assert_eq!(report["status"], "succeeded_with_failures");
     assert_eq!(
         service(&report, "inference")["failure"],

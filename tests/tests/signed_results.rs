@@ -7,9 +7,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use flotilla_bus::signing::{SIGNATURE_HEADER, SigningKey};
 use flotilla_schemas::subjects::Subjects;
-use flotilla_schemas::{
-    Command, InstanceId, Measurements, Outcome, RunResult, ServiceName, decode, encode,
-};
+use flotilla_schemas::{Command, InstanceId, Outcome, RunResult, ServiceName, decode, encode};
 use flotilla_tests::{Fleet, NatsServer, json_stdout, wait_for};
 
 fn agent_of(role: &str) -> (ServiceName, InstanceId) {
@@ -190,24 +188,11 @@ async fn forged_successes_unsigned_or_signed_by_another_agent_are_ignored_with_a
         .await
         .unwrap();
     let other_agent = SigningKey::load(&fleet.dir().join("state/inference/agent.key")).unwrap();
-    let forged = RunResult {
-        schema: Default::default(),
-        run_id: command.run_id,
-        command_id: command.command_id,
-        service: command.service.clone(),
-        instance: command.instance.clone(),
-        at: time::OffsetDateTime::now_utc(),
-        outcome: Outcome::Succeeded,
-        reason: None,
-        phases: Vec::new(),
-        measurements: Measurements::default(),
-        gates: Vec::new(),
-        workloads: Vec::new(),
-        inspection: None,
-        preview: None,
-        replayed: false,
-        command_digest: None,
-    };
+    let forged = RunResult::of(
+        &command,
+        time::OffsetDateTime::now_utc(),
+        Outcome::Succeeded,
+    );
     let payload = encode(&forged);
     let subject = Subjects::default().event(&command.run_id, &command.service, &command.instance);
     for signature in [None, Some(other_agent.sign(&payload))] {

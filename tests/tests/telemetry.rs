@@ -9,9 +9,8 @@ fn a_run_is_one_trace_with_every_service_correlated_and_no_orphans() {
     let nats = NatsServer::start().unwrap();
     let fleet = Fleet::start(nats.url(), &ROLES).unwrap();
     let plan = repo_root().join("deploy/demo/plan.toml");
-    let out = fleet.flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"]);
-    let run = json_stdout(&out);
-    assert_eq!(out.status.code(), Some(0), "{run:#}");
+    let (code, run) = fleet.migrate_file(&plan, &[]);
+    assert_eq!(code, Some(0), "{run:#}");
     let run_id = run["run_id"].as_str().unwrap();
 
     let out = fleet.flotilla(&["verify", run_id, "--output", "json"]);
@@ -257,9 +256,8 @@ fn services_continue_the_run_s_trace_across_a_service_call() {
     let check = "[[service.check]]\ntype = \"http\"\n\
                  url = \"http://127.0.0.1:${var:port}/execute\"\nmethod = \"POST\"\n";
     let plan = plan_for(&fleet, &["inference", "execution"], check);
-    let out = fleet.flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"]);
-    let run = json_stdout(&out);
-    assert_eq!(out.status.code(), Some(0), "{run:#}");
+    let (code, run) = fleet.migrate_file(&plan, &[]);
+    assert_eq!(code, Some(0), "{run:#}");
     let run_id = run["run_id"].as_str().unwrap().to_owned();
 
     let trace_id_of = |fleet: &Fleet| {

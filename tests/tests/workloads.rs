@@ -2,7 +2,7 @@
 //! "inference latency, training throughput"), with the figures in the result whether the gate
 //! passed or not.
 
-use flotilla_tests::{Fleet, NatsServer, binary, json_stdout, snapshot, standard_config_step};
+use flotilla_tests::{Fleet, NatsServer, binary, snapshot, standard_config_step};
 
 fn plan(behaviour: &str) -> String {
     format!(
@@ -50,10 +50,8 @@ throughput_field = "records_per_second"
 fn a_healthy_migration_passes_its_workload_gates_with_figures() {
     let nats = NatsServer::start().unwrap();
     let fleet = Fleet::start(nats.url(), &["inference", "training"]).unwrap();
-    let path = fleet.write_plan("ok.toml", &plan(""));
-    let out = fleet.flotilla(&["migrate", path.to_str().unwrap(), "--output", "json"]);
-    let report = json_stdout(&out);
-    assert_eq!(out.status.code(), Some(0), "{report:#}");
+    let (code, report) = fleet.migrate(plan(""));
+    assert_eq!(code, Some(0), "{report:#}");
     let service = |name: &str| {
         report["services"]
             .as_array()
@@ -89,10 +87,8 @@ fn twice_slower_inference_trips_the_latency_gate_and_is_rolled_back_with_figures
     let nats = NatsServer::start().unwrap();
     let fleet = Fleet::start(nats.url(), &["inference", "training"]).unwrap();
     let before = snapshot(&fleet.root("inference"));
-    let path = fleet.write_plan("slow.toml", &plan("request_delay_ms = 200"));
-    let out = fleet.flotilla(&["migrate", path.to_str().unwrap(), "--output", "json"]);
-    let report = json_stdout(&out);
-    assert_eq!(out.status.code(), Some(1), "{report:#}");
+    let (code, report) = fleet.migrate(plan("request_delay_ms = 200"));
+    assert_eq!(code, Some(1), "{report:#}");
     let inference = report["services"]
         .as_array()
         .unwrap()

@@ -49,34 +49,17 @@ pub fn parse_v3(body: &[u8]) -> Result<Trace, ReadError> {
 /// A trace Jaeger does not have (404) gives an empty [`Trace`].
 pub async fn fetch(base_url: &str, trace_id: &str) -> Result<Trace, ReadError> {
     let trace_id = normalize_trace_id(trace_id)?;
-    let url = format!(
-        "{}/api/v3/traces/{trace_id}",
-        base_url.trim_end_matches('/')
-    );
-    let http = |source| ReadError::Http {
-        url: url.clone(),
-        source,
+    let missing = Trace {
+        log_source: LogSource::SpanEvents,
+        ..Trace::default()
     };
-    let response = reqwest::Client::new()
-        .get(&url)
-        .header("Accept", "application/json")
-        .send()
-        .await
-        .map_err(http)?;
-    let status = response.status();
-    let body = response.bytes().await.map_err(http)?;
-    if status == reqwest::StatusCode::NOT_FOUND {
-        return Ok(Trace {
-            log_source: LogSource::SpanEvents,
-            ..Trace::default()
-        });
-    }
-    if !status.is_success() {
-        return Err(ReadError::Backend {
-            backend: "Jaeger",
-            status: status.as_u16(),
-            message: String::from_utf8_lossy(&body).trim().to_owned(),
-        });
-    }
-    parse_v3(&body)
+    crate::http::get_trace(
+        "Jaeger",
+        base_url,
+        &format!("/api/v3/traces/{trace_id}"),
+        "application/json",
+        missing,
+        |body, _| parse_v3(body),
+    )
+    .await
 }

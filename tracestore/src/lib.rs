@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod default_store;
+mod http;
 pub mod jaeger;
 pub mod tempo;
 mod verify;

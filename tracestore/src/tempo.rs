@@ -141,41 +141,20 @@ fn status_code(name: &str) -> Option<i32> {
 /// gives an empty [`Trace`] (Tempo v2 answers 200 with an empty trace; older ones 404).
 pub async fn fetch(base_url: &str, trace_id: &str) -> Result<Trace, ReadError> {
     let trace_id = normalize_trace_id(trace_id)?;
-    let url = format!(
-        "{}/api/v2/traces/{trace_id}",
-        base_url.trim_end_matches('/')
-    );
-    let http = |source| ReadError::Http {
-        url: url.clone(),
-        source,
-    };
     // Tempo matches the substring `application/protobuf`: `application/x-protobuf` gets JSON.
-    let response = reqwest::Client::new()
-        .get(&url)
-        .header("Accept", "application/protobuf")
-        .send()
-        .await
-        .map_err(http)?;
-    let status = response.status();
-    let json = response
-        .headers()
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("json"));
-    let body = response.bytes().await.map_err(http)?;
-    if status == reqwest::StatusCode::NOT_FOUND {
-        return Ok(empty());
-    }
-    if !status.is_success() {
-        return Err(ReadError::Backend {
-            backend: "Tempo",
-            status: status.as_u16(),
-            message: String::from_utf8_lossy(&body).trim().to_owned(),
-        });
-    }
-    if json {
-        parse_json(&body)
-    } else {
-        parse_protobuf(&body)
-    }
+    crate::http::get_trace(
+        "Tempo",
+        base_url,
+        &format!("/api/v2/traces/{trace_id}"),
+        "application/protobuf",
+        empty(),
+        |body, json| {
+            if json {
+                parse_json(body)
+            } else {
+                parse_protobuf(body)
+            }
+        },
+    )
+    .await
 }

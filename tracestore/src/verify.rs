@@ -232,6 +232,26 @@ pub fn verify<S: AsRef<str>, I: AsRef<str>>(
     expected: &[(S, I)],
 ) -> VerifyReport {
     let trace_id = trace.trace_id().unwrap_or_default();
+    let tallies = tally(trace, run_id, &trace_id);
+    let (services, others) = service_reports(&tallies, expected, run_id, trace.log_source);
+    let (roots, orphans) = roots_and_orphans(trace);
+    let problems = trace_problems(trace, &roots, &orphans);
+    let ok = problems.is_empty() && services.iter().all(|s| s.correlated);
+    VerifyReport {
+        run_id: run_id.to_owned(),
+        trace_id,
+        ok,
+        services,
+        orphans,
+        roots,
+        problems,
+        others,
+    }
+}
+
+/// Counts, per identity, the spans and logs of `trace` and those lacking the run ID or the
+/// trace `trace_id`.
+fn tally(trace: &Trace, run_id: &str, trace_id: &str) -> BTreeMap<Identity, Tally> {
     let mut tallies: BTreeMap<Identity, Tally> = BTreeMap::new();
     let has_run = |attrs: &BTreeMap<String, String>| {
         attrs.get(RUN_ID_ATTR).map(String::as_str) == Some(run_id)
@@ -275,28 +295,42 @@ pub fn verify<S: AsRef<str>, I: AsRef<str>>(
             }
         }
     }
+    tallies
+}
 
+/// One report per expected service (its identities' tallies summed), and one per identity no
+/// expected service claimed.
+fn service_reports<S: AsRef<str>, I: AsRef<str>>(
+    tallies: &BTreeMap<Identity, Tally>,
+    expected: &[(S, I)],
+    run_id: &str,
+    source: LogSource,
+) -> (Vec<ServiceReport>, Vec<ServiceReport>) {
     let mut claimed = BTreeSet::new();
     let services: Vec<ServiceReport> = expected
         .iter()
         .map(|(service, instance)| {
             let (service, instance) = (service.as_ref(), instance.as_ref());
             let mut sum = Tally::default();
-            for (who, tally) in &tallies {
+            for (who, tally) in tallies {
                 if who.matches(service, instance) {
                     sum.add(tally);
                     claimed.insert(who.clone());
                 }
             }
-            sum.report(service, instance, run_id, trace.log_source)
+            sum.report(service, instance, run_id, source)
         })
         .collect();
     let others = tallies
         .iter()
         .filter(|(who, _)| !claimed.contains(*who))
-        .map(|(who, tally)| tally.report(&who.service, &who.instance, run_id, trace.log_source))
+        .map(|(who, tally)| tally.report(&who.service, &who.instance, run_id, source))
         .collect();
+    (services, others)
+}
 
+/// The spans without a parent, and those whose parent is not in the trace.
+fn roots_and_orphans(trace: &Trace) -> (Vec<RootSpan>, Vec<OrphanSpan>) {
     let span_ids: BTreeSet<&str> = trace.spans.iter().map(|s| s.span_id.as_str()).collect();
     let mut orphans = Vec::new();
     let mut roots = Vec::new();
@@ -319,7 +353,11 @@ pub fn verify<S: AsRef<str>, I: AsRef<str>>(
             Some(_) => {}
         }
     }
+    (roots, orphans)
+}
 
+/// What is wrong with the trace as a whole: empty, not one root, orphans.
+fn trace_problems(trace: &Trace, roots: &[RootSpan], orphans: &[OrphanSpan]) -> Vec<String> {
     let mut problems = Vec::new();
     if trace.is_empty() {
         problems.push("no spans or logs found for this trace".to_owned());
@@ -333,15 +371,5 @@ pub fn verify<S: AsRef<str>, I: AsRef<str>>(
             orphans.len()
         ));
     }
-    let ok = problems.is_empty() && services.iter().all(|s| s.correlated);
-    VerifyReport {
-        run_id: run_id.to_owned(),
-        trace_id,
-        ok,
-        services,
-        orphans,
-        roots,
-        problems,
-        others,
-    }
+    problems
 }

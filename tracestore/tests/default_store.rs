@@ -2,8 +2,6 @@
 //! real nats-server, `default_store::fetch` reads the trace back and `verify` accepts it.
 //! One test per file: the global subscriber can be installed once per process.
 
-mod support;
-
 use flotilla_telemetry::TelemetryConfig;
 use flotilla_tracestore::{LogSource, SpanKind, default_store, verify};
 use opentelemetry::trace::TraceContextExt;
@@ -14,7 +12,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 /// back as one correlated trace; a service that was not there is reported missing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_reads_back_from_the_default_store_and_verifies() {
-    let server = support::NatsServer::start();
+    let server = flotilla_testkit::NatsServer::start().expect("nats-server starts");
     let client = async_nats::connect(server.url()).await.expect("connect");
     let guard = flotilla_telemetry::init_with(TelemetryConfig::new("tracestore-test"));
     guard

@@ -1,3 +1,6 @@
+use rustix::fs::{CWD, RenameFlags};
+
+use super::swap::sibling;
 use super::*;
 
 #[test]

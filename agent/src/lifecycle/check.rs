@@ -1,5 +1,6 @@
 //! The precheck that a migration and its dry run (preview) share, and the dry run itself.
 
+use flotilla_schemas::fields::Table;
 use flotilla_schemas::{
     Action, Check, Command, Gates, HttpCheck, Measurements, Outcome, Phase, Precondition, Preview,
     RunResult, Step, Workload,
@@ -10,9 +11,10 @@ use super::error::{PhaseError, PhaseFailure, Place};
 use super::results::{refused, result};
 use super::tracker::Tracker;
 use crate::events::Events;
+use crate::expand::expand;
 use crate::steps::RootDir;
 use crate::template::Renderer;
-use crate::{checks, confine, health, inspect, preview, workload};
+use crate::{checks, health, inspect, preview};
 
 /// What a migrate command asks for.
 pub(super) struct MigrateSpec<'a> {
@@ -29,6 +31,8 @@ pub(super) type Rendered = Vec<Option<String>>;
 
 /// What [`Lifecycle::check`] resolved: the declared work with its placeholders resolved.
 pub(super) struct Checked {
+    /// The steps with every field expanded (a `write_file`'s template is in `contents`).
+    pub(super) steps: Vec<Step>,
     pub(super) contents: Rendered,
     pub(super) health: Vec<HttpCheck>,
     pub(super) checks: Vec<Check>,
@@ -36,10 +40,11 @@ pub(super) struct Checked {
 }
 
 impl Lifecycle {
-    /// Checks everything that can be checked before a change, changing nothing: preconditions,
-    /// paths, allowed programs, that every placeholder resolves, and that the service is healthy
-    /// now. A migration and its dry run both call it, so they cannot disagree. With
-    /// `mask_secrets`, secret values in the rendered content are [`crate::template::MASK`].
+    /// Checks everything that can be checked before a change, changing nothing: that every
+    /// field expands (placeholders resolve, paths stay inside the root once expanded),
+    /// preconditions, allowed programs, and that the service is healthy now. A migration and
+    /// its dry run both call it, so they cannot disagree. With `mask_secrets`, secret values in
+    /// the rendered content are [`crate::template::MASK`].
     pub(super) async fn check(
         &self,
         spec: &MigrateSpec<'_>,
@@ -55,23 +60,28 @@ impl Lifecycle {
             mask_secrets,
         };
         let root = RootDir::open(&self.config.service.root).map_err(PhaseError::Root)?;
-        for condition in spec.preconditions {
-            checks::precondition(&root, condition).map_err(PhaseError::Precondition)?;
+        for (index, condition) in spec.preconditions.iter().enumerate() {
+            let at = || Place::Precondition { index };
+            let condition = expand(&renderer, Table::Precondition, condition)
+                .map_err(|e| PhaseError::Render(e).at(at()))?;
+            checks::precondition(&root, &condition).map_err(PhaseError::Precondition)?;
         }
         let health = spec
             .health
             .iter()
             .enumerate()
             .map(|(index, check)| {
-                checks::render_http(&renderer, check)
+                expand(&renderer, Table::Health, check)
                     .map_err(|e| PhaseError::Render(e).at(Place::HealthCheck { index }))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let (steps, contents) = self.render_steps(&renderer, spec.steps).await?;
         let checked = Checked {
+            steps,
+            contents,
             health,
             checks: self.render_checks(&renderer, spec.checks)?,
             workloads: self.render_workloads(&renderer, spec.workloads)?,
-            contents: self.render_steps(&renderer, spec.steps).await?,
         };
         health::probe(
             &self.http,
@@ -85,7 +95,7 @@ impl Lifecycle {
         Ok(checked)
     }
 
-    /// The functional checks, rendered; each runs only an allowed program.
+    /// The functional checks, expanded; each runs only an allowed program.
     fn render_checks(
         &self,
         renderer: &Renderer<'_>,
@@ -97,16 +107,17 @@ impl Lifecycle {
                 index,
                 kind: check.kind(),
             };
-            if let Check::Command { program, .. } = check {
+            let check: Check = expand(renderer, Table::Check, check)
+                .map_err(|e| PhaseError::Render(e).at(at()))?;
+            if let Check::Command { program, .. } = &check {
                 self.allowed(program).map_err(|e| e.at(at()))?;
             }
-            let check = checks::render(renderer, check);
-            rendered.push(check.map_err(|e| PhaseError::Render(e).at(at()))?);
+            rendered.push(check);
         }
         Ok(rendered)
     }
 
-    /// The workloads, rendered; each job runs only an allowed program.
+    /// The workloads, expanded; each job runs only an allowed program.
     fn render_workloads(
         &self,
         renderer: &Renderer<'_>,
@@ -115,34 +126,37 @@ impl Lifecycle {
         let mut rendered = Vec::with_capacity(declared.len());
         for workload in declared {
             let at = || Place::Workload(workload.name().to_owned());
-            if let Workload::Job { program, .. } = workload {
+            let workload: Workload = expand(renderer, Table::Workload, workload)
+                .map_err(|e| PhaseError::Render(e).at(at()))?;
+            if let Workload::Job { program, .. } = &workload {
                 self.allowed(program).map_err(|e| e.at(at()))?;
             }
-            rendered.push(
-                workload::render(renderer, workload).map_err(|e| PhaseError::Render(e).at(at()))?,
-            );
+            rendered.push(workload);
         }
         Ok(rendered)
     }
 
-    /// The content of each `write_file` step, rendered, after checking every step's path and
-    /// program.
+    /// Every step with its fields expanded (paths held to the path rule once expanded), and
+    /// the content of each `write_file`, rendered for its expanded path; programs are checked
+    /// against the allow-list.
     async fn render_steps(
         &self,
         renderer: &Renderer<'_>,
-        steps: &[Step],
-    ) -> Result<Rendered, PhaseError> {
-        let mut rendered = Vec::with_capacity(steps.len());
-        for (index, step) in steps.iter().enumerate() {
+        declared: &[Step],
+    ) -> Result<(Vec<Step>, Rendered), PhaseError> {
+        let mut steps = Vec::with_capacity(declared.len());
+        let mut rendered = Vec::with_capacity(declared.len());
+        for (index, step) in declared.iter().enumerate() {
             let at = || Place::step(index, step);
-            let content = match step {
+            let step: Step =
+                expand(renderer, Table::Step, step).map_err(|e| PhaseError::Render(e).at(at()))?;
+            let content = match &step {
                 Step::WriteFile {
                     path,
                     content,
                     source,
                     ..
                 } => {
-                    confine::relative_path(path).map_err(|e| PhaseError::Path(e).at(at()))?;
                     // A shipped file is fetched and its digest checked here, before any change.
                     let template = crate::plan_files::template(
                         self.plan_files.as_ref(),
@@ -154,19 +168,16 @@ impl Lifecycle {
                     let content = renderer.render_file(path, &template);
                     Some(content.map_err(|e| PhaseError::Template(e).at(at()))?)
                 }
-                Step::ReplaceText { path, .. } | Step::Delete { path } => {
-                    confine::relative_path(path).map_err(|e| PhaseError::Path(e).at(at()))?;
-                    None
-                }
                 Step::RunCommand { program, .. } => {
                     self.allowed(program).map_err(|e| e.at(at()))?;
                     None
                 }
-                Step::Restart => None,
+                Step::ReplaceText { .. } | Step::Delete { .. } | Step::Restart => None,
             };
+            steps.push(step);
             rendered.push(content);
         }
-        Ok(rendered)
+        Ok((steps, rendered))
     }
 
     /// A dry run of a migration: the precheck, the free space the backup needs, then each step
@@ -229,7 +240,7 @@ impl Lifecycle {
             }
         };
         let secrets = inspect::known_secret_values(&self.config.secrets);
-        let (shown, failure) = preview::play(&root, steps, &checked.contents, &secrets);
+        let (shown, failure) = preview::play(&root, &checked.steps, &checked.contents, &secrets);
         let preview = Some(Preview {
             steps: shown,
             backup_bytes: Some(backup_bytes),
@@ -246,7 +257,7 @@ impl Lifecycle {
                     command,
                     would_fail(
                         Phase::Apply,
-                        PhaseError::Step(e).at(Place::step(index, &steps[index])),
+                        PhaseError::Step(e).at(Place::step(index, &checked.steps[index])),
                     ),
                     phases,
                 )

@@ -8,8 +8,7 @@ use flotilla_schemas::{CommandId, Phase, Step};
 use flotilla_telemetry::error_chain;
 
 use crate::backup::BackupError;
-use crate::checks::RenderError;
-use crate::confine::PathError;
+use crate::expand::ExpandError;
 use crate::health::HealthError;
 use crate::steps::StepError;
 use crate::supervisor::SupervisorError;
@@ -32,18 +31,16 @@ pub(crate) enum PhaseError {
         #[source]
         error: Box<PhaseError>,
     },
-    /// A placeholder of a check, workload or health check does not resolve (as shown).
+    /// A field of a step, precondition, check, workload or health check cannot be expanded
+    /// (as shown).
     #[error("{0}")]
-    Render(RenderError),
+    Render(ExpandError),
     /// A placeholder of a written file does not resolve (as shown).
     #[error("{0}")]
     Template(TemplateError),
     /// A file shipped with the plan cannot be fetched or does not match its digest.
     #[error(transparent)]
     Shipped(crate::plan_files::ShippedError),
-    /// A path of a step is not confined to the service root (as shown).
-    #[error("{0}")]
-    Path(PathError),
     /// A step failed, or a program is not allowed (as shown).
     #[error("{0}")]
     Step(StepError),
@@ -111,6 +108,8 @@ pub(crate) enum Place {
     Workload(String),
     /// `health check 1`
     HealthCheck { index: usize },
+    /// `precondition 1`
+    Precondition { index: usize },
 }
 
 impl Place {
@@ -130,6 +129,7 @@ impl std::fmt::Display for Place {
             Place::Check { index, kind } => write!(f, "check {} ({kind})", index + 1),
             Place::Workload(name) => write!(f, "workload {name}"),
             Place::HealthCheck { index } => write!(f, "health check {}", index + 1),
+            Place::Precondition { index } => write!(f, "precondition {}", index + 1),
         }
     }
 }

@@ -1,14 +1,17 @@
 //! The commands that change no files: inspect (the cross-service stage) and finalize (drops the
 //! backup).
 
+use flotilla_schemas::fields::Table;
 use flotilla_schemas::{
     Check, CheckVerdict, Command, CommandId, Inspection, Measurements, Outcome, Phase, RunResult,
+    SettingProbe, SettingReport,
 };
 
 use super::Lifecycle;
 use super::error::PhaseError;
 use super::results::{refused, result};
 use super::tracker::Tracker;
+use crate::expand::{expand, expand_text};
 use crate::run_context::RunContext;
 use crate::steps::RootDir;
 use crate::template::Renderer;
@@ -22,6 +25,7 @@ impl Lifecycle {
         command: &Command,
         checks: &[Check],
         config_files: &[String],
+        settings: &[SettingProbe],
         tracker: &mut Tracker<'_>,
     ) -> RunResult {
         let inspection = tracker
@@ -34,20 +38,33 @@ impl Lifecycle {
                     run: &run,
                     mask_secrets: false,
                 };
+                // Expanded where this service's vars are known, before any check runs: a file
+                // that cannot be named refuses the inspection.
+                let takes = Table::CrossService.field(None, "config_files");
+                let paths = config_files
+                    .iter()
+                    .enumerate()
+                    .map(|(i, path)| {
+                        expand_text(&renderer, takes, &format!("config_files[{i}]"), path)
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(PhaseError::Render)?;
                 let cx = self.context(command.run_id);
                 let mut verdicts = Vec::new();
                 for check in checks {
                     verdicts.push(self.verdict(&renderer, &cx, check).await);
                 }
                 let root = RootDir::open(&self.config.service.root).map_err(PhaseError::Root)?;
-                let secrets = inspect::known_secret_values(&self.config.secrets);
-                let config = config_files
+                let secrets = inspect::known_secret_forms(&self.config.secrets);
+                let config = paths
                     .iter()
                     .map(|path| inspect::config_shape(&root, path, &secrets))
                     .collect();
+                let settings = self.settings(&renderer, &root, settings, command.run_id);
                 Ok::<_, PhaseError>(Inspection {
                     checks: verdicts,
                     config,
+                    settings,
                 })
             })
             .await;
@@ -61,6 +78,38 @@ impl Lifecycle {
         }
     }
 
+    /// The settings of `probes`, each file name rendered (`${var:…}`) first; a name that cannot
+    /// be rendered leaves its setting not found, saying why. In the probes' order.
+    fn settings(
+        &self,
+        renderer: &Renderer<'_>,
+        root: &RootDir,
+        probes: &[SettingProbe],
+        run: flotilla_schemas::RunId,
+    ) -> Vec<SettingReport> {
+        // A setting's file is named like a config file: a path, expanded the same way.
+        let takes = Table::CrossService.field(None, "config_files");
+        probes
+            .iter()
+            .map(
+                |probe| match expand_text(renderer, takes, "settings.file", &probe.file) {
+                    Ok(file) => {
+                        let rendered = SettingProbe {
+                            file,
+                            ..probe.clone()
+                        };
+                        let mut found =
+                            inspect::settings(root, std::slice::from_ref(&rendered), run);
+                        found
+                            .pop()
+                            .unwrap_or_else(|| unrendered(probe, "no answer".into()))
+                    }
+                    Err(e) => unrendered(probe, e.to_string()),
+                },
+            )
+            .collect()
+    }
+
     /// Renders and runs one check of the cross-service stage; a check that cannot run fails.
     async fn verdict(
         &self,
@@ -68,7 +117,7 @@ impl Lifecycle {
         cx: &RunContext<'_>,
         check: &Check,
     ) -> CheckVerdict {
-        let verdict = match checks::render(renderer, check) {
+        let verdict = match expand(renderer, Table::Check, check) {
             Err(e) => Err(e.to_string()),
             Ok(check) => match &check {
                 Check::Command { program, .. } => match self.allowed(program) {
@@ -117,5 +166,17 @@ impl Lifecycle {
             },
             Err(failure) => refused(command, failure.to_string(), tracker.phases.clone()),
         }
+    }
+}
+
+/// A setting whose file name could not be rendered: not found, and why.
+fn unrendered(probe: &SettingProbe, why: String) -> SettingReport {
+    SettingReport {
+        name: probe.name.clone(),
+        file: probe.file.clone(),
+        key: probe.key.clone(),
+        found: false,
+        digest: None,
+        detail: Some(why),
     }
 }

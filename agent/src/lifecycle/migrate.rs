@@ -21,6 +21,8 @@ use crate::{checks, crashpoint, health, metrics, workload};
 
 /// What precheck resolved, for the later phases.
 pub(super) struct Prepared {
+    /// The steps with their fields expanded.
+    pub(super) steps: Vec<Step>,
     /// Content of `write_file` steps after placeholders are resolved, in step order.
     pub(super) contents: Rendered,
     /// Health checks with their placeholders resolved.
@@ -86,7 +88,10 @@ impl Lifecycle {
             .collect();
         let change = async {
             tracker
-                .run(Phase::Apply, self.apply(spec.steps, &prepared.contents))
+                .run(
+                    Phase::Apply,
+                    self.apply(&prepared.steps, &prepared.contents),
+                )
                 .await?;
             let startup = tracker
                 .run(Phase::Restart, async {
@@ -143,6 +148,7 @@ impl Lifecycle {
             workloads.push((workload, before));
         }
         Ok(Prepared {
+            steps: checked.steps,
             contents: checked.contents,
             health: checked.health,
             checks: checked.checks,

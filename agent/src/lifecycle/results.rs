@@ -11,22 +11,9 @@ pub(crate) fn result(
     measurements: Measurements,
 ) -> RunResult {
     RunResult {
-        schema: Default::default(),
-        run_id: command.run_id,
-        command_id: command.command_id,
-        service: command.service.clone(),
-        instance: command.instance.clone(),
-        at: OffsetDateTime::now_utc(),
-        outcome,
         reason,
-        phases: Vec::new(),
         measurements,
-        gates: Vec::new(),
-        workloads: Vec::new(),
-        inspection: None,
-        preview: None,
-        replayed: false,
-        command_digest: None,
+        ..RunResult::of(command, OffsetDateTime::now_utc(), outcome)
     }
 }
 

@@ -1,5 +1,5 @@
 use base64::engine::general_purpose::{STANDARD, URL_SAFE};
-use flotilla_schemas::{CommandId, InstanceId, Measurements, Outcome, RunId, ServiceName, decode};
+use flotilla_schemas::{CommandId, InstanceId, Outcome, RunId, ServiceName, decode};
 use proptest::prelude::*;
 
 use super::*;
@@ -50,22 +50,15 @@ fn leaks(text: &str, secret: &str) -> Option<String> {
 
 fn result_with(reason: String) -> RunResult {
     RunResult {
-        schema: Default::default(),
-        run_id: RunId::new(),
-        command_id: CommandId::new(),
-        service: ServiceName::parse("svc").unwrap(),
-        instance: InstanceId::parse("a").unwrap(),
-        at: time::OffsetDateTime::now_utc(),
-        outcome: Outcome::RolledBack,
         reason: Some(reason),
-        phases: Vec::new(),
-        measurements: Measurements::default(),
-        gates: Vec::new(),
-        workloads: Vec::new(),
-        inspection: None,
-        preview: None,
-        replayed: false,
-        command_digest: None,
+        ..RunResult::new(
+            RunId::new(),
+            CommandId::new(),
+            ServiceName::parse("svc").unwrap(),
+            InstanceId::parse("a").unwrap(),
+            time::OffsetDateTime::now_utc(),
+            Outcome::RolledBack,
+        )
     }
 }
 
@@ -243,7 +236,7 @@ fn checks_refuse_a_secret_where_it_would_show_and_take_one_in_a_body() {
     let url = check(serde_json::json!({
         "type": "http", "url": "http://127.0.0.1:9/api?token=${secret:API_KEY}"
     }));
-    let err = crate::checks::render(&renderer, &url)
+    let err = crate::expand::expand(&renderer, flotilla_schemas::fields::Table::Check, &url)
         .unwrap_err()
         .to_string();
     assert!(
@@ -253,11 +246,15 @@ fn checks_refuse_a_secret_where_it_would_show_and_take_one_in_a_body() {
     let args = check(serde_json::json!({
         "type": "command", "program": "true", "args": ["${secret:API_KEY}"]
     }));
-    assert!(crate::checks::render(&renderer, &args).is_err());
+    assert!(
+        crate::expand::expand(&renderer, flotilla_schemas::fields::Table::Check, &args).is_err()
+    );
     let body = check(serde_json::json!({
         "type": "http", "url": "http://127.0.0.1:9/login", "body": "k=${secret:API_KEY}"
     }));
-    let Check::Http(http) = crate::checks::render(&renderer, &body).unwrap() else {
+    let Check::Http(http) =
+        crate::expand::expand(&renderer, flotilla_schemas::fields::Table::Check, &body).unwrap()
+    else {
         unreachable!()
     };
     assert_eq!(http.body.as_deref(), Some("k=long-enough-value"));

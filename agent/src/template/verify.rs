@@ -103,6 +103,12 @@ fn from_yaml(value: yaml_rust2::Yaml) -> Node {
                 .map(|(k, v)| (from_yaml(k), from_yaml(v)))
                 .collect(),
         ),
+        // As the text it was written as, like the other formats' scalars (`8080`, not
+        // `Integer(8080)`), so that a setting compares equal across formats.
+        Yaml::Integer(i) => Node::Scalar(i.to_string()),
+        Yaml::Real(text) => Node::Scalar(text),
+        Yaml::Boolean(b) => Node::Scalar(b.to_string()),
+        Yaml::Null => Node::Scalar("null".to_owned()),
         other => Node::Scalar(format!("{other:?}")),
     }
 }

@@ -605,16 +605,25 @@ fn status_str(status: RunStatus) -> String {
 }
 
 fn run_json(record: &RunRecord, kind: &str) -> serde_json::Value {
+    let waves: Vec<_> = record
+        .waves
+        .iter()
+        .map(|w| {
+            let services: Vec<_> = w
+                .targets
+                .iter()
+                .filter_map(|&t| record.targets.get(t))
+                .map(|t| format!("{}/{}", t.service, t.instance))
+                .collect();
+            json!({ "name": w.name, "status": w.status.as_str(), "services": services })
+        })
+        .collect();
     json!({
         "type": kind,
         "run_id": record.run_id,
         "plan": record.plan_name,
         "status": record.status,
         "stage": record.stage.as_str(),
-        "waves": record.waves.iter().map(|w| json!({
-            "name": w.name,
-            "status": w.status.as_str(),
-            "services": w.targets.iter().filter_map(|&t| record.targets.get(t)).map(|t| format!("{}/{}", t.service, t.instance)).collect::<Vec<_>>(),
-        })).collect::<Vec<_>>(),
+        "waves": waves,
     })
 }

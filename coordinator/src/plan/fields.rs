@@ -1,13 +1,15 @@
-//! The checks of plan values that need no agent: every path a step, precondition or
-//! cross-service stage reads must stay inside the service root, and every field the agent
-//! renders (`${var:…}`, `${secret:…}`) must be well formed. The rules are the agent's own
-//! (`flotilla_schemas::paths`, `flotilla_schemas::placeholder`), so what passes here fails at the
-//! agent only for what only the agent knows: its `[vars]`, its secrets, its allow-list.
+//! The checks of plan values that need no agent: every field of a step, precondition, health
+//! check, check, workload and of `[cross_service]` is held to what it takes by
+//! `flotilla_schemas::fields`, the table the agent expands a command by. A placeholder in a field
+//! that takes none, a secret where none is allowed, a malformed placeholder, a path that leaves
+//! the service root as written: each is refused here at its line and key, so what passes fails
+//! at the agent only for what only the agent knows (its `[vars]`, its secrets, what a path
+//! expands to, its allow-list).
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 
-use flotilla_schemas::paths::relative_path;
-use flotilla_schemas::placeholder::{self, Piece};
+use flotilla_schemas::fields::{self as table_of, FieldError, Table, Takes};
 use serde::Deserialize;
 use toml::{Spanned, Value};
 
@@ -22,11 +24,29 @@ type Fields = BTreeMap<String, Spanned<Value>>;
 struct Positions {
     #[serde(rename = "service", default)]
     services: Vec<Tables>,
+    #[serde(rename = "wave", default)]
+    waves: Vec<Fields>,
     #[serde(default)]
-    cross_service: Option<CrossService>,
+    cross_service: Option<Fields>,
 }
 
 /// The tables a plan (its defaults) and each of its services may hold, with positions.
+/// The tables inside `[cross_service]`, with positions: read apart from its other keys, since
+/// a [`Fields`] value holds no position inside it.
+#[derive(Debug, Default, Deserialize)]
+struct CrossTables {
+    #[serde(rename = "check", default)]
+    checks: Vec<Fields>,
+    #[serde(default)]
+    log_correlation: Vec<Fields>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct CrossPositions {
+    #[serde(default)]
+    cross_service: Option<CrossTables>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 struct Tables {
     #[serde(rename = "step", default)]
@@ -41,94 +61,168 @@ struct Tables {
     workloads: Vec<Fields>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-struct CrossService {
-    #[serde(rename = "check", default)]
-    checks: Vec<Fields>,
-    #[serde(default)]
-    config_files: Vec<Spanned<String>>,
-    #[serde(default)]
-    log_correlation: Vec<Fields>,
+/// Where a value is written: the key of its table (`service[0].step[1]`) and the position of
+/// the table's key that holds it (a nested value has no position of its own).
+struct At<'a> {
+    table: &'a str,
+    span: Range<usize>,
 }
 
-/// Fields the agent renders placeholders in, by table: health checks, checks and workloads
-/// (`checks::render`, `workload::render` at the agent), the request and pattern of a
-/// log-correlation check; of the steps, only `write_file`'s content.
-const HEALTH_PLACEHOLDERS: &[&str] = &["url", "body", "headers"];
-const CHECK_PLACEHOLDERS: &[&str] = &[
-    "url", "body", "headers", "address", "path", "contains", "args",
-];
-const WORKLOAD_PLACEHOLDERS: &[&str] = &["url", "body", "headers", "args"];
-const CORRELATION_PLACEHOLDERS: &[&str] = &["request", "log", "contains"];
-/// Of those, the fields that take no `${secret:…}`: only a request body and headers carry one
-/// (a log-correlation check's request is sent and quoted across the fleet: none at all).
-const NO_SECRET: &[&str] = &[
-    "url", "address", "path", "contains", "args", "request", "log",
-];
-
-/// Checks the paths and placeholders of the plan `text` (already known to parse).
+/// Checks the placeholders and paths of the plan `text` (already known to parse).
 pub(super) fn check(text: &str) -> Result<(), RuleError> {
-    // Read twice rather than through `#[serde(flatten)]`, which loses the positions.
+    // Read apart rather than through `#[serde(flatten)]`, which loses the positions.
     let defaults: Tables = toml::from_str(text).unwrap_or_default();
     let positions: Positions = toml::from_str(text).unwrap_or_default();
+    let own: Fields = toml::from_str(text).unwrap_or_default();
+    table(&own_keys(&own), Table::Plan, "")?;
+    for (i, wave) in positions.waves.iter().enumerate() {
+        table(wave, Table::Wave, &format!("wave[{i}]"))?;
+    }
     tables(&defaults, "")?;
     for (i, service) in positions.services.iter().enumerate() {
         tables(service, &format!("service[{i}]."))?;
     }
     if let Some(cross) = &positions.cross_service {
-        for (i, check) in cross.checks.iter().enumerate() {
-            placeholders(
-                check,
-                &format!("cross_service.check[{i}]"),
-                CHECK_PLACEHOLDERS,
-            )?;
-        }
-        for (i, correlation) in cross.log_correlation.iter().enumerate() {
-            placeholders(
-                correlation,
-                &format!("cross_service.log_correlation[{i}]"),
-                CORRELATION_PLACEHOLDERS,
-            )?;
-        }
-        for (i, file) in cross.config_files.iter().enumerate() {
-            if let Err(e) = relative_path(file.get_ref()) {
-                let key = format!("cross_service.config_files[{i}]");
-                return Err(RuleError::at(file, key, e.to_string()));
-            }
+        cross_service(cross, text)?;
+    }
+    Ok(())
+}
+
+/// The keys of `fields` that hold text or a list of text: the table's own keys, not the tables
+/// inside it (each checked as a table of its own).
+fn own_keys(fields: &Fields) -> Fields {
+    fields
+        .iter()
+        .filter(|(_, value)| match value.get_ref() {
+            Value::String(_) => true,
+            Value::Array(items) => items.iter().all(Value::is_str),
+            _ => false,
+        })
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect()
+}
+
+/// `[cross_service]`: its own keys, then each of its tables at its own position.
+fn cross_service(cross: &Fields, text: &str) -> Result<(), RuleError> {
+    let own: Fields = cross
+        .iter()
+        .filter(|(key, _)| !matches!(Table::CrossService.field(None, key), Takes::Table(_)))
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
+    table(&own, Table::CrossService, "cross_service")?;
+    let tables: CrossPositions = toml::from_str(text).unwrap_or_default();
+    let tables = tables.cross_service.unwrap_or_default();
+    let lists = [
+        (&tables.checks, "check"),
+        (&tables.log_correlation, "log_correlation"),
+    ];
+    for (list, key) in lists {
+        let Takes::Table(kind) = Table::CrossService.field(None, key) else {
+            continue;
+        };
+        for (i, fields) in list.iter().enumerate() {
+            table(fields, kind, &format!("cross_service.{key}[{i}]"))?;
         }
     }
     Ok(())
 }
 
+/// Why `text` (a template file shipped with the plan) cannot be rendered by any agent.
+pub(crate) fn well_formed(text: &str) -> Result<(), String> {
+    table_of::well_formed(text).map_err(|e| e.to_string())
+}
+
 fn tables(tables: &Tables, prefix: &str) -> Result<(), RuleError> {
+    let kinds = [
+        (&tables.steps, Table::Step, "step"),
+        (&tables.preconditions, Table::Precondition, "precondition"),
+        (&tables.health, Table::Health, "health"),
+        (&tables.checks, Table::Check, "check"),
+        (&tables.workloads, Table::Workload, "workload"),
+    ];
+    for (list, kind, name) in kinds {
+        for (i, fields) in list.iter().enumerate() {
+            table(fields, kind, &format!("{prefix}{name}[{i}]"))?;
+        }
+    }
     for (i, step) in tables.steps.iter().enumerate() {
-        let at = format!("{prefix}step[{i}]");
-        path(step, &at)?;
         let is_write = step
             .get("action")
             .is_some_and(|a| a.get_ref().as_str() == Some("write_file"));
         if is_write {
-            placeholders(step, &at, &["content"])?;
-            content_or_source(step, &at)?;
+            content_or_source(step, &format!("{prefix}step[{i}]"))?;
         }
     }
-    for (i, condition) in tables.preconditions.iter().enumerate() {
-        path(condition, &format!("{prefix}precondition[{i}]"))?;
-    }
-    for (i, check) in tables.health.iter().enumerate() {
-        placeholders(check, &format!("{prefix}health[{i}]"), HEALTH_PLACEHOLDERS)?;
-    }
-    for (i, check) in tables.checks.iter().enumerate() {
-        placeholders(check, &format!("{prefix}check[{i}]"), CHECK_PLACEHOLDERS)?;
-    }
-    for (i, workload) in tables.workloads.iter().enumerate() {
-        placeholders(
-            workload,
-            &format!("{prefix}workload[{i}]"),
-            WORKLOAD_PLACEHOLDERS,
-        )?;
+    Ok(())
+}
+
+/// Every field of `fields`, a table of kind `kind` written at key `at`.
+fn table(fields: &Fields, kind: Table, at: &str) -> Result<(), RuleError> {
+    let variant = kind
+        .tag()
+        .and_then(|tag| fields.get(tag))
+        .and_then(|v| v.get_ref().as_str());
+    for (key, value) in fields {
+        let at = At {
+            table: at,
+            span: value.span(),
+        };
+        field(value.get_ref(), kind.field(variant, key), key, &at)?;
     }
     Ok(())
+}
+
+/// `value`, named `name` inside its table, holds only what `takes` allows; a nested table's
+/// fields (or a list of tables') are held to its own rows.
+fn field(value: &Value, takes: Takes, name: &str, at: &At<'_>) -> Result<(), RuleError> {
+    match (takes, value) {
+        (Takes::Table(inner), Value::Table(fields)) => {
+            let variant = inner
+                .tag()
+                .and_then(|tag| fields.get(tag))
+                .and_then(Value::as_str);
+            for (key, value) in fields {
+                field(
+                    value,
+                    inner.field(variant, key),
+                    &format!("{name}.{key}"),
+                    at,
+                )?;
+            }
+            Ok(())
+        }
+        (Takes::Table(_), Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                match item {
+                    // A list of tables written inline: each keeps the list's position.
+                    Value::Table(_) => field(item, takes, &format!("{name}[{i}]"), at)?,
+                    _ => field(item, Takes::Nothing, &format!("{name}[{i}]"), at)?,
+                }
+            }
+            Ok(())
+        }
+        (_, Value::String(text)) => takes.check(name, text).map_err(|e| refusal(at, name, e)),
+        (_, Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, item)| field(item, takes, &format!("{name}[{i}]"), at)),
+        (_, Value::Table(fields)) => fields
+            .iter()
+            .try_for_each(|(key, item)| field(item, takes, &format!("{name}.{key}"), at)),
+        _ => Ok(()),
+    }
+}
+
+fn refusal(at: &At<'_>, name: &str, error: FieldError) -> RuleError {
+    let key = match at.table {
+        "" => name.to_owned(),
+        table => format!("{table}.{name}"),
+    };
+    RuleError {
+        span: Some(at.span.clone()),
+        key,
+        reason: error.to_string(),
+    }
 }
 
 /// A `write_file` has its template inline (`content`) or in a plan file (`source`): one of
@@ -156,68 +250,4 @@ fn content_or_source(step: &Fields, at: &str) -> Result<(), RuleError> {
                 .into(),
         }),
     }
-}
-
-/// The table's `path`, when it has one, stays inside the service root.
-fn path(fields: &Fields, at: &str) -> Result<(), RuleError> {
-    let Some(value) = fields.get("path") else {
-        return Ok(());
-    };
-    match value.get_ref().as_str().map(relative_path) {
-        Some(Err(e)) => Err(RuleError::at(value, format!("{at}.path"), e.to_string())),
-        _ => Ok(()),
-    }
-}
-
-/// Every string in `keys` (or in a list or table under them, such as `headers`) has
-/// well-formed placeholders.
-fn placeholders(fields: &Fields, at: &str, keys: &[&str]) -> Result<(), RuleError> {
-    for key in keys {
-        let Some(value) = fields.get(*key) else {
-            continue;
-        };
-        let mut strings = Vec::new();
-        strings_in(value.get_ref(), &mut strings);
-        for text in strings {
-            if let Err(reason) = well_formed(text) {
-                return Err(RuleError::at(value, format!("{at}.{key}"), reason));
-            }
-            if let Some(name) = placeholder::first_secret(text)
-                && NO_SECRET.contains(key)
-            {
-                let reason = format!(
-                    "${{secret:{name}}} is not allowed in {key}: {}",
-                    placeholder::SECRET_NOT_ALLOWED_WHY
-                );
-                return Err(RuleError::at(value, format!("{at}.{key}"), reason));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Every string in `value`, however deep in lists and tables.
-fn strings_in<'a>(value: &'a Value, out: &mut Vec<&'a str>) {
-    match value {
-        Value::String(s) => out.push(s),
-        Value::Array(items) => items.iter().for_each(|v| strings_in(v, out)),
-        Value::Table(table) => table.values().for_each(|v| strings_in(v, out)),
-        _ => {}
-    }
-}
-
-/// Why `text`'s placeholders cannot be rendered by any agent, if they cannot.
-pub(crate) fn well_formed(text: &str) -> Result<(), String> {
-    for piece in placeholder::parse(text).map_err(|e| e.to_string())? {
-        match piece {
-            Piece::Secret(name, _) if !placeholder::valid_secret_name(name) => {
-                return Err(format!(
-                    "secret name {name:?} is not valid: use letters, digits, '_' and '-'"
-                ));
-            }
-            Piece::Var("", _) => return Err("${var:} names no variable".to_owned()),
-            _ => {}
-        }
-    }
-    Ok(())
 }

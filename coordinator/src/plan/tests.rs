@@ -348,7 +348,7 @@ fn malformed_placeholders_are_refused_in_every_field_the_agent_renders() {
         ),
         (
             format!("{GOOD}[[service.check]]\ntype = \"command\"\nprogram = \"true\"\nargs = [\"ok\", \"${{var:}}\"]\n"),
-            "line 18, key service[0].check[0].args: ",
+            "line 18, key service[0].check[0].args[1]: ",
             "names no variable",
         ),
         (
@@ -399,13 +399,12 @@ fn malformed_placeholders_are_refused_in_every_field_the_agent_renders() {
         "{GOOD}[[service.check]]\ntype = \"http\"\nurl = \"http://127.0.0.1:9/login\"\nmethod = \"POST\"\nbody = \"key=${{secret:API_KEY}}\"\n"
     );
     Plan::parse(&body).unwrap();
-    // What only the agent knows (its vars, its secrets) and literal `${` are fine offline; a
-    // `${` in a field the agent does not render is not a placeholder.
+    // What only the agent knows (its vars, its secrets) and literal `${` are fine offline.
     let fine = content("${var:anything} ${secret:ANY_KEY} $${secret:LATER}");
     Plan::parse(&fine).unwrap();
     let replace = GOOD.replace(
         "[[service.step]]\naction = \"restart\"",
-        "[[service.step]]\naction = \"replace_text\"\npath = \"a\"\nfind = \"${x\"\nreplace = \"y\"",
+        "[[service.step]]\naction = \"replace_text\"\npath = \"a\"\nfind = \"$${x\"\nreplace = \"${var:y}\"",
     );
     Plan::parse(&replace).unwrap();
 }
@@ -438,13 +437,13 @@ fn headers_and_run_variables_are_read_and_checked() {
     for (text, at) in [
         (
             format!("{GOOD}headers = {{ \"X-Request-Id\" = \"${{run:nope}}\" }}\n"),
-            "key service[0].health[0].headers: unknown placeholder ${run:nope}",
+            "key service[0].health[0].headers.X-Request-Id: unknown placeholder ${run:nope}",
         ),
         (
             format!(
                 "{GOOD}[[service.check]]\ntype = \"http\"\nheaders = {{ \"X-Id\" = \"${{service:port}}\" }}\n"
             ),
-            "key service[0].check[0].headers: unknown placeholder ${service:port}",
+            "key service[0].check[0].headers.X-Id: unknown placeholder ${service:port}",
         ),
         (
             format!("{GOOD}{}", correlation("${run:trace}", "inference")),
@@ -453,7 +452,7 @@ fn headers_and_run_variables_are_read_and_checked() {
         (
             format!("{GOOD}{}", correlation("${run:id}", "nowhere"))
                 .replace("${run:traceparent}", "${secret:TOKEN}"),
-            "key cross_service.log_correlation[0].request: ${secret:TOKEN} is not allowed in request",
+            "key cross_service.log_correlation[0].request.headers.traceparent: ${secret:TOKEN} is not allowed in request.headers.traceparent",
         ),
         (
             format!("{GOOD}{}", correlation("${run:id}", "nowhere")),
@@ -464,3 +463,5 @@ fn headers_and_run_variables_are_read_and_checked() {
         assert!(err.contains(at), "{at}\n{err}");
     }
 }
+
+mod placeholders;

@@ -5,10 +5,13 @@ use std::collections::BTreeSet;
 
 use flotilla_schemas::ServiceName;
 
-use super::{RawPlan, RuleError, ServiceIndex, ServicePlan, Wave, checked_parallel};
+use super::{RawPlan, RawWave, RuleError, ServiceIndex, ServicePlan, Wave, checked_parallel};
 
 /// The name of the wave that takes the services no `[[wave]]` placed.
 pub(super) const IMPLICIT_WAVE: &str = "rest";
+
+/// Which wave each service is in (an index into `raw.waves`), `None` while unplaced.
+type Assignment = Vec<Option<usize>>;
 
 /// Resolves the plan's waves; every service ends in exactly one, after its dependencies.
 pub(super) fn resolve(
@@ -22,62 +25,54 @@ pub(super) fn resolve(
         .map(|(i, s)| (s.name.clone(), i))
         .collect();
     let (order, levels) = dependency_order(raw, services, &index)?;
-    let mut waves: Vec<Wave> = Vec::new();
     if raw.waves.is_empty() {
-        let depth = levels.iter().copied().max().unwrap_or(0);
-        let has_dependencies = services.iter().any(|s| !s.depends_on.is_empty());
-        for level in 0..=depth {
-            waves.push(Wave {
-                name: if has_dependencies {
-                    format!("level-{}", level + 1)
-                } else {
-                    "all".into()
-                },
-                services: order
-                    .iter()
-                    .filter(|&&i| levels[i] == level)
-                    .map(|&i| services[i].name.clone())
-                    .collect(),
-                max_parallel,
-            });
-        }
-        return Ok(waves);
+        return Ok(waves_by_level(services, &order, &levels, max_parallel));
     }
+    let (names, mut assigned) = assign_named_services(raw, services, &index)?;
+    assign_sized_waves(raw, services.len(), &order, &mut assigned)?;
+    let waves = collect_waves(raw, services, &order, &assigned, &names, max_parallel)?;
+    check_dependencies_come_first(raw, services, &waves)?;
+    Ok(waves)
+}
 
+/// Without `[[wave]]` tables: one wave per dependency level (`level-N`), or a single wave `all`
+/// when nothing depends on anything.
+fn waves_by_level(
+    services: &[ServicePlan],
+    order: &[usize],
+    levels: &[usize],
+    max_parallel: Option<u32>,
+) -> Vec<Wave> {
+    let depth = levels.iter().copied().max().unwrap_or(0);
+    let has_dependencies = services.iter().any(|s| !s.depends_on.is_empty());
+    (0..=depth)
+        .map(|level| Wave {
+            name: if has_dependencies {
+                format!("level-{}", level + 1)
+            } else {
+                "all".into()
+            },
+            services: order
+                .iter()
+                .filter(|&&i| levels[i] == level)
+                .map(|&i| services[i].name.clone())
+                .collect(),
+            max_parallel,
+        })
+        .collect()
+}
+
+/// Checks each wave's own fields and places the services the waves name; returns the wave
+/// names and the placement so far.
+fn assign_named_services(
+    raw: &RawPlan,
+    services: &[ServicePlan],
+    index: &ServiceIndex,
+) -> Result<(BTreeSet<String>, Assignment), RuleError> {
     let mut names = BTreeSet::new();
-    let mut assigned: Vec<Option<usize>> = vec![None; services.len()];
+    let mut assigned: Assignment = vec![None; services.len()];
     for (w, wave) in raw.waves.iter().enumerate() {
-        let name = wave.name.get_ref();
-        if name.trim().is_empty() {
-            return Err(RuleError::at(
-                &wave.name,
-                format!("wave[{w}].name"),
-                "a wave needs a name".into(),
-            ));
-        }
-        if !names.insert(name.clone()) {
-            return Err(RuleError::at(
-                &wave.name,
-                format!("wave[{w}].name"),
-                format!("wave {name:?} appears twice"),
-            ));
-        }
-        if let (Some(_), Some(size)) = (&wave.services, &wave.size) {
-            return Err(RuleError::at(
-                size,
-                format!("wave[{w}].size"),
-                "a wave takes either `services` or `size`, not both".into(),
-            ));
-        }
-        if let Some(size) = &wave.size
-            && size.get_ref().of(services.len(), true) == 0
-        {
-            return Err(RuleError::at(
-                size,
-                format!("wave[{w}].size"),
-                "a wave's size must be at least 1".into(),
-            ));
-        }
+        check_wave(w, wave, &mut names, services.len())?;
         for (j, entry) in wave.services.iter().flatten().enumerate() {
             let key = format!("wave[{w}].services[{j}]");
             let found = ServiceName::parse(entry.get_ref().as_str())
@@ -104,11 +99,63 @@ pub(super) fn resolve(
             assigned[i] = Some(w);
         }
     }
+    Ok((names, assigned))
+}
+
+/// Wave `w` has a name of its own and at most one of `services` and a positive `size`.
+fn check_wave(
+    w: usize,
+    wave: &RawWave,
+    names: &mut BTreeSet<String>,
+    service_count: usize,
+) -> Result<(), RuleError> {
+    let name = wave.name.get_ref();
+    if name.trim().is_empty() {
+        return Err(RuleError::at(
+            &wave.name,
+            format!("wave[{w}].name"),
+            "a wave needs a name".into(),
+        ));
+    }
+    if !names.insert(name.clone()) {
+        return Err(RuleError::at(
+            &wave.name,
+            format!("wave[{w}].name"),
+            format!("wave {name:?} appears twice"),
+        ));
+    }
+    if let (Some(_), Some(size)) = (&wave.services, &wave.size) {
+        return Err(RuleError::at(
+            size,
+            format!("wave[{w}].size"),
+            "a wave takes either `services` or `size`, not both".into(),
+        ));
+    }
+    if let Some(size) = &wave.size
+        && size.get_ref().of(service_count, true) == 0
+    {
+        return Err(RuleError::at(
+            size,
+            format!("wave[{w}].size"),
+            "a wave's size must be at least 1".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Fills the waves given by `size` (and a last wave with neither, which takes the rest) from
+/// the unplaced services, in dependency order.
+fn assign_sized_waves(
+    raw: &RawPlan,
+    service_count: usize,
+    order: &[usize],
+    assigned: &mut Assignment,
+) -> Result<(), RuleError> {
     let last = raw.waves.len() - 1;
     for (w, wave) in raw.waves.iter().enumerate() {
         let take = match (&wave.services, &wave.size) {
             (Some(_), _) => continue,
-            (None, Some(size)) => size.get_ref().of(services.len(), true),
+            (None, Some(size)) => size.get_ref().of(service_count, true),
             (None, None) if w == last => usize::MAX,
             (None, None) => {
                 return Err(RuleError::at(
@@ -131,6 +178,20 @@ pub(super) fn resolve(
             assigned[i] = Some(w);
         }
     }
+    Ok(())
+}
+
+/// The waves as placed, plus an implicit last wave for services none took; empty waves are
+/// left out.
+fn collect_waves(
+    raw: &RawPlan,
+    services: &[ServicePlan],
+    order: &[usize],
+    assigned: &Assignment,
+    names: &BTreeSet<String>,
+    max_parallel: Option<u32>,
+) -> Result<Vec<Wave>, RuleError> {
+    let mut waves: Vec<Wave> = Vec::new();
     for (w, wave) in raw.waves.iter().enumerate() {
         let parallel = wave
             .max_parallel
@@ -165,7 +226,15 @@ pub(super) fn resolve(
         });
     }
     waves.retain(|w| !w.services.is_empty());
+    Ok(waves)
+}
 
+/// Every service's dependencies are in earlier waves than it.
+fn check_dependencies_come_first(
+    raw: &RawPlan,
+    services: &[ServicePlan],
+    waves: &[Wave],
+) -> Result<(), RuleError> {
     let wave_of = |name: &ServiceName| waves.iter().position(|w| w.services.contains(name));
     for (i, s) in raw.services.iter().enumerate() {
         for (j, dep) in s.depends_on.iter().enumerate() {
@@ -186,7 +255,7 @@ pub(super) fn resolve(
             }
         }
     }
-    Ok(waves)
+    Ok(())
 }
 
 /// The services in dependency order (plan order among equals), and each one's level: 0 for no

@@ -13,7 +13,7 @@
 //! and set with `textContent` by the script.
 
 use askama::Template;
-use flotilla_schemas::{CheckVerdict, ConfigShape};
+use flotilla_schemas::{CheckVerdict, ConfigShape, SettingReport};
 use time::OffsetDateTime;
 
 use super::gate::Gate;
@@ -209,7 +209,12 @@ fn cross_service_view(c: &CrossServiceVerdict) -> CrossServiceView {
             .map(|s| InspectionLine {
                 target: format!("{}/{}", s.service, s.instance),
                 checks: s.checks.iter().map(check_text).collect(),
-                config: s.config.iter().map(config_text).collect(),
+                config: s
+                    .config
+                    .iter()
+                    .map(config_text)
+                    .chain(s.settings.iter().map(setting_text))
+                    .collect(),
             })
             .collect(),
         problems: c.problems.clone(),
@@ -250,8 +255,20 @@ fn config_text(v: &ConfigShape) -> String {
         if v.literal_secrets.is_empty() {
             String::new()
         } else {
-            format!(", literal secret in {}", v.literal_secrets.join(", "))
+            // Declared secret keys hold one too: the problems say which are leaks.
+            format!(", resolved secret in {}", v.literal_secrets.join(", "))
         }
+    )
+}
+
+/// A setting the fleet must agree on, as one service holds it (never its value).
+fn setting_text(v: &SettingReport) -> String {
+    format!(
+        "setting {} ({} in {}): {}",
+        v.name,
+        v.key,
+        v.file,
+        if v.found { "found" } else { "NOT FOUND" }
     )
 }
 

@@ -54,13 +54,6 @@ fn command(record: &RunRecord, t: usize) -> CommandRecord {
 
 fn result(c: &CommandRecord, outcome: Outcome, failed: Option<Phase>) -> RunResult {
     RunResult {
-        schema: Default::default(),
-        run_id: c.command.run_id,
-        command_id: c.command.command_id,
-        service: c.command.service.clone(),
-        instance: c.command.instance.clone(),
-        at: OffsetDateTime::now_utc(),
-        outcome,
         reason: Some("health <check> said \"no\" & more".into()),
         phases: failed
             .map(|phase| PhaseReport {
@@ -71,13 +64,7 @@ fn result(c: &CommandRecord, outcome: Outcome, failed: Option<Phase>) -> RunResu
             })
             .into_iter()
             .collect(),
-        measurements: Measurements::default(),
-        gates: Vec::new(),
-        workloads: Vec::new(),
-        inspection: None,
-        preview: None,
-        replayed: false,
-        command_digest: None,
+        ..RunResult::of(&c.command, OffsetDateTime::now_utc(), outcome)
     }
 }
 

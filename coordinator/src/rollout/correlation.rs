@@ -34,7 +34,10 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         if let Some(telemetry) = &self.correlation.telemetry.0
             && let Err(e) = telemetry.flush(self.correlation.wait).await
         {
-            tracing::warn!(error = %flotilla_telemetry::error_chain(&e), "coordinator telemetry not flushed");
+            tracing::warn!(
+                error = %flotilla_telemetry::error_chain(&e),
+                "coordinator telemetry not flushed"
+            );
         }
         let expected: Vec<(String, String)> = (0..self.record.targets.len())
             .filter(|&t| self.migrated(t))

@@ -4,8 +4,12 @@ use flotilla_schemas::{
     Check, HttpCheck, Inspection, InstanceId, Outcome, Presence, RunResult, ServiceName,
 };
 
+use super::dispatch::InspectRequest;
 use super::{Engine, ProgressSink, RolloutError};
+use crate::plan::ServiceInspect;
 use crate::store::{CrossServiceVerdict, LogCorrelationVerdict, ServiceInspection, Stage};
+
+mod consistency;
 
 impl<'a, P: ProgressSink> Engine<'a, P> {
     /// T006 phase 3, once every service is migrated: each agent reaches the other services'
@@ -45,22 +49,23 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         let round = self.first_round(&spec, &members, &endpoints, &mut problems);
         let (answers, unanswered) = self.inspect_round(round).await?;
         let mut services = Vec::new();
+        let mut settings = Vec::new();
         for (t, result) in answers {
             let name = self.target_name(t);
             let inspection = result.inspection.clone().unwrap_or_default();
-            problems.extend(answer_problems(
-                &name,
-                &result,
-                &inspection,
-                &spec.required_keys,
-            ));
+            // A plan `plan check` passed places every key: an error here is one it refused.
+            let own = self.inspect_spec(&spec, t).unwrap_or_default();
+            problems.extend(answer_problems(&name, &result, &inspection, &own));
+            settings.push((name, inspection.settings.clone()));
             services.push(ServiceInspection {
                 service: self.record.targets[t].service.clone(),
                 instance: self.record.targets[t].instance.clone(),
                 checks: inspection.checks,
                 config: inspection.config,
+                settings: inspection.settings,
             });
         }
+        problems.extend(consistency::settings_problems(&settings));
         for t in unanswered {
             let name = self.target_name(t);
             problems.push(format!("{name}: no answer to the cross-service checks"));
@@ -86,16 +91,30 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         self.save().await
     }
 
-    /// The first round's inspections, `(target, checks, config_files)` for every migrated
-    /// member: the plan's checks, a reach of every other migrated service's endpoint, and the
-    /// log-correlation requests. A request nobody can send goes to `problems`.
+    /// The cross-service stage of target `t`'s service: the fleet-wide keys with its own.
+    fn inspect_spec(
+        &self,
+        spec: &crate::plan::CrossService,
+        t: usize,
+    ) -> Result<ServiceInspect, String> {
+        let service = &self.record.targets[t].service;
+        let own = self
+            .plan
+            .service(service)
+            .and_then(|s| s.cross_service.as_ref());
+        spec.for_service(own)
+    }
+
+    /// The first round's inspections for every migrated member: the plan's checks, a reach of
+    /// every other migrated service's endpoint, the log-correlation requests, and the service's
+    /// configuration files and settings. A request nobody can send goes to `problems`.
     fn first_round(
         &self,
         spec: &crate::plan::CrossService,
         members: &[usize],
         endpoints: &[(ServiceName, String)],
         problems: &mut Vec<String>,
-    ) -> Vec<(usize, Vec<Check>, Vec<String>)> {
+    ) -> Vec<InspectRequest> {
         // A log-correlation request is sent by the first migrated instance of its service, in
         // this first round; the logs are searched in a second one, once it was answered.
         let requester = |plan_service: &ServiceName| {
@@ -128,7 +147,19 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
                     checks.push(correlation.request_check());
                 }
             }
-            round.push((t, checks, spec.config_files.clone()));
+            let own = match self.inspect_spec(spec, t) {
+                Ok(own) => own,
+                Err(e) => {
+                    problems.push(format!("{}: {e}", self.target_name(t)));
+                    ServiceInspect::default()
+                }
+            };
+            round.push(InspectRequest {
+                target: t,
+                checks,
+                config_files: own.config_files,
+                settings: own.settings,
+            });
         }
         for correlation in &spec.log_correlation {
             if requester(&correlation.request.service).is_none() {
@@ -178,7 +209,11 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         }
         let round = searches
             .into_iter()
-            .map(|(t, checks)| (t, checks, Vec::new()))
+            .map(|(target, checks)| InspectRequest {
+                target,
+                checks,
+                ..InspectRequest::default()
+            })
             .collect();
         let (answers, unanswered) = self.inspect_round(round).await?;
         let mut verdicts = Vec::new();
@@ -244,14 +279,14 @@ pub(super) fn communication_endpoints(
         .collect()
 }
 
-/// The problems one agent's answer to the cross-service checks shows: failed checks, a
-/// standard configuration (the first file) that is missing or lacks a required key, files that
-/// hold a literal secret, and an answer that is not a success. `name` is `service/instance`.
+/// The problems one agent's answer to the cross-service checks shows: failed checks, the
+/// configuration problems of [`consistency::config_problems`], and an answer that is not a
+/// success. `name` is `service/instance`; `spec` is its service's part of the stage.
 pub(super) fn answer_problems(
     name: &str,
     result: &RunResult,
     inspection: &Inspection,
-    required_keys: &[String],
+    spec: &ServiceInspect,
 ) -> Vec<String> {
     let mut problems = Vec::new();
     for verdict in inspection.checks.iter().filter(|v| !v.passed) {
@@ -260,30 +295,7 @@ pub(super) fn answer_problems(
             verdict.kind, verdict.detail
         ));
     }
-    if let Some(standard) = inspection.config.first() {
-        let missing: Vec<&String> = required_keys
-            .iter()
-            .filter(|k| !standard.keys.contains(k))
-            .collect();
-        if !standard.exists {
-            problems.push(format!("{name}: {} does not exist", standard.path));
-        } else if !missing.is_empty() {
-            problems.push(format!(
-                "{name}: {} lacks required key(s) {missing:?}",
-                standard.path
-            ));
-        }
-    }
-    for shape in inspection
-        .config
-        .iter()
-        .filter(|c| !c.literal_secrets.is_empty())
-    {
-        problems.push(format!(
-            "{name}: {} holds a literal secret in {:?}",
-            shape.path, shape.literal_secrets
-        ));
-    }
+    problems.extend(consistency::config_problems(name, inspection, spec));
     if result.outcome != Outcome::Succeeded {
         problems.push(format!(
             "{name}: {}",

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use async_nats::jetstream::{self};
 use flotilla_bus::signing::SIGNATURE_HEADER;
 use flotilla_schemas::{
-    Action, Check, Command, CommandId, HEADER_RUN_ID, HEADER_RUN_TRACEPARENT, RunResult, encode,
+    Action, Check, Command, CommandId, HEADER_RUN_ID, HEADER_RUN_TRACEPARENT, RunResult,
+    SettingProbe, encode,
 };
 use time::OffsetDateTime;
 use tokio::time::Instant;
@@ -340,18 +341,20 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         }
     }
 
-    /// Sends each target `(t, checks, config_files)` an inspect command and waits, until the
-    /// command timeout, for their results; returns them and the targets that did not answer.
+    /// Sends each target its inspect command and waits, until the command timeout, for their
+    /// results; returns them and the targets that did not answer.
     pub(super) async fn inspect_round(
         &mut self,
-        round: Vec<(usize, Vec<Check>, Vec<String>)>,
+        round: Vec<InspectRequest>,
     ) -> Result<(Vec<(usize, RunResult)>, Vec<usize>), RolloutError> {
         let mut commands = Vec::new();
-        for (t, checks, config_files) in round {
+        for request in round {
             let action = Action::Inspect {
-                checks,
-                config_files,
+                checks: request.checks,
+                config_files: request.config_files,
+                settings: request.settings,
             };
+            let t = request.target;
             commands.push((t, self.command_for(t, action, OffsetDateTime::now_utc())));
         }
         let sent = self
@@ -376,6 +379,15 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         }
         Ok((answers, waiting.into_values().collect()))
     }
+}
+
+/// One target's inspect command of a cross-service round.
+#[derive(Debug, Default)]
+pub(super) struct InspectRequest {
+    pub(super) target: usize,
+    pub(super) checks: Vec<Check>,
+    pub(super) config_files: Vec<String>,
+    pub(super) settings: Vec<SettingProbe>,
 }
 
 /// The most commands dispatched, or results filed, in one round of concurrent writes.

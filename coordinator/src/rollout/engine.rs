@@ -70,7 +70,10 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         if let Some(telemetry) = &parts.correlation.telemetry.0
             && let Err(e) = telemetry.flush(ROOT_FLUSH_TIMEOUT).await
         {
-            tracing::warn!(error = %flotilla_telemetry::error_chain(&e), "the run's root span was not flushed");
+            tracing::warn!(
+                error = %flotilla_telemetry::error_chain(&e),
+                "the run's root span was not flushed"
+            );
         }
         let revisions = parts.store.create(&record).await?;
         Self::assemble(parts, plan, record, revisions).await
@@ -132,7 +135,12 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         self.record.coordinator = crate::store::coordinator_name();
         self.save().await?;
         self.catch_up().await?;
-        tracing::info!(run_id = %self.record.run_id, plan = %self.plan.name, stage = ?self.record.stage, "driving run");
+        tracing::info!(
+            run_id = %self.record.run_id,
+            plan = %self.plan.name,
+            stage = ?self.record.stage,
+            "driving run"
+        );
 
         if self.record.stage == Stage::Migrating && self.migrate_waves().await? == Flow::Cancelled {
             return self.cancelled().await;

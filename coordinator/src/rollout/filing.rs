@@ -66,7 +66,10 @@ fn file_results(
         };
         let target = &mut record.targets[t];
         if target.service != result.service || target.instance != result.instance {
-            tracing::warn!(command_id = %result.command_id, "ignoring a result from another agent than the command's");
+            tracing::warn!(
+                command_id = %result.command_id,
+                "ignoring a result from another agent than the command's"
+            );
             continue;
         }
         let signing_agent = !target.agent_keys.is_empty();

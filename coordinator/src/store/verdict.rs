@@ -2,7 +2,7 @@
 //! checks (communication, configuration consistency, log correlation) and the correlation of
 //! every service's spans and logs. The rollout writes them; reports and `status` read them.
 
-use flotilla_schemas::{CheckVerdict, ConfigShape, InstanceId, ServiceName};
+use flotilla_schemas::{CheckVerdict, ConfigShape, InstanceId, ServiceName, SettingReport};
 use flotilla_tracestore::VerifyReport;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -32,6 +32,10 @@ pub struct ServiceInspection {
     pub checks: Vec<CheckVerdict>,
     #[serde(default)]
     pub config: Vec<ConfigShape>,
+    /// The settings the fleet must agree on, as this service holds them (digests keyed by the
+    /// run, never values).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub settings: Vec<SettingReport>,
 }
 
 /// One agent's answer to the log-correlation search.

@@ -79,13 +79,28 @@ pub enum Action {
     Finalize { migration: CommandId },
     /// The cross-service stage, after the fleet is migrated: run `checks` (e.g. reach other
     /// services' endpoints) and report the keys of `config_files` — names and a fingerprint,
-    /// never values — and which keys hold a literal secret. Changes nothing.
+    /// never values — and which keys hold a literal secret; and, for each of `settings`, a
+    /// digest of its value, never the value. Changes nothing.
     Inspect {
         #[serde(default)]
         checks: Vec<Check>,
         #[serde(default)]
         config_files: Vec<String>,
+        /// Settings that must agree across the fleet, each where this service keeps it.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        settings: Vec<SettingProbe>,
     },
+}
+
+/// Where one service keeps a setting that must hold the same value across the fleet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SettingProbe {
+    /// The setting's name in the plan (the same across services).
+    pub name: String,
+    /// The configuration file, relative to the service root.
+    pub file: String,
+    /// The key in it: dotted for nested tables (`db.url`), or a `.env`/`key=value` name.
+    pub key: String,
 }
 
 /// One declared change. Paths are relative to the service root and never leave it.

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::version::schema_tag;
-use crate::{CommandId, InstanceId, Phase, PhaseStatus, RunId, SchemaTag, ServiceName};
+use crate::{Command, CommandId, InstanceId, Phase, PhaseStatus, RunId, SchemaTag, ServiceName};
 
 schema_tag!(ResultSchema, "flotilla.result.v1");
 
@@ -157,6 +157,27 @@ pub struct Inspection {
     pub checks: Vec<CheckVerdict>,
     /// Each declared configuration file's shape.
     pub config: Vec<ConfigShape>,
+    /// Each requested setting, in order: where it was looked for and a digest of its value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub settings: Vec<SettingReport>,
+}
+
+/// One setting as a service holds it: never its value, a digest of it keyed by the run, so that
+/// equal values across the fleet have equal digests in this run only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SettingReport {
+    pub name: String,
+    pub file: String,
+    pub key: String,
+    /// Whether the file has the key (false too when the file is missing or does not parse).
+    pub found: bool,
+    /// BLAKE3 of the value as text, keyed by the run ID; `None` when not found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Why it was not found, when it was not: the file is missing, does not parse, or lacks the
+    /// key (never quoting the file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// One check's verdict.
@@ -173,7 +194,8 @@ pub struct CheckVerdict {
 pub struct ConfigShape {
     pub path: String,
     pub exists: bool,
-    /// `standard` (TOML), `key_value` (`key=value` lines), or `unreadable`.
+    /// `standard` (TOML), `json`, `yaml`, `env` (`.env`), `key_value` (`key=value` lines of
+    /// any other file), `missing` or `unreadable`.
     pub format: String,
     /// Dotted key names, sorted.
     pub keys: Vec<String>,
@@ -181,6 +203,10 @@ pub struct ConfigShape {
     pub fingerprint: String,
     /// Keys whose value is one of the agent's secrets in clear.
     pub literal_secrets: Vec<String>,
+    /// Whether one of the agent's secrets is in the file outside any key's value (a comment, a
+    /// key name, a line that does not parse).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secret_outside_keys: bool,
 }
 
 /// What a `preview` command found: what each step of the migration would do.
@@ -252,6 +278,109 @@ pub struct RunResult {
     pub command_digest: Option<String>,
 }
 
+// === impl RunResult ===
+
+impl RunResult {
+    /// The result of one command that reports only its `outcome` at `at`: no reason, phases,
+    /// measurements, gates, workloads, inspection or preview; not replayed, no digest. Set the
+    /// rest with struct-update syntax: `RunResult { reason, ..RunResult::new(…) }`.
+    pub fn new(
+        run_id: RunId,
+        command_id: CommandId,
+        service: ServiceName,
+        instance: InstanceId,
+        at: OffsetDateTime,
+        outcome: Outcome,
+    ) -> Self {
+        Self {
+            schema: ResultSchema,
+            run_id,
+            command_id,
+            service,
+            instance,
+            at,
+            outcome,
+            reason: None,
+            phases: Vec::new(),
+            measurements: Measurements::default(),
+            gates: Vec::new(),
+            workloads: Vec::new(),
+            inspection: None,
+            preview: None,
+            replayed: false,
+            command_digest: None,
+        }
+    }
+
+    /// [`RunResult::new`] for `command`: its run, id, service and instance.
+    pub fn of(command: &Command, at: OffsetDateTime, outcome: Outcome) -> Self {
+        Self::new(
+            command.run_id,
+            command.command_id,
+            command.service.clone(),
+            command.instance.clone(),
+            at,
+            outcome,
+        )
+    }
+}
+
 impl SchemaTag for RunResult {
     const SCHEMA: &'static str = ResultSchema::VALUE;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A result built for a command carries its identity, and nothing optional on the wire.
+    #[test]
+    fn a_bare_result_names_its_command_and_reports_only_its_outcome() {
+        let command: Command = crate::decode(include_bytes!(
+            "../../fixtures/flotilla.command.v1.migrate.json"
+        ))
+        .expect("the fixture decodes");
+        let result = RunResult::of(&command, command.issued_at, Outcome::Refused);
+        assert_eq!(
+            (
+                result.run_id,
+                result.command_id,
+                &result.service,
+                &result.instance
+            ),
+            (
+                command.run_id,
+                command.command_id,
+                &command.service,
+                &command.instance
+            )
+        );
+        let json = serde_json::to_value(&result).expect("a result encodes");
+        let mut keys: Vec<_> = json
+            .as_object()
+            .expect("an object")
+            .keys()
+            .cloned()
+            .collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "at",
+                "command_id",
+                "instance",
+                "measurements",
+                "outcome",
+                "phases",
+                "replayed",
+                "run_id",
+                "schema",
+                "service"
+            ]
+        );
+        assert_eq!(
+            crate::decode::<RunResult>(&crate::encode(&result)).ok(),
+            Some(result)
+        );
+    }
 }

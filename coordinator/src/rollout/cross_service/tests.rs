@@ -5,6 +5,7 @@ use flotilla_schemas::{
 };
 
 use super::{answer_problems, communication_endpoints};
+use crate::plan::ServiceInspect;
 
 fn member(service: &str, instance: &str) -> (ServiceName, InstanceId) {
     (
@@ -105,6 +106,17 @@ fn shape(path: &str, exists: bool, keys: &[&str], secrets: &[&str]) -> ConfigSha
         keys: keys.iter().map(|k| k.to_string()).collect(),
         fingerprint: String::new(),
         literal_secrets: secrets.iter().map(|k| k.to_string()).collect(),
+        secret_outside_keys: false,
+    }
+}
+
+/// The stage of a service with `files` (the first its standard configuration).
+fn spec(files: &[&str], required: &[&str]) -> ServiceInspect {
+    ServiceInspect {
+        config_files: files.iter().map(|f| f.to_string()).collect(),
+        has_standard: !files.is_empty(),
+        required_keys: required.iter().map(|k| k.to_string()).collect(),
+        ..ServiceInspect::default()
     }
 }
 
@@ -117,12 +129,13 @@ fn a_clean_answer_has_no_problem() {
             detail: "200".into(),
         }],
         config: vec![shape("service.toml", true, &["server.port"], &[])],
+        settings: Vec::new(),
     };
     let problems = answer_problems(
         "api/a1",
         &answer("succeeded", None),
         &inspection,
-        &["server.port".into()],
+        &spec(&["service.toml"], &["server.port"]),
     );
     assert!(problems.is_empty(), "{problems:?}");
 }
@@ -139,24 +152,34 @@ fn every_kind_of_problem_in_an_answer_is_named() {
             shape("service.toml", true, &["server.port"], &[]),
             shape("legacy.conf", true, &[], &["api_key"]),
         ],
+        settings: Vec::new(),
     };
     let problems = answer_problems(
         "api/a1",
         &answer("refused", Some("busy")),
         &inspection,
-        &["server.port".into(), "logging.format".into()],
+        &spec(
+            &["service.toml", "legacy.conf"],
+            &["server.port", "logging.format"],
+        ),
     );
     assert_eq!(problems.len(), 4, "{problems:?}");
     assert!(problems[0].contains("http check failed: connection refused"));
     assert!(
         problems[1].contains("lacks required key(s)") && problems[1].contains("logging.format")
     );
-    assert!(problems[2].contains("legacy.conf holds a literal secret"));
+    assert!(problems[2].contains("legacy.conf holds a literal secret in api_key"));
     assert_eq!(problems[3], "api/a1: busy");
     let missing = Inspection {
         checks: Vec::new(),
         config: vec![shape("service.toml", false, &[], &[])],
+        settings: Vec::new(),
     };
-    let problems = answer_problems("api/a1", &answer("succeeded", None), &missing, &[]);
+    let problems = answer_problems(
+        "api/a1",
+        &answer("succeeded", None),
+        &missing,
+        &spec(&["service.toml"], &[]),
+    );
     assert_eq!(problems, ["api/a1: service.toml does not exist"]);
 }

@@ -31,6 +31,19 @@ impl Fleet {
         port: u16,
         files: &[(&str, &str)],
     ) -> anyhow::Result<()> {
+        self.add_foreign_with_env(name, command, port, files, &[])
+    }
+
+    /// [`Fleet::add_foreign`], the agent started with `env` too (e.g. `FLOTILLA_SECRET_<NAME>`,
+    /// a secret it resolves; the service does not inherit it).
+    pub fn add_foreign_with_env(
+        &mut self,
+        name: &str,
+        command: &[&str],
+        port: u16,
+        files: &[(&str, &str)],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
         let nats_url = self.nats_url().to_owned();
         let root = self.root(name);
         let state = self.dir.join("state").join(name);
@@ -62,7 +75,10 @@ impl Fleet {
                 port,
                 agent: None,
                 config,
-                env: Vec::new(),
+                env: env
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
             },
         );
         self.start_agent(name)?;

@@ -3,11 +3,14 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::Context;
 
+mod agents;
+mod cli;
+mod external;
 mod foreign;
 
 /// The five services of T006.
@@ -143,21 +146,7 @@ impl Fleet {
             std::fs::create_dir_all(dir)?;
         }
         let log_file = logs.join(format!("{role}.log"));
-        let legacy = std::fs::read_to_string(
-            crate::repo_root()
-                .join("deploy/demo/legacy")
-                .join(role)
-                .join("legacy.conf"),
-        )
-        .with_context(|| format!("legacy configuration of {role}"))?;
-        let legacy: String = legacy
-            .lines()
-            .map(|line| match line.split_once('=') {
-                Some(("listen_port", _)) => format!("listen_port={port}\n"),
-                Some(("log_file", _)) => format!("log_file={}\n", log_file.display()),
-                _ => format!("{line}\n"),
-            })
-            .collect();
+        let legacy = legacy_conf(role, port, &log_file)?;
         std::fs::write(root.join("legacy.conf"), legacy)?;
         std::fs::write(secrets.join("API_KEY"), format!("demo-{role}-key-123\n"))?;
         let config = self.dir.join(format!("agent-{role}.toml"));
@@ -251,15 +240,6 @@ OTEL_BLRP_SCHEDULE_DELAY = "{batch_delay_ms}"
             let _ = child.kill();
             let _ = child.wait();
         }
-    }
-
-    /// Starts `flotilla` in the background (stdout piped), for tests that act during a run.
-    pub fn spawn_flotilla(&self, args: &[&str]) -> Child {
-        self.flotilla_command(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("flotilla starts")
     }
 
     /// The NATS URL the fleet uses.
@@ -358,39 +338,6 @@ OTEL_BLRP_SCHEDULE_DELAY = "{batch_delay_ms}"
         })
     }
 
-    /// `flotilla agents --output json`, parsed.
-    pub fn agents(&self) -> anyhow::Result<Vec<serde_json::Value>> {
-        let out = self.flotilla(&["agents", "--output", "json", "--discovery-window", "500ms"]);
-        // 3: none answered.
-        if out.status.code() == Some(3) {
-            return Ok(Vec::new());
-        }
-        anyhow::ensure!(
-            out.status.success(),
-            "flotilla agents failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(serde_json::from_slice(&out.stdout)?)
-    }
-
-    /// Runs the `flotilla` CLI against this fleet's NATS.
-    pub fn flotilla(&self, args: &[&str]) -> Output {
-        self.flotilla_command(args).output().expect("flotilla runs")
-    }
-
-    /// A `flotilla` command for this fleet: its NATS, its signing key and identity, run from the
-    /// repository's root.
-    pub fn flotilla_command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(crate::binary("flotilla"));
-        command
-            .args(args)
-            .env("FLOTILLA_NATS__URL", &self.nats_url)
-            .envs(self.cli_env.iter().map(|(k, v)| (k, v)))
-            .env("NO_COLOR", "1")
-            .current_dir(crate::repo_root());
-        command
-    }
-
     /// The fleet's directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -415,13 +362,6 @@ OTEL_BLRP_SCHEDULE_DELAY = "{batch_delay_ms}"
     pub fn health(&self, role: &str) -> Option<(u16, String)> {
         crate::http_get(self.port(role), "/health")
     }
-
-    /// Writes a plan into the fleet's directory and returns its path.
-    pub fn write_plan(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.dir.join(name);
-        std::fs::write(&path, text).expect("plan written");
-        path
-    }
 }
 
 impl Drop for Fleet {
@@ -442,160 +382,10 @@ impl Drop for Fleet {
 }
 
 impl Fleet {
-    /// One service run by an *external* supervisor: a small shell script stands in for
-    /// `systemctl restart` (stop the old process, start a new one in the background, write its PID
-    /// file). The agent is configured with `supervisor = "external"`, `restart_command` and
-    /// `pid_file`, and the service is already running when the agent starts, as under systemd.
-    pub fn start_external(nats_url: &str, role: &str) -> anyhow::Result<Self> {
-        let mut fleet = Self::empty(nats_url, Vec::new())?;
-        let member = fleet.lay_out(role)?;
-        let pid_file = fleet.dir.join(format!("{role}.pid"));
-        let script = fleet.dir.join(format!("supervise-{role}.sh"));
-        let root = fleet.root(role);
-        std::fs::write(
-            &script,
-            format!(
-                "#!/bin/sh\n\
-                 # Stands in for `systemctl restart`: stop the running service, start a new one.\n\
-                 if [ -f {pid} ]; then\n  old=$(cat {pid})\n  kill \"$old\" 2>/dev/null\n  \
-                 while kill -0 \"$old\" 2>/dev/null; do sleep 0.02; done\nfi\n\
-                 nohup {sample} --role {role} --root {root} >> {log} 2>&1 &\n\
-                 echo $! > {pid}\n",
-                pid = pid_file.display(),
-                sample = crate::binary("flotilla-sample").display(),
-                root = root.display(),
-                log = fleet.dir.join(format!("{role}-external.out")).display(),
-            ),
-        )?;
-        let config = std::fs::read_to_string(&member.config)?;
-        let command_line = config
-            .lines()
-            .find(|l| l.starts_with("command = "))
-            .context("command line")?
-            .to_owned();
-        let external = format!(
-            "supervisor = \"external\"\nrestart_command = [\"sh\", \"{}\"]\npid_file = \"{}\"",
-            script.display(),
-            pid_file.display()
-        );
-        std::fs::write(&member.config, config.replace(&command_line, &external))?;
-        anyhow::ensure!(
-            Command::new("sh").arg(&script).status()?.success(),
-            "the stand-in supervisor failed"
-        );
-        fleet.external_pid_files.push(pid_file);
-        fleet.members.insert(role.to_owned(), member);
-        fleet.setup()?;
-        fleet.start_agent(role)?;
-        fleet.wait_ready(Duration::from_secs(30))?;
-        Ok(fleet)
-    }
-}
-
-impl Fleet {
     /// The key this fleet's `flotilla` signs commands with.
     pub fn signing_key(&self) -> flotilla_bus::signing::SigningKey {
         flotilla_bus::signing::SigningKey::load(&self.dir.join("coordinator.key"))
             .expect("the fleet's key")
-    }
-}
-
-impl Fleet {
-    /// The PID of `role`'s agent, while it runs.
-    pub fn agent_pid(&self, role: &str) -> Option<u32> {
-        self.members
-            .get(role)
-            .and_then(|m| m.agent.as_ref())
-            .map(Child::id)
-    }
-
-    /// Sends `signal` (e.g. `"STOP"`, `"CONT"`) to `role`'s agent; true when it was delivered.
-    pub fn signal_agent(&self, role: &str, signal: &str) -> bool {
-        self.agent_pid(role).is_some_and(|pid| {
-            Command::new("kill")
-                .arg(format!("-{signal}"))
-                .arg(pid.to_string())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
-    }
-
-    /// Whether `role`'s agent has exited, and with which status (`None` while it runs).
-    pub fn agent_exit(&mut self, role: &str) -> Option<std::process::ExitStatus> {
-        self.members
-            .get_mut(role)
-            .and_then(|m| m.agent.as_mut())
-            .and_then(|c| c.try_wait().ok().flatten())
-    }
-
-    /// Replaces (or adds) one variable of `role`'s agent environment, for its next start.
-    pub fn set_agent_env(&mut self, role: &str, key: &str, value: &str) {
-        if let Some(member) = self.members.get_mut(role) {
-            member.env.retain(|(k, _)| k != key);
-            member.env.push((key.to_owned(), value.to_owned()));
-        }
-    }
-
-    /// Starts a replacement agent for `role` while the current one may still run (frozen, or
-    /// cut off): on a copy of its state directory, as a new host that took the state over would,
-    /// since one state directory admits one agent. It adopts the running service.
-    pub fn start_replacement_agent(&mut self, role: &str) -> anyhow::Result<()> {
-        let state = self.dir.join("state").join(role);
-        let copy = self.dir.join("state").join(format!("{role}-replacement"));
-        anyhow::ensure!(
-            Command::new("cp")
-                .arg("-a")
-                .arg(&state)
-                .arg(&copy)
-                .status()?
-                .success(),
-            "cannot copy the state directory {}",
-            state.display()
-        );
-        self.set_agent_env(
-            role,
-            "FLOTILLA_AGENT__STATE_DIR",
-            &copy.display().to_string(),
-        );
-        self.start_agent(role)
-    }
-
-    /// The agent log of `role` (its stdout and stderr, across restarts).
-    pub fn agent_log(&self, role: &str) -> PathBuf {
-        self.dir.join(format!("agent-{role}.log"))
-    }
-
-    /// The roles of this fleet.
-    pub fn roles(&self) -> Vec<String> {
-        self.members.keys().cloned().collect()
-    }
-
-    /// Runs `flotilla` with extra environment (e.g. another `FLOTILLA_NATS__URL`).
-    pub fn flotilla_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        Command::new(crate::binary("flotilla"))
-            .args(args)
-            .env("FLOTILLA_NATS__URL", &self.nats_url)
-            .envs(self.cli_env.iter().map(|(k, v)| (k, v)))
-            .envs(env.iter().copied())
-            .env("NO_COLOR", "1")
-            .current_dir(crate::repo_root())
-            .output()
-            .expect("flotilla runs")
-    }
-
-    /// Starts `flotilla` in the background with extra environment, stdout and stderr piped.
-    pub fn spawn_flotilla_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Child {
-        Command::new(crate::binary("flotilla"))
-            .args(args)
-            .env("FLOTILLA_NATS__URL", &self.nats_url)
-            .envs(self.cli_env.iter().map(|(k, v)| (k, v)))
-            .envs(env.iter().copied())
-            .env("NO_COLOR", "1")
-            .current_dir(crate::repo_root())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("flotilla starts")
     }
 }
 
@@ -619,4 +409,24 @@ impl Fleet {
         )?;
         Ok(())
     }
+}
+
+/// The demo's legacy configuration of `role` (`deploy/demo/legacy/<role>/legacy.conf`), on
+/// `port` and logging to `log_file`.
+fn legacy_conf(role: &str, port: u16, log_file: &Path) -> anyhow::Result<String> {
+    let legacy = std::fs::read_to_string(
+        crate::repo_root()
+            .join("deploy/demo/legacy")
+            .join(role)
+            .join("legacy.conf"),
+    )
+    .with_context(|| format!("legacy configuration of {role}"))?;
+    Ok(legacy
+        .lines()
+        .map(|line| match line.split_once('=') {
+            Some(("listen_port", _)) => format!("listen_port={port}\n"),
+            Some(("log_file", _)) => format!("log_file={}\n", log_file.display()),
+            _ => format!("{line}\n"),
+        })
+        .collect())
 }
