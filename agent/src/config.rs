@@ -77,8 +77,10 @@ fn default_clock_skew() -> Duration {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsConfig {
-    #[serde(default = "default_nats_url")]
-    pub url: String,
+    /// One URL, several (a TOML array, or commas in `FLOTILLA_NATS__URL`): all are tried at
+    /// start, and the client reconnects to any of them (or any node the cluster announces).
+    #[serde(default)]
+    pub url: flotilla_bus::ServerList,
     /// Subject prefix shared with the coordinator.
     #[serde(default = "default_prefix")]
     pub prefix: String,
@@ -92,16 +94,12 @@ pub struct NatsConfig {
 impl Default for NatsConfig {
     fn default() -> Self {
         Self {
-            url: default_nats_url(),
+            url: Default::default(),
             prefix: default_prefix(),
             connect_timeout: default_connect_timeout(),
             auth: Default::default(),
         }
     }
-}
-
-fn default_nats_url() -> String {
-    "nats://127.0.0.1:4222".to_owned()
 }
 
 fn default_prefix() -> String {

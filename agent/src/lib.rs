@@ -211,7 +211,7 @@ async fn connect(
     shutdown: &CancellationToken,
 ) -> Option<Result<async_nats::Client, flotilla_bus::BusError>> {
     let options = BusOptions {
-        url: config.nats.url.clone(),
+        servers: config.nats.url.clone(),
         name: format!(
             "flotilla-agent {}/{}",
             config.service.name, config.agent.instance

@@ -37,7 +37,7 @@ pub async fn run_coordinator(
         .arg(plan)
         .args(["--output", "json", "--no-verify"])
         .args(extra)
-        .env("FLOTILLA_NATS_URL", nats_url)
+        .env("FLOTILLA_NATS__URL", nats_url)
         .env("FLOTILLA_SIGNING_KEY", key_path)
         .env("OTEL_SDK_DISABLED", "true")
         .env("NO_COLOR", "1")

@@ -3,7 +3,10 @@
 
 pub mod plan_files;
 pub mod provision;
+mod servers;
 pub mod signing;
+
+pub use servers::{ServerList, reconnect_delay};
 
 use std::time::Duration;
 
@@ -92,7 +95,8 @@ impl BusError {
 /// How to connect.
 #[derive(Debug, Clone)]
 pub struct BusOptions {
-    pub url: String,
+    /// Every node the client may use; all are tried at start, in random order.
+    pub servers: ServerList,
     pub name: String,
     pub connect_timeout: Duration,
     pub allow_old_server: bool,
@@ -202,7 +206,10 @@ impl Credentials {
     }
 }
 
-/// Connects once, failing fast (no retry), and checks the server.
+/// Connects once to the first node of `options.servers` that answers (each is tried once,
+/// failing fast when none does), and checks the server. Once connected, the client reconnects
+/// by itself to any node it knows (those given and those the cluster announces), with
+/// [`reconnect_delay`] between attempts.
 pub async fn connect(options: &BusOptions) -> Result<async_nats::Client, BusError> {
     let connect = options
         .auth
@@ -213,22 +220,23 @@ pub async fn connect(options: &BusOptions) -> Result<async_nats::Client, BusErro
         .connection_timeout(options.connect_timeout)
         .request_timeout(Some(Duration::from_secs(10)))
         .max_reconnects(None)
-        .connect(&options.url)
+        .reconnect_delay_callback(reconnect_delay)
+        .connect(options.servers.as_slice())
         .await
         .map_err(|source| BusError::Connect {
-            url: options.url.clone(),
+            url: options.servers.to_string(),
             source,
         })?;
     let info = client.server_info();
     if !options.allow_old_server && !version_supported(&info.version) {
         return Err(BusError::OldServer {
-            url: options.url.clone(),
+            url: options.servers.to_string(),
             found: info.version,
         });
     }
     if !info.jetstream {
         return Err(BusError::NoJetStream {
-            url: options.url.clone(),
+            url: options.servers.to_string(),
         });
     }
     Ok(client)

@@ -5,88 +5,129 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::settings::Settings;
+
+mod overrides;
+
 /// Flotilla migrates a fleet of services safely: every agent backs its service up, applies the
 /// plan, validates it and rolls back by itself on failure.
 #[derive(Debug, Parser)]
 #[command(version, about, after_help = EXIT_CODES)]
 pub struct Cli {
-    /// NATS server URL.
+    #[command(flatten)]
+    pub flags: GlobalFlags,
+    #[command(subcommand)]
+    pub command: CommandKind,
+    /// Every option, from defaults, the `--config` file, `FLOTILLA_…` variables and the flags
+    /// (set by [`parse_args`]).
+    #[arg(skip)]
+    pub settings: Settings,
+    /// `settings.output`, which every command reads.
+    #[arg(skip)]
+    pub output: OutputFormat,
+    /// The process's telemetry, attached to NATS once connected (set by `main`, not an option).
+    #[arg(skip)]
+    pub telemetry: TelemetryHandle,
+}
+
+/// The options every command takes. Each is also a key of the `--config` file and a
+/// `FLOTILLA_…` variable (shown in brackets), see docs/coordinator-config.md; a flag wins over both.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct GlobalFlags {
+    /// NATS server URL, or several separated by commas (all are tried) [default:
+    /// nats://127.0.0.1:4222] [key: nats.url].
     #[arg(
         long,
         global = true,
-        env = "FLOTILLA_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
+        value_name = "URL[,URL…]",
+        env = "FLOTILLA_NATS__URL",
+        hide_env_values = true
     )]
-    pub nats_url: String,
-    /// Subject prefix shared with the agents.
+    pub nats_url: Option<String>,
+    /// Subject prefix shared with the agents [default: flotilla] [key: nats.prefix].
     #[arg(
         long,
         global = true,
-        env = "FLOTILLA_PREFIX",
-        default_value = "flotilla"
+        env = "FLOTILLA_NATS__PREFIX",
+        hide_env_values = true
     )]
-    pub prefix: String,
-    /// Output format.
+    pub prefix: Option<String>,
+    /// Output format [default: text] [key: output].
     #[arg(
         long,
         short,
         global = true,
-        env = "FLOTILLA_OUTPUT",
         value_enum,
-        default_value_t = OutputFormat::Text
+        env = "FLOTILLA_OUTPUT",
+        hide_env_values = true
     )]
-    pub output: OutputFormat,
-    /// How long to wait for NATS to answer the connection.
-    #[arg(long, global = true, default_value = "5s", value_parser = humantime::parse_duration)]
-    pub connect_timeout: Duration,
-    /// How long to wait for agents to answer discovery.
-    #[arg(long, global = true, default_value = "2s", value_parser = humantime::parse_duration)]
-    pub discovery_window: Duration,
-    /// Run against a nats-server older than the supported minimum (not recommended).
-    #[arg(long, global = true)]
+    pub output: Option<OutputFormat>,
+    /// How long to wait for NATS to answer the connection [default: 5s] [key:
+    /// nats.connect_timeout].
+    #[arg(long, global = true, value_parser = humantime::parse_duration, env = "FLOTILLA_NATS__CONNECT_TIMEOUT", hide_env_values = true)]
+    pub connect_timeout: Option<Duration>,
+    /// How long to wait for agents to answer discovery [default: 2s] [key: discovery_window].
+    #[arg(long, global = true, value_parser = humantime::parse_duration, env = "FLOTILLA_DISCOVERY_WINDOW", hide_env_values = true)]
+    pub discovery_window: Option<Duration>,
+    /// Run against a nats-server older than the supported minimum (not recommended) [key:
+    /// nats.allow_old_server].
+    #[arg(
+        long,
+        global = true,
+        value_parser = clap::builder::BoolishValueParser::new(), env = "FLOTILLA_NATS__ALLOW_OLD_SERVER",
+        hide_env_values = true
+    )]
     pub allow_old_server: bool,
-    /// A TOML file of defaults for these options (`nats_url = "…"`, `signing_key = "…"`,
-    /// `trace_backend = "…"`, …); flags and `FLOTILLA_…` variables override it.
+    /// A TOML file of these options (`[nats] url = "…"`, `signing_key = "…"`, …); variables and
+    /// flags override it.
     #[arg(long, global = true, env = "FLOTILLA_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub auth: AuthArgs,
     /// Where `verify` (and the migration's correlation check) reads traces: `default` (the
-    /// store in NATS), `jaeger=URL` or `tempo=URL`.
+    /// store in NATS), `jaeger=URL` or `tempo=URL` [default: default] [key: trace_backend].
     #[arg(
         long,
         global = true,
         env = "FLOTILLA_TRACE_BACKEND",
-        default_value = "default"
+        hide_env_values = true
     )]
-    pub trace_backend: crate::verify::Backend,
-    /// How long to wait for late telemetry before judging correlation.
-    #[arg(long, global = true, default_value = "15s", value_parser = humantime::parse_duration)]
-    pub verify_wait: Duration,
-    /// Finalize a migration even when its correlation check fails (it is still reported).
-    #[arg(long, global = true)]
+    pub trace_backend: Option<crate::verify::Backend>,
+    /// How long to wait for late telemetry before judging correlation [default: 15s] [key: verify_wait].
+    #[arg(long, global = true, value_parser = humantime::parse_duration, env = "FLOTILLA_VERIFY_WAIT", hide_env_values = true)]
+    pub verify_wait: Option<Duration>,
+    /// Finalize a migration even when its correlation check fails (it is still reported) [key: no_verify].
+    #[arg(
+        long,
+        global = true,
+        value_parser = clap::builder::BoolishValueParser::new(),
+        env = "FLOTILLA_NO_VERIFY",
+        hide_env_values = true
+    )]
     pub no_verify: bool,
     /// The coordinator's Ed25519 signing key (from `flotilla keys generate`); every command is
-    /// signed with it. Agents with `security.trusted_keys` refuse unsigned commands.
-    #[arg(long, global = true, env = "FLOTILLA_SIGNING_KEY", value_name = "FILE")]
+    /// signed with it. Agents with `security.trusted_keys` refuse unsigned commands [key: signing_key].
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "FLOTILLA_SIGNING_KEY",
+        hide_env_values = true
+    )]
     pub signing_key: Option<PathBuf>,
     /// Agents' result keys to trust, as `service/instance=<public key>` (the key an agent
     /// announces in `flotilla agents`, and writes to `<state_dir>/agent.key.pub`); repeat an
     /// agent with two keys during a rotation. Without any, each run trusts the key each agent
-    /// announces when it starts (see docs/security.md).
+    /// announces when it starts (see docs/security.md); the variable separates them with commas [key: trusted_agent_keys].
     #[arg(
         long,
         global = true,
-        env = "FLOTILLA_TRUSTED_AGENT_KEYS",
         value_name = "AGENT=KEY",
-        value_delimiter = ','
+        value_delimiter = ',',
+        env = "FLOTILLA_TRUSTED_AGENT_KEYS",
+        hide_env_values = true
     )]
     pub trusted_agent_keys: Vec<String>,
-    #[command(subcommand)]
-    pub command: CommandKind,
-    /// The process's telemetry, attached to NATS once connected (set by `main`, not an option).
-    #[arg(skip)]
-    pub telemetry: TelemetryHandle,
 }
 
 /// A shared handle on the process's telemetry pipeline.
@@ -103,95 +144,113 @@ impl std::fmt::Debug for TelemetryHandle {
     }
 }
 
-/// The coordinator's NATS identity. Secrets come from files (or `FLOTILLA_NATS_PASSWORD` in the
-/// environment), never from the command line.
+/// The coordinator's NATS identity (the `[nats.auth]` keys, `FLOTILLA_NATS__AUTH__…`). Secrets
+/// come from files (or `FLOTILLA_NATS__AUTH__PASSWORD` in the environment, or `password` in the
+/// file), never from the command line.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct AuthArgs {
-    /// NATS user (with a password from --nats-password-file or FLOTILLA_NATS_PASSWORD).
-    #[arg(long, global = true, env = "FLOTILLA_NATS_USER")]
-    pub nats_user: Option<String>,
-    /// File holding the NATS password.
+    /// NATS user (with a password from --nats-password-file or FLOTILLA_NATS__AUTH__PASSWORD)
+    /// [key: nats.auth.user].
     #[arg(
         long,
         global = true,
-        env = "FLOTILLA_NATS_PASSWORD_FILE",
-        value_name = "FILE"
+        env = "FLOTILLA_NATS__AUTH__USER",
+        hide_env_values = true
+    )]
+    pub nats_user: Option<String>,
+    /// File holding the NATS password [key: nats.auth.password_file].
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "FLOTILLA_NATS__AUTH__PASSWORD_FILE",
+        hide_env_values = true
     )]
     pub nats_password_file: Option<PathBuf>,
-    /// File holding an nkey seed.
+    /// File holding an nkey seed [key: nats.auth.nkey_seed_file].
     #[arg(
         long,
         global = true,
-        env = "FLOTILLA_NATS_NKEY_FILE",
-        value_name = "FILE"
+        value_name = "FILE",
+        env = "FLOTILLA_NATS__AUTH__NKEY_SEED_FILE",
+        hide_env_values = true
     )]
     pub nats_nkey_file: Option<PathBuf>,
-    /// A NATS `.creds` file (JWT and seed).
-    #[arg(long, global = true, env = "FLOTILLA_NATS_CREDS", value_name = "FILE")]
-    pub nats_creds: Option<PathBuf>,
-    /// CA certificate of the NATS server (requires TLS).
-    #[arg(long, global = true, env = "FLOTILLA_NATS_TLS_CA", value_name = "FILE")]
-    pub nats_tls_ca: Option<PathBuf>,
-    /// Client certificate and key for mutual TLS.
+    /// A NATS `.creds` file (JWT and seed) [key: nats.auth.credentials_file].
     #[arg(
         long,
         global = true,
-        env = "FLOTILLA_NATS_TLS_CERT",
         value_name = "FILE",
-        requires = "nats_tls_key"
+        env = "FLOTILLA_NATS__AUTH__CREDENTIALS_FILE",
+        hide_env_values = true
+    )]
+    pub nats_creds: Option<PathBuf>,
+    /// CA certificate of the NATS server (requires TLS) [key: nats.auth.tls_ca_file].
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "FLOTILLA_NATS__AUTH__TLS_CA_FILE",
+        hide_env_values = true
+    )]
+    pub nats_tls_ca: Option<PathBuf>,
+    /// Client certificate and key for mutual TLS [key: nats.auth.tls_cert_file].
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "FLOTILLA_NATS__AUTH__TLS_CERT_FILE",
+        hide_env_values = true
     )]
     pub nats_tls_cert: Option<PathBuf>,
+    /// The client certificate's private key [key: nats.auth.tls_key_file].
     #[arg(
         long,
         global = true,
-        env = "FLOTILLA_NATS_TLS_KEY",
         value_name = "FILE",
-        requires = "nats_tls_cert"
+        env = "FLOTILLA_NATS__AUTH__TLS_KEY_FILE",
+        hide_env_values = true
     )]
     pub nats_tls_key: Option<PathBuf>,
     /// Private reply-inbox prefix (default `_INBOX_<user>` when a user is given,
-    /// `_INBOX_coordinator` with a certificate, nkey or creds identity).
-    #[arg(long, global = true, env = "FLOTILLA_NATS_INBOX_PREFIX")]
+    /// `_INBOX_coordinator` with a certificate, nkey or creds identity) [key:
+    /// nats.auth.inbox_prefix].
+    #[arg(
+        long,
+        global = true,
+        env = "FLOTILLA_NATS__AUTH__INBOX_PREFIX",
+        hide_env_values = true
+    )]
     pub nats_inbox_prefix: Option<String>,
 }
 
 /// The coordinator's reply-inbox prefix in the shipped server configurations.
 const DEFAULT_COORDINATOR_INBOX: &str = "_INBOX_coordinator";
 
-impl AuthArgs {
-    /// The credentials to connect with.
-    pub fn credentials(&self) -> flotilla_bus::Credentials {
-        flotilla_bus::Credentials {
-            user: self.nats_user.clone(),
-            password: std::env::var("FLOTILLA_NATS_PASSWORD").ok(),
-            password_file: self.nats_password_file.clone(),
-            nkey_seed_file: self.nats_nkey_file.clone(),
-            credentials_file: self.nats_creds.clone(),
-            tls_ca_file: self.nats_tls_ca.clone(),
-            tls_cert_file: self.nats_tls_cert.clone(),
-            tls_key_file: self.nats_tls_key.clone(),
-            inbox_prefix: self.nats_inbox_prefix.clone().or_else(|| {
-                match &self.nats_user {
-                    Some(user) => Some(format!("_INBOX_{user}")),
-                    // A certificate, nkey or creds identity has no user name to derive the
-                    // prefix from: the shipped configurations call the coordinator so.
-                    None if self.nats_tls_cert.is_some()
-                        || self.nats_nkey_file.is_some()
-                        || self.nats_creds.is_some() =>
-                    {
-                        Some(DEFAULT_COORDINATOR_INBOX.to_owned())
-                    }
-                    None => None,
-                }
-            }),
+/// The credentials to connect with: `auth` with the inbox prefix derived when none is given.
+pub fn credentials(auth: &flotilla_bus::Credentials) -> flotilla_bus::Credentials {
+    let mut credentials = auth.clone();
+    credentials.inbox_prefix = auth.inbox_prefix.clone().or_else(|| match &auth.user {
+        Some(user) => Some(format!("_INBOX_{user}")),
+        // A certificate, nkey or creds identity has no user name to derive the prefix
+        // from: the shipped configurations call the coordinator so.
+        None if auth.tls_cert_file.is_some()
+            || auth.nkey_seed_file.is_some()
+            || auth.credentials_file.is_some() =>
+        {
+            Some(DEFAULT_COORDINATOR_INBOX.to_owned())
         }
-    }
+        None => None,
+    });
+    credentials
 }
 
 /// Output formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OutputFormat {
     /// Human-readable lines and tables.
+    #[default]
     Text,
     /// One JSON document on stdout.
     Json,
@@ -389,62 +448,30 @@ const EXIT_CODES: &str = "Exit codes:
   6  an agent did not answer in time (or a command was not delivered)
   7  the run was cancelled; `flotilla resume RUN` finishes it";
 
-/// Parses the command line, with the defaults of a `--config` file (or `FLOTILLA_CONFIG`)
-/// applied beneath flags and environment variables.
-pub fn parse_args(args: Vec<std::ffi::OsString>) -> Result<Cli, clap::Error> {
-    use clap::{CommandFactory, FromArgMatches};
-    let mut command = Cli::command();
-    if let Some(path) = config_path(&args) {
-        let invalid = |message: String| {
-            clap::Error::raw(clap::error::ErrorKind::InvalidValue, message + "\n")
-        };
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| invalid(format!("cannot read configuration {}: {e}", path.display())))?;
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            invalid(format!(
-                "invalid configuration {}: {}",
-                path.display(),
-                e.to_string().trim_end()
-            ))
-        })?;
-        let known: Vec<String> = command
-            .get_arguments()
-            .filter(|a| a.is_global_set() && a.get_id() != "config")
-            .map(|a| a.get_id().to_string())
-            .collect();
-        for (key, value) in table {
-            let id = key.replace('-', "_");
-            if !known.contains(&id) {
-                return Err(invalid(format!(
-                    "invalid configuration {}: unknown key {key:?} (known: {})",
-                    path.display(),
-                    known.join(", ")
-                )));
-            }
-            let value = match value {
-                toml::Value::String(s) => s,
-                other => other.to_string(),
-            };
-            command = command.mut_arg(id, |arg| arg.default_value(value));
-        }
-    }
-    let matches = command.try_get_matches_from(args)?;
-    Cli::from_arg_matches(&matches)
+/// Parses the command line and assembles the settings beneath it: the `--config` file (or
+/// `FLOTILLA_CONFIG`), then `FLOTILLA_…` variables, then flags. Deprecated spellings warn on
+/// stderr.
+pub fn parse_args(args: Vec<std::ffi::OsString>) -> Result<Cli, CliError> {
+    use clap::Parser;
+    let mut cli = Cli::try_parse_from(args)?;
+    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    let settings = crate::settings::assemble(
+        cli.flags.config.as_deref(),
+        &env,
+        cli.flags.overrides(),
+        &mut |warning| eprintln!("warning: {warning}"),
+    )?;
+    cli.output = settings.output;
+    cli.settings = settings;
+    Ok(cli)
 }
 
-/// `--config FILE`, `--config=FILE`, or `FLOTILLA_CONFIG`.
-fn config_path(args: &[std::ffi::OsString]) -> Option<PathBuf> {
-    let mut iter = args.iter().skip(1);
-    while let Some(arg) = iter.next() {
-        let arg = arg.to_string_lossy();
-        if arg == "--config" {
-            return iter.next().map(PathBuf::from);
-        }
-        if let Some(path) = arg.strip_prefix("--config=") {
-            return Some(PathBuf::from(path));
-        }
-    }
-    std::env::var_os("FLOTILLA_CONFIG")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
+/// Why the command line could not be turned into settings.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Clap's own (also `--help` and `--version`, which are not errors to the user).
+    #[error(transparent)]
+    Args(#[from] clap::Error),
+    #[error(transparent)]
+    Settings(#[from] crate::settings::SettingsError),
 }

@@ -1,4 +1,5 @@
-//! One function per command; each returns the process exit code and prints what it has to say.
+//! One function per command; each prints what it has to say and returns its exit code, or the
+//! [`CommandError`] that stopped it.
 
 use std::io::Write;
 use std::path::Path;
@@ -11,7 +12,7 @@ use flotilla_telemetry::error_chain;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{self, Cli, CommandKind, OutputFormat, ReportFiles, ReportFormat};
-use crate::exit;
+use crate::exit::{self, CommandError, Outcome};
 use crate::plan::Plan;
 use crate::progress::TerminalProgress;
 use crate::report::RunReport;
@@ -26,7 +27,7 @@ mod setup;
 mod watch;
 
 /// Runs the command named on the command line.
-pub(crate) async fn run(cli: Cli, shutdown: CancellationToken) -> u8 {
+pub(crate) async fn run(cli: Cli, shutdown: CancellationToken) -> Outcome {
     match &cli.command {
         CommandKind::Agents => agents::agents(&cli).await,
         CommandKind::Setup => setup::setup(&cli).await,
@@ -60,7 +61,7 @@ pub(crate) async fn run(cli: Cli, shutdown: CancellationToken) -> u8 {
             let mut script = Vec::new();
             clap_complete::generate(*shell, &mut Cli::command(), "flotilla", &mut script);
             let _ = std::io::stdout().write_all(&script);
-            exit::OK
+            Ok(exit::OK)
         }
         CommandKind::Keys {
             action: cli::KeysAction::Generate { out },
@@ -87,7 +88,7 @@ pub(crate) fn engine_parts<'a>(
     subjects: &'a Subjects,
     store: Store,
     shutdown: CancellationToken,
-) -> Result<EngineParts<'a, TerminalProgress>, u8> {
+) -> Result<EngineParts<'a, TerminalProgress>, CommandError> {
     Ok(EngineParts {
         client,
         subjects,
@@ -95,9 +96,9 @@ pub(crate) fn engine_parts<'a>(
         sink: TerminalProgress::new(cli.output == OutputFormat::Json),
         signer: signer(cli)?,
         correlation: crate::rollout::CorrelationCheck {
-            backend: cli.trace_backend.clone(),
-            wait: cli.verify_wait,
-            enforce: !cli.no_verify,
+            backend: cli.settings.trace_backend.clone(),
+            wait: cli.settings.verify_wait,
+            enforce: !cli.settings.no_verify,
             telemetry: cli.telemetry.clone(),
         },
         shutdown,
@@ -105,13 +106,13 @@ pub(crate) fn engine_parts<'a>(
 }
 
 /// `flotilla keys generate`.
-fn keys_generate(cli: &Cli, out: &Path) -> u8 {
+fn keys_generate(cli: &Cli, out: &Path) -> Outcome {
     let key = match flotilla_bus::signing::SigningKey::generate() {
         Ok(key) => key,
-        Err(e) => return fail(exit::USAGE, e),
+        Err(e) => return Err(fail(exit::USAGE, e)),
     };
     if let Err(e) = key.save(out) {
-        return fail(exit::USAGE, error_chain(&e));
+        return Err(fail(exit::USAGE, error_chain(&e)));
     }
     let public_key_file = flotilla_bus::signing::public_key_path(out);
     match cli.output {
@@ -130,12 +131,14 @@ fn keys_generate(cli: &Cli, out: &Path) -> u8 {
             println!("  trusted_keys = [\"{}\"]", key.public_key_text());
         }
     }
-    exit::OK
+    Ok(exit::OK)
 }
 
 /// The signing key named on the command line, if any.
-fn signer(cli: &Cli) -> Result<Option<std::sync::Arc<flotilla_bus::signing::SigningKey>>, u8> {
-    match &cli.signing_key {
+fn signer(
+    cli: &Cli,
+) -> Result<Option<std::sync::Arc<flotilla_bus::signing::SigningKey>>, CommandError> {
+    match &cli.settings.signing_key {
         None => Ok(None),
         Some(path) => flotilla_bus::signing::SigningKey::load(path)
             .map(|k| Some(std::sync::Arc::new(k)))
@@ -143,10 +146,9 @@ fn signer(cli: &Cli) -> Result<Option<std::sync::Arc<flotilla_bus::signing::Sign
     }
 }
 
-/// Says what went wrong on stderr (whatever `--output`: stdout stays empty), controls escaped.
-fn fail(code: u8, message: impl std::fmt::Display) -> u8 {
-    eprintln!("error: {}", multi_line(&message.to_string()));
-    code
+/// The error that ends a command with `code`; [`crate::run`] says it on stderr.
+fn fail(code: u8, message: impl std::fmt::Display) -> CommandError {
+    CommandError::new(code, message)
 }
 
 /// Prints `value` as one JSON document on stdout.
@@ -159,7 +161,7 @@ fn print_json(value: &impl serde::Serialize) {
 
 /// Connects, creating whatever of the streams and the bucket is missing (agents may not create
 /// them, and answer discovery before they exist), then attaches telemetry.
-async fn connect(cli: &Cli) -> Result<(async_nats::Client, Subjects), u8> {
+async fn connect(cli: &Cli) -> Result<(async_nats::Client, Subjects), CommandError> {
     let (client, subjects) = connect_bus(cli).await?;
     let resources = setup::provision_all(&jetstream::new(client.clone()), &subjects)
         .await
@@ -174,15 +176,15 @@ async fn connect(cli: &Cli) -> Result<(async_nats::Client, Subjects), u8> {
 }
 
 /// Connects, and nothing more.
-async fn connect_bus(cli: &Cli) -> Result<(async_nats::Client, Subjects), u8> {
-    let subjects =
-        Subjects::new(&cli.prefix).map_err(|e| fail(exit::USAGE, format!("--prefix: {e}")))?;
+async fn connect_bus(cli: &Cli) -> Result<(async_nats::Client, Subjects), CommandError> {
+    let subjects = Subjects::new(&cli.settings.nats.prefix)
+        .map_err(|e| fail(exit::USAGE, format!("--prefix: {e}")))?;
     let options = BusOptions {
-        url: cli.nats_url.clone(),
+        servers: cli.settings.nats.url.clone(),
         name: "flotilla".into(),
-        connect_timeout: cli.connect_timeout,
-        allow_old_server: cli.allow_old_server,
-        auth: cli.auth.credentials(),
+        connect_timeout: cli.settings.nats.connect_timeout,
+        allow_old_server: cli.settings.nats.allow_old_server,
+        auth: cli::credentials(&cli.settings.nats.auth),
     };
     let client = flotilla_bus::connect(&options)
         .await
@@ -190,7 +192,10 @@ async fn connect_bus(cli: &Cli) -> Result<(async_nats::Client, Subjects), u8> {
     Ok((client, subjects))
 }
 
-async fn open_store(client: &async_nats::Client, subjects: &Subjects) -> Result<Store, u8> {
+async fn open_store(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+) -> Result<Store, CommandError> {
     Store::open(&jetstream::new(client.clone()), subjects)
         .await
         .map_err(|e| fail(exit::BUS, error_chain(&e)))
@@ -200,7 +205,7 @@ async fn open_store(client: &async_nats::Client, subjects: &Subjects) -> Result<
 type Loaded = (async_nats::Client, Subjects, Store, RunRecord, Revisions);
 
 /// Connects, opens the store and loads the run named `run` (or the latest).
-async fn load_run(cli: &Cli, run: Option<&str>) -> Result<Loaded, u8> {
+async fn load_run(cli: &Cli, run: Option<&str>) -> Result<Loaded, CommandError> {
     let (client, subjects) = connect(cli).await?;
     let store = open_store(&client, &subjects).await?;
     let run_id: RunId = match store.find(run).await {
@@ -246,7 +251,7 @@ fn emit(cli: &Cli, record: &RunRecord, files: &ReportFiles) -> u8 {
 }
 
 /// Checks the report files can be written before anything changes.
-fn check_report_files(files: &ReportFiles) -> Result<(), u8> {
+fn check_report_files(files: &ReportFiles) -> Result<(), CommandError> {
     for path in [&files.report_md, &files.junit, &files.report_html]
         .into_iter()
         .flatten()
@@ -269,18 +274,12 @@ fn check_report_files(files: &ReportFiles) -> Result<(), u8> {
     Ok(())
 }
 
-async fn runs(cli: &Cli) -> u8 {
-    let (client, subjects) = match connect(cli).await {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let store = match open_store(&client, &subjects).await {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
+async fn runs(cli: &Cli) -> Outcome {
+    let (client, subjects) = connect(cli).await?;
+    let store = open_store(&client, &subjects).await?;
     let listing = match store.list().await {
         Ok(listing) => listing,
-        Err(e) => return fail(exit::BUS, error_chain(&e)),
+        Err(e) => return Err(fail(exit::BUS, error_chain(&e))),
     };
     warn_unreadable(&listing.unreadable);
     let reports: Vec<RunReport> = listing.runs.iter().map(RunReport::from_record).collect();
@@ -342,7 +341,7 @@ async fn runs(cli: &Cli) -> u8 {
             }
         }
     }
-    exit::OK
+    Ok(exit::OK)
 }
 
 /// One warning line per run-store entry that a listing skipped.
@@ -355,13 +354,10 @@ fn warn_unreadable(unreadable: &[Unreadable]) {
     }
 }
 
-async fn status(cli: &Cli, run: Option<&str>) -> u8 {
-    let (client, subjects, store, mut record, mut revisions) = match load_run(cli, run).await {
-        Ok(loaded) => loaded,
-        Err(code) => return code,
-    };
+async fn status(cli: &Cli, run: Option<&str>) -> Outcome {
+    let (client, subjects, store, mut record, mut revisions) = load_run(cli, run).await?;
     file_late_results(&client, &subjects, &store, &mut record, &mut revisions).await;
-    emit(cli, &record, &ReportFiles::default())
+    Ok(emit(cli, &record, &ReportFiles::default()))
 }
 
 /// Brings an ended run's record up to what its agents answered after its coordinator gave up
@@ -380,23 +376,20 @@ async fn file_late_results(
     }
 }
 
-async fn verify(cli: &Cli, run: Option<&str>) -> u8 {
-    let (client, subjects, _store, record, _) = match load_run(cli, run).await {
-        Ok(loaded) => loaded,
-        Err(code) => return code,
-    };
+async fn verify(cli: &Cli, run: Option<&str>) -> Outcome {
+    let (client, subjects, _store, record, _) = load_run(cli, run).await?;
     let Some(trace_id) = record
         .trace_parent
         .as_deref()
         .and_then(crate::verify::trace_id_of)
     else {
-        return fail(
+        return Err(fail(
             exit::FAILED,
             format!(
                 "run {} recorded no trace (it predates tracing)",
                 record.run_id
             ),
-        );
+        ));
     };
     let expected: Vec<(String, String)> = record
         .targets
@@ -406,30 +399,32 @@ async fn verify(cli: &Cli, run: Option<&str>) -> u8 {
     let report = match crate::verify::verify_run(
         &client,
         subjects.prefix(),
-        &cli.trace_backend,
+        &cli.settings.trace_backend,
         trace_id,
         &record.run_id.to_string(),
         &expected,
-        cli.verify_wait,
+        cli.settings.verify_wait,
     )
     .await
     {
         Ok(report) => report,
-        Err(e) => return fail(exit::BUS, format!("cannot read trace {trace_id}: {e}")),
+        Err(e) => {
+            return Err(fail(
+                exit::BUS,
+                format!("cannot read trace {trace_id}: {e}"),
+            ));
+        }
     };
     match cli.output {
         OutputFormat::Json => print_json(&report),
         // Service names, span and log problems come from the tracing backend: data.
         OutputFormat::Text => print!("{}", multi_line(&crate::verify::to_text(&report))),
     }
-    if report.ok { exit::OK } else { exit::FAILED }
+    Ok(if report.ok { exit::OK } else { exit::FAILED })
 }
 
-async fn report(cli: &Cli, run: Option<&str>, format: ReportFormat) -> u8 {
-    let (client, subjects, store, mut record, mut revisions) = match load_run(cli, run).await {
-        Ok(loaded) => loaded,
-        Err(code) => return code,
-    };
+async fn report(cli: &Cli, run: Option<&str>, format: ReportFormat) -> Outcome {
+    let (client, subjects, store, mut record, mut revisions) = load_run(cli, run).await?;
     file_late_results(&client, &subjects, &store, &mut record, &mut revisions).await;
     let report = RunReport::from_record(&record);
     match format {
@@ -439,28 +434,14 @@ async fn report(cli: &Cli, run: Option<&str>, format: ReportFormat) -> u8 {
         ReportFormat::Md => print!("{}", report.to_markdown()),
         ReportFormat::Junit => print!("{}", report.to_junit()),
     }
-    exit::OK
+    Ok(exit::OK)
 }
 
-async fn cancel(cli: &Cli, run: &str) -> u8 {
-    let (_client, _subjects, store, record, _) = match load_run(cli, Some(run)).await {
-        Ok(loaded) => loaded,
-        Err(code) => return code,
-    };
-    if record.status == RunStatus::AwaitingFinalize {
-        return fail(exit::USAGE, awaiting_decision(&record));
-    }
-    if !record.resumable() {
-        return fail(
-            exit::USAGE,
-            format!(
-                "run {} has ended ({:?}); there is nothing to cancel",
-                record.run_id, record.status
-            ),
-        );
-    }
+async fn cancel(cli: &Cli, run: &str) -> Outcome {
+    let (_client, _subjects, store, record, _) = load_run(cli, Some(run)).await?;
+    able_to_go_on(&record, "there is nothing to cancel")?;
     if let Err(e) = store.request_cancel(&record.run_id).await {
-        return fail(exit::BUS, error_chain(&e));
+        return Err(fail(exit::BUS, error_chain(&e)));
     }
     match cli.output {
         OutputFormat::Json => print_json(&serde_json::json!({
@@ -474,29 +455,14 @@ async fn cancel(cli: &Cli, run: &str) -> u8 {
             record.run_id, record.run_id
         ),
     }
-    exit::OK
+    Ok(exit::OK)
 }
 
-async fn resume(cli: &Cli, run: &str, files: &ReportFiles, shutdown: CancellationToken) -> u8 {
-    if let Err(code) = check_report_files(files) {
-        return code;
-    }
-    let (client, subjects, store, record, revisions) = match load_run(cli, Some(run)).await {
-        Ok(loaded) => loaded,
-        Err(code) => return code,
-    };
-    if record.status == RunStatus::AwaitingFinalize {
-        return fail(exit::USAGE, awaiting_decision(&record));
-    }
-    if !record.resumable() {
-        return fail(
-            exit::USAGE,
-            format!(
-                "run {} has ended ({:?}); `flotilla status {}` shows it",
-                record.run_id, record.status, record.run_id
-            ),
-        );
-    }
+async fn resume(cli: &Cli, run: &str, files: &ReportFiles, shutdown: CancellationToken) -> Outcome {
+    check_report_files(files)?;
+    let (client, subjects, store, record, revisions) = load_run(cli, Some(run)).await?;
+    let shows_it = format!("`flotilla status {}` shows it", record.run_id);
+    able_to_go_on(&record, &shows_it)?;
     if cli.output == OutputFormat::Text {
         eprintln!(
             "resuming run {} ({}) at stage {:?}",
@@ -509,32 +475,45 @@ async fn resume(cli: &Cli, run: &str, files: &ReportFiles, shutdown: Cancellatio
     take_over(cli, loaded, Takeover::Resume, files, shutdown).await
 }
 
-/// Why `resume` and `cancel` leave alone a run that waits for its operator.
-fn awaiting_decision(record: &RunRecord) -> String {
+/// `resume` and `cancel` act only on a run that can go on: not one that waits for its operator's
+/// decision, nor one that has ended (`if_ended` says what to do instead).
+fn able_to_go_on(record: &RunRecord, if_ended: &str) -> Result<(), CommandError> {
     let run = record.run_id;
-    format!(
-        "run {run} is migrated and proven, and awaits a decision, not a coordinator: `flotilla finalize {run}` drops the backups, `flotilla rollback {run}` restores the fleet"
-    )
+    if record.status == RunStatus::AwaitingFinalize {
+        return Err(fail(
+            exit::USAGE,
+            format!(
+                "run {run} is migrated and proven, and awaits a decision, not a coordinator: `flotilla finalize {run}` drops the backups, `flotilla rollback {run}` restores the fleet"
+            ),
+        ));
+    }
+    if !record.resumable() {
+        return Err(fail(
+            exit::USAGE,
+            format!("run {run} has ended ({:?}); {if_ended}", record.status),
+        ));
+    }
+    Ok(())
 }
 
 /// `flotilla finalize RUN`: the decision to keep a run that awaits it.
-async fn finalize(cli: &Cli, run: &str, files: &ReportFiles, shutdown: CancellationToken) -> u8 {
-    if let Err(code) = check_report_files(files) {
-        return code;
-    }
-    let (client, subjects, store, record, revisions) = match load_run(cli, Some(run)).await {
-        Ok(loaded) => loaded,
-        Err(code) => return code,
-    };
+async fn finalize(
+    cli: &Cli,
+    run: &str,
+    files: &ReportFiles,
+    shutdown: CancellationToken,
+) -> Outcome {
+    check_report_files(files)?;
+    let (client, subjects, store, record, revisions) = load_run(cli, Some(run)).await?;
     if record.status != RunStatus::AwaitingFinalize {
-        return fail(
+        return Err(fail(
             exit::USAGE,
             format!(
                 "run {} is not awaiting finalize (it is {}); only a run migrated with --no-finalize (or finalize = \"manual\") waits for one",
                 record.run_id,
                 status_name(record.status)
             ),
-        );
+        ));
     }
     let loaded = (client, subjects, store, record, revisions);
     take_over(cli, loaded, Takeover::Finalize, files, shutdown).await
@@ -555,19 +534,16 @@ async fn take_over(
     what: Takeover,
     files: &ReportFiles,
     shutdown: CancellationToken,
-) -> u8 {
+) -> Outcome {
     let mut plan = match Plan::parse_named(&record.plan_text, &record.plan_path) {
         Ok(plan) => plan,
-        Err(e) => return fail(exit::USAGE, e),
+        Err(e) => return Err(fail(exit::USAGE, e)),
     };
     // The files as the run shipped them (the bucket holds them), not as the disk has them now.
     if let Err(e) = crate::plan_files::bind(&mut plan, &record.plan_files) {
-        return fail(exit::USAGE, e);
+        return Err(fail(exit::USAGE, e));
     }
-    let parts = match engine_parts(cli, &client, &subjects, store, shutdown) {
-        Ok(parts) => parts,
-        Err(code) => return code,
-    };
+    let parts = engine_parts(cli, &client, &subjects, store, shutdown)?;
     let result = match Engine::attach(parts, plan, record, revisions).await {
         Ok(engine) => match what {
             Takeover::Resume => engine.drive().await,
@@ -593,25 +569,20 @@ async fn rollback(
     service: Option<&str>,
     files: &ReportFiles,
     shutdown: CancellationToken,
-) -> u8 {
-    if let Err(code) = check_report_files(files) {
-        return code;
-    }
+) -> Outcome {
+    check_report_files(files)?;
     let only = match service.map(ServiceName::parse).transpose() {
         Ok(only) => only,
-        Err(e) => return fail(exit::USAGE, format!("--service: {e}")),
+        Err(e) => return Err(fail(exit::USAGE, format!("--service: {e}"))),
     };
-    let (client, subjects, store, record, revisions) = match load_run(cli, Some(run)).await {
-        Ok(loaded) => loaded,
-        Err(code) => return code,
-    };
+    let (client, subjects, store, record, revisions) = load_run(cli, Some(run)).await?;
     if let Some(only) = &only
         && !record.targets.iter().any(|t| &t.service == only)
     {
-        return fail(
+        return Err(fail(
             exit::USAGE,
             format!("service {only} is not part of run {}", record.run_id),
-        );
+        ));
     }
     let selected = |t: &&crate::store::TargetRecord| only.as_ref().is_none_or(|s| &t.service == s);
     if record.status == crate::store::RunStatus::Running
@@ -635,14 +606,14 @@ async fn rollback(
         .map(|t| format!("{}/{}", t.service, t.instance))
         .collect();
     if !finalized.is_empty() {
-        return fail(
+        return Err(fail(
             exit::USAGE,
             format!(
                 "run {} was finalized for {}: their backups are gone, nothing to roll back to",
                 record.run_id,
                 finalized.join(", ")
             ),
-        );
+        ));
     }
     let loaded = (client, subjects, store, record, revisions);
     take_over(cli, loaded, Takeover::Rollback(only), files, shutdown).await
@@ -654,13 +625,17 @@ async fn finish(
     client: &async_nats::Client,
     result: Result<RunRecord, rollout::RolloutError>,
     files: &ReportFiles,
-) -> u8 {
+) -> Outcome {
     let _ = client.flush().await;
     match result {
         Ok(record) => {
             let code = emit(cli, &record, files);
-            code.max(html::write_file(cli, client, &record, files).await)
+            // The run's own code stands; a report file that cannot be written adds a failure.
+            match html::write_file(cli, client, &record, files).await {
+                Ok(()) => Ok(code),
+                Err(error) => Ok(code.max(error.report())),
+            }
         }
-        Err(e) => fail(exit::BUS, error_chain(&e)),
+        Err(e) => Err(fail(exit::BUS, error_chain(&e))),
     }
 }

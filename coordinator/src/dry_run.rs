@@ -124,28 +124,7 @@ pub async fn run(
     );
     let mut events = RunEvents::open(client, subjects, run_id, trust).await?;
     let js = jetstream::new(client.clone());
-    let now = OffsetDateTime::now_utc();
-    let mut commands = Vec::with_capacity(targets.len());
-    for target in targets {
-        let service = plan
-            .service(&target.service)
-            .expect("targets come from the plan");
-        commands.push(Command {
-            schema: Default::default(),
-            command_id: CommandId::new(),
-            run_id,
-            service: target.service.clone(),
-            instance: target.instance.clone(),
-            issued_at: now,
-            expires_at: now + service.command_timeout,
-            action: Action::Preview {
-                steps: service.steps.clone(),
-                preconditions: service.preconditions.clone(),
-                checks: service.checks.clone(),
-                workloads: service.workloads.clone(),
-            },
-        });
-    }
+    let commands = preview_commands(plan, targets, run_id);
     let mut answers: HashMap<CommandId, Result<RunResult, PreviewStatus>> = HashMap::new();
     for command in &commands {
         if let Err(e) = publish(&js, subjects, signer, command).await {
@@ -159,7 +138,64 @@ pub async fn run(
         .map(|s| s.command_timeout)
         .max()
         .unwrap_or(Duration::from_secs(60));
-    let deadline = tokio::time::Instant::now() + longest;
+    collect_answers(&mut events, &commands, &mut answers, longest).await;
+    let report = |command: &Command| {
+        let service = plan
+            .service(&command.service)
+            .expect("targets come from the plan");
+        let answer = answers
+            .remove(&command.command_id)
+            .unwrap_or(Err(PreviewStatus::TimedOut));
+        target_preview(command, service, answer)
+    };
+    let waves = by_wave(plan, commands.iter().map(report).collect());
+    let exit_code = severest(waves.iter().flat_map(|w| &w.targets).map(|t| t.status));
+    Ok(DryRunReport {
+        plan: plan.name.clone(),
+        run_id,
+        failure_budget: plan.failure_budget.to_string(),
+        on_failure: plan.on_failure.as_str(),
+        waves,
+        exit_code,
+    })
+}
+
+/// One preview command per target, expiring with its service's `command_timeout`.
+fn preview_commands(plan: &Plan, targets: &[Target], run_id: RunId) -> Vec<Command> {
+    let now = OffsetDateTime::now_utc();
+    targets
+        .iter()
+        .map(|target| {
+            let service = plan
+                .service(&target.service)
+                .expect("targets come from the plan");
+            Command {
+                schema: Default::default(),
+                command_id: CommandId::new(),
+                run_id,
+                service: target.service.clone(),
+                instance: target.instance.clone(),
+                issued_at: now,
+                expires_at: now + service.command_timeout,
+                action: Action::Preview {
+                    steps: service.steps.clone(),
+                    preconditions: service.preconditions.clone(),
+                    checks: service.checks.clone(),
+                    workloads: service.workloads.clone(),
+                },
+            }
+        })
+        .collect()
+}
+
+/// Files the results of `commands` into `answers` until each has one or `patience` passed.
+async fn collect_answers(
+    events: &mut RunEvents,
+    commands: &[Command],
+    answers: &mut HashMap<CommandId, Result<RunResult, PreviewStatus>>,
+    patience: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + patience;
     while answers.len() < commands.len() {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let Some(event) = events.next(left).await else {
@@ -171,18 +207,11 @@ pub async fn run(
             answers.entry(result.command_id).or_insert(Ok(*result));
         }
     }
-    let report = |command: &Command| {
-        let service = plan
-            .service(&command.service)
-            .expect("targets come from the plan");
-        let answer = answers
-            .remove(&command.command_id)
-            .unwrap_or(Err(PreviewStatus::TimedOut));
-        target_preview(command, service, answer)
-    };
-    let mut previews: Vec<TargetPreview> = commands.iter().map(report).collect();
-    let waves = plan
-        .waves
+}
+
+/// The previews grouped by the plan's waves, in order.
+fn by_wave(plan: &Plan, mut previews: Vec<TargetPreview>) -> Vec<WavePreview> {
+    plan.waves
         .iter()
         .map(|wave| WavePreview {
             name: wave.name.clone(),
@@ -191,16 +220,7 @@ pub async fn run(
                 .extract_if(.., |p| wave.services.contains(&p.service))
                 .collect(),
         })
-        .collect::<Vec<_>>();
-    let exit_code = severest(waves.iter().flat_map(|w| &w.targets).map(|t| t.status));
-    Ok(DryRunReport {
-        plan: plan.name.clone(),
-        run_id,
-        failure_budget: plan.failure_budget.to_string(),
-        on_failure: plan.on_failure.as_str(),
-        waves,
-        exit_code,
-    })
+        .collect()
 }
 
 /// The exit code of the severest status: not answered (6), then an agent too old (3), then a

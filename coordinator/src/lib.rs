@@ -1,5 +1,5 @@
-//! `flotilla`: the coordinator CLI. Each command is a function in [`commands`] that returns the
-//! process exit code; `main.rs` only parses arguments and wires Ctrl-C.
+//! `flotilla`: the coordinator CLI. Each command is a function in [`commands`] that returns its
+//! exit code or an [`exit::CommandError`] carrying one; `main.rs` only parses arguments and wires Ctrl-C.
 //!
 //! The parts: [`plan`] (plan files and waves), `discovery` (who is out there), `rollout` (the
 //! engine: waves, budget, rollback, finalize), `store` (run records in a JetStream key-value
@@ -20,6 +20,7 @@ mod rollout;
 #[cfg(test)]
 mod run_schema;
 mod sanitize;
+pub mod settings;
 mod store;
 mod trust;
 pub mod verify;
@@ -34,7 +35,9 @@ pub use report::{RunReport, ServiceReport, ServiceStatus};
 /// Runs the command named on the command line; returns the exit code. `shutdown` is cancelled
 /// on Ctrl-C: a migration then stops dispatching and leaves the run resumable.
 pub async fn run(cli: Cli, shutdown: CancellationToken) -> u8 {
-    commands::run(cli, shutdown).await
+    commands::run(cli, shutdown)
+        .await
+        .unwrap_or_else(|error| error.report())
 }
 
 /// Cancels `shutdown` on the first Ctrl-C; exits at once on the second.

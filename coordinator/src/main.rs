@@ -9,13 +9,16 @@ use tokio_util::sync::CancellationToken;
 async fn main() -> ExitCode {
     let cli = match flotilla_coordinator::cli::parse_args(std::env::args_os().collect()) {
         Ok(cli) => cli,
-        Err(e) => {
+        Err(flotilla_coordinator::cli::CliError::Args(e)) => {
             let _ = e.print();
             return ExitCode::from(if e.use_stderr() {
                 flotilla_coordinator::exit::USAGE
             } else {
                 0
             });
+        }
+        Err(flotilla_coordinator::cli::CliError::Settings(e)) => {
+            return ExitCode::from(flotilla_coordinator::exit::CommandError::from(e).report());
         }
     };
     let mut cli = cli;

@@ -7,14 +7,26 @@ use flotilla_tracestore::{Trace, VerifyReport};
 use tokio::time::Instant;
 
 /// Where the trace is read from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Backend {
     /// The default store: the telemetry stream in NATS.
+    #[default]
     Default,
     /// Jaeger's query API (api_v3) at this base URL.
     Jaeger(String),
     /// Grafana Tempo's query API at this base URL.
     Tempo(String),
+}
+
+/// As `--trace-backend` takes it.
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Backend::Default => f.write_str("default"),
+            Backend::Jaeger(url) => write!(f, "jaeger={url}"),
+            Backend::Tempo(url) => write!(f, "tempo={url}"),
+        }
+    }
 }
 
 impl std::str::FromStr for Backend {

@@ -42,9 +42,12 @@ pub fn agent_identity(role: &str) -> Vec<(String, String)> {
 /// The environment of every `flotilla`: the coordinator's identity.
 pub fn coordinator_env() -> Vec<(String, String)> {
     vec![
-        ("FLOTILLA_NATS_USER".to_owned(), "coordinator".to_owned()),
         (
-            "FLOTILLA_NATS_PASSWORD".to_owned(),
+            "FLOTILLA_NATS__AUTH__USER".to_owned(),
+            "coordinator".to_owned(),
+        ),
+        (
+            "FLOTILLA_NATS__AUTH__PASSWORD".to_owned(),
             "coordinator-secret".to_owned(),
         ),
     ]

@@ -8,7 +8,7 @@ use flotilla_tests::{Fleet, NatsServer, binary, free_port, repo_root, snapshot};
 fn flotilla(args: &[&str], nats_url: &str) -> std::process::Output {
     Command::new(binary("flotilla"))
         .args(args)
-        .env("FLOTILLA_NATS_URL", nats_url)
+        .env("FLOTILLA_NATS__URL", nats_url)
         .env("NO_COLOR", "1")
         .output()
         .unwrap()
@@ -154,7 +154,7 @@ fn a_configuration_file_sets_defaults_beneath_variables_and_flags() {
     // The file's URL is used...
     let out = Command::new(binary("flotilla"))
         .args(["--config", config, "agents"])
-        .env_remove("FLOTILLA_NATS_URL")
+        .env_remove("FLOTILLA_NATS__URL")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(4));

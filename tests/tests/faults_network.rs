@@ -49,8 +49,8 @@ fn cut(name: &str, path: Path, before_dispatch: bool, fault: impl FnOnce(&Proxy)
     } else {
         nats.url().to_owned()
     };
-    let env = [("FLOTILLA_NATS_URL", coordinator_url.as_str())];
-    let direct = [("FLOTILLA_NATS_URL", nats.url())];
+    let env = [("FLOTILLA_NATS__URL", coordinator_url.as_str())];
+    let direct = [("FLOTILLA_NATS__URL", nats.url())];
     let mut coordinator = fleet.spawn_flotilla_with_env(
         &["migrate", plan.to_str().unwrap(), "--output", "json"],
         &env,

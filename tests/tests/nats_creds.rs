@@ -1,5 +1,5 @@
 //! Operator/JWT mode: the `.creds` files of `[nats.auth] credentials_file` (agents) and
-//! `--nats-creds` / `FLOTILLA_NATS_CREDS` (coordinator), run for real. An operator, a system
+//! `--nats-creds` / `FLOTILLA_NATS__AUTH__CREDENTIALS_FILE` (coordinator), run for real. An operator, a system
 //! account, a JetStream-enabled application account and user JWTs are minted at test time (nkeys
 //! signatures, claims from the `nats-jwt-rs` port of nats-io/jwt v2); each user carries the
 //! permissions `deploy/nats/nats-server.conf` gives the same identity, read from that file. The
@@ -281,7 +281,7 @@ async fn creds_are_required_and_must_chain_to_the_operator() {
 
     // Control: the product's own connect (`credentials_file`) gets in and sees JetStream.
     let client = flotilla_bus::connect(&flotilla_bus::BusOptions {
-        url: url.to_owned(),
+        servers: url.parse().unwrap(),
         name: "creds-test".into(),
         connect_timeout: Duration::from_secs(5),
         allow_old_server: false,
@@ -345,7 +345,7 @@ async fn creds_agent_reads_and_writes_only_its_own_subjects() {
 
 /// The whole product in operator mode: the agent reads its `.creds` through
 /// `[nats.auth] credentials_file` (as `FLOTILLA_NATS__AUTH__CREDENTIALS_FILE`), the coordinator
-/// through `FLOTILLA_NATS_CREDS`; `flotilla migrate` of a one-service plan succeeds.
+/// through `FLOTILLA_NATS__AUTH__CREDENTIALS_FILE`; `flotilla migrate` of a one-service plan succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn creds_a_migration_runs_end_to_end() {
     let trust = Trust::new();
@@ -387,9 +387,12 @@ async fn creds_a_migration_runs_end_to_end() {
         ]
     };
     let cli_env = vec![
-        ("FLOTILLA_NATS_CREDS".to_owned(), coordinator.path()),
         (
-            "FLOTILLA_NATS_INBOX_PREFIX".to_owned(),
+            "FLOTILLA_NATS__AUTH__CREDENTIALS_FILE".to_owned(),
+            coordinator.path(),
+        ),
+        (
+            "FLOTILLA_NATS__AUTH__INBOX_PREFIX".to_owned(),
             "_INBOX_coordinator".to_owned(),
         ),
     ];

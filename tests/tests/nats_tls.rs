@@ -309,16 +309,16 @@ async fn mtls_the_demo_migration_runs_end_to_end() {
     };
     let coordinator = pki.ca.client("coordinator");
     let cli_env = vec![
-        ("FLOTILLA_NATS_TLS_CA".to_owned(), ca.clone()),
+        ("FLOTILLA_NATS__AUTH__TLS_CA_FILE".to_owned(), ca.clone()),
         (
-            "FLOTILLA_NATS_TLS_CERT".to_owned(),
+            "FLOTILLA_NATS__AUTH__TLS_CERT_FILE".to_owned(),
             coordinator.cert.display().to_string(),
         ),
         (
-            "FLOTILLA_NATS_TLS_KEY".to_owned(),
+            "FLOTILLA_NATS__AUTH__TLS_KEY_FILE".to_owned(),
             coordinator.key.display().to_string(),
         ),
-        // No FLOTILLA_NATS_INBOX_PREFIX: with a certificate or nkey identity the coordinator
+        // No FLOTILLA_NATS__AUTH__INBOX_PREFIX: with a certificate or nkey identity the coordinator
         // defaults to the shipped configurations' `_INBOX_coordinator`.
     ];
     let fleet = fleet(
@@ -480,10 +480,10 @@ async fn nkeys_the_demo_migration_runs_end_to_end() {
     };
     let cli_env = vec![
         (
-            "FLOTILLA_NATS_NKEY_FILE".to_owned(),
+            "FLOTILLA_NATS__AUTH__NKEY_SEED_FILE".to_owned(),
             keys.seed_file("coordinator").display().to_string(),
         ),
-        // No FLOTILLA_NATS_INBOX_PREFIX: with a certificate or nkey identity the coordinator
+        // No FLOTILLA_NATS__AUTH__INBOX_PREFIX: with a certificate or nkey identity the coordinator
         // defaults to the shipped configurations' `_INBOX_coordinator`.
     ];
     let fleet = fleet(

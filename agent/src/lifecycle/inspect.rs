@@ -97,19 +97,22 @@ impl Lifecycle {
         let takes = Table::CrossService.field(None, "config_files");
         probes
             .iter()
-            .map(|probe| match expand_text(renderer, takes, "settings.file", &probe.file) {
-                Ok(file) => {
-                    let rendered = SettingProbe {
-                        file,
-                        ..probe.clone()
-                    };
-                    let mut found = inspect::settings(root, std::slice::from_ref(&rendered), run);
-                    found
-                        .pop()
-                        .unwrap_or_else(|| unrendered(probe, "no answer".into()))
-                }
-                Err(e) => unrendered(probe, e.to_string()),
-            })
+            .map(
+                |probe| match expand_text(renderer, takes, "settings.file", &probe.file) {
+                    Ok(file) => {
+                        let rendered = SettingProbe {
+                            file,
+                            ..probe.clone()
+                        };
+                        let mut found =
+                            inspect::settings(root, std::slice::from_ref(&rendered), run);
+                        found
+                            .pop()
+                            .unwrap_or_else(|| unrendered(probe, "no answer".into()))
+                    }
+                    Err(e) => unrendered(probe, e.to_string()),
+                },
+            )
             .collect()
     }
 

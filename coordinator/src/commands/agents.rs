@@ -4,34 +4,32 @@ use flotilla_telemetry::error_chain;
 
 use super::{connect, fail};
 use crate::cli::{Cli, OutputFormat};
+use crate::discovery;
+use crate::exit::{self, Outcome};
 use crate::sanitize::one_line;
-use crate::{discovery, exit};
 
 /// Lists the agents that answer presence.
-pub(super) async fn agents(cli: &Cli) -> u8 {
-    let (client, subjects) = match connect(cli).await {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let found = match discovery::discover(&client, &subjects, cli.discovery_window).await {
+pub(super) async fn agents(cli: &Cli) -> Outcome {
+    let (client, subjects) = connect(cli).await?;
+    let found = match discovery::discover(&client, &subjects, cli.settings.discovery_window).await {
         Ok(found) => found,
-        Err(e) => return fail(exit::BUS, error_chain(&e)),
+        Err(e) => return Err(fail(exit::BUS, error_chain(&e))),
     };
     // An error like any other: stdout stays empty, stderr says why.
     if found.is_empty() {
-        return fail(
+        return Err(fail(
             exit::PREFLIGHT,
             format!(
                 "no agent answered within {} (--discovery-window). Are the agents running and \
                  connected to this server ({}), with the same --prefix ({}), in the same account, \
                  and allowed to subscribe to {}? An agent's log says whether it is connected \
                  (an agent waiting for the streams still answers).",
-                humantime::format_duration(cli.discovery_window),
-                one_line(&cli.nats_url),
+                humantime::format_duration(cli.settings.discovery_window),
+                one_line(&cli.settings.nats.url.to_string()),
                 subjects.prefix(),
                 subjects.presence()
             ),
-        );
+        ));
     }
     match cli.output {
         OutputFormat::Json => super::print_json(&found),
@@ -68,5 +66,5 @@ pub(super) async fn agents(cli: &Cli) -> u8 {
             eprintln!("{} agent(s)", found.len());
         }
     }
-    exit::OK
+    Ok(exit::OK)
 }

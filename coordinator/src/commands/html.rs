@@ -5,7 +5,7 @@ use flotilla_telemetry::error_chain;
 
 use super::fail;
 use crate::cli::{Cli, ReportFiles};
-use crate::exit;
+use crate::exit::{self, CommandError};
 use crate::report::RunReport;
 use crate::store::RunRecord;
 
@@ -29,26 +29,26 @@ pub(super) async fn render(
     RunReport::from_record(record).to_html(record, &events)
 }
 
-/// Writes `--report-html FILE`, if asked; returns the exit code it deserves.
+/// Writes `--report-html FILE`, if asked.
 pub(super) async fn write_file(
     cli: &Cli,
     client: &async_nats::Client,
     record: &RunRecord,
     files: &ReportFiles,
-) -> u8 {
+) -> Result<(), CommandError> {
     let Some(path) = &files.report_html else {
-        return exit::OK;
+        return Ok(());
     };
-    let subjects = match Subjects::new(&cli.prefix) {
+    let subjects = match Subjects::new(&cli.settings.nats.prefix) {
         Ok(subjects) => subjects,
-        Err(e) => return fail(exit::USAGE, format!("--prefix: {e}")),
+        Err(e) => return Err(fail(exit::USAGE, format!("--prefix: {e}"))),
     };
     let page = render(client, &subjects, record).await;
     match std::fs::write(path, page) {
-        Ok(()) => exit::OK,
-        Err(e) => fail(
+        Ok(()) => Ok(()),
+        Err(e) => Err(fail(
             exit::FAILED,
             format!("cannot write {}: {e}", path.display()),
-        ),
+        )),
     }
 }

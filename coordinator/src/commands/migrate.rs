@@ -7,11 +7,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::{check_report_files, connect, engine_parts, fail, finish, open_store};
 use crate::cli::{Cli, OutputFormat, ReportFiles};
+use crate::discovery;
 use crate::dry_run::{self, DryRunReport, PreviewStatus, TargetPreview};
+use crate::exit::{self, CommandError, Outcome};
 use crate::plan::Plan;
 use crate::plan_files::LocalFile;
 use crate::rollout::{self, Engine, Target};
-use crate::{discovery, exit};
 
 /// A plan, its text, and the files it ships (their digests filled in).
 type Loaded = (Plan, String, Vec<LocalFile>);
@@ -29,13 +30,13 @@ fn load_plan(path: &Path) -> Result<Loaded, String> {
 }
 
 /// Reads a plan, its text and its files, or says why not (exit 2).
-fn read_plan(path: &Path) -> Result<Loaded, u8> {
+fn read_plan(path: &Path) -> Result<Loaded, CommandError> {
     load_plan(path).map_err(|e| fail(exit::USAGE, e))
 }
 
 /// Checks a plan offline and shows its waves; with `--output json`, one JSON document either
 /// way (`valid`, and the plan's shape or the `error`).
-pub(super) fn plan_check(cli: &Cli, path: &Path) -> u8 {
+pub(super) fn plan_check(cli: &Cli, path: &Path) -> Outcome {
     let json = cli.output == OutputFormat::Json;
     let (plan, files) = match load_plan(path) {
         Ok((plan, _, files)) => (plan, files),
@@ -48,7 +49,7 @@ pub(super) fn plan_check(cli: &Cli, path: &Path) -> u8 {
                 });
                 println!("{report:#}");
             }
-            return fail(exit::USAGE, error);
+            return Err(fail(exit::USAGE, error));
         }
     };
     let steps: usize = plan.services.iter().map(|s| s.steps.len()).sum();
@@ -73,7 +74,7 @@ pub(super) fn plan_check(cli: &Cli, path: &Path) -> u8 {
             "{}",
             serde_json::to_string_pretty(&report).expect("reports serialize")
         );
-        return exit::OK;
+        return Ok(exit::OK);
     }
     println!(
         "plan {:?} is valid: {} service(s), {} step(s), {} wave(s)",
@@ -109,7 +110,7 @@ pub(super) fn plan_check(cli: &Cli, path: &Path) -> u8 {
             f.file.digest
         );
     }
-    exit::OK
+    Ok(exit::OK)
 }
 
 /// Runs a plan over the fleet (or shows what it would do).
@@ -121,63 +122,26 @@ pub(super) async fn migrate(
     no_finalize: bool,
     files: &ReportFiles,
     shutdown: CancellationToken,
-) -> u8 {
-    let (mut plan, text, plan_files) = match read_plan(plan_path) {
-        Ok(read) => read,
-        Err(code) => return code,
-    };
+) -> Outcome {
+    let (mut plan, text, plan_files) = read_plan(plan_path)?;
     if no_finalize {
         plan.finalize = crate::plan::Finalize::Manual;
     }
-    if let Err(code) = check_report_files(files) {
-        return code;
-    }
-    let (client, subjects) = match connect(cli).await {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let agents = match discovery::discover(&client, &subjects, cli.discovery_window).await {
+    check_report_files(files)?;
+    let (client, subjects) = connect(cli).await?;
+    let agents = match discovery::discover(&client, &subjects, cli.settings.discovery_window).await
+    {
         Ok(found) => found,
-        Err(e) => return fail(exit::BUS, error_chain(&e)),
+        Err(e) => return Err(fail(exit::BUS, error_chain(&e))),
     };
-    let pins = match crate::trust::AgentPins::parse(&cli.trusted_agent_keys) {
-        Ok(pins) => pins,
-        Err(e) => return fail(exit::USAGE, e),
-    };
-    let targets = match rollout::preflight(&plan, &agents, &pins) {
-        Ok(targets) => targets,
-        Err(problems) => {
-            return fail(
-                exit::PREFLIGHT,
-                format!(
-                    "pre-flight failed, nothing was changed: {}",
-                    problems.join("; ")
-                ),
-            );
-        }
-    };
+    let targets = preflight(cli, &plan, &agents)?;
     // Before any command (a preview too) names them: once, whatever the number of agents.
-    let js = async_nats::jetstream::new(client.clone());
-    match crate::plan_files::ship(&js, &subjects, &plan_files).await {
-        Ok(shipped) if !plan_files.is_empty() => tracing::info!(
-            uploaded = shipped.uploaded,
-            already_there = shipped.present,
-            "plan files shipped"
-        ),
-        Ok(_) => {}
-        Err(e) => return fail(exit::BUS, error_chain(&e)),
-    }
+    ship_plan_files(&client, &subjects, &plan_files).await?;
     if dry_run {
         return dry_run_previews(cli, &client, &subjects, &plan, &targets).await;
     }
-    let store = match open_store(&client, &subjects).await {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let parts = match engine_parts(cli, &client, &subjects, store, shutdown) {
-        Ok(parts) => parts,
-        Err(code) => return code,
-    };
+    let store = open_store(&client, &subjects).await?;
+    let parts = engine_parts(cli, &client, &subjects, store, shutdown)?;
     let engine = match Engine::create(
         parts,
         plan.clone(),
@@ -189,24 +153,69 @@ pub(super) async fn migrate(
     .await
     {
         Ok(engine) => engine,
-        Err(e) => return fail(exit::BUS, error_chain(&e)),
+        Err(e) => return Err(fail(exit::BUS, error_chain(&e))),
     };
     if cli.output == crate::cli::OutputFormat::Text {
-        eprintln!(
-            "run {}: plan \"{}\", {} agent(s) in {} wave(s){}",
-            engine.run_id(),
-            crate::sanitize::one_line(&plan.name),
-            targets.len(),
-            plan.waves.len(),
-            match (rehearse, plan.finalize) {
-                (true, _) => ", rehearsal",
-                (false, crate::plan::Finalize::Manual) => ", manual finalize",
-                (false, crate::plan::Finalize::Auto) => "",
-            }
-        );
+        announce(engine.run_id(), &plan, targets.len(), rehearse);
     }
     let result = engine.drive().await;
     finish(cli, &client, result, files).await
+}
+
+/// The targets of `plan` among the live `agents`, under the operator's key pins; every problem
+/// found is named (exit 3).
+fn preflight(
+    cli: &Cli,
+    plan: &Plan,
+    agents: &[flotilla_schemas::Presence],
+) -> Result<Vec<Target>, CommandError> {
+    let pins = crate::trust::AgentPins::parse(&cli.settings.trusted_agent_keys)
+        .map_err(|e| fail(exit::USAGE, e))?;
+    rollout::preflight(plan, agents, &pins).map_err(|problems| {
+        fail(
+            exit::PREFLIGHT,
+            format!(
+                "pre-flight failed, nothing was changed: {}",
+                problems.join("; ")
+            ),
+        )
+    })
+}
+
+/// Uploads the files the plan ships (those already in the store are not sent again).
+async fn ship_plan_files(
+    client: &async_nats::Client,
+    subjects: &flotilla_schemas::subjects::Subjects,
+    plan_files: &[LocalFile],
+) -> Result<(), CommandError> {
+    let js = async_nats::jetstream::new(client.clone());
+    let shipped = crate::plan_files::ship(&js, subjects, plan_files)
+        .await
+        .map_err(|e| fail(exit::BUS, error_chain(&e)))?;
+    if !plan_files.is_empty() {
+        tracing::info!(
+            uploaded = shipped.uploaded,
+            already_there = shipped.present,
+            "plan files shipped"
+        );
+    }
+    Ok(())
+}
+
+/// The run's first line on stderr: its ID, plan and shape.
+fn announce(run: flotilla_schemas::RunId, plan: &Plan, agents: usize, rehearse: bool) {
+    eprintln!(
+        "run {}: plan \"{}\", {} agent(s) in {} wave(s){}",
+        run,
+        crate::sanitize::one_line(&plan.name),
+        agents,
+        plan.waves.len(),
+        match (rehearse, plan.finalize) {
+            (true, _) => ", rehearsal",
+            (false, crate::plan::Finalize::Manual) => ", manual finalize",
+            (false, crate::plan::Finalize::Auto) => "",
+        }
+    );
 }
 
 /// Asks every target agent for its preview and prints the report; the exit code is the one the
@@ -217,14 +226,11 @@ async fn dry_run_previews(
     subjects: &flotilla_schemas::subjects::Subjects,
     plan: &Plan,
     targets: &[Target],
-) -> u8 {
-    let signer = match super::signer(cli) {
-        Ok(signer) => signer,
-        Err(code) => return code,
-    };
+) -> Outcome {
+    let signer = super::signer(cli)?;
     let report = match dry_run::run(client, subjects, signer.as_deref(), plan, targets).await {
         Ok(report) => report,
-        Err(e) => return fail(exit::BUS, error_chain(&e)),
+        Err(e) => return Err(fail(exit::BUS, error_chain(&e))),
     };
     match cli.output {
         OutputFormat::Json => println!(
@@ -233,7 +239,60 @@ async fn dry_run_previews(
         ),
         OutputFormat::Text => print!("{}", dry_run_text(plan, targets.len(), &report)),
     }
-    report.exit_code
+    Ok(report.exit_code)
+}
+
+/// One target of the dry run: its steps and gates, what each step would do, and its verdict.
+fn write_target(out: &mut String, plan: &Plan, target: &TargetPreview) {
+    use std::fmt::Write;
+    let Some(service_plan) = plan.service(&target.service) else {
+        return;
+    };
+    let steps: Vec<&str> = service_plan.steps.iter().map(|s| s.name()).collect();
+    let g = &service_plan.gates;
+    let _ = writeln!(
+        out,
+        "  {}/{}: backup, {}, restart, validate ({} check(s){}), gates: startup +{}% (slack {}ms), memory +{}% (slack {} B)",
+        target.service,
+        target.instance,
+        steps.join(", "),
+        target.health_checks,
+        if target.functional_checks == 0 {
+            String::new()
+        } else {
+            format!(", {} functional", target.functional_checks)
+        },
+        g.startup_max_increase_pct,
+        g.startup_slack_ms,
+        g.memory_max_increase_pct,
+        g.memory_slack_bytes
+    );
+    for step in &target.steps {
+        let _ = writeln!(
+            out,
+            "    step {} {}: {}",
+            step.step, step.action, step.summary
+        );
+        for line in step.diff.iter().flat_map(|d| d.lines()) {
+            let _ = writeln!(out, "      {line}");
+        }
+    }
+    match &target.reason {
+        Some(reason) => {
+            let _ = writeln!(out, "    {}: {reason}", target.status.as_str());
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "    {}{}",
+                target.status.as_str(),
+                target
+                    .backup_bytes
+                    .map(|b| format!(" (backup of {b} bytes)"))
+                    .unwrap_or_default()
+            );
+        }
+    }
 }
 
 /// The dry run as text: the plan's shape, then per target what each step would do.
@@ -259,54 +318,7 @@ fn dry_run_text(plan: &Plan, agents: usize, report: &DryRunReport) -> String {
                 .map_or_else(|| "all".to_owned(), |n| n.to_string())
         );
         for target in &wave.targets {
-            let Some(service_plan) = plan.service(&target.service) else {
-                continue;
-            };
-            let steps: Vec<&str> = service_plan.steps.iter().map(|s| s.name()).collect();
-            let g = &service_plan.gates;
-            let _ = writeln!(
-                out,
-                "  {}/{}: backup, {}, restart, validate ({} check(s){}), gates: startup +{}% (slack {}ms), memory +{}% (slack {} B)",
-                target.service,
-                target.instance,
-                steps.join(", "),
-                target.health_checks,
-                if target.functional_checks == 0 {
-                    String::new()
-                } else {
-                    format!(", {} functional", target.functional_checks)
-                },
-                g.startup_max_increase_pct,
-                g.startup_slack_ms,
-                g.memory_max_increase_pct,
-                g.memory_slack_bytes
-            );
-            for step in &target.steps {
-                let _ = writeln!(
-                    out,
-                    "    step {} {}: {}",
-                    step.step, step.action, step.summary
-                );
-                for line in step.diff.iter().flat_map(|d| d.lines()) {
-                    let _ = writeln!(out, "      {line}");
-                }
-            }
-            match &target.reason {
-                Some(reason) => {
-                    let _ = writeln!(out, "    {}: {reason}", target.status.as_str());
-                }
-                None => {
-                    let _ = writeln!(
-                        out,
-                        "    {}{}",
-                        target.status.as_str(),
-                        target
-                            .backup_bytes
-                            .map(|b| format!(" (backup of {b} bytes)"))
-                            .unwrap_or_default()
-                    );
-                }
-            }
+            write_target(&mut out, plan, target);
         }
     }
     if plan.on_failure == crate::plan::OnFailure::Rollback {

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::{connect_bus, fail};
 use crate::cli::{Cli, OutputFormat};
-use crate::exit;
+use crate::exit::{self, Outcome};
 use crate::sanitize::one_line;
 use crate::store::Store;
 
@@ -165,14 +165,11 @@ pub(crate) fn warn_differing(resources: &[Resource]) {
 }
 
 /// `flotilla setup`.
-pub(super) async fn setup(cli: &Cli) -> u8 {
-    let (client, subjects) = match connect_bus(cli).await {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
+pub(super) async fn setup(cli: &Cli) -> Outcome {
+    let (client, subjects) = connect_bus(cli).await?;
     let resources = match provision_all(&jetstream::new(client), &subjects).await {
         Ok(r) => r,
-        Err(e) => return fail(exit::BUS, error_chain(&e)),
+        Err(e) => return Err(fail(exit::BUS, error_chain(&e))),
     };
     match cli.output {
         OutputFormat::Json => super::print_json(&serde_json::json!({ "resources": resources })),
@@ -189,12 +186,12 @@ pub(super) async fn setup(cli: &Cli) -> u8 {
         }
     }
     if resources.iter().any(|r| !r.differences.is_empty()) {
-        return fail(
+        return Err(fail(
             exit::PREFLIGHT,
             "some of them exist with other settings than Flotilla's and were left as they are: \
              change them to the wanted values (`nats stream edit`), or remove them and run \
              `flotilla setup` again",
-        );
+        ));
     }
-    exit::OK
+    Ok(exit::OK)
 }

@@ -24,7 +24,7 @@ use screen::Screen;
 use super::{connect, fail, open_store};
 use crate::cli::{Cli, OutputFormat};
 use crate::events::{RunEvent, RunEvents};
-use crate::exit;
+use crate::exit::{self, CommandError, Outcome};
 use crate::report::RunReport;
 use crate::sanitize::one_line;
 use crate::store::{ActionKind, RunRecord, RunStatus, Stage, Store, WaveStatus};
@@ -45,35 +45,13 @@ pub(super) async fn watch(
     run: Option<&str>,
     wait: Duration,
     shutdown: CancellationToken,
-) -> u8 {
-    let (client, subjects) = match connect(cli).await {
-        Ok(c) => c,
-        Err(code) => return code,
+) -> Outcome {
+    let (client, subjects) = connect(cli).await?;
+    let store = open_store(&client, &subjects).await?;
+    let Some(run_id) = run_to_watch(&store, run, wait, &shutdown).await? else {
+        return Ok(exit::OK);
     };
-    let store = match open_store(&client, &subjects).await {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let run_id = match run_to_watch(&store, run, wait, &shutdown).await {
-        Ok(id) => id,
-        Err(code) => return code,
-    };
-    let mut record = match store.load(&run_id).await {
-        Ok(Some((record, _))) => record,
-        Ok(None) => return fail(exit::USAGE, format!("no run {run_id} in the run store")),
-        Err(e) => return fail(exit::BUS, error_chain(&e)),
-    };
-    let mut events = match RunEvents::open(
-        &client,
-        &subjects,
-        run_id,
-        crate::trust::ResultTrust::of(&record),
-    )
-    .await
-    {
-        Ok(events) => events,
-        Err(e) => return fail(exit::BUS, error_chain(&e)),
-    };
+    let (mut record, mut events) = open_run(&client, &subjects, &store, run_id).await?;
     let mut view = View::new(cli.output, &record);
     view.record(&record);
     let mut reloaded = Instant::now();
@@ -84,7 +62,7 @@ pub(super) async fn watch(
             _ = shutdown.cancelled() => {
                 view.close();
                 eprintln!("stopped watching run {run_id}; the run goes on");
-                return exit::OK;
+                return Ok(exit::OK);
             }
             next = events.next(TICK) => next,
         };
@@ -120,7 +98,7 @@ pub(super) async fn watch(
             }
             if ended(&record) {
                 show_the_rest(&mut events, &mut view, &record, &results).await;
-                return view.finish(&record);
+                return Ok(view.finish(&record));
             }
         }
         view.redraw(&record);
@@ -190,21 +168,45 @@ fn ended(record: &RunRecord) -> bool {
         )
 }
 
+/// The run's record and its events, trusting the agents' keys the record fixed.
+async fn open_run(
+    client: &async_nats::Client,
+    subjects: &flotilla_schemas::subjects::Subjects,
+    store: &Store,
+    run_id: RunId,
+) -> Result<(RunRecord, RunEvents), CommandError> {
+    let record = match store.load(&run_id).await {
+        Ok(Some((record, _))) => record,
+        Ok(None) => {
+            return Err(fail(
+                exit::USAGE,
+                format!("no run {run_id} in the run store"),
+            ));
+        }
+        Err(e) => return Err(fail(exit::BUS, error_chain(&e))),
+    };
+    let trust = crate::trust::ResultTrust::of(&record);
+    let events = RunEvents::open(client, subjects, run_id, trust)
+        .await
+        .map_err(|e| fail(exit::BUS, error_chain(&e)))?;
+    Ok((record, events))
+}
+
 /// The run named by the prefix `run`, or else the newest running one (see [`newest_running`]);
-/// `Err` holds the exit code.
+/// `None` when Ctrl-C stopped the wait for one.
 async fn run_to_watch(
     store: &Store,
     run: Option<&str>,
     wait: Duration,
     shutdown: &CancellationToken,
-) -> Result<RunId, u8> {
+) -> Result<Option<RunId>, CommandError> {
     let Some(prefix) = run else {
         return newest_running(store, wait, shutdown).await;
     };
     match store.find(Some(prefix)).await {
         Ok(found) => {
             super::warn_unreadable(&found.unreadable);
-            found.run.map_err(|why| fail(exit::USAGE, why))
+            found.run.map(Some).map_err(|why| fail(exit::USAGE, why))
         }
         Err(e) => Err(fail(exit::BUS, error_chain(&e))),
     }
@@ -215,7 +217,7 @@ async fn newest_running(
     store: &Store,
     wait: Duration,
     shutdown: &CancellationToken,
-) -> Result<RunId, u8> {
+) -> Result<Option<RunId>, CommandError> {
     let deadline = Instant::now() + wait;
     let mut said = false;
     loop {
@@ -225,7 +227,7 @@ async fn newest_running(
             .map_err(|e| fail(exit::BUS, error_chain(&e)))?
             .runs;
         if let Some(newest) = runs.last().filter(|r| r.status == RunStatus::Running) {
-            return Ok(newest.run_id);
+            return Ok(Some(newest.run_id));
         }
         if Instant::now() >= deadline {
             return Err(fail(
@@ -241,7 +243,7 @@ async fn newest_running(
             said = true;
         }
         tokio::select! {
-            _ = shutdown.cancelled() => return Err(exit::OK),
+            _ = shutdown.cancelled() => return Ok(None),
             _ = tokio::time::sleep(POLL) => {}
         }
     }

@@ -49,7 +49,7 @@ impl Fleet {
         let mut command = Command::new(crate::binary("flotilla"));
         command
             .args(args)
-            .env("FLOTILLA_NATS_URL", &self.nats_url)
+            .env("FLOTILLA_NATS__URL", &self.nats_url)
             .envs(self.cli_env.iter().map(|(k, v)| (k, v)))
             .env("NO_COLOR", "1")
             .current_dir(crate::repo_root());
@@ -63,7 +63,7 @@ impl Fleet {
         path
     }
 
-    /// Runs `flotilla` with extra environment (e.g. another `FLOTILLA_NATS_URL`).
+    /// Runs `flotilla` with extra environment (e.g. another `FLOTILLA_NATS__URL`).
     pub fn flotilla_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         self.flotilla_command(args)
             .envs(env.iter().copied())

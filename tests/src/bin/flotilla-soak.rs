@@ -326,7 +326,7 @@ impl Soak {
         }
 
         let direct_url = self.direct.clone();
-        let direct = [("FLOTILLA_NATS_URL", direct_url.as_str())];
+        let direct = [("FLOTILLA_NATS__URL", direct_url.as_str())];
         let healed;
         let run;
         match fault {
