@@ -8,7 +8,8 @@
 //! - `training`, a run-once job (`batch_job.py`, `kind = "job"`);
 //! - a secret full of special characters, landing in a TOML file rendered from a template
 //!   shipped with the plan and in a `.env` file, each under the key the plan declares for it;
-//! - one setting held under a different file and key by each service, checked to agree;
+//! - one setting held under a different file and key by each service, checked to agree, and
+//!   every service reaching every other (the job, with no endpoint, reaching them);
 //! - proved by Flotilla's own checks: the run's ID travels in the services' own header from
 //!   `ingest` into `preprocess`'s log.
 
@@ -33,7 +34,6 @@ const TEMPLATE: &str = "# ${service:name}, migrated by run ${run:id}\n\
 
 struct Foreign {
     fleet: Fleet,
-    ingest: u16,
     plan: std::path::PathBuf,
 }
 
@@ -82,14 +82,7 @@ fn start() -> (flotilla_tests::NatsServer, Foreign) {
         )
         .unwrap();
     let plan = write_plan(&fleet, ingest, preprocess);
-    (
-        nats,
-        Foreign {
-            fleet,
-            ingest,
-            plan,
-        },
-    )
+    (nats, Foreign { fleet, plan })
 }
 
 /// The agent's NATS identity on the shipped configuration, and the secret it resolves.
@@ -126,6 +119,7 @@ latency_slack_ms = 1500
 name = "all"
 
 [cross_service]
+communication = true
 [cross_service.settings]
 db_host = {{ file = "config/ingest.toml", key = "database.host" }}
 [[cross_service.log_correlation]]
@@ -258,19 +252,25 @@ fn another_teams_fleet_migrates_through_the_secured_setup_with_flotillas_own_pro
         preprocess_log.contains(&format!("path=/work request_id={run_id}")),
         "{preprocess_log}"
     );
-    let _ = foreign.ingest;
 
     // The secret shows nowhere but in its two files: not in what migrate printed, not in the
     // report, not in the agents' logs.
     let shown = [
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
-        String::from_utf8_lossy(&fleet.flotilla(&["report", &run_id, "--output", "json"]).stdout)
-            .into_owned(),
+        String::from_utf8_lossy(
+            &fleet
+                .flotilla(&["report", &run_id, "--output", "json"])
+                .stdout,
+        )
+        .into_owned(),
     ];
     for name in ["ingest", "preprocess", "training"] {
         let log = std::fs::read_to_string(fleet.agent_log(name)).unwrap_or_default();
-        assert!(!log.contains("wo\\rd\t"), "{name}'s agent log shows the secret");
+        assert!(
+            !log.contains("wo\\rd\t"),
+            "{name}'s agent log shows the secret"
+        );
     }
     for text in shown {
         assert!(!text.contains("leak") && !text.contains("wo\\rd"), "{text}");
