@@ -131,7 +131,7 @@ fn pss(pid: Pid) -> Option<u64> {
 }
 
 /// The value of a `Name:   123 kB` line, in bytes.
-fn kib_field(text: &str, name: &str) -> Option<u64> {
+pub(crate) fn kib_field(text: &str, name: &str) -> Option<u64> {
     text.lines()
         .find_map(|line| line.strip_prefix(name))
         .and_then(|rest| rest.split_whitespace().next())

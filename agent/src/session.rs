@@ -130,28 +130,10 @@ pub async fn serve(
     let trusted = trusted_keys(&lifecycle);
 
     let name = subjects.agent_consumer(&service, &instance);
-    let Some(mut consumer) =
-        command_consumer::command_consumer(&commands, &subjects, &name, &lifecycle, &shutdown)
-            .await?
+    let Some(messages) = command_messages(&commands, &subjects, &name, &lifecycle, &shutdown).await?
     else {
         return Ok(lifecycle);
     };
-    if let Err(e) = takeover::take_over(&commands, &mut consumer, &name, &shutdown).await {
-        tracing::warn!(
-            error = %error_chain(&e),
-            "a previous incarnation's pull requests stay registered: the next command may wait for the ack wait"
-        );
-    }
-    if shutdown.is_cancelled() {
-        return Ok(lifecycle);
-    }
-    let messages = consumer
-        .messages()
-        .await
-        .map_err(|source| SessionError::Messages {
-            name: name.clone(),
-            source: Box::new(source),
-        })?;
     // Presence once the consumer exists (unless it answered while waiting for the streams): the
     // coordinator's discovery takes the consumers for the list of agents that can answer, and
     // stops when all of them have.
@@ -170,6 +152,39 @@ pub async fn serve(
     presence.abort();
     micro.abort();
     served.map(|()| session.lifecycle)
+}
+
+/// The agent's own command consumer (made or taken over from a previous incarnation) and its
+/// message stream; `None` when shut down meanwhile.
+async fn command_messages(
+    commands: &jetstream::stream::Stream,
+    subjects: &Subjects,
+    name: &str,
+    lifecycle: &Lifecycle,
+    shutdown: &CancellationToken,
+) -> Result<Option<jetstream::consumer::pull::Stream>, SessionError> {
+    let Some(mut consumer) =
+        command_consumer::command_consumer(commands, subjects, name, lifecycle, shutdown).await?
+    else {
+        return Ok(None);
+    };
+    if let Err(e) = takeover::take_over(commands, &mut consumer, name, shutdown).await {
+        tracing::warn!(
+            error = %error_chain(&e),
+            "a previous incarnation's pull requests stay registered: the next command may wait for the ack wait"
+        );
+    }
+    if shutdown.is_cancelled() {
+        return Ok(None);
+    }
+    let messages = consumer
+        .messages()
+        .await
+        .map_err(|source| SessionError::Messages {
+            name: name.to_owned(),
+            source: Box::new(source),
+        })?;
+    Ok(Some(messages))
 }
 
 /// What handling a command needs. (The telemetry flush in progress is kept beside it, not in it:

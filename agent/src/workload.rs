@@ -189,14 +189,8 @@ pub fn gates(
         return out;
     }
     // A gate the after figure passes by staying at or under `limit`.
-    let at_most = |gate: &str, before: u64, after: u64, limit: u64| GateReport {
-        gate: format!("{name}.{gate}"),
-        before,
-        after,
-        limit,
-        passed: after <= limit,
-        higher_is_better: false,
-        inconclusive: false,
+    let at_most = |gate: &str, before: u64, after: u64, limit: u64| {
+        GateReport::at_most(format!("{name}.{gate}"), before, after, limit)
     };
     out.push(at_most(
         "errors",

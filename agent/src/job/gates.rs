@@ -15,22 +15,9 @@ pub fn evaluate(
     after: &JobRun,
     max_peak_memory: Option<u64>,
 ) -> Vec<GateReport> {
-    let relative = |name: &str, before: u64, after: u64, pct: f64, slack: u64| {
-        let limit =
-            ((before as f64 * (1.0 + pct / 100.0)) as u64).max(before.saturating_add(slack));
-        GateReport {
-            gate: name.to_owned(),
-            before,
-            after,
-            limit,
-            passed: after <= limit,
-            higher_is_better: false,
-            inconclusive: false,
-        }
-    };
     let mut reports = Vec::new();
     if let Some(before) = before {
-        reports.push(relative(
+        reports.push(GateReport::regression(
             DURATION,
             before.duration_ms,
             after.duration_ms,
@@ -38,7 +25,7 @@ pub fn evaluate(
             gates.latency_slack_ms,
         ));
         if let (Some(b), Some(a)) = (before.peak_memory_bytes, after.peak_memory_bytes) {
-            reports.push(relative(
+            reports.push(GateReport::regression(
                 PEAK_MEMORY,
                 b,
                 a,
@@ -48,15 +35,7 @@ pub fn evaluate(
         }
     }
     if let (Some(limit), Some(after)) = (max_peak_memory, after.peak_memory_bytes) {
-        reports.push(GateReport {
-            gate: PEAK_MEMORY_LIMIT.to_owned(),
-            before: limit,
-            after,
-            limit,
-            passed: after <= limit,
-            higher_is_better: false,
-            inconclusive: false,
-        });
+        reports.push(GateReport::at_most(PEAK_MEMORY_LIMIT, limit, after, limit));
     }
     reports
 }

@@ -71,54 +71,17 @@ pub async fn run(how: &Invocation<'_>) -> Result<Finished, RunError> {
         .map_err(log_error)?;
     let offset = log.metadata().map(|m| m.len()).unwrap_or(0);
     let err_log = log.try_clone().map_err(log_error)?;
-    let (program, args) = how
+    let program = how
         .command
-        .split_first()
+        .first()
         .expect("config check: a job has a command");
     let started = Instant::now();
-    let mut child = tokio::process::Command::new(program)
-        .args(args)
-        .current_dir(how.root)
-        .env_clear()
-        .envs(&how.launcher.env)
-        .envs(how.env)
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(err_log)
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|source| RunError::Spawn {
-            program: program.clone(),
-            source,
-        })?;
+    let mut child = spawn(how, log, err_log)?;
     let pid = child.id();
     tracing::info!(pid, %program, "job started");
     // Recorded before the wait: an agent killed mid-run leaves a group the next one kills.
     let group = pid.map(|pid| Group::record(pid, how.launcher.registry.as_deref()));
-    let deadline = started + how.timeout;
-    let mut peak: Option<u64> = None;
-    let mut last_tree = None::<Instant>;
-    let status = loop {
-        if let Some(pid) = pid {
-            let tree_due = last_tree.is_none_or(|at| at.elapsed() >= TREE_EVERY);
-            if let Some(bytes) = sample(pid, tree_due) {
-                peak = Some(peak.map_or(bytes, |p| p.max(bytes)));
-            }
-            if tree_due {
-                last_tree = Some(Instant::now());
-            }
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        tokio::select! {
-            status = child.wait() => break Some(status),
-            _ = tokio::time::sleep(SAMPLE_EVERY.min(left)) => {
-                if Instant::now() >= deadline {
-                    break None;
-                }
-            }
-        }
-    };
+    let (status, peak) = watch(&mut child, pid, started + how.timeout).await;
     let (status, timed_out) = match status {
         Some(status) => (
             status.map_err(|source| RunError::Wait {
@@ -161,11 +124,71 @@ pub async fn run(how: &Invocation<'_>) -> Result<Finished, RunError> {
     })
 }
 
+/// Starts the job as the service would be started: its root, the launcher's environment and
+/// its own, its output into the log, in a process group of its own.
+fn spawn(
+    how: &Invocation<'_>,
+    log: std::fs::File,
+    err_log: std::fs::File,
+) -> Result<tokio::process::Child, RunError> {
+    let (program, args) = how
+        .command
+        .split_first()
+        .expect("config check: a job has a command");
+    tokio::process::Command::new(program)
+        .args(args)
+        .current_dir(how.root)
+        .env_clear()
+        .envs(&how.launcher.env)
+        .envs(how.env)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err_log)
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| RunError::Spawn {
+            program: program.clone(),
+            source,
+        })
+}
+
+/// Waits for the job until `deadline`, sampling its memory meanwhile: its exit status (`None`
+/// past the deadline) and the peak it reached.
+async fn watch(
+    child: &mut tokio::process::Child,
+    pid: Option<u32>,
+    deadline: Instant,
+) -> (Option<std::io::Result<std::process::ExitStatus>>, Option<u64>) {
+    let mut peak: Option<u64> = None;
+    let mut last_tree = None::<Instant>;
+    loop {
+        if let Some(pid) = pid {
+            let tree_due = last_tree.is_none_or(|at| at.elapsed() >= TREE_EVERY);
+            if let Some(bytes) = sample(pid, tree_due) {
+                peak = Some(peak.map_or(bytes, |p| p.max(bytes)));
+            }
+            if tree_due {
+                last_tree = Some(Instant::now());
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        tokio::select! {
+            status = child.wait() => return (Some(status), peak),
+            _ = tokio::time::sleep(SAMPLE_EVERY.min(left)) => {
+                if Instant::now() >= deadline {
+                    return (None, peak);
+                }
+            }
+        }
+    }
+}
+
 /// The main process's high-water mark, and with `tree` the resident sum of its process tree.
 fn sample(pid: u32, tree: bool) -> Option<u64> {
     let hwm = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|status| kib_field(&status, "VmHWM:"));
+        .and_then(|status| crate::metrics::kib_field(&status, "VmHWM:"));
     let tree = tree
         .then(|| crate::metrics::service_memory(pid, Some(MemorySource::Rss)))
         .flatten()
@@ -176,13 +199,6 @@ fn sample(pid: u32, tree: bool) -> Option<u64> {
     }
 }
 
-fn kib_field(text: &str, name: &str) -> Option<u64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(name))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kib| kib.parse::<u64>().ok())
-        .map(|kib| kib * 1024)
-}
 
 /// `": <last line>"` of what the run appended to the log after `offset`, or nothing.
 fn last_line_since(log: &Path, offset: u64) -> String {

@@ -46,9 +46,9 @@ impl Lifecycle {
                     .enumerate()
                     .map(|(i, path)| {
                         expand_text(&renderer, takes, &format!("config_files[{i}]"), path)
+                            .map_err(|e| PhaseError::Render(e).at(Place::ConfigFile(path.clone())))
                     })
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(PhaseError::Render)?;
+                    .collect::<Result<Vec<_>, _>>()?;
                 let cx = self.context(command.run_id);
                 let mut verdicts = Vec::new();
                 for check in checks {

@@ -93,28 +93,8 @@ impl Lifecycle {
                     self.apply(&prepared.steps, &prepared.contents),
                 )
                 .await?;
-            if let Some(job) = self.job_config() {
-                // A job's "restart" is its run, and its figures are what validation judges.
-                let run = self.job_restart_phase(&job, &mut findings.measurements.job_after);
-                tracker.run(Phase::Restart, run).await?;
-                crashpoint::reached(&self.config.agent.state_dir, "restarted");
-                let ids = (command.command_id, command.run_id);
-                let validation = self.job_validate(&job, ids, spec.gates, &prepared, &mut findings);
-                tracker.run(Phase::Validate, validation).await?;
-                crashpoint::reached(&self.config.agent.state_dir, "validated");
-                return Ok::<_, PhaseFailure>(());
-            }
-            let startup = tracker
-                .run(Phase::Restart, async {
-                    self.supervisor.restart().await.map_err(PhaseError::Service)
-                })
-                .await?;
-            crashpoint::reached(&self.config.agent.state_dir, "restarted");
-            findings.measurements.startup_ms_after = Some(startup.as_millis() as u64);
-            let validation = self.validate(command.run_id, spec, &prepared, &mut findings);
-            tracker.run(Phase::Validate, validation).await?;
-            crashpoint::reached(&self.config.agent.state_dir, "validated");
-            Ok::<_, PhaseFailure>(())
+            self.restart_and_validate(command, spec, &prepared, &mut findings, tracker)
+                .await
         };
         let outcome = change.await;
         let Findings {
@@ -135,6 +115,40 @@ impl Lifecycle {
             workloads,
             ..finished
         })
+    }
+
+    /// After the files changed: the restart (a job's run, for a job) and the validation that
+    /// judges it, each a phase, with the crash points the fault tests stop at.
+    async fn restart_and_validate(
+        &mut self,
+        command: &Command,
+        spec: &MigrateSpec<'_>,
+        prepared: &Prepared,
+        findings: &mut Findings,
+        tracker: &mut Tracker<'_>,
+    ) -> Result<(), PhaseFailure> {
+        if let Some(job) = self.job_config() {
+            // A job's "restart" is its run, and its figures are what validation judges.
+            let run = self.job_restart_phase(&job, &mut findings.measurements.job_after);
+            tracker.run(Phase::Restart, run).await?;
+            crashpoint::reached(&self.config.agent.state_dir, "restarted");
+            let ids = (command.command_id, command.run_id);
+            let validation = self.job_validate(&job, ids, spec.gates, prepared, findings);
+            tracker.run(Phase::Validate, validation).await?;
+            crashpoint::reached(&self.config.agent.state_dir, "validated");
+            return Ok(());
+        }
+        let startup = tracker
+            .run(Phase::Restart, async {
+                self.supervisor.restart().await.map_err(PhaseError::Service)
+            })
+            .await?;
+        crashpoint::reached(&self.config.agent.state_dir, "restarted");
+        findings.measurements.startup_ms_after = Some(startup.as_millis() as u64);
+        let validation = self.validate(command.run_id, spec, prepared, findings);
+        tracker.run(Phase::Validate, validation).await?;
+        crashpoint::reached(&self.config.agent.state_dir, "validated");
+        Ok(())
     }
 
     /// The precheck of a migration: [`Lifecycle::check`], then the baseline (startup time,
@@ -407,18 +421,7 @@ fn regressions(gates: &[GateReport], memory_source: Option<MemorySource>) -> Vec
 /// evaluated (e.g. no startup baseline when the agent could not start the service itself).
 pub(super) fn evaluate_gates(gates: &Gates, m: &Measurements) -> Vec<GateReport> {
     let gate = |name: &str, before: Option<u64>, after: Option<u64>, pct: f64, slack: u64| {
-        let (before, after) = (before?, after?);
-        let limit =
-            ((before as f64 * (1.0 + pct / 100.0)) as u64).max(before.saturating_add(slack));
-        Some(GateReport {
-            gate: name.to_owned(),
-            before,
-            after,
-            limit,
-            passed: after <= limit,
-            higher_is_better: false,
-            inconclusive: false,
-        })
+        Some(GateReport::regression(name, before?, after?, pct, slack))
     };
     [
         gate(

@@ -182,6 +182,29 @@ pub struct GateReport {
     pub inconclusive: bool,
 }
 
+impl GateReport {
+    /// A gate the after figure passes by staying at or under `limit`.
+    pub fn at_most(gate: impl Into<String>, before: u64, after: u64, limit: u64) -> Self {
+        GateReport {
+            gate: gate.into(),
+            before,
+            after,
+            limit,
+            passed: after <= limit,
+            higher_is_better: false,
+            inconclusive: false,
+        }
+    }
+
+    /// A regression gate: `after` may exceed `before` by `pct` percent or by `slack`, whichever
+    /// allows more (a small baseline would otherwise leave no room for noise).
+    pub fn regression(gate: impl Into<String>, before: u64, after: u64, pct: f64, slack: u64) -> Self {
+        let limit =
+            ((before as f64 * (1.0 + pct / 100.0)) as u64).max(before.saturating_add(slack));
+        Self::at_most(gate, before, after, limit)
+    }
+}
+
 /// What a workload measured, once (before or after the change).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct WorkloadFigures {

@@ -44,6 +44,26 @@ impl Fleet {
         files: &[(&str, &str)],
         env: &[(&str, &str)],
     ) -> anyhow::Result<()> {
+        let command: Vec<String> = command.iter().map(|a| format!("{a:?}")).collect();
+        let service = format!(
+            "command = [{command}]\n\
+             health_url = \"http://127.0.0.1:{port}/health\"\nstartup_timeout = \"30s\"\n",
+            command = command.join(", "),
+        );
+        self.add_member(name, &service, port, files, env)
+    }
+
+    /// Lays out and starts the agent of a service that is not the sample service: its root
+    /// (with `files`), its state dir, and a configuration whose `[service]` table ends with
+    /// `service` (its command and how it is judged). Waits for it to answer.
+    pub(super) fn add_member(
+        &mut self,
+        name: &str,
+        service: &str,
+        port: u16,
+        files: &[(&str, &str)],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
         let nats_url = self.nats_url().to_owned();
         let root = self.root(name);
         let state = self.dir.join("state").join(name);
@@ -54,18 +74,15 @@ impl Fleet {
             std::fs::write(root.join(path), content)?;
         }
         let config = self.dir.join(format!("agent-{name}.toml"));
-        let command: Vec<String> = command.iter().map(|a| format!("{a:?}")).collect();
         std::fs::write(
             &config,
             format!(
                 "[nats]\nurl = \"{nats_url}\"\n\n\
                  [agent]\ninstance = \"a\"\nstate_dir = {state:?}\nstop_service_on_exit = true\n\n\
-                 [service]\nname = \"{name}\"\nroot = {root:?}\ncommand = [{command}]\n\
-                 health_url = \"http://127.0.0.1:{port}/health\"\nstartup_timeout = \"30s\"\n\n\
+                 [service]\nname = \"{name}\"\nroot = {root:?}\n{service}\n\
                  [security]\ntrusted_keys = [\"{trusted}\"]\n",
                 state = path_text(&state),
                 root = path_text(&root),
-                command = command.join(", "),
                 trusted = self.trusted_key,
             ),
         )?;

@@ -2,9 +2,7 @@
 //! migration asks, with no health endpoint.
 
 use std::path::PathBuf;
-use std::time::Duration;
-
-use super::{Fleet, Member};
+use super::Fleet;
 
 impl Fleet {
     /// Starts one agent for the job `name`: `command` run from its root (which first gets
@@ -33,46 +31,13 @@ impl Fleet {
         files: &[(&str, &str)],
         env: &[(&str, &str)],
     ) -> anyhow::Result<()> {
-        let nats_url = self.nats_url().to_owned();
-        let root = self.root(name);
-        let state = self.job_state_dir(name);
-        for dir in [&root, &state] {
-            std::fs::create_dir_all(dir)?;
-        }
-        for (path, content) in files {
-            std::fs::write(root.join(path), content)?;
-        }
-        let config = self.dir.join(format!("agent-{name}.toml"));
         let command: Vec<String> = command.iter().map(|a| format!("{a:?}")).collect();
-        std::fs::write(
-            &config,
-            format!(
-                "[nats]\nurl = \"{nats_url}\"\n\n\
-                 [agent]\ninstance = \"a\"\nstate_dir = \"{state}\"\n\n\
-                 [service]\nname = \"{name}\"\nroot = \"{root}\"\nkind = \"job\"\n\
-                 command = [{command}]\n\n\
-                 [service.job]\n{job_section}\n\n\
-                 [security]\ntrusted_keys = [\"{trusted}\"]\n",
-                state = state.display(),
-                root = root.display(),
-                command = command.join(", "),
-                trusted = self.trusted_key,
-            ),
-        )?;
-        self.members.insert(
-            name.to_owned(),
-            Member {
-                port: 0,
-                agent: None,
-                config,
-                env: env
-                    .iter()
-                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                    .collect(),
-            },
+        // The job's table follows the service's keys: `[service.job]` ends `[service]`.
+        let service = format!(
+            "kind = \"job\"\ncommand = [{command}]\n\n[service.job]\n{job_section}\n",
+            command = command.join(", "),
         );
-        self.start_agent(name)?;
-        self.wait_ready(Duration::from_secs(30))
+        self.add_member(name, &service, 0, files, env)
     }
 
     /// The state directory of the job `name`'s agent; its `service-output.log` holds what
