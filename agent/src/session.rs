@@ -130,7 +130,8 @@ pub async fn serve(
     let trusted = trusted_keys(&lifecycle);
 
     let name = subjects.agent_consumer(&service, &instance);
-    let Some(messages) = command_messages(&commands, &subjects, &name, &lifecycle, &shutdown).await?
+    let Some(messages) =
+        command_messages(&commands, &subjects, &name, &lifecycle, &shutdown).await?
     else {
         return Ok(lifecycle);
     };

@@ -159,7 +159,10 @@ async fn watch(
     child: &mut tokio::process::Child,
     pid: Option<u32>,
     deadline: Instant,
-) -> (Option<std::io::Result<std::process::ExitStatus>>, Option<u64>) {
+) -> (
+    Option<std::io::Result<std::process::ExitStatus>>,
+    Option<u64>,
+) {
     let mut peak: Option<u64> = None;
     let mut last_tree = None::<Instant>;
     loop {
@@ -198,7 +201,6 @@ fn sample(pid: u32, tree: bool) -> Option<u64> {
         (a, b) => a.or(b),
     }
 }
-
 
 /// `": <last line>"` of what the run appended to the log after `offset`, or nothing.
 fn last_line_since(log: &Path, offset: u64) -> String {

@@ -198,7 +198,13 @@ impl GateReport {
 
     /// A regression gate: `after` may exceed `before` by `pct` percent or by `slack`, whichever
     /// allows more (a small baseline would otherwise leave no room for noise).
-    pub fn regression(gate: impl Into<String>, before: u64, after: u64, pct: f64, slack: u64) -> Self {
+    pub fn regression(
+        gate: impl Into<String>,
+        before: u64,
+        after: u64,
+        pct: f64,
+        slack: u64,
+    ) -> Self {
         let limit =
             ((before as f64 * (1.0 + pct / 100.0)) as u64).max(before.saturating_add(slack));
         Self::at_most(gate, before, after, limit)

@@ -1,8 +1,8 @@
 //! A fleet of one run-once job (`kind = "job"`): any program, run by its agent when a
 //! migration asks, with no health endpoint.
 
-use std::path::PathBuf;
 use super::Fleet;
+use std::path::PathBuf;
 
 impl Fleet {
     /// Starts one agent for the job `name`: `command` run from its root (which first gets
