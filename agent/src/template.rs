@@ -18,6 +18,7 @@ use crate::run_vars::RunVars;
 
 mod context;
 mod encode;
+mod ini;
 mod verify;
 
 pub use context::Format;
@@ -229,6 +230,20 @@ fn render_file<'a>(
             .map(|p| if p.secret { MASK.to_owned() } else { value(p) })
             .collect(),
     };
+    if ini::is_ini(path) {
+        // No escapes exist: a value goes in as it is, or not at all.
+        let refused = placeholders(pieces)
+            .filter(|p| p.filter == Filter::None)
+            .find_map(|p| ini::unwritable(&p.value).map(|why| (p, why)));
+        if let Some((placeholder, why)) = refused {
+            return Err(TemplateError::Unsafe {
+                path: path.to_owned(),
+                placeholder: placeholder.source.clone(),
+                format: "INI",
+                why: why.into(),
+            });
+        }
+    }
     let Some(format) = Format::of_path(path) else {
         return Ok(plain(&|p| filtered(p, None)));
     };

@@ -340,3 +340,14 @@ fn resolves_the_run_variables() {
         Err(TemplateError::NoTraceContext("run:trace_id".into()))
     );
 }
+
+#[test]
+fn an_ini_file_takes_a_value_as_it_is_or_refuses_it_without_quoting_it() {
+    let template = "[db]\npassword = ${var:S}\n";
+    let written = render_secret("conf/app.ini", template, "pa\"ss\\wo$rd=é").unwrap();
+    assert_eq!(written, "[db]\npassword = pa\"ss\\wo$rd=é\n");
+    let refused = render_secret("conf/app.ini", template, "first\nsecond").unwrap_err();
+    let reason = refused.to_string();
+    assert!(reason.contains("INI") && reason.contains("line break"), "{reason}");
+    assert!(!reason.contains("first"), "{reason}");
+}
