@@ -20,7 +20,10 @@ pub fn unwritable(value: &str) -> Option<&'static str> {
         Some("INI readers strip the spaces around a value")
     } else if value.contains(['\n', '\r']) {
         Some("a line break ends an INI value")
-    } else if value.chars().any(|c| c.is_control() || is_line_separator(c)) {
+    } else if value
+        .chars()
+        .any(|c| c.is_control() || is_line_separator(c))
+    {
         Some("INI readers differ on control characters and line separators")
     } else if value.contains('%') {
         Some("`%` starts an interpolation in Python's configparser")

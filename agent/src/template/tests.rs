@@ -348,6 +348,9 @@ fn an_ini_file_takes_a_value_as_it_is_or_refuses_it_without_quoting_it() {
     assert_eq!(written, "[db]\npassword = pa\"ss\\wo$rd=é\n");
     let refused = render_secret("conf/app.ini", template, "first\nsecond").unwrap_err();
     let reason = refused.to_string();
-    assert!(reason.contains("INI") && reason.contains("line break"), "{reason}");
+    assert!(
+        reason.contains("INI") && reason.contains("line break"),
+        "{reason}"
+    );
     assert!(!reason.contains("first"), "{reason}");
 }
