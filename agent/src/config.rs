@@ -82,9 +82,12 @@ pub struct NatsConfig {
     #[serde(default)]
     pub url: flotilla_bus::ServerList,
     /// Subject prefix shared with the coordinator.
-    #[serde(default = "default_prefix")]
+    #[serde(default = "flotilla_bus::nats_defaults::prefix")]
     pub prefix: String,
-    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "flotilla_bus::nats_defaults::connect_timeout",
+        with = "humantime_serde"
+    )]
     pub connect_timeout: Duration,
     /// Identity and transport security (`[nats.auth]`).
     #[serde(default)]
@@ -95,19 +98,11 @@ impl Default for NatsConfig {
     fn default() -> Self {
         Self {
             url: Default::default(),
-            prefix: default_prefix(),
-            connect_timeout: default_connect_timeout(),
+            prefix: flotilla_bus::nats_defaults::prefix(),
+            connect_timeout: flotilla_bus::nats_defaults::connect_timeout(),
             auth: Default::default(),
         }
     }
-}
-
-fn default_prefix() -> String {
-    flotilla_schemas::subjects::DEFAULT_PREFIX.to_owned()
-}
-
-fn default_connect_timeout() -> Duration {
-    Duration::from_secs(5)
 }
 
 /// The agent itself.

@@ -8,6 +8,20 @@ pub mod signing;
 
 pub use servers::{ServerList, reconnect_delay};
 
+/// The defaults of the `[nats]` section, which the agent's and the coordinator's configurations
+/// spell alike: one place, so the two cannot drift apart.
+pub mod nats_defaults {
+    use std::time::Duration;
+
+    pub fn prefix() -> String {
+        flotilla_schemas::subjects::DEFAULT_PREFIX.to_owned()
+    }
+
+    pub fn connect_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+}
+
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};

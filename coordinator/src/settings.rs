@@ -45,9 +45,12 @@ pub struct Settings {
 pub struct NatsSettings {
     #[serde(default)]
     pub url: flotilla_bus::ServerList,
-    #[serde(default = "default_prefix")]
+    #[serde(default = "flotilla_bus::nats_defaults::prefix")]
     pub prefix: String,
-    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "flotilla_bus::nats_defaults::connect_timeout",
+        with = "humantime_serde"
+    )]
     pub connect_timeout: Duration,
     #[serde(default)]
     pub allow_old_server: bool,
@@ -74,8 +77,8 @@ impl Default for NatsSettings {
     fn default() -> Self {
         Self {
             url: Default::default(),
-            prefix: default_prefix(),
-            connect_timeout: default_connect_timeout(),
+            prefix: flotilla_bus::nats_defaults::prefix(),
+            connect_timeout: flotilla_bus::nats_defaults::connect_timeout(),
             allow_old_server: false,
             auth: Default::default(),
         }
@@ -88,14 +91,6 @@ fn default_discovery_window() -> Duration {
 
 fn default_verify_wait() -> Duration {
     Duration::from_secs(15)
-}
-
-fn default_prefix() -> String {
-    flotilla_schemas::subjects::DEFAULT_PREFIX.to_owned()
-}
-
-fn default_connect_timeout() -> Duration {
-    Duration::from_secs(5)
 }
 
 fn from_text<'de, D, T>(deserializer: D) -> Result<T, D::Error>
