@@ -5,8 +5,8 @@
 //! service's own log, and its cross-service check sends a request to the first and finds the
 //! run's ID in the second's log.
 
+use flotilla_tests::report::service as service_status;
 use flotilla_tests::{Fleet, NatsServer, free_port, json_stdout, repo_root};
-use serde_json::Value;
 
 /// `ingest` forwards to `preprocess`; `preprocess` logs request IDs only when `logs_ids`.
 fn start(nats: &NatsServer, logs_ids: bool) -> (Fleet, u16, u16) {
@@ -82,15 +82,6 @@ fn plan(fleet: &Fleet, ingest: u16, preprocess: u16, preprocess_log_check: bool)
 
 fn log(fleet: &Fleet, service: &str) -> String {
     std::fs::read_to_string(fleet.root(service).join("relay.log")).unwrap_or_default()
-}
-
-fn service_status<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["service"] == name)
-        .unwrap_or_else(|| panic!("{name} in {report:#}"))
 }
 
 #[test]

@@ -6,6 +6,7 @@
 //! the fleet back when they do not; a secret that leaked into another key fails it, and the
 //! secret shows nowhere.
 
+use flotilla_tests::report::service;
 use flotilla_tests::{Fleet, NatsServer, free_port, json_stdout, repo_root};
 use serde_json::Value;
 
@@ -96,15 +97,6 @@ fn migrate(fleet: &Fleet, plan: &str) -> (std::process::Output, Value) {
     let out = fleet.flotilla(&["migrate", plan, "--output", "json"]);
     let report = json_stdout(&out);
     (out, report)
-}
-
-fn service<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["service"] == name)
-        .unwrap_or_else(|| panic!("{name} in {report:#}"))
 }
 
 /// Both services are back where they started: neither file the plan wrote is left.

@@ -15,8 +15,8 @@
 
 use std::path::Path;
 
+use flotilla_tests::report::service;
 use flotilla_tests::{Fleet, free_port, json_stdout, repo_root, secure};
-use serde_json::Value;
 
 /// Quotes, backslashes, a tab, `\u0041` as text, `$`, `#`, `=`, unicode, a line break, spaces.
 const SECRET: &str = " pa\"ss'wo\\rd\t\\u0041 $HOME #=: é🚀\nline2 ";
@@ -177,15 +177,6 @@ settings = {{ db_host = false }}
         String::from_utf8_lossy(&out.stderr)
     );
     path
-}
-
-fn service<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["service"] == name)
-        .unwrap_or_else(|| panic!("{name} in {report:#}"))
 }
 
 fn read(root: &Path, file: &str) -> String {
