@@ -1,6 +1,7 @@
 //! NATS plumbing that the coordinator and the agent share: connecting with a server version
 //! floor, and the JetStream streams both sides rely on, declared once.
 
+pub mod outage;
 pub mod plan_files;
 pub mod provision;
 mod servers;

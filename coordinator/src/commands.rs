@@ -167,12 +167,39 @@ async fn connect(cli: &Cli) -> Result<(async_nats::Client, Subjects), CommandErr
         .await
         .map_err(|e| fail(exit::BUS, error_chain(&e)))?;
     setup::warn_differing(&resources);
+    attach_telemetry(cli, &client, &subjects).await;
+    Ok((client, subjects))
+}
+
+/// [`connect`] for a command that only reads (`runs`, `status`, `report`, `verify`, `watch`,
+/// `agents`): a stream it cannot provision now (no leader during an election, a node down) is
+/// a warning, not a failure, for the run records stay readable from any replica.
+async fn connect_reader(cli: &Cli) -> Result<(async_nats::Client, Subjects), CommandError> {
+    let (client, subjects) = connect_bus(cli).await?;
+    let js = jetstream::new(client.clone());
+    match tokio::time::timeout(READER_PROVISION_WAIT, setup::provision_all(&js, &subjects)).await {
+        Ok(Ok(resources)) => setup::warn_differing(&resources),
+        Ok(Err(e)) => eprintln!(
+            "warning: the streams cannot be checked now ({}); reading what the run store holds",
+            error_chain(&e)
+        ),
+        Err(_) => eprintln!(
+            "warning: the streams did not answer within {READER_PROVISION_WAIT:?} (a leader election?); reading what the run store holds"
+        ),
+    }
+    attach_telemetry(cli, &client, &subjects).await;
+    Ok((client, subjects))
+}
+
+/// How long a reading command waits for the streams' check before it reads the store anyway.
+const READER_PROVISION_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+async fn attach_telemetry(cli: &Cli, client: &async_nats::Client, subjects: &Subjects) {
     if let Some(telemetry) = &cli.telemetry.0 {
         telemetry
             .attach_nats(client.clone(), subjects.prefix())
             .await;
     }
-    Ok((client, subjects))
 }
 
 /// Connects, and nothing more.
@@ -204,9 +231,14 @@ async fn open_store(
 /// A connection, the run store and one run loaded from it.
 type Loaded = (async_nats::Client, Subjects, Store, RunRecord, Revisions);
 
-/// Connects, opens the store and loads the run named `run` (or the latest).
-async fn load_run(cli: &Cli, run: Option<&str>) -> Result<Loaded, CommandError> {
-    let (client, subjects) = connect(cli).await?;
+/// Connects, opens the store and loads the run named `run` (or the latest); `drive` when an
+/// engine will take the run over (the streams must be there), else only to read it.
+async fn load_run(cli: &Cli, run: Option<&str>, drive: bool) -> Result<Loaded, CommandError> {
+    let (client, subjects) = if drive {
+        connect(cli).await?
+    } else {
+        connect_reader(cli).await?
+    };
     let store = open_store(&client, &subjects).await?;
     let run_id: RunId = match store.find(run).await {
         Ok(found) => {
@@ -275,7 +307,7 @@ fn check_report_files(files: &ReportFiles) -> Result<(), CommandError> {
 }
 
 async fn runs(cli: &Cli) -> Outcome {
-    let (client, subjects) = connect(cli).await?;
+    let (client, subjects) = connect_reader(cli).await?;
     let store = open_store(&client, &subjects).await?;
     let listing = match store.list().await {
         Ok(listing) => listing,
@@ -355,7 +387,7 @@ fn warn_unreadable(unreadable: &[Unreadable]) {
 }
 
 async fn status(cli: &Cli, run: Option<&str>) -> Outcome {
-    let (client, subjects, store, mut record, mut revisions) = load_run(cli, run).await?;
+    let (client, subjects, store, mut record, mut revisions) = load_run(cli, run, false).await?;
     file_late_results(&client, &subjects, &store, &mut record, &mut revisions).await;
     Ok(emit(cli, &record, &ReportFiles::default()))
 }
@@ -377,7 +409,7 @@ async fn file_late_results(
 }
 
 async fn verify(cli: &Cli, run: Option<&str>) -> Outcome {
-    let (client, subjects, _store, record, _) = load_run(cli, run).await?;
+    let (client, subjects, _store, record, _) = load_run(cli, run, false).await?;
     let Some(trace_id) = record
         .trace_parent
         .as_deref()
@@ -424,7 +456,7 @@ async fn verify(cli: &Cli, run: Option<&str>) -> Outcome {
 }
 
 async fn report(cli: &Cli, run: Option<&str>, format: ReportFormat) -> Outcome {
-    let (client, subjects, store, mut record, mut revisions) = load_run(cli, run).await?;
+    let (client, subjects, store, mut record, mut revisions) = load_run(cli, run, false).await?;
     file_late_results(&client, &subjects, &store, &mut record, &mut revisions).await;
     let report = RunReport::from_record(&record);
     match format {
@@ -438,7 +470,7 @@ async fn report(cli: &Cli, run: Option<&str>, format: ReportFormat) -> Outcome {
 }
 
 async fn cancel(cli: &Cli, run: &str) -> Outcome {
-    let (_client, _subjects, store, record, _) = load_run(cli, Some(run)).await?;
+    let (_client, _subjects, store, record, _) = load_run(cli, Some(run), false).await?;
     able_to_go_on(&record, "there is nothing to cancel")?;
     if let Err(e) = store.request_cancel(&record.run_id).await {
         return Err(fail(exit::BUS, error_chain(&e)));
@@ -460,7 +492,7 @@ async fn cancel(cli: &Cli, run: &str) -> Outcome {
 
 async fn resume(cli: &Cli, run: &str, files: &ReportFiles, shutdown: CancellationToken) -> Outcome {
     check_report_files(files)?;
-    let (client, subjects, store, record, revisions) = load_run(cli, Some(run)).await?;
+    let (client, subjects, store, record, revisions) = load_run(cli, Some(run), true).await?;
     let shows_it = format!("`flotilla status {}` shows it", record.run_id);
     able_to_go_on(&record, &shows_it)?;
     if cli.output == OutputFormat::Text {
@@ -504,7 +536,7 @@ async fn finalize(
     shutdown: CancellationToken,
 ) -> Outcome {
     check_report_files(files)?;
-    let (client, subjects, store, record, revisions) = load_run(cli, Some(run)).await?;
+    let (client, subjects, store, record, revisions) = load_run(cli, Some(run), true).await?;
     if record.status != RunStatus::AwaitingFinalize {
         return Err(fail(
             exit::USAGE,
@@ -575,7 +607,7 @@ async fn rollback(
         Ok(only) => only,
         Err(e) => return Err(fail(exit::USAGE, format!("--service: {e}"))),
     };
-    let (client, subjects, store, record, revisions) = load_run(cli, Some(run)).await?;
+    let (client, subjects, store, record, revisions) = load_run(cli, Some(run), true).await?;
     if let Some(only) = &only
         && !record.targets.iter().any(|t| &t.service == only)
     {

@@ -281,7 +281,7 @@ impl ServiceReport {
         // it late): its answer tells what happened.
         if matches!(
             report.status,
-            ServiceStatus::Succeeded | ServiceStatus::TimedOut
+            ServiceStatus::Succeeded | ServiceStatus::TimedOut | ServiceStatus::NotDelivered
         ) && let Some(rollback) = &target.rollback
         {
             report.apply_rollback(rollback);
@@ -334,9 +334,16 @@ impl ServiceReport {
                 self.failure = Some(FailureKind::TimedOut);
                 self.reason = Some("rollback: no result within command_timeout".into());
             }
-            (None, false) => {
-                self.reason = Some(format!("{cause} (rollback in flight)"));
-            }
+            (None, false) => match &rollback.not_delivered {
+                Some(why) => {
+                    self.status = ServiceStatus::NotDelivered;
+                    self.failure = Some(FailureKind::NotDelivered);
+                    self.reason = Some(format!(
+                        "rollback not delivered ({why}): the service may still be migrated"
+                    ));
+                }
+                None => self.reason = Some(format!("{cause} (rollback in flight)")),
+            },
         }
     }
 }
@@ -441,6 +448,7 @@ impl RunReport {
                 }
                 RunStatus::AwaitingFinalize => exit::FAILED,
                 RunStatus::Cancelled => exit::CANCELLED,
+                RunStatus::Unresolved => exit::TIMED_OUT,
                 RunStatus::SucceededWithFailures | RunStatus::Failed | RunStatus::RolledBack => {
                     exit::FAILED
                 }
@@ -578,6 +586,11 @@ impl RunReport {
             }
             RunStatus::Failed => format!("FAILED: {tally}"),
             RunStatus::RolledBack => format!("rolled back on request: {tally}"),
+            RunStatus::Unresolved => {
+                format!(
+                    "UNRESOLVED: a rollback got no answer, those services may still be migrated: {tally}"
+                )
+            }
         }
     }
 

@@ -13,6 +13,8 @@
 use std::collections::HashMap;
 
 use async_nats::jetstream::{self, kv};
+use backon::BackoffBuilder;
+use flotilla_bus::outage::{OUTAGE_TOLERANCE, retry_until};
 use flotilla_schemas::RunId;
 use flotilla_schemas::subjects::Subjects;
 use futures::StreamExt;
@@ -104,11 +106,6 @@ enum WriteOutcome {
 /// How many target writes are in flight at once in a batch.
 const WRITE_CONCURRENCY: usize = 256;
 
-/// How often an unconfirmed write is tried again, and the pause before the first retry (it
-/// grows with each attempt).
-const WRITE_ATTEMPTS: u32 = 5;
-const WRITE_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
-
 /// The run store: a handle on the bucket.
 #[derive(Clone)]
 pub struct Store {
@@ -132,10 +129,14 @@ impl Store {
     /// Opens the runs bucket, creating it when it does not exist.
     pub async fn open(js: &jetstream::Context, subjects: &Subjects) -> Result<Self, StoreError> {
         let bucket = subjects.runs_bucket();
-        if let Ok(kv) = js.get_key_value(&bucket).await {
-            return Ok(Self { kv });
-        }
-        js.create_key_value(Self::bucket_config(subjects))
+        let deadline = outage_deadline();
+        let attempt = || async {
+            if let Ok(kv) = js.get_key_value(&bucket).await {
+                return Ok(kv);
+            }
+            js.create_key_value(Self::bucket_config(subjects)).await
+        };
+        retry_until("opening the run store", deadline, attempt, |_| true)
             .await
             .map(|kv| Self { kv })
             .map_err(|e| StoreError::Open {
@@ -147,14 +148,7 @@ impl Store {
     /// Writes a new run's header; fails if the run already exists.
     pub async fn create(&self, record: &RunRecord) -> Result<Revisions, StoreError> {
         let key = record.run_id.to_string();
-        let header = self
-            .kv
-            .create(&key, encode(&header_of(record)))
-            .await
-            .map_err(|e| StoreError::Write {
-                key,
-                source: Box::new(e),
-            })?;
+        let header = self.cas(&key, encode(&header_of(record)), None).await?;
         Ok(Revisions {
             header,
             targets: HashMap::new(),
@@ -212,17 +206,20 @@ impl Store {
 
     /// A compare-and-set write of `key` over `revision` (`None`: the key must not exist).
     ///
-    /// When the write's answer is lost (a cut, a timeout), the server may or may not have
-    /// applied it: the key is read back, and if it holds `value` the write did happen; if it
-    /// still holds the expected revision it did not, and is tried again. Only a key that moved
-    /// on to something else is a conflict. Without this, one lost reply stopped the coordinator.
+    /// When the write's answer is lost (a cut, a timeout, a leader election), the server may or
+    /// may not have applied it: the key is read back, and if it holds `value` the write did
+    /// happen; if it still holds the expected revision (or cannot be read yet) it did not, and
+    /// is tried again, with backoff, for [`OUTAGE_TOLERANCE`]. Only a key that moved on to
+    /// something else is a conflict. Without this, one lost reply, or an election of the
+    /// bucket's leader, stopped the coordinator.
     async fn cas(
         &self,
         key: &str,
         value: bytes::Bytes,
         revision: Option<u64>,
     ) -> Result<u64, StoreError> {
-        let mut attempt = 0;
+        let deadline = outage_deadline();
+        let mut pauses = flotilla_bus::outage::backoff().build();
         loop {
             let error = match self.write_once(key, value.clone(), revision).await {
                 Ok(written) => return Ok(written),
@@ -231,24 +228,20 @@ impl Store {
             };
             let current = self.kv.entry(key).await.ok().flatten();
             let current = current.filter(|e| e.operation == kv::Operation::Put);
+            let conflict = || StoreError::Conflict {
+                key: key.to_owned(),
+            };
             match (&current, error) {
                 (Some(entry), _) if entry.value == value && Some(entry.revision) != revision => {
                     return Ok(entry.revision);
                 }
-                (_, None) => {
-                    return Err(StoreError::Conflict {
-                        key: key.to_owned(),
-                    });
+                (_, None) => return Err(conflict()),
+                (Some(entry), Some(_)) if Some(entry.revision) != revision => {
+                    return Err(conflict());
                 }
                 (_, Some(source)) => {
-                    let unchanged = current.as_ref().map(|e| e.revision) == revision;
-                    attempt += 1;
-                    if !unchanged && current.is_some() {
-                        return Err(StoreError::Conflict {
-                            key: key.to_owned(),
-                        });
-                    }
-                    if attempt >= WRITE_ATTEMPTS {
+                    let pause = pauses.next().unwrap_or(std::time::Duration::from_secs(2));
+                    if tokio::time::Instant::now() + pause >= deadline {
                         return Err(StoreError::Write {
                             key: key.to_owned(),
                             source,
@@ -256,11 +249,10 @@ impl Store {
                     }
                     tracing::warn!(
                         key,
-                        attempt,
                         error = %source,
                         "run store write unconfirmed; retrying"
                     );
-                    tokio::time::sleep(WRITE_RETRY_PAUSE * attempt).await;
+                    tokio::time::sleep(pause).await;
                 }
             }
         }
@@ -290,13 +282,37 @@ impl Store {
         }
     }
 
+    /// The entry of `key`, read again through an outage for [`OUTAGE_TOLERANCE`]. Reads go to
+    /// any replica of the bucket (direct get), so a leaderless bucket is still readable.
+    async fn read(&self, key: &str) -> Result<Option<kv::Entry>, StoreError> {
+        let deadline = outage_deadline();
+        retry_until(
+            "reading the run store",
+            deadline,
+            || self.kv.entry(key),
+            |_| true,
+        )
+        .await
+        .map_err(|e| StoreError::Read {
+            key: key.to_owned(),
+            source: Box::new(e),
+        })
+    }
+
+    /// Every key of the bucket.
+    async fn keys(&self) -> Result<Vec<String>, Box<dyn std::error::Error + Send + Sync>> {
+        let mut keys = self.kv.keys().await?;
+        let mut all = Vec::new();
+        while let Some(key) = keys.next().await {
+            all.push(key?);
+        }
+        Ok(all)
+    }
+
     /// The header of `run` (targets without their commands).
     async fn load_header(&self, run: &RunId) -> Result<Option<(RunRecord, u64)>, StoreError> {
         let key = run.to_string();
-        let entry = self.kv.entry(&key).await.map_err(|e| StoreError::Read {
-            key: key.clone(),
-            source: Box::new(e),
-        })?;
+        let entry = self.read(&key).await?;
         let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
             return Ok(None);
         };
@@ -315,10 +331,7 @@ impl Store {
         };
         for index in 0..record.targets.len() {
             let key = target_key(run, index);
-            let entry = self.kv.entry(&key).await.map_err(|e| StoreError::Read {
-                key: key.clone(),
-                source: Box::new(e),
-            })?;
+            let entry = self.read(&key).await?;
             let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
                 continue;
             };
@@ -341,10 +354,12 @@ impl Store {
             key: "*".into(),
             source: e,
         };
-        let mut keys = self.kv.keys().await.map_err(|e| read(Box::new(e)))?;
+        let deadline = outage_deadline();
+        let keys = retry_until("listing the run store", deadline, || self.keys(), |_| true)
+            .await
+            .map_err(read)?;
         let mut listing = Listing::default();
-        while let Some(key) = keys.next().await {
-            let key = key.map_err(|e| read(Box::new(e)))?;
+        for key in keys {
             if key.ends_with(CANCEL_SUFFIX) || is_target_key(&key) {
                 continue;
             }
@@ -407,12 +422,12 @@ impl Store {
     /// Asks whoever drives `run` to stop dispatching.
     pub async fn request_cancel(&self, run: &RunId) -> Result<(), StoreError> {
         let key = format!("{run}{CANCEL_SUFFIX}");
-        self.kv
-            .put(&key, "cancel".into())
+        let put = || self.kv.put(&key, "cancel".into());
+        retry_until("requesting a cancel", outage_deadline(), put, |_| true)
             .await
             .map(|_| ())
             .map_err(|e| StoreError::Write {
-                key,
+                key: key.clone(),
                 source: Box::new(e),
             })
     }
@@ -420,24 +435,26 @@ impl Store {
     /// True when a cancel of `run` was requested.
     pub async fn cancel_requested(&self, run: &RunId) -> Result<bool, StoreError> {
         let key = format!("{run}{CANCEL_SUFFIX}");
-        self.kv
-            .get(&key)
-            .await
-            .map(|v| v.is_some())
-            .map_err(|e| StoreError::Read {
-                key,
-                source: Box::new(e),
-            })
+        let entry = self.read(&key).await?;
+        Ok(entry.is_some_and(|e| e.operation == kv::Operation::Put))
     }
 
     /// Forgets a cancel request (on resume).
     pub async fn clear_cancel(&self, run: &RunId) -> Result<(), StoreError> {
         let key = format!("{run}{CANCEL_SUFFIX}");
-        self.kv.purge(&key).await.map_err(|e| StoreError::Write {
-            key,
-            source: Box::new(e),
-        })
+        let purge = || self.kv.purge(&key);
+        retry_until("clearing a cancel", outage_deadline(), purge, |_| true)
+            .await
+            .map_err(|e| StoreError::Write {
+                key: key.clone(),
+                source: Box::new(e),
+            })
     }
+}
+
+/// When an operation on the store that started now stops riding out an outage.
+fn outage_deadline() -> tokio::time::Instant {
+    tokio::time::Instant::now() + OUTAGE_TOLERANCE
 }
 
 fn target_key(run: &RunId, index: usize) -> String {

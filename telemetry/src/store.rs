@@ -33,8 +33,6 @@ pub const STREAM_MAX_BYTES: i64 = 512 * 1024 * 1024;
 pub const MAX_MESSAGE_BYTES: usize = 512 * 1024;
 /// How much waits in memory for NATS (not attached yet, or unreachable).
 pub const MAX_BUFFER_BYTES: usize = 16 * 1024 * 1024;
-/// Attempts to store one message before it is dropped.
-const PUBLISH_ATTEMPTS: u32 = 3;
 /// How long one attempt waits for the stream's acknowledgement.
 const PUBLISH_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// The trace-ID token of log records emitted outside any span.

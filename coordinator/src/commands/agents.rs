@@ -2,7 +2,7 @@
 
 use flotilla_telemetry::error_chain;
 
-use super::{connect, fail};
+use super::{connect_reader, fail};
 use crate::cli::{Cli, OutputFormat};
 use crate::discovery;
 use crate::exit::{self, Outcome};
@@ -10,7 +10,7 @@ use crate::sanitize::one_line;
 
 /// Lists the agents that answer presence.
 pub(super) async fn agents(cli: &Cli) -> Outcome {
-    let (client, subjects) = connect(cli).await?;
+    let (client, subjects) = connect_reader(cli).await?;
     let found = match discovery::discover(&client, &subjects, cli.settings.discovery_window).await {
         Ok(found) => found,
         Err(e) => return Err(fail(exit::BUS, error_chain(&e))),

@@ -21,7 +21,7 @@ mod screen;
 
 use screen::Screen;
 
-use super::{connect, fail, open_store};
+use super::{connect_reader, fail, open_store};
 use crate::cli::{Cli, OutputFormat};
 use crate::events::{RunEvent, RunEvents};
 use crate::exit::{self, CommandError, Outcome};
@@ -46,7 +46,7 @@ pub(super) async fn watch(
     wait: Duration,
     shutdown: CancellationToken,
 ) -> Outcome {
-    let (client, subjects) = connect(cli).await?;
+    let (client, subjects) = connect_reader(cli).await?;
     let store = open_store(&client, &subjects).await?;
     let Some(run_id) = run_to_watch(&store, run, wait, &shutdown).await? else {
         return Ok(exit::OK);

@@ -8,12 +8,37 @@ use crate::plan::OnFailure;
 use crate::store::ActionKind;
 use crate::store::{CommandRecord, RunRecord, TargetRecord};
 
-/// True when the target has no command of `kind` that went out, or ended.
+/// True when the target has no command of `kind` that went out, or ended; or when its rollback
+/// was given up on (never delivered, or no answer): a rollback is sent again, as a new command,
+/// until its agent says how it ended, for the service may still be migrated.
 pub(super) fn needs_dispatch(target: &TargetRecord, kind: ActionKind) -> bool {
     match target.slot(kind) {
         None => true,
+        Some(c) if kind == ActionKind::Rollback && given_up(c) => true,
         Some(c) => c.sent_at.is_none() && c.not_delivered.is_none() && c.result.is_none(),
     }
+}
+
+/// True when the coordinator stopped waiting for the command without an answer: it was not
+/// delivered before it expired, or its agent did not answer in time.
+pub(super) fn given_up(command: &CommandRecord) -> bool {
+    command.result.is_none() && (command.timed_out || command.not_delivered.is_some())
+}
+
+/// The targets (of `only`, when given) that a rollback must reach and whose agent has not said
+/// how it ended: the fleet's state there is unknown, and the run must not claim an end state.
+pub(super) fn unresolved_rollbacks(
+    record: &RunRecord,
+    only: Option<&flotilla_schemas::ServiceName>,
+) -> Vec<usize> {
+    (0..record.targets.len())
+        .filter(|&t| {
+            let target = &record.targets[t];
+            only.is_none_or(|s| &target.service == s)
+                && (migrated(target) || maybe_migrated(target))
+                && target.rollback.as_ref().is_none_or(|r| r.result.is_none())
+        })
+        .collect()
 }
 
 /// True when the target's command of `kind` was sent and is still awaited.

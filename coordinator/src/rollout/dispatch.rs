@@ -119,9 +119,23 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
     ) -> Result<Vec<usize>, RolloutError> {
         let now = OffsetDateTime::now_utc();
         for &t in batch {
+            let name = self.target_name(t);
             if let Some(record) = self.record.targets[t].slot_mut(kind) {
-                record.sent_at = Some(now);
-                continue;
+                if !super::decisions::given_up(record) {
+                    record.sent_at = Some(now);
+                    continue;
+                }
+                let note = format!(
+                    "{name}: {} sent again as a new command: the previous one ({}) {}",
+                    kind.as_str(),
+                    record.command.command_id,
+                    record
+                        .not_delivered
+                        .as_deref()
+                        .unwrap_or("got no answer in time")
+                );
+                self.sink.note(&note);
+                self.record.notes.push(note);
             }
             let command = self.command_for(t, self.action(t, kind), now);
             self.index.insert(command.command_id, t);
@@ -224,28 +238,31 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         }
     }
 
-    /// Publishes the commands into the commands stream, then waits for the stream to store
-    /// each: every publish goes out before the first acknowledgement is awaited.
+    /// Publishes the commands into the commands stream and waits for the stream to store each,
+    /// all at once. A command the broker cannot take now (no stream leader during an election,
+    /// a node restarting, a cut) is published again with backoff until the command expires:
+    /// its `Nats-Msg-Id` makes a repeat harmless. Only a refusal for good, or the deadline,
+    /// makes it "not delivered".
     pub(super) async fn send_all(&self, commands: &[Command]) -> Vec<Result<(), String>> {
-        let mut pending = Vec::with_capacity(commands.len());
-        for command in commands {
-            pending.push(self.publish(command).await);
-        }
-        let acks = pending
-            .into_iter()
-            .zip(commands)
-            .map(|(published, command)| async move {
-                let subject = self.subjects.command(&command.service, &command.instance);
-                // The stream's acknowledgement is the proof of delivery: no extra flush round trip.
-                match published {
-                    Ok(ack) => ack
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| format!("command not delivered to {subject}: {e}")),
-                    Err(e) => Err(format!("command not delivered to {subject}: {e}")),
-                }
-            });
-        futures::future::join_all(acks).await
+        let sends = commands.iter().map(|command| async move {
+            let subject = self.subjects.command(&command.service, &command.instance);
+            let what = format!("command {} to {subject}", command.command_id);
+            let deadline = deadline_of(command);
+            flotilla_bus::outage::retry_until(
+                &what,
+                deadline,
+                || async { self.publish(command).await?.await.map(|_| ()) },
+                |e: &jetstream::context::PublishError| lasting(e).is_none(),
+            )
+            .await
+            .map_err(|e| match lasting(&e) {
+                Some(why) => format!("command refused by the commands stream ({why}): {e}"),
+                None => format!(
+                    "command not delivered to {subject} before it expired (the broker did not take it): {e}"
+                ),
+            })
+        });
+        futures::future::join_all(sends).await
     }
 
     /// The digest of `command` as [`Self::publish`] signs and sends it (Ed25519 signatures are
@@ -381,6 +398,26 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             }
         }
         Ok((answers, waiting.into_values().collect()))
+    }
+}
+
+/// When a command stops being worth delivering: when it expires (the agent refuses it then).
+fn deadline_of(command: &Command) -> Instant {
+    let left = command.expires_at - OffsetDateTime::now_utc();
+    Instant::now() + left.try_into().unwrap_or_default()
+}
+
+/// Why the stream refused a command for good, if it did: a repeat cannot change these.
+fn lasting(error: &jetstream::context::PublishError) -> Option<&'static str> {
+    use jetstream::context::PublishErrorKind as Kind;
+    match error.kind() {
+        Kind::MaxPayloadExceeded => Some("too large"),
+        Kind::WrongLastMessageId | Kind::WrongLastSequence => Some("out of sequence"),
+        Kind::StreamNotFound
+        | Kind::TimedOut
+        | Kind::BrokenPipe
+        | Kind::MaxAckPending
+        | Kind::Other => None,
     }
 }
 

@@ -164,6 +164,9 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             if self.roll_back_waves(None, &cause).await? == Flow::Cancelled {
                 return self.cancelled().await;
             }
+            if !decisions::unresolved_rollbacks(&self.record, None).is_empty() {
+                return self.unresolved(None).await;
+            }
             if self.record.rehearse && self.failures() == 0 {
                 self.record.stage = Stage::Finalizing;
             } else {
@@ -217,7 +220,30 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         {
             return self.cancelled().await;
         }
+        if !decisions::unresolved_rollbacks(&self.record, only.as_ref()).is_empty() {
+            return self.unresolved(only.as_ref()).await;
+        }
         self.finish(RunStatus::RolledBack).await?;
+        Ok(self.record)
+    }
+
+    /// Rollbacks that no agent answered: the run claims no end state. It stays at the rollback
+    /// stage, so `resume` (or `rollback`) sends them again.
+    pub(super) async fn unresolved(
+        mut self,
+        only: Option<&ServiceName>,
+    ) -> Result<RunRecord, RolloutError> {
+        let names = self.target_names(&decisions::unresolved_rollbacks(&self.record, only));
+        let run = self.record.run_id;
+        let note = format!(
+            "unresolved: no agent confirmed the rollback of {} (not delivered, or no answer): those services may still be migrated; `flotilla rollback {run}` (or `resume`) sends the rollbacks again",
+            names.join(", ")
+        );
+        self.sink.note(&note);
+        self.record.notes.push(note);
+        self.record.status = RunStatus::Unresolved;
+        self.take_ignored();
+        self.save().await?;
         Ok(self.record)
     }
 

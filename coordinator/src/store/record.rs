@@ -34,6 +34,9 @@ pub enum RunStatus {
     AwaitingFinalize,
     /// Dispatching stopped on request; `resume` finishes the run.
     Cancelled,
+    /// A rollback was given up on (not delivered before it expired, or no answer): the state of
+    /// those services is unknown. `rollback` or `resume` sends the rollbacks again.
+    Unresolved,
 }
 
 /// Which part of the run comes next.
@@ -135,6 +138,7 @@ impl RunStatus {
             RunStatus::Rehearsed => "rehearsed",
             RunStatus::AwaitingFinalize => "awaiting_finalize",
             RunStatus::Cancelled => "cancelled",
+            RunStatus::Unresolved => "unresolved",
         }
     }
 }
@@ -305,7 +309,10 @@ impl RunRecord {
 
     /// True when the run may be resumed.
     pub fn resumable(&self) -> bool {
-        matches!(self.status, RunStatus::Running | RunStatus::Cancelled)
+        matches!(
+            self.status,
+            RunStatus::Running | RunStatus::Cancelled | RunStatus::Unresolved
+        )
     }
 }
 
@@ -347,6 +354,7 @@ mod tests {
             RunStatus::Rehearsed,
             RunStatus::AwaitingFinalize,
             RunStatus::Cancelled,
+            RunStatus::Unresolved,
         ] {
             assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
         }

@@ -8,10 +8,9 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use bytes::Bytes;
 
-use super::{
-    MAX_BUFFER_BYTES, PUBLISH_ACK_TIMEOUT, PUBLISH_ATTEMPTS, StoreStats, logs_subject,
-    traces_subject,
-};
+use flotilla_bus::outage::{OUTAGE_TOLERANCE, retry_until};
+
+use super::{MAX_BUFFER_BYTES, PUBLISH_ACK_TIMEOUT, StoreStats, logs_subject, traces_subject};
 use crate::TelemetryError;
 
 /// Which subject a message goes under.
@@ -205,36 +204,33 @@ async fn publish_loop(sink: Arc<Sink>, js: jetstream::Context, prefix: String, g
     }
 }
 
+/// Stores one message, riding out a broker that cannot take it now (a leader election, a node
+/// restart) for [`OUTAGE_TOLERANCE`]: telemetry lost in an outage would fail the correlation
+/// check of a healthy run. Given up on after that, with a warning: the buffer behind it must
+/// not wait forever.
 async fn publish(js: &jetstream::Context, subject: String, payload: Bytes) -> bool {
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Content-Type", "application/x-protobuf");
-    for attempt in 1..=PUBLISH_ATTEMPTS {
-        let result = async {
-            let ack = js
-                .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
-                .await
-                .map_err(|e| e.to_string())?;
-            tokio::time::timeout(PUBLISH_ACK_TIMEOUT, ack)
-                .await
-                .map_err(|_| "no acknowledgement".to_owned())?
-                .map_err(|e| e.to_string())
-        }
-        .await;
-        match result {
-            Ok(_) => return true,
-            Err(error) => {
-                tracing::debug!(subject, attempt, error, "telemetry publish failed");
-                if attempt < PUBLISH_ATTEMPTS {
-                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
-                } else {
-                    tracing::warn!(
-                        subject,
-                        error,
-                        "telemetry dropped: the store did not take it"
-                    );
-                }
-            }
+    let attempt = || async {
+        let ack = js
+            .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::time::timeout(PUBLISH_ACK_TIMEOUT, ack)
+            .await
+            .map_err(|_| "no acknowledgement".to_owned())?
+            .map_err(|e| e.to_string())
+    };
+    let deadline = tokio::time::Instant::now() + OUTAGE_TOLERANCE;
+    match retry_until("storing telemetry", deadline, attempt, |_| true).await {
+        Ok(_) => true,
+        Err(error) => {
+            tracing::warn!(
+                subject,
+                error,
+                "telemetry dropped: the store did not take it"
+            );
+            false
         }
     }
-    false
 }

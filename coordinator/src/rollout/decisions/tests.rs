@@ -191,3 +191,60 @@ fn a_rehearsal_is_rehearsed_only_with_every_rollback_proved_and_no_failed_check(
         "never rolled back"
     );
 }
+
+#[test]
+fn a_rollback_given_up_on_is_sent_again_but_a_migrate_is_not() {
+    let mut t = target("api");
+    t.migrate = Some(command(&t, true, Some(Outcome::Succeeded)));
+    let mut rollback = command(&t, true, None);
+    rollback.not_delivered = Some("no stream leader".into());
+    t.rollback = Some(rollback.clone());
+    assert!(needs_dispatch(&t, ActionKind::Rollback), "not delivered");
+    rollback.not_delivered = None;
+    rollback.timed_out = true;
+    t.rollback = Some(rollback);
+    assert!(needs_dispatch(&t, ActionKind::Rollback), "no answer");
+    t.rollback = Some(command(&t, true, Some(Outcome::RolledBack)));
+    assert!(!needs_dispatch(&t, ActionKind::Rollback), "answered");
+
+    let mut migrate = command(&t, true, None);
+    migrate.not_delivered = Some("expired".into());
+    t.migrate = Some(migrate);
+    assert!(
+        !needs_dispatch(&t, ActionKind::Migrate),
+        "a failed migrate is rolled back, never sent again"
+    );
+}
+
+#[test]
+fn a_run_is_unresolved_while_a_rollback_it_needs_has_no_answer() {
+    let mut migrated = target("api");
+    migrated.migrate = Some(command(&migrated, true, Some(Outcome::Succeeded)));
+    let mut lost = target("db");
+    let mut migrate = command(&lost, true, None);
+    migrate.timed_out = true;
+    lost.migrate = Some(migrate);
+    let mut untouched = target("web");
+    untouched.migrate = Some(command(&untouched, true, Some(Outcome::RolledBack)));
+    let mut run = record(vec![migrated, lost, untouched]);
+    assert_eq!(
+        unresolved_rollbacks(&run, None),
+        vec![0, 1],
+        "none sent yet"
+    );
+
+    let mut undelivered = command(&run.targets[0], true, None);
+    undelivered.not_delivered = Some("no stream leader".into());
+    run.targets[0].rollback = Some(undelivered);
+    run.targets[1].rollback = Some(command(&run.targets[1], true, Some(Outcome::Refused)));
+    assert_eq!(
+        unresolved_rollbacks(&run, None),
+        vec![0],
+        "the agent of db said it had nothing to roll back; api's rollback never arrived"
+    );
+    let db = ServiceName::parse("db").unwrap();
+    assert!(unresolved_rollbacks(&run, Some(&db)).is_empty());
+
+    run.targets[0].rollback = Some(command(&run.targets[0], true, Some(Outcome::RolledBack)));
+    assert!(unresolved_rollbacks(&run, None).is_empty());
+}
