@@ -83,6 +83,19 @@ pub struct Plan {
     pub cross_service: Option<CrossService>,
     /// Whether a proven run drops its backups at once or waits for an operator's decision.
     pub finalize: Finalize,
+    /// What the correlation check may not prove means.
+    pub correlation: CorrelationPolicy,
+}
+
+/// `[correlation]`: what a correlation check that could not prove correlation for want of
+/// telemetry (none arrived from a service, parents lost, the backend unreadable) means: `fail`
+/// (the default: no proof, no finalize) or `warn` (report it and finalize). A check that found
+/// uncorrelated telemetry fails whatever this says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorrelationPolicy {
+    #[serde(default)]
+    pub inconclusive: flotilla_schemas::Inconclusive,
 }
 
 /// What to do when the failure budget is broken.
@@ -198,6 +211,8 @@ struct RawPlan {
     services: Vec<RawService>,
     #[serde(default)]
     cross_service: Option<CrossService>,
+    #[serde(default)]
+    correlation: CorrelationPolicy,
 }
 
 #[derive(Debug, Deserialize)]
@@ -343,6 +358,7 @@ impl Plan {
             waves,
             cross_service: raw.cross_service,
             finalize: raw.finalize,
+            correlation: raw.correlation,
         })
     }
 

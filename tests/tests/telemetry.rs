@@ -102,6 +102,37 @@ fn verify_names_a_service_whose_agent_exports_nothing() {
         !ingest["problems"].as_array().unwrap().is_empty(),
         "{report:#}"
     );
+    assert_eq!(
+        report["inconclusive"], true,
+        "nothing arrived from ingest, nothing contradicts: {report:#}"
+    );
+
+    // The plan may accept what cannot be proven for want of telemetry (an outage that dropped
+    // spans): the same fleet then migrates and finalizes, and the report says why.
+    let warned = fleet.write_plan(
+        "two-warn.toml",
+        &format!("{plan_text}\n[correlation]\ninconclusive = \"warn\"\n"),
+    );
+    let out = fleet.flotilla(&[
+        "migrate",
+        warned.to_str().unwrap(),
+        "--output",
+        "json",
+        "--verify-wait",
+        "3s",
+    ]);
+    let run = json_stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{run:#}");
+    assert_eq!(run["finalized"], true, "{run:#}");
+    assert_eq!(run["correlation"]["inconclusive"], true, "{run:#}");
+    assert!(
+        run["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n.as_str().unwrap().contains("inconclusive = \"warn\"")),
+        "{run:#}"
+    );
 }
 
 /// Our own demo run, converted to what Jaeger (api_v3: OTLP JSON under `result`) and Tempo

@@ -23,6 +23,11 @@ pub struct VerifyReport {
     pub trace_id: String,
     /// True when every expected service is correlated and the trace has one root and no orphans.
     pub ok: bool,
+    /// Not `ok` only for want of telemetry (a service with no spans or no logs at all, a lost
+    /// root, orphans whose parent was lost), with nothing present that contradicts the
+    /// correlation: what an outage that dropped telemetry leaves. The plan decides what it means.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inconclusive: bool,
     /// One entry per expected service, in the order given.
     pub services: Vec<ServiceReport>,
     /// Spans whose parent is not in the trace.
@@ -51,6 +56,15 @@ pub struct ServiceReport {
     pub correlated: bool,
     /// What is wrong, in words.
     pub problems: Vec<String>,
+}
+
+impl ServiceReport {
+    /// True when something present says the service is not correlated (a span or log without
+    /// the run ID, or of another trace), beyond telemetry that is missing altogether.
+    pub fn contradicts(&self) -> bool {
+        let absences = usize::from(self.spans == 0) + usize::from(self.logs == 0);
+        self.problems.len() > absences
+    }
 }
 
 /// A span whose parent is missing.
@@ -237,10 +251,12 @@ pub fn verify<S: AsRef<str>, I: AsRef<str>>(
     let (roots, orphans) = roots_and_orphans(trace);
     let problems = trace_problems(trace, &roots, &orphans);
     let ok = problems.is_empty() && services.iter().all(|s| s.correlated);
+    let contradicted = roots.len() > 1 || services.iter().any(ServiceReport::contradicts);
     VerifyReport {
         run_id: run_id.to_owned(),
         trace_id,
         ok,
+        inconclusive: !ok && !contradicted,
         services,
         orphans,
         roots,

@@ -106,6 +106,10 @@ fn a_missing_service_fails() {
         &[("inference", "a1"), ("execution", "a1"), ("risk", "a1")],
     );
     assert!(!report.ok);
+    assert!(
+        report.inconclusive,
+        "nothing arrived from risk: no proof either way"
+    );
     let risk = report
         .services
         .iter()
@@ -138,6 +142,10 @@ fn logs_without_the_run_id_fail() {
 
     let report = verify(&trace, RUN, &EXPECTED);
     assert!(!report.ok);
+    assert!(
+        !report.inconclusive,
+        "records without the run ID contradict it"
+    );
     let execution = &report.services[1];
     assert_eq!(execution.service, "execution");
     assert!(!execution.correlated);
@@ -158,6 +166,7 @@ fn logs_outside_the_trace_fail() {
     trace.logs.push(loose);
     let report = verify(&trace, RUN, &EXPECTED);
     assert!(!report.ok);
+    assert!(!report.inconclusive);
     assert_eq!(
         report.services[0].problems,
         ["1 of 2 log records carry no trace id"]
@@ -176,6 +185,7 @@ fn an_orphan_fails() {
     ));
     let report = verify(&trace, RUN, &EXPECTED);
     assert!(!report.ok);
+    assert!(report.inconclusive, "a lost parent is missing telemetry");
     assert_eq!(report.orphans.len(), 1);
     assert_eq!(report.orphans[0].span_id, "3000000000000000");
     assert_eq!(report.orphans[0].parent_span_id, "dead00000000beef");
@@ -195,6 +205,10 @@ fn a_second_root_fails() {
     trace.spans[2].parent_span_id = None;
     let report = verify(&trace, RUN, &EXPECTED);
     assert!(!report.ok);
+    assert!(
+        !report.inconclusive,
+        "a second root is a broken propagation"
+    );
     assert_eq!(report.roots.len(), 2);
     assert_eq!(report.problems, ["expected one root span, found 2"]);
 }

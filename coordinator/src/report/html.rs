@@ -112,6 +112,8 @@ struct InspectionLine {
 /// The correlation check's verdict, as the page shows it.
 struct CorrelationView<'a> {
     ok: bool,
+    /// Failed only for want of telemetry.
+    inconclusive: bool,
     trace_id: &'a str,
     error: Option<&'a str>,
     services: &'a [flotilla_tracestore::ServiceReport],
@@ -245,6 +247,7 @@ fn correlation_view(c: &CorrelationVerdict) -> CorrelationView<'_> {
     let report = c.report();
     CorrelationView {
         ok: c.ok(),
+        inconclusive: !c.ok() && c.inconclusive(),
         trace_id: report.map_or("", |r| r.trace_id.as_str()),
         error: c.error(),
         services: report.map_or(&[][..], |r| &r.services),

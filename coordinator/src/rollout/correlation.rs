@@ -1,6 +1,8 @@
 //! The correlation stage: the tracing backend proves every service carried the run's IDs.
 
 use super::{Engine, ProgressSink, RolloutError};
+use flotilla_schemas::Inconclusive;
+
 use crate::store::{CorrelationVerdict, Stage};
 
 /// How the cross-service correlation check runs before a migration is finalized.
@@ -85,11 +87,25 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
                 (false, CorrelationVerdict::failed(e), note)
             }
         };
+        let waived = !ok && self.waives(&value);
+        let note = if waived {
+            format!(
+                "{note} — inconclusive for want of telemetry, and the plan says [correlation] inconclusive = \"warn\": the run goes on"
+            )
+        } else {
+            note
+        };
+        self.sink.note(&note);
         self.record.notes.push(note);
         self.record.correlation = Some(value);
-        if !ok && self.correlation.enforce {
+        if !ok && !waived && self.correlation.enforce {
             self.record.stage = Stage::RollingBack;
         }
         self.save().await
+    }
+
+    /// True when `verdict` failed only for want of telemetry and the plan accepts that.
+    pub(super) fn waives(&self, verdict: &CorrelationVerdict) -> bool {
+        verdict.inconclusive() && self.plan.correlation.inconclusive == Inconclusive::Warn
     }
 }

@@ -383,7 +383,17 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         self.correlation
             .enforce
             .then(|| {
-                crate::store::failed_verdict(&self.record.cross_service, &self.record.correlation)
+                let waived = self
+                    .record
+                    .correlation
+                    .as_ref()
+                    .is_some_and(|c| self.waives(c));
+                let correlation = if waived {
+                    &None
+                } else {
+                    &self.record.correlation
+                };
+                crate::store::failed_verdict(&self.record.cross_service, correlation)
             })
             .flatten()
     }

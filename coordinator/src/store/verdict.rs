@@ -84,6 +84,15 @@ impl CorrelationVerdict {
         }
     }
 
+    /// True when the check failed only for want of telemetry (or could not read the trace at
+    /// all): nothing it found contradicts the correlation.
+    pub fn inconclusive(&self) -> bool {
+        match self {
+            CorrelationVerdict::Checked(report) => report.inconclusive,
+            CorrelationVerdict::Failed(_) => true,
+        }
+    }
+
     /// The report, when the trace was read.
     pub fn report(&self) -> Option<&VerifyReport> {
         match self {
