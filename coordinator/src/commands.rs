@@ -163,18 +163,25 @@ fn print_json(value: &impl serde::Serialize) {
 /// them, and answer discovery before they exist), then attaches telemetry.
 async fn connect(cli: &Cli) -> Result<(async_nats::Client, Subjects), CommandError> {
     let (client, subjects) = connect_bus(cli).await?;
-    let replication = setup::replication(cli, &client)?;
-    let resources = setup::provision_all(
-        &jetstream::new(client.clone()),
-        &subjects,
-        &replication,
-        false,
-    )
-    .await
-    .map_err(|e| fail(exit::BUS, error_chain(&e)))?;
-    setup::warn_differing(&resources);
+    provision(cli, &client, &subjects).await?;
     attach_telemetry(cli, &client, &subjects).await;
     Ok((client, subjects))
+}
+
+/// Creates what is missing of the streams and buckets, with the configured replication; warns
+/// of those whose settings differ.
+async fn provision(
+    cli: &Cli,
+    client: &async_nats::Client,
+    subjects: &Subjects,
+) -> Result<(), CommandError> {
+    let replication = setup::replication(cli, client)?;
+    let js = jetstream::new(client.clone());
+    let resources = setup::provision_all(&js, subjects, &replication, false)
+        .await
+        .map_err(|e| fail(exit::BUS, error_chain(&e)))?;
+    setup::warn_differing(&resources);
+    Ok(())
 }
 
 /// [`connect`] for a command that only reads (`runs`, `status`, `report`, `verify`, `watch`,
@@ -182,12 +189,11 @@ async fn connect(cli: &Cli) -> Result<(async_nats::Client, Subjects), CommandErr
 /// a warning, not a failure, for the run records stay readable from any replica.
 async fn connect_reader(cli: &Cli) -> Result<(async_nats::Client, Subjects), CommandError> {
     let (client, subjects) = connect_bus(cli).await?;
-    let js = jetstream::new(client.clone());
-    match tokio::time::timeout(READER_PROVISION_WAIT, setup::provision_all(&js, &subjects)).await {
-        Ok(Ok(resources)) => setup::warn_differing(&resources),
+    match tokio::time::timeout(READER_PROVISION_WAIT, provision(cli, &client, &subjects)).await {
+        Ok(Ok(())) => {}
         Ok(Err(e)) => eprintln!(
             "warning: the streams cannot be checked now ({}); reading what the run store holds",
-            error_chain(&e)
+            crate::sanitize::one_line(&e.to_string())
         ),
         Err(_) => eprintln!(
             "warning: the streams did not answer within {READER_PROVISION_WAIT:?} (a leader election?); reading what the run store holds"
