@@ -36,6 +36,19 @@ fn metrics(port: u16) -> String {
     body
 }
 
+/// `flotilla-agent probe` of the agent's `/readyz` (what the compose healthcheck runs): its exit
+/// code, and its stdout then stderr.
+fn probe(port: u16) -> (Option<i32>, String) {
+    let out = std::process::Command::new(flotilla_tests::binary("flotilla-agent"))
+        .args(["probe", &format!("http://127.0.0.1:{port}/readyz")])
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("flotilla-agent runs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), text)
+}
+
 /// The TCP addresses process `pid` listens on (its sockets' inodes, found in /proc/net/tcp*).
 fn listening(pid: u32) -> Vec<SocketAddr> {
     let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -95,6 +108,12 @@ fn readyz_is_503_until_the_agent_is_connected_and_subscribed() {
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("not connected to NATS"), "{body}");
     assert_eq!(http_get(http, "/healthz").unwrap().0, 200);
+    let (code, said) = probe(http);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains("503") && said.contains("not connected to NATS"),
+        "{said}"
+    );
     assert_eq!(
         sample(&metrics(http), "flotilla_agent_nats_connected"),
         Some(0.0)
@@ -126,6 +145,7 @@ fn readyz_is_503_until_the_agent_is_connected_and_subscribed() {
     })
     .unwrap_or_else(|e| panic!("{e}: last answer {last:?}"));
     assert_eq!(sample(&metrics(http), "flotilla_agent_ready"), Some(1.0));
+    assert_eq!(probe(http), (Some(0), "ready\n".to_owned()));
 
     // The server goes away: the agent is no longer ready, and says so.
     nats.kill();
