@@ -69,4 +69,15 @@ mod tests {
         let names: Vec<&str> = env.keys().map(String::as_str).collect();
         assert_eq!(names, ["FLOTILLA_SAMPLE_X", "HOME", "LANG", "PATH"]);
     }
+
+    #[test]
+    fn systemds_notification_variables_stay_the_agents() {
+        let env = filter(
+            vars(&["PATH", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"]),
+            "FLOTILLA_SECRET_",
+            &[],
+        );
+        let names: Vec<&str> = env.keys().map(String::as_str).collect();
+        assert_eq!(names, ["PATH"]);
+    }
 }

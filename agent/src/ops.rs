@@ -129,12 +129,12 @@ impl Ops {
         }
     }
 
-    /// A command was answered.
-    pub fn command(&self, action: Option<&Action>, outcome: Outcome) {
+    /// A command of `kind` ([`kind`]) was answered.
+    pub fn command(&self, kind: &'static str, outcome: Outcome) {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        self.0.metrics.command(kind(action), outcome, now);
+        self.0.metrics.command(kind, outcome, now);
     }
 
     /// A phase of a command ended.
@@ -190,8 +190,9 @@ impl Ops {
     }
 }
 
-/// The command kind label: a fixed set, whatever the command holds.
-fn kind(action: Option<&Action>) -> &'static str {
+/// The command kind label (`None`: a message that could not be read): a fixed set, whatever
+/// the command holds.
+pub fn kind(action: Option<&Action>) -> &'static str {
     match action {
         Some(Action::Migrate { .. }) => "migrate",
         Some(Action::Rollback { .. }) => "rollback",

@@ -256,7 +256,9 @@ impl<'a> Session<'a> {
     ) -> Result<(), SessionError> {
         let Some(command) = self.authentic(&message).await else {
             let _ = message.ack_with(AckKind::Term).await;
-            self.lifecycle.ops.command(None, Outcome::Refused);
+            self.lifecycle
+                .ops
+                .command(crate::ops::kind(None), Outcome::Refused);
             return Ok(());
         };
         self.set_status(AgentState::Busy, Some(command.run_id));
@@ -270,7 +272,7 @@ impl<'a> Session<'a> {
             self.set_status(AgentState::Idle, None);
             return Ok(());
         }
-        let action = command.action.clone();
+        let kind = crate::ops::kind(Some(&command.action));
         let run = accept_and_run(&mut self.lifecycle, command, &message, &self.events);
         let handled = alongside(flushing, run.instrument(span.clone())).await;
         let result = handled.inspect_err(|e| {
@@ -280,7 +282,7 @@ impl<'a> Session<'a> {
         publish_result(&mut self.lifecycle, &self.events, &result)
             .instrument(span)
             .await?;
-        self.lifecycle.ops.command(Some(&action), result.outcome);
+        self.lifecycle.ops.command(kind, result.outcome);
         self.lifecycle.remove_swapped_out();
         // After the answer, so that the coordinator never waits for it.
         self.lifecycle.compact_journal(false)?;
@@ -358,9 +360,8 @@ impl<'a> Session<'a> {
     ) {
         let result = alongside(flushing, self.lifecycle.preview(command, &self.events)).await;
         let _ = message.ack().await;
-        self.lifecycle
-            .ops
-            .command(Some(&command.action), result.outcome);
+        let kind = crate::ops::kind(Some(&command.action));
+        self.lifecycle.ops.command(kind, result.outcome);
         match self.events.result(&result).await {
             Ok(()) => tracing::info!(outcome = result.outcome.as_str(), "preview published"),
             Err(e) => tracing::warn!(error = %error_chain(&e), "preview not published"),
