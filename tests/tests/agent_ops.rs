@@ -320,3 +320,28 @@ fn receive<'a>(socket: &UnixDatagram, messages: &'a mut Vec<String>) -> &'a [Str
     }
     messages
 }
+
+/// A listen address already taken fails the agent's start at once (exit 1), naming the address
+/// and the key, instead of an agent that runs without the endpoint its probes expect.
+#[test]
+fn a_listen_address_in_use_fails_the_start_naming_the_key() {
+    let nats = NatsServer::start().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let mut fleet = Fleet::empty(nats.url(), Vec::new()).unwrap();
+    fleet
+        .add_and_start(&[ROLE], &|_| listen_env(&address))
+        .unwrap();
+    let mut exit = None;
+    wait_for("the agent to exit", Duration::from_secs(30), || {
+        exit = fleet.agent_exit(ROLE);
+        exit.is_some()
+    })
+    .unwrap();
+    assert_eq!(exit.unwrap().code(), Some(1));
+    let log = std::fs::read_to_string(fleet.agent_log(ROLE)).unwrap();
+    assert!(
+        log.contains(&format!("cannot listen on {address} (http.listen)")),
+        "{log}"
+    );
+}
