@@ -94,16 +94,21 @@ impl Ops {
         }))
     }
 
-    /// Starts the heartbeat on the caller's runtime (the agent's main loop: it proves that
-    /// loop runs, and pings systemd's watchdog) and, when `config` turns it on, the endpoint on
-    /// its own thread; both stop with `shutdown`.
+    /// When `config` turns it on, starts the endpoint on its own thread; under systemd or with
+    /// the endpoint, the heartbeat on the caller's runtime (the agent's main loop: it proves that
+    /// loop runs, and pings systemd's watchdog). Both stop with `shutdown`. Neither: nothing
+    /// runs, not even a timer.
     pub fn start(
         &self,
         config: &HttpConfig,
         shutdown: &CancellationToken,
     ) -> Result<Option<SocketAddr>, OpsError> {
-        tokio::spawn(heartbeat::run(self.clone(), shutdown.clone()));
-        let Some(address) = config.address().ok().flatten() else {
+        // Checked at load (`AgentConfig::check`).
+        let address = config.address().ok().flatten();
+        if address.is_some() || heartbeat::under_systemd() {
+            tokio::spawn(heartbeat::run(self.clone(), shutdown.clone()));
+        }
+        let Some(address) = address else {
             return Ok(None);
         };
         http::spawn(self.clone(), address, shutdown.clone()).map(Some)

@@ -38,6 +38,11 @@ pub(super) async fn run(ops: Ops, shutdown: CancellationToken) {
     notify(&[NotifyState::Stopping]);
 }
 
+/// Whether systemd listens for notifications (`NOTIFY_SOCKET` is set).
+pub(super) fn under_systemd() -> bool {
+    std::env::var_os("NOTIFY_SOCKET").is_some()
+}
+
 /// READY=1: connected to NATS and subscribed for commands.
 pub(super) fn notify_ready() {
     notify(&[
