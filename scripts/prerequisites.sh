@@ -25,3 +25,10 @@ if [[ ${BASH_SOURCE[1]:-} == *test.sh ]] && ! command -v chromium >/dev/null && 
   { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; } ||
     echo "warning: could not install chromium; the HTML report's browser test will fail" >&2
 fi
+# The agent's metrics are scraped by a real Prometheus in tests/tests/agent_ops.rs (started by
+# flotilla_testkit::Prometheus); only scripts/test.sh asks for it.
+if [[ ${BASH_SOURCE[1]:-} == *test.sh ]] && ! command -v prometheus >/dev/null && [[ -z ${PROMETHEUS_BIN:-} ]]; then
+  echo "prometheus is missing: installing it with apt (tests/tests/agent_ops.rs uses it)" >&2
+  { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } ||
+    echo "warning: could not install prometheus; the agent's metrics test will fail" >&2
+fi

@@ -20,6 +20,10 @@ pub fn inherited(secret_prefix: &str, pass_through: &[String]) -> BTreeMap<Strin
     env
 }
 
+/// systemd's notification variables are the agent's own: a service it starts that speaks
+/// `sd_notify` would otherwise report to the agent's unit as if it were the agent.
+const SYSTEMD_OWN: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
+
 fn filter(
     vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
     secret_prefix: &str,
@@ -29,6 +33,7 @@ fn filter(
         .filter(|(name, _)| {
             pass_through.contains(name)
                 || !(name.starts_with(AGENT_PREFIX)
+                    || SYSTEMD_OWN.contains(&name.as_str())
                     || (!secret_prefix.is_empty() && name.starts_with(secret_prefix)))
         })
         .collect()
@@ -63,5 +68,16 @@ mod tests {
         );
         let names: Vec<&str> = env.keys().map(String::as_str).collect();
         assert_eq!(names, ["FLOTILLA_SAMPLE_X", "HOME", "LANG", "PATH"]);
+    }
+
+    #[test]
+    fn systemds_notification_variables_stay_the_agents() {
+        let env = filter(
+            vars(&["PATH", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"]),
+            "FLOTILLA_SECRET_",
+            &[],
+        );
+        let names: Vec<&str> = env.keys().map(String::as_str).collect();
+        assert_eq!(names, ["PATH"]);
     }
 }

@@ -43,6 +43,9 @@ pub struct AgentConfig {
     pub commands: CommandPolicy,
     #[serde(default)]
     pub security: SecurityConfig,
+    /// The operations endpoint (`/healthz`, `/readyz`, `/metrics`); off unless `listen` is set.
+    #[serde(default)]
+    pub http: crate::ops::HttpConfig,
 }
 
 /// Who may command this agent.
@@ -379,6 +382,7 @@ impl AgentConfig {
         }
         flotilla_schemas::subjects::Subjects::new(&self.nats.prefix)
             .map_err(|e| format!("nats.prefix: {e}"))?;
+        self.http.address()?;
         Ok(())
     }
 }

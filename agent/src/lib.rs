@@ -19,6 +19,7 @@ pub mod job;
 pub mod journal;
 mod lifecycle;
 mod metrics;
+pub mod ops;
 mod plan_files;
 mod preview;
 pub mod redact;
@@ -74,6 +75,8 @@ pub enum AgentError {
     Prefix(#[source] flotilla_schemas::IdError),
     #[error(transparent)]
     Secret(#[from] redact::TooShort),
+    #[error(transparent)]
+    Ops(#[from] ops::OpsError),
 }
 
 /// Runs the agent until `shutdown` is cancelled. The service it supervises keeps running
@@ -97,8 +100,15 @@ pub async fn run_with(
 ) -> Result<(), AgentError> {
     let subjects = Subjects::new(&config.nats.prefix).map_err(AgentError::Prefix)?;
     let _lock = state_lock::StateLock::acquire(&config.agent.state_dir)?;
-    let mut lifecycle = assemble(config, redactor)?;
+    // Up before recovery, so that probes and metrics see the agent start; it stops with
+    // whichever ends first, the agent's shutdown or this function.
+    let ops_stop = shutdown.child_token();
+    let _ops_stop = ops_stop.clone().drop_guard();
+    let ops = ops::Ops::new(config.service.name.as_str(), config.agent.instance.as_str());
+    ops.start(&config.http, &ops_stop)?;
+    let mut lifecycle = assemble(config, redactor, ops.clone())?;
     recover_and_boot(&mut lifecycle).await?;
+    ops.booted();
     let status = Arc::new(Mutex::new(Status {
         state: AgentState::Idle,
         current_run: None,
@@ -117,6 +127,7 @@ pub async fn run_with(
         }
     };
 
+    ops.connected(&client);
     telemetry
         .attach_nats(client.clone(), subjects.prefix())
         .await;
@@ -139,11 +150,16 @@ pub async fn run_with(
 /// Opens the journal and builds the supervisor, the launcher and the backup store the agent
 /// works with. Reaps what a previous agent started first: nothing of it may still be writing
 /// into the service root when recovery restores it.
-fn assemble(config: AgentConfig, redactor: Redactor) -> Result<Lifecycle, AgentError> {
+fn assemble(
+    config: AgentConfig,
+    redactor: Redactor,
+    ops: ops::Ops,
+) -> Result<Lifecycle, AgentError> {
     let children = children::registry(&config.agent.state_dir);
     children::reap_orphans(&children);
     let mut journal = Journal::open(&config.agent.state_dir)?;
     journal.redact_with(redactor.clone());
+    ops.journal_bytes(journal.bytes());
     let inherited = child_env::inherited(&config.secrets.env_prefix, &config.service.inherit_env);
     let http = reqwest::Client::builder()
         .no_proxy()
@@ -178,6 +194,7 @@ fn assemble(config: AgentConfig, redactor: Redactor) -> Result<Lifecycle, AgentE
         redactor,
         swapped_out: Vec::new(),
         plan_files: None,
+        ops,
     })
 }
 

@@ -47,6 +47,8 @@ pub struct Lifecycle {
     pub swapped_out: Vec<std::path::PathBuf>,
     /// Where `write_file` sources (files shipped with the plan) come from; set by the session.
     pub plan_files: Option<crate::plan_files::PlanFiles>,
+    /// Metrics and probes (`[http]`): what the agent did, for its operators.
+    pub ops: crate::ops::Ops,
 }
 
 /// What [`Lifecycle::accept`] decided.
@@ -103,6 +105,7 @@ impl Lifecycle {
     ) -> Result<RunResult, JournalError> {
         let mut tracker = Tracker {
             events,
+            ops: self.ops.clone(),
             command: &command,
             phases: Vec::new(),
         };

@@ -8,15 +8,28 @@ use tokio_util::sync::CancellationToken;
 /// The Flotilla sidecar agent: backs its service up, migrates it, validates it and rolls it
 /// back on failure, on command from the `flotilla` coordinator over NATS.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version, about, subcommand_negates_reqs = true)]
 struct Args {
     /// The agent's configuration file (TOML); `FLOTILLA_…` variables override it, e.g.
     /// `FLOTILLA_NATS__URL`.
-    #[arg(long, short, env = "FLOTILLA_AGENT_CONFIG")]
-    config: PathBuf,
+    #[arg(long, short, env = "FLOTILLA_AGENT_CONFIG", required = true)]
+    config: Option<PathBuf>,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
+    #[command(subcommand)]
+    command: Option<Tool>,
+}
+
+#[derive(clap::Subcommand)]
+enum Tool {
+    /// Asks a running agent's HTTP endpoint (`[http] listen`) and exits 0 on a 2xx answer, 1
+    /// otherwise: a container health check for images without curl.
+    Probe {
+        /// The URL to ask, e.g. `http://127.0.0.1:9464/healthz`.
+        #[arg(default_value = flotilla_agent::ops::probe::DEFAULT_URL)]
+        url: String,
+    },
 }
 
 /// One thread: the agent handles one command at a time, and its blocking work (backups,
@@ -25,7 +38,11 @@ struct Args {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let config = flotilla_agent::AgentConfig::load(&args.config)?;
+    if let Some(Tool::Probe { url }) = &args.command {
+        return probe(url).await;
+    }
+    let path = args.config.as_deref().expect("clap requires --config");
+    let config = flotilla_agent::AgentConfig::load(path)?;
     // Built before logging starts, so that no line is written unscrubbed.
     let redactor =
         flotilla_agent::redact::Redactor::from_sources(&config.secrets).context("agent secrets")?;
@@ -63,6 +80,16 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("warning: telemetry shutdown: {e}");
     }
     outcome
+}
+
+/// `flotilla-agent probe URL`: the answer's body on stdout, or the failure on stderr (exit 1).
+async fn probe(url: &str) -> anyhow::Result<()> {
+    let body = flotilla_agent::ops::probe::probe(url).await?;
+    #[allow(clippy::print_stdout, reason = "the probe's output")]
+    {
+        print!("{body}");
+    }
+    Ok(())
 }
 
 /// Cancels `shutdown` on SIGTERM or SIGINT.

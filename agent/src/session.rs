@@ -141,6 +141,7 @@ pub async fn serve(
     let (presence, micro) = answering
         .unwrap_or_else(|| answer(&client, &subjects, &lifecycle, &signer, &status, &shutdown));
     tracing::info!(%service, %instance, consumer = %name, "ready for commands");
+    lifecycle.ops.subscribed(true);
 
     let mut session = Session {
         lifecycle,
@@ -150,6 +151,7 @@ pub async fn serve(
         telemetry,
     };
     let served = session.take_commands(messages, &shutdown).await;
+    session.lifecycle.ops.subscribed(false);
     presence.abort();
     micro.abort();
     served.map(|()| session.lifecycle)
@@ -254,6 +256,9 @@ impl<'a> Session<'a> {
     ) -> Result<(), SessionError> {
         let Some(command) = self.authentic(&message).await else {
             let _ = message.ack_with(AckKind::Term).await;
+            self.lifecycle
+                .ops
+                .command(crate::ops::kind(None), Outcome::Refused);
             return Ok(());
         };
         self.set_status(AgentState::Busy, Some(command.run_id));
@@ -267,6 +272,7 @@ impl<'a> Session<'a> {
             self.set_status(AgentState::Idle, None);
             return Ok(());
         }
+        let kind = crate::ops::kind(Some(&command.action));
         let run = accept_and_run(&mut self.lifecycle, command, &message, &self.events);
         let handled = alongside(flushing, run.instrument(span.clone())).await;
         let result = handled.inspect_err(|e| {
@@ -276,9 +282,13 @@ impl<'a> Session<'a> {
         publish_result(&mut self.lifecycle, &self.events, &result)
             .instrument(span)
             .await?;
+        self.lifecycle.ops.command(kind, result.outcome);
         self.lifecycle.remove_swapped_out();
         // After the answer, so that the coordinator never waits for it.
         self.lifecycle.compact_journal(false)?;
+        self.lifecycle
+            .ops
+            .journal_bytes(self.lifecycle.journal.bytes());
         // Spans and logs of the command reach the store now, not at the next batch, so that
         // `verify` finds them as soon as the result is in; the next command does not wait.
         let telemetry = self.telemetry;
@@ -350,6 +360,8 @@ impl<'a> Session<'a> {
     ) {
         let result = alongside(flushing, self.lifecycle.preview(command, &self.events)).await;
         let _ = message.ack().await;
+        let kind = crate::ops::kind(Some(&command.action));
+        self.lifecycle.ops.command(kind, result.outcome);
         match self.events.result(&result).await {
             Ok(()) => tracing::info!(outcome = result.outcome.as_str(), "preview published"),
             Err(e) => tracing::warn!(error = %error_chain(&e), "preview not published"),

@@ -3,7 +3,8 @@
 //! routed nodes that a test kills and restarts one by one ([`Cluster`]), a fleet of real sample
 //! services with their real `flotilla-agent` sidecars ([`Fleet`]; [`Fleet::migrate`] writes a
 //! plan, runs `flotilla migrate --output json` and returns the exit code and the parsed
-//! report), a plan builder ([`Plan`], [`Service`]) and readers of the report ([`report`]).
+//! report), a plan builder ([`Plan`], [`Service`]), readers of the report ([`report`]) and a
+//! real Prometheus scraping what a test points it at ([`Prometheus`]).
 //!
 //! It depends on no crate it tests but `flotilla-bus` (for the fleet's signing key), so that
 //! the telemetry and trace-store crates can take it as a dev-dependency. The binaries it runs
@@ -17,12 +18,14 @@ mod cluster;
 mod fleet;
 mod nats;
 pub mod plan;
+pub mod prometheus;
 pub mod report;
 
 pub use cluster::{Cluster, ClusterOptions};
 pub use fleet::{Fleet, ROLES};
 pub use nats::NatsServer;
 pub use plan::{Plan, Service, demo_plan_text, standard_config_step};
+pub use prometheus::Prometheus;
 
 /// The repository's root.
 pub fn repo_root() -> PathBuf {

@@ -310,29 +310,126 @@ fn systemd_unit_is_hardened() {
         "NoNewPrivileges=yes",
         "CapabilityBoundingSet=",
         "Restart=on-failure",
+        // Readiness and the watchdog: the agent speaks sd_notify (tests/tests/agent_ops.rs).
+        "Type=notify",
+        "NotifyAccess=main",
+        "WatchdogSec=30s",
     ] {
         assert!(settings.contains(expected), "the unit lacks {expected}");
     }
 }
 
+/// The Kubernetes example.
+const K8S_EXAMPLE: &str = "deploy/k8s/deployment.yaml";
+
 /// The files the Kubernetes example tells you to load into ConfigMaps and Secrets exist.
 #[test]
 fn the_kubernetes_example_refers_to_existing_files() {
     let root = repo_root();
-    let pod = read(&root.join("deploy/k8s/pod.yaml"));
+    let text = read(&root.join(K8S_EXAMPLE));
     let mut found = 0;
-    for word in pod.split_whitespace() {
+    for word in text.split_whitespace() {
         if let Some(source) = word.strip_prefix("--from-file=") {
             let path = source.rsplit('=').next().expect("a path");
             assert!(
                 root.join(path).exists(),
-                "pod.yaml refers to missing {path}"
+                "{K8S_EXAMPLE} refers to missing {path}"
             );
             found += 1;
         }
     }
-    assert_eq!(found, 3, "ConfigMap and Secret sources in pod.yaml");
-    assert!(pod.contains("shareProcessNamespace: true"));
+    assert_eq!(found, 3, "ConfigMap and Secret sources in {K8S_EXAMPLE}");
+    assert!(text.contains("shareProcessNamespace: true"));
+}
+
+fn yaml(text: &str) -> yaml_rust2::Yaml {
+    yaml_rust2::YamlLoader::load_from_str(text)
+        .expect("valid YAML")
+        .remove(0)
+}
+
+/// The Kubernetes example is a Deployment whose agent is a native sidecar (an init container
+/// with `restartPolicy: Always`), listening beyond loopback on the port its startup and liveness
+/// probes ask for `/healthz`, and annotated for Prometheus on that port.
+#[test]
+fn the_kubernetes_agent_is_a_native_sidecar_probed_on_its_endpoint() {
+    let doc = yaml(&read(&repo_root().join(K8S_EXAMPLE)));
+    assert_eq!(doc["kind"].as_str(), Some("Deployment"));
+    let template = &doc["spec"]["template"];
+    let agent = template["spec"]["initContainers"]
+        .as_vec()
+        .and_then(|c| {
+            c.iter()
+                .find(|c| c["name"].as_str() == Some("flotilla-agent"))
+        })
+        .expect("the agent is an init container");
+    assert_eq!(agent["restartPolicy"].as_str(), Some("Always"));
+    let env = agent["env"].as_vec().expect("the agent's environment");
+    let listen = env
+        .iter()
+        .find(|e| e["name"].as_str() == Some("FLOTILLA_HTTP__LISTEN"))
+        .and_then(|e| e["value"].as_str())
+        .expect("the agent's endpoint is on");
+    assert_eq!(listen, "0.0.0.0:9464", "the kubelet probes the pod's IP");
+    let port = agent["ports"][0]["containerPort"].as_i64();
+    assert_eq!(port, Some(9464));
+    for probe in ["startupProbe", "livenessProbe"] {
+        let get = &agent[probe]["httpGet"];
+        assert_eq!(get["path"].as_str(), Some("/healthz"), "{probe}");
+        assert_eq!(get["port"], agent["ports"][0]["name"], "{probe}");
+    }
+    // A sidecar's readiness gates the pod's traffic: the agent's must not (docs/deployment.md).
+    assert!(agent["readinessProbe"].is_badvalue());
+    let annotations = &template["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/port"].as_str(), Some("9464"));
+    let service = &template["spec"]["containers"][0];
+    assert_eq!(service["name"].as_str(), Some("service"));
+}
+
+/// In compose, every agent is healthy once `/readyz` answers 200 (through `flotilla-agent
+/// probe`, at the address its endpoint listens on), starts once its service takes connections,
+/// and the coordinator waits for every agent to be healthy.
+#[test]
+fn compose_agents_have_healthchecks_the_coordinator_waits_for() {
+    let output = Command::new("docker-compose")
+        .args(["--profile", "migrate", "config"])
+        .current_dir(repo_root())
+        .output()
+        .expect("docker-compose runs (scripts/test.sh installs it)");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let doc = yaml(&String::from_utf8_lossy(&output.stdout));
+    let services = &doc["services"];
+    let coordinator = &services["coordinator"]["depends_on"];
+    for role in ROLES {
+        let agent = &services[format!("{role}-agent").as_str()];
+        let listen = agent["environment"]["FLOTILLA_HTTP__LISTEN"]
+            .as_str()
+            .expect("the agent's endpoint is on");
+        let test: Vec<&str> = agent["healthcheck"]["test"]
+            .as_vec()
+            .expect("a healthcheck")
+            .iter()
+            .filter_map(|w| w.as_str())
+            .collect();
+        let url = format!("http://{listen}/readyz");
+        assert_eq!(
+            test,
+            ["CMD", "flotilla-agent", "probe", url.as_str()],
+            "{role}"
+        );
+        let on_service = &agent["depends_on"][role]["condition"];
+        assert_eq!(on_service.as_str(), Some("service_healthy"), "{role}");
+        assert!(
+            services[role]["healthcheck"]["test"].as_vec().is_some(),
+            "{role}"
+        );
+        let waits = &coordinator[format!("{role}-agent").as_str()]["condition"];
+        assert_eq!(waits.as_str(), Some("service_healthy"), "{role}");
+    }
 }
 
 /// The demo's NATS passwords agree: what the server reads (deploy/demo/secrets/nats.env, for the

@@ -223,6 +223,7 @@ impl Lifecycle {
         };
         let mut tracker = Tracker {
             events,
+            ops: self.ops.clone(),
             command,
             phases: Vec::new(),
         };

@@ -186,13 +186,15 @@ impl Lifecycle {
     async fn back_up(&self, id: CommandId) -> Result<Backup, PhaseError> {
         let (backups, root) = (self.backups.clone(), self.config.service.root.clone());
         // Off the runtime's thread: a big tree takes seconds to copy.
-        tokio::task::spawn_blocking(move || backups.take(&root, id))
+        let backup = tokio::task::spawn_blocking(move || backups.take(&root, id))
             .await
             .map_err(|error| PhaseError::Task {
                 what: "backup",
                 error,
             })?
-            .map_err(PhaseError::Backup)
+            .map_err(PhaseError::Backup)?;
+        self.ops.backup(backup.manifest.bytes());
+        Ok(backup)
     }
 
     /// The service's memory now; with `like` (the baseline's source), from that source only.

@@ -12,6 +12,7 @@ use flotilla_telemetry::error_chain;
 /// Collects phase reports and publishes progress as phases start and end.
 pub(super) struct Tracker<'a> {
     pub(super) events: &'a Events,
+    pub(super) ops: crate::ops::Ops,
     pub(super) command: &'a Command,
     pub(super) phases: Vec<PhaseReport>,
 }
@@ -47,6 +48,7 @@ impl Tracker<'_> {
             detail,
             "phase ended"
         );
+        self.ops.phase(phase, status, elapsed);
         self.events
             .progress(self.command, phase, status, Some(elapsed), detail.clone())
             .await;
