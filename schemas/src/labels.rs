@@ -143,6 +143,22 @@ mod tests {
         }
     }
 
+    /// Version skew: an agent older than labels announces none, and is read as having none;
+    /// an agent without labels sends no `labels` field, as before.
+    #[test]
+    fn a_presence_without_labels_has_none() {
+        let old = serde_json::json!({
+            "schema": "flotilla.presence.v1", "service": "ingest", "instance": "a",
+            "version": "0.1.0", "accepts": [], "host": "h", "state": "idle",
+            "started_at": "2026-01-01T00:00:00Z",
+        });
+        let presence: crate::Presence =
+            crate::decode(old.to_string().as_bytes()).expect("an old presence decodes");
+        assert!(presence.labels.is_empty());
+        let again = serde_json::to_value(&presence).unwrap();
+        assert!(again.get("labels").is_none(), "{again}");
+    }
+
     #[test]
     fn service_and_instance_are_reserved() {
         assert!(matches!(

@@ -181,7 +181,7 @@ pub(super) async fn migrate(
         Err(e) => return Err(fail(exit::BUS, error_chain(&e))),
     };
     if cli.output == crate::cli::OutputFormat::Text {
-        announce(engine.run_id(), &plan, targets.len(), rehearse);
+        announce(engine.run_id(), &plan, targets.len(), options);
     }
     let result = engine.drive().await;
     finish(cli, &client, result, files).await
@@ -246,14 +246,18 @@ async fn ship_plan_files(
 }
 
 /// The run's first line on stderr: its ID, plan and shape.
-fn announce(run: flotilla_schemas::RunId, plan: &Plan, agents: usize, rehearse: bool) {
+fn announce(run: flotilla_schemas::RunId, plan: &Plan, agents: usize, options: &Options) {
     eprintln!(
-        "run {}: plan \"{}\", {} agent(s) in {} wave(s){}",
+        "run {}: plan \"{}\", {} agent(s){} in {} wave(s){}",
         run,
         crate::sanitize::one_line(&plan.name),
         agents,
+        options
+            .limit
+            .as_ref()
+            .map_or_else(String::new, |l| format!(" that \"{l}\" selects")),
         plan.waves.len(),
-        match (rehearse, plan.finalize) {
+        match (options.rehearse, plan.finalize) {
             (true, _) => ", rehearsal",
             (false, crate::plan::Finalize::Manual) => ", manual finalize",
             (false, crate::plan::Finalize::Auto) => "",
