@@ -518,13 +518,14 @@ startup_timeout = "5s"
     fn labels_come_from_the_file_and_the_environment() {
         let text = GOOD.replace(
             "instance = \"a\"",
-            "instance = \"a\"\nlabels = { region = \"eu\", \"example.com/tier\" = \"canary\" }",
+            "instance = \"a\"\nlabels = { region = \"eu\", \"example.com/tier\" = \"canary\", Zone = \"A\" }",
         );
         let config = load_with_env(&text, &[("FLOTILLA_AGENT__LABELS__REGION", "us")]).unwrap();
         let labels: Vec<_> = config.agent.labels.iter().collect();
         assert_eq!(
             labels,
             [
+                (&"Zone".to_owned(), &"A".to_owned()),
                 (&"example.com/tier".to_owned(), &"canary".to_owned()),
                 (&"region".to_owned(), &"us".to_owned())
             ]

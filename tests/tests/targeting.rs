@@ -131,6 +131,26 @@ fn a_canary_wave_selected_by_label_runs_first_and_the_dry_run_shows_its_agents()
     assert_eq!(instances(&dry["waves"][0]), ["a"]);
     assert_eq!(instances(&dry["waves"][1]), ["b"]);
 
+    // `--limit` is `-l`; `service` and `instance` select as labels.
+    let limited = fleet.flotilla(&[
+        "migrate",
+        plan_arg,
+        "--dry-run",
+        "--output",
+        "json",
+        "--limit",
+        "service=ingest",
+    ]);
+    assert_eq!(limited.status.code(), Some(0), "{}", stderr(&limited));
+    assert_eq!(json_stdout(&limited)["waves"][1]["limit"], "service=ingest");
+    let out = fleet.flotilla(&["migrate", plan_arg, "--dry-run", "--limit", "instance=b"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("wave \"canary\": its selector \"tier=canary\" matches none of the 1 agent(s) of this plan's services that \"instance=b\" selects"),
+        "{}",
+        stderr(&out)
+    );
+
     let nowhere = fleet.write_plan("nowhere.toml", &canary_plan(&log, "tier=nope").to_string());
     let out = fleet.flotilla(&["migrate", nowhere.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
