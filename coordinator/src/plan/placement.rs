@@ -39,6 +39,9 @@ pub fn place(
         .collect();
     sorted.sort_by_key(|(s, i, _)| (order.get(s).copied(), i.as_str().to_owned()));
     let mut problems = unmatched_selectors(plan, &sorted, limit);
+    if let Some(limit) = limit {
+        problems.extend(correlation_left_out(plan, &sorted, limit));
+    }
     let wave_of: Vec<Option<usize>> = sorted.iter().map(|a| first_wave(plan, a)).collect();
     problems.extend(dependency_problems(plan, &sorted, &wave_of));
     if !problems.is_empty() {
@@ -92,6 +95,25 @@ fn unmatched_selectors(plan: &Plan, agents: &[Agent<'_>], limit: Option<&Selecto
             })
         })
         .collect()
+}
+
+/// The log-correlation checks that need an agent of a service the operator's selector left
+/// out of the run: they could only fail once every service is migrated, and roll it back.
+fn correlation_left_out(plan: &Plan, agents: &[Agent<'_>], limit: &Selector) -> Vec<String> {
+    let checks = plan.cross_service.iter().flat_map(|c| &c.log_correlation);
+    let mut problems = Vec::new();
+    for (n, check) in checks.enumerate() {
+        let needed = std::iter::once(&check.request.service).chain(&check.expect_in_logs);
+        for service in needed {
+            if !agents.iter().any(|(s, _, _)| *s == service) {
+                problems.push(format!(
+                    "log correlation check {} needs an agent of {service}, and \"{limit}\" selects none: select {service} too, or run without that check",
+                    n + 1
+                ));
+            }
+        }
+    }
+    problems
 }
 
 /// Targets that would migrate in the same wave as, or before, an agent of a service they

@@ -126,3 +126,25 @@ fn shares_round_up_and_are_at_least_one() {
     assert_eq!(cap_of(Amount::Percent(1.0), 5), 1);
     assert_eq!(cap_of(Amount::Count(3), 5), 3);
 }
+
+#[test]
+fn a_log_correlation_check_needs_its_services_in_a_limited_run() {
+    let plan = plan(
+        "",
+        "[[service]]\nname = \"ingest\"\n[[service]]\nname = \"web\"\n[cross_service]\n[[cross_service.log_correlation]]\nrequest = { service = \"ingest\", url = \"http://127.0.0.1:1/x\" }\nexpect_in_logs = [\"web\"]\nlog = \"web.log\"\n",
+    );
+    let agents = [
+        agent("ingest", "a", &[("region", "eu")]),
+        agent("web", "a", &[]),
+    ];
+    let eu = [agents[0].clone()];
+    let limit = Selector::parse("region=eu").unwrap();
+    let problems = place(&plan, &targets(&eu), &agents, Some(&limit)).unwrap_err();
+    assert_eq!(
+        problems,
+        [
+            "log correlation check 1 needs an agent of web, and \"region=eu\" selects none: select web too, or run without that check"
+        ]
+    );
+    assert!(place(&plan, &targets(&agents), &agents, None).is_ok());
+}
