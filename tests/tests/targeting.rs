@@ -202,6 +202,13 @@ fn a_canary_wave_selected_by_label_runs_first_and_the_dry_run_shows_its_agents()
             (json!("rest"), json!(["ingest/b"]), Value::Null),
         ]
     );
+    let run = report["run_id"].as_str().unwrap();
+    let markdown = fleet.flotilla(&["report", run, "--format", "md"]);
+    let markdown = String::from_utf8_lossy(&markdown.stdout);
+    assert!(
+        markdown.contains("| 1 | canary | all | done | ingest/a (selector `tier=canary`) |"),
+        "{markdown}"
+    );
 }
 
 /// `-l region=eu` migrates the agents labelled `region=eu` and no other (the `us` agent's files
