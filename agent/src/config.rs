@@ -129,6 +129,10 @@ pub struct AgentSection {
     /// away, and the next agent adopts it. An agent that dies or fails never stops it.
     #[serde(default)]
     pub stop_service_on_exit: bool,
+    /// Labels announced in presence, which plans' wave selectors and `flotilla migrate -l`
+    /// select by (`labels = { region = "eu", tier = "canary" }`); Kubernetes' label rules.
+    #[serde(default)]
+    pub labels: flotilla_schemas::labels::Labels,
 }
 
 /// The service this agent looks after.
@@ -383,8 +387,18 @@ impl AgentConfig {
         flotilla_schemas::subjects::Subjects::new(&self.nats.prefix)
             .map_err(|e| format!("nats.prefix: {e}"))?;
         self.http.address()?;
-        Ok(())
+        check_labels(&self.agent.labels)
     }
+}
+
+/// Every label is a valid Kubernetes label. The error names the key, never the value.
+fn check_labels(labels: &flotilla_schemas::labels::Labels) -> Result<(), String> {
+    use flotilla_schemas::labels::{check_declared_key, check_value};
+    for (key, value) in labels {
+        check_declared_key(key).map_err(|e| format!("agent.labels: key {key:?}: {e}"))?;
+        check_value(value).map_err(|e| format!("agent.labels: the value of {key:?}: {e}"))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -502,6 +516,48 @@ startup_timeout = "5s"
         let config =
             load_with_env(GOOD, &[("FLOTILLA_SERVICE__INHERIT_ENV", "A_VAR,B_VAR")]).unwrap();
         assert_eq!(config.service.inherit_env, ["A_VAR", "B_VAR"]);
+    }
+
+    #[test]
+    fn labels_come_from_the_file_and_the_environment() {
+        let text = GOOD.replace(
+            "instance = \"a\"",
+            "instance = \"a\"\nlabels = { region = \"eu\", \"example.com/tier\" = \"canary\", Zone = \"A\" }",
+        );
+        let config = load_with_env(&text, &[("FLOTILLA_AGENT__LABELS__REGION", "us")]).unwrap();
+        let labels: Vec<_> = config.agent.labels.iter().collect();
+        assert_eq!(
+            labels,
+            [
+                (&"Zone".to_owned(), &"A".to_owned()),
+                (&"example.com/tier".to_owned(), &"canary".to_owned()),
+                (&"region".to_owned(), &"us".to_owned())
+            ]
+        );
+        assert!(load_with_env(GOOD, &[]).unwrap().agent.labels.is_empty());
+    }
+
+    #[test]
+    fn bad_labels_are_refused_naming_the_key_and_the_rule_not_the_value() {
+        for (labels, expected) in [
+            ("{ \"-tier\" = \"x\" }", "key \"-tier\": the name part"),
+            (
+                "{ tier = \"canary one\" }",
+                "the value of \"tier\": a label value",
+            ),
+            (
+                "{ service = \"x\" }",
+                "key \"service\": the label key \"service\" is reserved",
+            ),
+        ] {
+            let text = GOOD.replace(
+                "instance = \"a\"",
+                &format!("instance = \"a\"\nlabels = {labels}"),
+            );
+            let err = load_with_env(&text, &[]).unwrap_err().to_string();
+            assert!(err.contains(expected), "{err}");
+            assert!(!err.contains("canary one"), "{err}");
+        }
     }
 
     #[test]

@@ -326,6 +326,12 @@ pub enum CommandKind {
         /// `flotilla rollback RUN` (the plan's `finalize = "manual"` does the same).
         #[arg(long, conflicts_with_all = ["rehearse", "dry_run"])]
         no_finalize: bool,
+        /// Migrate only the agents whose labels match, in kubectl's `-l` syntax
+        /// (`region=eu,tier!=canary`, `zone in (a,b)`, `zone notin (c)`, `gpu`, `!gpu`);
+        /// `service` and `instance` select as labels (`--limit service=ingest`). Repeated: all
+        /// must match.
+        #[arg(short = 'l', long, visible_alias = "limit", value_name = "SELECTOR")]
+        selector: Vec<crate::selector::Selector>,
         #[command(flatten)]
         files: ReportFiles,
     },

@@ -36,10 +36,16 @@ pub(crate) async fn run(cli: Cli, shutdown: CancellationToken) -> Outcome {
             dry_run,
             rehearse,
             no_finalize,
+            selector,
             files,
         } => {
-            let (dry_run, rehearse, no_finalize) = (*dry_run, *rehearse, *no_finalize);
-            migrate::migrate(&cli, plan, dry_run, rehearse, no_finalize, files, shutdown).await
+            let options = migrate::Options {
+                dry_run: *dry_run,
+                rehearse: *rehearse,
+                no_finalize: *no_finalize,
+                limit: selector.iter().cloned().reduce(|a, b| a.and(&b)),
+            };
+            migrate::migrate(&cli, plan, &options, files, shutdown).await
         }
         CommandKind::Plan {
             action: cli::PlanAction::Check { plan },

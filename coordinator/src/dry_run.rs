@@ -46,6 +46,12 @@ pub struct WavePreview {
     pub name: String,
     /// `None`: no cap.
     pub max_parallel: Option<u32>,
+    /// The wave's selector, which matched exactly its `targets` (less those earlier waves took).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// The operator's selector (`-l`), which every target matched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<String>,
     pub targets: Vec<TargetPreview>,
 }
 
@@ -215,9 +221,15 @@ fn by_wave(plan: &Plan, mut previews: Vec<TargetPreview>) -> Vec<WavePreview> {
         .iter()
         .map(|wave| WavePreview {
             name: wave.name.clone(),
-            max_parallel: wave.max_parallel,
+            max_parallel: wave.cap(),
+            selector: wave.selector.as_ref().map(ToString::to_string),
+            limit: wave
+                .placed
+                .as_ref()
+                .and_then(|p| p.limit.as_ref())
+                .map(ToString::to_string),
             targets: previews
-                .extract_if(.., |p| wave.services.contains(&p.service))
+                .extract_if(.., |p| wave.takes(&p.service, &p.instance))
                 .collect(),
         })
         .collect()

@@ -20,6 +20,7 @@ mod rollout;
 #[cfg(test)]
 mod run_schema;
 mod sanitize;
+pub mod selector;
 pub mod settings;
 mod store;
 mod trust;

@@ -6,11 +6,14 @@
 //! command_timeout = "2m"     # how long one service may take, from dispatch to result
 //! on_failure = "rollback"    # or "leave" / "continue": what happens once the budget is broken
 //! failure_budget = 0         # failed services tolerated (a count, or "10%")
-//! max_parallel = 4           # services migrating at once inside a wave
+//! max_parallel = 4           # agents migrating at once inside a wave (or a share: "25%")
 //! finalize = "auto"          # or "manual": keep the backups until `flotilla finalize RUN`
 //!
 //! [[wave]]
 //! name = "canary"
+//! selector = "tier=canary"  # the agents whose labels match (kubectl's `-l` syntax)
+//! [[wave]]
+//! name = "first"
 //! services = ["inference"]
 //! [[wave]]
 //! name = "rest"              # no `services` and no `size`: every service not yet placed
@@ -28,7 +31,9 @@ use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
 
-use flotilla_schemas::{Check, Gates, HttpCheck, Precondition, ServiceName, Step, Workload};
+use flotilla_schemas::{
+    Check, Gates, HttpCheck, InstanceId, Precondition, ServiceName, Step, Workload,
+};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
@@ -36,12 +41,16 @@ mod amount;
 mod correlation;
 mod cross_service;
 pub(crate) mod fields;
+mod placement;
 mod services;
 mod waves;
 
 pub use amount::Amount;
 pub use correlation::LogCorrelation;
 pub use cross_service::{CrossService, CrossServiceOverride, KeyAt, KeyRef, ServiceInspect};
+pub use placement::place;
+
+use crate::selector::Selector;
 
 /// Why a plan was refused.
 #[derive(Debug, thiserror::Error)]
@@ -73,8 +82,9 @@ pub struct Plan {
     pub on_failure: OnFailure,
     /// Failed services the run tolerates before it stops.
     pub failure_budget: Amount,
-    /// Services migrating at once inside a wave, unless the wave says otherwise; `None` is no cap.
-    pub max_parallel: Option<u32>,
+    /// Agents migrating at once inside a wave (a count, or a share of the wave's agents),
+    /// unless the wave says otherwise; `None` is no cap.
+    pub max_parallel: Option<Amount>,
     /// Every service, each with the plan-level defaults filled in.
     pub services: Vec<ServicePlan>,
     /// The waves, in order; every service is in exactly one.
@@ -167,13 +177,28 @@ pub struct ServicePlan {
     pub cross_service: Option<CrossServiceOverride>,
 }
 
-/// One wave: services migrated together, at most `max_parallel` at once.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One wave: agents migrated together, at most `max_parallel` at once.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Wave {
     pub name: String,
+    /// The services whose agents this wave takes (by name, `size`, or as the rest); empty for
+    /// a wave given by `selector`.
     pub services: Vec<ServiceName>,
-    /// `None`: no cap.
-    pub max_parallel: Option<u32>,
+    /// The agents this wave takes, by their labels: every agent of the plan's services that
+    /// matches it and no earlier wave took.
+    pub selector: Option<Selector>,
+    /// A count, or a share of the wave's agents (rounded up, at least 1); `None`: no cap.
+    pub max_parallel: Option<Amount>,
+    /// Set by [`place`] once the agents are known: exactly the agents of this wave, in order.
+    pub placed: Option<Placed>,
+}
+
+/// The agents of one wave, as [`place`] found them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placed {
+    pub targets: Vec<(ServiceName, InstanceId)>,
+    /// The operator's selector (`flotilla migrate -l`), which every agent of the run matched.
+    pub limit: Option<Selector>,
 }
 
 /// The file as written, with the positions of the keys that rules talk about.
@@ -190,7 +215,7 @@ struct RawPlan {
     #[serde(default)]
     failure_budget: Option<Spanned<Amount>>,
     #[serde(default)]
-    max_parallel: Option<Spanned<u32>>,
+    max_parallel: Option<Spanned<Amount>>,
     #[serde(default)]
     finalize: Finalize,
     #[serde(rename = "step", default)]
@@ -224,7 +249,9 @@ struct RawWave {
     #[serde(default)]
     size: Option<Spanned<Amount>>,
     #[serde(default)]
-    max_parallel: Option<Spanned<u32>>,
+    selector: Option<Spanned<String>>,
+    #[serde(default)]
+    max_parallel: Option<Spanned<Amount>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -393,12 +420,18 @@ fn checked_timeout(t: &Spanned<HumanDuration>, key: &str) -> Result<Duration, Ru
     Ok(value)
 }
 
-fn checked_parallel(m: &Spanned<u32>, key: &str) -> Result<u32, RuleError> {
-    if *m.get_ref() == 0 {
+/// A cap of at least one agent: a count ≥ 1, or a share above 0% (of a wave's agents,
+/// rounded up, at least 1).
+fn checked_parallel(m: &Spanned<Amount>, key: &str) -> Result<Amount, RuleError> {
+    let zero = match *m.get_ref() {
+        Amount::Count(n) => n == 0,
+        Amount::Percent(p) => p <= 0.0,
+    };
+    if zero {
         return Err(RuleError::at(
             m,
             key.to_owned(),
-            "max_parallel must be at least 1 (leave it out for no cap)".into(),
+            "max_parallel must be at least 1, or a share above 0% (leave it out for no cap)".into(),
         ));
     }
     Ok(*m.get_ref())
@@ -446,6 +479,42 @@ impl<'de> Deserialize<'de> for HumanDuration {
             .map(HumanDuration)
             .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e}")))
     }
+}
+
+// === impl Wave ===
+
+impl Wave {
+    /// How many agents of this wave migrate at once: a share is of its placed agents (of its
+    /// services before [`place`]), rounded up, at least 1. `None`: no cap.
+    pub fn cap(&self) -> Option<u32> {
+        let members = match &self.placed {
+            Some(placed) => placed.targets.len(),
+            None => self.services.len(),
+        };
+        self.cap_for(members)
+    }
+
+    /// How many of `agents` agents migrate at once (a share rounded up, at least 1).
+    pub fn cap_for(&self, agents: usize) -> Option<u32> {
+        self.max_parallel.map(|m| cap_of(m, agents))
+    }
+
+    /// Whether the agent `service`/`instance` is in this wave: one of its placed agents, or
+    /// before [`place`], an agent of one of its services.
+    pub fn takes(&self, service: &ServiceName, instance: &InstanceId) -> bool {
+        match &self.placed {
+            Some(placed) => placed
+                .targets
+                .iter()
+                .any(|(s, i)| s == service && i == instance),
+            None => self.services.contains(service),
+        }
+    }
+}
+
+/// `amount` of `members` agents as a cap: rounded up, at least 1.
+fn cap_of(amount: Amount, members: usize) -> u32 {
+    u32::try_from(amount.of(members, true).max(1)).unwrap_or(u32::MAX)
 }
 
 /// Services by name → their index in the plan, for wave resolution.

@@ -100,6 +100,12 @@ pub struct WaveReport {
     pub status: WaveStatus,
     pub max_parallel: Option<u32>,
     pub services: Vec<String>,
+    /// The wave's selector, which picked its services (`service/instance`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// The operator's selector (`migrate -l`), which every target of the run matched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<String>,
 }
 
 /// The report of one run.
@@ -413,6 +419,8 @@ impl RunReport {
                     name: w.name.clone(),
                     status: w.status,
                     max_parallel: w.max_parallel,
+                    selector: w.selector.clone(),
+                    limit: w.limit.clone(),
                     services: w
                         .targets
                         .iter()

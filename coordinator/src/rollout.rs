@@ -53,20 +53,27 @@ pub struct Target {
 }
 
 /// Pre-flight: every service of the plan needs at least one live agent that speaks our command
-/// schema and whose result key is trusted. Returns the targets, or the list of problems.
+/// schema and whose result key is trusted. With the operator's selector (`limit`, from
+/// `migrate -l`), only the agents it matches are targets, a service none of whose agents it
+/// matches is left out, and a selector that matches no agent of the plan's services is the
+/// problem. Returns the targets, or the list of problems.
 pub fn preflight(
     plan: &Plan,
     agents: &[Presence],
     pins: &AgentPins,
+    limit: Option<&crate::selector::Selector>,
 ) -> Result<Vec<Target>, Vec<String>> {
     let mut targets = Vec::new();
     let mut problems = Vec::new();
+    let mut selected = 0;
     for service in &plan.services {
         let live: Vec<&Presence> = agents
             .iter()
             .filter(|a| a.service == service.name)
+            .filter(|a| limit.is_none_or(|l| l.matches(a)))
             .collect();
-        if live.is_empty() {
+        selected += live.len();
+        if live.is_empty() && limit.is_none() {
             problems.push(format!("{}: no live agent", service.name));
         }
         for agent in live {
@@ -94,6 +101,17 @@ pub fn preflight(
                 Err(problem) => problems.push(problem),
             }
         }
+    }
+    if let Some(limit) = limit
+        && selected == 0
+    {
+        problems.push(format!(
+            "the selector \"{limit}\" matches none of the {} live agent(s) of this plan's services",
+            agents
+                .iter()
+                .filter(|a| plan.service(&a.service).is_some())
+                .count()
+        ));
     }
     if problems.is_empty() {
         Ok(targets)

@@ -8,6 +8,7 @@
 mod codec;
 pub mod fields;
 mod ids;
+pub mod labels;
 pub mod messages;
 pub mod paths;
 pub mod placeholder;

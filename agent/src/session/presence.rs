@@ -58,6 +58,7 @@ fn presence_template(lifecycle: &Lifecycle, signer: &signing::SigningKey) -> Pre
         // A job has no endpoint: nothing for the cross-service checks to reach.
         endpoint: Some(lifecycle.config.service.health_url.clone()).filter(|url| !url.is_empty()),
         result_key: Some(signer.public_key_text()),
+        labels: lifecycle.config.agent.labels.clone(),
         started_at: OffsetDateTime::now_utc(),
     };
     // The state, run and pid filled in later are the agent's own: never a secret.

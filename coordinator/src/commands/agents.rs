@@ -35,8 +35,8 @@ pub(super) async fn agents(cli: &Cli) -> Outcome {
         OutputFormat::Json => super::print_json(&found),
         OutputFormat::Text => {
             println!(
-                "{:16} {:10} {:8} {:10} {:8} {:12} HOST",
-                "SERVICE", "INSTANCE", "VERSION", "STATE", "PID", "RESULT KEY"
+                "{:16} {:10} {:8} {:10} {:8} {:12} {:16} LABELS",
+                "SERVICE", "INSTANCE", "VERSION", "STATE", "PID", "RESULT KEY", "HOST"
             );
             for a in &found {
                 let state = serde_json::to_value(a.state)
@@ -53,18 +53,28 @@ pub(super) async fn agents(cli: &Cli) -> Outcome {
                     .as_deref()
                     .map_or_else(|| "-".to_owned(), crate::trust::key_id);
                 println!(
-                    "{:16} {:10} {:8} {:10} {:8} {:12} {}",
+                    "{:16} {:10} {:8} {:10} {:8} {:12} {:16} {}",
                     a.service.as_str(),
                     a.instance.as_str(),
                     one_line(&a.version),
                     state,
                     pid,
                     key,
-                    one_line(&a.host)
+                    one_line(&a.host),
+                    labels_text(&a.labels)
                 );
             }
             eprintln!("{} agent(s)", found.len());
         }
     }
     Ok(exit::OK)
+}
+
+/// An agent's labels as a selector would match them (`region=eu,tier=canary`), `-` for none.
+fn labels_text(labels: &flotilla_schemas::labels::Labels) -> String {
+    if labels.is_empty() {
+        return "-".into();
+    }
+    let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    one_line(&pairs.join(",")).into_owned()
 }

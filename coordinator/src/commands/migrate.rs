@@ -13,6 +13,17 @@ use crate::exit::{self, CommandError, Outcome};
 use crate::plan::Plan;
 use crate::plan_files::LocalFile;
 use crate::rollout::{self, Engine, Target};
+use crate::selector::Selector;
+
+/// How `flotilla migrate` was asked to run.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Options {
+    pub dry_run: bool,
+    pub rehearse: bool,
+    pub no_finalize: bool,
+    /// `-l`: only the agents this selector matches.
+    pub limit: Option<Selector>,
+}
 
 /// A plan, its text, and the files it ships (their digests filled in).
 type Loaded = (Plan, String, Vec<LocalFile>);
@@ -57,7 +68,17 @@ pub(super) fn plan_check(cli: &Cli, path: &Path) -> Outcome {
         let waves: Vec<serde_json::Value> = plan
             .waves
             .iter()
-            .map(|w| serde_json::json!({"name": w.name, "max_parallel": w.max_parallel, "services": w.services}))
+            .map(|w| {
+                serde_json::json!({
+                    "name": w.name,
+                    "max_parallel": w.max_parallel.map(|m| match m {
+                        crate::plan::Amount::Count(n) => serde_json::json!(n),
+                        share => serde_json::json!(share.to_string()),
+                    }),
+                    "services": w.services,
+                    "selector": w.selector.as_ref().map(ToString::to_string),
+                })
+            })
             .collect();
         let report = serde_json::json!({
             "plan_file": path.display().to_string(),
@@ -90,11 +111,15 @@ pub(super) fn plan_check(cli: &Cli, path: &Path) -> Outcome {
             wave.name,
             wave.max_parallel
                 .map_or_else(|| "all".to_owned(), |n| n.to_string()),
-            wave.services
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+            match &wave.selector {
+                Some(selector) => format!("the agents that match \"{selector}\""),
+                None => wave
+                    .services
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }
         );
     }
     println!(
@@ -117,14 +142,13 @@ pub(super) fn plan_check(cli: &Cli, path: &Path) -> Outcome {
 pub(super) async fn migrate(
     cli: &Cli,
     plan_path: &Path,
-    dry_run: bool,
-    rehearse: bool,
-    no_finalize: bool,
+    options: &Options,
     files: &ReportFiles,
     shutdown: CancellationToken,
 ) -> Outcome {
+    let (dry_run, rehearse) = (options.dry_run, options.rehearse);
     let (mut plan, text, plan_files) = read_plan(plan_path)?;
-    if no_finalize {
+    if options.no_finalize {
         plan.finalize = crate::plan::Finalize::Manual;
     }
     check_report_files(files)?;
@@ -134,7 +158,8 @@ pub(super) async fn migrate(
         Ok(found) => found,
         Err(e) => return Err(fail(exit::BUS, error_chain(&e))),
     };
-    let targets = preflight(cli, &plan, &agents)?;
+    let targets = preflight(cli, &plan, &agents, options.limit.as_ref())?;
+    plan.waves = place_targets(&plan, &targets, &agents, options.limit.as_ref())?;
     // Before any command (a preview too) names them: once, whatever the number of agents.
     ship_plan_files(&client, &subjects, &plan_files).await?;
     if dry_run {
@@ -156,7 +181,7 @@ pub(super) async fn migrate(
         Err(e) => return Err(fail(exit::BUS, error_chain(&e))),
     };
     if cli.output == crate::cli::OutputFormat::Text {
-        announce(engine.run_id(), &plan, targets.len(), rehearse);
+        announce(engine.run_id(), &plan, targets.len(), options);
     }
     let result = engine.drive().await;
     finish(cli, &client, result, files).await
@@ -168,18 +193,36 @@ fn preflight(
     cli: &Cli,
     plan: &Plan,
     agents: &[flotilla_schemas::Presence],
+    limit: Option<&Selector>,
 ) -> Result<Vec<Target>, CommandError> {
     let pins = crate::trust::AgentPins::parse(&cli.settings.trusted_agent_keys)
         .map_err(|e| fail(exit::USAGE, e))?;
-    rollout::preflight(plan, agents, &pins).map_err(|problems| {
-        fail(
-            exit::PREFLIGHT,
-            format!(
-                "pre-flight failed, nothing was changed: {}",
-                problems.join("; ")
-            ),
-        )
-    })
+    rollout::preflight(plan, agents, &pins, limit).map_err(preflight_failed)
+}
+
+/// The waves with `targets` placed in them by the plan's selectors (exit 3 when a selector
+/// matches nothing, or a target would run before one it depends on).
+fn place_targets(
+    plan: &Plan,
+    targets: &[Target],
+    agents: &[flotilla_schemas::Presence],
+    limit: Option<&Selector>,
+) -> Result<Vec<crate::plan::Wave>, CommandError> {
+    let pairs: Vec<_> = targets
+        .iter()
+        .map(|t| (t.service.clone(), t.instance.clone()))
+        .collect();
+    crate::plan::place(plan, &pairs, agents, limit).map_err(preflight_failed)
+}
+
+fn preflight_failed(problems: Vec<String>) -> CommandError {
+    fail(
+        exit::PREFLIGHT,
+        format!(
+            "pre-flight failed, nothing was changed: {}",
+            problems.join("; ")
+        ),
+    )
 }
 
 /// Uploads the files the plan ships (those already in the store are not sent again).
@@ -203,14 +246,18 @@ async fn ship_plan_files(
 }
 
 /// The run's first line on stderr: its ID, plan and shape.
-fn announce(run: flotilla_schemas::RunId, plan: &Plan, agents: usize, rehearse: bool) {
+fn announce(run: flotilla_schemas::RunId, plan: &Plan, agents: usize, options: &Options) {
     eprintln!(
-        "run {}: plan \"{}\", {} agent(s) in {} wave(s){}",
+        "run {}: plan \"{}\", {} agent(s){} in {} wave(s){}",
         run,
         crate::sanitize::one_line(&plan.name),
         agents,
+        options
+            .limit
+            .as_ref()
+            .map_or_else(String::new, |l| format!(" that \"{l}\" selects")),
         plan.waves.len(),
-        match (rehearse, plan.finalize) {
+        match (options.rehearse, plan.finalize) {
             (true, _) => ", rehearsal",
             (false, crate::plan::Finalize::Manual) => ", manual finalize",
             (false, crate::plan::Finalize::Auto) => "",
@@ -295,6 +342,16 @@ fn write_target(out: &mut String, plan: &Plan, target: &TargetPreview) {
     }
 }
 
+/// What picked a wave's agents, for people: its selector and the operator's, those there are.
+fn selection(selector: Option<&str>, limit: Option<&str>) -> Option<String> {
+    match (selector, limit) {
+        (Some(s), Some(l)) => Some(format!("selector \"{s}\" (and -l \"{l}\")")),
+        (Some(s), None) => Some(format!("selector \"{s}\"")),
+        (None, Some(l)) => Some(format!("-l \"{l}\"")),
+        (None, None) => None,
+    }
+}
+
 /// The dry run as text: the plan's shape, then per target what each step would do.
 fn dry_run_text(plan: &Plan, agents: usize, report: &DryRunReport) -> String {
     use std::fmt::Write;
@@ -317,6 +374,14 @@ fn dry_run_text(plan: &Plan, agents: usize, report: &DryRunReport) -> String {
             wave.max_parallel
                 .map_or_else(|| "all".to_owned(), |n| n.to_string())
         );
+        if let Some(selected) = selection(wave.selector.as_deref(), wave.limit.as_deref()) {
+            let agents: Vec<String> = wave
+                .targets
+                .iter()
+                .map(|t| format!("{}/{}", t.service, t.instance))
+                .collect();
+            let _ = writeln!(out, "  {selected} matched: {}", agents.join(", "));
+        }
         for target in &wave.targets {
             write_target(&mut out, plan, target);
         }

@@ -127,8 +127,8 @@ fn waves_by_name_size_and_the_rest() {
             ("late".to_owned(), vec!["e".to_owned()]),
         ]
     );
-    assert_eq!(plan.waves[0].max_parallel, Some(2));
-    assert_eq!(plan.waves[1].max_parallel, Some(1));
+    assert_eq!(plan.waves[0].cap(), Some(2));
+    assert_eq!(plan.waves[1].cap(), Some(1));
 }
 
 #[test]
@@ -199,6 +199,24 @@ fn wave_errors_point_at_the_line_and_key() {
             five("max_parallel = 0\n", &[]),
             "line 2, key max_parallel",
             "at least 1",
+        ),
+        (
+            five("max_parallel = \"0%\"\n", &[]),
+            "line 2, key max_parallel",
+            "a share above 0%",
+        ),
+        (
+            five("[[wave]]\nname = \"c\"\nselector = \"tier in (a\"\n", &[]),
+            "line 4, key wave[0].selector",
+            "column 11: expected ',' or ')' in the list of values",
+        ),
+        (
+            five(
+                "[[wave]]\nname = \"c\"\nservices = [\"a\"]\nselector = \"tier=canary\"\n",
+                &[],
+            ),
+            "key wave[0].selector",
+            "a wave takes one of `services`, `size` and `selector`",
         ),
         (
             five("", &[("a", "depends_on = [\"a\"]")]),
@@ -465,3 +483,23 @@ fn headers_and_run_variables_are_read_and_checked() {
 }
 
 mod placeholders;
+
+#[test]
+fn selector_waves_are_kept_for_placement_and_shares_are_caps() {
+    let plan = Plan::parse(&five(
+        "max_parallel = \"25%\"\n[[wave]]\nname = \"canary\"\nselector = \"tier = canary , region in (eu)\"\nmax_parallel = 1\n[[wave]]\nname = \"rest\"\n",
+        &[],
+    ))
+    .unwrap();
+    assert_eq!(plan.waves.len(), 2);
+    let canary = &plan.waves[0];
+    assert!(canary.services.is_empty());
+    assert_eq!(
+        canary.selector.as_ref().map(ToString::to_string).as_deref(),
+        Some("tier=canary,region in (eu)")
+    );
+    assert_eq!(canary.cap(), Some(1));
+    assert_eq!(plan.waves[1].max_parallel, Some(Amount::Percent(25.0)));
+    // 25% of the five services, rounded up.
+    assert_eq!(plan.waves[1].cap(), Some(2));
+}

@@ -1,11 +1,17 @@
-//! Resolving waves: explicit `[[wave]]` tables (named services, a `size`, or "the rest"), or
-//! without them, an order derived from `depends_on` (one wave per dependency level).
+//! Resolving waves: explicit `[[wave]]` tables (named services, a `size`, a `selector`, or "the
+//! rest"), or without them, an order derived from `depends_on` (one wave per dependency level).
+//! A wave given by a selector takes agents, not services: which ones is known only once the
+//! agents answered ([`super::place`]).
 
 use std::collections::BTreeSet;
 
 use flotilla_schemas::ServiceName;
+use toml::Spanned;
 
-use super::{RawPlan, RawWave, RuleError, ServiceIndex, ServicePlan, Wave, checked_parallel};
+use super::{
+    Amount, RawPlan, RawWave, RuleError, ServiceIndex, ServicePlan, Wave, checked_parallel,
+};
+use crate::selector::Selector;
 
 /// The name of the wave that takes the services no `[[wave]]` placed.
 pub(super) const IMPLICIT_WAVE: &str = "rest";
@@ -17,7 +23,7 @@ type Assignment = Vec<Option<usize>>;
 pub(super) fn resolve(
     raw: &RawPlan,
     services: &[ServicePlan],
-    max_parallel: Option<u32>,
+    max_parallel: Option<Amount>,
 ) -> Result<Vec<Wave>, RuleError> {
     let index: ServiceIndex = services
         .iter()
@@ -41,7 +47,7 @@ fn waves_by_level(
     services: &[ServicePlan],
     order: &[usize],
     levels: &[usize],
-    max_parallel: Option<u32>,
+    max_parallel: Option<Amount>,
 ) -> Vec<Wave> {
     let depth = levels.iter().copied().max().unwrap_or(0);
     let has_dependencies = services.iter().any(|s| !s.depends_on.is_empty());
@@ -57,7 +63,9 @@ fn waves_by_level(
                 .filter(|&&i| levels[i] == level)
                 .map(|&i| services[i].name.clone())
                 .collect(),
+            selector: None,
             max_parallel,
+            placed: None,
         })
         .collect()
 }
@@ -131,6 +139,16 @@ fn check_wave(
             "a wave takes either `services` or `size`, not both".into(),
         ));
     }
+    if let Some(selector) = &wave.selector {
+        if wave.services.is_some() || wave.size.is_some() {
+            return Err(RuleError::at(
+                selector,
+                format!("wave[{w}].selector"),
+                "a wave takes one of `services`, `size` and `selector` (to pick some agents of one service, select by it: \"service=ingest,tier=canary\")".into(),
+            ));
+        }
+        parse_selector(w, selector)?;
+    }
     if let Some(size) = &wave.size
         && size.get_ref().of(service_count, true) == 0
     {
@@ -155,6 +173,7 @@ fn assign_sized_waves(
     for (w, wave) in raw.waves.iter().enumerate() {
         let take = match (&wave.services, &wave.size) {
             (Some(_), _) => continue,
+            (None, None) if wave.selector.is_some() => continue,
             (None, Some(size)) => size.get_ref().of(service_count, true),
             (None, None) if w == last => usize::MAX,
             (None, None) => {
@@ -189,7 +208,7 @@ fn collect_waves(
     order: &[usize],
     assigned: &Assignment,
     names: &BTreeSet<String>,
-    max_parallel: Option<u32>,
+    max_parallel: Option<Amount>,
 ) -> Result<Vec<Wave>, RuleError> {
     let mut waves: Vec<Wave> = Vec::new();
     for (w, wave) in raw.waves.iter().enumerate() {
@@ -199,6 +218,11 @@ fn collect_waves(
             .map(|m| checked_parallel(m, &format!("wave[{w}].max_parallel")))
             .transpose()?
             .or(max_parallel);
+        let selector = wave
+            .selector
+            .as_ref()
+            .map(|s| parse_selector(w, s))
+            .transpose()?;
         waves.push(Wave {
             name: wave.name.get_ref().clone(),
             services: order
@@ -206,7 +230,9 @@ fn collect_waves(
                 .filter(|&&i| assigned[i] == Some(w))
                 .map(|&i| services[i].name.clone())
                 .collect(),
+            selector,
             max_parallel: parallel,
+            placed: None,
         });
     }
     let rest: Vec<ServiceName> = order
@@ -222,11 +248,25 @@ fn collect_waves(
                 IMPLICIT_WAVE.into()
             },
             services: rest,
+            selector: None,
             max_parallel,
+            placed: None,
         });
     }
-    waves.retain(|w| !w.services.is_empty());
+    // A selector's wave is filled from the agents later; the others are known now.
+    waves.retain(|w| w.selector.is_some() || !w.services.is_empty());
     Ok(waves)
+}
+
+/// Wave `w`'s selector, parsed; the error names its line, the column and the reason.
+fn parse_selector(w: usize, text: &Spanned<String>) -> Result<Selector, RuleError> {
+    Selector::parse(text.get_ref()).map_err(|e| {
+        RuleError::at(
+            text,
+            format!("wave[{w}].selector"),
+            format!("column {}: {}", e.column, e.problem),
+        )
+    })
 }
 
 /// Every service's dependencies are in earlier waves than it.

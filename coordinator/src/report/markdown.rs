@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use flotilla_schemas::{PhaseStatus, Step};
 
 use super::gate::{self, Gate};
-use super::{RunReport, ServiceReport};
+use super::{RunReport, ServiceReport, WaveReport};
 use crate::plan::{Plan, ServicePlan};
 
 /// Renders `report` as Markdown.
@@ -71,7 +71,7 @@ fn tables(out: &mut String, report: &RunReport) {
             wave.max_parallel
                 .map_or_else(|| "all".to_owned(), |n| n.to_string()),
             wave.status.as_str(),
-            wave.services.join(", ")
+            wave.services.join(", ") + &picked_by(wave)
         );
     }
 
@@ -229,4 +229,17 @@ fn rfc3339(t: time::OffsetDateTime) -> String {
         .unwrap_or(t)
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
+}
+
+/// Which selectors picked a wave's services, for the Waves table (empty when none did).
+fn picked_by(wave: &WaveReport) -> String {
+    let parts: Vec<String> = [("selector", &wave.selector), ("-l", &wave.limit)]
+        .into_iter()
+        .filter_map(|(what, s)| s.as_ref().map(|s| format!("{what} `{s}`")))
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", parts.join(", "))
+    }
 }

@@ -109,6 +109,13 @@ pub struct WaveRecord {
     pub max_parallel: Option<u32>,
     /// Indices into [`RunRecord::targets`].
     pub targets: Vec<usize>,
+    /// The wave's own selector (the plan's `[[wave]] selector`), which picked its targets;
+    /// absent for a wave of named services (and in records older than selectors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// The operator's selector (`flotilla migrate -l`), which every target of the run matched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<String>,
     pub status: WaveStatus,
 }
 
@@ -271,24 +278,41 @@ impl RunRecord {
         };
         for (w, wave) in waves.iter().enumerate() {
             let mut members = Vec::new();
-            for service in &wave.services {
-                for (s, i) in targets.iter().filter(|(s, _)| s == service) {
-                    members.push(record.targets.len());
-                    record.targets.push(TargetRecord {
-                        service: s.clone(),
-                        instance: i.clone(),
-                        wave: w,
-                        migrate: None,
-                        rollback: None,
-                        finalize: None,
-                        agent_keys: Vec::new(),
-                    });
-                }
+            // Placed waves list their agents; unplaced ones take every agent of their services.
+            let mine: Vec<&(ServiceName, InstanceId)> = match &wave.placed {
+                Some(placed) => placed
+                    .targets
+                    .iter()
+                    .filter(|t| targets.contains(t))
+                    .collect(),
+                None => wave
+                    .services
+                    .iter()
+                    .flat_map(|service| targets.iter().filter(move |(s, _)| s == service))
+                    .collect(),
+            };
+            for (s, i) in mine {
+                members.push(record.targets.len());
+                record.targets.push(TargetRecord {
+                    service: s.clone(),
+                    instance: i.clone(),
+                    wave: w,
+                    migrate: None,
+                    rollback: None,
+                    finalize: None,
+                    agent_keys: Vec::new(),
+                });
             }
             record.waves.push(WaveRecord {
                 name: wave.name.clone(),
-                max_parallel: wave.max_parallel,
+                max_parallel: wave.cap_for(members.len()),
                 targets: members,
+                selector: wave.selector.as_ref().map(ToString::to_string),
+                limit: wave
+                    .placed
+                    .as_ref()
+                    .and_then(|p| p.limit.as_ref())
+                    .map(ToString::to_string),
                 status: WaveStatus::Pending,
             });
         }
@@ -342,6 +366,22 @@ pub(crate) fn coordinator_name() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wave_recorded_before_selectors_loads_without_them() {
+        let old = serde_json::json!({
+            "name": "all", "max_parallel": null, "targets": [0, 1], "status": "done"
+        });
+        let wave: WaveRecord = serde_json::from_value(old.clone()).unwrap();
+        assert_eq!((wave.selector, wave.limit), (None, None));
+        let again = serde_json::to_value(WaveRecord {
+            selector: None,
+            limit: None,
+            ..serde_json::from_value(old.clone()).unwrap()
+        })
+        .unwrap();
+        assert_eq!(again, old);
+    }
 
     #[test]
     fn run_status_text_is_its_json_spelling() {

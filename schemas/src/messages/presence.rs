@@ -4,6 +4,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::labels::Labels;
 use crate::version::schema_tag;
 use crate::{InstanceId, RunId, SchemaTag, ServiceName};
 
@@ -47,6 +48,10 @@ pub struct Presence {
     /// publishes; absent from agents older than signed results.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result_key: Option<String>,
+    /// The agent's labels (`region`, `tier`, …), which plans and `flotilla migrate -l` select
+    /// by; absent from agents older than labels, which have none.
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
     #[serde(with = "time::serde::rfc3339")]
     #[schemars(with = "String", extend("format" = "date-time"))]
     pub started_at: OffsetDateTime,

@@ -94,6 +94,8 @@ fn report(plan: String, waves: Vec<(String, Vec<Service>)>) -> RunReport {
             name,
             status: WaveStatus::Done,
             max_parallel: None,
+            selector: None,
+            limit: None,
             services: Vec::new(),
         });
     }
