@@ -134,6 +134,17 @@ pub struct GlobalFlags {
         hide_env_values = true
     )]
     pub trusted_agent_keys: Vec<String>,
+    /// A tracing UI's page of one trace, `{trace_id}` standing for the run's trace ID: the HTML
+    /// report links the run's trace there (e.g. `http://jaeger:16686/trace/{trace_id}`) [key:
+    /// report.trace_url].
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = "FLOTILLA_REPORT__TRACE_URL",
+        hide_env_values = true
+    )]
+    pub trace_url: Option<String>,
     /// Last: the flattened group's heading would otherwise carry over to the flags after it.
     #[command(flatten)]
     pub auth: AuthArgs,

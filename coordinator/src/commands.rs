@@ -439,7 +439,7 @@ async fn report(cli: &Cli, run: Option<&str>, format: ReportFormat) -> Outcome {
     file_late_results(&client, &subjects, &store, &mut record, &mut revisions).await;
     let report = RunReport::from_record(&record);
     match format {
-        ReportFormat::Html => print!("{}", html::render(&client, &subjects, &record).await),
+        ReportFormat::Html => print!("{}", html::render(cli, &client, &subjects, &record).await),
         ReportFormat::Text => print!("{}", report.to_text()),
         ReportFormat::Json => print_json(&report),
         ReportFormat::Md => print!("{}", report.to_markdown()),
