@@ -520,17 +520,32 @@ const EXIT_CODES: &str = "Exit codes:
   6  an agent did not answer in time (or a command was not delivered)
   7  the run was cancelled; `flotilla resume RUN` finishes it";
 
-/// The stderr log filter when `RUST_LOG` is unset: `-q` errors only, by default warnings, and each
-/// `-v` one level more of Flotilla's own logs (info, debug, trace).
+/// The crates whose logs `-vv` and `-vvv` open up further than the libraries'.
+const OUR_CRATES: &[&str] = &[
+    "flotilla",
+    "flotilla_coordinator",
+    "flotilla_bus",
+    "flotilla_telemetry",
+    "flotilla_tracestore",
+];
+
+/// The stderr log filter when `RUST_LOG` is unset: `-q` errors only, by default warnings, `-v`
+/// info, `-vv` and `-vvv` debug and trace of Flotilla's own crates.
 pub fn log_filter(flags: &GlobalFlags) -> String {
     if flags.quiet {
         return "error".to_owned();
     }
+    let ours = |level: &str| {
+        OUR_CRATES
+            .iter()
+            .map(|c| format!(",{c}={level}"))
+            .collect::<String>()
+    };
     match flags.verbose {
         0 => "warn".to_owned(),
-        1 => "warn,flotilla=info,flotilla_coordinator=info,flotilla_bus=info".to_owned(),
-        2 => "info,flotilla=debug,flotilla_coordinator=debug,flotilla_bus=debug".to_owned(),
-        _ => "debug,flotilla=trace,flotilla_coordinator=trace,flotilla_bus=trace".to_owned(),
+        1 => "info".to_owned(),
+        2 => format!("info{}", ours("debug")),
+        _ => format!("debug{}", ours("trace")),
     }
 }
 
