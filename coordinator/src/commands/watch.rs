@@ -598,8 +598,11 @@ impl View {
             let tally = Tally::of(hidden.iter().map(|&t| standing(t)));
             format!("  +{} more ({})", hidden.len(), tally.nonzero())
         });
-        for (bar, row) in screen.rows.iter().zip(order.iter().map(|&t| &self.rows[t])) {
+        for (bar, &t) in screen.rows.iter().zip(&order) {
+            let row = &self.rows[t];
             let phase = match row.phase {
+                // Sent, and not picked up yet: the agent's first event says when it is.
+                None if standing(t) == Standing::InFlight => "sent".to_owned(),
                 None => "waiting".to_owned(),
                 Some((phase, PhaseStatus::Started)) => format!("{phase} …"),
                 Some((phase, PhaseStatus::Succeeded)) => format!("{phase} ok"),
