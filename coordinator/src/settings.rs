@@ -501,6 +501,10 @@ mod tests {
         let settings = settings.unwrap();
         assert_eq!(settings.nats.url.as_slice().len(), 2);
         assert_eq!(settings.nats.auth.user.as_deref(), Some("coordinator"));
+        assert_eq!(
+            settings.report.trace_url.as_deref(),
+            Some("http://localhost:16686/trace/{trace_id}")
+        );
         assert!(warnings.is_empty(), "{warnings:?}");
     }
 

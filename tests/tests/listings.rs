@@ -101,6 +101,21 @@ fn runs_are_newest_first_filtered_and_name_who_started_them() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown status \"rolledback\""));
 
+    // `watch --service` of a finished run (replayed): only that service's events.
+    let out = fleet.flotilla(&["watch", second, "--service", "ingest", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let services: std::collections::BTreeSet<&str> = lines
+        .iter()
+        .filter(|l| l["type"] == "progress" || l["type"] == "result")
+        .map(|l| l["service"].as_str().unwrap())
+        .collect();
+    assert_eq!(services.into_iter().collect::<Vec<_>>(), ["ingest"]);
+    assert_eq!(lines.last().unwrap()["type"], "end");
+
     // Who started it, from where, with which key, and the plan's digest.
     let (code, report) = json(&fleet, &["report", second]);
     assert_eq!(code, Some(0));
