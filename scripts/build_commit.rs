@@ -18,9 +18,14 @@ fn main() {
         .filter(|c| !c.is_empty())
         .or_else(|| git(&["rev-parse", "--short", "HEAD"]))
         .unwrap_or_else(|| "unknown".to_owned());
-    // A new commit or checkout moves HEAD or a ref: rebuild then (only the crate's own code).
-    for path in ["HEAD", "refs/heads", "packed-refs"] {
-        if let Some(p) = git(&["rev-parse", "--path-format=absolute", "--git-path", path]) {
+    // A checkout moves HEAD, a commit moves the branch's ref: rebuild then. Only this
+    // branch's ref: other branches (other worktrees') commits must not rebuild this one.
+    let branch = git(&["symbolic-ref", "-q", "HEAD"]);
+    for path in ["HEAD", "packed-refs"].into_iter().chain(branch.as_deref()) {
+        // Only files that exist: cargo reruns the script at every build for a missing one.
+        if let Some(p) = git(&["rev-parse", "--path-format=absolute", "--git-path", path])
+            && std::path::Path::new(&p).exists()
+        {
             println!("cargo::rerun-if-changed={p}");
         }
     }
