@@ -170,7 +170,7 @@ pub(super) fn render(
         cross_service: report.cross_service.as_ref().map(cross_service_view),
         correlation: report.correlation.as_ref().map(correlation_view),
         guide: guide(report),
-        version: env!("CARGO_PKG_VERSION"),
+        version: crate::VERSION,
         data: serde_json::to_string(&data)
             .expect("page data serializes")
             .replace('<', "\\u003c"),
