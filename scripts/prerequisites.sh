@@ -32,3 +32,10 @@ if [[ ${BASH_SOURCE[1]:-} == *test.sh ]] && ! command -v prometheus >/dev/null &
   { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } ||
     echo "warning: could not install prometheus; the agent's metrics test will fail" >&2
 fi
+# `flotilla watch` is tested on a real terminal (tests/tests/watch_terminal.rs runs it in tmux);
+# only scripts/test.sh asks for it.
+if [[ ${BASH_SOURCE[1]:-} == *test.sh ]] && ! command -v tmux >/dev/null; then
+  echo "tmux is missing: installing it with apt (tests/tests/watch_terminal.rs uses it)" >&2
+  { apt-get update -qq && apt-get install -y -qq --no-install-recommends tmux >/dev/null; } ||
+    echo "warning: could not install tmux; the terminal test of flotilla watch will fail" >&2
+fi

@@ -5,10 +5,18 @@ use clap::Parser;
 use flotilla_telemetry::LogFormat;
 use tokio_util::sync::CancellationToken;
 
+/// `--version`: the crate's version and the git commit it was built from, `0.1.0 (941cf80)`.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("FLOTILLA_COMMIT"),
+    ")"
+);
+
 /// The Flotilla sidecar agent: backs its service up, migrates it, validates it and rolls it
 /// back on failure, on command from the `flotilla` coordinator over NATS.
 #[derive(Parser)]
-#[command(version, about, subcommand_negates_reqs = true)]
+#[command(version = VERSION, about, subcommand_negates_reqs = true)]
 struct Args {
     /// The agent's configuration file (TOML); `FLOTILLA_…` variables override it, e.g.
     /// `FLOTILLA_NATS__URL`.

@@ -12,7 +12,7 @@ mod overrides;
 /// Flotilla migrates a fleet of services safely: every agent backs its service up, applies the
 /// plan, validates it and rolls back by itself on failure.
 #[derive(Debug, Parser)]
-#[command(version, about, after_help = EXIT_CODES)]
+#[command(name = "flotilla", version = crate::VERSION, about, after_help = EXIT_CODES)]
 pub struct Cli {
     #[command(flatten)]
     pub flags: GlobalFlags,
@@ -32,8 +32,16 @@ pub struct Cli {
 
 /// The options every command takes. Each is also a key of the `--config` file and a
 /// `FLOTILLA_…` variable (shown in brackets), see docs/coordinator-config.md; a flag wins over both.
+/// `--help` lists them under their own headings, after a command's own options.
 #[derive(Debug, Clone, Default, clap::Args)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalFlags {
+    /// More logs on stderr: -v info, -vv debug, -vvv trace (RUST_LOG, when set, wins).
+    #[arg(long, short, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+    /// Only errors on stderr's log (RUST_LOG, when set, wins).
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
     /// NATS server URL, or several separated by commas (all are tried) [default:
     /// nats://127.0.0.1:4222] [key: nats.url].
     #[arg(
@@ -114,8 +122,6 @@ pub struct GlobalFlags {
     /// flags override it.
     #[arg(long, global = true, env = "FLOTILLA_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    #[command(flatten)]
-    pub auth: AuthArgs,
     /// Where `verify` (and the migration's correlation check) reads traces: `default` (the
     /// store in NATS), `jaeger=URL` or `tempo=URL` [default: default] [key: trace_backend].
     #[arg(
@@ -160,6 +166,20 @@ pub struct GlobalFlags {
         hide_env_values = true
     )]
     pub trusted_agent_keys: Vec<String>,
+    /// A tracing UI's page of one trace, `{trace_id}` standing for the run's trace ID: the HTML
+    /// report links the run's trace there (e.g. `http://jaeger:16686/trace/{trace_id}`) [key:
+    /// report.trace_url].
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = "FLOTILLA_REPORT__TRACE_URL",
+        hide_env_values = true
+    )]
+    pub trace_url: Option<String>,
+    /// Last: the flattened group's heading would otherwise carry over to the flags after it.
+    #[command(flatten)]
+    pub auth: AuthArgs,
 }
 
 /// A shared handle on the process's telemetry pipeline.
@@ -180,6 +200,7 @@ impl std::fmt::Debug for TelemetryHandle {
 /// come from files (or `FLOTILLA_NATS__AUTH__PASSWORD` in the environment, or `password` in the
 /// file), never from the command line.
 #[derive(Debug, Clone, Default, clap::Args)]
+#[command(next_help_heading = "Global options (NATS identity)")]
 pub struct AuthArgs {
     /// NATS user (with a password from --nats-password-file or FLOTILLA_NATS__AUTH__PASSWORD)
     /// [key: nats.auth.user].
@@ -304,8 +325,13 @@ pub enum CommandKind {
         update: bool,
     },
     /// List the live agents; none answering exits 3.
-    #[command(after_help = "Example:\n  flotilla agents --output json")]
-    Agents,
+    #[command(
+        after_help = "Examples:\n  flotilla agents --output json\n  flotilla agents --service inference,ingest"
+    )]
+    Agents {
+        #[command(flatten)]
+        filter: AgentFilter,
+    },
     /// Run a migration plan over the fleet, wave by wave.
     #[command(
         after_help = "Examples:\n  flotilla migrate deploy/demo/plan.toml\n  flotilla migrate plan.toml --dry-run\n  flotilla migrate plan.toml --rehearse --report-md guide.md\n  flotilla migrate plan.toml --no-finalize\n  flotilla migrate plan.toml --output json --junit report.xml > report.json"
@@ -341,8 +367,19 @@ pub enum CommandKind {
         action: PlanAction,
     },
     /// List the recorded runs (from the run store in NATS).
-    #[command(after_help = "Example:\n  flotilla runs --output json")]
-    Runs,
+    #[command(
+        after_help = "Examples:\n  flotilla runs --limit 10\n  flotilla runs --status running,failed --output json"
+    )]
+    Runs {
+        /// Show at most N runs (the newest).
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// Only runs with this status (repeat, or separate with commas): running, succeeded,
+        /// succeeded_with_failures, failed, rolled_back, rehearsed, awaiting_finalize, cancelled,
+        /// unresolved.
+        #[arg(long, value_name = "STATUS", value_delimiter = ',', value_parser = parse_run_status)]
+        status: Vec<crate::store::RunStatus>,
+    },
     /// Show one run: its waves and every service's status (default: the latest run).
     #[command(after_help = "Examples:\n  flotilla status\n  flotilla status 019abc --output json")]
     Status {
@@ -431,7 +468,44 @@ pub enum CommandKind {
         /// With no run named and none running: how long to wait for one to start.
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         wait: Duration,
+        #[command(flatten)]
+        filter: AgentFilter,
     },
+    /// Write the man pages (flotilla.1 and one per subcommand) into DIR.
+    #[command(hide = true)]
+    Man {
+        /// The directory to write the pages into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
+/// Which agents (or a run's services) a listing shows.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct AgentFilter {
+    /// Only these services (repeat, or separate with commas).
+    #[arg(long, value_name = "SERVICE", value_delimiter = ',')]
+    pub service: Vec<String>,
+}
+
+// === impl AgentFilter ===
+
+impl AgentFilter {
+    /// Whether `service` is shown. The hook for label selectors: they narrow this further.
+    pub fn matches(&self, service: &str) -> bool {
+        self.service.is_empty() || self.service.iter().any(|s| s == service)
+    }
+}
+
+/// A run status as the run record's JSON spells it (`rolled_back`, …).
+fn parse_run_status(text: &str) -> Result<crate::store::RunStatus, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned())).map_err(|_| {
+        let known: Vec<&str> = crate::store::RunStatus::ALL
+            .iter()
+            .map(|s| s.as_str())
+            .collect();
+        format!("unknown status {text:?} (known: {})", known.join(", "))
+    })
 }
 
 /// Where to write reports besides the terminal.
@@ -493,6 +567,35 @@ const EXIT_CODES: &str = "Exit codes:
   5  a rollback failed: a service needs a human
   6  an agent did not answer in time (or a command was not delivered)
   7  the run was cancelled; `flotilla resume RUN` finishes it";
+
+/// The crates whose logs `-vv` and `-vvv` open up further than the libraries'.
+const OUR_CRATES: &[&str] = &[
+    "flotilla",
+    "flotilla_coordinator",
+    "flotilla_bus",
+    "flotilla_telemetry",
+    "flotilla_tracestore",
+];
+
+/// The stderr log filter when `RUST_LOG` is unset: `-q` errors only, by default warnings, `-v`
+/// info, `-vv` and `-vvv` debug and trace of Flotilla's own crates.
+pub fn log_filter(flags: &GlobalFlags) -> String {
+    if flags.quiet {
+        return "error".to_owned();
+    }
+    let ours = |level: &str| {
+        OUR_CRATES
+            .iter()
+            .map(|c| format!(",{c}={level}"))
+            .collect::<String>()
+    };
+    match flags.verbose {
+        0 => "warn".to_owned(),
+        1 => "info".to_owned(),
+        2 => format!("info{}", ours("debug")),
+        _ => format!("debug{}", ours("trace")),
+    }
+}
 
 /// Parses the command line and assembles the settings beneath it: the `--config` file (or
 /// `FLOTILLA_CONFIG`), then `FLOTILLA_…` variables, then flags. Deprecated spellings warn on

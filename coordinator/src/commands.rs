@@ -22,6 +22,7 @@ use crate::store::{Revisions, RunRecord, RunStatus, Store, StoreError, Unreadabl
 
 mod agents;
 mod html;
+mod man;
 mod migrate;
 mod setup;
 mod watch;
@@ -29,7 +30,7 @@ mod watch;
 /// Runs the command named on the command line.
 pub(crate) async fn run(cli: Cli, shutdown: CancellationToken) -> Outcome {
     match &cli.command {
-        CommandKind::Agents => agents::agents(&cli).await,
+        CommandKind::Agents { filter } => agents::agents(&cli, filter).await,
         CommandKind::Setup { .. } => setup::setup(&cli).await,
         CommandKind::Migrate {
             plan,
@@ -50,7 +51,7 @@ pub(crate) async fn run(cli: Cli, shutdown: CancellationToken) -> Outcome {
         CommandKind::Plan {
             action: cli::PlanAction::Check { plan },
         } => migrate::plan_check(&cli, plan),
-        CommandKind::Runs => runs(&cli).await,
+        CommandKind::Runs { limit, status } => runs(&cli, *limit, status).await,
         CommandKind::Status { run } => status(&cli, run.as_deref()).await,
         CommandKind::Resume { run, files } => resume(&cli, run, files, shutdown).await,
         CommandKind::Rollback {
@@ -80,9 +81,10 @@ pub(crate) async fn run(cli: Cli, shutdown: CancellationToken) -> Outcome {
             });
             report(&cli, run.as_deref(), format).await
         }
-        CommandKind::Watch { run, wait } => {
-            watch::watch(&cli, run.as_deref(), *wait, shutdown).await
+        CommandKind::Watch { run, wait, filter } => {
+            watch::watch(&cli, run.as_deref(), *wait, filter, shutdown).await
         }
+        CommandKind::Man { out } => man::write_pages(out),
     }
 }
 
@@ -324,7 +326,9 @@ fn check_report_files(files: &ReportFiles) -> Result<(), CommandError> {
     Ok(())
 }
 
-async fn runs(cli: &Cli) -> Outcome {
+/// `flotilla runs`: newest first, at most `limit`, only those with a status in `statuses` (all
+/// when empty).
+async fn runs(cli: &Cli, limit: Option<usize>, statuses: &[RunStatus]) -> Outcome {
     let (client, subjects) = connect_reader(cli).await?;
     let store = open_store(&client, &subjects).await?;
     let listing = match store.list().await {
@@ -332,7 +336,14 @@ async fn runs(cli: &Cli) -> Outcome {
         Err(e) => return Err(fail(exit::BUS, error_chain(&e))),
     };
     warn_unreadable(&listing.unreadable);
-    let reports: Vec<RunReport> = listing.runs.iter().map(RunReport::from_record).collect();
+    let reports: Vec<RunReport> = listing
+        .runs
+        .iter()
+        .rev()
+        .filter(|r| statuses.is_empty() || statuses.contains(&r.status))
+        .take(limit.unwrap_or(usize::MAX))
+        .map(RunReport::from_record)
+        .collect();
     match cli.output {
         OutputFormat::Json => {
             let rows: Vec<serde_json::Value> = reports
@@ -478,7 +489,7 @@ async fn report(cli: &Cli, run: Option<&str>, format: ReportFormat) -> Outcome {
     file_late_results(&client, &subjects, &store, &mut record, &mut revisions).await;
     let report = RunReport::from_record(&record);
     match format {
-        ReportFormat::Html => print!("{}", html::render(&client, &subjects, &record).await),
+        ReportFormat::Html => print!("{}", html::render(cli, &client, &subjects, &record).await),
         ReportFormat::Text => print!("{}", report.to_text()),
         ReportFormat::Json => print_json(&report),
         ReportFormat::Md => print!("{}", report.to_markdown()),

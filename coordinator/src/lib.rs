@@ -55,5 +55,13 @@ pub async fn cancel_on_interrupt(shutdown: CancellationToken) {
     }
 }
 
+/// `--version`: the crate's version and the git commit it was built from, `0.1.0 (941cf80)`.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("FLOTILLA_COMMIT"),
+    ")"
+);
+
 /// How long the discovery window lasts by default.
 pub const DEFAULT_DISCOVERY_WINDOW: Duration = Duration::from_secs(2);

@@ -24,7 +24,8 @@ async fn main() -> ExitCode {
     let mut cli = cli;
     let telemetry = Arc::new(flotilla_telemetry::init_with(
         flotilla_telemetry::TelemetryConfig {
-            default_filter: "warn".into(),
+            // -v / -q; RUST_LOG, when set, wins.
+            default_filter: flotilla_coordinator::cli::log_filter(&cli.flags),
             ..flotilla_telemetry::TelemetryConfig::new("flotilla")
         },
     ));

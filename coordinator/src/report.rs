@@ -11,7 +11,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::exit;
-use crate::store::{CommandRecord, RunRecord, Stage, TargetRecord, WaveStatus};
+use crate::store::{CommandRecord, RunRecord, Stage, StartedBy, TargetRecord, WaveStatus};
 
 pub use crate::store::RunStatus;
 
@@ -128,6 +128,15 @@ pub struct RunReport {
     /// True when every migrated service's agent dropped its backup: the run is closed.
     pub finalized: bool,
     pub coordinator: String,
+    /// Who started the run, on which host, with which signing key (absent for older runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_by: Option<StartedBy>,
+    /// `sha256:<hex>` of the plan's text as recorded (absent for older runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan_digest: Option<String>,
+    /// The run's trace ID (of its root span): every span and log of the run is in this trace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
     pub waves: Vec<WaveReport>,
@@ -409,6 +418,13 @@ impl RunReport {
             updated_at: last_activity(record),
             finalized: migrated > 0 && services.iter().all(|s| s.finalized),
             coordinator: record.coordinator.clone(),
+            started_by: record.started_by.clone(),
+            plan_digest: record.plan_digest.clone(),
+            trace_id: record
+                .trace_parent
+                .as_deref()
+                .and_then(crate::verify::trace_id_of)
+                .map(str::to_owned),
             notes: record.notes.clone(),
             correlation: record.correlation.clone(),
             cross_service: record.cross_service.clone(),
@@ -492,6 +508,9 @@ impl RunReport {
         if let Some(next) = self.next_step() {
             let _ = writeln!(out, "  next: {next}");
         }
+        if let Some(origin) = self.origin() {
+            let _ = writeln!(out, "  by: {}", one_line(&origin));
+        }
         for note in &self.notes {
             let _ = writeln!(out, "  note: {}", one_line(note));
         }
@@ -531,6 +550,17 @@ impl RunReport {
                 run = self.run_id
             )
         })
+    }
+
+    /// Who started the run and from which plan, in one line: `alice@ops-1 (signing key AbCd…),
+    /// plan sha256:…`; `None` for a run older than these fields.
+    pub(crate) fn origin(&self) -> Option<String> {
+        match (&self.started_by, &self.plan_digest) {
+            (None, None) => None,
+            (Some(by), None) => Some(by.text()),
+            (None, Some(digest)) => Some(format!("plan {digest}")),
+            (Some(by), Some(digest)) => Some(format!("{}, plan {digest}", by.text())),
+        }
     }
 
     fn count(&self, status: ServiceStatus) -> usize {
@@ -614,8 +644,14 @@ impl RunReport {
 
     /// The self-contained HTML report; its timeline is drawn from `events`, the run's events
     /// stream (commands without events fall back to their results' phases).
-    pub(crate) fn to_html(&self, record: &RunRecord, events: &[crate::events::RunEvent]) -> String {
-        html::render(self, record, events)
+    /// `trace_url` (`…/trace/{trace_id}`) links the run's trace to a tracing UI.
+    pub(crate) fn to_html(
+        &self,
+        record: &RunRecord,
+        events: &[crate::events::RunEvent],
+        trace_url: Option<&str>,
+    ) -> String {
+        html::render(self, record, events, trace_url)
     }
 }
 

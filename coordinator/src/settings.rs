@@ -37,6 +37,42 @@ pub struct Settings {
     pub signing_key: Option<PathBuf>,
     #[serde(default)]
     pub trusted_agent_keys: Vec<String>,
+    #[serde(default)]
+    pub report: ReportSettings,
+}
+
+/// How reports are written: the `[report]` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportSettings {
+    /// A tracing UI's page of one trace, `{trace_id}` standing for the run's trace ID
+    /// (`http://jaeger:16686/trace/{trace_id}`): the HTML report links the run's trace to it.
+    #[serde(default)]
+    pub trace_url: Option<String>,
+}
+
+/// The placeholder of [`ReportSettings::trace_url`].
+pub const TRACE_ID_PLACEHOLDER: &str = "{trace_id}";
+
+/// The page of trace `trace_id` at `trace_url` (checked by [`assemble`]).
+pub fn trace_link(trace_url: &str, trace_id: &str) -> String {
+    trace_url.replace(TRACE_ID_PLACEHOLDER, trace_id)
+}
+
+/// Why `trace_url` cannot be a link: not http(s) (a `javascript:` URL would run in the page), or
+/// no `{trace_id}` in it.
+fn check_trace_url(url: &str) -> Result<(), String> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(format!(
+            "report.trace_url: {url:?} is not an http:// or https:// URL"
+        ));
+    }
+    if !url.contains(TRACE_ID_PLACEHOLDER) {
+        return Err(format!(
+            "report.trace_url: {url:?} has no {TRACE_ID_PLACEHOLDER} to put the trace ID in"
+        ));
+    }
+    Ok(())
 }
 
 /// How to reach NATS: the agent's `[nats]` section, plus `allow_old_server`.
@@ -99,6 +135,7 @@ impl Default for Settings {
             no_verify: false,
             signing_key: None,
             trusted_agent_keys: Vec::new(),
+            report: ReportSettings::default(),
         }
     }
 }
@@ -147,6 +184,9 @@ pub enum SettingsError {
     #[error("invalid configuration: {0}")]
     Layers(config::ConfigError),
 }
+
+/// The file's sections (tables).
+const SECTIONS: &[&str] = &["nats", "report"];
 
 /// Top-level variables that are configuration keys; any other `FLOTILLA_…` without `__`
 /// (`FLOTILLA_CONFIG`, `FLOTILLA_SECRET_…`, the agent's `FLOTILLA_AGENT_CONFIG`) is not.
@@ -219,6 +259,9 @@ pub fn assemble(
     flotilla_schemas::subjects::Subjects::new(&settings.nats.prefix).map_err(|e| {
         SettingsError::Layers(config::ConfigError::Message(format!("nats.prefix: {e}")))
     })?;
+    if let Some(url) = &settings.report.trace_url {
+        check_trace_url(url).map_err(|e| SettingsError::Layers(config::ConfigError::Message(e)))?;
+    }
     Ok(settings)
 }
 
@@ -260,10 +303,10 @@ fn file_layer(path: &Path, warn: &mut dyn FnMut(String)) -> Result<String, Setti
     }
     if let Some(unknown) = table
         .keys()
-        .find(|k| *k != "nats" && !TOP_LEVEL.contains(&k.as_str()))
+        .find(|k| !SECTIONS.contains(&k.as_str()) && !TOP_LEVEL.contains(&k.as_str()))
     {
         return Err(invalid(format!(
-            "unknown key {unknown:?} (known: nats, {})",
+            "unknown key {unknown:?} (known: nats, report, {})",
             TOP_LEVEL.join(", ")
         )));
     }
@@ -330,6 +373,50 @@ mod tests {
         let mut warnings = Vec::new();
         let settings = assemble(path, env, flags, &mut |w| warnings.push(w));
         (settings, warnings)
+    }
+
+    #[test]
+    fn the_trace_url_comes_from_the_report_section_its_variable_or_its_flag() {
+        let url = "http://jaeger:16686/trace/{trace_id}";
+        let (_dir, path) = file(&format!("[report]\ntrace_url = \"{url}\"\n"));
+        let (settings, _) = assemble_quiet(Some(&path), &HashMap::new(), vec![]);
+        assert_eq!(settings.unwrap().report.trace_url.as_deref(), Some(url));
+        let tempo = "https://grafana/explore?trace={trace_id}";
+        let (settings, _) = assemble_quiet(
+            Some(&path),
+            &env(&[("FLOTILLA_REPORT__TRACE_URL", tempo)]),
+            vec![],
+        );
+        assert_eq!(settings.unwrap().report.trace_url.as_deref(), Some(tempo));
+        let flag = vec![(
+            "report.trace_url",
+            config::Value::from("http://x/{trace_id}"),
+        )];
+        let (settings, _) = assemble_quiet(Some(&path), &HashMap::new(), flag);
+        assert_eq!(
+            settings.unwrap().report.trace_url.as_deref(),
+            Some("http://x/{trace_id}")
+        );
+        assert_eq!(
+            trace_link(url, "4bf92f3577b34da6a3ce929d0e0e4736"),
+            "http://jaeger:16686/trace/4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+    }
+
+    #[test]
+    fn a_trace_url_that_is_not_http_or_has_no_placeholder_is_refused() {
+        for (bad, why) in [
+            ("javascript:alert(1)//{trace_id}", "not an http"),
+            ("http://jaeger:16686/trace/", "has no {trace_id}"),
+        ] {
+            let env = env(&[("FLOTILLA_REPORT__TRACE_URL", bad)]);
+            let (settings, _) = assemble_quiet(None, &env, vec![]);
+            let error = settings.unwrap_err().to_string();
+            assert!(error.contains(why), "{bad}: {error}");
+        }
+        let (_dir, path) = file("[report]\ntrace_link = \"x\"\n");
+        let (settings, _) = assemble_quiet(Some(&path), &HashMap::new(), vec![]);
+        assert!(settings.unwrap_err().to_string().contains("trace_link"));
     }
 
     #[test]
@@ -471,6 +558,10 @@ mod tests {
         let settings = settings.unwrap();
         assert_eq!(settings.nats.url.as_slice().len(), 2);
         assert_eq!(settings.nats.auth.user.as_deref(), Some("coordinator"));
+        assert_eq!(
+            settings.report.trace_url.as_deref(),
+            Some("http://localhost:16686/trace/{trace_id}")
+        );
         assert!(warnings.is_empty(), "{warnings:?}");
     }
 

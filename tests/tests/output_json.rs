@@ -43,7 +43,8 @@ fn run_number(fleet: &Fleet, count: usize) -> String {
         if let (_, Value::Array(runs)) = json(fleet, &["runs"])
             && runs.len() >= count
         {
-            id = runs[count - 1]["run_id"]
+            // Newest first: the count-th run is count from the end.
+            id = runs[runs.len() - count]["run_id"]
                 .as_str()
                 .unwrap_or_default()
                 .into();
@@ -160,7 +161,8 @@ fn every_command_that_prints_a_result_prints_one_json_document() {
         .iter()
         .map(|r| r["run_id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, [&first, &second, &run], "{runs:#}");
+    // Newest first.
+    assert_eq!(ids, [&run, &second, &first], "{runs:#}");
 
     // `report -o json` is the JSON report; an explicit `--format` wins.
     let (code, report) = json(&fleet, &["report", &run]);

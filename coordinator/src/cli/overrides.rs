@@ -69,6 +69,7 @@ impl GlobalFlags {
             ("verify_wait", self.verify_wait.as_ref().map(duration)),
             ("no_verify", self.no_verify.then(|| true.into())),
             ("signing_key", self.signing_key.as_ref().map(path)),
+            ("report.trace_url", self.trace_url.as_ref().map(|v| text(v))),
         ];
         if !self.placement_tags.is_empty() {
             set.push((

@@ -3,18 +3,31 @@
 use flotilla_telemetry::error_chain;
 
 use super::{connect_reader, fail};
-use crate::cli::{Cli, OutputFormat};
+use crate::cli::{AgentFilter, Cli, OutputFormat};
 use crate::discovery;
 use crate::exit::{self, Outcome};
 use crate::sanitize::one_line;
 
-/// Lists the agents that answer presence.
-pub(super) async fn agents(cli: &Cli) -> Outcome {
+/// Lists the agents that answer presence and pass `filter`.
+pub(super) async fn agents(cli: &Cli, filter: &AgentFilter) -> Outcome {
     let (client, subjects) = connect_reader(cli).await?;
-    let found = match discovery::discover(&client, &subjects, cli.settings.discovery_window).await {
-        Ok(found) => found,
-        Err(e) => return Err(fail(exit::BUS, error_chain(&e))),
-    };
+    let mut found =
+        match discovery::discover(&client, &subjects, cli.settings.discovery_window).await {
+            Ok(found) => found,
+            Err(e) => return Err(fail(exit::BUS, error_chain(&e))),
+        };
+    let answered = found.len();
+    found.retain(|a| filter.matches(a.service.as_str()));
+    // Like none answering (exit 3, stdout empty), but saying that others did.
+    if answered > 0 && found.is_empty() {
+        return Err(fail(
+            exit::PREFLIGHT,
+            format!(
+                "{answered} agent(s) answered, none of service {}",
+                one_line(&filter.service.join(", "))
+            ),
+        ));
+    }
     // An error like any other: stdout stays empty, stderr says why.
     if found.is_empty() {
         return Err(fail(

@@ -12,6 +12,7 @@ use crate::store::RunRecord;
 /// The page for `record`. Without its events (expired from the stream, or unreadable) the
 /// timeline is drawn from the phases the results carry.
 pub(super) async fn render(
+    cli: &Cli,
     client: &async_nats::Client,
     subjects: &Subjects,
     record: &RunRecord,
@@ -26,7 +27,8 @@ pub(super) async fn render(
             Vec::new()
         }
     };
-    RunReport::from_record(record).to_html(record, &events)
+    let trace_url = cli.settings.report.trace_url.as_deref();
+    RunReport::from_record(record).to_html(record, &events, trace_url)
 }
 
 /// Writes `--report-html FILE`, if asked.
@@ -43,7 +45,7 @@ pub(super) async fn write_file(
         Ok(subjects) => subjects,
         Err(e) => return Err(fail(exit::USAGE, format!("--prefix: {e}"))),
     };
-    let page = render(client, &subjects, record).await;
+    let page = render(cli, client, &subjects, record).await;
     match std::fs::write(path, page) {
         Ok(()) => Ok(()),
         Err(e) => Err(fail(

@@ -18,11 +18,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 mod screen;
+mod tally;
 
 use screen::Screen;
+use tally::{Standing, Tally};
 
 use super::{connect_reader, fail, open_store};
-use crate::cli::{Cli, OutputFormat};
+use crate::cli::{AgentFilter, Cli, OutputFormat};
 use crate::events::{RunEvent, RunEvents};
 use crate::exit::{self, CommandError, Outcome};
 use crate::report::RunReport;
@@ -39,11 +41,12 @@ const POLL: Duration = Duration::from_millis(250);
 const DRAIN_WAIT: Duration = Duration::from_secs(5);
 
 /// Watches `run` (or the newest running run, waiting up to `wait` for one to start) until it
-/// ends; returns the run's exit code.
+/// ends, showing only the services `filter` passes; returns the run's exit code.
 pub(super) async fn watch(
     cli: &Cli,
     run: Option<&str>,
     wait: Duration,
+    filter: &AgentFilter,
     shutdown: CancellationToken,
 ) -> Outcome {
     let (client, subjects) = connect_reader(cli).await?;
@@ -52,7 +55,7 @@ pub(super) async fn watch(
         return Ok(exit::OK);
     };
     let (mut record, mut events) = open_run(&client, &subjects, &store, run_id).await?;
-    let mut view = View::new(cli.output, &record);
+    let mut view = View::new(cli.output, &record, filter.clone());
     view.record(&record);
     let mut reloaded = Instant::now();
     let mut unknown = HashSet::new();
@@ -82,7 +85,7 @@ pub(super) async fn watch(
                 record = fresh;
                 view.record(&record);
             }
-            if shown(&event, &record) {
+            if shown(&event, &record) && view.follows(&event) {
                 view.event(&event, &record);
             }
         }
@@ -126,7 +129,7 @@ async fn show_the_rest(
         if let RunEvent::Result(r) = &event {
             missing.remove(&r.command_id);
         }
-        if shown(&event, record) {
+        if shown(&event, record) && view.follows(&event) {
             view.event(&event, record);
         }
     }
@@ -266,6 +269,12 @@ struct Row {
 /// What is shown, and how.
 struct View {
     mode: Mode,
+    /// The services shown (the others' events are skipped; the final report is whole).
+    filter: AgentFilter,
+    /// Each target's standing, as the record last read says.
+    standings: Vec<Standing>,
+    /// The targets shown, in wave order.
+    shown: Vec<usize>,
     started_at: OffsetDateTime,
     rows: Vec<Row>,
     index: HashMap<String, usize>,
@@ -283,7 +292,7 @@ enum Mode {
 // === impl View ===
 
 impl View {
-    fn new(output: OutputFormat, record: &RunRecord) -> Self {
+    fn new(output: OutputFormat, record: &RunRecord, filter: AgentFilter) -> Self {
         let rows: Vec<Row> = record
             .targets
             .iter()
@@ -298,15 +307,21 @@ impl View {
             .enumerate()
             .map(|(i, r)| (r.target.clone(), i))
             .collect();
+        let shown = wave_order(record)
+            .filter(|&t| filter.matches(record.targets[t].service.as_str()))
+            .collect::<Vec<_>>();
         let mode = match output {
             OutputFormat::Json => Mode::Json,
             OutputFormat::Text if std::io::stdout().is_terminal() => {
-                Mode::Terminal(Screen::new(record))
+                Mode::Terminal(Screen::new(record, shown.len()))
             }
             OutputFormat::Text => Mode::Lines,
         };
         let view = View {
             mode,
+            filter,
+            standings: tally::standings(record),
+            shown,
             started_at: record.started_at,
             rows,
             index,
@@ -476,8 +491,18 @@ impl View {
         }
     }
 
+    /// Whether `event` is about a service this view shows.
+    fn follows(&self, event: &RunEvent) -> bool {
+        let service = match event {
+            RunEvent::Progress(p) => &p.service,
+            RunEvent::Result(r) => &r.service,
+        };
+        self.filter.matches(service.as_str())
+    }
+
     /// Reports what changed in the record: waves, stage, status.
     fn record(&mut self, record: &RunRecord) {
+        self.standings = tally::standings(record);
         for (w, wave) in record.waves.iter().enumerate() {
             if self.waves.get(w) == Some(&wave.status) {
                 continue;
@@ -547,8 +572,37 @@ impl View {
                 wave.targets.len()
             )));
         }
-        for (bar, row) in screen.rows.iter().zip(&self.rows) {
+        let mut order = self.shown.clone();
+        let standing = |t: usize| self.standings.get(t).copied().unwrap_or_default();
+        // Stable: within a standing, rows stay in wave order.
+        order.sort_by_key(|&t| standing(t));
+        let tally = Tally::of(order.iter().map(|&t| standing(t)));
+        let of_all = if self.filter.service.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (of {}; --service {})",
+                self.rows.len(),
+                self.filter.service.join(",")
+            )
+        };
+        screen.counters.set_message(message(format!(
+            "{} service(s){of_all}: {}",
+            order.len(),
+            tally.line()
+        )));
+        let hidden = order.split_off(screen.rows.len().min(order.len()));
+        screen.more.set_message(if hidden.is_empty() {
+            String::new()
+        } else {
+            let tally = Tally::of(hidden.iter().map(|&t| standing(t)));
+            format!("  +{} more ({})", hidden.len(), tally.nonzero())
+        });
+        for (bar, &t) in screen.rows.iter().zip(&order) {
+            let row = &self.rows[t];
             let phase = match row.phase {
+                // Sent, and not picked up yet: the agent's first event says when it is.
+                None if standing(t) == Standing::InFlight => "sent".to_owned(),
                 None => "waiting".to_owned(),
                 Some((phase, PhaseStatus::Started)) => format!("{phase} …"),
                 Some((phase, PhaseStatus::Succeeded)) => format!("{phase} ok"),
@@ -602,14 +656,26 @@ impl View {
     /// Leaves the terminal view on screen as it last was.
     fn close(&mut self) {
         if let Mode::Terminal(screen) = &self.mode {
-            for bar in std::iter::once(&screen.header)
-                .chain(&screen.waves)
-                .chain(&screen.rows)
-            {
+            for bar in screen.lines() {
                 bar.finish();
             }
         }
     }
+}
+
+/// Every target of `record`, wave by wave (and any in no wave last).
+fn wave_order(record: &RunRecord) -> impl Iterator<Item = usize> + '_ {
+    let in_waves: HashSet<usize> = record
+        .waves
+        .iter()
+        .flat_map(|w| w.targets.clone())
+        .collect();
+    record
+        .waves
+        .iter()
+        .flat_map(|w| w.targets.iter().copied())
+        .filter(|&t| t < record.targets.len())
+        .chain((0..record.targets.len()).filter(move |t| !in_waves.contains(t)))
 }
 
 /// A row of the in-place view, controls escaped.

@@ -40,6 +40,8 @@ struct Page<'a> {
     status_class: &'static str,
     status_text: String,
     facts: Vec<(&'static str, String)>,
+    /// The run's trace, linked to the tracing UI when `[report] trace_url` is configured.
+    trace: Option<TraceLink>,
     notes: &'a [String],
     waves: Vec<WaveLine>,
     services: Vec<ServiceLine>,
@@ -55,6 +57,12 @@ struct Page<'a> {
     data: String,
     style: &'static str,
     script: &'static str,
+}
+
+/// The run's trace ID, and its page in a tracing UI.
+struct TraceLink {
+    id: String,
+    url: Option<String>,
 }
 
 /// A row of the waves table.
@@ -124,7 +132,12 @@ struct CorrelationView<'a> {
 
 /// Renders the page for `report`, drawing the timeline from `events` (the run's events stream)
 /// and, for commands without events, from the phases their results carry.
-pub(super) fn render(report: &RunReport, record: &RunRecord, events: &[RunEvent]) -> String {
+pub(super) fn render(
+    report: &RunReport,
+    record: &RunRecord,
+    events: &[RunEvent],
+    trace_url: Option<&str>,
+) -> String {
     let data = timeline::page_data(report, record, events);
     let page = Page {
         title: format!("Flotilla run {}: {}", report.run_id, report.plan),
@@ -132,6 +145,10 @@ pub(super) fn render(report: &RunReport, record: &RunRecord, events: &[RunEvent]
         status_class: report.status.as_str(),
         status_text: report.status_text(),
         facts: facts(report),
+        trace: report.trace_id.as_ref().map(|id| TraceLink {
+            id: id.clone(),
+            url: trace_url.map(|url| crate::settings::trace_link(url, id)),
+        }),
         notes: &report.notes,
         waves: report
             .waves
@@ -155,7 +172,7 @@ pub(super) fn render(report: &RunReport, record: &RunRecord, events: &[RunEvent]
         cross_service: report.cross_service.as_ref().map(cross_service_view),
         correlation: report.correlation.as_ref().map(correlation_view),
         guide: guide(report),
-        version: env!("CARGO_PKG_VERSION"),
+        version: crate::VERSION,
         data: serde_json::to_string(&data)
             .expect("page data serializes")
             .replace('<', "\\u003c"),
@@ -183,6 +200,12 @@ fn facts(report: &RunReport) -> Vec<(&'static str, String)> {
     facts.push(("stage", report.stage.as_str().into()));
     facts.push(("finalized", yes_no(report.finalized).into()));
     facts.push(("coordinator", report.coordinator.clone()));
+    if let Some(by) = &report.started_by {
+        facts.push(("started by", by.text()));
+    }
+    if let Some(digest) = &report.plan_digest {
+        facts.push(("plan digest", digest.clone()));
+    }
     facts
 }
 

@@ -32,6 +32,15 @@ pub(super) fn render(report: &RunReport) -> String {
     );
     let _ = writeln!(out, "| finalized | {} |", yes_no(report.finalized));
     let _ = writeln!(out, "| coordinator | {} |", report.coordinator);
+    if let Some(by) = &report.started_by {
+        let _ = writeln!(out, "| started by | {} |", by.text().replace('|', "\\|"));
+    }
+    if let Some(digest) = &report.plan_digest {
+        let _ = writeln!(out, "| plan digest | `{digest}` |");
+    }
+    if let Some(trace) = &report.trace_id {
+        let _ = writeln!(out, "| trace | `{trace}` |");
+    }
     if let Some(plan) = &plan {
         let _ = writeln!(
             out,

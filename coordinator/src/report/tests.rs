@@ -205,7 +205,7 @@ fn markdown_and_html_agree_on_a_services_problem() {
     let md = report.to_markdown();
     assert!(md.contains("| a/x | canary | rolled_back |"), "{md}");
     assert!(md.contains("| yes | none |"), "{md}");
-    let html = report.to_html(&record, &[]);
+    let html = report.to_html(&record, &[], None);
     assert!(
         html.contains("<td>yes</td><td>none</td></tr>"),
         "the restored service's problem in the page"
@@ -217,4 +217,70 @@ fn markdown_and_html_agree_on_a_services_problem() {
         "{html}"
     );
     assert!(!html.contains("rehearsal: restored after validation and proved healthy</td>"));
+}
+
+#[test]
+fn reports_name_who_started_the_run_the_plan_digest_and_link_the_trace() {
+    let mut record = record();
+    record.started_by = Some(crate::store::StartedBy {
+        user: "alice".into(),
+        host: "ops-1".into(),
+        signing_key: Some("k3yId".into()),
+    });
+    record.trace_parent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+    let report = RunReport::from_record(&record);
+    let digest = {
+        use sha2::Digest;
+        let hex: String = sha2::Sha256::digest(PLAN.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("sha256:{hex}")
+    };
+    assert_eq!(report.plan_digest.as_deref(), Some(digest.as_str()));
+    let by = "alice@ops-1 (signing key k3yId)";
+    assert!(
+        report
+            .to_text()
+            .contains(&format!("  by: {by}, plan {digest}")),
+        "{}",
+        report.to_text()
+    );
+    let md = report.to_markdown();
+    assert!(md.contains(&format!("| started by | {by} |")), "{md}");
+    assert!(
+        md.contains(&format!("| plan digest | `{digest}` |")),
+        "{md}"
+    );
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["started_by"]["user"], "alice");
+    assert_eq!(json["started_by"]["signing_key"], "k3yId");
+    assert_eq!(json["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    let html = report.to_html(&record, &[], Some("http://jaeger:16686/trace/{trace_id}"));
+    assert!(
+        html.contains(
+            "<a id=\"trace-link\" href=\"http://jaeger:16686/trace/4bf92f3577b34da6a3ce929d0e0e4736\""
+        ),
+        "{html}"
+    );
+    assert!(html.contains(&format!("<td>{digest}</td>")));
+    let unlinked = report.to_html(&record, &[], None);
+    assert!(unlinked.contains("<code>4bf92f3577b34da6a3ce929d0e0e4736</code>"));
+    assert!(!unlinked.contains("trace-link"));
+}
+
+#[test]
+fn a_record_written_before_who_and_digest_loads_and_reports_without_them() {
+    let mut value = serde_json::to_value(record()).unwrap();
+    let fields = value.as_object_mut().unwrap();
+    assert!(fields.remove("started_by").is_some() && fields.remove("plan_digest").is_some());
+    let old: RunRecord = serde_json::from_value(value).unwrap();
+    assert_eq!(
+        (old.started_by.clone(), old.plan_digest.clone()),
+        (None, None)
+    );
+    let report = RunReport::from_record(&old);
+    assert!(!report.to_text().contains("  by: "));
+    let json = serde_json::to_value(&report).unwrap();
+    assert!(json.get("started_by").is_none() && json.get("plan_digest").is_none());
 }

@@ -42,6 +42,9 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         );
         record.finalize = plan.finalize;
         record.plan_files = crate::plan_files::recorded(&plan);
+        if let Some(started_by) = &mut record.started_by {
+            started_by.signing_key = parts.signer.as_ref().map(|k| k.id().to_owned());
+        }
         for target in &mut record.targets {
             if let Some(found) = targets
                 .iter()

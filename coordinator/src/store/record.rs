@@ -9,6 +9,10 @@ use time::OffsetDateTime;
 use super::verdict::{CorrelationVerdict, CrossServiceVerdict};
 use crate::plan::{Finalize, Wave};
 
+mod started_by;
+
+pub use started_by::{StartedBy, plan_digest};
+
 /// The run record's schema tag.
 pub const RUN_SCHEMA: &str = "flotilla.run.v1";
 
@@ -61,6 +65,13 @@ pub struct RunRecord {
     pub plan_path: String,
     /// The plan's text, so the run can be resumed where the file is not.
     pub plan_text: String,
+    /// `sha256:<hex>` of `plan_text` ([`plan_digest`]); absent in records older than it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_digest: Option<String>,
+    /// Who started the run, on which host, with which signing key; absent in records older
+    /// than it. A resume keeps it (the resuming host is in `coordinator`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_by: Option<StartedBy>,
     /// The files the plan ships (`write_file` sources) with their digests as the run started:
     /// a resumed run sends these, from the plan-files bucket, whatever the disk holds now.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -134,6 +145,19 @@ pub enum WaveStatus {
 // === impl RunStatus ===
 
 impl RunStatus {
+    /// Every status, in the order the docs list them.
+    pub const ALL: [RunStatus; 9] = [
+        RunStatus::Running,
+        RunStatus::Succeeded,
+        RunStatus::SucceededWithFailures,
+        RunStatus::Failed,
+        RunStatus::RolledBack,
+        RunStatus::Rehearsed,
+        RunStatus::AwaitingFinalize,
+        RunStatus::Cancelled,
+        RunStatus::Unresolved,
+    ];
+
     /// The status as written in reports (its JSON spelling).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -260,6 +284,8 @@ impl RunRecord {
             plan_name: plan_name.to_owned(),
             plan_path: plan_path.to_owned(),
             plan_text: plan_text.to_owned(),
+            plan_digest: Some(plan_digest(plan_text)),
+            started_by: Some(StartedBy::this_process()),
             plan_files: Vec::new(),
             rehearse,
             finalize: Finalize::Auto,
@@ -357,10 +383,7 @@ pub fn failed_verdict(
 
 /// `host:pid` of this process.
 pub(crate) fn coordinator_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "unknown-host".into());
-    format!("{host}:{}", std::process::id())
+    format!("{}:{}", started_by::host(), std::process::id())
 }
 
 #[cfg(test)]
@@ -385,17 +408,7 @@ mod tests {
 
     #[test]
     fn run_status_text_is_its_json_spelling() {
-        for status in [
-            RunStatus::Running,
-            RunStatus::Succeeded,
-            RunStatus::SucceededWithFailures,
-            RunStatus::Failed,
-            RunStatus::RolledBack,
-            RunStatus::Rehearsed,
-            RunStatus::AwaitingFinalize,
-            RunStatus::Cancelled,
-            RunStatus::Unresolved,
-        ] {
+        for status in RunStatus::ALL {
             assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
         }
     }

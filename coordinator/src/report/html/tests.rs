@@ -137,7 +137,7 @@ fn timeline_comes_from_events_and_falls_back_to_results() {
         (text.verdict, text.before.as_str(), text.limit.as_deref()),
         ("passed", "50 ms", Some("≤ 150 ms"))
     );
-    let page = render(&report, &record, &events);
+    let page = render(&report, &record, &events, None);
     assert!(!page.contains("p</script>"), "the plan name is not escaped");
     assert!(!page.contains("<boom>"), "a phase detail is not escaped");
     assert!(page.contains("&lt;boom&gt;") || page.contains("\\u003cboom>"));
@@ -162,7 +162,7 @@ fn the_page_escapes_what_the_run_says() {
     .unwrap();
     record.notes.push(hostile.to_owned());
     let report = RunReport::from_record(&record);
-    let page = render(&report, &record, &[]);
+    let page = render(&report, &record, &[], None);
     assert!(!page.contains("<img"), "{page}");
     assert!(!page.contains("onerror=\""), "{page}");
     assert_eq!(page.matches("img src=x onerror=").count(), 4, "{page}");
