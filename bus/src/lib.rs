@@ -360,9 +360,15 @@ async fn get_or_create(
     config: stream::Config,
 ) -> Result<stream::Stream, BusError> {
     let name = config.name.clone();
-    js.get_or_create_stream(config)
-        .await
-        .map_err(|source| BusError::Stream { name, source })
+    let what = format!("opening the stream {name}");
+    let deadline = tokio::time::Instant::now() + outage::OUTAGE_TOLERANCE;
+    // A cluster electing the stream's leader (or the meta leader) does not answer for seconds.
+    let attempt = || js.get_or_create_stream(config.clone());
+    outage::retry_until(&what, deadline, attempt, |e| {
+        !matches!(e.kind(), jetstream::context::CreateStreamErrorKind::JetStream(api) if !provision::electing(api.error_code()))
+    })
+    .await
+    .map_err(|source| BusError::Stream { name, source })
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use async_nats::jetstream::{self, stream};
 use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 
 use crate::BusError;
+use crate::outage::{OUTAGE_TOLERANCE, retry_until};
 
 /// What provisioning found of one stream (a key-value bucket is a stream too).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,32 +45,91 @@ const REPLICAS: &str = "replicas";
 const PLACEMENT: &str = "placement";
 
 /// Looks `wanted.name` up: `None` when the stream does not exist, else how its settings differ
-/// from `wanted` (empty when they match).
+/// from `wanted` (empty when they match). A server that cannot answer now (no reply, the cluster
+/// electing a leader) is asked again for [`OUTAGE_TOLERANCE`]; an answer is final.
 pub async fn inspect(
     js: &jetstream::Context,
     wanted: &stream::Config,
 ) -> Result<Option<Vec<Difference>>, BusError> {
+    let what = format!("looking up the stream {}", wanted.name);
+    let deadline = tokio::time::Instant::now() + OUTAGE_TOLERANCE;
+    retry_until(
+        &what,
+        deadline,
+        || inspect_once(js, wanted),
+        Failure::transient,
+    )
+    .await
+    .map_err(|failure| BusError::Inspect {
+        name: wanted.name.clone(),
+        source: failure.source,
+    })
+}
+
+/// One failed look-up, and whether waiting may cure it.
+struct Failure {
+    source: Box<dyn std::error::Error + Send + Sync>,
+    transient: bool,
+}
+
+impl Failure {
+    fn transient(&self) -> bool {
+        self.transient
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.source.fmt(f)
+    }
+}
+
+async fn inspect_once(
+    js: &jetstream::Context,
+    wanted: &stream::Config,
+) -> Result<Option<Vec<Difference>>, Failure> {
+    use jetstream::context::GetStreamErrorKind as Kind;
     match js.get_stream(&wanted.name).await {
         Ok(mut found) => {
-            let info = found.info().await.map_err(|e| BusError::Inspect {
-                name: wanted.name.clone(),
+            let info = found.info().await.map_err(|e| Failure {
                 source: Box::new(e),
+                transient: true,
             })?;
             Ok(Some(differences(wanted, &info.config)))
         }
         Err(e) => match e.kind() {
             // Only "stream not found" means it is missing; any other error is real.
-            jetstream::context::GetStreamErrorKind::JetStream(api)
-                if api.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
-            {
+            Kind::JetStream(api) if api.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND => {
                 Ok(None)
             }
-            _ => Err(BusError::Inspect {
-                name: wanted.name.clone(),
-                source: Box::new(e),
-            }),
+            kind => {
+                let transient = match kind {
+                    Kind::Request => true,
+                    Kind::JetStream(api) => electing(api.error_code()),
+                    Kind::EmptyName | Kind::InvalidStreamName => false,
+                };
+                Err(Failure {
+                    source: Box::new(e),
+                    transient,
+                })
+            }
         },
     }
+}
+
+/// True for the JetStream API's answers that mean "not now": the cluster has no leader or quorum
+/// for it yet.
+pub fn electing(code: jetstream::ErrorCode) -> bool {
+    use jetstream::ErrorCode as Code;
+    [
+        Code::CLUSTER_NOT_AVAILABLE,
+        Code::CLUSTER_NO_PEERS,
+        Code::CLUSTER_INCOMPLETE,
+        Code::CLUSTER_NOT_ACTIVE,
+        Code::CLUSTER_NOT_LEADER,
+        Code::CLUSTER_NOT_ASSIGNED,
+    ]
+    .contains(&code)
 }
 
 /// Creates the stream when it is missing; an existing one is reported, never changed.

@@ -287,13 +287,18 @@ async fn follow(
     filter: &str,
     deliver_policy: consumer::DeliverPolicy,
 ) -> Result<consumer::pull::Ordered, Box<dyn std::error::Error + Send + Sync>> {
-    let consumer = stream
-        .create_consumer(consumer::pull::OrderedConfig {
+    // An ephemeral consumer is created by the stream's leader: ride out its election.
+    let deadline = tokio::time::Instant::now() + flotilla_bus::outage::OUTAGE_TOLERANCE;
+    let create = || {
+        stream.create_consumer(consumer::pull::OrderedConfig {
             filter_subject: filter.to_owned(),
             deliver_policy,
             ..Default::default()
         })
-        .await?;
+    };
+    let consumer =
+        flotilla_bus::outage::retry_until("following the run's events", deadline, create, |_| true)
+            .await?;
     Ok(consumer.messages().await?)
 }
 

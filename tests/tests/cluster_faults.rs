@@ -69,14 +69,28 @@ fn gate_step(gate: &Path) -> String {
     )
 }
 
-/// A plan of two waves, `inference` first (waiting at `gate`) then `ingest`; `ingest` fails when
-/// `fail_second`, which rolls `inference` back.
+/// Where a run stands when the test strikes: the service that waits at the gate, and whether
+/// the second wave's service fails (which rolls the first back).
+#[derive(Debug, Clone, Copy)]
+struct Stage {
+    gated: &'static str,
+    fail_second: bool,
+}
+
+/// The first wave's service waits: what follows the gate is its result, then the next dispatch.
+const FIRST_WAVE: Stage = Stage {
+    gated: "inference",
+    fail_second: false,
+};
+
+/// A plan of two waves, `inference` then `ingest`, the `stage.gated` one waiting at `gate`;
+/// `ingest` fails when `stage.fail_second`, which rolls `inference` back.
 fn two_wave_plan(
     fleet: &Fleet,
     scenario: &Scenario,
     name: &str,
     gate: &Path,
-    fail_second: bool,
+    stage: Stage,
 ) -> PathBuf {
     let mut text = format!(
         "name = \"{name}\"\ncommand_timeout = \"{}s\"\n\
@@ -84,11 +98,18 @@ fn two_wave_plan(
          [[wave]]\nname = \"rest\"\n",
         COMMAND_TIMEOUT.as_secs()
     );
-    text.push_str(&scenario.service(fleet, "inference", name, &gate_step(gate)));
-    if fail_second {
+    let extra = |role: &str| {
+        if role == stage.gated {
+            gate_step(gate)
+        } else {
+            String::new()
+        }
+    };
+    text.push_str(&scenario.service(fleet, "inference", name, &extra("inference")));
+    if stage.fail_second {
         text.push_str(&scenario.failing_service(fleet, "ingest", name));
     } else {
-        text.push_str(&scenario.service(fleet, "ingest", name, ""));
+        text.push_str(&scenario.service(fleet, "ingest", name, &extra("ingest")));
     }
     fleet.write_plan(&format!("{name}.toml"), &text)
 }
@@ -128,15 +149,15 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> Option<i32> {
 
 /// Kills the leader of `leader` once the first service waits at its gate, then opens the gate,
 /// and checks the run's end against the invariants. Returns the final report.
-fn kill_leader_at_gate(leader: Leader, name: &str, fail_second: bool) -> Value {
+fn kill_leader_at_gate(leader: Leader, name: &str, stage: Stage) -> Value {
     let (mut cluster, fleet, scenario) = cluster_fleet();
     let gate = fleet.dir().join(format!("{name}.gate"));
-    let plan = two_wave_plan(&fleet, &scenario, name, &gate, fail_second);
+    let plan = two_wave_plan(&fleet, &scenario, name, &gate, stage);
     let mut coordinator = fleet.spawn_flotilla(&["migrate", plan.to_str().unwrap()]);
     wait_for(
-        "inference to wait at its gate",
+        &format!("{} to wait at its gate", stage.gated),
         Duration::from_secs(60),
-        || scenario.count("inference", name) == 1,
+        || scenario.count(stage.gated, name) == 1,
     )
     .unwrap();
     let victim = cluster
@@ -175,27 +196,109 @@ fn kill_leader_at_gate(leader: Leader, name: &str, fail_second: bool) -> Value {
 
 #[test]
 fn the_commands_leader_killed_at_dispatch_delays_the_next_wave_and_loses_nothing() {
-    let report = kill_leader_at_gate(Leader::Commands, "dispatch", false);
+    let report = kill_leader_at_gate(Leader::Commands, "dispatch", FIRST_WAVE);
     assert_eq!(report["status"], "succeeded", "{report:#}");
 }
 
 #[test]
 fn the_events_leader_killed_mid_phase_loses_no_result() {
-    let report = kill_leader_at_gate(Leader::Events, "midphase", false);
+    let report = kill_leader_at_gate(Leader::Events, "midphase", FIRST_WAVE);
     assert_eq!(report["status"], "succeeded", "{report:#}");
 }
 
 #[test]
 fn the_run_bucket_leader_killed_as_results_are_filed_stops_nothing() {
-    let report = kill_leader_at_gate(Leader::Runs, "results", false);
+    let report = kill_leader_at_gate(Leader::Runs, "results", FIRST_WAVE);
     assert_eq!(report["status"], "succeeded", "{report:#}");
 }
 
 #[test]
 fn the_commands_leader_killed_before_a_rollback_still_restores_the_canary() {
-    let report = kill_leader_at_gate(Leader::Commands, "rollback", true);
+    let report = kill_leader_at_gate(
+        Leader::Commands,
+        "rollback",
+        Stage {
+            gated: "inference",
+            fail_second: true,
+        },
+    );
     assert_eq!(report["status"], "failed", "{report:#}");
     let canary = &report["services"][0];
     assert_eq!(canary["service"], "inference");
     assert_eq!(canary["status"], "rolled_back", "{report:#}");
+}
+
+/// The last service waits; what follows the gate is the correlation check (which reads the
+/// telemetry stream) and the finalize of both services, while the run bucket elects a leader.
+#[test]
+fn the_run_bucket_leader_killed_before_finalize_finalizes_both() {
+    let stage = Stage {
+        gated: "ingest",
+        fail_second: false,
+    };
+    let report = kill_leader_at_gate(Leader::Runs, "finalize", stage);
+    assert_eq!(report["status"], "succeeded", "{report:#}");
+    assert_eq!(report["finalized"], true, "{report:#}");
+}
+
+/// One node is down from before the run to after it, longer than the command timeout: two of
+/// three keep every stream's quorum, and the run does not notice.
+#[test]
+fn a_node_down_for_the_whole_run_changes_nothing() {
+    let (mut cluster, fleet, scenario) = cluster_fleet();
+    cluster.kill(0);
+    let plan = fleet.write_plan("down.toml", &scenario.plan(&fleet, "down", "", ""));
+    let started = Instant::now();
+    let out = fleet.flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{report:#}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = report["run_id"].as_str().unwrap();
+    let evidence = Evidence::collect(&fleet, &scenario, run).unwrap();
+    scenario.check(&evidence, None).assert_ok("a node down");
+    assert!(started.elapsed() > Duration::ZERO);
+    cluster.restart(0).unwrap();
+}
+
+/// Every node is restarted in turn (kill -9, restart on its store, caught up) while the first
+/// service waits at its gate; then the run goes on and ends as it would have.
+#[test]
+fn a_rolling_restart_of_all_three_nodes_during_a_run_loses_nothing() {
+    let (mut cluster, fleet, scenario) = cluster_fleet();
+    let name = "rolling";
+    let gate = fleet.dir().join("rolling.gate");
+    let plan = two_wave_plan(&fleet, &scenario, name, &gate, FIRST_WAVE);
+    let mut coordinator = fleet.spawn_flotilla(&["migrate", plan.to_str().unwrap()]);
+    wait_for(
+        "inference to wait at its gate",
+        Duration::from_secs(60),
+        || scenario.count("inference", name) == 1,
+    )
+    .unwrap();
+    for node in 0..cluster.len() {
+        cluster.kill(node);
+        cluster.restart(node).unwrap();
+        cluster.wait_ready(Duration::from_secs(60)).unwrap();
+        for leader in [Leader::Commands, Leader::Events, Leader::Runs] {
+            cluster
+                .wait_for_leader(leader.stream(), Duration::from_secs(60))
+                .unwrap();
+        }
+    }
+    std::fs::write(&gate, "open").unwrap();
+    let healed = Instant::now();
+    let code = wait_exit(&mut coordinator, Duration::from_secs(120));
+    let run = newest_run(&fleet);
+    let took = scenario.wait_terminal(&fleet, &run, healed).unwrap();
+    let evidence = Evidence::collect(&fleet, &scenario, &run).unwrap();
+    scenario
+        .check(&evidence, Some(took))
+        .assert_ok("rolling restart");
+    let report = status(&fleet, &run);
+    assert_eq!(code, Some(0), "{report:#}");
+    assert_eq!(report["status"], "succeeded", "{report:#}");
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use flotilla_tests::faults::{limit_commands_stream, limit_events_stream, results_of};
 use flotilla_tests::invariants::wait_for_run;
-use flotilla_tests::{Evidence, Fleet, NatsServer, Scenario, wait_for};
+use flotilla_tests::{Evidence, Fleet, NatsServer, Scenario, demo_plan_text, snapshot, wait_for};
 use serde_json::Value;
 
 const ROLES: [&str; 2] = ["inference", "ingest"];
@@ -206,4 +206,62 @@ fn a_full_events_stream_that_recovers_before_the_deadline_delivers_the_outcome()
         .check(&evidence, Some(took))
         .assert_ok("events stream full, then not");
     assert_eq!(evidence.trees["inference"], scenario.after["inference"]);
+}
+
+/// A rollback that the broker refuses until it expires (the commands stream full: the same as
+/// a stream with no leader for that long) is not recorded `rolled_back`: the run ends
+/// `unresolved` (exit 6), the service stays migrated and says its rollback was not delivered.
+/// Once the broker takes commands again, `flotilla rollback RUN` sends the rollback again, as a
+/// new command, and only the agent's answer makes the run `rolled_back`.
+#[test]
+fn a_rollback_the_broker_never_took_leaves_the_run_unresolved_until_it_is_sent_again() {
+    let nats = NatsServer::start().unwrap();
+    let fleet = Fleet::start(nats.url(), &["inference"]).unwrap();
+    let before = snapshot(&fleet.root("inference"));
+    let plan = demo_plan_text(&["inference"])
+        .replace("command_timeout = \"60s\"", "command_timeout = \"3s\"");
+    let (code, report) = fleet.migrate_with(plan, &["--no-finalize"]);
+    assert_eq!(code, Some(0), "{report:#}");
+    let run = report["run_id"].as_str().unwrap().to_owned();
+    let migrated = snapshot(&fleet.root("inference"));
+    assert_ne!(migrated, before);
+
+    limit_commands_stream(nats.url(), 64).unwrap();
+    let out = fleet.flotilla(&["rollback", &run, "--output", "json"]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(6), "{report:#}");
+    assert_eq!(report["status"], "unresolved", "{report:#}");
+    let inference = &report["services"][0];
+    assert_eq!(inference["status"], "not_delivered", "{report:#}");
+    assert!(
+        inference["reason"]
+            .as_str()
+            .unwrap()
+            .contains("may still be migrated"),
+        "{report:#}"
+    );
+    assert_eq!(
+        snapshot(&fleet.root("inference")),
+        migrated,
+        "nothing was restored"
+    );
+
+    limit_commands_stream(nats.url(), -1).unwrap();
+    let out = fleet.flotilla(&["rollback", &run, "--output", "json"]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["status"], "rolled_back", "{report:#}");
+    assert_eq!(report["services"][0]["status"], "rolled_back", "{report:#}");
+    assert!(
+        report["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n.as_str().unwrap().contains("sent again as a new command")),
+        "{report:#}"
+    );
+    assert_eq!(
+        snapshot(&fleet.root("inference")),
+        before,
+        "restored byte for byte"
+    );
 }
