@@ -12,6 +12,15 @@ use flotilla_schemas::{InstanceId, ServiceName};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
+/// Connects to `urls`: one server, or a cluster's comma-separated, as the binaries take them.
+pub async fn connect(urls: &str) -> anyhow::Result<async_nats::Client> {
+    let servers = urls
+        .split(',')
+        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(async_nats::connect(servers).await?)
+}
+
 /// Runs `work` on its own thread with its own runtime, so sync tests (and tests already inside a
 /// runtime) can talk to NATS.
 pub fn block_on<T: Send + 'static>(
@@ -34,7 +43,7 @@ pub fn preset_ack_wait(nats_url: &str, roles: &[&str], ack_wait: Duration) -> an
     let url = nats_url.to_owned();
     let roles: Vec<String> = roles.iter().map(|r| (*r).to_owned()).collect();
     block_on(async move {
-        let client = async_nats::connect(&url).await?;
+        let client = connect(&url).await?;
         let js = jetstream::new(client);
         let subjects = Subjects::default();
         let commands = flotilla_bus::commands_stream(&js, &subjects).await?;
@@ -60,7 +69,7 @@ pub fn preset_ack_wait(nats_url: &str, roles: &[&str], ack_wait: Duration) -> an
 pub fn limit_events_stream(nats_url: &str, max_bytes: i64) -> anyhow::Result<()> {
     let url = nats_url.to_owned();
     block_on(async move {
-        let client = async_nats::connect(&url).await?;
+        let client = connect(&url).await?;
         let js = jetstream::new(client);
         let subjects = Subjects::default();
         let mut stream = flotilla_bus::events_stream(&js, &subjects).await?;
@@ -128,7 +137,7 @@ pub fn publish_command(
     let signature = key.map(|k| k.sign(&payload));
     let (url, service, msg_id) = (nats_url.to_owned(), service.to_owned(), msg_id.to_owned());
     block_on(async move {
-        let client = async_nats::connect(&url).await?;
+        let client = connect(&url).await?;
         let js = jetstream::new(client);
         let subjects = Subjects::default();
         let subject = subjects.command(&ServiceName::parse(&service)?, &InstanceId::parse("a")?);
@@ -154,7 +163,7 @@ pub fn publish_event(
 ) -> anyhow::Result<()> {
     let (url, run_id, service) = (nats_url.to_owned(), run_id.to_owned(), service.to_owned());
     block_on(async move {
-        let client = async_nats::connect(&url).await?;
+        let client = connect(&url).await?;
         let js = jetstream::new(client);
         let subject = format!("{}.evt.{run_id}.{service}.a", Subjects::default().prefix());
         js.publish(subject, payload.into()).await?.await?;
@@ -177,7 +186,7 @@ pub fn results_of(
         command_id.to_owned(),
     );
     block_on(async move {
-        let client = async_nats::connect(&url).await?;
+        let client = connect(&url).await?;
         let js = jetstream::new(client);
         let subjects = Subjects::default();
         let stream = js.get_stream(subjects.events_stream()).await?;
@@ -278,7 +287,7 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
 pub fn limit_commands_stream(nats_url: &str, max_bytes: i64) -> anyhow::Result<()> {
     let url = nats_url.to_owned();
     block_on(async move {
-        let client = async_nats::connect(&url).await?;
+        let client = connect(&url).await?;
         let js = jetstream::new(client);
         let subjects = Subjects::default();
         let mut stream = flotilla_bus::commands_stream(&js, &subjects).await?;

@@ -290,13 +290,8 @@ async fn read_bus_async(url: &str, run: &str) -> anyhow::Result<(Vec<Value>, Vec
     use async_nats::jetstream;
     use futures::StreamExt;
     let subjects = flotilla_schemas::subjects::Subjects::default();
-    // A cluster's URLs come comma-separated, as the binaries take them.
-    let servers = url
-        .split(',')
-        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
-        .collect::<Result<Vec<_>, _>>()?;
     let client =
-        tokio::time::timeout(Duration::from_secs(10), async_nats::connect(servers)).await??;
+        tokio::time::timeout(Duration::from_secs(10), crate::faults::connect(url)).await??;
     let js = jetstream::new(client);
     let mut targets = Vec::new();
     if let Ok(kv) = js.get_key_value(subjects.runs_bucket()).await {

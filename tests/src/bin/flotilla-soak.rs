@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use flotilla_tests::faults::{self, preset_ack_wait, rss_bytes};
 use flotilla_tests::invariants::{Violation, journal_path, read_journal};
-use flotilla_tests::{Evidence, Fleet, NatsServer, Proxy, ROLES, Scenario};
+use flotilla_tests::{Cluster, Evidence, Fleet, NatsServer, Proxy, ROLES, Scenario};
 use serde_json::Value;
 
 /// The consumers' ack wait during the soak: short, so pauses and cuts cross it.
@@ -79,6 +79,9 @@ struct Options {
     cycles: usize,
     seed: u64,
     max_rss_growth_pct: f64,
+    /// On a 3-node JetStream cluster: the broker fault kills a node (the leader of a stream, at
+    /// random), and there are no network cuts (the proxy fronts one server).
+    cluster: bool,
 }
 
 fn options() -> anyhow::Result<Options> {
@@ -89,6 +92,7 @@ fn options() -> anyhow::Result<Options> {
             .as_nanos() as u64
             | 1,
         max_rss_growth_pct: 25.0,
+        cluster: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -97,17 +101,84 @@ fn options() -> anyhow::Result<Options> {
             "--cycles" => options.cycles = value()?.parse()?,
             "--seed" => options.seed = value()?.parse::<u64>()? | 1,
             "--max-rss-growth-pct" => options.max_rss_growth_pct = value()?.parse()?,
+            "--cluster" => options.cluster = true,
             other => anyhow::bail!(
-                "unknown argument {other}; usage: flotilla-soak [--cycles N] [--seed N] [--max-rss-growth-pct P]"
+                "unknown argument {other}; usage: flotilla-soak [--cycles N] [--seed N] [--max-rss-growth-pct P] [--cluster]"
             ),
         }
     }
     Ok(options)
 }
 
+/// The broker the soak runs on.
+enum Broker {
+    /// One server; the agents reach it through a proxy that can cut them off.
+    Single { nats: NatsServer, proxy: Proxy },
+    /// A 3-node cluster, streams replicated on all three.
+    Cluster(Cluster),
+}
+
+impl Broker {
+    fn start(cluster: bool) -> anyhow::Result<Self> {
+        if !cluster {
+            let nats = NatsServer::start().context("starting nats-server")?;
+            let proxy = Proxy::start(nats.url())?;
+            return Ok(Broker::Single { nats, proxy });
+        }
+        let mut cluster = Cluster::start(3).context("starting the cluster")?;
+        cluster.wait_ready(Duration::from_secs(60))?;
+        Ok(Broker::Cluster(cluster))
+    }
+
+    /// What the coordinator connects to.
+    fn direct(&self) -> String {
+        match self {
+            Broker::Single { nats, .. } => nats.url().to_owned(),
+            Broker::Cluster(cluster) => cluster.url_list(),
+        }
+    }
+
+    /// What the agents connect to.
+    fn for_agents(&self) -> String {
+        match self {
+            Broker::Single { proxy, .. } => proxy.url(),
+            Broker::Cluster(cluster) => cluster.url_list(),
+        }
+    }
+
+    /// Kills the server (on a cluster, the node leading one of the streams, `pick` says which),
+    /// leaves it down for `down`, and restarts it on its store.
+    fn kill_and_restart(&mut self, down: Duration, pick: usize) -> anyhow::Result<()> {
+        match self {
+            Broker::Single { nats, .. } => {
+                nats.kill();
+                std::thread::sleep(down);
+                nats.restart()
+            }
+            Broker::Cluster(cluster) => {
+                let streams = ["FLOTILLA_COMMANDS", "FLOTILLA_EVENTS", "KV_flotilla_runs"];
+                let stream = streams[pick % streams.len()];
+                let node = cluster
+                    .stream_leader(stream)
+                    .unwrap_or(pick % cluster.len());
+                cluster.kill(node);
+                std::thread::sleep(down);
+                cluster.restart(node)?;
+                cluster.wait_ready(Duration::from_secs(60))
+            }
+        }
+    }
+
+    fn proxy(&self) -> Option<&Proxy> {
+        match self {
+            Broker::Single { proxy, .. } => Some(proxy),
+            Broker::Cluster(_) => None,
+        }
+    }
+}
+
 struct Soak {
-    nats: NatsServer,
-    proxy: Proxy,
+    broker: Broker,
     fleet: Fleet,
     scenario: Scenario,
     rng: Rng,
@@ -120,16 +191,21 @@ fn main() -> anyhow::Result<ExitCode> {
         "flotilla-soak: {} cycles, seed {}",
         options.cycles, options.seed
     );
-    let nats = NatsServer::start().context("starting nats-server")?;
-    preset_ack_wait(nats.url(), &ROLES, ACK_WAIT)?;
-    // The agents reach the broker through the proxy (for cuts); the coordinator goes direct.
-    let proxy = Proxy::start(nats.url())?;
-    let fleet = Fleet::start(&proxy.url(), &ROLES).context("starting the demo fleet")?;
+    let broker = Broker::start(options.cluster)?;
+    let direct = broker.direct();
+    let fleet = Fleet::start(&broker.for_agents(), &ROLES).context("starting the demo fleet")?;
+    // The streams first, replicated as `flotilla setup` makes them (on a cluster: on all three
+    // nodes), then the agents' consumers with the soak's short ack wait.
+    let setup = fleet.flotilla_with_env(&["setup"], &[("FLOTILLA_NATS__URL", &direct)]);
+    anyhow::ensure!(
+        setup.status.success(),
+        "flotilla setup: {}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
+    preset_ack_wait(&direct, &ROLES, ACK_WAIT)?;
     let scenario = Scenario::with_ack_wait(&fleet, &ROLES, COMMAND_TIMEOUT, ACK_WAIT);
-    let direct = nats.url().to_owned();
     let mut soak = Soak {
-        nats,
-        proxy,
+        broker,
         fleet,
         scenario,
         rng: Rng(options.seed),
@@ -147,7 +223,10 @@ fn main() -> anyhow::Result<ExitCode> {
     let mut memory: BTreeMap<String, (u32, u64, u64, usize)> = BTreeMap::new();
     let mut restarts = 0usize;
     for cycle in 0..options.cycles {
-        let fault = FAULTS[soak.rng.below(FAULTS.len())];
+        let mut fault = FAULTS[soak.rng.below(FAULTS.len())];
+        if fault == Fault::AgentCut && soak.broker.proxy().is_none() {
+            fault = Fault::BrokerKill;
+        }
         *faults_seen.entry(fault).or_default() += 1;
         let cycle_started = Instant::now();
         let outcome = soak.cycle(cycle, fault);
@@ -176,7 +255,9 @@ fn main() -> anyhow::Result<ExitCode> {
                     },
                 ));
                 // Bring the fleet back to a known state before the next cycle.
-                soak.proxy.heal();
+                if let Some(proxy) = soak.broker.proxy() {
+                    proxy.heal();
+                }
                 for role in ROLES {
                     if soak.fleet.agent_pid(role).is_none() {
                         soak.fleet.clear_agent_env(role);
@@ -379,7 +460,7 @@ impl Soak {
             Fault::CoordinatorKill => {
                 let mut child = self.fleet.spawn_flotilla_with_env(&args, &direct);
                 let id = self
-                    .wait_in_flight(&mut child, Duration::from_secs(30))
+                    .wait_in_flight(&mut child, &tag, Duration::from_secs(30))
                     .map_err(|e| with_output(&mut child, e))?;
                 std::thread::sleep(Duration::from_millis(self.rng.below(1500) as u64));
                 let _ = child.kill();
@@ -395,18 +476,18 @@ impl Soak {
             }
             Fault::BrokerKill => {
                 let mut child = self.fleet.spawn_flotilla_with_env(&args, &direct);
-                self.wait_in_flight(&mut child, Duration::from_secs(30))
+                self.wait_in_flight(&mut child, &tag, Duration::from_secs(30))
                     .map_err(|e| with_output(&mut child, e))?;
-                self.nats.kill();
-                std::thread::sleep(Duration::from_millis(200 + self.rng.below(1500) as u64));
-                self.nats.restart()?;
+                let down = Duration::from_millis(200 + self.rng.below(1500) as u64);
+                let pick = self.rng.below(3);
+                self.broker.kill_and_restart(down, pick)?;
                 healed = Instant::now();
                 run = self.finish(&mut child, &direct)?;
             }
             Fault::AgentPause => {
                 let role = ROLES[self.rng.below(ROLES.len())];
                 let mut child = self.fleet.spawn_flotilla_with_env(&args, &direct);
-                self.wait_in_flight(&mut child, Duration::from_secs(30))
+                self.wait_in_flight(&mut child, &tag, Duration::from_secs(30))
                     .map_err(|e| with_output(&mut child, e))?;
                 self.fleet.signal_agent(role, "STOP");
                 std::thread::sleep(
@@ -418,12 +499,13 @@ impl Soak {
             }
             Fault::AgentCut => {
                 let mut child = self.fleet.spawn_flotilla_with_env(&args, &direct);
-                self.wait_in_flight(&mut child, Duration::from_secs(30))
+                self.wait_in_flight(&mut child, &tag, Duration::from_secs(30))
                     .map_err(|e| with_output(&mut child, e))?;
                 let length = Duration::from_millis(500 + self.rng.below(4000) as u64);
-                self.proxy.cut_for(length);
+                let proxy = self.broker.proxy().context("cuts need the proxy")?;
+                proxy.cut_for(length);
                 if self.rng.below(2) == 0 {
-                    self.proxy.reset();
+                    proxy.reset();
                 }
                 healed = Instant::now();
                 run = self.finish(&mut child, &direct)?;
@@ -439,35 +521,29 @@ impl Soak {
     /// The run `child` drives, once one of its services is in flight (or the run ended): its
     /// ID, read from the coordinator's first line (`run <id>: …`) so that no listing of every
     /// run is needed. The coordinator's stderr is drained from then on.
-    fn wait_in_flight(&self, child: &mut Child, timeout: Duration) -> anyhow::Result<String> {
-        use std::io::BufRead;
+    fn wait_in_flight(
+        &self,
+        child: &mut Child,
+        tag: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
         let deadline = Instant::now() + timeout;
-        let stderr = child.stderr.take().context("the coordinator's stderr")?;
-        let (lines, received) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let _ = lines.send(line);
+        // Drained, so the coordinator never blocks on a full pipe; with `--output json` it
+        // prints no progress, and the run is found in the store by its plan's name.
+        let mut stderr = child.stderr.take().context("the coordinator's stderr")?;
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()).ok());
+        let mut id = None;
+        while id.is_none() && Instant::now() < deadline {
+            id = runs(&self.fleet)
+                .iter()
+                .find(|r| r["plan"] == tag)
+                .and_then(|r| r["run_id"].as_str().map(str::to_owned));
+            if id.is_none() {
+                std::thread::sleep(Duration::from_millis(50));
             }
-        });
-        let mut said = Vec::new();
-        let id = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match received.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(rest) = line.strip_prefix("run ")
-                        && let Some((id, _)) = rest.split_once(':')
-                    {
-                        break id.to_owned();
-                    }
-                    said.push(line);
-                }
-                Err(_) => {
-                    anyhow::bail!("the coordinator named no run within {timeout:?}: {said:?}")
-                }
-            }
+        }
+        let Some(id) = id else {
+            anyhow::bail!("no run of plan {tag} recorded within {timeout:?}")
         };
         while Instant::now() < deadline {
             let report = status(&self.fleet, &id);
@@ -643,7 +719,7 @@ fn newest(fleet: &Fleet) -> Option<String> {
 fn read_targets(url: &str, run: &str) -> anyhow::Result<(Vec<Value>, ())> {
     let (url, run) = (url.to_owned(), run.to_owned());
     faults::block_on(async move {
-        let client = async_nats::connect(&url).await?;
+        let client = faults::connect(&url).await?;
         let js = async_nats::jetstream::new(client);
         let kv = js
             .get_key_value(flotilla_schemas::subjects::Subjects::default().runs_bucket())
