@@ -1,8 +1,9 @@
 //! The test kit every crate's tests and the benchmarks share: a real `nats-server` on an
-//! ephemeral port with JetStream in a temp dir ([`NatsServer`]), a fleet of real sample services
-//! with their real `flotilla-agent` sidecars ([`Fleet`]; [`Fleet::migrate`] writes a plan, runs
-//! `flotilla migrate --output json` and returns the exit code and the parsed report), a plan
-//! builder ([`Plan`], [`Service`]) and readers of the report ([`report`]).
+//! ephemeral port with JetStream in a temp dir ([`NatsServer`]), a real JetStream cluster of
+//! routed nodes that a test kills and restarts one by one ([`Cluster`]), a fleet of real sample
+//! services with their real `flotilla-agent` sidecars ([`Fleet`]; [`Fleet::migrate`] writes a
+//! plan, runs `flotilla migrate --output json` and returns the exit code and the parsed
+//! report), a plan builder ([`Plan`], [`Service`]) and readers of the report ([`report`]).
 //!
 //! It depends on no crate it tests but `flotilla-bus` (for the fleet's signing key), so that
 //! the telemetry and trace-store crates can take it as a dev-dependency. The binaries it runs
@@ -12,11 +13,13 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+mod cluster;
 mod fleet;
 mod nats;
 pub mod plan;
 pub mod report;
 
+pub use cluster::{Cluster, ClusterOptions};
 pub use fleet::{Fleet, ROLES};
 pub use nats::NatsServer;
 pub use plan::{Plan, Service, demo_plan_text, standard_config_step};

@@ -145,7 +145,7 @@ impl Drop for NatsServer {
     }
 }
 
-fn server_binary() -> PathBuf {
+pub(crate) fn server_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("NATS_SERVER_BIN") {
         return path.into();
     }

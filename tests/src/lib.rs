@@ -14,8 +14,8 @@ mod snapshot;
 pub mod tap;
 
 pub use flotilla_testkit::{
-    Fleet, NatsServer, Plan, ROLES, Service, binary, demo_plan_text, free_port, http_get,
-    json_stdout, plan, repo_root, report, standard_config_step, wait_for,
+    Cluster, ClusterOptions, Fleet, NatsServer, Plan, ROLES, Service, binary, demo_plan_text,
+    free_port, http_get, json_stdout, plan, repo_root, report, standard_config_step, wait_for,
 };
 pub use invariants::{Evidence, Scenario, Verdict};
 pub use proxy::Proxy;
