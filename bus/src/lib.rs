@@ -3,6 +3,7 @@
 
 pub mod plan_files;
 pub mod provision;
+pub mod replication;
 mod servers;
 pub mod signing;
 
@@ -78,6 +79,36 @@ pub enum BusError {
         #[source]
         source: jetstream::context::CreateStreamError,
     },
+    #[error("cannot change the replicas of the JetStream stream {name}")]
+    Update {
+        name: String,
+        #[source]
+        source: jetstream::context::UpdateStreamError,
+    },
+    #[error("{}", too_many_replicas(*wanted, *nodes, cluster.as_deref()))]
+    TooManyReplicas {
+        wanted: usize,
+        nodes: usize,
+        cluster: Option<String>,
+    },
+    #[error(
+        "replicas = {wanted} is out of range: JetStream keeps 1 to {} copies of a stream",
+        replication::MAX_REPLICAS
+    )]
+    ReplicasOutOfRange { wanted: usize },
+}
+
+fn too_many_replicas(wanted: usize, nodes: usize, cluster: Option<&str>) -> String {
+    match cluster {
+        Some(cluster) => format!(
+            "{wanted} replicas asked, but the NATS cluster {cluster} has {nodes} node(s): \
+             set replicas to at most {nodes} (nats.replicas, --replicas), or add nodes"
+        ),
+        None => format!(
+            "{wanted} replicas asked, but the NATS server is not clustered and keeps 1: set \
+             replicas to 1 (nats.replicas, --replicas), or run a cluster (docs/deployment.md)"
+        ),
+    }
 }
 
 impl BusError {
@@ -98,7 +129,10 @@ impl BusError {
             BusError::NoJetStream { .. } | BusError::Stream { .. } | BusError::Inspect { .. } => {
                 true
             }
+            BusError::Update { .. } => true,
             BusError::OldServer { .. }
+            | BusError::TooManyReplicas { .. }
+            | BusError::ReplicasOutOfRange { .. }
             | BusError::Credentials { .. }
             | BusError::TlsFile { .. }
             | BusError::HalfCertificate { .. } => false,

@@ -19,6 +19,9 @@ pub enum Provisioned {
     Found,
     /// It existed with other settings, left as they are: an operator decides.
     Differs(Vec<Difference>),
+    /// It existed with other replicas or placement, which were changed as asked (`flotilla
+    /// setup --update`); what still differs is left as it is.
+    Updated(Vec<Difference>),
 }
 
 /// One setting of an existing stream that is not what Flotilla wants.
@@ -28,6 +31,17 @@ pub struct Difference {
     pub wanted: String,
     pub found: String,
 }
+
+impl Difference {
+    /// Whether it is one that `flotilla setup --update` changes in place: the replica count
+    /// or the placement.
+    pub fn is_replication(&self) -> bool {
+        matches!(self.setting, REPLICAS | PLACEMENT)
+    }
+}
+
+const REPLICAS: &str = "replicas";
+const PLACEMENT: &str = "placement";
 
 /// Looks `wanted.name` up: `None` when the stream does not exist, else how its settings differ
 /// from `wanted` (empty when they match).
@@ -124,6 +138,19 @@ pub fn differences(wanted: &stream::Config, found: &stream::Config) -> Vec<Diffe
         limit(i64::from(wanted.max_consumers)),
         limit(i64::from(found.max_consumers)),
     );
+    // 0 is what a config without a count says, and the server makes it 1.
+    compare(
+        REPLICAS,
+        wanted.num_replicas.max(1).to_string(),
+        found.num_replicas.max(1).to_string(),
+    );
+    if let Some(placement) = &wanted.placement {
+        compare(
+            PLACEMENT,
+            placement_text(Some(placement)),
+            placement_text(found.placement.as_ref()),
+        );
+    }
     if !wanted.duplicate_window.is_zero() {
         compare(
             "duplicate_window",
@@ -132,6 +159,29 @@ pub fn differences(wanted: &stream::Config, found: &stream::Config) -> Vec<Diffe
         );
     }
     out
+}
+
+/// `cluster east, tags ssd, fast`, or `none`.
+fn placement_text(placement: Option<&stream::Placement>) -> String {
+    let Some(placement) = placement else {
+        return "none".into();
+    };
+    let mut parts = Vec::new();
+    if let Some(cluster) = &placement.cluster {
+        parts.push(format!("cluster {cluster}"));
+    }
+    if !placement.tags.is_empty() {
+        let tags: BTreeSet<_> = placement.tags.iter().map(String::as_str).collect();
+        parts.push(format!(
+            "tags {}",
+            tags.into_iter().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(", ")
+    }
 }
 
 fn lower(value: &impl std::fmt::Debug) -> String {

@@ -78,6 +78,38 @@ pub struct GlobalFlags {
         hide_env_values = true
     )]
     pub allow_old_server: bool,
+    /// How many copies the NATS cluster keeps of every stream and bucket Flotilla creates, 1 to
+    /// 5 (never more than the cluster's nodes) [default: 3 on a cluster, 1 on a single server]
+    /// [key: nats.replicas].
+    #[arg(
+        long,
+        global = true,
+        value_name = "N",
+        env = "FLOTILLA_NATS__REPLICAS",
+        hide_env_values = true
+    )]
+    pub replicas: Option<usize>,
+    /// The cluster (by name, in a supercluster) that holds the streams and buckets [key:
+    /// nats.placement.cluster].
+    #[arg(
+        long,
+        global = true,
+        value_name = "CLUSTER",
+        env = "FLOTILLA_NATS__PLACEMENT__CLUSTER",
+        hide_env_values = true
+    )]
+    pub placement_cluster: Option<String>,
+    /// Only servers with all these tags (their `server_tags`) hold the streams and buckets;
+    /// separated by commas [key: nats.placement.tags].
+    #[arg(
+        long,
+        global = true,
+        value_name = "TAG[,TAG…]",
+        value_delimiter = ',',
+        env = "FLOTILLA_NATS__PLACEMENT__TAGS",
+        hide_env_values = true
+    )]
+    pub placement_tags: Vec<String>,
     /// A TOML file of these options (`[nats] url = "…"`, `signing_key = "…"`, …); variables and
     /// flags override it.
     #[arg(long, global = true, env = "FLOTILLA_CONFIG", value_name = "FILE")]
@@ -261,8 +293,16 @@ pub enum OutputFormat {
 pub enum CommandKind {
     /// Create (or check) the streams and the bucket the fleet needs, before the agents start:
     /// reports each as created, found, or found with other settings (left as they are).
-    #[command(after_help = "Example:\n  flotilla setup --output json")]
-    Setup,
+    #[command(
+        after_help = "Examples:\n  flotilla setup --output json\n  flotilla setup --replicas 3 --update"
+    )]
+    Setup {
+        /// Change the replica count and placement of existing streams and buckets that differ
+        /// from the wanted ones, in place (JetStream keeps every message); any other
+        /// difference is still only reported.
+        #[arg(long)]
+        update: bool,
+    },
     /// List the live agents; none answering exits 3.
     #[command(after_help = "Example:\n  flotilla agents --output json")]
     Agents,

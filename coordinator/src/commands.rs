@@ -30,7 +30,7 @@ mod watch;
 pub(crate) async fn run(cli: Cli, shutdown: CancellationToken) -> Outcome {
     match &cli.command {
         CommandKind::Agents => agents::agents(&cli).await,
-        CommandKind::Setup => setup::setup(&cli).await,
+        CommandKind::Setup { .. } => setup::setup(&cli).await,
         CommandKind::Migrate {
             plan,
             dry_run,
@@ -163,9 +163,15 @@ fn print_json(value: &impl serde::Serialize) {
 /// them, and answer discovery before they exist), then attaches telemetry.
 async fn connect(cli: &Cli) -> Result<(async_nats::Client, Subjects), CommandError> {
     let (client, subjects) = connect_bus(cli).await?;
-    let resources = setup::provision_all(&jetstream::new(client.clone()), &subjects)
-        .await
-        .map_err(|e| fail(exit::BUS, error_chain(&e)))?;
+    let replication = setup::replication(cli, &client)?;
+    let resources = setup::provision_all(
+        &jetstream::new(client.clone()),
+        &subjects,
+        &replication,
+        false,
+    )
+    .await
+    .map_err(|e| fail(exit::BUS, error_chain(&e)))?;
     setup::warn_differing(&resources);
     if let Some(telemetry) = &cli.telemetry.0 {
         telemetry

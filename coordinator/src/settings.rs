@@ -56,6 +56,36 @@ pub struct NatsSettings {
     pub allow_old_server: bool,
     #[serde(default)]
     pub auth: flotilla_bus::Credentials,
+    /// How many copies the cluster keeps of every stream and bucket Flotilla creates; `None`:
+    /// 3 on a cluster, 1 on a single server.
+    #[serde(default)]
+    pub replicas: Option<usize>,
+    #[serde(default)]
+    pub placement: PlacementSettings,
+}
+
+/// Where the streams and buckets are placed (`[nats.placement]`): JetStream's placement.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlacementSettings {
+    /// The cluster, by name (a supercluster's), that holds them.
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// Only servers with every one of these tags (`server_tags`) hold them.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+impl PlacementSettings {
+    /// As JetStream takes it; `None` when nothing is set.
+    pub fn placement(&self) -> Option<async_nats::jetstream::stream::Placement> {
+        (self.cluster.is_some() || !self.tags.is_empty()).then(|| {
+            async_nats::jetstream::stream::Placement {
+                cluster: self.cluster.clone(),
+                tags: self.tags.clone(),
+            }
+        })
+    }
 }
 
 impl Default for Settings {
@@ -81,6 +111,8 @@ impl Default for NatsSettings {
             connect_timeout: flotilla_bus::nats_defaults::connect_timeout(),
             allow_old_server: false,
             auth: Default::default(),
+            replicas: None,
+            placement: PlacementSettings::default(),
         }
     }
 }
@@ -172,6 +204,7 @@ pub fn assemble(
             .try_parsing(true)
             .list_separator(",")
             .with_list_parse_key("trusted_agent_keys")
+            .with_list_parse_key("nats.placement.tags")
             .source(Some(env_layer(env, warn))),
     );
     for (key, value) in flags {
@@ -383,6 +416,30 @@ mod tests {
             settings.unwrap().nats.url.as_slice(),
             ["nats://a:1", "nats://b:2"]
         );
+    }
+
+    #[test]
+    fn replicas_and_placement_come_from_the_file_or_variables() {
+        let (_dir, path) = file(
+            "[nats]\nreplicas = 3\n[nats.placement]\ncluster = \"east\"\ntags = [\"ssd\", \"fast\"]\n",
+        );
+        let (settings, _) = assemble_quiet(Some(&path), &HashMap::new(), vec![]);
+        let nats = settings.unwrap().nats;
+        assert_eq!(nats.replicas, Some(3));
+        assert_eq!(nats.placement.cluster.as_deref(), Some("east"));
+        assert_eq!(nats.placement.tags, ["ssd", "fast"]);
+        let (settings, _) = assemble_quiet(
+            None,
+            &env(&[
+                ("FLOTILLA_NATS__REPLICAS", "1"),
+                ("FLOTILLA_NATS__PLACEMENT__TAGS", "ssd,fast"),
+            ]),
+            vec![],
+        );
+        let nats = settings.unwrap().nats;
+        assert_eq!(nats.replicas, Some(1));
+        assert_eq!(nats.placement.tags, ["ssd", "fast"]);
+        assert_eq!(nats.placement.cluster, None);
     }
 
     #[test]

@@ -23,8 +23,11 @@ pub struct ClusterOptions {
     pub extra: String,
     /// Whether each node listens for leaf nodes (on [`Cluster::leafnode_url`]).
     pub leafnodes: bool,
-    /// Environment of every node (for the `$VARIABLE`s of `extra`).
+    /// Environment of every node (for the `$VARIABLE`s of `extra` and `include`).
     pub env: Vec<(String, String)>,
+    /// A configuration file (e.g. a shipped one) each node's file includes first; the kit's
+    /// own keys (name, ports, store, cluster) follow it and so win.
+    pub include: Option<PathBuf>,
 }
 
 /// One node: its fixed ports, its configuration file and its process (none while killed).
@@ -254,6 +257,10 @@ impl Cluster {
         let child = Command::new(&binary)
             .arg("-c")
             .arg(&node.config)
+            .args(["-a", "127.0.0.1", "-p"])
+            .arg(node.client_port.to_string())
+            .arg("-m")
+            .arg(node.http_port.to_string())
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -337,16 +344,31 @@ fn node_config(
     } else {
         String::new()
     };
+    let include = options
+        .include
+        .as_ref()
+        .map(|file| format!("include \"{}\"\n", relative_to(dir, file)))
+        .unwrap_or_default();
+    // The host and ports go on the command line (see `spawn`): an included file's `port` or
+    // `listen` would otherwise compete with them.
     format!(
-        "server_name: {name}\nlisten: \"127.0.0.1:{client}\"\nhttp: \"127.0.0.1:{http}\"\n\
+        "{include}server_name: {name}\n\
          jetstream {{\n  store_dir: \"{store}\"\n  sync_interval: always\n{jetstream_extra}}}\n\
          cluster {{\n  name: {cluster}\n  listen: \"127.0.0.1:{route_port}\"\n  routes: [\n{routes}\n  ]\n}}\n\
          {leafnodes}{extra}\n",
         name = node.name,
-        client = node.client_port,
-        http = node.http_port,
         store = dir.join("jetstream").display(),
         routes = routes.join(",\n"),
         extra = options.extra,
     )
+}
+
+/// `file` as a path relative to `dir`: nats-server resolves an `include` against the including
+/// file's directory, even an absolute one. Going up to the root first is always right.
+fn relative_to(dir: &Path, file: &Path) -> String {
+    let file = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_owned());
+    let up = dir.components().count().saturating_sub(1);
+    let mut path = "../".repeat(up);
+    path.push_str(file.to_string_lossy().trim_start_matches('/'));
+    path
 }

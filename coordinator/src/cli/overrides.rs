@@ -26,6 +26,11 @@ impl GlobalFlags {
                 "nats.allow_old_server",
                 self.allow_old_server.then(|| true.into()),
             ),
+            ("nats.replicas", self.replicas.map(|n| (n as i64).into())),
+            (
+                "nats.placement.cluster",
+                self.placement_cluster.as_ref().map(|v| text(v)),
+            ),
             ("nats.auth.user", auth.nats_user.as_ref().map(|v| text(v))),
             (
                 "nats.auth.password_file",
@@ -65,6 +70,12 @@ impl GlobalFlags {
             ("no_verify", self.no_verify.then(|| true.into())),
             ("signing_key", self.signing_key.as_ref().map(path)),
         ];
+        if !self.placement_tags.is_empty() {
+            set.push((
+                "nats.placement.tags",
+                Some(self.placement_tags.clone().into()),
+            ));
+        }
         if !self.trusted_agent_keys.is_empty() {
             set.push((
                 "trusted_agent_keys",

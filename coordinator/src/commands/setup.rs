@@ -5,13 +5,14 @@
 use async_nats::jetstream::{self, stream};
 use flotilla_bus::BusError;
 use flotilla_bus::provision::{self, Difference, Provisioned};
+use flotilla_bus::replication::{self, Replication};
 use flotilla_schemas::subjects::Subjects;
 use flotilla_telemetry::error_chain;
 use serde::Serialize;
 
 use super::{connect_bus, fail};
-use crate::cli::{Cli, OutputFormat};
-use crate::exit::{self, Outcome};
+use crate::cli::{Cli, CommandKind, OutputFormat};
+use crate::exit::{self, CommandError, Outcome};
 use crate::sanitize::one_line;
 use crate::store::Store;
 
@@ -38,6 +39,7 @@ impl Resource {
             Provisioned::Created => ("created", Vec::new()),
             Provisioned::Found => ("found", Vec::new()),
             Provisioned::Differs(d) => ("differs", d),
+            Provisioned::Updated(d) => ("updated", d),
         };
         let differences = differences
             .into_iter()
@@ -71,11 +73,29 @@ impl Resource {
     }
 }
 
-/// Creates what is missing of the streams and the bucket; reports each, never changes one that
-/// exists.
+/// The replicas and placement asked for (`nats.replicas`, `[nats.placement]`), or the default
+/// for the server `client` is connected to; too many for the cluster is bad input (exit 2).
+pub(crate) fn replication(
+    cli: &Cli,
+    client: &async_nats::Client,
+) -> Result<Replication, CommandError> {
+    let nats = &cli.settings.nats;
+    Replication::resolve(
+        nats.replicas,
+        nats.placement.placement(),
+        &client.server_info(),
+    )
+    .map_err(|e| fail(exit::USAGE, error_chain(&e)))
+}
+
+/// Creates what is missing of the streams and the buckets, with `replication`; reports each.
+/// One that exists is never changed, but with `update` its replicas and placement are made
+/// `replication`'s.
 pub(crate) async fn provision_all(
     js: &jetstream::Context,
     subjects: &Subjects,
+    replication: &Replication,
+    update: bool,
 ) -> Result<Vec<Resource>, BusError> {
     let mut resources = Vec::new();
     for wanted in [
@@ -83,48 +103,78 @@ pub(crate) async fn provision_all(
         flotilla_bus::events_stream_config(subjects),
         flotilla_telemetry::store::stream_config(subjects.prefix()),
     ] {
+        let wanted = replication.stream(wanted);
         let name = wanted.name.clone();
-        resources.push(Resource::new(
-            "stream",
-            name,
-            provision::provision(js, wanted).await?,
-        ));
+        let provisioned = provision::provision(js, wanted.clone()).await?;
+        let provisioned = update_if_asked(js, &wanted, provisioned, update).await?;
+        resources.push(Resource::new("stream", name, provisioned));
     }
+    let runs = replication.kv(Store::bucket_config(subjects));
     resources.push(
         provision_bucket(
             js,
-            subjects.runs_bucket(),
-            &bucket_as_stream(subjects),
-            Store::open(js, subjects),
+            &replication.stream(bucket_as_stream(&runs)),
+            runs.bucket.clone(),
+            js.create_key_value(runs.clone()),
+            update,
         )
         .await?,
     );
     // The object store bucket the plan files are shipped in.
+    let files = replication.object_store(flotilla_bus::plan_files::bucket_config(subjects));
     resources.push(
         provision_bucket(
             js,
-            subjects.files_bucket(),
-            &flotilla_bus::plan_files::bucket_as_stream(subjects),
-            flotilla_bus::plan_files::create_or_open(js, subjects),
+            &replication.stream(flotilla_bus::plan_files::bucket_as_stream(subjects)),
+            files.bucket.clone(),
+            js.create_object_store(files),
+            update,
         )
         .await?,
     );
     Ok(resources)
 }
 
+/// With `update`, makes the replicas and placement of a stream found differing in them
+/// `wanted`'s, and reports what still differs.
+async fn update_if_asked(
+    js: &jetstream::Context,
+    wanted: &stream::Config,
+    provisioned: Provisioned,
+    update: bool,
+) -> Result<Provisioned, BusError> {
+    match provisioned {
+        Provisioned::Differs(d) if update && d.iter().any(Difference::is_replication) => {
+            if !replication::update(js, wanted).await? {
+                tracing::warn!(
+                    name = %wanted.name,
+                    "the new replicas have not caught up yet: check `nats stream info` before \
+                     taking a node down"
+                );
+            }
+            let left = provision::inspect(js, wanted).await?.unwrap_or_default();
+            Ok(Provisioned::Updated(left))
+        }
+        other => Ok(other),
+    }
+}
+
 /// A bucket, read as the stream that holds it: reported as found (with what differs), or made
 /// by `create`, which only runs when the bucket is missing.
 async fn provision_bucket<T, E>(
     js: &jetstream::Context,
-    bucket: String,
     as_stream: &stream::Config,
+    bucket: String,
     create: impl Future<Output = Result<T, E>>,
+    update: bool,
 ) -> Result<Resource, BusError>
 where
     E: std::error::Error + Send + Sync + 'static,
 {
     let provisioned = match provision::inspect(js, as_stream).await? {
-        Some(differences) => provision::found(differences),
+        Some(differences) => {
+            update_if_asked(js, as_stream, provision::found(differences), update).await?
+        }
         None => {
             create.await.map_err(|e| BusError::Inspect {
                 name: bucket.clone(),
@@ -136,10 +186,9 @@ where
     Ok(Resource::new("bucket", bucket, provisioned))
 }
 
-/// The stream under the runs bucket, as the server keeps it (a key-value bucket is a stream
-/// `KV_<bucket>` whose history is its per-subject limit).
-fn bucket_as_stream(subjects: &Subjects) -> stream::Config {
-    let config = Store::bucket_config(subjects);
+/// The stream under the runs bucket `config`, as the server keeps it (a key-value bucket is a
+/// stream `KV_<bucket>` whose history is its per-subject limit).
+fn bucket_as_stream(config: &async_nats::jetstream::kv::Config) -> stream::Config {
     stream::Config {
         name: format!("KV_{}", config.bucket),
         subjects: vec![format!("$KV.{}.>", config.bucket)],
@@ -164,10 +213,13 @@ pub(crate) fn warn_differing(resources: &[Resource]) {
     }
 }
 
-/// `flotilla setup`.
+/// `flotilla setup` (`--update`: the replicas and placement of what exists too).
 pub(super) async fn setup(cli: &Cli) -> Outcome {
+    let update = matches!(cli.command, CommandKind::Setup { update: true });
     let (client, subjects) = connect_bus(cli).await?;
-    let resources = match provision_all(&jetstream::new(client), &subjects).await {
+    let replication = replication(cli, &client)?;
+    let js = jetstream::new(client);
+    let resources = match provision_all(&js, &subjects, &replication, update).await {
         Ok(r) => r,
         Err(e) => return Err(fail(exit::BUS, error_chain(&e))),
     };
@@ -189,8 +241,8 @@ pub(super) async fn setup(cli: &Cli) -> Outcome {
         return Err(fail(
             exit::PREFLIGHT,
             "some of them exist with other settings than Flotilla's and were left as they are: \
-             change them to the wanted values (`nats stream edit`), or remove them and run \
-             `flotilla setup` again",
+             change them to the wanted values (`nats stream edit`; replicas and placement: \
+             `flotilla setup --update`), or remove them and run `flotilla setup` again",
         ));
     }
     Ok(exit::OK)

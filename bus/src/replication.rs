@@ -1,0 +1,255 @@
+//! How many copies of every stream and bucket the cluster keeps, and on which servers: chosen
+//! once by the operator (or by default from the server connected to) and applied alike to all
+//! that Flotilla creates, so that losing one node loses neither a command, an event nor a run
+//! record.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, object_store, stream};
+use futures::TryStreamExt;
+
+use crate::BusError;
+
+/// The most replicas JetStream keeps of a stream.
+pub const MAX_REPLICAS: usize = 5;
+
+/// The replica count a cluster gets by default: a majority survives one node lost.
+pub const CLUSTER_DEFAULT_REPLICAS: usize = 3;
+
+/// The replica count and placement of everything Flotilla creates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replication {
+    pub replicas: usize,
+    /// Where the streams go (a cluster by name, servers by tag); `None`: wherever the server
+    /// places them, and an existing stream's placement is not compared.
+    pub placement: Option<stream::Placement>,
+}
+
+impl Default for Replication {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            placement: None,
+        }
+    }
+}
+
+impl Replication {
+    /// `requested` replicas (or the default for the server `info` describes) placed by
+    /// `placement`. The default is [`CLUSTER_DEFAULT_REPLICAS`] on a cluster (capped at the
+    /// nodes it announces) and 1 on a single server. More replicas than the cluster has nodes
+    /// is refused here, before anything is created.
+    pub fn resolve(
+        requested: Option<usize>,
+        placement: Option<stream::Placement>,
+        info: &async_nats::ServerInfo,
+    ) -> Result<Self, BusError> {
+        let placement = placement.filter(|p| p.cluster.is_some() || !p.tags.is_empty());
+        // Another cluster (a supercluster's) is not the one whose nodes this server announces.
+        let elsewhere = placement
+            .as_ref()
+            .and_then(|p| p.cluster.as_ref())
+            .is_some_and(|wanted| info.cluster.as_ref() != Some(wanted));
+        let nodes = match &info.cluster {
+            None if !elsewhere => Some(1),
+            // `no_advertise` hides the peers: the server's own answer will tell.
+            Some(_) if !elsewhere && !info.connect_urls.is_empty() => Some(info.connect_urls.len()),
+            _ => None,
+        };
+        let replicas = match requested {
+            Some(n) if !(1..=MAX_REPLICAS).contains(&n) => {
+                return Err(BusError::ReplicasOutOfRange { wanted: n });
+            }
+            Some(n) => n,
+            None if info.cluster.is_none() && !elsewhere => 1,
+            None => nodes.map_or(CLUSTER_DEFAULT_REPLICAS, |n| {
+                n.min(CLUSTER_DEFAULT_REPLICAS)
+            }),
+        };
+        if let Some(nodes) = nodes.filter(|&n| replicas > n) {
+            return Err(BusError::TooManyReplicas {
+                wanted: replicas,
+                nodes,
+                cluster: info.cluster.clone(),
+            });
+        }
+        Ok(Self {
+            replicas,
+            placement,
+        })
+    }
+
+    /// `config` with these replicas and placement.
+    pub fn stream(&self, config: stream::Config) -> stream::Config {
+        stream::Config {
+            num_replicas: self.replicas,
+            placement: self.placement.clone(),
+            ..config
+        }
+    }
+
+    /// A key-value bucket's `config` with these replicas and placement.
+    pub fn kv(&self, config: kv::Config) -> kv::Config {
+        kv::Config {
+            num_replicas: self.replicas,
+            placement: self.placement.clone(),
+            ..config
+        }
+    }
+
+    /// An object store's `config` with these replicas and placement.
+    pub fn object_store(&self, config: object_store::Config) -> object_store::Config {
+        object_store::Config {
+            num_replicas: self.replicas,
+            placement: self.placement.clone(),
+            ..config
+        }
+    }
+}
+
+/// How long [`update`] waits for the new replicas to catch up before saying they have not.
+pub const CATCH_UP: Duration = Duration::from_secs(60);
+
+/// Changes only the replica count (and the placement, when `wanted` has one) of the existing
+/// stream `wanted.name`, in place: the JetStream stream update API keeps every message and
+/// copies them to the new replicas. Then waits, up to [`CATCH_UP`], until the stream and its
+/// consumers have every replica current: until then one node lost can still stop them.
+/// Returns whether they caught up.
+pub async fn update(js: &jetstream::Context, wanted: &stream::Config) -> Result<bool, BusError> {
+    let inspect = |e: Box<dyn std::error::Error + Send + Sync>| BusError::Inspect {
+        name: wanted.name.clone(),
+        source: e,
+    };
+    let mut found = js
+        .get_stream(&wanted.name)
+        .await
+        .map_err(|e| inspect(Box::new(e)))?;
+    let mut config = found
+        .info()
+        .await
+        .map_err(|e| inspect(Box::new(e)))?
+        .config
+        .clone();
+    config.num_replicas = wanted.num_replicas;
+    if wanted.placement.is_some() {
+        config.placement = wanted.placement.clone();
+    }
+    js.update_stream(config)
+        .await
+        .map_err(|source| BusError::Update {
+            name: wanted.name.clone(),
+            source,
+        })?;
+    let deadline = tokio::time::Instant::now() + CATCH_UP;
+    while tokio::time::Instant::now() < deadline {
+        if caught_up(&mut found, wanted.num_replicas.max(1))
+            .await
+            .map_err(inspect)?
+        {
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(false)
+}
+
+/// Whether `stream` and each of its consumers that follows its replica count have a leader
+/// and `replicas` peers, all current.
+async fn caught_up(
+    stream: &mut stream::Stream,
+    replicas: usize,
+) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
+    let info = stream.info().await?;
+    if !info.cluster.as_ref().is_some_and(|c| current(c, replicas)) {
+        return Ok(false);
+    }
+    let mut consumers = stream.consumers();
+    while let Some(consumer) = consumers.try_next().await? {
+        let follows = consumer.config.num_replicas == 0;
+        let needed = if follows {
+            replicas
+        } else {
+            consumer.config.num_replicas
+        };
+        if !consumer
+            .cluster
+            .as_ref()
+            .is_some_and(|c| current(c, needed))
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// A leader and `replicas - 1` other peers, each current and online.
+fn current(cluster: &stream::ClusterInfo, replicas: usize) -> bool {
+    cluster.leader.is_some()
+        && cluster.replicas.len() + 1 == replicas
+        && cluster.replicas.iter().all(|p| p.current && !p.offline)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(cluster: Option<&str>, nodes: usize) -> async_nats::ServerInfo {
+        async_nats::ServerInfo {
+            cluster: cluster.map(str::to_owned),
+            connect_urls: (0..nodes)
+                .map(|i| format!("127.0.0.1:{}", 4222 + i))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_default_is_three_on_a_cluster_and_one_on_a_single_server() {
+        let resolve = |info| Replication::resolve(None, None, &info).unwrap().replicas;
+        assert_eq!(resolve(server(None, 0)), 1);
+        assert_eq!(resolve(server(Some("c"), 3)), 3);
+        assert_eq!(resolve(server(Some("c"), 5)), 3);
+        assert_eq!(resolve(server(Some("c"), 2)), 2);
+        assert_eq!(resolve(server(Some("c"), 0)), 3, "peers not advertised");
+    }
+
+    #[test]
+    fn more_replicas_than_nodes_is_refused_naming_both() {
+        let error = Replication::resolve(Some(5), None, &server(Some("c"), 3)).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                BusError::TooManyReplicas {
+                    wanted: 5,
+                    nodes: 3,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        let error = Replication::resolve(Some(3), None, &server(None, 0)).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                BusError::TooManyReplicas {
+                    wanted: 3,
+                    nodes: 1,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        let error = Replication::resolve(Some(0), None, &server(None, 0)).unwrap_err();
+        assert!(matches!(error, BusError::ReplicasOutOfRange { wanted: 0 }));
+    }
+
+    #[test]
+    fn a_placement_in_another_cluster_is_not_counted_against_this_one() {
+        let placement = stream::Placement {
+            cluster: Some("east".into()),
+            tags: vec![],
+        };
+        let resolved = Replication::resolve(Some(5), Some(placement), &server(Some("west"), 3));
+        assert_eq!(resolved.unwrap().replicas, 5);
+    }
+}
