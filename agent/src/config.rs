@@ -416,6 +416,27 @@ startup_timeout = "5s"
     }
 
     #[test]
+    fn the_nats_url_is_a_toml_array_or_a_comma_separated_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!("[nats]\nurl = [\"nats://a:4222\", \"nats://b:4222\"]\n{GOOD}");
+        let config = AgentConfig::load_with(&write(dir.path(), &text), Default::default()).unwrap();
+        assert_eq!(
+            config.nats.url.as_slice(),
+            ["nats://a:4222", "nats://b:4222"]
+        );
+        let env = [(
+            "FLOTILLA_NATS__URL".to_owned(),
+            "nats://c:4222, nats://d:4222,nats://e:4222".to_owned(),
+        )];
+        let config = AgentConfig::load_with(&write(dir.path(), &text), env.into()).unwrap();
+        assert_eq!(
+            config.nats.url.as_slice(),
+            ["nats://c:4222", "nats://d:4222", "nats://e:4222"],
+            "the variable beats the file"
+        );
+    }
+
+    #[test]
     fn a_typo_is_an_error_naming_the_key() {
         let dir = tempfile::tempdir().unwrap();
         let text = GOOD.replace("health_url", "helth_url");

@@ -43,31 +43,74 @@ impl Difference {
 const REPLICAS: &str = "replicas";
 const PLACEMENT: &str = "placement";
 
+/// How long a lookup waits for a stream that does not answer: one whose leader was on a node
+/// just lost answers again once the others elect a new one (JetStream: 4 to 9 s).
+pub const ELECTION_WAIT: Duration = Duration::from_secs(20);
+
+/// How long one lookup of [`inspect`] waits for its answer.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Looks `wanted.name` up: `None` when the stream does not exist, else how its settings differ
-/// from `wanted` (empty when they match).
+/// from `wanted` (empty when they match). A stream that does not answer (no leader yet) is
+/// asked again for up to [`ELECTION_WAIT`].
 pub async fn inspect(
     js: &jetstream::Context,
     wanted: &stream::Config,
 ) -> Result<Option<Vec<Difference>>, BusError> {
+    let deadline = tokio::time::Instant::now() + ELECTION_WAIT;
+    // A stream info answers in milliseconds; one that does not is asked again soon.
+    let mut quick = js.clone();
+    quick.set_timeout(ATTEMPT_TIMEOUT);
+    let mut warned = false;
+    loop {
+        match inspect_once(&quick, wanted).await {
+            Ok(found) => return Ok(found),
+            Err(Lookup::Unanswered(e)) if tokio::time::Instant::now() < deadline => {
+                if !warned {
+                    tracing::warn!(stream = %wanted.name, error = %chain(e.as_ref()),
+                        "the stream does not answer (a NATS node lost?), waiting for its new leader");
+                    warned = true;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(Lookup::Unanswered(source) | Lookup::Failed(source)) => {
+                return Err(BusError::Inspect {
+                    name: wanted.name.clone(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
+/// Why one lookup failed: no answer in time (a leader election?), or anything else.
+enum Lookup {
+    Unanswered(Box<dyn std::error::Error + Send + Sync>),
+    Failed(Box<dyn std::error::Error + Send + Sync>),
+}
+
+async fn inspect_once(
+    js: &jetstream::Context,
+    wanted: &stream::Config,
+) -> Result<Option<Vec<Difference>>, Lookup> {
+    use jetstream::context::GetStreamErrorKind as Kind;
     match js.get_stream(&wanted.name).await {
         Ok(mut found) => {
-            let info = found.info().await.map_err(|e| BusError::Inspect {
-                name: wanted.name.clone(),
-                source: Box::new(e),
+            let info = found.info().await.map_err(|e| match e.kind() {
+                jetstream::context::RequestErrorKind::TimedOut => Lookup::Unanswered(Box::new(e)),
+                _ => Lookup::Failed(Box::new(e)),
             })?;
             Ok(Some(differences(wanted, &info.config)))
         }
         Err(e) => match e.kind() {
             // Only "stream not found" means it is missing; any other error is real.
-            jetstream::context::GetStreamErrorKind::JetStream(api)
-                if api.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
-            {
+            Kind::JetStream(api) if api.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND => {
                 Ok(None)
             }
-            _ => Err(BusError::Inspect {
-                name: wanted.name.clone(),
-                source: Box::new(e),
-            }),
+            // A timeout, or the cluster saying it has no leader for now (503).
+            Kind::Request => Err(Lookup::Unanswered(Box::new(e))),
+            Kind::JetStream(api) if api.code() == 503 => Err(Lookup::Unanswered(Box::new(e))),
+            _ => Err(Lookup::Failed(Box::new(e))),
         },
     }
 }

@@ -165,19 +165,20 @@ impl Cluster {
         }
     }
 
-    /// Waits until every running node knows the same JetStream meta leader.
+    /// Waits until every running node knows the same JetStream meta leader, a running one (a
+    /// node just killed is still the leader to its peers until they elect another).
     pub fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let running: Vec<usize> = (0..self.len()).filter(|&i| self.is_running(i)).collect();
-        crate::wait_for("the JetStream meta leader", timeout, || {
-            let leaders: Vec<Option<String>> = running
+        crate::wait_for("a running JetStream meta leader", timeout, || {
+            let leaders: Vec<Option<usize>> = running
                 .iter()
                 .map(|&i| {
                     let jsz = self.jsz(i, "")?;
-                    let leader = jsz["meta_cluster"]["leader"].as_str()?;
-                    (!leader.is_empty()).then(|| leader.to_owned())
+                    self.index_of(jsz["meta_cluster"]["leader"].as_str()?)
                 })
                 .collect();
-            leaders.iter().all(Option::is_some) && leaders.windows(2).all(|w| w[0] == w[1])
+            leaders[0].is_some_and(|leader| running.contains(&leader))
+                && leaders.iter().all(|l| *l == leaders[0])
         })
     }
 
@@ -235,6 +236,20 @@ impl Cluster {
             .flatten()
             .find(|s| s["name"] == stream)
             .cloned()
+    }
+
+    /// The client connections of node `i` (its `/connz`), each with its `name`; empty when the
+    /// node does not answer.
+    pub fn connections(&self, i: usize) -> Vec<serde_json::Value> {
+        get_json(self.nodes[i].http_port, "/connz?limit=1000")
+            .and_then(|connz| connz["connections"].as_array().cloned())
+            .unwrap_or_default()
+    }
+
+    /// The running node a client named `name` is connected to.
+    pub fn node_of_client(&mut self, name: &str) -> Option<usize> {
+        (0..self.len())
+            .find(|&i| self.is_running(i) && self.connections(i).iter().any(|c| c["name"] == name))
     }
 
     fn stream_cluster(&self, i: usize, stream: &str) -> Option<serde_json::Value> {
