@@ -92,6 +92,10 @@ pub struct NatsConfig {
     /// Identity and transport security (`[nats.auth]`).
     #[serde(default)]
     pub auth: flotilla_bus::Credentials,
+    /// The JetStream domain that holds the streams: the hub's, for an agent connected to a
+    /// leaf node (docs/deployment.md, "Sites: leaf nodes"); none by default.
+    #[serde(default)]
+    pub domain: Option<String>,
 }
 
 impl Default for NatsConfig {
@@ -101,6 +105,7 @@ impl Default for NatsConfig {
             prefix: flotilla_bus::nats_defaults::prefix(),
             connect_timeout: flotilla_bus::nats_defaults::connect_timeout(),
             auth: Default::default(),
+            domain: None,
         }
     }
 }

@@ -118,7 +118,11 @@ pub async fn run_with(
     };
 
     telemetry
-        .attach_nats(client.clone(), subjects.prefix())
+        .attach_nats_in(
+            client.clone(),
+            subjects.prefix(),
+            lifecycle.config.nats.domain.as_deref(),
+        )
         .await;
     let served = session::serve(
         client.clone(),
@@ -219,6 +223,7 @@ async fn connect(
         connect_timeout: config.nats.connect_timeout,
         allow_old_server: false,
         auth: config.nats.auth.clone(),
+        domain: config.nats.domain.clone(),
     };
     retry::steadily(
         Duration::from_secs(1),

@@ -47,10 +47,8 @@ pub enum BusError {
         MIN_SERVER_VERSION.0, MIN_SERVER_VERSION.1, MIN_SERVER_VERSION.2
     )]
     OldServer { url: String, found: String },
-    #[error(
-        "nats-server at {url} has JetStream disabled; Flotilla needs it (run with -js or a jetstream {{}} block)"
-    )]
-    NoJetStream { url: String },
+    #[error("{}", no_jetstream(url, domain.as_deref()))]
+    NoJetStream { url: String, domain: Option<String> },
     #[error("cannot read NATS credentials from {path}")]
     Credentials {
         path: String,
@@ -96,6 +94,19 @@ pub enum BusError {
         replication::MAX_REPLICAS
     )]
     ReplicasOutOfRange { wanted: usize },
+}
+
+fn no_jetstream(url: &str, domain: Option<&str>) -> String {
+    match domain {
+        None => format!(
+            "nats-server at {url} has JetStream disabled; Flotilla needs it (run with -js or a \
+             jetstream {{}} block; on a leaf node, set nats.domain to the hub's domain)"
+        ),
+        Some(domain) => format!(
+            "no JetStream answers in domain {domain} through nats-server at {url}; Flotilla \
+             needs it (is the leaf node connected to its hub, and is the hub's domain {domain}?)"
+        ),
+    }
 }
 
 fn too_many_replicas(wanted: usize, nodes: usize, cluster: Option<&str>) -> String {
@@ -149,6 +160,17 @@ pub struct BusOptions {
     pub connect_timeout: Duration,
     pub allow_old_server: bool,
     pub auth: Credentials,
+    /// The JetStream domain that holds the streams (`[nats] domain`), for a client of a leaf
+    /// node whose hub has one; `None`: the connected server's own JetStream.
+    pub domain: Option<String>,
+}
+
+/// The JetStream API of `client`, in `domain` when one is given.
+pub fn jetstream(client: async_nats::Client, domain: Option<&str>) -> jetstream::Context {
+    match domain {
+        Some(domain) => jetstream::with_domain(client, domain),
+        None => jetstream::new(client),
+    }
 }
 
 /// Who the client is to the server, and how the connection is protected. Secrets are read from
@@ -282,9 +304,16 @@ pub async fn connect(options: &BusOptions) -> Result<async_nats::Client, BusErro
             found: info.version,
         });
     }
-    if !info.jetstream {
+    // Not the server's INFO: a leaf node without JetStream of its own says `jetstream: false`
+    // there, yet its hub's JetStream answers through it. Ask the API itself.
+    if let Err(e) = jetstream(client.clone(), options.domain.as_deref())
+        .query_account()
+        .await
+    {
+        tracing::debug!(error = %e, jetstream_in_info = info.jetstream, "no JetStream answers");
         return Err(BusError::NoJetStream {
             url: options.servers.to_string(),
+            domain: options.domain.clone(),
         });
     }
     Ok(client)

@@ -191,6 +191,8 @@ async fn connect_bus(cli: &Cli) -> Result<(async_nats::Client, Subjects), Comman
         connect_timeout: cli.settings.nats.connect_timeout,
         allow_old_server: cli.settings.nats.allow_old_server,
         auth: cli::credentials(&cli.settings.nats.auth),
+        // The coordinator runs by the hub, whose own JetStream holds the streams.
+        domain: None,
     };
     let client = flotilla_bus::connect(&options)
         .await

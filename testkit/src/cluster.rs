@@ -26,8 +26,11 @@ pub struct ClusterOptions {
     /// Environment of every node (for the `$VARIABLE`s of `extra` and `include`).
     pub env: Vec<(String, String)>,
     /// A configuration file (e.g. a shipped one) each node's file includes first; the kit's
-    /// own keys (name, ports, store, cluster) follow it and so win.
+    /// own keys (name, ports, cluster) follow it and so win. Its `jetstream {}` block is kept
+    /// (the store directory goes on the command line), so `jetstream` is then unused.
     pub include: Option<PathBuf>,
+    /// A file included inside each node's `leafnodes {}` block (e.g. a shipped authorization).
+    pub leafnode_include: Option<PathBuf>,
 }
 
 /// One node: its fixed ports, its configuration file and its process (none while killed).
@@ -37,6 +40,7 @@ struct Node {
     http_port: u16,
     leaf_port: u16,
     config: PathBuf,
+    store: PathBuf,
     child: Option<Child>,
 }
 
@@ -70,6 +74,7 @@ impl Cluster {
                 http_port: crate::free_port(),
                 leaf_port: crate::free_port(),
                 config: node_dir.join("nats.conf"),
+                store: node_dir.join("jetstream"),
                 child: None,
             };
             let text = node_config(&name, &node, &node_dir, route_port, &route_ports, options);
@@ -276,6 +281,8 @@ impl Cluster {
             .arg(node.client_port.to_string())
             .arg("-m")
             .arg(node.http_port.to_string())
+            .arg("-sd")
+            .arg(&node.store)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -352,12 +359,23 @@ fn node_config(
         .map(|line| format!("  {line}\n"))
         .collect();
     let leafnodes = if options.leafnodes {
+        let include = options
+            .leafnode_include
+            .as_ref()
+            .map(|file| format!("  include \"{}\"\n", relative_to(dir, file)))
+            .unwrap_or_default();
         format!(
-            "leafnodes {{\n  listen: \"127.0.0.1:{}\"\n}}\n",
+            "leafnodes {{\n  listen: \"127.0.0.1:{}\"\n{include}}}\n",
             node.leaf_port
         )
     } else {
         String::new()
+    };
+    // A block replaces the included file's whole block: keep the included one.
+    let jetstream = if options.include.is_some() {
+        String::new()
+    } else {
+        format!("jetstream {{\n  sync_interval: always\n{jetstream_extra}}}\n")
     };
     let include = options
         .include
@@ -367,12 +385,10 @@ fn node_config(
     // The host and ports go on the command line (see `spawn`): an included file's `port` or
     // `listen` would otherwise compete with them.
     format!(
-        "{include}server_name: {name}\n\
-         jetstream {{\n  store_dir: \"{store}\"\n  sync_interval: always\n{jetstream_extra}}}\n\
+        "{include}server_name: {name}\n{jetstream}\
          cluster {{\n  name: {cluster}\n  listen: \"127.0.0.1:{route_port}\"\n  routes: [\n{routes}\n  ]\n}}\n\
          {leafnodes}{extra}\n",
         name = node.name,
-        store = dir.join("jetstream").display(),
         routes = routes.join(",\n"),
         extra = options.extra,
     )
