@@ -50,8 +50,12 @@ impl Replication {
             .as_ref()
             .and_then(|p| p.cluster.as_ref())
             .is_some_and(|wanted| info.cluster.as_ref() != Some(wanted));
+        // A leaf node alone says it is the cluster named after itself, announcing no peer.
+        let alone =
+            info.cluster.as_ref() == Some(&info.server_name) && info.connect_urls.is_empty();
         let nodes = match &info.cluster {
             None if !elsewhere => Some(1),
+            Some(_) if !elsewhere && alone => Some(1),
             // `no_advertise` hides the peers: the server's own answer will tell.
             Some(_) if !elsewhere && !info.connect_urls.is_empty() => Some(info.connect_urls.len()),
             _ => None,
@@ -61,7 +65,7 @@ impl Replication {
                 return Err(BusError::ReplicasOutOfRange { wanted: n });
             }
             Some(n) => n,
-            None if info.cluster.is_none() && !elsewhere => 1,
+            None if (info.cluster.is_none() || alone) && !elsewhere => 1,
             None => nodes.map_or(CLUSTER_DEFAULT_REPLICAS, |n| {
                 n.min(CLUSTER_DEFAULT_REPLICAS)
             }),
@@ -211,6 +215,11 @@ mod tests {
         assert_eq!(resolve(server(Some("c"), 5)), 3);
         assert_eq!(resolve(server(Some("c"), 2)), 2);
         assert_eq!(resolve(server(Some("c"), 0)), 3, "peers not advertised");
+        let leaf = async_nats::ServerInfo {
+            server_name: "site-a".into(),
+            ..server(Some("site-a"), 0)
+        };
+        assert_eq!(resolve(leaf), 1, "a leaf node alone");
     }
 
     #[test]
