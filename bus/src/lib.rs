@@ -2,6 +2,7 @@
 //! floor, and the JetStream streams both sides rely on, declared once.
 
 pub mod plan_files;
+mod probe;
 pub mod provision;
 pub mod replication;
 mod servers;
@@ -112,8 +113,9 @@ fn no_jetstream(url: &str, domain: Option<&str>) -> String {
 fn too_many_replicas(wanted: usize, nodes: usize, cluster: Option<&str>) -> String {
     match cluster {
         Some(cluster) => format!(
-            "{wanted} replicas asked, but the NATS cluster {cluster} has {nodes} node(s): \
-             set replicas to at most {nodes} (nats.replicas, --replicas), or add nodes"
+            "{wanted} replicas asked, but the NATS cluster {cluster} cannot place them (no \
+             suitable peers; it announces {nodes} node(s) up): set replicas to at most its \
+             nodes (nats.replicas, --replicas), or bring its nodes up"
         ),
         None => format!(
             "{wanted} replicas asked, but the NATS server is not clustered and keeps 1: set \
@@ -304,13 +306,8 @@ pub async fn connect(options: &BusOptions) -> Result<async_nats::Client, BusErro
             found: info.version,
         });
     }
-    // Not the server's INFO: a leaf node without JetStream of its own says `jetstream: false`
-    // there, yet its hub's JetStream answers through it. Ask the API itself.
-    if let Err(e) = jetstream(client.clone(), options.domain.as_deref())
-        .query_account()
-        .await
-    {
-        tracing::debug!(error = %e, jetstream_in_info = info.jetstream, "no JetStream answers");
+    if probe::jetstream(&client, options.domain.as_deref()).await == probe::Probe::Nobody {
+        tracing::debug!(jetstream_in_info = info.jetstream, "no JetStream answers");
         return Err(BusError::NoJetStream {
             url: options.servers.to_string(),
             domain: options.domain.clone(),

@@ -171,7 +171,7 @@ async fn connect(cli: &Cli) -> Result<(async_nats::Client, Subjects), CommandErr
         false,
     )
     .await
-    .map_err(|e| fail(exit::BUS, error_chain(&e)))?;
+    .map_err(|e| setup::placement_failure(&replication, e, &client))?;
     setup::warn_differing(&resources);
     if let Some(telemetry) = &cli.telemetry.0 {
         telemetry

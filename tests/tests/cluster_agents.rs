@@ -78,11 +78,19 @@ fn an_agent_whose_node_dies_moves_to_another_and_still_migrates() {
         "agent reconnected {:?} after its node died",
         killed.elapsed()
     );
-    // At once, while the streams led by the dead node elect new leaders: the coordinator waits
-    // for them rather than failing.
-    let out = fleet.flotilla(&["runs", "--output", "json"]);
+    // At once, while the streams led by the dead node elect new leaders: the coordinator's
+    // start (JetStream probe, stream lookups) waits for them rather than failing.
+    let out = fleet.flotilla(&["agents", "--output", "json"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    eprintln!("`flotilla runs` done {:?} after the kill", killed.elapsed());
+    assert!(
+        !stderr(&out).contains("exists with other settings"),
+        "{}",
+        stderr(&out)
+    );
+    eprintln!(
+        "`flotilla agents` done {:?} after the kill",
+        killed.elapsed()
+    );
     for stream in STREAMS {
         cluster
             .wait_for_leader(stream, Duration::from_secs(30))
