@@ -95,6 +95,10 @@ pub struct NatsConfig {
     /// Identity and transport security (`[nats.auth]`).
     #[serde(default)]
     pub auth: flotilla_bus::Credentials,
+    /// The JetStream domain that holds the streams: the hub's, for an agent connected to a
+    /// leaf node (docs/deployment.md, "Sites: leaf nodes"); none by default.
+    #[serde(default)]
+    pub domain: Option<String>,
 }
 
 impl Default for NatsConfig {
@@ -104,6 +108,7 @@ impl Default for NatsConfig {
             prefix: flotilla_bus::nats_defaults::prefix(),
             connect_timeout: flotilla_bus::nats_defaults::connect_timeout(),
             auth: Default::default(),
+            domain: None,
         }
     }
 }
@@ -431,6 +436,27 @@ startup_timeout = "5s"
         assert_eq!(config.service.startup_timeout, Duration::from_secs(5));
         assert_eq!(config.nats.prefix, "flotilla");
         assert!(config.commands.allow.is_empty());
+    }
+
+    #[test]
+    fn the_nats_url_is_a_toml_array_or_a_comma_separated_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!("[nats]\nurl = [\"nats://a:4222\", \"nats://b:4222\"]\n{GOOD}");
+        let config = AgentConfig::load_with(&write(dir.path(), &text), Default::default()).unwrap();
+        assert_eq!(
+            config.nats.url.as_slice(),
+            ["nats://a:4222", "nats://b:4222"]
+        );
+        let env = [(
+            "FLOTILLA_NATS__URL".to_owned(),
+            "nats://c:4222, nats://d:4222,nats://e:4222".to_owned(),
+        )];
+        let config = AgentConfig::load_with(&write(dir.path(), &text), env.into()).unwrap();
+        assert_eq!(
+            config.nats.url.as_slice(),
+            ["nats://c:4222", "nats://d:4222", "nats://e:4222"],
+            "the variable beats the file"
+        );
     }
 
     #[test]

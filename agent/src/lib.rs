@@ -129,7 +129,11 @@ pub async fn run_with(
 
     ops.connected(&client);
     telemetry
-        .attach_nats(client.clone(), subjects.prefix())
+        .attach_nats_in(
+            client.clone(),
+            subjects.prefix(),
+            lifecycle.config.nats.domain.as_deref(),
+        )
         .await;
     let served = session::serve(
         client.clone(),
@@ -236,6 +240,7 @@ async fn connect(
         connect_timeout: config.nats.connect_timeout,
         allow_old_server: false,
         auth: config.nats.auth.clone(),
+        domain: config.nats.domain.clone(),
     };
     retry::steadily(
         Duration::from_secs(1),

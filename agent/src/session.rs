@@ -89,7 +89,7 @@ pub async fn serve(
     telemetry: &flotilla_telemetry::TelemetryGuard,
     shutdown: CancellationToken,
 ) -> Result<Lifecycle, SessionError> {
-    let js = jetstream::new(client.clone());
+    let js = flotilla_bus::jetstream(client.clone(), lifecycle.config.nats.domain.as_deref());
     // The key first: presence, even while waiting for the streams, announces it.
     let signer = Arc::new(signing::SigningKey::load_or_create(
         &lifecycle.config.agent.state_dir.join(AGENT_KEY_FILE),

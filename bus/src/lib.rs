@@ -3,6 +3,7 @@
 
 pub mod outage;
 pub mod plan_files;
+mod probe;
 pub mod provision;
 pub mod replication;
 mod servers;
@@ -48,10 +49,8 @@ pub enum BusError {
         MIN_SERVER_VERSION.0, MIN_SERVER_VERSION.1, MIN_SERVER_VERSION.2
     )]
     OldServer { url: String, found: String },
-    #[error(
-        "nats-server at {url} has JetStream disabled; Flotilla needs it (run with -js or a jetstream {{}} block)"
-    )]
-    NoJetStream { url: String },
+    #[error("{}", no_jetstream(url, domain.as_deref()))]
+    NoJetStream { url: String, domain: Option<String> },
     #[error("cannot read NATS credentials from {path}")]
     Credentials {
         path: String,
@@ -99,11 +98,25 @@ pub enum BusError {
     ReplicasOutOfRange { wanted: usize },
 }
 
+fn no_jetstream(url: &str, domain: Option<&str>) -> String {
+    match domain {
+        None => format!(
+            "nats-server at {url} has JetStream disabled; Flotilla needs it (run with -js or a \
+             jetstream {{}} block; on a leaf node, set nats.domain to the hub's domain)"
+        ),
+        Some(domain) => format!(
+            "no JetStream answers in domain {domain} through nats-server at {url}; Flotilla \
+             needs it (is the leaf node connected to its hub, and is the hub's domain {domain}?)"
+        ),
+    }
+}
+
 fn too_many_replicas(wanted: usize, nodes: usize, cluster: Option<&str>) -> String {
     match cluster {
         Some(cluster) => format!(
-            "{wanted} replicas asked, but the NATS cluster {cluster} has {nodes} node(s): \
-             set replicas to at most {nodes} (nats.replicas, --replicas), or add nodes"
+            "{wanted} replicas asked, but the NATS cluster {cluster} cannot place them (no \
+             suitable peers; it announces {nodes} node(s) up): set replicas to at most its \
+             nodes (nats.replicas, --replicas), or bring its nodes up"
         ),
         None => format!(
             "{wanted} replicas asked, but the NATS server is not clustered and keeps 1: set \
@@ -150,6 +163,17 @@ pub struct BusOptions {
     pub connect_timeout: Duration,
     pub allow_old_server: bool,
     pub auth: Credentials,
+    /// The JetStream domain that holds the streams (`[nats] domain`), for a client of a leaf
+    /// node whose hub has one; `None`: the connected server's own JetStream.
+    pub domain: Option<String>,
+}
+
+/// The JetStream API of `client`, in `domain` when one is given.
+pub fn jetstream(client: async_nats::Client, domain: Option<&str>) -> jetstream::Context {
+    match domain {
+        Some(domain) => jetstream::with_domain(client, domain),
+        None => jetstream::new(client),
+    }
 }
 
 /// Who the client is to the server, and how the connection is protected. Secrets are read from
@@ -283,9 +307,11 @@ pub async fn connect(options: &BusOptions) -> Result<async_nats::Client, BusErro
             found: info.version,
         });
     }
-    if !info.jetstream {
+    if probe::jetstream(&client, options.domain.as_deref()).await == probe::Probe::Nobody {
+        tracing::debug!(jetstream_in_info = info.jetstream, "no JetStream answers");
         return Err(BusError::NoJetStream {
             url: options.servers.to_string(),
+            domain: options.domain.clone(),
         });
     }
     Ok(client)

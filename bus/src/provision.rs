@@ -9,7 +9,6 @@ use async_nats::jetstream::{self, stream};
 use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 
 use crate::BusError;
-use crate::outage::{OUTAGE_TOLERANCE, retry_until};
 
 /// What provisioning found of one stream (a key-value bucket is a stream too).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,56 +43,62 @@ impl Difference {
 const REPLICAS: &str = "replicas";
 const PLACEMENT: &str = "placement";
 
+/// How long a lookup waits for a stream that does not answer: one whose leader was on a node
+/// just lost answers again once the others elect a new one (JetStream: 4 to 9 s).
+pub const ELECTION_WAIT: Duration = Duration::from_secs(20);
+
+/// How long one lookup of [`inspect`] waits for its answer.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Looks `wanted.name` up: `None` when the stream does not exist, else how its settings differ
-/// from `wanted` (empty when they match). A server that cannot answer now (no reply, the cluster
-/// electing a leader) is asked again for [`OUTAGE_TOLERANCE`]; an answer is final.
+/// from `wanted` (empty when they match). A stream that does not answer (no leader yet) is
+/// asked again for up to [`ELECTION_WAIT`].
 pub async fn inspect(
     js: &jetstream::Context,
     wanted: &stream::Config,
 ) -> Result<Option<Vec<Difference>>, BusError> {
-    let what = format!("looking up the stream {}", wanted.name);
-    let deadline = tokio::time::Instant::now() + OUTAGE_TOLERANCE;
-    retry_until(
-        &what,
-        deadline,
-        || inspect_once(js, wanted),
-        Failure::transient,
-    )
-    .await
-    .map_err(|failure| BusError::Inspect {
-        name: wanted.name.clone(),
-        source: failure.source,
-    })
-}
-
-/// One failed look-up, and whether waiting may cure it.
-struct Failure {
-    source: Box<dyn std::error::Error + Send + Sync>,
-    transient: bool,
-}
-
-impl Failure {
-    fn transient(&self) -> bool {
-        self.transient
+    let deadline = tokio::time::Instant::now() + ELECTION_WAIT;
+    // A stream info answers in milliseconds; one that does not is asked again soon.
+    let mut quick = js.clone();
+    quick.set_timeout(ATTEMPT_TIMEOUT);
+    let mut warned = false;
+    loop {
+        match inspect_once(&quick, wanted).await {
+            Ok(found) => return Ok(found),
+            Err(Lookup::Unanswered(e)) if tokio::time::Instant::now() < deadline => {
+                if !warned {
+                    tracing::warn!(stream = %wanted.name, error = %chain(e.as_ref()),
+                        "the stream does not answer (a NATS node lost?), waiting for its new leader");
+                    warned = true;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(Lookup::Unanswered(source) | Lookup::Failed(source)) => {
+                return Err(BusError::Inspect {
+                    name: wanted.name.clone(),
+                    source,
+                });
+            }
+        }
     }
 }
 
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.source.fmt(f)
-    }
+/// Why one lookup failed: no answer in time (a leader election?), or anything else.
+enum Lookup {
+    Unanswered(Box<dyn std::error::Error + Send + Sync>),
+    Failed(Box<dyn std::error::Error + Send + Sync>),
 }
 
 async fn inspect_once(
     js: &jetstream::Context,
     wanted: &stream::Config,
-) -> Result<Option<Vec<Difference>>, Failure> {
+) -> Result<Option<Vec<Difference>>, Lookup> {
     use jetstream::context::GetStreamErrorKind as Kind;
     match js.get_stream(&wanted.name).await {
         Ok(mut found) => {
-            let info = found.info().await.map_err(|e| Failure {
-                source: Box::new(e),
-                transient: true,
+            let info = found.info().await.map_err(|e| match e.kind() {
+                jetstream::context::RequestErrorKind::TimedOut => Lookup::Unanswered(Box::new(e)),
+                _ => Lookup::Failed(Box::new(e)),
             })?;
             Ok(Some(differences(wanted, &info.config)))
         }
@@ -102,34 +107,12 @@ async fn inspect_once(
             Kind::JetStream(api) if api.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND => {
                 Ok(None)
             }
-            kind => {
-                let transient = match kind {
-                    Kind::Request => true,
-                    Kind::JetStream(api) => electing(api.error_code()),
-                    Kind::EmptyName | Kind::InvalidStreamName => false,
-                };
-                Err(Failure {
-                    source: Box::new(e),
-                    transient,
-                })
-            }
+            // A timeout, or the cluster saying it has no leader for now (503).
+            Kind::Request => Err(Lookup::Unanswered(Box::new(e))),
+            Kind::JetStream(api) if api.code() == 503 => Err(Lookup::Unanswered(Box::new(e))),
+            _ => Err(Lookup::Failed(Box::new(e))),
         },
     }
-}
-
-/// True for the JetStream API's answers that mean "not now": the cluster has no leader or quorum
-/// for it yet.
-pub fn electing(code: jetstream::ErrorCode) -> bool {
-    use jetstream::ErrorCode as Code;
-    [
-        Code::CLUSTER_NOT_AVAILABLE,
-        Code::CLUSTER_NO_PEERS,
-        Code::CLUSTER_INCOMPLETE,
-        Code::CLUSTER_NOT_ACTIVE,
-        Code::CLUSTER_NOT_LEADER,
-        Code::CLUSTER_NOT_ASSIGNED,
-    ]
-    .contains(&code)
 }
 
 /// Creates the stream when it is missing; an existing one is reported, never changed.
@@ -311,4 +294,19 @@ fn chain(e: &dyn std::error::Error) -> String {
         .map(|e| e.to_string())
         .collect::<Vec<_>>()
         .join(": ")
+}
+
+/// True for the JetStream API's answers that mean "not now": the cluster has no leader or quorum
+/// for it yet.
+pub fn electing(code: jetstream::ErrorCode) -> bool {
+    use jetstream::ErrorCode as Code;
+    [
+        Code::CLUSTER_NOT_AVAILABLE,
+        Code::CLUSTER_NO_PEERS,
+        Code::CLUSTER_INCOMPLETE,
+        Code::CLUSTER_NOT_ACTIVE,
+        Code::CLUSTER_NOT_LEADER,
+        Code::CLUSTER_NOT_ASSIGNED,
+    ]
+    .contains(&code)
 }

@@ -36,47 +36,53 @@ impl Default for Replication {
 
 impl Replication {
     /// `requested` replicas (or the default for the server `info` describes) placed by
-    /// `placement`. The default is [`CLUSTER_DEFAULT_REPLICAS`] on a cluster (capped at the
-    /// nodes it announces) and 1 on a single server. More replicas than the cluster has nodes
-    /// is refused here, before anything is created.
+    /// `placement`. The default is [`CLUSTER_DEFAULT_REPLICAS`] on a cluster and 1 on a single
+    /// server (or a leaf node alone). It does not count the nodes the server announces: those
+    /// are the nodes up, and a node down must not change what is wanted. A cluster too small
+    /// for the count refuses the stream; [`Replication::explain`] says so.
     pub fn resolve(
         requested: Option<usize>,
         placement: Option<stream::Placement>,
         info: &async_nats::ServerInfo,
     ) -> Result<Self, BusError> {
         let placement = placement.filter(|p| p.cluster.is_some() || !p.tags.is_empty());
-        // Another cluster (a supercluster's) is not the one whose nodes this server announces.
-        let elsewhere = placement
-            .as_ref()
-            .and_then(|p| p.cluster.as_ref())
-            .is_some_and(|wanted| info.cluster.as_ref() != Some(wanted));
-        let nodes = match &info.cluster {
-            None if !elsewhere => Some(1),
-            // `no_advertise` hides the peers: the server's own answer will tell.
-            Some(_) if !elsewhere && !info.connect_urls.is_empty() => Some(info.connect_urls.len()),
-            _ => None,
-        };
+        // Another cluster (a supercluster's) may hold them wherever this server stands.
+        let elsewhere = placement.as_ref().is_some_and(|p| p.cluster.is_some());
+        // A leaf node alone says it is the cluster named after itself, announcing no peer.
+        let alone = info.cluster.is_none()
+            || (info.cluster.as_ref() == Some(&info.server_name) && info.connect_urls.is_empty());
         let replicas = match requested {
             Some(n) if !(1..=MAX_REPLICAS).contains(&n) => {
                 return Err(BusError::ReplicasOutOfRange { wanted: n });
             }
             Some(n) => n,
-            None if info.cluster.is_none() && !elsewhere => 1,
-            None => nodes.map_or(CLUSTER_DEFAULT_REPLICAS, |n| {
-                n.min(CLUSTER_DEFAULT_REPLICAS)
-            }),
+            None if alone && !elsewhere => 1,
+            None => CLUSTER_DEFAULT_REPLICAS,
         };
-        if let Some(nodes) = nodes.filter(|&n| replicas > n) {
+        if replicas > 1 && alone && !elsewhere {
             return Err(BusError::TooManyReplicas {
                 wanted: replicas,
-                nodes,
-                cluster: info.cluster.clone(),
+                nodes: 1,
+                cluster: None,
             });
         }
         Ok(Self {
             replicas,
             placement,
         })
+    }
+
+    /// `error`, or, when the cluster refused a stream for want of peers (JetStream error
+    /// 10005), the clear error that says how many replicas were asked and what to do.
+    pub fn explain(&self, error: BusError, info: &async_nats::ServerInfo) -> BusError {
+        if !no_suitable_peers(&error) {
+            return error;
+        }
+        BusError::TooManyReplicas {
+            wanted: self.replicas,
+            nodes: info.connect_urls.len(),
+            cluster: info.cluster.clone().or_else(|| Some("(unnamed)".into())),
+        }
     }
 
     /// `config` with these replicas and placement.
@@ -105,6 +111,18 @@ impl Replication {
             ..config
         }
     }
+}
+
+/// Whether `error` or one of its sources is JetStream's "no suitable peers for placement".
+fn no_suitable_peers(error: &(dyn std::error::Error + 'static)) -> bool {
+    use jetstream::context::CreateStreamErrorKind as Kind;
+    std::iter::successors(Some(error), |e| e.source()).any(|e| {
+        e.downcast_ref::<jetstream::context::CreateStreamError>()
+            .is_some_and(|e| {
+                matches!(e.kind(), Kind::JetStream(api)
+                    if api.error_code() == jetstream::ErrorCode::CLUSTER_NO_PEERS)
+            })
+    })
 }
 
 /// How long [`update`] waits for the new replicas to catch up before saying they have not.
@@ -208,25 +226,21 @@ mod tests {
         let resolve = |info| Replication::resolve(None, None, &info).unwrap().replicas;
         assert_eq!(resolve(server(None, 0)), 1);
         assert_eq!(resolve(server(Some("c"), 3)), 3);
-        assert_eq!(resolve(server(Some("c"), 5)), 3);
-        assert_eq!(resolve(server(Some("c"), 2)), 2);
+        assert_eq!(
+            resolve(server(Some("c"), 2)),
+            3,
+            "a node down changes nothing"
+        );
         assert_eq!(resolve(server(Some("c"), 0)), 3, "peers not advertised");
+        let leaf = async_nats::ServerInfo {
+            server_name: "site-a".into(),
+            ..server(Some("site-a"), 0)
+        };
+        assert_eq!(resolve(leaf), 1, "a leaf node alone");
     }
 
     #[test]
-    fn more_replicas_than_nodes_is_refused_naming_both() {
-        let error = Replication::resolve(Some(5), None, &server(Some("c"), 3)).unwrap_err();
-        assert!(
-            matches!(
-                error,
-                BusError::TooManyReplicas {
-                    wanted: 5,
-                    nodes: 3,
-                    ..
-                }
-            ),
-            "{error}"
-        );
+    fn more_than_one_replica_on_a_single_server_or_more_than_five_is_refused() {
         let error = Replication::resolve(Some(3), None, &server(None, 0)).unwrap_err();
         assert!(
             matches!(
@@ -239,17 +253,16 @@ mod tests {
             ),
             "{error}"
         );
+        let error = Replication::resolve(Some(6), None, &server(Some("c"), 3)).unwrap_err();
+        assert!(matches!(error, BusError::ReplicasOutOfRange { wanted: 6 }));
         let error = Replication::resolve(Some(0), None, &server(None, 0)).unwrap_err();
         assert!(matches!(error, BusError::ReplicasOutOfRange { wanted: 0 }));
-    }
-
-    #[test]
-    fn a_placement_in_another_cluster_is_not_counted_against_this_one() {
-        let placement = stream::Placement {
-            cluster: Some("east".into()),
-            tags: vec![],
-        };
-        let resolved = Replication::resolve(Some(5), Some(placement), &server(Some("west"), 3));
-        assert_eq!(resolved.unwrap().replicas, 5);
+        assert_eq!(
+            Replication::resolve(Some(5), None, &server(Some("c"), 3))
+                .unwrap()
+                .replicas,
+            5,
+            "the cluster itself says whether it can place them"
+        );
     }
 }

@@ -187,7 +187,7 @@ async fn provision(
     let js = jetstream::new(client.clone());
     let resources = setup::provision_all(&js, subjects, &replication, false)
         .await
-        .map_err(|e| fail(exit::BUS, error_chain(&e)))?;
+        .map_err(|e| setup::placement_failure(&replication, e, client))?;
     setup::warn_differing(&resources);
     Ok(())
 }
@@ -232,6 +232,8 @@ async fn connect_bus(cli: &Cli) -> Result<(async_nats::Client, Subjects), Comman
         connect_timeout: cli.settings.nats.connect_timeout,
         allow_old_server: cli.settings.nats.allow_old_server,
         auth: cli::credentials(&cli.settings.nats.auth),
+        // The coordinator runs by the hub, whose own JetStream holds the streams.
+        domain: None,
     };
     let client = flotilla_bus::connect(&options)
         .await

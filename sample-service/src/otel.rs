@@ -75,12 +75,21 @@ pub fn start() -> Option<Telemetry> {
         let guard = Arc::clone(&guard);
         async move {
             // The demo's open server lets the service create the telemetry stream.
-            let attached = match async_nats::connect(url.as_str()).await {
+            // One URL or several, comma-separated, as the agents take them.
+            let servers: Result<Vec<async_nats::ServerAddr>, _> =
+                url.split(',').map(|u| u.trim().parse()).collect();
+            let connected = match servers {
+                Ok(servers) => async_nats::connect(servers)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let attached = match connected {
                 Ok(client) => guard
                     .attach_nats_creating(client, flotilla_schemas::subjects::DEFAULT_PREFIX)
                     .await
                     .map_err(|e| flotilla_telemetry::error_chain(&e)),
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(e),
             };
             if let Err(reason) = attached {
                 eprintln!("flotilla-sample: warning: not exporting telemetry to {url}: {reason}");

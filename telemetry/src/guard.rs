@@ -36,11 +36,22 @@ impl TelemetryGuard {
     /// buffer. Calling it again switches to the new client. A no-op on an inactive guard or
     /// without the default store.
     pub async fn attach_nats(&self, client: async_nats::Client, prefix: &str) {
+        self.attach_nats_in(client, prefix, None).await;
+    }
+
+    /// [`attach_nats`](Self::attach_nats) to the stream in the JetStream `domain` (an agent
+    /// of a leaf node: its hub's).
+    pub async fn attach_nats_in(
+        &self,
+        client: async_nats::Client,
+        prefix: &str,
+        domain: Option<&str>,
+    ) {
         let Some(sink) = self.inner.as_ref().and_then(|o| o.sink.as_ref()) else {
             return;
         };
         let (js, sink, prefix) = (
-            async_nats::jetstream::new(client),
+            flotilla_bus::jetstream(client, domain),
             Arc::clone(sink),
             prefix.to_owned(),
         );

@@ -26,8 +26,11 @@ pub struct ClusterOptions {
     /// Environment of every node (for the `$VARIABLE`s of `extra` and `include`).
     pub env: Vec<(String, String)>,
     /// A configuration file (e.g. a shipped one) each node's file includes first; the kit's
-    /// own keys (name, ports, store, cluster) follow it and so win.
+    /// own keys (name, ports, cluster) follow it and so win. Its `jetstream {}` block is kept
+    /// (the store directory goes on the command line), so `jetstream` is then unused.
     pub include: Option<PathBuf>,
+    /// A file included inside each node's `leafnodes {}` block (e.g. a shipped authorization).
+    pub leafnode_include: Option<PathBuf>,
 }
 
 /// One node: its fixed ports, its configuration file and its process (none while killed).
@@ -37,6 +40,7 @@ struct Node {
     http_port: u16,
     leaf_port: u16,
     config: PathBuf,
+    store: PathBuf,
     child: Option<Child>,
 }
 
@@ -70,6 +74,7 @@ impl Cluster {
                 http_port: crate::free_port(),
                 leaf_port: crate::free_port(),
                 config: node_dir.join("nats.conf"),
+                store: node_dir.join("jetstream"),
                 child: None,
             };
             let text = node_config(&name, &node, &node_dir, route_port, &route_ports, options);
@@ -165,19 +170,20 @@ impl Cluster {
         }
     }
 
-    /// Waits until every running node knows the same JetStream meta leader.
+    /// Waits until every running node knows the same JetStream meta leader, a running one (a
+    /// node just killed is still the leader to its peers until they elect another).
     pub fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let running: Vec<usize> = (0..self.len()).filter(|&i| self.is_running(i)).collect();
-        crate::wait_for("the JetStream meta leader", timeout, || {
-            let leaders: Vec<Option<String>> = running
+        crate::wait_for("a running JetStream meta leader", timeout, || {
+            let leaders: Vec<Option<usize>> = running
                 .iter()
                 .map(|&i| {
                     let jsz = self.jsz(i, "")?;
-                    let leader = jsz["meta_cluster"]["leader"].as_str()?;
-                    (!leader.is_empty()).then(|| leader.to_owned())
+                    self.index_of(jsz["meta_cluster"]["leader"].as_str()?)
                 })
                 .collect();
-            leaders.iter().all(Option::is_some) && leaders.windows(2).all(|w| w[0] == w[1])
+            leaders[0].is_some_and(|leader| running.contains(&leader))
+                && leaders.iter().all(|l| *l == leaders[0])
         })
     }
 
@@ -237,6 +243,20 @@ impl Cluster {
             .cloned()
     }
 
+    /// The client connections of node `i` (its `/connz`), each with its `name`; empty when the
+    /// node does not answer.
+    pub fn connections(&self, i: usize) -> Vec<serde_json::Value> {
+        get_json(self.nodes[i].http_port, "/connz?limit=1000")
+            .and_then(|connz| connz["connections"].as_array().cloned())
+            .unwrap_or_default()
+    }
+
+    /// The running node a client named `name` is connected to.
+    pub fn node_of_client(&mut self, name: &str) -> Option<usize> {
+        (0..self.len())
+            .find(|&i| self.is_running(i) && self.connections(i).iter().any(|c| c["name"] == name))
+    }
+
     fn stream_cluster(&self, i: usize, stream: &str) -> Option<serde_json::Value> {
         self.stream_detail(i, stream).map(|s| s["cluster"].clone())
     }
@@ -261,6 +281,8 @@ impl Cluster {
             .arg(node.client_port.to_string())
             .arg("-m")
             .arg(node.http_port.to_string())
+            .arg("-sd")
+            .arg(&node.store)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -337,12 +359,23 @@ fn node_config(
         .map(|line| format!("  {line}\n"))
         .collect();
     let leafnodes = if options.leafnodes {
+        let include = options
+            .leafnode_include
+            .as_ref()
+            .map(|file| format!("  include \"{}\"\n", relative_to(dir, file)))
+            .unwrap_or_default();
         format!(
-            "leafnodes {{\n  listen: \"127.0.0.1:{}\"\n}}\n",
+            "leafnodes {{\n  listen: \"127.0.0.1:{}\"\n{include}}}\n",
             node.leaf_port
         )
     } else {
         String::new()
+    };
+    // A block replaces the included file's whole block: keep the included one.
+    let jetstream = if options.include.is_some() {
+        String::new()
+    } else {
+        format!("jetstream {{\n  sync_interval: always\n{jetstream_extra}}}\n")
     };
     let include = options
         .include
@@ -352,12 +385,10 @@ fn node_config(
     // The host and ports go on the command line (see `spawn`): an included file's `port` or
     // `listen` would otherwise compete with them.
     format!(
-        "{include}server_name: {name}\n\
-         jetstream {{\n  store_dir: \"{store}\"\n  sync_interval: always\n{jetstream_extra}}}\n\
+        "{include}server_name: {name}\n{jetstream}\
          cluster {{\n  name: {cluster}\n  listen: \"127.0.0.1:{route_port}\"\n  routes: [\n{routes}\n  ]\n}}\n\
          {leafnodes}{extra}\n",
         name = node.name,
-        store = dir.join("jetstream").display(),
         routes = routes.join(",\n"),
         extra = options.extra,
     )

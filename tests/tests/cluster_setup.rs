@@ -111,7 +111,7 @@ fn more_replicas_than_nodes_is_refused_and_creates_nothing() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let said = stderr(&out);
     assert!(
-        said.contains("4 replicas asked, but the NATS cluster flotilla-test has 3 node(s)"),
+        said.contains("4 replicas asked, but the NATS cluster flotilla-test cannot place them"),
         "{said}"
     );
     let out = flotilla(&cluster.url_list(), &["setup", "--replicas", "6"]);

@@ -290,6 +290,7 @@ async fn creds_are_required_and_must_chain_to_the_operator() {
             inbox_prefix: Some("_INBOX_coordinator".into()),
             ..Default::default()
         },
+        domain: None,
     })
     .await
     .expect("the coordinator's .creds is accepted");

@@ -201,6 +201,19 @@ fn bucket_as_stream(config: &async_nats::jetstream::kv::Config) -> stream::Confi
     }
 }
 
+/// The error of a failed provisioning: bad input (exit 2) when the cluster cannot place the
+/// replicas asked, the bus's (exit 4) otherwise.
+pub(crate) fn placement_failure(
+    replication: &Replication,
+    error: BusError,
+    client: &async_nats::Client,
+) -> CommandError {
+    match replication.explain(error, &client.server_info()) {
+        e @ BusError::TooManyReplicas { .. } => fail(exit::USAGE, error_chain(&e)),
+        e => fail(exit::BUS, error_chain(&e)),
+    }
+}
+
 /// Logs what differs, for commands that provision on the way (they go on regardless).
 pub(crate) fn warn_differing(resources: &[Resource]) {
     for r in resources.iter().filter(|r| !r.differences.is_empty()) {
@@ -221,7 +234,7 @@ pub(super) async fn setup(cli: &Cli) -> Outcome {
     let js = jetstream::new(client);
     let resources = match provision_all(&js, &subjects, &replication, update).await {
         Ok(r) => r,
-        Err(e) => return Err(fail(exit::BUS, error_chain(&e))),
+        Err(e) => return Err(placement_failure(&replication, e, &js.client())),
     };
     match cli.output {
         OutputFormat::Json => super::print_json(&serde_json::json!({ "resources": resources })),
