@@ -82,6 +82,27 @@ struct Options {
     /// On a 3-node JetStream cluster: the broker fault kills a node (the leader of a stream, at
     /// random), and there are no network cuts (the proxy fronts one server).
     cluster: bool,
+    /// The faults drawn from (`--faults broker-kill,none`); all by default.
+    faults: Vec<Fault>,
+}
+
+/// A fault as `--faults` spells it: its name in kebab case (`broker-kill`).
+fn parse_fault(name: &str) -> anyhow::Result<Fault> {
+    FAULTS
+        .into_iter()
+        .find(|f| kebab(&format!("{f:?}")) == name)
+        .with_context(|| format!("unknown fault {name:?}"))
+}
+
+fn kebab(camel: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            out.push('-');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
 }
 
 fn options() -> anyhow::Result<Options> {
@@ -93,6 +114,7 @@ fn options() -> anyhow::Result<Options> {
             | 1,
         max_rss_growth_pct: 25.0,
         cluster: false,
+        faults: FAULTS.to_vec(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -102,8 +124,14 @@ fn options() -> anyhow::Result<Options> {
             "--seed" => options.seed = value()?.parse::<u64>()? | 1,
             "--max-rss-growth-pct" => options.max_rss_growth_pct = value()?.parse()?,
             "--cluster" => options.cluster = true,
+            "--faults" => {
+                options.faults = value()?
+                    .split(',')
+                    .map(parse_fault)
+                    .collect::<anyhow::Result<_>>()?
+            }
             other => anyhow::bail!(
-                "unknown argument {other}; usage: flotilla-soak [--cycles N] [--seed N] [--max-rss-growth-pct P] [--cluster]"
+                "unknown argument {other}; usage: flotilla-soak [--cycles N] [--seed N] [--max-rss-growth-pct P] [--cluster] [--faults a,b]"
             ),
         }
     }
@@ -223,7 +251,7 @@ fn main() -> anyhow::Result<ExitCode> {
     let mut memory: BTreeMap<String, (u32, u64, u64, usize)> = BTreeMap::new();
     let mut restarts = 0usize;
     for cycle in 0..options.cycles {
-        let mut fault = FAULTS[soak.rng.below(FAULTS.len())];
+        let mut fault = options.faults[soak.rng.below(options.faults.len())];
         if fault == Fault::AgentCut && soak.broker.proxy().is_none() {
             fault = Fault::BrokerKill;
         }
