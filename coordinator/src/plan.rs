@@ -41,6 +41,7 @@ mod amount;
 mod correlation;
 mod cross_service;
 pub(crate) mod fields;
+mod pause;
 mod placement;
 mod services;
 mod waves;
@@ -48,6 +49,7 @@ mod waves;
 pub use amount::Amount;
 pub use correlation::LogCorrelation;
 pub use cross_service::{CrossService, CrossServiceOverride, KeyAt, KeyRef, ServiceInspect};
+pub use pause::{Pause, PauseError};
 pub use placement::place;
 
 use crate::selector::Selector;
@@ -191,6 +193,8 @@ pub struct Wave {
     pub max_parallel: Option<Amount>,
     /// Set by [`place`] once the agents are known: exactly the agents of this wave, in order.
     pub placed: Option<Placed>,
+    /// What the run does once this wave succeeded, before the next wave starts.
+    pub pause: Option<Pause>,
 }
 
 /// The agents of one wave, as [`place`] found them.
@@ -252,6 +256,8 @@ struct RawWave {
     selector: Option<Spanned<String>>,
     #[serde(default)]
     max_parallel: Option<Spanned<Amount>>,
+    #[serde(default)]
+    pause: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

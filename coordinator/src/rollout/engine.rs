@@ -145,8 +145,12 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             "driving run"
         );
 
-        if self.record.stage == Stage::Migrating && self.migrate_waves().await? == Flow::Cancelled {
-            return self.cancelled().await;
+        if self.record.stage == Stage::Migrating {
+            match self.migrate_waves().await? {
+                Flow::Cancelled => return self.cancelled().await,
+                Flow::Paused => return Ok(self.record),
+                Flow::Done | Flow::Stopped => {}
+            }
         }
         if self.record.stage == Stage::Finalizing {
             self.prove().await?;
@@ -259,6 +263,9 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             if decisions::stops_dispatch(self.budget_broken(), self.plan.on_failure) {
                 break;
             }
+            if let flow @ (Flow::Cancelled | Flow::Paused) = self.pause_before(w).await? {
+                return Ok(flow);
+            }
             let wave = &self.record.waves[w];
             let members = wave.targets.clone();
             let names = self.target_names(&members);
@@ -273,6 +280,7 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             self.sink
                 .batch(&format!("wave {}/{total} {}", w + 1, wave.name), &names);
             self.record.waves[w].status = WaveStatus::Running;
+            (self.record.waves[w].started_at).get_or_insert_with(OffsetDateTime::now_utc);
             self.save().await?;
             let cap = self.record.waves[w].max_parallel;
             let flow = self
