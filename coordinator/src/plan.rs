@@ -97,6 +97,9 @@ pub struct Plan {
     pub finalize: Finalize,
     /// What the correlation check may not prove means.
     pub correlation: CorrelationPolicy,
+    /// How often a bake (a wave's `pause = "10m"`) checks the health of the services migrated
+    /// so far; a failed check fails that service.
+    pub bake_health_every: Duration,
 }
 
 /// `[correlation]`: what a correlation check that could not prove correlation for want of
@@ -222,6 +225,8 @@ struct RawPlan {
     max_parallel: Option<Spanned<Amount>>,
     #[serde(default)]
     finalize: Finalize,
+    #[serde(default)]
+    bake_health_every: Option<Spanned<HumanDuration>>,
     #[serde(rename = "step", default)]
     default_steps: Vec<Step>,
     #[serde(rename = "health", default)]
@@ -295,6 +300,9 @@ struct RuleError {
     key: String,
     reason: String,
 }
+
+/// How often a bake checks the migrated services' health unless the plan says otherwise.
+const DEFAULT_BAKE_HEALTH_EVERY: Duration = Duration::from_secs(10);
 
 /// The shortest `command_timeout` accepted.
 const MIN_COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
@@ -392,6 +400,12 @@ impl Plan {
             cross_service: raw.cross_service,
             finalize: raw.finalize,
             correlation: raw.correlation,
+            bake_health_every: raw
+                .bake_health_every
+                .as_ref()
+                .map(|t| checked_timeout(t, "bake_health_every"))
+                .transpose()?
+                .unwrap_or(DEFAULT_BAKE_HEALTH_EVERY),
         })
     }
 

@@ -324,6 +324,11 @@ impl ServiceReport {
         {
             report.apply_rollback(rollback);
         }
+        // Its own failure, found after it had succeeded, outweighs why it was rolled back.
+        if let Some(why) = &target.bake_failure {
+            report.failure = Some(FailureKind::FailedValidation);
+            report.reason = Some(why.clone());
+        }
         report.finalized = target
             .finalize
             .as_ref()

@@ -272,3 +272,46 @@ fn cancel_during_a_bake_stops_before_the_next_wave_and_promote_ends_the_resumed_
         (1, 1)
     );
 }
+
+/// During a bake the migrated services' health is checked every `bake_health_every`: a canary
+/// that goes down mid-bake fails, which breaks the budget: the bake stops, wave 2 never starts,
+/// and the canary is rolled back.
+#[test]
+fn a_canary_that_fails_its_health_during_the_bake_fails_the_wave_and_is_rolled_back() {
+    let nats = NatsServer::start().unwrap();
+    let fleet = Fleet::start(nats.url(), &ROLES).unwrap();
+    let plan = paused_plan("10m").replace(
+        "name = \"paused\"\n",
+        "name = \"paused\"\nbake_health_every = \"1s\"\n",
+    );
+    let plan = fleet.write_plan("bake-health.toml", &plan);
+    let coordinator =
+        fleet.spawn_flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"]);
+    let run = only_run(&fleet);
+    let baking = wait_for_pause(&fleet, &run);
+    let until = wave_time(&baking, 0, "paused_until").unwrap();
+    fleet.stop_service("inference");
+    let out = coordinator.wait_with_output().unwrap();
+    let report = json_stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{report:#}\n{}", stderr(&out));
+    assert_eq!(report["status"], "failed", "{report:#}");
+    let canary = service(&report, "inference");
+    assert_eq!(canary["status"], "rolled_back", "{canary:#}");
+    assert_eq!(canary["failure"], "failed_validation", "{canary:#}");
+    assert!(
+        canary["reason"]
+            .as_str()
+            .unwrap()
+            .contains("during the bake after wave \"canary\""),
+        "{report:#}"
+    );
+    assert_eq!(service(&report, "ingest")["status"], "not_started");
+    assert!(wave_time(&report, 0, "pause_ended_at").unwrap() < until);
+    assert!(wave_time(&report, 1, "started_at").is_none(), "{report:#}");
+    assert_eq!(counter(&fleet, "ingest"), 0);
+    let (status, body) = fleet
+        .health("inference")
+        .expect("the restored canary answers");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"layout\":\"legacy\""), "{body}");
+}

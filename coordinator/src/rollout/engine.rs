@@ -263,8 +263,10 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             if decisions::stops_dispatch(self.budget_broken(), self.plan.on_failure) {
                 break;
             }
-            if let flow @ (Flow::Cancelled | Flow::Paused) = self.pause_before(w).await? {
-                return Ok(flow);
+            match self.pause_before(w).await? {
+                Flow::Done => {}
+                Flow::Stopped => break,
+                flow @ (Flow::Cancelled | Flow::Paused) => return Ok(flow),
             }
             let wave = &self.record.waves[w];
             let members = wave.targets.clone();
@@ -429,7 +431,8 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
     pub(super) async fn finalize_migrated(&mut self) -> Result<Flow, RolloutError> {
         self.sink.stage("finalize: agents drop their backups");
         let members: Vec<usize> = (0..self.record.targets.len())
-            .filter(|&t| self.migrated(t))
+            // One that failed its bake keeps its backup: `rollback --service` restores it.
+            .filter(|&t| self.migrated(t) && self.record.targets[t].bake_failure.is_none())
             .collect();
         let names = self.target_names(&members);
         self.sink.batch("finalize", &names);

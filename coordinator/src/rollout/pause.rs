@@ -6,16 +6,21 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
+use tokio::time::Instant;
+
 use super::{Engine, Flow, ProgressSink, RolloutError};
 use crate::plan::Pause;
 use crate::store::{RunRecord, RunStatus, WaveStatus};
+
+mod health;
 
 /// How often a bake looks for a promote or a cancel: one small read of the run store each.
 const BAKE_POLL: Duration = Duration::from_millis(250);
 
 impl<'a, P: ProgressSink> Engine<'a, P> {
     /// Before wave `w` starts: the pause the wave before it asked for, once that wave succeeded.
-    /// `Done` to go on; `Cancelled` on a cancel during a bake; `Paused` for a manual pause.
+    /// `Done` to go on; `Cancelled` on a cancel during a bake; `Stopped` when failed health
+    /// checks during the bake broke the budget; `Paused` for a manual pause.
     pub(super) async fn pause_before(&mut self, w: usize) -> Result<Flow, RolloutError> {
         let Some(prev) = w.checked_sub(1) else {
             return Ok(Flow::Done);
@@ -24,7 +29,9 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         let Some(pause) = wave.pause else {
             return Ok(Flow::Done);
         };
-        if wave.status != WaveStatus::Done || wave.pause_ended_at.is_some() {
+        // A broken budget under `on_failure = "continue"` goes on at once: nothing to bake.
+        if wave.status != WaveStatus::Done || wave.pause_ended_at.is_some() || self.budget_broken()
+        {
             return Ok(Flow::Done);
         }
         if wave.paused_at.is_none() {
@@ -78,10 +85,26 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         Ok(Flow::Paused)
     }
 
-    /// A bake: waits until its recorded end, or a promote, or a cancel (or Ctrl-C).
+    /// A bake: waits until its recorded end, or a promote, or a cancel (or Ctrl-C), checking
+    /// the migrated services' health every `bake_health_every`; `Stopped` once failed health
+    /// checks broke the failure budget.
     async fn bake(&mut self, w: usize) -> Result<Flow, RolloutError> {
         let run = self.record.run_id;
+        let mut next_health = Instant::now() + self.plan.bake_health_every;
         loop {
+            if Instant::now() >= next_health {
+                if self.bake_health_round(w).await? > 0 && self.budget_broken() {
+                    let note = format!(
+                        "the bake after wave {:?} stopped: failed health checks broke the failure budget",
+                        self.record.waves[w].name
+                    );
+                    self.sink.note(&note);
+                    self.record.notes.push(note);
+                    self.end_pause(w).await?;
+                    return Ok(Flow::Stopped);
+                }
+                next_health = Instant::now() + self.plan.bake_health_every;
+            }
             if self.store.promote_requested(&run, w).await? {
                 let note = format!(
                     "promoted (flotilla promote): the bake after wave {:?} ended early",
@@ -101,7 +124,10 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             if !left.is_positive() {
                 return self.end_pause(w).await;
             }
-            let nap = Duration::try_from(left).map_or(BAKE_POLL, |left| left.min(BAKE_POLL));
+            let to_health = next_health.saturating_duration_since(Instant::now());
+            let nap = Duration::try_from(left)
+                .map_or(BAKE_POLL, |left| left.min(BAKE_POLL))
+                .min(to_health);
             tokio::select! {
                 () = tokio::time::sleep(nap) => {}
                 () = self.shutdown.cancelled() => {}

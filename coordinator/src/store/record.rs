@@ -261,6 +261,10 @@ pub struct TargetRecord {
     /// the run was created ([`crate::trust`]); empty for an agent that signs nothing.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub agent_keys: Vec<String>,
+    /// Why this migrated service failed its health check during a bake (a wave's `pause`): it
+    /// counts as a failed service, and is rolled back with the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bake_failure: Option<String>,
 }
 
 /// A command: recorded before it is sent (so a resumed run re-sends the same command ID, which
@@ -369,6 +373,7 @@ impl RunRecord {
                     rollback: None,
                     finalize: None,
                     agent_keys: Vec::new(),
+                    bake_failure: None,
                 });
             }
             record.waves.push(WaveRecord {
