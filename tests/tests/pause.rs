@@ -180,7 +180,7 @@ fn a_timed_pause_is_waited_out_before_the_next_wave() {
 fn resume_after_a_kill_9_during_a_bake_continues_the_bake_not_a_new_one() {
     let nats = NatsServer::start().unwrap();
     let fleet = Fleet::start(nats.url(), &ROLES).unwrap();
-    let plan = fleet.write_plan("bake.toml", &paused_plan("3s"));
+    let plan = fleet.write_plan("bake.toml", &paused_plan("4s"));
     let mut coordinator = fleet.spawn_flotilla(&["migrate", plan.to_str().unwrap()]);
     let run = only_run(&fleet);
     let baking = wait_for_pause(&fleet, &run);
@@ -190,7 +190,7 @@ fn resume_after_a_kill_9_during_a_bake_continues_the_bake_not_a_new_one() {
     let interrupted = status(&fleet, &run);
     assert_eq!(interrupted["status"], "running", "{interrupted:#}");
     assert_eq!(counter(&fleet, "ingest"), 0, "{interrupted:#}");
-    // Resume once the recorded bake is over: a fresh bake would hold wave 2 another 3s.
+    // Resume once the recorded bake is over: a fresh bake would hold wave 2 another 4s.
     wait_for("the recorded bake's end", Duration::from_secs(10), || {
         OffsetDateTime::now_utc() > until
     })
@@ -208,7 +208,7 @@ fn resume_after_a_kill_9_during_a_bake_continues_the_bake_not_a_new_one() {
     );
     let started = wave_time(&report, 1, "started_at").unwrap();
     assert!(
-        started - resumed_at < time::Duration::seconds(2),
+        started - resumed_at < time::Duration::seconds(3),
         "wave 2 started {} after the resume: the bake began again",
         started - resumed_at
     );
