@@ -315,3 +315,40 @@ fn a_canary_that_fails_its_health_during_the_bake_fails_the_wave_and_is_rolled_b
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"layout\":\"legacy\""), "{body}");
 }
+
+/// Within the failure budget, a canary that fails its health during the bake does not stop the
+/// run: the bake goes on to its end, wave 2 is migrated, and the failed canary keeps its backup
+/// (it is not finalized) while the others are finalized.
+#[test]
+fn a_bake_health_failure_within_the_budget_goes_on_and_keeps_the_failed_backup() {
+    let nats = NatsServer::start().unwrap();
+    let fleet = Fleet::start(nats.url(), &ROLES).unwrap();
+    let plan = paused_plan("4s").replace(
+        "name = \"paused\"\n",
+        "name = \"paused\"\nbake_health_every = \"1s\"\nfailure_budget = 1\n",
+    );
+    let plan = fleet.write_plan("bake-budget.toml", &plan);
+    let coordinator =
+        fleet.spawn_flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"]);
+    let run = only_run(&fleet);
+    let baking = wait_for_pause(&fleet, &run);
+    let until = wave_time(&baking, 0, "paused_until").unwrap();
+    fleet.stop_service("inference");
+    let out = coordinator.wait_with_output().unwrap();
+    let report = json_stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{report:#}\n{}", stderr(&out));
+    assert_eq!(report["status"], "succeeded_with_failures", "{report:#}");
+    let canary = service(&report, "inference");
+    assert_eq!(canary["failure"], "failed_validation", "{report:#}");
+    assert_eq!(canary["finalized"], false, "{report:#}");
+    let rest = service(&report, "ingest");
+    assert_eq!(
+        (&rest["status"], &rest["finalized"]),
+        (&"succeeded".into(), &true.into())
+    );
+    assert!(
+        wave_time(&report, 1, "started_at").unwrap() >= until,
+        "{report:#}"
+    );
+    assert_eq!(counter(&fleet, "ingest"), 1);
+}
