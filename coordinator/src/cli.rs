@@ -375,8 +375,8 @@ pub enum CommandKind {
         #[arg(long, value_name = "N")]
         limit: Option<usize>,
         /// Only runs with this status (repeat, or separate with commas): running, succeeded,
-        /// succeeded_with_failures, failed, rolled_back, rehearsed, awaiting_finalize, cancelled,
-        /// unresolved.
+        /// succeeded_with_failures, failed, rolled_back, rehearsed, awaiting_finalize, paused,
+        /// cancelled, unresolved.
         #[arg(long, value_name = "STATUS", value_delimiter = ',', value_parser = parse_run_status)]
         status: Vec<crate::store::RunStatus>,
     },
@@ -411,6 +411,15 @@ pub enum CommandKind {
     /// backup and the run succeeds. Sends nothing else: the run was proven before it paused.
     #[command(after_help = "Example:\n  flotilla finalize 019abc")]
     Finalize {
+        /// Run ID, or a unique prefix of it.
+        run: String,
+        #[command(flatten)]
+        files: ReportFiles,
+    },
+    /// End the pause after a wave now: a run `paused` (`pause = "manual"`) is taken over and its
+    /// next waves driven; a bake (`pause = "10m"`) is ended early by its coordinator.
+    #[command(after_help = "Example:\n  flotilla promote 019abc")]
+    Promote {
         /// Run ID, or a unique prefix of it.
         run: String,
         #[command(flatten)]

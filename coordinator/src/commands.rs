@@ -60,6 +60,7 @@ pub(crate) async fn run(cli: Cli, shutdown: CancellationToken) -> Outcome {
             files,
         } => rollback(&cli, run, service.as_deref(), files, shutdown).await,
         CommandKind::Finalize { run, files } => finalize(&cli, run, files, shutdown).await,
+        CommandKind::Promote { run, files } => promote(&cli, run, files, shutdown).await,
         CommandKind::Cancel { run } => cancel(&cli, run).await,
         CommandKind::Verify { run } => verify(&cli, run.as_deref()).await,
         CommandKind::Completions { shell } => {
@@ -399,8 +400,10 @@ async fn runs(cli: &Cli, limit: Option<usize>, statuses: &[RunStatus]) -> Outcom
                 );
             }
             eprintln!("{} run(s)", reports.len());
-            for r in reports.iter().filter_map(RunReport::next_step) {
-                eprintln!("awaiting finalize: {r}");
+            for r in &reports {
+                if let Some(next) = r.next_step() {
+                    eprintln!("{}: {next}", status_name(r.status).replace('_', " "));
+                }
             }
         }
     }
@@ -550,6 +553,14 @@ fn able_to_go_on(record: &RunRecord, if_ended: &str) -> Result<(), CommandError>
             ),
         ));
     }
+    if record.status == RunStatus::Paused {
+        return Err(fail(
+            exit::USAGE,
+            format!(
+                "run {run} is paused after a wave, and awaits a decision, not a coordinator: `flotilla promote {run}` starts the next wave, `flotilla rollback {run}` restores the fleet"
+            ),
+        ));
+    }
     if !record.resumable() {
         return Err(fail(
             exit::USAGE,
@@ -582,9 +593,58 @@ async fn finalize(
     take_over(cli, loaded, Takeover::Finalize, files, shutdown).await
 }
 
+/// `flotilla promote RUN`: ends the pause after a wave. A run `paused` is taken over here; a
+/// bake is ended by the coordinator waiting on it, which this asks through the run store.
+async fn promote(
+    cli: &Cli,
+    run: &str,
+    files: &ReportFiles,
+    shutdown: CancellationToken,
+) -> Outcome {
+    check_report_files(files)?;
+    let (client, subjects, store, record, revisions) = load_run(cli, Some(run), true).await?;
+    let Some(w) = record
+        .open_pause()
+        .filter(|_| record.stage != crate::store::Stage::Done)
+    else {
+        return Err(fail(
+            exit::USAGE,
+            format!(
+                "run {} is not in a pause (it is {}); only a run baking or paused after a wave with `pause` can be promoted",
+                record.run_id,
+                status_name(record.status)
+            ),
+        ));
+    };
+    if record.status == RunStatus::Paused {
+        let loaded = (client, subjects, store, record, revisions);
+        return take_over(cli, loaded, Takeover::Promote, files, shutdown).await;
+    }
+    if let Err(e) = store.request_promote(&record.run_id, w).await {
+        return Err(fail(exit::BUS, error_chain(&e)));
+    }
+    let wave = &record.waves[w].name;
+    match cli.output {
+        OutputFormat::Json => print_json(&serde_json::json!({
+            "run_id": record.run_id,
+            "promote_requested": true,
+            "wave": wave,
+            "status": record.status,
+        })),
+        OutputFormat::Text => eprintln!(
+            "promote requested for run {}: its coordinator ends the bake after wave {} and starts the next wave (a run whose coordinator is gone goes on at `flotilla resume {}`)",
+            record.run_id,
+            one_line(wave),
+            record.run_id
+        ),
+    }
+    Ok(exit::OK)
+}
+
 /// What a new engine does with a recorded run.
 enum Takeover {
     Resume,
+    Promote,
     Rollback(Option<ServiceName>),
     Finalize,
 }
@@ -610,6 +670,7 @@ async fn take_over(
     let result = match Engine::attach(parts, plan, record, revisions).await {
         Ok(engine) => match what {
             Takeover::Resume => engine.drive().await,
+            Takeover::Promote => engine.promote().await,
             Takeover::Rollback(only) => engine.roll_back(only).await,
             Takeover::Finalize => engine.finalize().await,
         },

@@ -41,6 +41,7 @@ mod amount;
 mod correlation;
 mod cross_service;
 pub(crate) mod fields;
+mod pause;
 mod placement;
 mod services;
 mod waves;
@@ -48,6 +49,7 @@ mod waves;
 pub use amount::Amount;
 pub use correlation::LogCorrelation;
 pub use cross_service::{CrossService, CrossServiceOverride, KeyAt, KeyRef, ServiceInspect};
+pub use pause::{Pause, PauseError};
 pub use placement::place;
 
 use crate::selector::Selector;
@@ -95,6 +97,9 @@ pub struct Plan {
     pub finalize: Finalize,
     /// What the correlation check may not prove means.
     pub correlation: CorrelationPolicy,
+    /// How often a bake (a wave's `pause = "10m"`) checks the health of the services migrated
+    /// so far; a failed check fails that service.
+    pub bake_health_every: Duration,
 }
 
 /// `[correlation]`: what a correlation check that could not prove correlation for want of
@@ -191,6 +196,8 @@ pub struct Wave {
     pub max_parallel: Option<Amount>,
     /// Set by [`place`] once the agents are known: exactly the agents of this wave, in order.
     pub placed: Option<Placed>,
+    /// What the run does once this wave succeeded, before the next wave starts.
+    pub pause: Option<Pause>,
 }
 
 /// The agents of one wave, as [`place`] found them.
@@ -218,6 +225,8 @@ struct RawPlan {
     max_parallel: Option<Spanned<Amount>>,
     #[serde(default)]
     finalize: Finalize,
+    #[serde(default)]
+    bake_health_every: Option<Spanned<HumanDuration>>,
     #[serde(rename = "step", default)]
     default_steps: Vec<Step>,
     #[serde(rename = "health", default)]
@@ -252,6 +261,8 @@ struct RawWave {
     selector: Option<Spanned<String>>,
     #[serde(default)]
     max_parallel: Option<Spanned<Amount>>,
+    #[serde(default)]
+    pause: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -289,6 +300,9 @@ struct RuleError {
     key: String,
     reason: String,
 }
+
+/// How often a bake checks the migrated services' health unless the plan says otherwise.
+const DEFAULT_BAKE_HEALTH_EVERY: Duration = Duration::from_secs(10);
 
 /// The shortest `command_timeout` accepted.
 const MIN_COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
@@ -386,6 +400,12 @@ impl Plan {
             cross_service: raw.cross_service,
             finalize: raw.finalize,
             correlation: raw.correlation,
+            bake_health_every: raw
+                .bake_health_every
+                .as_ref()
+                .map(|t| checked_timeout(t, "bake_health_every"))
+                .transpose()?
+                .unwrap_or(DEFAULT_BAKE_HEALTH_EVERY),
         })
     }
 

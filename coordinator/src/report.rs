@@ -106,6 +106,29 @@ pub struct WaveReport {
     /// The operator's selector (`migrate -l`), which every target of the run matched.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<String>,
+    /// The wave's `pause` (`"10m"`, `"manual"`), and when it began and ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pause: Option<String>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub started_at: Option<OffsetDateTime>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub paused_at: Option<OffsetDateTime>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub paused_until: Option<OffsetDateTime>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub pause_ended_at: Option<OffsetDateTime>,
 }
 
 /// The report of one run.
@@ -301,6 +324,11 @@ impl ServiceReport {
         {
             report.apply_rollback(rollback);
         }
+        // Its own failure, found after it had succeeded, outweighs why it was rolled back.
+        if let Some(why) = &target.bake_failure {
+            report.failure = Some(FailureKind::FailedValidation);
+            report.reason = Some(why.clone());
+        }
         report.finalized = target
             .finalize
             .as_ref()
@@ -437,6 +465,11 @@ impl RunReport {
                     max_parallel: w.max_parallel,
                     selector: w.selector.clone(),
                     limit: w.limit.clone(),
+                    pause: w.pause.map(|p| p.to_string()),
+                    started_at: w.started_at,
+                    paused_at: w.paused_at,
+                    paused_until: w.paused_until,
+                    pause_ended_at: w.pause_ended_at,
                     services: w
                         .targets
                         .iter()
@@ -471,6 +504,9 @@ impl RunReport {
                     exit::OK
                 }
                 RunStatus::AwaitingFinalize => exit::FAILED,
+                // Paused for the operator: a success, unless a service failed so far.
+                RunStatus::Paused if self.failed_so_far() == 0 => exit::OK,
+                RunStatus::Paused => exit::FAILED,
                 RunStatus::Cancelled => exit::CANCELLED,
                 RunStatus::Unresolved => exit::TIMED_OUT,
                 RunStatus::SucceededWithFailures | RunStatus::Failed | RunStatus::RolledBack => {
@@ -544,12 +580,29 @@ impl RunReport {
 
     /// What the operator has to decide, for a run that waits on them.
     pub fn next_step(&self) -> Option<String> {
-        (self.status == RunStatus::AwaitingFinalize).then(|| {
-            format!(
-                "`flotilla finalize {run}` drops the backups, or `flotilla rollback {run}` restores the fleet",
-                run = self.run_id
-            )
-        })
+        let run = self.run_id;
+        match self.status {
+            RunStatus::AwaitingFinalize => Some(format!(
+                "`flotilla finalize {run}` drops the backups, or `flotilla rollback {run}` restores the fleet"
+            )),
+            RunStatus::Paused => Some(format!(
+                "`flotilla promote {run}` starts the next wave, or `flotilla rollback {run}` restores the fleet"
+            )),
+            _ => None,
+        }
+    }
+
+    /// The services that ended other than succeeded or not started.
+    fn failed_so_far(&self) -> usize {
+        self.services
+            .iter()
+            .filter(|s| {
+                !matches!(
+                    s.status,
+                    ServiceStatus::Succeeded | ServiceStatus::NotStarted
+                )
+            })
+            .count()
     }
 
     /// Who started the run and from which plan, in one line: `alice@ops-1 (signing key AbCd…),
@@ -603,6 +656,10 @@ impl RunReport {
             RunStatus::SucceededWithFailures => {
                 format!("succeeded within the failure budget: {tally}")
             }
+            RunStatus::Paused => format!(
+                "paused after a wave, waiting for promote: {} service(s) migrated, backups kept: {tally}",
+                count(ServiceStatus::Succeeded)
+            ),
             RunStatus::AwaitingFinalize => {
                 let migrated = count(ServiceStatus::Succeeded);
                 let head = format!(

@@ -26,6 +26,7 @@ mod dispatch;
 mod engine;
 mod filing;
 mod follower;
+mod pause;
 mod trace;
 
 pub use correlation::CorrelationCheck;
@@ -143,6 +144,8 @@ enum Flow {
     Stopped,
     /// A cancel was requested: nothing more was dispatched.
     Cancelled,
+    /// A wave's `pause = "manual"`: the run waits for `flotilla promote RUN`, with no coordinator.
+    Paused,
 }
 
 /// Drives one run, from its record.

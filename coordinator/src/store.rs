@@ -5,7 +5,8 @@
 //! Keys: `<run_id>` holds the run's header, a [`RunRecord`] (JSON, schema `flotilla.run.v1`)
 //! whose targets carry no commands; `<run_id>.t.<index>` holds one target with its commands
 //! and results, so that a result costs one small write and a run is not capped by the
-//! server's maximum message size; `<run_id>.cancel` exists while a cancel is requested. The
+//! server's maximum message size; `<run_id>.cancel` exists while a cancel is requested, and
+//! `<run_id>.promote` while a promote of a bake is. The
 //! cancel flag has its own key so that the engine, which rewrites the header, can never
 //! overwrite a request it has not seen. Every write is a compare-and-set on the key's
 //! revision, so two coordinators can never drive one run.
@@ -37,6 +38,10 @@ pub use verdict::{
 
 /// Suffix of the key that flags a cancel request.
 const CANCEL_SUFFIX: &str = ".cancel";
+
+/// Suffix of the key that asks the coordinator baking a run to end the pause now; it holds the
+/// index of the wave whose pause it ends, so a request that came too late ends no later pause.
+const PROMOTE_SUFFIX: &str = ".promote";
 
 /// Why the run store failed.
 #[derive(Debug, thiserror::Error)]
@@ -360,7 +365,8 @@ impl Store {
             .map_err(read)?;
         let mut listing = Listing::default();
         for key in keys {
-            if key.ends_with(CANCEL_SUFFIX) || is_target_key(&key) {
+            if key.ends_with(CANCEL_SUFFIX) || key.ends_with(PROMOTE_SUFFIX) || is_target_key(&key)
+            {
                 continue;
             }
             let Ok(run) = key.parse::<RunId>() else {
@@ -437,6 +443,40 @@ impl Store {
         let key = format!("{run}{CANCEL_SUFFIX}");
         let entry = self.read(&key).await?;
         Ok(entry.is_some_and(|e| e.operation == kv::Operation::Put))
+    }
+
+    /// Asks whoever bakes `run` after wave `wave` to end the pause now.
+    pub async fn request_promote(&self, run: &RunId, wave: usize) -> Result<(), StoreError> {
+        let key = format!("{run}{PROMOTE_SUFFIX}");
+        let put = || self.kv.put(&key, wave.to_string().into());
+        retry_until("requesting a promote", outage_deadline(), put, |_| true)
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::Write {
+                key: key.clone(),
+                source: Box::new(e),
+            })
+    }
+
+    /// True when a promote of the pause after wave `wave` of `run` was requested.
+    pub async fn promote_requested(&self, run: &RunId, wave: usize) -> Result<bool, StoreError> {
+        let key = format!("{run}{PROMOTE_SUFFIX}");
+        let entry = self.read(&key).await?;
+        Ok(entry.is_some_and(|e| {
+            e.operation == kv::Operation::Put && e.value.as_ref() == wave.to_string().as_bytes()
+        }))
+    }
+
+    /// Forgets a promote request (once the pause it asked to end is over).
+    pub async fn clear_promote(&self, run: &RunId) -> Result<(), StoreError> {
+        let key = format!("{run}{PROMOTE_SUFFIX}");
+        let purge = || self.kv.purge(&key);
+        retry_until("clearing a promote", outage_deadline(), purge, |_| true)
+            .await
+            .map_err(|e| StoreError::Write {
+                key: key.clone(),
+                source: Box::new(e),
+            })
     }
 
     /// Forgets a cancel request (on resume).

@@ -45,6 +45,12 @@ impl Plan {
         self
     }
 
+    /// The last wave's `pause` (`"2s"`, `"manual"`): what the run does after it succeeded.
+    pub fn pause(mut self, pause: &str) -> Self {
+        self.waves.push_str(&format!("pause = {}\n", quote(pause)));
+        self
+    }
+
     /// A `[[service]]`: a [`Service`], or its TOML text as it is.
     pub fn service(mut self, service: impl fmt::Display) -> Self {
         push_lines(&mut self.services, &service.to_string());

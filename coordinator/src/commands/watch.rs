@@ -167,7 +167,7 @@ fn ended(record: &RunRecord) -> bool {
     record.stage == Stage::Done
         || matches!(
             record.status,
-            RunStatus::Cancelled | RunStatus::AwaitingFinalize
+            RunStatus::Cancelled | RunStatus::AwaitingFinalize | RunStatus::Paused
         )
 }
 

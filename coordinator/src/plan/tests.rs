@@ -219,6 +219,14 @@ fn wave_errors_point_at_the_line_and_key() {
             "a wave takes one of `services`, `size` and `selector`",
         ),
         (
+            five(
+                "[[wave]]\nname = \"c\"\nservices = [\"a\"]\npause = \"later\"\n",
+                &[],
+            ),
+            "line 5, key wave[0].pause",
+            "\"later\" is neither \"manual\" nor a duration of at least 1s",
+        ),
+        (
             five("", &[("a", "depends_on = [\"a\"]")]),
             "key service[0].depends_on[0]",
             "depends on itself",

@@ -9,7 +9,8 @@ use flotilla_schemas::ServiceName;
 use toml::Spanned;
 
 use super::{
-    Amount, RawPlan, RawWave, RuleError, ServiceIndex, ServicePlan, Wave, checked_parallel,
+    Amount, Pause, PauseError, RawPlan, RawWave, RuleError, ServiceIndex, ServicePlan, Wave,
+    checked_parallel,
 };
 use crate::selector::Selector;
 
@@ -66,6 +67,7 @@ fn waves_by_level(
             selector: None,
             max_parallel,
             placed: None,
+            pause: None,
         })
         .collect()
 }
@@ -223,6 +225,7 @@ fn collect_waves(
             .as_ref()
             .map(|s| parse_selector(w, s))
             .transpose()?;
+        let pause = wave.pause.as_ref().map(|p| parse_pause(w, p)).transpose()?;
         waves.push(Wave {
             name: wave.name.get_ref().clone(),
             services: order
@@ -233,6 +236,7 @@ fn collect_waves(
             selector,
             max_parallel: parallel,
             placed: None,
+            pause,
         });
     }
     let rest: Vec<ServiceName> = order
@@ -251,6 +255,7 @@ fn collect_waves(
             selector: None,
             max_parallel,
             placed: None,
+            pause: None,
         });
     }
     // A selector's wave is filled from the agents later; the others are known now.
@@ -267,6 +272,12 @@ fn parse_selector(w: usize, text: &Spanned<String>) -> Result<Selector, RuleErro
             format!("column {}: {}", e.column, e.problem),
         )
     })
+}
+
+fn parse_pause(w: usize, text: &Spanned<String>) -> Result<Pause, RuleError> {
+    text.get_ref()
+        .parse()
+        .map_err(|e: PauseError| RuleError::at(text, format!("wave[{w}].pause"), e.to_string()))
 }
 
 /// Every service's dependencies are in earlier waves than it.

@@ -76,10 +76,11 @@ pub(super) fn maybe_migrated(target: &TargetRecord) -> bool {
 
 /// True when a migrate command ended in anything but success (or never got an answer).
 pub(crate) fn migrate_failed(target: &TargetRecord) -> bool {
-    target.migrate.as_ref().is_some_and(|m| match &m.result {
-        Some(r) => r.outcome != Outcome::Succeeded,
-        None => m.timed_out || m.not_delivered.is_some(),
-    })
+    target.bake_failure.is_some()
+        || target.migrate.as_ref().is_some_and(|m| match &m.result {
+            Some(r) => r.outcome != Outcome::Succeeded,
+            None => m.timed_out || m.not_delivered.is_some(),
+        })
 }
 
 /// Targets whose migration ended in anything but success.

@@ -145,8 +145,12 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             "driving run"
         );
 
-        if self.record.stage == Stage::Migrating && self.migrate_waves().await? == Flow::Cancelled {
-            return self.cancelled().await;
+        if self.record.stage == Stage::Migrating {
+            match self.migrate_waves().await? {
+                Flow::Cancelled => return self.cancelled().await,
+                Flow::Paused => return Ok(self.record),
+                Flow::Done | Flow::Stopped => {}
+            }
         }
         if self.record.stage == Stage::Finalizing {
             self.prove().await?;
@@ -259,6 +263,11 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             if decisions::stops_dispatch(self.budget_broken(), self.plan.on_failure) {
                 break;
             }
+            match self.pause_before(w).await? {
+                Flow::Done => {}
+                Flow::Stopped => break,
+                flow @ (Flow::Cancelled | Flow::Paused) => return Ok(flow),
+            }
             let wave = &self.record.waves[w];
             let members = wave.targets.clone();
             let names = self.target_names(&members);
@@ -273,6 +282,7 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             self.sink
                 .batch(&format!("wave {}/{total} {}", w + 1, wave.name), &names);
             self.record.waves[w].status = WaveStatus::Running;
+            (self.record.waves[w].started_at).get_or_insert_with(OffsetDateTime::now_utc);
             self.save().await?;
             let cap = self.record.waves[w].max_parallel;
             let flow = self
@@ -421,7 +431,8 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
     pub(super) async fn finalize_migrated(&mut self) -> Result<Flow, RolloutError> {
         self.sink.stage("finalize: agents drop their backups");
         let members: Vec<usize> = (0..self.record.targets.len())
-            .filter(|&t| self.migrated(t))
+            // One that failed its bake keeps its backup: `rollback --service` restores it.
+            .filter(|&t| self.migrated(t) && self.record.targets[t].bake_failure.is_none())
             .collect();
         let names = self.target_names(&members);
         self.sink.batch("finalize", &names);

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::verdict::{CorrelationVerdict, CrossServiceVerdict};
-use crate::plan::{Finalize, Wave};
+use crate::plan::{Finalize, Pause, Wave};
 
 mod started_by;
 
@@ -36,6 +36,9 @@ pub enum RunStatus {
     /// and correlation checks passed; the backups are kept until `flotilla finalize RUN` or
     /// `flotilla rollback RUN` decides.
     AwaitingFinalize,
+    /// A wave with `pause = "manual"` succeeded: the next waves wait for `flotilla promote RUN`
+    /// (or `flotilla rollback RUN` restores the fleet). No coordinator drives the run meanwhile.
+    Paused,
     /// Dispatching stopped on request; `resume` finishes the run.
     Cancelled,
     /// A rollback was given up on (not delivered before it expired, or no answer): the state of
@@ -128,6 +131,43 @@ pub struct WaveRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<String>,
     pub status: WaveStatus,
+    /// The plan's `pause` for after this wave; absent for none (and in older records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub pause: Option<Pause>,
+    /// When the wave's first command was dispatched.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    #[schemars(with = "Option<String>", extend("format" = "date-time"))]
+    pub started_at: Option<OffsetDateTime>,
+    /// When the pause after this wave began (the wave had succeeded).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    #[schemars(with = "Option<String>", extend("format" = "date-time"))]
+    pub paused_at: Option<OffsetDateTime>,
+    /// When a bake ends: recorded once, so a resumed run waits out the rest of it, not all of
+    /// it again. Absent for a manual pause.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    #[schemars(with = "Option<String>", extend("format" = "date-time"))]
+    pub paused_until: Option<OffsetDateTime>,
+    /// When the pause ended: waited out, or promoted (`flotilla promote RUN`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    #[schemars(with = "Option<String>", extend("format" = "date-time"))]
+    pub pause_ended_at: Option<OffsetDateTime>,
 }
 
 /// Where a wave stands.
@@ -146,7 +186,7 @@ pub enum WaveStatus {
 
 impl RunStatus {
     /// Every status, in the order the docs list them.
-    pub const ALL: [RunStatus; 9] = [
+    pub const ALL: [RunStatus; 10] = [
         RunStatus::Running,
         RunStatus::Succeeded,
         RunStatus::SucceededWithFailures,
@@ -154,6 +194,7 @@ impl RunStatus {
         RunStatus::RolledBack,
         RunStatus::Rehearsed,
         RunStatus::AwaitingFinalize,
+        RunStatus::Paused,
         RunStatus::Cancelled,
         RunStatus::Unresolved,
     ];
@@ -168,6 +209,7 @@ impl RunStatus {
             RunStatus::RolledBack => "rolled_back",
             RunStatus::Rehearsed => "rehearsed",
             RunStatus::AwaitingFinalize => "awaiting_finalize",
+            RunStatus::Paused => "paused",
             RunStatus::Cancelled => "cancelled",
             RunStatus::Unresolved => "unresolved",
         }
@@ -219,6 +261,10 @@ pub struct TargetRecord {
     /// the run was created ([`crate::trust`]); empty for an agent that signs nothing.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub agent_keys: Vec<String>,
+    /// Why this migrated service failed its health check during a bake (a wave's `pause`): it
+    /// counts as a failed service, and is rolled back with the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bake_failure: Option<String>,
 }
 
 /// A command: recorded before it is sent (so a resumed run re-sends the same command ID, which
@@ -327,6 +373,7 @@ impl RunRecord {
                     rollback: None,
                     finalize: None,
                     agent_keys: Vec::new(),
+                    bake_failure: None,
                 });
             }
             record.waves.push(WaveRecord {
@@ -340,6 +387,11 @@ impl RunRecord {
                     .and_then(|p| p.limit.as_ref())
                     .map(ToString::to_string),
                 status: WaveStatus::Pending,
+                pause: wave.pause,
+                started_at: None,
+                paused_at: None,
+                paused_until: None,
+                pause_ended_at: None,
             });
         }
         record
@@ -355,6 +407,13 @@ impl RunRecord {
     /// Every command recorded for every target.
     pub fn commands(&self) -> impl Iterator<Item = &CommandRecord> {
         self.targets.iter().flat_map(TargetRecord::commands)
+    }
+
+    /// The wave whose pause began and has not ended (the run is baking or `paused` after it).
+    pub fn open_pause(&self) -> Option<usize> {
+        self.waves
+            .iter()
+            .position(|w| w.paused_at.is_some() && w.pause_ended_at.is_none())
     }
 
     /// True when the run may be resumed.
@@ -400,6 +459,7 @@ mod tests {
         let again = serde_json::to_value(WaveRecord {
             selector: None,
             limit: None,
+            pause: None,
             ..serde_json::from_value(old.clone()).unwrap()
         })
         .unwrap();

@@ -100,6 +100,11 @@ fn report(plan: String, waves: Vec<(String, Vec<Service>)>) -> RunReport {
             selector: None,
             limit: None,
             services: Vec::new(),
+            pause: None,
+            started_at: None,
+            paused_at: None,
+            paused_until: None,
+            pause_ended_at: None,
         });
     }
     report

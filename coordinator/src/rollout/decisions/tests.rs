@@ -19,6 +19,7 @@ fn target(name: &str) -> TargetRecord {
         rollback: None,
         finalize: None,
         agent_keys: Vec::new(),
+        bake_failure: None,
     }
 }
 

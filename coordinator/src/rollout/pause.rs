@@ -1,0 +1,145 @@
+//! The pause between waves (a wave's `pause`): a bake waited out, or a stop until
+//! `flotilla promote RUN`. The pause's start and end are recorded on the wave it follows, so a
+//! resumed run waits out only what is left of a bake.
+
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use tokio::time::Instant;
+
+use super::{Engine, Flow, ProgressSink, RolloutError};
+use crate::plan::Pause;
+use crate::store::{RunRecord, RunStatus, WaveStatus};
+
+mod health;
+
+/// How often a bake looks for a promote or a cancel: one small read of the run store each.
+const BAKE_POLL: Duration = Duration::from_millis(250);
+
+impl<'a, P: ProgressSink> Engine<'a, P> {
+    /// Before wave `w` starts: the pause the wave before it asked for, once that wave succeeded.
+    /// `Done` to go on; `Cancelled` on a cancel during a bake; `Stopped` when failed health
+    /// checks during the bake broke the budget; `Paused` for a manual pause.
+    pub(super) async fn pause_before(&mut self, w: usize) -> Result<Flow, RolloutError> {
+        let Some(prev) = w.checked_sub(1) else {
+            return Ok(Flow::Done);
+        };
+        let wave = &self.record.waves[prev];
+        let Some(pause) = wave.pause else {
+            return Ok(Flow::Done);
+        };
+        // A broken budget under `on_failure = "continue"` goes on at once: nothing to bake.
+        if wave.status != WaveStatus::Done || wave.pause_ended_at.is_some() || self.budget_broken()
+        {
+            return Ok(Flow::Done);
+        }
+        if wave.paused_at.is_none() {
+            self.begin_pause(prev, pause).await?;
+        }
+        match pause {
+            Pause::Manual => self.hold(prev).await,
+            Pause::Bake(_) => self.bake(prev).await,
+        }
+    }
+
+    /// Ends the manual pause of a run `paused` (`flotilla promote RUN`), then drives the next
+    /// waves.
+    pub async fn promote(mut self) -> Result<RunRecord, RolloutError> {
+        if let Some(w) = self.record.open_pause() {
+            self.record.waves[w].pause_ended_at = Some(OffsetDateTime::now_utc());
+            let note = format!(
+                "promoted (flotilla promote): the pause after wave {:?} ended",
+                self.record.waves[w].name
+            );
+            self.sink.note(&note);
+            self.record.notes.push(note);
+        }
+        self.drive().await
+    }
+
+    /// Records when the pause after wave `w` began and, for a bake, when it ends.
+    async fn begin_pause(&mut self, w: usize, pause: Pause) -> Result<(), RolloutError> {
+        let now = OffsetDateTime::now_utc();
+        let wave = &mut self.record.waves[w];
+        wave.paused_at = Some(now);
+        if let Pause::Bake(d) = pause {
+            wave.paused_until = Some(now + d);
+        }
+        let stage = format!("pause after wave {:?}: {pause}", wave.name);
+        self.sink.stage(&stage);
+        self.save().await
+    }
+
+    /// A manual pause: the run stops `paused`, and this coordinator with it.
+    async fn hold(&mut self, w: usize) -> Result<Flow, RolloutError> {
+        let run = self.record.run_id;
+        let note = format!(
+            "paused after wave {:?} (pause = \"manual\"): `flotilla promote {run}` starts the next wave, `flotilla rollback {run}` restores the fleet",
+            self.record.waves[w].name
+        );
+        self.sink.note(&note);
+        self.record.notes.push(note);
+        self.record.status = RunStatus::Paused;
+        self.save().await?;
+        Ok(Flow::Paused)
+    }
+
+    /// A bake: waits until its recorded end, or a promote, or a cancel (or Ctrl-C), checking
+    /// the migrated services' health every `bake_health_every`; `Stopped` once failed health
+    /// checks broke the failure budget.
+    async fn bake(&mut self, w: usize) -> Result<Flow, RolloutError> {
+        let run = self.record.run_id;
+        let mut next_health = Instant::now() + self.plan.bake_health_every;
+        loop {
+            if Instant::now() >= next_health {
+                if self.bake_health_round(w).await? > 0 && self.budget_broken() {
+                    let note = format!(
+                        "the bake after wave {:?} stopped: failed health checks broke the failure budget",
+                        self.record.waves[w].name
+                    );
+                    self.sink.note(&note);
+                    self.record.notes.push(note);
+                    self.end_pause(w).await?;
+                    return Ok(Flow::Stopped);
+                }
+                next_health = Instant::now() + self.plan.bake_health_every;
+            }
+            if self.store.promote_requested(&run, w).await? {
+                let note = format!(
+                    "promoted (flotilla promote): the bake after wave {:?} ended early",
+                    self.record.waves[w].name
+                );
+                self.sink.note(&note);
+                self.record.notes.push(note);
+                return self.end_pause(w).await;
+            }
+            if self.cancel_requested().await? {
+                return Ok(Flow::Cancelled);
+            }
+            let until = self.record.waves[w]
+                .paused_until
+                .unwrap_or_else(OffsetDateTime::now_utc);
+            let left = until - OffsetDateTime::now_utc();
+            if !left.is_positive() {
+                return self.end_pause(w).await;
+            }
+            let to_health = next_health.saturating_duration_since(Instant::now());
+            let nap = Duration::try_from(left)
+                .map_or(BAKE_POLL, |left| left.min(BAKE_POLL))
+                .min(to_health);
+            tokio::select! {
+                () = tokio::time::sleep(nap) => {}
+                () = self.shutdown.cancelled() => {}
+            }
+        }
+    }
+
+    /// The pause after wave `w` is over: recorded, and any promote request for it forgotten.
+    async fn end_pause(&mut self, w: usize) -> Result<Flow, RolloutError> {
+        self.record.waves[w].pause_ended_at = Some(OffsetDateTime::now_utc());
+        self.save().await?;
+        self.store.clear_promote(&self.record.run_id).await?;
+        Ok(Flow::Done)
+    }
+}
