@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 mod amount;
+mod analysis;
 mod correlation;
 mod cross_service;
 pub(crate) mod fields;
@@ -46,6 +47,7 @@ mod services;
 mod waves;
 
 pub use amount::Amount;
+pub use analysis::{Analysis, AnalysisGate, Rendered, Threshold};
 pub use correlation::LogCorrelation;
 pub use cross_service::{CrossService, CrossServiceOverride, KeyAt, KeyRef, ServiceInspect};
 pub use placement::place;
@@ -95,6 +97,8 @@ pub struct Plan {
     pub finalize: Finalize,
     /// What the correlation check may not prove means.
     pub correlation: CorrelationPolicy,
+    /// Where Prometheus is and the waves' analysis gates (`[analysis]`, `[[wave.analysis]]`).
+    pub analysis: Option<Analysis>,
 }
 
 /// `[correlation]`: what a correlation check that could not prove correlation for want of
@@ -238,6 +242,8 @@ struct RawPlan {
     cross_service: Option<CrossService>,
     #[serde(default)]
     correlation: CorrelationPolicy,
+    #[serde(default)]
+    analysis: Option<analysis::RawAnalysis>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -252,6 +258,8 @@ struct RawWave {
     selector: Option<Spanned<String>>,
     #[serde(default)]
     max_parallel: Option<Spanned<Amount>>,
+    #[serde(default)]
+    analysis: Vec<analysis::RawGate>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -371,6 +379,12 @@ impl Plan {
             .collect();
         cross_service::check(raw.cross_service.as_ref(), &overrides)?;
         let waves = waves::resolve(&raw, &services, max_parallel)?;
+        let gates: Vec<_> = raw
+            .waves
+            .iter()
+            .map(|w| (w.name.get_ref().as_str(), w.analysis.as_slice()))
+            .collect();
+        let analysis = analysis::resolve(raw.analysis.as_ref(), &gates)?;
         Ok(Plan {
             name: raw.name,
             description: raw.description,
@@ -386,6 +400,7 @@ impl Plan {
             cross_service: raw.cross_service,
             finalize: raw.finalize,
             correlation: raw.correlation,
+            analysis,
         })
     }
 

@@ -11,7 +11,9 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::exit;
-use crate::store::{CommandRecord, RunRecord, Stage, StartedBy, TargetRecord, WaveStatus};
+use crate::store::{
+    AnalysisVerdict, CommandRecord, RunRecord, Stage, StartedBy, TargetRecord, WaveStatus,
+};
 
 pub use crate::store::RunStatus;
 
@@ -106,6 +108,9 @@ pub struct WaveReport {
     /// The operator's selector (`migrate -l`), which every target of the run matched.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<String>,
+    /// The verdicts of its analysis gates (`[[wave.analysis]]`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub analysis: Vec<AnalysisVerdict>,
 }
 
 /// The report of one run.
@@ -437,6 +442,7 @@ impl RunReport {
                     max_parallel: w.max_parallel,
                     selector: w.selector.clone(),
                     limit: w.limit.clone(),
+                    analysis: w.analysis.clone(),
                     services: w
                         .targets
                         .iter()
@@ -513,6 +519,9 @@ impl RunReport {
         }
         for note in &self.notes {
             let _ = writeln!(out, "  note: {}", one_line(note));
+        }
+        for (wave, v) in self.analysis_verdicts() {
+            let _ = writeln!(out, "  analysis: {}", one_line(&v.line(wave)));
         }
         let _ = writeln!(
             out,
@@ -657,3 +666,27 @@ impl RunReport {
 
 #[cfg(test)]
 mod tests;
+
+// === impl AnalysisVerdict (in reports) ===
+
+impl RunReport {
+    /// Every wave's analysis verdicts, with the wave's name.
+    pub(crate) fn analysis_verdicts(&self) -> impl Iterator<Item = (&str, &AnalysisVerdict)> {
+        self.waves
+            .iter()
+            .flat_map(|w| w.analysis.iter().map(move |v| (w.name.as_str(), v)))
+    }
+}
+
+impl AnalysisVerdict {
+    /// One line for people: the wave, the gate, the verdict and what it found.
+    pub(crate) fn line(&self, wave: &str) -> String {
+        let verdict = match (self.passed, self.inconclusive) {
+            (true, false) => "passed",
+            (true, true) => "inconclusive (warn)",
+            (false, true) => "inconclusive (fail)",
+            (false, false) => "failed",
+        };
+        format!("wave {wave:?} {:?} {verdict}: {}", self.name, self.detail)
+    }
+}

@@ -385,6 +385,13 @@ fn dry_run_text(plan: &Plan, agents: usize, report: &DryRunReport) -> String {
         for target in &wave.targets {
             write_target(&mut out, plan, target);
         }
+        for q in &wave.analysis {
+            let _ = writeln!(
+                out,
+                "  analysis {:?} after the wave ({}): {}",
+                q.name, q.threshold, q.query
+            );
+        }
     }
     if plan.on_failure == crate::plan::OnFailure::Rollback {
         let _ = writeln!(
