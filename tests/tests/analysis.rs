@@ -91,6 +91,12 @@ name = "still up"
 query = 'min(up)'
 max_increase = "0%"
 "#;
+    let (code, preview) = fleet.migrate_with(plan(&url, gates), &["--dry-run"]);
+    assert_eq!(code, Some(0), "{preview:#}");
+    assert_eq!(
+        preview["waves"][0]["analysis"][0]["query"], r#"up{job="ingest"}"#,
+        "a dry run shows the queries as sent: {preview:#}"
+    );
     let started = Instant::now();
     let (code, report) = fleet.migrate(plan(&url, gates));
     let took = started.elapsed();

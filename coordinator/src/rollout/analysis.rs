@@ -152,3 +152,63 @@ fn inconclusive(mut verdict: AnalysisVerdict, policy: Inconclusive, why: &str) -
     verdict.detail = format!("{}: {why}; {means}", verdict.query);
     verdict
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::AnalysisGate;
+
+    fn gate(threshold: Threshold, inconclusive: Inconclusive) -> AnalysisGate {
+        AnalysisGate {
+            wave: "canary".into(),
+            name: "errors".into(),
+            query: "q".into(),
+            threshold,
+            inconclusive,
+        }
+    }
+
+    fn judged(
+        gate: &AnalysisGate,
+        baseline: Option<Result<Reading, QueryError>>,
+        after: Result<Reading, QueryError>,
+    ) -> AnalysisVerdict {
+        let q = Rendered {
+            gate,
+            service: None,
+            query: "q".into(),
+        };
+        judge(&q, baseline, after)
+    }
+
+    const fn reading(value: f64, samples: usize) -> Reading {
+        Reading { value, samples }
+    }
+
+    #[test]
+    fn a_rise_is_judged_against_the_baseline_and_several_samples_are_said() {
+        let rise = gate(Threshold::MaxIncrease(0.1), Inconclusive::Fail);
+        let ok = judged(&rise, Some(Ok(reading(10.0, 1))), Ok(reading(11.0, 1)));
+        assert!(ok.passed && !ok.inconclusive, "{ok:?}");
+        assert_eq!((ok.baseline, ok.limit), (Some(10.0), Some(11.0)));
+        let over = judged(&rise, Some(Ok(reading(10.0, 1))), Ok(reading(11.5, 3)));
+        assert!(!over.passed, "{over:?}");
+        assert!(over.detail.contains("the largest of 3 samples"), "{over:?}");
+        let from_zero = judged(&rise, Some(Ok(reading(0.0, 1))), Ok(reading(0.1, 1)));
+        assert!(!from_zero.passed, "a baseline of 0 allows no rise");
+        let max = gate(Threshold::Max(0.05), Inconclusive::Fail);
+        assert!(judged(&max, None, Ok(reading(0.05, 1))).passed);
+        assert!(!judged(&max, None, Ok(reading(0.051, 1))).passed);
+    }
+
+    #[test]
+    fn no_value_before_or_after_is_inconclusive_and_fails_unless_told_to_warn() {
+        let fail = gate(Threshold::MaxIncrease(0.1), Inconclusive::Fail);
+        let v = judged(&fail, Some(Err(QueryError::NoData)), Ok(reading(1.0, 1)));
+        assert!(v.inconclusive && !v.passed, "{v:?}");
+        assert!(v.detail.contains("before the wave, no data"), "{v:?}");
+        let warn = gate(Threshold::Max(1.0), Inconclusive::Warn);
+        let v = judged(&warn, None, Err(QueryError::NoData));
+        assert!(v.inconclusive && v.passed && v.value.is_none(), "{v:?}");
+    }
+}
