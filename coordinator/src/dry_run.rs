@@ -53,6 +53,18 @@ pub struct WavePreview {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<String>,
     pub targets: Vec<TargetPreview>,
+    /// Its analysis gates' queries, rendered as the run sends them (`${run:id}` left as it is:
+    /// a dry run has no run ID).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub analysis: Vec<AnalysisPreview>,
+}
+
+/// One analysis query of a wave, as the run would send it to Prometheus.
+#[derive(Debug, Clone, Serialize)]
+pub struct AnalysisPreview {
+    pub name: String,
+    pub query: String,
+    pub threshold: String,
 }
 
 /// What one target's migration would do.
@@ -231,6 +243,33 @@ fn by_wave(plan: &Plan, mut previews: Vec<TargetPreview>) -> Vec<WavePreview> {
             targets: previews
                 .extract_if(.., |p| wave.takes(&p.service, &p.instance))
                 .collect(),
+            analysis: Vec::new(),
+        })
+        .map(|mut preview| {
+            preview.analysis = analysis_preview(plan, &preview);
+            preview
+        })
+        .collect()
+}
+
+/// The wave's analysis queries for its targets' services.
+fn analysis_preview(plan: &Plan, wave: &WavePreview) -> Vec<AnalysisPreview> {
+    let Some(analysis) = &plan.analysis else {
+        return Vec::new();
+    };
+    let mut services: Vec<String> = Vec::new();
+    for t in &wave.targets {
+        if !services.contains(&t.service.to_string()) {
+            services.push(t.service.to_string());
+        }
+    }
+    analysis
+        .queries(&wave.name, "${run:id}", &services)
+        .into_iter()
+        .map(|q| AnalysisPreview {
+            name: q.gate.name.clone(),
+            query: q.query,
+            threshold: q.gate.threshold.to_string(),
         })
         .collect()
 }

@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 mod amount;
+mod analysis;
 mod correlation;
 mod cross_service;
 pub(crate) mod fields;
@@ -47,6 +48,7 @@ mod services;
 mod waves;
 
 pub use amount::Amount;
+pub use analysis::{Analysis, AnalysisGate, Rendered, Threshold};
 pub use correlation::LogCorrelation;
 pub use cross_service::{CrossService, CrossServiceOverride, KeyAt, KeyRef, ServiceInspect};
 pub use pause::{Pause, PauseError};
@@ -100,6 +102,8 @@ pub struct Plan {
     /// How often a bake (a wave's `pause = "10m"`) checks the health of the services migrated
     /// so far; a failed check fails that service.
     pub bake_health_every: Duration,
+    /// Where Prometheus is and the waves' analysis gates (`[analysis]`, `[[wave.analysis]]`).
+    pub analysis: Option<Analysis>,
 }
 
 /// `[correlation]`: what a correlation check that could not prove correlation for want of
@@ -247,6 +251,8 @@ struct RawPlan {
     cross_service: Option<CrossService>,
     #[serde(default)]
     correlation: CorrelationPolicy,
+    #[serde(default)]
+    analysis: Option<analysis::RawAnalysis>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -263,6 +269,7 @@ struct RawWave {
     max_parallel: Option<Spanned<Amount>>,
     #[serde(default)]
     pause: Option<Spanned<String>>,
+    analysis: Vec<analysis::RawGate>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -385,6 +392,12 @@ impl Plan {
             .collect();
         cross_service::check(raw.cross_service.as_ref(), &overrides)?;
         let waves = waves::resolve(&raw, &services, max_parallel)?;
+        let gates: Vec<_> = raw
+            .waves
+            .iter()
+            .map(|w| (w.name.get_ref().as_str(), w.analysis.as_slice()))
+            .collect();
+        let analysis = analysis::resolve(raw.analysis.as_ref(), &gates)?;
         Ok(Plan {
             name: raw.name,
             description: raw.description,
@@ -406,6 +419,7 @@ impl Plan {
                 .map(|t| checked_timeout(t, "bake_health_every"))
                 .transpose()?
                 .unwrap_or(DEFAULT_BAKE_HEALTH_EVERY),
+            analysis,
         })
     }
 

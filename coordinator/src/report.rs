@@ -11,7 +11,9 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::exit;
-use crate::store::{CommandRecord, RunRecord, Stage, StartedBy, TargetRecord, WaveStatus};
+use crate::store::{
+    AnalysisVerdict, CommandRecord, RunRecord, Stage, StartedBy, TargetRecord, WaveStatus,
+};
 
 pub use crate::store::RunStatus;
 
@@ -129,6 +131,9 @@ pub struct WaveReport {
         with = "time::serde::rfc3339::option"
     )]
     pub pause_ended_at: Option<OffsetDateTime>,
+    /// The verdicts of its analysis gates (`[[wave.analysis]]`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub analysis: Vec<AnalysisVerdict>,
 }
 
 /// The report of one run.
@@ -470,6 +475,7 @@ impl RunReport {
                     paused_at: w.paused_at,
                     paused_until: w.paused_until,
                     pause_ended_at: w.pause_ended_at,
+                    analysis: w.analysis.clone(),
                     services: w
                         .targets
                         .iter()
@@ -549,6 +555,9 @@ impl RunReport {
         }
         for note in &self.notes {
             let _ = writeln!(out, "  note: {}", one_line(note));
+        }
+        for (wave, v) in self.analysis_verdicts() {
+            let _ = writeln!(out, "  analysis: {}", one_line(&v.line(wave)));
         }
         let _ = writeln!(
             out,
@@ -714,3 +723,27 @@ impl RunReport {
 
 #[cfg(test)]
 mod tests;
+
+// === impl AnalysisVerdict (in reports) ===
+
+impl RunReport {
+    /// Every wave's analysis verdicts, with the wave's name.
+    pub(crate) fn analysis_verdicts(&self) -> impl Iterator<Item = (&str, &AnalysisVerdict)> {
+        self.waves
+            .iter()
+            .flat_map(|w| w.analysis.iter().map(move |v| (w.name.as_str(), v)))
+    }
+}
+
+impl AnalysisVerdict {
+    /// One line for people: the wave, the gate, the verdict and what it found.
+    pub(crate) fn line(&self, wave: &str) -> String {
+        let verdict = match (self.passed, self.inconclusive) {
+            (true, false) => "passed",
+            (true, true) => "inconclusive (warn)",
+            (false, true) => "inconclusive (fail)",
+            (false, false) => "failed",
+        };
+        format!("wave {wave:?} {:?} {verdict}: {}", self.name, self.detail)
+    }
+}

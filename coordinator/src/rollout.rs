@@ -19,6 +19,7 @@ use crate::plan::Plan;
 use crate::store::{Revisions, RunRecord, Store, StoreError};
 use crate::trust::AgentPins;
 
+mod analysis;
 mod correlation;
 mod cross_service;
 mod decisions;

@@ -29,8 +29,8 @@ pub use action_kind::ActionKind;
 
 pub(crate) use record::coordinator_name;
 pub use record::{
-    CommandRecord, RUN_SCHEMA, RunRecord, RunStatus, Stage, StartedBy, TargetRecord, WaveRecord,
-    WaveStatus, failed_verdict,
+    AnalysisVerdict, CommandRecord, RUN_SCHEMA, RunRecord, RunStatus, Stage, StartedBy,
+    TargetRecord, WaveRecord, WaveStatus, failed_verdict,
 };
 pub use verdict::{
     CorrelationVerdict, CrossServiceVerdict, LogCorrelationVerdict, ServiceInspection,

@@ -121,6 +121,23 @@ pub(super) fn plan_check(cli: &Cli, path: &Path) -> Outcome {
                     .join(", "),
             }
         );
+        for gate in plan.analysis.iter().flat_map(|a| &a.gates) {
+            if gate.wave == wave.name {
+                println!(
+                    "    analysis {:?} after the wave ({}, inconclusive: {}): {}",
+                    gate.name,
+                    gate.threshold,
+                    match gate.inconclusive {
+                        flotilla_schemas::Inconclusive::Fail => "fail",
+                        flotilla_schemas::Inconclusive::Warn => "warn",
+                    },
+                    crate::sanitize::one_line(&gate.query)
+                );
+            }
+        }
+    }
+    if let Some(analysis) = &plan.analysis {
+        println!("  analysis queries Prometheus at {}", analysis.prometheus);
     }
     println!(
         "  failure budget {}, on_failure = {}",
@@ -384,6 +401,13 @@ fn dry_run_text(plan: &Plan, agents: usize, report: &DryRunReport) -> String {
         }
         for target in &wave.targets {
             write_target(&mut out, plan, target);
+        }
+        for q in &wave.analysis {
+            let _ = writeln!(
+                out,
+                "  analysis {:?} after the wave ({}): {}",
+                q.name, q.threshold, q.query
+            );
         }
     }
     if plan.on_failure == crate::plan::OnFailure::Rollback {

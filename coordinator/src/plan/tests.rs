@@ -490,6 +490,7 @@ fn headers_and_run_variables_are_read_and_checked() {
     }
 }
 
+mod analysis;
 mod placeholders;
 
 #[test]

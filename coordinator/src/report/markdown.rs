@@ -83,6 +83,7 @@ fn tables(out: &mut String, report: &RunReport) {
             wave.services.join(", ") + &picked_by(wave)
         );
     }
+    analysis_table(out, report);
 
     let _ = writeln!(out, "\n## Summary\n");
     let _ = writeln!(
@@ -250,5 +251,35 @@ fn picked_by(wave: &WaveReport) -> String {
         String::new()
     } else {
         format!(" ({})", parts.join(", "))
+    }
+}
+
+/// The waves' analysis verdicts, when there are any: the query as sent and what it returned.
+fn analysis_table(out: &mut String, report: &RunReport) {
+    let mut verdicts = report.analysis_verdicts().peekable();
+    if verdicts.peek().is_none() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n## Analysis\n\n| wave | gate | query | before | after | threshold | verdict |\n|---|---|---|---|---|---|---|"
+    );
+    let number = |v: Option<f64>| v.map_or_else(|| "–".to_owned(), |v| v.to_string());
+    for (wave, v) in verdicts {
+        let verdict = match (v.passed, v.inconclusive) {
+            (true, false) => "passed".to_owned(),
+            (true, true) => format!("inconclusive (warn): {}", v.detail),
+            (false, _) => format!("**failed**: {}", v.detail),
+        };
+        let _ = writeln!(
+            out,
+            "| {wave} | {} | `{}` | {} | {} | {} | {} |",
+            v.name,
+            v.query.replace('|', "\\|").replace('`', "'"),
+            number(v.baseline),
+            number(v.value),
+            v.threshold,
+            verdict.replace('|', "\\|")
+        );
     }
 }

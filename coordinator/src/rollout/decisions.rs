@@ -88,6 +88,16 @@ pub(super) fn failures(record: &RunRecord) -> usize {
     record.targets.iter().filter(|t| migrate_failed(t)).count()
 }
 
+/// True when an analysis gate of a wave failed (a value crossed, or inconclusive under
+/// `inconclusive = "fail"`): the wave failed, which stops the run as a broken budget does.
+pub(super) fn analysis_failed(record: &RunRecord) -> bool {
+    record
+        .waves
+        .iter()
+        .flat_map(|w| &w.analysis)
+        .any(|v| !v.passed)
+}
+
 /// True when no more migrations may start: the budget is broken and the plan does not say
 /// `on_failure = "continue"`.
 pub(super) fn stops_dispatch(budget_broken: bool, on_failure: OnFailure) -> bool {
@@ -169,8 +179,10 @@ impl<P: ProgressSink> Engine<'_, P> {
         failures(&self.record)
     }
 
+    /// Over the failure budget, or a wave's analysis failed (which fails the wave).
     pub(super) fn budget_broken(&self) -> bool {
         self.failures() > self.plan.allowed_failures(self.record.targets.len())
+            || analysis_failed(&self.record)
     }
 }
 

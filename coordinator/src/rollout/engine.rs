@@ -285,9 +285,7 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             (self.record.waves[w].started_at).get_or_insert_with(OffsetDateTime::now_utc);
             self.save().await?;
             let cap = self.record.waves[w].max_parallel;
-            let flow = self
-                .run_commands(ActionKind::Migrate, &members, cap, None, true)
-                .await?;
+            let flow = self.migrate_wave_with_analysis(w, &members, cap).await?;
             self.record.waves[w].status = if flow == Flow::Done {
                 WaveStatus::Done
             } else {
@@ -300,7 +298,7 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         }
         let allowed = self.plan.allowed_failures(self.record.targets.len());
         let broken = self.budget_broken();
-        if broken {
+        if self.failures() > allowed {
             let note = format!(
                 "{} service(s) failed, over the failure budget of {allowed}; on_failure = {}",
                 self.failures(),
@@ -393,6 +391,9 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
 
     /// The enforced check that failed (it rolls a run back and fails a rehearsal), if any.
     pub(super) fn failed_check(&self) -> Option<&'static str> {
+        if decisions::analysis_failed(&self.record) {
+            return Some("an analysis gate ([[wave.analysis]])");
+        }
         self.correlation
             .enforce
             .then(|| {

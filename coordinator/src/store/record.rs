@@ -168,6 +168,39 @@ pub struct WaveRecord {
     )]
     #[schemars(with = "Option<String>", extend("format" = "date-time"))]
     pub pause_ended_at: Option<OffsetDateTime>,
+    /// The verdicts of the wave's analysis gates (`[[wave.analysis]]`), checked after its last
+    /// result; empty for a wave without gates (and in records older than analysis).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub analysis: Vec<AnalysisVerdict>,
+}
+
+/// One analysis query's verdict: what Prometheus answered against the gate's threshold.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AnalysisVerdict {
+    /// The gate's name.
+    pub name: String,
+    /// The service the query was rendered for (`${service:name}`), if it names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// The query as sent, placeholders rendered.
+    pub query: String,
+    /// What the query returned after the wave (the largest sample of several).
+    pub value: Option<f64>,
+    /// What the same query returned before the wave's first dispatch (`max_increase` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<f64>,
+    /// The threshold, as written: `<= 0.05` or `rise <= 10%`.
+    pub threshold: String,
+    /// The highest value that passes (for `max_increase`, of the baseline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<f64>,
+    /// False when the verdict fails the wave.
+    pub passed: bool,
+    /// No value could be read (no data, Prometheus unreachable or refusing the query).
+    #[serde(default)]
+    pub inconclusive: bool,
+    /// What was found, in a sentence (why it passed or failed).
+    pub detail: String,
 }
 
 /// Where a wave stands.
@@ -392,6 +425,7 @@ impl RunRecord {
                 paused_at: None,
                 paused_until: None,
                 pause_ended_at: None,
+                analysis: Vec::new(),
             });
         }
         record

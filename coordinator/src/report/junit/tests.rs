@@ -99,6 +99,7 @@ fn report(plan: String, waves: Vec<(String, Vec<Service>)>) -> RunReport {
             max_parallel: None,
             selector: None,
             limit: None,
+            analysis: Vec::new(),
             services: Vec::new(),
             pause: None,
             started_at: None,
