@@ -269,6 +269,7 @@ struct RawWave {
     max_parallel: Option<Spanned<Amount>>,
     #[serde(default)]
     pause: Option<Spanned<String>>,
+    #[serde(default)]
     analysis: Vec<analysis::RawGate>,
 }
 
