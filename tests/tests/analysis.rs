@@ -173,6 +173,42 @@ max = 0.5
     );
 }
 
+/// The canary bakes 4 s after its wave, its health checked every second (an inspect command to
+/// its agent each time). The gate holds right after the wave (no inspect yet) and is crossed by
+/// the end of the bake (the agent's own counter of inspects, scraped by Prometheus): read again
+/// over the bake, it fails the wave, and the fleet is rolled back before the next wave.
+#[test]
+fn a_gate_crossed_during_the_bake_fails_the_wave_at_its_end() {
+    let nats = NatsServer::start().unwrap();
+    let (fleet, targets) = fleet(&nats);
+    let prometheus = prometheus(&targets);
+    let url = format!("http://127.0.0.1:{}", prometheus.port());
+    let gates = r#"pause = "4s"
+[[wave.analysis]]
+name = "quiet"
+query = 'sum(flotilla_agent_commands_total{job="${service:name}",kind="inspect"})'
+max = 0
+"#;
+    let plan = plan(&url, gates).replace(
+        "command_timeout = \"30s\"\n",
+        "command_timeout = \"30s\"\nbake_health_every = \"1s\"\n",
+    );
+    let (code, report) = fleet.migrate(plan);
+    assert_eq!(code, Some(1), "{report:#}");
+    assert_eq!(report["status"], "failed", "{report:#}");
+    let canary = verdicts(&report, 0);
+    assert_eq!(canary.len(), 2, "{canary:#?}");
+    assert_eq!(canary[0]["passed"], true, "right after the wave: {canary:#?}");
+    assert_eq!(canary[1]["name"], "quiet (after the bake)");
+    assert_eq!(canary[1]["passed"], false, "over the bake: {canary:#?}");
+    assert_eq!(
+        service(&report, "ingest")["status"],
+        "rolled_back",
+        "{report:#}"
+    );
+    assert_eq!(service(&report, "training")["status"], "not_started");
+}
+
 #[test]
 fn an_unreachable_prometheus_is_inconclusive_failing_by_default_and_warning_when_told() {
     let nats = NatsServer::start().unwrap();

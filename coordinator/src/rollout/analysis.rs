@@ -50,6 +50,49 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             let after = prometheus::query(&client, &analysis.prometheus, &q.query).await;
             verdicts.push(judge(q, baseline, after));
         }
+        self.note_verdicts(w, &verdicts);
+        self.record.waves[w].analysis = verdicts;
+        Ok(flow)
+    }
+
+    /// At the end of the bake after wave `w`: its gates read again, each against the baseline
+    /// taken before the wave, and recorded as `<name> (after the bake)`. What the bake showed (an
+    /// error rate that rose while the canary soaked) fails the wave as a failure right after it
+    /// would. True when a verdict failed.
+    pub(super) async fn analyse_after_bake(&mut self, w: usize) -> bool {
+        let Some(analysis) = self.plan.analysis.clone() else {
+            return false;
+        };
+        let members = self.record.waves[w].targets.clone();
+        let services = self.wave_services(&members);
+        let run_id = self.record.run_id.to_string();
+        let queries = analysis.queries(&self.record.waves[w].name, &run_id, &services);
+        let client = prometheus::client();
+        let mut verdicts = Vec::with_capacity(queries.len());
+        for q in &queries {
+            let baseline = self.record.waves[w]
+                .analysis
+                .iter()
+                .find(|v| v.query == q.query)
+                .and_then(|v| v.baseline)
+                .map(|value| Ok(Reading { value, samples: 1 }));
+            let baseline = match q.gate.threshold {
+                Threshold::MaxIncrease(_) => baseline,
+                Threshold::Max(_) => None,
+            };
+            let after = prometheus::query(&client, &analysis.prometheus, &q.query).await;
+            let mut verdict = judge(q, baseline, after);
+            verdict.name = format!("{} (after the bake)", verdict.name);
+            verdicts.push(verdict);
+        }
+        self.note_verdicts(w, &verdicts);
+        let failed = verdicts.iter().any(|v| !v.passed);
+        self.record.waves[w].analysis.extend(verdicts);
+        failed
+    }
+
+    /// A note for each verdict that failed or only warns.
+    fn note_verdicts(&mut self, w: usize, verdicts: &[AnalysisVerdict]) {
         for v in verdicts.iter().filter(|v| !v.passed || v.inconclusive) {
             let note = format!(
                 "analysis {:?} of wave {:?} {}: {}",
@@ -61,8 +104,6 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             self.sink.note(&note);
             self.record.notes.push(note);
         }
-        self.record.waves[w].analysis = verdicts;
-        Ok(flow)
     }
 
     /// The services of the targets `members`, each once, in order.

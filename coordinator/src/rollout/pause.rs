@@ -112,7 +112,7 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
                 );
                 self.sink.note(&note);
                 self.record.notes.push(note);
-                return self.end_pause(w).await;
+                return self.bake_over(w).await;
             }
             if self.cancel_requested().await? {
                 return Ok(Flow::Cancelled);
@@ -122,7 +122,7 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
                 .unwrap_or_else(OffsetDateTime::now_utc);
             let left = until - OffsetDateTime::now_utc();
             if !left.is_positive() {
-                return self.end_pause(w).await;
+                return self.bake_over(w).await;
             }
             let to_health = next_health.saturating_duration_since(Instant::now());
             let nap = Duration::try_from(left)
@@ -133,6 +133,25 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
                 () = self.shutdown.cancelled() => {}
             }
         }
+    }
+
+    /// The bake after wave `w` is over (waited out or promoted): the wave's analysis gates are
+    /// read again over what the bake showed, and a failed one stops the run as a broken budget
+    /// does (`Stopped`: it rolls back).
+    async fn bake_over(&mut self, w: usize) -> Result<Flow, RolloutError> {
+        let failed = self.analyse_after_bake(w).await;
+        let flow = self.end_pause(w).await?;
+        if failed {
+            let note = format!(
+                "the bake after wave {:?} failed its analysis: the run stops",
+                self.record.waves[w].name
+            );
+            self.sink.note(&note);
+            self.record.notes.push(note);
+            self.save().await?;
+            return Ok(Flow::Stopped);
+        }
+        Ok(flow)
     }
 
     /// The pause after wave `w` is over: recorded, and any promote request for it forgotten.
