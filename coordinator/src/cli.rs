@@ -326,11 +326,15 @@ pub enum CommandKind {
     },
     /// List the live agents; none answering exits 3.
     #[command(
-        after_help = "Examples:\n  flotilla agents --output json\n  flotilla agents --service inference,ingest"
+        after_help = "Examples:\n  flotilla agents --output json\n  flotilla agents --service inference,ingest\n  flotilla agents -l region=eu,tier=canary"
     )]
     Agents {
         #[command(flatten)]
         filter: AgentFilter,
+        /// Only the agents whose labels match, in kubectl's `-l` syntax (`region=eu,tier!=canary`);
+        /// `service` and `instance` select as labels. Repeated: all must match.
+        #[arg(short = 'l', long, value_name = "SELECTOR")]
+        selector: Vec<crate::selector::Selector>,
     },
     /// Run a migration plan over the fleet, wave by wave.
     #[command(

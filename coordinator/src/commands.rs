@@ -30,7 +30,7 @@ mod watch;
 /// Runs the command named on the command line.
 pub(crate) async fn run(cli: Cli, shutdown: CancellationToken) -> Outcome {
     match &cli.command {
-        CommandKind::Agents { filter } => agents::agents(&cli, filter).await,
+        CommandKind::Agents { filter, selector } => agents::agents(&cli, filter, selector).await,
         CommandKind::Setup { .. } => setup::setup(&cli).await,
         CommandKind::Migrate {
             plan,

@@ -98,6 +98,22 @@ fn a_canary_wave_selected_by_label_runs_first_and_the_dry_run_shows_its_agents()
         text.contains("LABELS") && text.contains("region=eu,tier=canary"),
         "{text}"
     );
+    // `flotilla agents -l` lists what a selector matches, and says when it matches none.
+    let canaries = json_stdout(&fleet.flotilla(&["agents", "-l", "tier=canary", "--output", "json"]));
+    let instances: Vec<&str> = canaries
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["instance"].as_str().unwrap())
+        .collect();
+    assert_eq!(instances, ["a"], "{canaries:#}");
+    let none = fleet.flotilla(&["agents", "-l", "region=mars"]);
+    assert_eq!(none.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&none.stderr).contains("none matching \"region=mars\""),
+        "{}",
+        String::from_utf8_lossy(&none.stderr)
+    );
 
     let log = fleet.dir().join("order.log");
     let plan = fleet.write_plan("canary.toml", &canary_plan(&log, "tier=canary").to_string());

@@ -4,12 +4,13 @@ use flotilla_telemetry::error_chain;
 
 use super::{connect_reader, fail};
 use crate::cli::{AgentFilter, Cli, OutputFormat};
+use crate::selector::Selector;
 use crate::discovery;
 use crate::exit::{self, Outcome};
 use crate::sanitize::one_line;
 
-/// Lists the agents that answer presence and pass `filter`.
-pub(super) async fn agents(cli: &Cli, filter: &AgentFilter) -> Outcome {
+/// Lists the agents that answer presence, pass `filter` and match every one of `selectors`.
+pub(super) async fn agents(cli: &Cli, filter: &AgentFilter, selectors: &[Selector]) -> Outcome {
     let (client, subjects) = connect_reader(cli).await?;
     let mut found =
         match discovery::discover(&client, &subjects, cli.settings.discovery_window).await {
@@ -17,14 +18,19 @@ pub(super) async fn agents(cli: &Cli, filter: &AgentFilter) -> Outcome {
             Err(e) => return Err(fail(exit::BUS, error_chain(&e))),
         };
     let answered = found.len();
-    found.retain(|a| filter.matches(a.service.as_str()));
+    found.retain(|a| filter.matches(a.service.as_str()) && selectors.iter().all(|s| s.matches(a)));
     // Like none answering (exit 3, stdout empty), but saying that others did.
     if answered > 0 && found.is_empty() {
+        let mut asked: Vec<String> = Vec::new();
+        if !filter.service.is_empty() {
+            asked.push(format!("of service {}", filter.service.join(", ")));
+        }
+        asked.extend(selectors.iter().map(|s| format!("matching \"{s}\"")));
         return Err(fail(
             exit::PREFLIGHT,
             format!(
-                "{answered} agent(s) answered, none of service {}",
-                one_line(&filter.service.join(", "))
+                "{answered} agent(s) answered, none {}",
+                one_line(&asked.join(" and "))
             ),
         ));
     }
