@@ -302,3 +302,36 @@ fn a_rolling_restart_of_all_three_nodes_during_a_run_loses_nothing() {
     assert_eq!(code, Some(0), "{report:#}");
     assert_eq!(report["status"], "succeeded", "{report:#}");
 }
+
+/// Two of the three nodes are killed as the first service's result comes: no stream and no
+/// bucket has a quorum, so none can elect a leader, for 16 s (longer than the 15 s an election
+/// may take). Then one node comes back. The result, its filing, the next dispatch and the
+/// telemetry all waited for it: the run ends as it would have, nothing given up.
+#[test]
+fn a_quorum_lost_for_sixteen_seconds_mid_run_loses_nothing() {
+    let (mut cluster, fleet, scenario) = cluster_fleet();
+    let name = "quorum";
+    let gate = fleet.dir().join("quorum.gate");
+    let plan = two_wave_plan(&fleet, &scenario, name, &gate, FIRST_WAVE);
+    let mut coordinator = fleet.spawn_flotilla(&["migrate", plan.to_str().unwrap()]);
+    wait_for("inference to wait at its gate", Duration::from_secs(60), || {
+        scenario.count("inference", name) == 1
+    })
+    .unwrap();
+    cluster.kill(1);
+    cluster.kill(2);
+    std::fs::write(&gate, "open").unwrap();
+    // The fault is the outage itself, held for its length: nothing here waits for the product.
+    std::thread::sleep(Duration::from_secs(16));
+    cluster.restart(1).unwrap();
+    let healed = Instant::now();
+    let code = wait_exit(&mut coordinator, Duration::from_secs(120));
+    let run = newest_run(&fleet);
+    let took = scenario.wait_terminal(&fleet, &run, healed).unwrap();
+    let evidence = Evidence::collect(&fleet, &scenario, &run).unwrap();
+    scenario.check(&evidence, Some(took)).assert_ok("quorum lost");
+    let report = status(&fleet, &run);
+    assert_eq!(code, Some(0), "{report:#}");
+    assert_eq!(report["status"], "succeeded", "{report:#}");
+    cluster.restart(2).unwrap();
+}
