@@ -198,7 +198,10 @@ max = 0
     assert_eq!(report["status"], "failed", "{report:#}");
     let canary = verdicts(&report, 0);
     assert_eq!(canary.len(), 2, "{canary:#?}");
-    assert_eq!(canary[0]["passed"], true, "right after the wave: {canary:#?}");
+    assert_eq!(
+        canary[0]["passed"], true,
+        "right after the wave: {canary:#?}"
+    );
     assert_eq!(canary[1]["name"], "quiet (after the bake)");
     assert_eq!(canary[1]["passed"], false, "over the bake: {canary:#?}");
     assert_eq!(

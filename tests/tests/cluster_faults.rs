@@ -314,9 +314,11 @@ fn a_quorum_lost_for_sixteen_seconds_mid_run_loses_nothing() {
     let gate = fleet.dir().join("quorum.gate");
     let plan = two_wave_plan(&fleet, &scenario, name, &gate, FIRST_WAVE);
     let mut coordinator = fleet.spawn_flotilla(&["migrate", plan.to_str().unwrap()]);
-    wait_for("inference to wait at its gate", Duration::from_secs(60), || {
-        scenario.count("inference", name) == 1
-    })
+    wait_for(
+        "inference to wait at its gate",
+        Duration::from_secs(60),
+        || scenario.count("inference", name) == 1,
+    )
     .unwrap();
     cluster.kill(1);
     cluster.kill(2);
@@ -329,7 +331,9 @@ fn a_quorum_lost_for_sixteen_seconds_mid_run_loses_nothing() {
     let run = newest_run(&fleet);
     let took = scenario.wait_terminal(&fleet, &run, healed).unwrap();
     let evidence = Evidence::collect(&fleet, &scenario, &run).unwrap();
-    scenario.check(&evidence, Some(took)).assert_ok("quorum lost");
+    scenario
+        .check(&evidence, Some(took))
+        .assert_ok("quorum lost");
     let report = status(&fleet, &run);
     assert_eq!(code, Some(0), "{report:#}");
     assert_eq!(report["status"], "succeeded", "{report:#}");

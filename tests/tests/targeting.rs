@@ -99,7 +99,8 @@ fn a_canary_wave_selected_by_label_runs_first_and_the_dry_run_shows_its_agents()
         "{text}"
     );
     // `flotilla agents -l` lists what a selector matches, and says when it matches none.
-    let canaries = json_stdout(&fleet.flotilla(&["agents", "-l", "tier=canary", "--output", "json"]));
+    let canaries =
+        json_stdout(&fleet.flotilla(&["agents", "-l", "tier=canary", "--output", "json"]));
     let instances: Vec<&str> = canaries
         .as_array()
         .unwrap()

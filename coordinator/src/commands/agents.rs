@@ -4,10 +4,10 @@ use flotilla_telemetry::error_chain;
 
 use super::{connect_reader, fail};
 use crate::cli::{AgentFilter, Cli, OutputFormat};
-use crate::selector::Selector;
 use crate::discovery;
 use crate::exit::{self, Outcome};
 use crate::sanitize::one_line;
+use crate::selector::Selector;
 
 /// Lists the agents that answer presence, pass `filter` and match every one of `selectors`.
 pub(super) async fn agents(cli: &Cli, filter: &AgentFilter, selectors: &[Selector]) -> Outcome {
