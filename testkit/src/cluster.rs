@@ -59,7 +59,20 @@ impl Cluster {
     }
 
     /// Like [`Cluster::start`], with `options` in every node's configuration.
+    ///
+    /// The ports are chosen before the nodes bind them, so a test running beside this one may
+    /// take one in between; the cluster is then started again on fresh ports (a few times).
     pub fn start_with(n: usize, options: &ClusterOptions) -> anyhow::Result<Self> {
+        let mut tries = 0;
+        loop {
+            match Self::start_on_fresh_ports(n, options) {
+                Err(e) if e.downcast_ref::<ExitedAtOnce>().is_some() && tries < 4 => tries += 1,
+                started => return started,
+            }
+        }
+    }
+
+    fn start_on_fresh_ports(n: usize, options: &ClusterOptions) -> anyhow::Result<Self> {
         anyhow::ensure!(n > 0, "a cluster has at least one node");
         let dir = tempfile::tempdir()?;
         let name = "flotilla-test".to_owned();
@@ -307,11 +320,23 @@ impl Cluster {
             Some(Ok(None)) => started,
             _ => {
                 node.child = None;
-                anyhow::bail!("node {} exited at once (a port busy?)", node.name)
+                Err(ExitedAtOnce(node.name.clone()).into())
             }
         }
     }
 }
+
+/// A node that exited as soon as it started: one of its ports was taken.
+#[derive(Debug)]
+struct ExitedAtOnce(String);
+
+impl std::fmt::Display for ExitedAtOnce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "node {} exited at once (a port busy?)", self.0)
+    }
+}
+
+impl std::error::Error for ExitedAtOnce {}
 
 impl Drop for Cluster {
     fn drop(&mut self) {

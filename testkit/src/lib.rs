@@ -52,6 +52,22 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// `flotilla ARGS` against the NATS server(s) at `url`, outside any fleet: no inherited
+/// `FLOTILLA_…` variable, no colour, no telemetry.
+pub fn flotilla_against(url: &str, args: &[&str]) -> std::process::Output {
+    let mut command = std::process::Command::new(binary("flotilla"));
+    for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("FLOTILLA_")) {
+        command.env_remove(name);
+    }
+    command
+        .args(args)
+        .env("FLOTILLA_NATS__URL", url)
+        .env("NO_COLOR", "1")
+        .env("OTEL_SDK_DISABLED", "true")
+        .output()
+        .expect("flotilla runs")
+}
+
 /// A TCP port that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -147,9 +147,18 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> Option<i32> {
     code.flatten()
 }
 
-/// Kills the leader of `leader` once the first service waits at its gate, then opens the gate,
-/// and checks the run's end against the invariants. Returns the final report.
-fn kill_leader_at_gate(leader: Leader, name: &str, stage: Stage) -> Value {
+/// How a run that struck ended: its report, the coordinator's exit code, the cluster.
+struct Struck {
+    cluster: Cluster,
+    report: Value,
+    code: Option<i32>,
+}
+
+/// Runs the two-wave plan until `stage.gated` waits at its gate, then lets `strike` do its
+/// damage to the cluster; `strike` opens the gate (the path it is given) when the run should
+/// go on. Then checks the run's end against the invariants, and that no command was given up
+/// for want of a leader.
+fn strike_at_gate(name: &str, stage: Stage, strike: impl FnOnce(&mut Cluster, &Path)) -> Struck {
     let (mut cluster, fleet, scenario) = cluster_fleet();
     let gate = fleet.dir().join(format!("{name}.gate"));
     let plan = two_wave_plan(&fleet, &scenario, name, &gate, stage);
@@ -160,13 +169,7 @@ fn kill_leader_at_gate(leader: Leader, name: &str, stage: Stage) -> Value {
         || scenario.count(stage.gated, name) == 1,
     )
     .unwrap();
-    let victim = cluster
-        .wait_for_leader(leader.stream(), Duration::from_secs(10))
-        .unwrap();
-    cluster.kill(victim);
-    // The gate opens at once: the survivors take seconds to elect a new leader, so what follows
-    // the gate (a dispatch, results, a rollback) meets the stream leaderless.
-    std::fs::write(&gate, "open").unwrap();
+    strike(&mut cluster, &gate);
     let healed = Instant::now();
     let code = wait_exit(&mut coordinator, Duration::from_secs(120));
     let mut stderr = String::new();
@@ -174,13 +177,11 @@ fn kill_leader_at_gate(leader: Leader, name: &str, stage: Stage) -> Value {
         let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
     }
     let retried = stderr.lines().filter(|l| l.contains("retrying")).count();
-    eprintln!("{leader:?} leader killed at {name}: {retried} retry line(s) from the coordinator");
+    eprintln!("{name}: {retried} retry line(s) from the coordinator");
     let run = newest_run(&fleet);
     let took = scenario.wait_terminal(&fleet, &run, healed).unwrap();
     let evidence = Evidence::collect(&fleet, &scenario, &run).unwrap();
-    scenario
-        .check(&evidence, Some(took))
-        .assert_ok(&format!("{leader:?} leader killed at {name}"));
+    scenario.check(&evidence, Some(took)).assert_ok(name);
     let report = status(&fleet, &run);
     assert!(
         !report["services"]
@@ -188,10 +189,32 @@ fn kill_leader_at_gate(leader: Leader, name: &str, stage: Stage) -> Value {
             .unwrap()
             .iter()
             .any(|s| s["status"] == "not_delivered"),
-        "an election is no reason to give a command up (coordinator exit {code:?}): {report:#}"
+        "an outage is no reason to give a command up (coordinator exit {code:?}): {report:#}"
     );
-    cluster.restart(victim).unwrap();
-    report
+    Struck {
+        cluster,
+        report,
+        code,
+    }
+}
+
+/// Kills the leader of `leader` once the gated service waits at its gate, then opens the gate
+/// at once: the survivors take seconds to elect a new leader, so what follows the gate (a
+/// dispatch, results, a rollback, a finalize) meets the stream leaderless. Returns the report.
+fn kill_leader_at_gate(leader: Leader, name: &str, stage: Stage) -> Value {
+    let mut victim = None;
+    let mut struck = strike_at_gate(name, stage, |cluster, gate| {
+        let leads = cluster
+            .wait_for_leader(leader.stream(), Duration::from_secs(10))
+            .unwrap();
+        cluster.kill(leads);
+        victim = Some(leads);
+        std::fs::write(gate, "open").unwrap();
+    });
+    if let Some(victim) = victim {
+        struck.cluster.restart(victim).unwrap();
+    }
+    struck.report
 }
 
 #[test]
@@ -268,38 +291,21 @@ fn a_node_down_for_the_whole_run_changes_nothing() {
 /// service waits at its gate; then the run goes on and ends as it would have.
 #[test]
 fn a_rolling_restart_of_all_three_nodes_during_a_run_loses_nothing() {
-    let (mut cluster, fleet, scenario) = cluster_fleet();
-    let name = "rolling";
-    let gate = fleet.dir().join("rolling.gate");
-    let plan = two_wave_plan(&fleet, &scenario, name, &gate, FIRST_WAVE);
-    let mut coordinator = fleet.spawn_flotilla(&["migrate", plan.to_str().unwrap()]);
-    wait_for(
-        "inference to wait at its gate",
-        Duration::from_secs(60),
-        || scenario.count("inference", name) == 1,
-    )
-    .unwrap();
-    for node in 0..cluster.len() {
-        cluster.kill(node);
-        cluster.restart(node).unwrap();
-        cluster.wait_ready(Duration::from_secs(60)).unwrap();
-        for leader in [Leader::Commands, Leader::Events, Leader::Runs] {
-            cluster
-                .wait_for_leader(leader.stream(), Duration::from_secs(60))
-                .unwrap();
+    let struck = strike_at_gate("rolling", FIRST_WAVE, |cluster, gate| {
+        for node in 0..cluster.len() {
+            cluster.kill(node);
+            cluster.restart(node).unwrap();
+            cluster.wait_ready(Duration::from_secs(60)).unwrap();
+            for leader in [Leader::Commands, Leader::Events, Leader::Runs] {
+                cluster
+                    .wait_for_leader(leader.stream(), Duration::from_secs(60))
+                    .unwrap();
+            }
         }
-    }
-    std::fs::write(&gate, "open").unwrap();
-    let healed = Instant::now();
-    let code = wait_exit(&mut coordinator, Duration::from_secs(120));
-    let run = newest_run(&fleet);
-    let took = scenario.wait_terminal(&fleet, &run, healed).unwrap();
-    let evidence = Evidence::collect(&fleet, &scenario, &run).unwrap();
-    scenario
-        .check(&evidence, Some(took))
-        .assert_ok("rolling restart");
-    let report = status(&fleet, &run);
-    assert_eq!(code, Some(0), "{report:#}");
+        std::fs::write(gate, "open").unwrap();
+    });
+    let report = &struck.report;
+    assert_eq!(struck.code, Some(0), "{report:#}");
     assert_eq!(report["status"], "succeeded", "{report:#}");
 }
 
@@ -309,33 +315,17 @@ fn a_rolling_restart_of_all_three_nodes_during_a_run_loses_nothing() {
 /// telemetry all waited for it: the run ends as it would have, nothing given up.
 #[test]
 fn a_quorum_lost_for_sixteen_seconds_mid_run_loses_nothing() {
-    let (mut cluster, fleet, scenario) = cluster_fleet();
-    let name = "quorum";
-    let gate = fleet.dir().join("quorum.gate");
-    let plan = two_wave_plan(&fleet, &scenario, name, &gate, FIRST_WAVE);
-    let mut coordinator = fleet.spawn_flotilla(&["migrate", plan.to_str().unwrap()]);
-    wait_for(
-        "inference to wait at its gate",
-        Duration::from_secs(60),
-        || scenario.count("inference", name) == 1,
-    )
-    .unwrap();
-    cluster.kill(1);
-    cluster.kill(2);
-    std::fs::write(&gate, "open").unwrap();
-    // The fault is the outage itself, held for its length: nothing here waits for the product.
-    std::thread::sleep(Duration::from_secs(16));
-    cluster.restart(1).unwrap();
-    let healed = Instant::now();
-    let code = wait_exit(&mut coordinator, Duration::from_secs(120));
-    let run = newest_run(&fleet);
-    let took = scenario.wait_terminal(&fleet, &run, healed).unwrap();
-    let evidence = Evidence::collect(&fleet, &scenario, &run).unwrap();
-    scenario
-        .check(&evidence, Some(took))
-        .assert_ok("quorum lost");
-    let report = status(&fleet, &run);
-    assert_eq!(code, Some(0), "{report:#}");
+    let mut struck = strike_at_gate("quorum", FIRST_WAVE, |cluster, gate| {
+        cluster.kill(1);
+        cluster.kill(2);
+        std::fs::write(gate, "open").unwrap();
+        // The fault is the outage itself, held for its length: nothing here waits for the
+        // product.
+        std::thread::sleep(Duration::from_secs(16));
+        cluster.restart(1).unwrap();
+    });
+    let report = &struck.report;
+    assert_eq!(struck.code, Some(0), "{report:#}");
     assert_eq!(report["status"], "succeeded", "{report:#}");
-    cluster.restart(2).unwrap();
+    struck.cluster.restart(2).unwrap();
 }

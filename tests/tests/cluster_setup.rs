@@ -3,27 +3,16 @@
 //! (exit 3) and left alone, `--update` moves it from 1 to 3 replicas in place with its data,
 //! and more replicas than nodes is a clear error that creates nothing.
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use async_nats::jetstream;
 use flotilla_schemas::subjects::Subjects;
-use flotilla_tests::{Cluster, Fleet, NatsServer, Plan, Service, binary, json_stdout, wait_for};
+use flotilla_tests::{Cluster, Fleet, NatsServer, Plan, Service, json_stdout, wait_for};
 use serde_json::Value;
 
-/// `flotilla ARGS` against `url`, with no inherited `FLOTILLA_…` variable.
 fn flotilla(url: &str, args: &[&str]) -> Output {
-    let mut command = Command::new(binary("flotilla"));
-    for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("FLOTILLA_")) {
-        command.env_remove(name);
-    }
-    command
-        .args(args)
-        .env("FLOTILLA_NATS__URL", url)
-        .env("NO_COLOR", "1")
-        .env("OTEL_SDK_DISABLED", "true")
-        .output()
-        .expect("flotilla runs")
+    flotilla_tests::flotilla_against(url, args)
 }
 
 fn stderr(out: &Output) -> String {

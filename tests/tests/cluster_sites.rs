@@ -4,11 +4,9 @@
 //! its service for a coordinator connected to the hub. Without the domain, or without any
 //! JetStream, a client is refused with the error that says so.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
-use flotilla_tests::{
-    Cluster, ClusterOptions, Fleet, NatsServer, Plan, Service, binary, json_stdout,
-};
+use flotilla_tests::{Cluster, ClusterOptions, Fleet, NatsServer, Plan, Service, json_stdout};
 
 /// The hub: three nodes in JetStream domain `hub`, each taking leaf node connections.
 fn hub() -> Cluster {
@@ -40,19 +38,8 @@ fn leaf(hub: &Cluster, dir: &std::path::Path) -> NatsServer {
     NatsServer::start_with_config(&config, &[]).unwrap()
 }
 
-/// `flotilla ARGS` against `url` with the given variables and no inherited `FLOTILLA_…` one.
 fn flotilla(url: &str, args: &[&str]) -> Output {
-    let mut command = Command::new(binary("flotilla"));
-    for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("FLOTILLA_")) {
-        command.env_remove(name);
-    }
-    command
-        .args(args)
-        .env("FLOTILLA_NATS__URL", url)
-        .env("NO_COLOR", "1")
-        .env("OTEL_SDK_DISABLED", "true")
-        .output()
-        .expect("flotilla runs")
+    flotilla_tests::flotilla_against(url, args)
 }
 
 fn stderr(out: &Output) -> String {
