@@ -1,13 +1,15 @@
 //! Broker-node faults on a real 3-node JetStream cluster (issue 19): the leader of the commands
-//! stream, of the events stream or of the run-record bucket is killed -9 at a stage of a run
-//! (dispatch, mid-phase, results, rollback, finalize), a node is kept down past the command
-//! timeout, and all three nodes are restarted in turn during a run. Every run must end with
-//! every service fully migrated or fully restored and the record saying which (I1-I6).
+//! stream, of the events stream or of the run-record bucket is killed -9 at each stage of a run
+//! (mid-phase, as its result is filed and the next wave dispatched; before a rollback; before
+//! finalize), the telemetry stream's leader before the correlation check, a node down for a
+//! whole run, all three nodes restarted in turn during a run, and the quorum lost for 16 s.
+//! Every run must end with every service fully migrated or fully restored and the record
+//! saying which (I1-I6).
 //!
-//! A stage is reached deterministically: the first service's plan waits at a gate (a file the
-//! test creates) so the test kills the leader while the run stands where it wants it, then
-//! opens the gate. The second wave's dispatch (or the rollback, or the finalize) follows the
-//! first's result within milliseconds, well inside the election the kill starts (seconds).
+//! A stage is reached deterministically: the gated service's plan waits at a gate (a file the
+//! test creates) so the test strikes while the run stands where it wants it, then opens the
+//! gate. What follows the gate (the next dispatch, the rollback, the finalize) comes within
+//! milliseconds, well inside the election the kill starts (seconds).
 
 use std::path::{Path, PathBuf};
 use std::process::Child;
@@ -26,6 +28,7 @@ enum Leader {
     Commands,
     Events,
     Runs,
+    Telemetry,
 }
 
 impl Leader {
@@ -34,6 +37,7 @@ impl Leader {
             Leader::Commands => "FLOTILLA_COMMANDS",
             Leader::Events => "FLOTILLA_EVENTS",
             Leader::Runs => "KV_flotilla_runs",
+            Leader::Telemetry => "FLOTILLA_TELEMETRY",
         }
     }
 }
@@ -50,7 +54,12 @@ fn cluster_fleet() -> (Cluster, Fleet, Scenario) {
         "setup: {}",
         String::from_utf8_lossy(&setup.stderr)
     );
-    for leader in [Leader::Commands, Leader::Events, Leader::Runs] {
+    for leader in [
+        Leader::Commands,
+        Leader::Events,
+        Leader::Runs,
+        Leader::Telemetry,
+    ] {
         assert_eq!(
             cluster.stream_replicas(leader.stream()),
             Some(3),
@@ -235,33 +244,97 @@ fn the_run_bucket_leader_killed_as_results_are_filed_stops_nothing() {
     assert_eq!(report["status"], "succeeded", "{report:#}");
 }
 
-#[test]
-fn the_commands_leader_killed_before_a_rollback_still_restores_the_canary() {
-    let report = kill_leader_at_gate(
-        Leader::Commands,
-        "rollback",
-        Stage {
-            gated: "inference",
-            fail_second: true,
-        },
-    );
+/// The first service waits; the second then fails at once, which rolls the first back: the
+/// rollback follows the kill within milliseconds.
+const BEFORE_ROLLBACK: Stage = Stage {
+    gated: "inference",
+    fail_second: true,
+};
+
+/// The last service waits; what follows the gate is the correlation check (which reads the
+/// telemetry stream) and the finalize of both services.
+const BEFORE_FINALIZE: Stage = Stage {
+    gated: "ingest",
+    fail_second: false,
+};
+
+/// The run failed on the second service and restored the canary.
+fn assert_canary_restored(report: &Value) {
     assert_eq!(report["status"], "failed", "{report:#}");
     let canary = &report["services"][0];
     assert_eq!(canary["service"], "inference");
     assert_eq!(canary["status"], "rolled_back", "{report:#}");
 }
 
-/// The last service waits; what follows the gate is the correlation check (which reads the
-/// telemetry stream) and the finalize of both services, while the run bucket elects a leader.
-#[test]
-fn the_run_bucket_leader_killed_before_finalize_finalizes_both() {
-    let stage = Stage {
-        gated: "ingest",
-        fail_second: false,
-    };
-    let report = kill_leader_at_gate(Leader::Runs, "finalize", stage);
+/// The run succeeded and finalized both services.
+fn assert_finalized(report: &Value) {
     assert_eq!(report["status"], "succeeded", "{report:#}");
     assert_eq!(report["finalized"], true, "{report:#}");
+}
+
+#[test]
+fn the_commands_leader_killed_before_a_rollback_still_restores_the_canary() {
+    assert_canary_restored(&kill_leader_at_gate(
+        Leader::Commands,
+        "rollback",
+        BEFORE_ROLLBACK,
+    ));
+}
+
+#[test]
+fn the_events_leader_killed_before_a_rollback_still_restores_the_canary() {
+    assert_canary_restored(&kill_leader_at_gate(
+        Leader::Events,
+        "rollback-events",
+        BEFORE_ROLLBACK,
+    ));
+}
+
+#[test]
+fn the_run_bucket_leader_killed_before_a_rollback_still_restores_the_canary() {
+    assert_canary_restored(&kill_leader_at_gate(
+        Leader::Runs,
+        "rollback-runs",
+        BEFORE_ROLLBACK,
+    ));
+}
+
+#[test]
+fn the_run_bucket_leader_killed_before_finalize_finalizes_both() {
+    assert_finalized(&kill_leader_at_gate(
+        Leader::Runs,
+        "finalize",
+        BEFORE_FINALIZE,
+    ));
+}
+
+#[test]
+fn the_commands_leader_killed_before_finalize_finalizes_both() {
+    assert_finalized(&kill_leader_at_gate(
+        Leader::Commands,
+        "finalize-commands",
+        BEFORE_FINALIZE,
+    ));
+}
+
+#[test]
+fn the_events_leader_killed_before_finalize_finalizes_both() {
+    assert_finalized(&kill_leader_at_gate(
+        Leader::Events,
+        "finalize-events",
+        BEFORE_FINALIZE,
+    ));
+}
+
+/// The telemetry stream's leader dies just before the correlation check reads the trace from
+/// it: the check reads again until its deadline, and the run is proven and finalized.
+#[test]
+fn the_telemetry_leader_killed_before_the_correlation_check_finalizes_both() {
+    assert_finalized(&kill_leader_at_gate(
+        Leader::Telemetry,
+        "finalize-telemetry",
+        BEFORE_FINALIZE,
+    ));
 }
 
 /// One node is down from before the run to after it, longer than the command timeout: two of

@@ -60,33 +60,7 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             self.correlation.wait,
         )
         .await;
-        let (ok, value, note) = match verdict {
-            Ok(report) => {
-                let failing: Vec<String> = report
-                    .services
-                    .iter()
-                    .filter(|s| !s.correlated)
-                    .map(|s| format!("{}/{}: {}", s.service, s.instance, s.problems.join("; ")))
-                    .chain(report.problems.iter().cloned())
-                    .collect();
-                let note = if report.ok {
-                    format!(
-                        "correlation verified: {} service(s), trace {trace_id}",
-                        report.services.len()
-                    )
-                } else {
-                    format!(
-                        "correlation check failed (trace {trace_id}): {}",
-                        failing.join(" | ")
-                    )
-                };
-                (report.ok, CorrelationVerdict::Checked(report), note)
-            }
-            Err(e) => {
-                let note = format!("correlation check failed: {e}");
-                (false, CorrelationVerdict::failed(e), note)
-            }
-        };
+        let (ok, value, note) = judged(verdict, &trace_id);
         let waived = !ok && self.waives(&value);
         let note = if waived {
             format!(
@@ -107,5 +81,39 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
     /// True when `verdict` failed only for want of telemetry and the plan accepts that.
     pub(super) fn waives(&self, verdict: &CorrelationVerdict) -> bool {
         verdict.inconclusive() && self.plan.correlation.inconclusive == Inconclusive::Warn
+    }
+}
+
+/// The check's outcome for the record: whether it passed, the verdict, and the run's note.
+fn judged(
+    verdict: Result<flotilla_tracestore::VerifyReport, String>,
+    trace_id: &str,
+) -> (bool, CorrelationVerdict, String) {
+    match verdict {
+        Ok(report) => {
+            let failing: Vec<String> = report
+                .services
+                .iter()
+                .filter(|s| !s.correlated)
+                .map(|s| format!("{}/{}: {}", s.service, s.instance, s.problems.join("; ")))
+                .chain(report.problems.iter().cloned())
+                .collect();
+            let note = if report.ok {
+                format!(
+                    "correlation verified: {} service(s), trace {trace_id}",
+                    report.services.len()
+                )
+            } else {
+                format!(
+                    "correlation check failed (trace {trace_id}): {}",
+                    failing.join(" | ")
+                )
+            };
+            (report.ok, CorrelationVerdict::Checked(report), note)
+        }
+        Err(e) => {
+            let note = format!("correlation check failed: {e}");
+            (false, CorrelationVerdict::failed(e), note)
+        }
     }
 }
