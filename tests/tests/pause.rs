@@ -27,28 +27,6 @@ fn paused_plan(pause: &str) -> String {
     plan.to_string()
 }
 
-fn counter(fleet: &Fleet, role: &str) -> usize {
-    std::fs::read_to_string(fleet.root(role).join("counter.txt"))
-        .map(|c| c.lines().count())
-        .unwrap_or(0)
-}
-
-/// The one run recorded so far, once it is recorded.
-fn only_run(fleet: &Fleet) -> String {
-    let mut id = String::new();
-    wait_for("the run to be recorded", Duration::from_secs(20), || {
-        let out = fleet.flotilla(&["runs", "--output", "json"]);
-        if let Ok(Value::Array(runs)) = serde_json::from_slice::<Value>(&out.stdout)
-            && let Some(run) = runs.first()
-        {
-            id = run["run_id"].as_str().unwrap_or_default().to_owned();
-        }
-        !id.is_empty()
-    })
-    .unwrap();
-    id
-}
-
 fn status(fleet: &Fleet, run: &str) -> Value {
     json_stdout(&fleet.flotilla(&["status", run, "--output", "json"]))
 }
@@ -98,7 +76,7 @@ fn a_manual_pause_holds_the_next_wave_until_promote_from_another_process() {
         "{report:#}"
     );
     assert_eq!(
-        (counter(&fleet, "inference"), counter(&fleet, "ingest")),
+        (fleet.counter("inference"), fleet.counter("ingest")),
         (1, 0)
     );
     let (_, body) = fleet.health("ingest").expect("ingest answers");
@@ -124,7 +102,7 @@ fn a_manual_pause_holds_the_next_wave_until_promote_from_another_process() {
         );
     }
     assert_eq!(
-        counter(&fleet, "ingest"),
+        fleet.counter("ingest"),
         0,
         "a refused command moved the run on"
     );
@@ -134,7 +112,7 @@ fn a_manual_pause_holds_the_next_wave_until_promote_from_another_process() {
     assert_eq!(out.status.code(), Some(0), "{report:#}\n{}", stderr(&out));
     assert_eq!(report["status"], "succeeded", "{report:#}");
     assert_eq!(
-        (counter(&fleet, "inference"), counter(&fleet, "ingest")),
+        (fleet.counter("inference"), fleet.counter("ingest")),
         (1, 1)
     );
     let ended = wave_time(&report, 0, "pause_ended_at").expect("the pause's end");
@@ -169,7 +147,7 @@ fn a_timed_pause_is_waited_out_before_the_next_wave() {
     );
     assert!(wave_time(&report, 0, "started_at").unwrap() < paused_at);
     assert_eq!(
-        (counter(&fleet, "inference"), counter(&fleet, "ingest")),
+        (fleet.counter("inference"), fleet.counter("ingest")),
         (1, 1)
     );
 }
@@ -182,14 +160,14 @@ fn resume_after_a_kill_9_during_a_bake_continues_the_bake_not_a_new_one() {
     let fleet = Fleet::start(nats.url(), &ROLES).unwrap();
     let plan = fleet.write_plan("bake.toml", &paused_plan("4s"));
     let mut coordinator = fleet.spawn_flotilla(&["migrate", plan.to_str().unwrap()]);
-    let run = only_run(&fleet);
+    let run = fleet.only_run();
     let baking = wait_for_pause(&fleet, &run);
     coordinator.kill().unwrap(); // SIGKILL
     coordinator.wait().unwrap();
     let until = wave_time(&baking, 0, "paused_until").unwrap();
     let interrupted = status(&fleet, &run);
     assert_eq!(interrupted["status"], "running", "{interrupted:#}");
-    assert_eq!(counter(&fleet, "ingest"), 0, "{interrupted:#}");
+    assert_eq!(fleet.counter("ingest"), 0, "{interrupted:#}");
     // Resume once the recorded bake is over: a fresh bake would hold wave 2 another 4s.
     wait_for("the recorded bake's end", Duration::from_secs(10), || {
         OffsetDateTime::now_utc() > until
@@ -213,7 +191,7 @@ fn resume_after_a_kill_9_during_a_bake_continues_the_bake_not_a_new_one() {
         started - resumed_at
     );
     assert_eq!(
-        (counter(&fleet, "inference"), counter(&fleet, "ingest")),
+        (fleet.counter("inference"), fleet.counter("ingest")),
         (1, 1)
     );
 }
@@ -227,7 +205,7 @@ fn cancel_during_a_bake_stops_before_the_next_wave_and_promote_ends_the_resumed_
     let plan = fleet.write_plan("long-bake.toml", &paused_plan("10m"));
     let coordinator =
         fleet.spawn_flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"]);
-    let run = only_run(&fleet);
+    let run = fleet.only_run();
     let baking = wait_for_pause(&fleet, &run);
     let until = wave_time(&baking, 0, "paused_until").unwrap();
     let cancel = fleet.flotilla(&["cancel", &run]);
@@ -237,7 +215,7 @@ fn cancel_during_a_bake_stops_before_the_next_wave_and_promote_ends_the_resumed_
     assert_eq!(out.status.code(), Some(7), "{report:#}\n{}", stderr(&out));
     assert_eq!(report["status"], "cancelled", "{report:#}");
     assert_eq!(service(&report, "ingest")["status"], "not_started");
-    assert_eq!(counter(&fleet, "ingest"), 0);
+    assert_eq!(fleet.counter("ingest"), 0);
 
     let resumed = fleet.spawn_flotilla(&["resume", &run, "--output", "json"]);
     wait_for("the resumed bake", Duration::from_secs(30), || {
@@ -268,7 +246,7 @@ fn cancel_during_a_bake_stops_before_the_next_wave_and_promote_ends_the_resumed_
         "the promoted bake ended at {ended}, not before {until}"
     );
     assert_eq!(
-        (counter(&fleet, "inference"), counter(&fleet, "ingest")),
+        (fleet.counter("inference"), fleet.counter("ingest")),
         (1, 1)
     );
 }
@@ -287,7 +265,7 @@ fn a_canary_that_fails_its_health_during_the_bake_fails_the_wave_and_is_rolled_b
     let plan = fleet.write_plan("bake-health.toml", &plan);
     let coordinator =
         fleet.spawn_flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"]);
-    let run = only_run(&fleet);
+    let run = fleet.only_run();
     let baking = wait_for_pause(&fleet, &run);
     let until = wave_time(&baking, 0, "paused_until").unwrap();
     fleet.stop_service("inference");
@@ -308,7 +286,7 @@ fn a_canary_that_fails_its_health_during_the_bake_fails_the_wave_and_is_rolled_b
     assert_eq!(service(&report, "ingest")["status"], "not_started");
     assert!(wave_time(&report, 0, "pause_ended_at").unwrap() < until);
     assert!(wave_time(&report, 1, "started_at").is_none(), "{report:#}");
-    assert_eq!(counter(&fleet, "ingest"), 0);
+    assert_eq!(fleet.counter("ingest"), 0);
     let (status, body) = fleet
         .health("inference")
         .expect("the restored canary answers");
@@ -330,7 +308,7 @@ fn a_bake_health_failure_within_the_budget_goes_on_and_keeps_the_failed_backup()
     let plan = fleet.write_plan("bake-budget.toml", &plan);
     let coordinator =
         fleet.spawn_flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"]);
-    let run = only_run(&fleet);
+    let run = fleet.only_run();
     let baking = wait_for_pause(&fleet, &run);
     let until = wave_time(&baking, 0, "paused_until").unwrap();
     fleet.stop_service("inference");
@@ -350,5 +328,5 @@ fn a_bake_health_failure_within_the_budget_goes_on_and_keeps_the_failed_backup()
         wave_time(&report, 1, "started_at").unwrap() >= until,
         "{report:#}"
     );
-    assert_eq!(counter(&fleet, "ingest"), 1);
+    assert_eq!(fleet.counter("ingest"), 1);
 }

@@ -41,28 +41,6 @@ fn counting_service(name: &str, sleep: u32, fail: bool) -> String {
     service.to_string()
 }
 
-fn counter(fleet: &Fleet, role: &str) -> usize {
-    std::fs::read_to_string(fleet.root(role).join("counter.txt"))
-        .map(|c| c.lines().count())
-        .unwrap_or(0)
-}
-
-/// The one run recorded so far, once it is recorded.
-fn only_run(fleet: &Fleet) -> String {
-    let mut id = String::new();
-    wait_for("the run to be recorded", Duration::from_secs(20), || {
-        let out = fleet.flotilla(&["runs", "--output", "json"]);
-        if let Ok(Value::Array(runs)) = serde_json::from_slice::<Value>(&out.stdout)
-            && let Some(run) = runs.first()
-        {
-            id = run["run_id"].as_str().unwrap_or_default().to_owned();
-        }
-        !id.is_empty()
-    })
-    .unwrap();
-    id
-}
-
 fn status(fleet: &Fleet, run: &str) -> Value {
     json_stdout(&fleet.flotilla(&["status", run, "--output", "json"]))
 }
@@ -91,7 +69,7 @@ fn a_failing_canary_stops_the_run_before_the_next_wave_and_is_rolled_back() {
         let entry = service(&report, role);
         assert_eq!(entry["status"], "not_started", "{entry:#}");
         assert!(entry.get("command_id").is_none(), "{entry:#}");
-        assert_eq!(counter(&fleet, role), 0, "{role} was touched");
+        assert_eq!(fleet.counter(role), 0, "{role} was touched");
     }
     assert_eq!(report["waves"][0]["status"], "done");
     assert_eq!(report["waves"][1]["status"], "pending");
@@ -162,7 +140,7 @@ fn kill_9_of_the_coordinator_mid_wave_then_resume_finishes_without_duplicates() 
     }
     let plan = fleet.write_plan("slow.toml", &plan);
     let mut coordinator = fleet.spawn_flotilla(&["migrate", plan.to_str().unwrap()]);
-    let run = only_run(&fleet);
+    let run = fleet.only_run();
     wait_for(
         "a wave-2 service in flight",
         Duration::from_secs(30),
@@ -214,11 +192,7 @@ fn kill_9_of_the_coordinator_mid_wave_then_resume_finishes_without_duplicates() 
             let before = service(&interrupted, role);
             assert_eq!(entry["command_id"], before["command_id"], "{role}");
         }
-        assert_eq!(
-            counter(&fleet, role),
-            1,
-            "{role} was migrated more than once"
-        );
+        assert_eq!(fleet.counter(role), 1, "{role} was migrated more than once");
     }
     // Resuming a finished run is refused and changes nothing.
     let again = fleet.flotilla(&["resume", &run]);
@@ -291,7 +265,7 @@ fn rollback_restores_a_left_run_one_service_then_the_rest_latest_wave_first() {
     assert_eq!(code, Some(1), "{report:#}");
     assert_eq!(service(&report, "inference")["status"], "succeeded");
     assert_eq!(service(&report, "ingest")["status"], "succeeded");
-    assert_eq!(counter(&fleet, "ingest"), 1);
+    assert_eq!(fleet.counter("ingest"), 1);
     let run = report["run_id"].as_str().unwrap();
 
     let bad = fleet.flotilla(&["rollback", run, "--service", "nosuch"]);
@@ -303,7 +277,7 @@ fn rollback_restores_a_left_run_one_service_then_the_rest_latest_wave_first() {
     assert_eq!(service(&report, "ingest")["status"], "rolled_back");
     assert_eq!(service(&report, "inference")["status"], "succeeded");
     assert_eq!(snapshot(&fleet.root("ingest")), before["ingest"]);
-    assert_eq!(counter(&fleet, "inference"), 1);
+    assert_eq!(fleet.counter("inference"), 1);
 
     let out = fleet.flotilla(&["rollback", run, "--output", "json"]);
     let report = json_stdout(&out);
@@ -328,7 +302,7 @@ fn cancel_from_elsewhere_stops_dispatching_and_resume_finishes_the_run() {
     let plan = fleet.write_plan("serial.toml", &plan);
     let coordinator =
         fleet.spawn_flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"]);
-    let run = only_run(&fleet);
+    let run = fleet.only_run();
     let cancel = fleet.flotilla(&["cancel", &run]);
     assert_eq!(
         cancel.status.code(),
@@ -359,7 +333,7 @@ fn cancel_from_elsewhere_stops_dispatching_and_resume_finishes_the_run() {
     assert_eq!(out.status.code(), Some(0), "{report:#}");
     assert_eq!(report["status"], "succeeded");
     for role in roles {
-        assert_eq!(counter(&fleet, role), 1, "{role}");
+        assert_eq!(fleet.counter(role), 1, "{role}");
     }
 }
 
@@ -375,7 +349,7 @@ fn ctrl_c_lets_in_flight_services_finish_and_leaves_the_run_resumable() {
     let plan = fleet.write_plan("serial.toml", &plan);
     let coordinator =
         fleet.spawn_flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"]);
-    let run = only_run(&fleet);
+    let run = fleet.only_run();
     wait_for("a service in flight", Duration::from_secs(20), || {
         status(&fleet, &run)["services"]
             .as_array()
@@ -402,7 +376,7 @@ fn ctrl_c_lets_in_flight_services_finish_and_leaves_the_run_resumable() {
     let report = json_stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{report:#}");
     for role in roles {
-        assert_eq!(counter(&fleet, role), 1, "{role}");
+        assert_eq!(fleet.counter(role), 1, "{role}");
     }
 }
 
@@ -419,7 +393,7 @@ fn an_agent_that_goes_silent_mid_run_is_reported_timed_out_within_the_deadline()
     let started = std::time::Instant::now();
     let coordinator =
         fleet.spawn_flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"]);
-    let run = only_run(&fleet);
+    let run = fleet.only_run();
     wait_for("ingest in flight", Duration::from_secs(20), || {
         service(&status(&fleet, &run), "ingest")["status"] == "in_flight"
     })
@@ -540,10 +514,10 @@ fn a_failure_within_the_budget_does_not_stop_the_run_and_the_rest_is_finalized()
         let entry = service(&report, role);
         assert_eq!(entry["status"], "succeeded", "{entry:#}");
         assert_eq!(entry["finalized"], true, "{entry:#}");
-        assert_eq!(counter(&fleet, role), 1);
+        assert_eq!(fleet.counter(role), 1);
     }
     assert_eq!(
-        counter(&fleet, "inference"),
+        fleet.counter("inference"),
         0,
         "the failed canary was restored"
     );
@@ -560,7 +534,7 @@ fn two_coordinators_never_drive_one_run() {
     }
     let plan = fleet.write_plan("contested.toml", &plan);
     let original = fleet.spawn_flotilla(&["migrate", plan.to_str().unwrap()]);
-    let run = only_run(&fleet);
+    let run = fleet.only_run();
     wait_for("a service in flight", Duration::from_secs(20), || {
         status(&fleet, &run)["services"]
             .as_array()
@@ -591,7 +565,7 @@ fn two_coordinators_never_drive_one_run() {
         );
     }
     for role in roles {
-        assert_eq!(counter(&fleet, role), 1, "{role}");
+        assert_eq!(fleet.counter(role), 1, "{role}");
     }
     assert_eq!(status(&fleet, &run)["status"], "succeeded");
 }

@@ -37,6 +37,32 @@ impl Fleet {
         );
         Ok(serde_json::from_slice(&out.stdout)?)
     }
+    /// How many lines `role`'s steps appended to `counter.txt` in its service root.
+    pub fn counter(&self, role: &str) -> usize {
+        std::fs::read_to_string(self.root(role).join("counter.txt"))
+            .map(|c| c.lines().count())
+            .unwrap_or(0)
+    }
+
+    /// The newest run's ID, once a run is recorded.
+    pub fn only_run(&self) -> String {
+        let mut id = String::new();
+        crate::wait_for(
+            "the run to be recorded",
+            std::time::Duration::from_secs(20),
+            || {
+                let out = self.flotilla(&["runs", "--output", "json"]);
+                if let Ok(Value::Array(runs)) = serde_json::from_slice::<Value>(&out.stdout)
+                    && let Some(run) = runs.first()
+                {
+                    id = run["run_id"].as_str().unwrap_or_default().to_owned();
+                }
+                !id.is_empty()
+            },
+        )
+        .unwrap();
+        id
+    }
 
     /// Runs the `flotilla` CLI against this fleet's NATS.
     pub fn flotilla(&self, args: &[&str]) -> Output {
