@@ -264,6 +264,7 @@ async fn inspecting_a_config_file_outside_the_root_is_refused() {
             checks: Vec::new(),
             config_files: vec!["legacy.conf".into(), path.into()],
             settings: Vec::new(),
+            revalidate: None,
         };
         let answer = send(
             &js,
@@ -391,6 +392,7 @@ async fn agents_whose_names_join_alike_each_get_their_own_commands() {
             checks: Vec::new(),
             config_files: Vec::new(),
             settings: Vec::new(),
+            revalidate: None,
         };
         let sent = command(service, instance, RunId::new(), inspect);
         let answer = send(&js, (service, instance), &sent, &key).await;
@@ -435,6 +437,7 @@ async fn an_upgraded_agent_replaces_its_consumer_of_the_old_name() {
         checks: Vec::new(),
         config_files: Vec::new(),
         settings: Vec::new(),
+        revalidate: None,
     };
     let sent = command("training", "x_a", RunId::new(), inspect);
     let answer = send(&js, ("training", "x_a"), &sent, &key).await;
