@@ -169,6 +169,11 @@ fn a_canary_whose_memory_grows_past_the_gate_during_the_bake_fails_the_wave_and_
         health(canary_port)["leaked_mb"] == LEAK_MB
     })
     .unwrap();
+    // With a deadline: a bake that missed the leak would hold the run its full 10 minutes.
+    wait_for("the run's end", Duration::from_secs(90), || {
+        status(&fleet, &run)["status"] != "running"
+    })
+    .unwrap();
     let out = coordinator.wait_with_output().unwrap();
     let report = json_stdout(&out);
     assert_eq!(out.status.code(), Some(1), "{report:#}\n{}", stderr(&out));
@@ -177,7 +182,10 @@ fn a_canary_whose_memory_grows_past_the_gate_during_the_bake_fails_the_wave_and_
         &report,
         &ports,
         &before,
-        &["during the bake after wave \"canary\"", "memory_bytes regression"],
+        &[
+            "during the bake after wave \"canary\"",
+            "memory_bytes regression",
+        ],
     );
 }
 

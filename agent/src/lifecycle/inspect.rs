@@ -77,7 +77,7 @@ impl Lifecycle {
                 }
                 let mut gates = Vec::new();
                 if let Some(baseline) = &baseline {
-                    gates = self.gates_now(baseline);
+                    gates = self.gates_now(baseline).await;
                     for check in &baseline.checks {
                         verdicts.push(self.verdict(&renderer, &cx, check).await);
                     }

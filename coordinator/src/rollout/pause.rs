@@ -45,8 +45,8 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
 
     /// Ends the manual pause of a run `paused` (`flotilla promote RUN`), then drives the next
     /// waves. No coordinator watched the pause: the finished waves are validated once first
-    /// (health, gates, functional checks), and failures that break the budget roll the run back
-    /// instead of promoting it.
+    /// (health, gates, functional checks, and the wave's analysis gates), and failures that
+    /// break the budget send the run to `on_failure` (rollback) instead of the next wave.
     pub async fn promote(mut self) -> Result<RunRecord, RolloutError> {
         if let Some(w) = self.record.open_pause() {
             let name = self.record.waves[w].name.clone();
@@ -54,10 +54,20 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
                 "promote: the waves up to {name:?} validated again before the next wave"
             ));
             let failed = self.pause_round(w).await?;
+            let analysis_failed = self.analyse_after_bake(w).await;
             self.record.waves[w].pause_ended_at = Some(OffsetDateTime::now_utc());
-            let note = if failed > 0 && self.budget_broken() {
+            let stops =
+                super::decisions::stops_dispatch(self.budget_broken(), self.plan.on_failure);
+            let note = if (failed > 0 || analysis_failed) && stops {
+                let what = match (failed, analysis_failed) {
+                    (0, _) => "the wave's analysis failed".to_owned(),
+                    (n, false) => format!("{n} service(s) failed their validation"),
+                    (n, true) => {
+                        format!("{n} service(s) failed their validation and the analysis failed")
+                    }
+                };
                 format!(
-                    "promote refused: {failed} service(s) failed their validation during the manual pause after wave {name:?}, which broke the failure budget; the next wave does not start"
+                    "promote refused: {what} during the manual pause after wave {name:?}, which broke the failure budget; the next wave does not start"
                 )
             } else {
                 format!("promoted (flotilla promote): the pause after wave {name:?} ended")
