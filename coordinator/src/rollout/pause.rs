@@ -53,8 +53,10 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             self.sink.stage(&format!(
                 "promote: the waves up to {name:?} validated again before the next wave"
             ));
-            let failed = self.pause_round(w).await?;
+            // The analysis first: what Prometheus saw over the pause, before this promote's
+            // own inspects show up in the agents' metrics.
             let analysis_failed = self.analyse_after_bake(w).await;
+            let failed = self.pause_round(w).await?;
             self.record.waves[w].pause_ended_at = Some(OffsetDateTime::now_utc());
             let stops =
                 super::decisions::stops_dispatch(self.budget_broken(), self.plan.on_failure);
