@@ -49,6 +49,11 @@ impl Lifecycle {
                 "migration {migration} is {state}: nothing to validate again"
             ));
         };
+        if self.backups.is_restored(migration) {
+            return Err(format!(
+                "migration {migration} is rolled back: nothing to validate again"
+            ));
+        }
         // A job has no process to look at between its runs, and its checks run it again.
         let checks = if self.job_config().is_some() {
             Vec::new()
