@@ -42,9 +42,17 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             round.iter().map(|r| (r.target, r.checks.len())).collect();
         let started = tokio::time::Instant::now();
         let (answers, unanswered) = self.inspect_round(round).await?;
+        // What a round costs, and the agents' share of it (their slowest inspect phase).
+        let agent_ms = answers
+            .iter()
+            .flat_map(|(_, r)| &r.phases)
+            .map(|p| p.duration_ms)
+            .max()
+            .unwrap_or(0);
         tracing::info!(
             services = members.len(),
             took_ms = started.elapsed().as_millis() as u64,
+            agent_ms,
             "pause round"
         );
         let mut failed: Vec<(usize, String)> = unanswered
