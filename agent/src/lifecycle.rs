@@ -139,9 +139,15 @@ impl Lifecycle {
                 checks,
                 config_files,
                 settings,
+                revalidate,
             } => {
-                self.inspect(&command, checks, config_files, settings, &mut tracker)
-                    .await
+                let asked = inspect::Asked {
+                    checks,
+                    config_files,
+                    settings,
+                    revalidate: *revalidate,
+                };
+                self.inspect(&command, asked, &mut tracker).await
             }
             // The session answers previews without the journal; one that got here anyway is
             // still only a preview.

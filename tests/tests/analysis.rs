@@ -212,6 +212,39 @@ max = 0
     assert_eq!(service(&report, "training")["status"], "not_started");
 }
 
+/// A manual pause is read when it is promoted: the gate (how long since the canary's agent last
+/// had a command) holds right after the wave and is crossed once the pause has lasted; the
+/// promote reads it again, fails the wave and rolls the fleet back instead of starting wave 2.
+#[test]
+fn a_gate_crossed_during_a_manual_pause_fails_the_promote() {
+    let nats = NatsServer::start().unwrap();
+    let (fleet, targets) = fleet(&nats);
+    let prometheus = prometheus(&targets);
+    let url = format!("http://127.0.0.1:{}", prometheus.port());
+    // Seconds since the agent's last command; 0 while Prometheus has not scraped one yet (the
+    // wave's migrate may have ended since the last scrape).
+    let idle = r#"time() - max(flotilla_agent_last_command_timestamp_seconds{job="ingest"} > 0)"#;
+    let gates = format!(
+        "pause = \"manual\"\n[[wave.analysis]]\nname = \"busy\"\nquery = '({idle}) or vector(0)'\nmax = 8\n"
+    );
+    let (code, report) = fleet.migrate(plan(&url, &gates));
+    assert_eq!(code, Some(0), "{report:#}");
+    assert_eq!(report["status"], "paused", "{report:#}");
+    assert_eq!(verdicts(&report, 0)[0]["passed"], true, "{report:#}");
+    prometheus
+        .wait_for(&format!("{idle} > 10"), Duration::from_secs(30))
+        .unwrap();
+    let out = fleet.flotilla(&["promote", &run_id(&report), "--output", "json"]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{report:#}");
+    assert_eq!(report["status"], "failed", "{report:#}");
+    let canary = verdicts(&report, 0);
+    assert_eq!(canary[1]["name"], "busy (at the promote)", "{canary:#?}");
+    assert_eq!(canary[1]["passed"], false, "{canary:#?}");
+    assert_eq!(service(&report, "ingest")["status"], "rolled_back");
+    assert_eq!(service(&report, "training")["status"], "not_started");
+}
+
 #[test]
 fn an_unreachable_prometheus_is_inconclusive_failing_by_default_and_warning_when_told() {
     let nats = NatsServer::start().unwrap();

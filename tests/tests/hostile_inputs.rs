@@ -133,8 +133,9 @@ fn backups(fleet: &Fleet, role: &str) -> usize {
         .unwrap_or(0)
 }
 
-/// A rollback or finalize under another run's ID than the migration's is refused with both run
-/// IDs named, and changes nothing: the migration's own run can still roll it back.
+/// A rollback, finalize or revalidating inspect under another run's ID than the migration's is
+/// refused with both run IDs named, and changes nothing: the migration's own run can still
+/// validate it again (its memory gate) and roll it back; once rolled back, it is not validated.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollback_or_finalize_under_another_runs_id_is_refused() {
     let nats = NatsServer::start().unwrap();
@@ -162,6 +163,7 @@ async fn a_rollback_or_finalize_under_another_runs_id_is_refused() {
             },
             "finalize",
         ),
+        (revalidate(migration.command_id), "inspect"),
     ] {
         let foreign = command("training", "a", other, action);
         let answer = send(&js, ("training", "a"), &foreign, &key).await;
@@ -180,6 +182,18 @@ async fn a_rollback_or_finalize_under_another_runs_id_is_refused() {
         );
     }
     assert_eq!(backups(&fleet, "training"), 1, "the backup was dropped");
+    // Its own run's inspect validates it again: the memory gate against its baseline.
+    let again = command("training", "a", run, revalidate(migration.command_id));
+    let again = send(&js, ("training", "a"), &again, &key).await;
+    assert_eq!(again.outcome, Outcome::Succeeded, "{again:?}");
+    let gates = again.inspection.map(|i| i.gates).unwrap_or_default();
+    let before = migrated.measurements.rss_bytes_before;
+    assert!(
+        gates
+            .iter()
+            .any(|g| g.gate == "memory_bytes" && g.passed && Some(g.before) == before),
+        "{gates:?}"
+    );
 
     let own = command(
         "training",
@@ -192,7 +206,20 @@ async fn a_rollback_or_finalize_under_another_runs_id_is_refused() {
     let rolled_back = send(&js, ("training", "a"), &own, &key).await;
     assert_eq!(rolled_back.outcome, Outcome::RolledBack, "{rolled_back:?}");
     assert!(!root.join("counter.txt").exists());
+    let late = command("training", "a", run, revalidate(migration.command_id));
+    let late = send(&js, ("training", "a"), &late, &key).await;
+    refused_because(&late, &["is rolled back: nothing to validate again"]);
     tokio::task::block_in_place(|| drop(fleet));
+}
+
+/// An inspect that validates `migration` again, as a pause between waves sends it.
+fn revalidate(migration: flotilla_schemas::CommandId) -> Action {
+    Action::Inspect {
+        checks: Vec::new(),
+        config_files: Vec::new(),
+        settings: Vec::new(),
+        revalidate: Some(migration),
+    }
 }
 
 /// Step file names with a newline, a control character or U+202E are refused by `plan check`
@@ -264,6 +291,7 @@ async fn inspecting_a_config_file_outside_the_root_is_refused() {
             checks: Vec::new(),
             config_files: vec!["legacy.conf".into(), path.into()],
             settings: Vec::new(),
+            revalidate: None,
         };
         let answer = send(
             &js,
@@ -391,6 +419,7 @@ async fn agents_whose_names_join_alike_each_get_their_own_commands() {
             checks: Vec::new(),
             config_files: Vec::new(),
             settings: Vec::new(),
+            revalidate: None,
         };
         let sent = command(service, instance, RunId::new(), inspect);
         let answer = send(&js, (service, instance), &sent, &key).await;
@@ -435,6 +464,7 @@ async fn an_upgraded_agent_replaces_its_consumer_of_the_old_name() {
         checks: Vec::new(),
         config_files: Vec::new(),
         settings: Vec::new(),
+        revalidate: None,
     };
     let sent = command("training", "x_a", RunId::new(), inspect);
     let answer = send(&js, ("training", "x_a"), &sent, &key).await;

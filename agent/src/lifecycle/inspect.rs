@@ -1,5 +1,5 @@
-//! The commands that change no files: inspect (the cross-service stage) and finalize (drops the
-//! backup).
+//! The commands that change no files: inspect (the cross-service stage, and the checks of a
+//! pause between waves) and finalize (drops the backup).
 
 use flotilla_schemas::fields::Table;
 use flotilla_schemas::{
@@ -17,17 +17,38 @@ use crate::steps::RootDir;
 use crate::template::Renderer;
 use crate::{checks, crashpoint, inspect};
 
+mod revalidate;
+
+/// What an inspect command asks for.
+pub(super) struct Asked<'a> {
+    pub(super) checks: &'a [Check],
+    pub(super) config_files: &'a [String],
+    pub(super) settings: &'a [SettingProbe],
+    /// A migration of the run to validate again (a pause between waves).
+    pub(super) revalidate: Option<CommandId>,
+}
+
 impl Lifecycle {
     /// The cross-service stage: runs the checks and reports the shape of the configuration
     /// files, changing nothing. The coordinator judges the verdicts across the fleet.
     pub(super) async fn inspect(
         &mut self,
         command: &Command,
-        checks: &[Check],
-        config_files: &[String],
-        settings: &[SettingProbe],
+        asked: Asked<'_>,
         tracker: &mut Tracker<'_>,
     ) -> RunResult {
+        let Asked {
+            checks,
+            config_files,
+            settings,
+            revalidate,
+        } = asked;
+        // Read before anything runs: a migration that is not this run's, or not migrated,
+        // refuses the inspection.
+        let baseline = match revalidate.map(|m| self.baseline(command, m)).transpose() {
+            Ok(baseline) => baseline,
+            Err(reason) => return refused(command, reason, Vec::new()),
+        };
         let inspection = tracker
             .run(Phase::Inspect, async {
                 let vars = self.vars();
@@ -54,6 +75,13 @@ impl Lifecycle {
                 for check in checks {
                     verdicts.push(self.verdict(&renderer, &cx, check).await);
                 }
+                let mut gates = Vec::new();
+                if let Some(baseline) = &baseline {
+                    gates = self.gates_now(baseline).await;
+                    for check in &baseline.checks {
+                        verdicts.push(self.verdict(&renderer, &cx, check).await);
+                    }
+                }
                 let root = RootDir::open(&self.config.service.root).map_err(PhaseError::Root)?;
                 // A file outside the root is refused, not reported missing: nothing outside is
                 // ever looked at.
@@ -71,6 +99,7 @@ impl Lifecycle {
                     checks: verdicts,
                     config,
                     settings,
+                    gates,
                 })
             })
             .await;

@@ -55,8 +55,9 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         Ok(flow)
     }
 
-    /// At the end of the bake after wave `w`: its gates read again, each against the baseline
-    /// taken before the wave, and recorded as `<name> (after the bake)`. What the bake showed (an
+    /// At the end of the bake after wave `w` (or the promote of its manual pause): its gates
+    /// read again, each against the baseline taken before the wave, and recorded as
+    /// `<name> (after the bake)` (`(at the promote)`). What the bake showed (an
     /// error rate that rose while the canary soaked) fails the wave as a failure right after it
     /// would. True when a verdict failed.
     pub(super) async fn analyse_after_bake(&mut self, w: usize) -> bool {
@@ -67,6 +68,11 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         let services = self.wave_services(&members);
         let run_id = self.record.run_id.to_string();
         let queries = analysis.queries(&self.record.waves[w].name, &run_id, &services);
+        // A manual pause is read when it is promoted: no coordinator watched it before.
+        let when = match self.record.waves[w].pause {
+            Some(crate::plan::Pause::Manual) => "at the promote",
+            _ => "after the bake",
+        };
         let client = prometheus::client();
         let mut verdicts = Vec::with_capacity(queries.len());
         for q in &queries {
@@ -82,7 +88,7 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             };
             let after = prometheus::query(&client, &analysis.prometheus, &q.query).await;
             let mut verdict = judge(q, baseline, after);
-            verdict.name = format!("{} (after the bake)", verdict.name);
+            verdict.name = format!("{} ({when})", verdict.name);
             verdicts.push(verdict);
         }
         self.note_verdicts(w, &verdicts);

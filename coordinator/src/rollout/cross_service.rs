@@ -159,6 +159,7 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
                 checks,
                 config_files: own.config_files,
                 settings: own.settings,
+                revalidate: None,
             });
         }
         for correlation in &spec.log_correlation {

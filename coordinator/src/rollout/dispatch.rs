@@ -370,6 +370,7 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
                 checks: request.checks,
                 config_files: request.config_files,
                 settings: request.settings,
+                revalidate: request.revalidate,
             };
             let t = request.target;
             commands.push((t, self.command_for(t, action, OffsetDateTime::now_utc())));
@@ -421,13 +422,15 @@ fn lasting(error: &jetstream::context::PublishError) -> Option<&'static str> {
     }
 }
 
-/// One target's inspect command of a cross-service round.
+/// One target's inspect command of a cross-service round, or of a pause between waves.
 #[derive(Debug, Default)]
 pub(super) struct InspectRequest {
     pub(super) target: usize,
     pub(super) checks: Vec<Check>,
     pub(super) config_files: Vec<String>,
     pub(super) settings: Vec<SettingProbe>,
+    /// During a pause: the target's migration, whose gates and checks the agent runs again.
+    pub(super) revalidate: Option<CommandId>,
 }
 
 /// The most commands dispatched, or results filed, in one round of concurrent writes.

@@ -44,14 +44,36 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
     }
 
     /// Ends the manual pause of a run `paused` (`flotilla promote RUN`), then drives the next
-    /// waves.
+    /// waves. No coordinator watched the pause: the finished waves are validated once first
+    /// (health, gates, functional checks, and the wave's analysis gates), and failures that
+    /// break the budget send the run to `on_failure` (rollback) instead of the next wave.
     pub async fn promote(mut self) -> Result<RunRecord, RolloutError> {
         if let Some(w) = self.record.open_pause() {
+            let name = self.record.waves[w].name.clone();
+            self.sink.stage(&format!(
+                "promote: the waves up to {name:?} validated again before the next wave"
+            ));
+            // The analysis first: what Prometheus saw over the pause, before this promote's
+            // own inspects show up in the agents' metrics.
+            let analysis_failed = self.analyse_after_bake(w).await;
+            let failed = self.pause_round(w).await?;
             self.record.waves[w].pause_ended_at = Some(OffsetDateTime::now_utc());
-            let note = format!(
-                "promoted (flotilla promote): the pause after wave {:?} ended",
-                self.record.waves[w].name
-            );
+            let stops =
+                super::decisions::stops_dispatch(self.budget_broken(), self.plan.on_failure);
+            let note = if (failed > 0 || analysis_failed) && stops {
+                let what = match (failed, analysis_failed) {
+                    (0, _) => "the wave's analysis failed".to_owned(),
+                    (n, false) => format!("{n} service(s) failed their validation"),
+                    (n, true) => {
+                        format!("{n} service(s) failed their validation and the analysis failed")
+                    }
+                };
+                format!(
+                    "promote refused: {what} during the manual pause after wave {name:?}, which broke the failure budget; the next wave does not start"
+                )
+            } else {
+                format!("promoted (flotilla promote): the pause after wave {name:?} ended")
+            };
             self.sink.note(&note);
             self.record.notes.push(note);
         }
@@ -85,23 +107,16 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         Ok(Flow::Paused)
     }
 
-    /// A bake: waits until its recorded end, or a promote, or a cancel (or Ctrl-C), checking
-    /// the migrated services' health every `bake_health_every`; `Stopped` once failed health
-    /// checks broke the failure budget.
+    /// A bake: waits until its recorded end, or a promote, or a cancel (or Ctrl-C), validating
+    /// the migrated services again every `bake_health_every` (health, gates, functional
+    /// checks); `Stopped` once failures broke the failure budget.
     async fn bake(&mut self, w: usize) -> Result<Flow, RolloutError> {
         let run = self.record.run_id;
         let mut next_health = Instant::now() + self.plan.bake_health_every;
         loop {
             if Instant::now() >= next_health {
-                if self.bake_health_round(w).await? > 0 && self.budget_broken() {
-                    let note = format!(
-                        "the bake after wave {:?} stopped: failed health checks broke the failure budget",
-                        self.record.waves[w].name
-                    );
-                    self.sink.note(&note);
-                    self.record.notes.push(note);
-                    self.end_pause(w).await?;
-                    return Ok(Flow::Stopped);
+                if let Some(flow) = self.bake_round(w).await? {
+                    return Ok(flow);
                 }
                 next_health = Instant::now() + self.plan.bake_health_every;
             }
@@ -135,10 +150,30 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         }
     }
 
-    /// The bake after wave `w` is over (waited out or promoted): the wave's analysis gates are
-    /// read again over what the bake showed, and a failed one stops the run as a broken budget
-    /// does (`Stopped`: it rolls back).
+    /// One round of the bake after wave `w`; `Some(Stopped)` (the pause ended) once failures
+    /// broke the failure budget.
+    async fn bake_round(&mut self, w: usize) -> Result<Option<Flow>, RolloutError> {
+        if self.pause_round(w).await? == 0 || !self.budget_broken() {
+            return Ok(None);
+        }
+        let note = format!(
+            "the bake after wave {:?} stopped: services that failed their validation during it broke the failure budget",
+            self.record.waves[w].name
+        );
+        self.sink.note(&note);
+        self.record.notes.push(note);
+        self.end_pause(w).await?;
+        Ok(Some(Flow::Stopped))
+    }
+
+    /// The bake after wave `w` is over (waited out or promoted): a last round validates the
+    /// services as they are at its end, then the wave's analysis gates are read again over what
+    /// the bake showed; a failed one stops the run as a broken budget does (`Stopped`: it rolls
+    /// back).
     async fn bake_over(&mut self, w: usize) -> Result<Flow, RolloutError> {
+        if let Some(flow) = self.bake_round(w).await? {
+            return Ok(flow);
+        }
         let failed = self.analyse_after_bake(w).await;
         let flow = self.end_pause(w).await?;
         if failed {

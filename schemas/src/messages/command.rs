@@ -89,6 +89,12 @@ pub enum Action {
         /// Settings that must agree across the fleet, each where this service keeps it.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         settings: Vec<SettingProbe>,
+        /// During a pause between waves: validate this migration of the run again, as its
+        /// validate phase did but without a restart: the service's memory now against the
+        /// baseline its precheck took, under the migration's own gates, and its functional
+        /// checks run again. The verdicts come back in the inspection's `gates` and `checks`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        revalidate: Option<CommandId>,
     },
 }
 

@@ -250,6 +250,10 @@ pub struct Inspection {
     /// Each requested setting, in order: where it was looked for and a digest of its value.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub settings: Vec<SettingReport>,
+    /// The migration's regression gates sampled again (`revalidate`): the memory now against
+    /// the migration's baseline and limit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<GateReport>,
 }
 
 /// One setting as a service holds it: never its value, a digest of it keyed by the run, so that

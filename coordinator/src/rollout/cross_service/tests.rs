@@ -130,6 +130,7 @@ fn a_clean_answer_has_no_problem() {
         }],
         config: vec![shape("service.toml", true, &["server.port"], &[])],
         settings: Vec::new(),
+        gates: Vec::new(),
     };
     let problems = answer_problems(
         "api/a1",
@@ -153,6 +154,7 @@ fn every_kind_of_problem_in_an_answer_is_named() {
             shape("legacy.conf", true, &[], &["api_key"]),
         ],
         settings: Vec::new(),
+        gates: Vec::new(),
     };
     let problems = answer_problems(
         "api/a1",
@@ -174,6 +176,7 @@ fn every_kind_of_problem_in_an_answer_is_named() {
         checks: Vec::new(),
         config: vec![shape("service.toml", false, &[], &[])],
         settings: Vec::new(),
+        gates: Vec::new(),
     };
     let problems = answer_problems(
         "api/a1",

@@ -50,6 +50,7 @@ fn inspection(config: Vec<ConfigShape>, settings: Vec<SettingReport>) -> Inspect
         checks: Vec::new(),
         config,
         settings,
+        gates: Vec::new(),
     }
 }
 
