@@ -150,7 +150,10 @@ impl RunEvents {
     /// Subscribes to the run's live progress; without it (no permission, a broken connection)
     /// the reader goes on with results only: progress is advisory.
     pub async fn hear_progress(self, client: &async_nats::Client) -> Self {
-        match client.subscribe(self.subjects.run_progress(&self.run)).await {
+        match client
+            .subscribe(self.subjects.run_progress(&self.run))
+            .await
+        {
             Ok(live) => self.hearing(live),
             Err(e) => {
                 tracing::warn!(error = %e, "live progress not heard");
@@ -252,8 +255,13 @@ impl RunEvents {
     /// The next stored message of the run, as [`RunEvents::read`].
     async fn read_stream(&mut self, deadline: Instant) -> Option<Option<RunEvent>> {
         loop {
-            match Self::read_stream_of(&mut self.messages, &mut self.heard, &mut self.last, deadline)
-                .await
+            match Self::read_stream_of(
+                &mut self.messages,
+                &mut self.heard,
+                &mut self.last,
+                deadline,
+            )
+            .await
             {
                 Stored::Message(message) => return Some(self.authentic_event(&message)),
                 Stored::Resync => self.resync().await,
@@ -319,9 +327,9 @@ impl RunEvents {
                 return None;
             }
         };
-        let subject = self
-            .subjects
-            .progress(&progress.run_id, &progress.service, &progress.instance);
+        let subject =
+            self.subjects
+                .progress(&progress.run_id, &progress.service, &progress.instance);
         let checked = if message.subject.as_str() != subject {
             Err("published on another agent's subject".to_owned())
         } else {

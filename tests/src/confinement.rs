@@ -175,7 +175,11 @@ pub async fn assert_agent_confined(url: &str, coordinator: ConnectOptions, agent
         .expect("the agent's own progress is heard")
         .unwrap();
     assert_eq!(heard.subject.as_str(), "flotilla.live.run.training.a");
-    assert_eq!(&heard.payload[..], b"progress", "the forged progress came first");
+    assert_eq!(
+        &heard.payload[..],
+        b"progress",
+        "the forged progress came first"
+    );
 
     // Its own event: allowed, stored.
     js.publish("flotilla.evt.run.training.a", "result".into())
