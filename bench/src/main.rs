@@ -6,6 +6,7 @@
 //! cargo build --release -p flotilla-bench -p flotilla-agent -p flotilla-coordinator
 //! target/release/flotilla-bench roundtrip [--runs 1000]
 //! target/release/flotilla-bench fleet --agents 5,50,1000,10000 [--runs 3]
+//! target/release/flotilla-bench costs --agents 1,50
 //! target/release/flotilla-bench peers [--agents 1,5,20,50] [--peer-results DIR]
 //! target/release/flotilla-bench footprint [--seconds 60] [--migrations 100]
 //! target/release/flotilla-bench backup [--files 10000] [--total-mb 200] [--runs 3] [--dir DIR]
@@ -15,6 +16,7 @@
 mod agent;
 mod backup;
 mod common;
+mod costs;
 mod fleet;
 mod footprint;
 mod peers;
@@ -53,6 +55,11 @@ enum Bench {
         /// nats-server with the default sync instead of `sync_interval: always`.
         #[arg(long)]
         default_sync: bool,
+    },
+    /// What one no-op migration stores (run-store writes, events, all streams) per agent.
+    Costs {
+        #[arg(long, value_delimiter = ',', default_value = "1,50")]
+        agents: Vec<usize>,
     },
     /// Flotilla beside Salt and Ansible (the peer scripts' results) at N = 1, 5, 20, 50.
     Peers {
@@ -161,6 +168,7 @@ fn main() -> anyhow::Result<()> {
                 };
                 fleet::fleet(&agents, runs, sync).await
             }
+            Bench::Costs { agents } => costs::costs(&agents).await,
             Bench::Peers {
                 agents,
                 runs,
