@@ -293,7 +293,7 @@ impl RunEvents {
             if let Ok(info) = message.info() {
                 *last = info.stream_sequence;
             }
-            return Stored::Message(message);
+            return Stored::Message(Box::new(message));
         }
     }
 
@@ -412,7 +412,7 @@ impl RunEvents {
 
 /// What the wait for the next stored message ended with.
 enum Stored {
-    Message(jetstream::Message),
+    Message(Box<jetstream::Message>),
     /// The stream was silent for [`RESYNC_AFTER`]: read it again from the last seen.
     Resync,
     Deadline,
