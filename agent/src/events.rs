@@ -1,7 +1,10 @@
-//! Publishing progress and results to the events stream. Every event is signed with the
-//! agent's own key (its `Flotilla-Signature` header), and every result carries the digest of
-//! the command it answers, as received: the coordinator files only what this agent signed, in
-//! answer to what the coordinator sent.
+//! Publishing results to the events stream and progress live. Results are the audit log:
+//! stored (and fsynced) in the events stream, each acknowledged. Progress is for people
+//! watching: a core NATS message on `<prefix>.live.…`, outside the stream's subjects, so the
+//! broker stores nothing for it; the result carries every phase's start and duration for
+//! reports. Every message is signed with the agent's own key (its `Flotilla-Signature`
+//! header), and every result carries the digest of the command it answers, as received: the
+//! coordinator files only what this agent signed, in answer to what the coordinator sent.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -75,7 +78,8 @@ impl Events {
             .insert(command_id, digest);
     }
 
-    /// Publishes a progress event. Progress is advisory: a failure is logged, not fatal.
+    /// Publishes a progress event, live only. Progress is advisory: a failure is logged, not
+    /// fatal, and nobody listening costs nothing.
     pub async fn progress(
         &self,
         command: &Command,
@@ -96,18 +100,17 @@ impl Events {
             duration_ms: duration.map(|d| d.as_millis() as u64),
             detail,
         };
-        // Progress is sent without waiting for the stream's acknowledgement: the phase goes on
-        // at once (ten acknowledged round trips per migration were most of its overhead). One
-        // connection keeps the order, so progress still precedes the result, whose
-        // acknowledgement is awaited.
+        // A core NATS message: no stream stores it, nothing waits for an acknowledgement. One
+        // connection keeps the order, so progress still precedes the result.
         let subject = self
             .subjects
-            .event(&command.run_id, &self.service, &self.instance);
+            .progress(&command.run_id, &self.service, &self.instance);
         // Signed as sent: after the secrets are scrubbed.
         let payload = self.redactor.encode(&event);
         let headers = self.headers(command.run_id, &payload);
         if let Err(e) = self
             .js
+            .client()
             .publish_with_headers(subject, headers, payload.into())
             .await
         {

@@ -1,7 +1,10 @@
-//! A run's events read back from the events stream (`flotilla.evt.<run>.>`), from the first
-//! one: the one reader of them, used by the rollout engine (its results), `watch` (followed
-//! live), `migrate --dry-run` and the HTML report's timeline. An ordered consumer is ephemeral
-//! and needs no permission beyond reading the stream.
+//! A run's events: its results read back from the events stream (`flotilla.evt.<run>.>`), from
+//! the first one, and, for a reader that [`RunEvents::hearing`] a core subscription, its live
+//! progress (`flotilla.live.<run>.>`, never stored). The one reader of them, used by the rollout
+//! engine (results, and progress for its display), `watch` (followed live), `migrate --dry-run`
+//! and the HTML report's timeline. An ordered consumer is ephemeral and needs no permission
+//! beyond reading the stream. Progress stored by agents older than live progress is read from
+//! the stream as before.
 //!
 //! Every reader gets the same two guarantees:
 //! - an event that its agent did not sign, or that came on another agent's subject, is
@@ -55,6 +58,9 @@ pub struct RunEvents {
     heard: Instant,
     /// Notes on the forged results skipped, not yet taken into the record.
     forged: Vec<String>,
+    /// Live progress, when this reader hears it: a core subscription on the run's (or every
+    /// run's) progress subjects.
+    live: Option<async_nats::Subscriber>,
 }
 
 /// How long the run's events may stay silent before they are read again from the last one
@@ -127,7 +133,33 @@ impl RunEvents {
             last: 0,
             heard: Instant::now(),
             forged: Vec::new(),
+            live: None,
         })
+    }
+
+    /// Hears live progress on `live`, a core subscription on [`Subjects::run_progress`] of this
+    /// run or on [`Subjects::all_progress`] (other runs' progress is dropped): what a reader
+    /// made before the run's first command hears every phase.
+    pub fn hearing(self, live: async_nats::Subscriber) -> Self {
+        Self {
+            live: Some(live),
+            ..self
+        }
+    }
+
+    /// Subscribes to the run's live progress; without it (no permission, a broken connection)
+    /// the reader goes on with results only: progress is advisory.
+    pub async fn hear_progress(self, client: &async_nats::Client) -> Self {
+        match client
+            .subscribe(self.subjects.run_progress(&self.run))
+            .await
+        {
+            Ok(live) => self.hearing(live),
+            Err(e) => {
+                tracing::warn!(error = %e, "live progress not heard");
+                self
+            }
+        }
     }
 
     /// The notes on forged results skipped since the last call.
@@ -176,7 +208,7 @@ impl RunEvents {
         for _ in 0..pending {
             let next = Instant::now() + wait;
             let deadline = end.map_or(next, |end| end.min(next));
-            match self.read(deadline).await {
+            match self.read_stream(deadline).await {
                 Some(Some(event)) => events.push(event),
                 Some(None) => {}
                 None => break,
@@ -185,28 +217,83 @@ impl RunEvents {
         events
     }
 
-    /// The next message of the run: `Some(Some(event))`, `Some(None)` for one skipped, `None`
-    /// at `deadline`.
+    /// The next message of the run, stored or live: `Some(Some(event))`, `Some(None)` for one
+    /// skipped, `None` at `deadline`.
     async fn read(&mut self, deadline: Instant) -> Option<Option<RunEvent>> {
+        let Some(live) = self.live.as_mut() else {
+            return self.read_stream(deadline).await;
+        };
+        let heard = tokio::select! {
+            biased;
+            message = live.next() => message,
+            stored = Self::read_stream_of(
+                &mut self.messages,
+                &mut self.heard,
+                &mut self.last,
+                deadline,
+            ) => {
+                return match stored {
+                    Stored::Message(message) => Some(self.authentic_event(&message)),
+                    Stored::Resync => {
+                        self.resync().await;
+                        Some(None)
+                    }
+                    Stored::Deadline => None,
+                };
+            }
+        };
+        match heard {
+            Some(message) => Some(self.authentic_progress(&message)),
+            None => {
+                // The subscription ended (the connection closed): results only from now on.
+                self.live = None;
+                Some(None)
+            }
+        }
+    }
+
+    /// The next stored message of the run, as [`RunEvents::read`].
+    async fn read_stream(&mut self, deadline: Instant) -> Option<Option<RunEvent>> {
         loop {
-            let silence = (self.heard + RESYNC_AFTER).min(deadline);
-            let message = match tokio::time::timeout_at(silence, self.messages.next()).await {
+            match Self::read_stream_of(
+                &mut self.messages,
+                &mut self.heard,
+                &mut self.last,
+                deadline,
+            )
+            .await
+            {
+                Stored::Message(message) => return Some(self.authentic_event(&message)),
+                Stored::Resync => self.resync().await,
+                Stored::Deadline => return None,
+            }
+        }
+    }
+
+    /// The next stored message, or that the stream was silent too long (read it again), or the
+    /// deadline. Borrows only what it needs, so that live progress can be heard beside it.
+    async fn read_stream_of(
+        messages: &mut consumer::pull::Ordered,
+        heard: &mut Instant,
+        last: &mut u64,
+        deadline: Instant,
+    ) -> Stored {
+        loop {
+            let silence = (*heard + RESYNC_AFTER).min(deadline);
+            let message = match tokio::time::timeout_at(silence, messages.next()).await {
                 Ok(Some(Ok(message))) => message,
                 Ok(Some(Err(e))) => {
                     tracing::warn!(error = %e, "event stream hiccup");
                     continue;
                 }
-                Ok(None) | Err(_) if silence < deadline => {
-                    self.resync().await;
-                    continue;
-                }
-                Ok(None) | Err(_) => return None,
+                Ok(None) | Err(_) if silence < deadline => return Stored::Resync,
+                Ok(None) | Err(_) => return Stored::Deadline,
             };
-            self.heard = Instant::now();
+            *heard = Instant::now();
             if let Ok(info) = message.info() {
-                self.last = info.stream_sequence;
+                *last = info.stream_sequence;
             }
-            return Some(self.authentic_event(&message));
+            return Stored::Message(Box::new(message));
         }
     }
 
@@ -225,8 +312,51 @@ impl RunEvents {
         self.heard = Instant::now();
     }
 
+    /// The live progress `message` holds, if it is this run's, well-formed, and from the agent
+    /// it names: published on that agent's progress subject and signed by its key. A forged
+    /// progress message decides nothing, so it is skipped with a warning and no note.
+    fn authentic_progress(&mut self, message: &async_nats::Message) -> Option<RunEvent> {
+        let ours = self.subjects.run_progress(&self.run);
+        if !message.subject.starts_with(ours.trim_end_matches('>')) {
+            return None; // another run's, heard by a subscription on every run's progress
+        }
+        let progress = match decode::<Progress>(&message.payload) {
+            Ok(progress) => progress,
+            Err(e) => {
+                tracing::warn!(error = %e, subject = %message.subject, "ignoring malformed progress");
+                return None;
+            }
+        };
+        let subject =
+            self.subjects
+                .progress(&progress.run_id, &progress.service, &progress.instance);
+        let checked = if message.subject.as_str() != subject {
+            Err("published on another agent's subject".to_owned())
+        } else {
+            self.trust.check(
+                &progress.service,
+                &progress.instance,
+                &message.payload,
+                signature_of(message.headers.as_ref()),
+            )
+        };
+        match checked {
+            Ok(()) => Some(RunEvent::Progress(progress)),
+            Err(why) => {
+                tracing::warn!(
+                    subject = %message.subject,
+                    service = %progress.service,
+                    instance = %progress.instance,
+                    "ignoring forged progress: {why}"
+                );
+                None
+            }
+        }
+    }
+
     /// The event `message` holds, if it is well-formed and comes from the agent it names:
-    /// published on its subject (the broker's permissions) and signed by its key.
+    /// published on its subject (the broker's permissions) and signed by its key. Progress
+    /// stored here comes from agents older than live progress.
     fn authentic_event(&mut self, message: &jetstream::Message) -> Option<RunEvent> {
         let event = match schema_of(&message.payload).as_deref() {
             Ok(flotilla_schemas::ProgressSchema::VALUE) => {
@@ -254,13 +384,12 @@ impl RunEvents {
         let checked = if message.subject.as_str() != self.subjects.event(&run, service, instance) {
             Err("published on another agent's subject".to_owned())
         } else {
-            let signature = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(flotilla_bus::signing::SIGNATURE_HEADER))
-                .map(|v| v.as_str());
-            self.trust
-                .check(service, instance, &message.payload, signature)
+            self.trust.check(
+                service,
+                instance,
+                &message.payload,
+                signature_of(message.headers.as_ref()),
+            )
         };
         let Err(why) = checked else {
             return Some(event);
@@ -279,6 +408,21 @@ impl RunEvents {
         }
         None
     }
+}
+
+/// What the wait for the next stored message ended with.
+enum Stored {
+    Message(Box<jetstream::Message>),
+    /// The stream was silent for [`RESYNC_AFTER`]: read it again from the last seen.
+    Resync,
+    Deadline,
+}
+
+/// The `Flotilla-Signature` header's value.
+fn signature_of(headers: Option<&async_nats::HeaderMap>) -> Option<&str> {
+    headers
+        .and_then(|h| h.get(flotilla_bus::signing::SIGNATURE_HEADER))
+        .map(|v| v.as_str())
 }
 
 /// An ordered consumer of `filter` from `deliver_policy`, and its messages.

@@ -3,9 +3,11 @@
 //! machine and after the coordinator was killed.
 //!
 //! Keys: `<run_id>` holds the run's header, a [`RunRecord`] (JSON, schema `flotilla.run.v1`)
-//! whose targets carry no commands; `<run_id>.t.<index>` holds one target with its commands
-//! and results, so that a result costs one small write and a run is not capped by the
-//! server's maximum message size; `<run_id>.cancel` exists while a cancel is requested, and
+//! whose targets carry no commands; `<run_id>.c.<first>` holds a chunk of targets with their
+//! commands and results (`chunks.rs`), so that a batch of dispatches or results costs one
+//! write per chunk it touches and a run is not capped by the server's maximum message size
+//! (records older than chunks keep one target per key, `<run_id>.t.<index>`, and are still
+//! read and written so); `<run_id>.cancel` exists while a cancel is requested, and
 //! `<run_id>.promote` while a promote of a bake is. The
 //! cancel flag has its own key so that the engine, which rewrites the header, can never
 //! overwrite a request it has not seen. Every write is a compare-and-set on the key's
@@ -22,6 +24,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 mod action_kind;
+mod chunks;
 mod record;
 mod verdict;
 
@@ -97,7 +100,9 @@ pub struct Found {
 #[derive(Debug, Clone, Default)]
 pub struct Revisions {
     header: u64,
+    /// Per target, for a record older than chunks.
     targets: HashMap<usize, u64>,
+    chunks: chunks::Chain,
 }
 
 /// How a single compare-and-set write failed.
@@ -156,7 +161,7 @@ impl Store {
         let header = self.cas(&key, encode(&header_of(record)), None).await?;
         Ok(Revisions {
             header,
-            targets: HashMap::new(),
+            ..Revisions::default()
         })
     }
 
@@ -173,8 +178,9 @@ impl Store {
         Ok(())
     }
 
-    /// Writes the targets in `indices` concurrently (a batch of dispatches or results costs one
-    /// round of writes, not one per target). Every write that succeeded is remembered even when
+    /// Writes the targets in `indices`: the chunks that hold them, concurrently (a batch of
+    /// dispatches or results costs one write per chunk it touches), or for a record older
+    /// than chunks each target's key. Every write that succeeded is remembered even when
     /// another failed, so the engine's revisions stay true; the first failure is returned.
     pub async fn save_targets(
         &self,
@@ -182,6 +188,11 @@ impl Store {
         indices: &[usize],
         revisions: &mut Revisions,
     ) -> Result<(), StoreError> {
+        if record.chunked_targets {
+            return self
+                .save_chunks(record, indices, &mut revisions.chunks)
+                .await;
+        }
         let mut unique = indices.to_vec();
         unique.sort_unstable();
         unique.dedup();
@@ -332,8 +343,12 @@ impl Store {
         };
         let mut revisions = Revisions {
             header,
-            targets: HashMap::new(),
+            ..Revisions::default()
         };
+        if record.chunked_targets {
+            revisions.chunks = self.load_chunks(&mut record).await?;
+            return Ok(Some((record, revisions)));
+        }
         for index in 0..record.targets.len() {
             let key = target_key(run, index);
             let entry = self.read(&key).await?;
@@ -365,7 +380,10 @@ impl Store {
             .map_err(read)?;
         let mut listing = Listing::default();
         for key in keys {
-            if key.ends_with(CANCEL_SUFFIX) || key.ends_with(PROMOTE_SUFFIX) || is_target_key(&key)
+            if key.ends_with(CANCEL_SUFFIX)
+                || key.ends_with(PROMOTE_SUFFIX)
+                || is_target_key(&key)
+                || chunks::is_chunk_key(&key)
             {
                 continue;
             }
@@ -544,6 +562,9 @@ fn decode(key: &str, bytes: &[u8]) -> Result<RunRecord, StoreError> {
         reason: e.to_string(),
     })
 }
+
+#[cfg(test)]
+mod bus_tests;
 
 #[cfg(test)]
 mod tests {

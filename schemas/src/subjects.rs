@@ -3,7 +3,8 @@
 //! | subject | what travels |
 //! |---|---|
 //! | `<prefix>.cmd.<service>.<instance>` | commands, in the commands stream |
-//! | `<prefix>.evt.<run>.<service>.<instance>` | progress and results, in the events stream |
+//! | `<prefix>.evt.<run>.<service>.<instance>` | results, in the events stream (the audit log) |
+//! | `<prefix>.live.<run>.<service>.<instance>` | progress, core NATS only: never stored |
 //! | `<prefix>.presence` | presence requests; every agent answers |
 //! | `<prefix>.agent.<service>.<instance>.status` | one agent's `status` endpoint in the NATS service API |
 //! | `$O.<prefix>_files.>` | the plan-files object store: template files, each under its digest |
@@ -62,7 +63,8 @@ impl Subjects {
         format!("{}.cmd.>", self.prefix)
     }
 
-    /// Where one agent publishes the progress and results of one run.
+    /// Where one agent publishes the results of one run (stored: the audit log). Agents older
+    /// than live progress also published their progress here.
     pub fn event(&self, run: &RunId, service: &ServiceName, instance: &InstanceId) -> String {
         format!("{}.evt.{run}.{service}.{instance}", self.prefix)
     }
@@ -75,6 +77,22 @@ impl Subjects {
     /// Every event (the events stream's filter).
     pub fn all_events(&self) -> String {
         format!("{}.evt.>", self.prefix)
+    }
+
+    /// Where one agent publishes the progress of one run: core NATS, outside the events
+    /// stream's subjects, so progress costs the broker no storage and no fsync.
+    pub fn progress(&self, run: &RunId, service: &ServiceName, instance: &InstanceId) -> String {
+        format!("{}.live.{run}.{service}.{instance}", self.prefix)
+    }
+
+    /// Every progress message of one run.
+    pub fn run_progress(&self, run: &RunId) -> String {
+        format!("{}.live.{run}.>", self.prefix)
+    }
+
+    /// Every progress message of every run (what `watch` hears while it waits for a run).
+    pub fn all_progress(&self) -> String {
+        format!("{}.live.>", self.prefix)
     }
 
     /// Where presence requests are published.
@@ -143,6 +161,24 @@ mod tests {
         assert_eq!(s.commands_stream(), "FLOTILLA_COMMANDS");
         assert_eq!(s.agent_consumer(&svc, &inst), "agent_inference_a1");
         assert!(Subjects::new("bad.prefix").is_err());
+    }
+
+    #[test]
+    fn progress_is_outside_the_events_stream() {
+        let s = Subjects::default();
+        let (svc, inst) = (
+            ServiceName::parse("inference").unwrap(),
+            InstanceId::parse("a").unwrap(),
+        );
+        let run = RunId::new();
+        let stored = s.all_events();
+        let stored = stored.trim_end_matches('>');
+        assert!(s.event(&run, &svc, &inst).starts_with(stored));
+        assert!(!s.progress(&run, &svc, &inst).starts_with(stored));
+        assert!(
+            s.progress(&run, &svc, &inst)
+                .starts_with(s.run_progress(&run).trim_end_matches('>'))
+        );
     }
 
     fn names(s: &Subjects) -> Vec<String> {

@@ -60,8 +60,9 @@ pub async fn violations_after_flush(
 
 /// As the coordinator: creates the streams and queues one command each for training and ingest.
 /// As training's agent: pulls and acks its own command; is refused ingest's consumer, reading
-/// `flotilla.cmd.>`, publishing a command and forging ingest's result; its own event is stored,
-/// and the streams hold nothing forged.
+/// `flotilla.cmd.>`, publishing a command and forging ingest's result or progress; its own
+/// result is stored, its own live progress reaches the coordinator unstored, and the streams
+/// hold nothing forged.
 pub async fn assert_agent_confined(url: &str, coordinator: ConnectOptions, agent: ConnectOptions) {
     let subjects = Subjects::default();
     let (coordinator, _) = connect(url, coordinator, "coordinator").await.unwrap();
@@ -118,7 +119,12 @@ pub async fn assert_agent_confined(url: &str, coordinator: ConnectOptions, agent
         .await;
     assert!(theirs.is_err(), "an agent created another agent's consumer");
 
-    // Reading commands directly, publishing a command, forging another agent's result: refused.
+    // The coordinator hears live progress (core NATS, never stored).
+    let mut live = admin.client().subscribe("flotilla.live.>").await.unwrap();
+    admin.client().flush().await.unwrap();
+
+    // Reading commands directly, publishing a command, forging another agent's result or
+    // progress: refused.
     let _sub = agent.subscribe("flotilla.cmd.>").await.unwrap();
     agent
         .publish("flotilla.cmd.ingest.a", "forged command".into())
@@ -128,19 +134,24 @@ pub async fn assert_agent_confined(url: &str, coordinator: ConnectOptions, agent
         .publish("flotilla.evt.run.ingest.a", "forged result".into())
         .await
         .unwrap();
-    let seen = violations_after_flush(&agent, &errors, 3).await;
+    agent
+        .publish("flotilla.live.run.ingest.a", "forged progress".into())
+        .await
+        .unwrap();
+    let seen = violations_after_flush(&agent, &errors, 4).await;
     let violations: Vec<&String> = seen
         .iter()
         .filter(|e| e.to_lowercase().contains("permissions violation"))
         .collect();
     assert!(
-        violations.len() >= 3,
-        "expected three permission violations, saw {seen:?}"
+        violations.len() >= 4,
+        "expected four permission violations, saw {seen:?}"
     );
     for subject in [
         "flotilla.cmd.>",
         "flotilla.cmd.ingest.a",
         "flotilla.evt.run.ingest.a",
+        "flotilla.live.run.ingest.a",
     ] {
         assert!(
             violations.iter().any(|v| v.contains(subject)),
@@ -154,6 +165,22 @@ pub async fn assert_agent_confined(url: &str, coordinator: ConnectOptions, agent
         async_nats::connection::State::Connected
     );
 
+    // Its own progress: allowed, heard live, not stored.
+    agent
+        .publish("flotilla.live.run.training.a", "progress".into())
+        .await
+        .unwrap();
+    let heard = tokio::time::timeout(Duration::from_secs(5), live.next())
+        .await
+        .expect("the agent's own progress is heard")
+        .unwrap();
+    assert_eq!(heard.subject.as_str(), "flotilla.live.run.training.a");
+    assert_eq!(
+        &heard.payload[..],
+        b"progress",
+        "the forged progress came first"
+    );
+
     // Its own event: allowed, stored.
     js.publish("flotilla.evt.run.training.a", "result".into())
         .await
@@ -163,7 +190,7 @@ pub async fn assert_agent_confined(url: &str, coordinator: ConnectOptions, agent
     assert_eq!(
         events.info().await.unwrap().state.messages,
         1,
-        "only the agent's own event is stored"
+        "only the agent's own result is stored (its progress is not)"
     );
     // Its own command was consumed (work queue); ingest's is untouched; nothing forged arrived.
     let info = commands.info().await.unwrap();

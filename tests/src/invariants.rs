@@ -59,11 +59,13 @@ pub struct Evidence {
     pub run_id: String,
     /// `flotilla status RUN --output json`.
     pub report: Value,
-    /// The run store's target records (`<run>.t.<n>`), each with its commands and results.
+    /// The run store's target records (its chunks, or `<run>.t.<n>` in older records), each with
+    /// its commands and results.
     pub targets: Vec<Value>,
     /// Every record of every role's journal (all runs), in order.
     pub journals: BTreeMap<String, Vec<Value>>,
-    /// The run's events (progress and results), in stream order.
+    /// The run's stored events (results; progress too from agents older than live progress),
+    /// in stream order.
     pub events: Vec<Value>,
     /// Each role's tree now.
     pub trees: BTreeMap<String, Snapshot>,
@@ -295,12 +297,7 @@ async fn read_bus_async(url: &str, run: &str) -> anyhow::Result<(Vec<Value>, Vec
     let js = jetstream::new(client);
     let mut targets = Vec::new();
     if let Ok(kv) = js.get_key_value(subjects.runs_bucket()).await {
-        for index in 0.. {
-            match kv.get(format!("{run}.t.{index}")).await? {
-                Some(bytes) => targets.push(serde_json::from_slice(&bytes)?),
-                None => break,
-            }
-        }
+        targets = crate::run_store::target_records(&kv, run).await?;
     }
     let mut events = Vec::new();
     let stream = js.get_stream(subjects.events_stream()).await?;

@@ -9,6 +9,7 @@ pub mod docs;
 pub mod faults;
 pub mod invariants;
 pub mod proxy;
+pub mod run_store;
 pub mod secure;
 mod snapshot;
 pub mod tap;

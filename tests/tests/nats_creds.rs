@@ -95,7 +95,10 @@ fn go_duration(text: &str) -> Duration {
 fn the_shipped_permissions_are_read_as_expected() {
     let coordinator = shipped_permissions("coordinator");
     assert!(coordinator.publish.iter().any(|s| s == "flotilla.cmd.>"));
-    assert_eq!(coordinator.subscribe, ["_INBOX_coordinator.>"]);
+    assert_eq!(
+        coordinator.subscribe,
+        ["_INBOX_coordinator.>", "flotilla.live.>"]
+    );
     assert!(coordinator.responses.is_none());
     let agent = shipped_permissions(&agent_user(ROLE));
     assert!(agent.publish.iter().all(|s| !s.starts_with("flotilla.cmd")));
@@ -105,6 +108,13 @@ fn the_shipped_permissions_are_read_as_expected() {
             .iter()
             .any(|s| s == "flotilla.evt.*.training.a")
     );
+    // Live progress, per agent too: its own subject only.
+    let live: Vec<&String> = agent
+        .publish
+        .iter()
+        .filter(|s| s.starts_with("flotilla.live"))
+        .collect();
+    assert_eq!(live, ["flotilla.live.*.training.a"]);
     assert!(
         agent.publish.iter().all(|s| !s.starts_with("$O.")),
         "an agent may not write the plan-files bucket: {agent:?}"
@@ -115,7 +125,7 @@ fn the_shipped_permissions_are_read_as_expected() {
             .iter()
             .any(|s| s == "$O.flotilla_files.>")
     );
-    assert_eq!(agent.publish.len(), 15, "{agent:?}");
+    assert_eq!(agent.publish.len(), 16, "{agent:?}");
     assert_eq!(agent.subscribe[0], "_INBOX_agent-training-a.>");
     assert_eq!(agent.responses, Some((1, Duration::from_secs(60))));
 }

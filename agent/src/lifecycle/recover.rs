@@ -132,6 +132,7 @@ fn recovered(
             status,
             duration_ms: 0,
             detail: Some(detail),
+            started_at: None,
         }],
         ..result(command, outcome, Some(reason), Measurements::default())
     }

@@ -1,4 +1,5 @@
-//! A command's phases as they run: progress events, spans, and the phase reports of its result.
+//! A command's phases as they run: live progress, spans, and the phase reports of its result
+//! (with each phase's start, as progress is not stored).
 
 use std::time::Instant;
 
@@ -27,6 +28,7 @@ impl Tracker<'_> {
             .progress(self.command, phase, PhaseStatus::Started, None, None)
             .await;
         let started = Instant::now();
+        let started_at = time::OffsetDateTime::now_utc();
         let span = tracing::info_span!(
             "phase",
             otel.name = phase.as_str(),
@@ -57,6 +59,7 @@ impl Tracker<'_> {
             status,
             duration_ms: elapsed.as_millis() as u64,
             detail,
+            started_at: Some(started_at),
         });
         outcome.map_err(|error| PhaseFailure { phase, error })
     }

@@ -1,6 +1,9 @@
 //! `flotilla watch`: a live view of a run from any machine. It needs nothing but the bus: the
-//! run's events (an ordered consumer from the first one, so a view started late or during a
-//! resumed run misses nothing) and the run record (waves, stage, status), re-read as it goes.
+//! run's results (an ordered consumer from the first one, so a view started late or during a
+//! resumed run misses no outcome), its live progress (a core subscription, made before the
+//! wait for a run to start, so a run watched from its start shows every phase), and the run
+//! record (waves, stage, status), re-read as it goes. Progress is not stored: the phases of a
+//! command whose progress this view did not hear are shown from its result when it comes.
 //!
 //! On a terminal the view is redrawn in place (waves, one row per service); otherwise it prints
 //! one plain line per event, or with `--output json` one JSON object per line. Text from data
@@ -51,10 +54,22 @@ pub(super) async fn watch(
 ) -> Outcome {
     let (client, subjects) = connect_reader(cli).await?;
     let store = open_store(&client, &subjects).await?;
+    // Heard before the wait: the run's first phases come right after its record is written.
+    let live = match client.subscribe(subjects.all_progress()).await {
+        Ok(live) => Some(live),
+        Err(e) => {
+            tracing::warn!(error = %e, "live progress not heard; phases shown from results");
+            None
+        }
+    };
     let Some(run_id) = run_to_watch(&store, run, wait, &shutdown).await? else {
         return Ok(exit::OK);
     };
-    let (mut record, mut events) = open_run(&client, &subjects, &store, run_id).await?;
+    let (mut record, events) = open_run(&client, &subjects, &store, run_id).await?;
+    let mut events = match live {
+        Some(live) => events.hearing(live),
+        None => events,
+    };
     let mut view = View::new(cli.output, &record, filter.clone());
     view.record(&record);
     let mut reloaded = Instant::now();
@@ -252,6 +267,41 @@ async fn newest_running(
     }
 }
 
+/// The progress a result's phases tell, for a command whose live progress was not heard (a
+/// run watched after it ended, or a command that ran while no one watched): each phase's start
+/// and end, from its `started_at` (or, from an agent older than that, back to back up to the
+/// result).
+fn history(r: &RunResult) -> Vec<Progress> {
+    let total: u64 = r.phases.iter().map(|p| p.duration_ms).sum();
+    let mut next = r.at - Duration::from_millis(total);
+    let mut out = Vec::new();
+    for phase in &r.phases {
+        let took = Duration::from_millis(phase.duration_ms);
+        let start = phase.started_at.unwrap_or(next);
+        next = start + took;
+        let progress = |at, status, duration_ms, detail| Progress {
+            schema: Default::default(),
+            run_id: r.run_id,
+            command_id: r.command_id,
+            service: r.service.clone(),
+            instance: r.instance.clone(),
+            at,
+            phase: phase.phase,
+            status,
+            duration_ms,
+            detail,
+        };
+        out.push(progress(start, PhaseStatus::Started, None, None));
+        out.push(progress(
+            next,
+            phase.status,
+            Some(phase.duration_ms),
+            phase.detail.clone(),
+        ));
+    }
+    out
+}
+
 /// Where one target of the run stands, as its events tell it.
 #[derive(Debug, Default, Clone)]
 struct Row {
@@ -281,6 +331,8 @@ struct View {
     waves: Vec<WaveStatus>,
     status: RunStatus,
     stage: Stage,
+    /// The commands whose progress was shown (heard live, or told by their result).
+    heard: HashSet<CommandId>,
 }
 
 enum Mode {
@@ -330,6 +382,7 @@ impl View {
             waves: Vec::new(),
             status: record.status,
             stage: record.stage,
+            heard: HashSet::new(),
         };
         match &view.mode {
             Mode::Json => view.json(run_json(record, "run")),
@@ -377,8 +430,18 @@ impl View {
 
     fn event(&mut self, event: &RunEvent, record: &RunRecord) {
         match event {
-            RunEvent::Progress(p) => self.progress(p, record),
-            RunEvent::Result(r) => self.result(r, record),
+            RunEvent::Progress(p) => {
+                self.heard.insert(p.command_id);
+                self.progress(p, record)
+            }
+            RunEvent::Result(r) => {
+                if self.heard.insert(r.command_id) {
+                    for p in history(r) {
+                        self.progress(&p, record);
+                    }
+                }
+                self.result(r, record)
+            }
         }
     }
 

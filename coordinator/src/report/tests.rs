@@ -61,6 +61,7 @@ fn result(c: &CommandRecord, outcome: Outcome, failed: Option<Phase>) -> RunResu
                 status: PhaseStatus::Failed,
                 duration_ms: 3,
                 detail: None,
+                started_at: None,
             })
             .into_iter()
             .collect(),

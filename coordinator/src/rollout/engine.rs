@@ -101,7 +101,10 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         let js = jetstream::new(parts.client.clone());
         flotilla_bus::commands_stream(&js, parts.subjects).await?;
         let events = flotilla_bus::events_stream(&js, parts.subjects).await?;
-        let follower = Follower::new(&events, parts.subjects, &record).await?;
+        let follower = Follower::new(&events, parts.subjects, &record)
+            .await?
+            .hear_progress(parts.client)
+            .await;
         Ok(Self {
             client: parts.client,
             js,

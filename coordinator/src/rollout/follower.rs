@@ -1,5 +1,7 @@
 //! The engine's side of [`crate::events::RunEvents`], the one reader of a run's events:
-//! progress goes to the engine's [`ProgressSink`] on the way, results come back to be filed.
+//! live progress goes to the engine's [`ProgressSink`] on the way, stored results come back to
+//! be filed. Nothing the engine decides rests on progress: it may be lost, and it is not
+//! stored, so a resumed run shows only the progress published after it resumed.
 
 use std::time::Duration;
 
@@ -32,6 +34,13 @@ impl Follower {
             .await
             .map_err(|e| RolloutError::Follow(Box::new(e)))?;
         Ok(Self { events })
+    }
+
+    /// Hears the run's live progress too, for the engine's display.
+    pub(super) async fn hear_progress(self, client: &async_nats::Client) -> Self {
+        Self {
+            events: self.events.hear_progress(client).await,
+        }
     }
 
     /// The notes on forged results ignored since the last call.

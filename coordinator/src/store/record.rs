@@ -114,6 +114,11 @@ pub struct RunRecord {
     /// The cross-service checks' verdict (communication, configuration consistency), once run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cross_service: Option<CrossServiceVerdict>,
+    /// True when the targets' commands are kept in chunks (`<run>.c.<first>`, runs of targets
+    /// split by size: a batch of dispatches or results costs one write per chunk it touches);
+    /// false (absent) in records older than chunks, one key per target (`<run>.t.<index>`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub chunked_targets: bool,
 }
 
 /// One wave's progress.
@@ -380,6 +385,7 @@ impl RunRecord {
             trace_parent: None,
             correlation: None,
             cross_service: None,
+            chunked_targets: true,
         };
         for (w, wave) in waves.iter().enumerate() {
             let mut members = Vec::new();

@@ -46,6 +46,16 @@ pub struct PhaseReport {
     pub duration_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// When the phase started, by the agent's clock: progress is not stored, so reports draw
+    /// the timeline from this. Absent from agents older than live progress (their stored
+    /// progress events say it) and from recovered results.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    #[schemars(with = "Option<String>", extend("format" = "date-time"))]
+    pub started_at: Option<OffsetDateTime>,
 }
 
 /// Figures measured by the agent, before and after the change.

@@ -752,13 +752,7 @@ fn read_targets(url: &str, run: &str) -> anyhow::Result<(Vec<Value>, ())> {
         let kv = js
             .get_key_value(flotilla_schemas::subjects::Subjects::default().runs_bucket())
             .await?;
-        let mut targets = Vec::new();
-        for index in 0.. {
-            match kv.get(format!("{run}.t.{index}")).await? {
-                Some(bytes) => targets.push(serde_json::from_slice(&bytes)?),
-                None => break,
-            }
-        }
+        let targets = flotilla_tests::run_store::target_records(&kv, &run).await?;
         Ok((targets, ()))
     })
 }

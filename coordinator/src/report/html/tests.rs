@@ -143,6 +143,77 @@ fn timeline_comes_from_events_and_falls_back_to_results() {
     assert!(page.contains("&lt;boom&gt;") || page.contains("\\u003cboom>"));
 }
 
+/// A run of agents that stream progress live: no progress is stored, and the timeline comes
+/// from the results' phases, each at its `started_at` (a gap between phases stays a gap); an
+/// inspection, which the record does not hold, is placed from its stored result.
+#[test]
+fn timeline_of_live_progress_comes_from_the_results_phase_starts() {
+    let run = "01a21930-abcf-70cf-b8be-040f0f9d3362";
+    let (m1, i1) = (
+        "01a21930-0000-7000-8000-000000000001",
+        "01a21930-0000-7000-8000-000000000004",
+    );
+    let mut record: RunRecord = serde_json::from_value(serde_json::json!({
+        "schema": "flotilla.run.v1", "run_id": run, "plan_name": "p",
+        "plan_path": "p.toml", "plan_text": "name = \"p\"\n", "status": "succeeded",
+        "stage": "done", "started_at": "2026-01-01T00:00:00Z",
+        "updated_at": "2026-01-01T00:00:05Z", "finished_at": "2026-01-01T00:00:05Z",
+        "coordinator": "host:1",
+        "waves": [{ "name": "one", "max_parallel": null, "targets": [0], "status": "done" }],
+        "targets": [{ "service": "inference", "instance": "a", "wave": 0 }],
+    }))
+    .unwrap();
+    let phased = |id: &str, at: &str| -> RunResult {
+        serde_json::from_value(serde_json::json!({
+            "schema": "flotilla.result.v1", "run_id": run, "command_id": id,
+            "service": "inference", "instance": "a", "at": at, "outcome": "succeeded",
+            "phases": [
+                { "phase": "precheck", "status": "succeeded", "duration_ms": 100,
+                  "started_at": "2026-01-01T00:00:01.100Z" },
+                { "phase": "apply", "status": "succeeded", "duration_ms": 200,
+                  "started_at": "2026-01-01T00:00:01.500Z" },
+            ],
+        }))
+        .unwrap()
+    };
+    record.targets[0].migrate = Some(CommandRecord {
+        command: serde_json::from_value(command(run, m1, "inference")).unwrap(),
+        sent_at: Some(
+            OffsetDateTime::parse(
+                "2026-01-01T00:00:01Z",
+                &time::format_description::well_known::Rfc3339,
+            )
+            .unwrap(),
+        ),
+        result: Some(phased(m1, "2026-01-01T00:00:02Z")),
+        timed_out: false,
+        not_delivered: None,
+        cause: None,
+        digest: None,
+    });
+    let events = [
+        RunEvent::Result(Box::new(phased(m1, "2026-01-01T00:00:02Z"))),
+        RunEvent::Result(Box::new(phased(i1, "2026-01-01T00:00:04Z"))),
+    ];
+    let report = RunReport::from_record(&record);
+    let data = page_data(&report, &record, &events);
+    let bars: Vec<_> = data.rows[0]
+        .bars
+        .iter()
+        .map(|b| (b.kind, b.phase, b.start, b.end))
+        .collect();
+    assert_eq!(
+        bars,
+        [
+            ("inspect", "precheck", 1100, 1200),
+            ("migrate", "precheck", 1100, 1200),
+            ("inspect", "apply", 1500, 1700),
+            ("migrate", "apply", 1500, 1700),
+        ]
+    );
+    assert!(data.marks.iter().any(|m| m.kind == "check"));
+}
+
 /// Text from the run is escaped everywhere the template writes it: notes, the cross-service
 /// problems and checks, the correlation error.
 #[test]

@@ -1,5 +1,6 @@
 //! The timeline and charts the HTML page's script draws: every command's phases on one time
-//! axis (from the run's events, or from the results' phases for commands without events), the
+//! axis (from the results' phases, which carry each phase's start, or from the progress events
+//! agents older than live progress stored), the
 //! waves around them, the moments worth a line (the fleet rollback, the finalize, the
 //! cross-service checks), and every service's gates. Times are milliseconds from the run's start.
 
@@ -144,14 +145,23 @@ impl<'a> Placing<'a> {
         (t - self.record.started_at).whole_milliseconds() as i64
     }
 
-    /// The bars the events tell; returns the commands they covered.
+    /// The bars the stored progress events tell (agents older than live progress stored it);
+    /// returns the commands they covered. The results of inspections (commands the record does
+    /// not hold) are placed here too, from their phases, when no progress told them.
     fn place_events(&mut self, events: &[RunEvent]) -> HashSet<CommandId> {
         let mut open: HashMap<(CommandId, Phase), i64> = HashMap::new();
         let mut with_events = HashSet::new();
+        let mut inspections = Vec::new();
         for event in events {
             self.latest = self.latest.max(self.rel(event.at()));
-            let RunEvent::Progress(p) = event else {
-                continue;
+            let p = match event {
+                RunEvent::Progress(p) => p,
+                RunEvent::Result(r) => {
+                    if !self.commands.contains_key(&r.command_id) {
+                        inspections.push(r);
+                    }
+                    continue;
+                }
             };
             // Commands the record does not hold are the cross-service stage's inspections.
             let Some((t, kind)) = self.commands.get(&p.command_id).copied().or_else(|| {
@@ -183,6 +193,16 @@ impl<'a> Placing<'a> {
             }
         }
         self.close(open);
+        for r in inspections {
+            let Some(&t) = self.by_name.get(&format!("{}/{}", r.service, r.instance)) else {
+                continue;
+            };
+            if with_events.insert(r.command_id) {
+                self.commands.insert(r.command_id, (t, "inspect"));
+                let bars = bars_from_result(r, "inspect", self.rel(r.at), |at| self.rel(at));
+                self.bars[t].extend(bars);
+            }
+        }
         with_events
     }
 
@@ -212,8 +232,8 @@ impl<'a> Placing<'a> {
         }
     }
 
-    /// Commands whose events are gone (or were never read): their results' phases, back to
-    /// back, ending at the result.
+    /// Commands without stored progress (every command of an agent that streams progress
+    /// live, or one whose events are gone): their results' phases, each from its start.
     fn place_results(&mut self, with_events: &HashSet<CommandId>) {
         for (t, target) in self.record.targets.iter().enumerate() {
             for (kind, command) in commands_of(target) {
@@ -222,7 +242,8 @@ impl<'a> Placing<'a> {
                 };
                 if !with_events.contains(&result.command_id) {
                     let end = self.rel(result.at);
-                    self.bars[t].extend(bars_from_result(result, kind, end));
+                    let bars = bars_from_result(result, kind, end, |at| self.rel(at));
+                    self.bars[t].extend(bars);
                 }
             }
             self.bars[t].sort_by_key(|b| (b.start, b.end));
@@ -355,7 +376,15 @@ fn marks(placing: &Placing, rows: &[Row]) -> Vec<Mark> {
     marks
 }
 
-fn bars_from_result(result: &RunResult, kind: &'static str, end: i64) -> Vec<Bar> {
+/// The bars of `result`'s phases: each from its `started_at` (`rel` makes it a time on the
+/// axis); a phase without one (an agent older than the field, a recovered result) follows the
+/// one before, the first so that the last ends at the result (`end`).
+fn bars_from_result(
+    result: &RunResult,
+    kind: &'static str,
+    end: i64,
+    rel: impl Fn(OffsetDateTime) -> i64,
+) -> Vec<Bar> {
     let total: i64 = result
         .phases
         .iter()
@@ -366,8 +395,8 @@ fn bars_from_result(result: &RunResult, kind: &'static str, end: i64) -> Vec<Bar
         .phases
         .iter()
         .map(|p| {
-            let begin = at;
-            at += i64::try_from(p.duration_ms).unwrap_or(0);
+            let begin = p.started_at.map_or(at, &rel);
+            at = begin + i64::try_from(p.duration_ms).unwrap_or(0);
             Bar {
                 phase: p.phase.as_str(),
                 kind,
