@@ -38,6 +38,12 @@ impl Lifecycle {
         let command = entry.command.expect("unfinished entries have a command");
         let id = command.command_id;
         match &command.action {
+            Action::Migrate { .. } if entry.applying && !self.backups.is_complete(id) => {
+                // `applying` without a whole backup: the one barrier that makes both durable
+                // never returned (a power loss), and apply waits for it: nothing changed.
+                let _ = self.backups.discard(id);
+                nothing_changed(&command)
+            }
             Action::Migrate { .. } if entry.applying || entry.backed_up => {
                 // Recovery re-hashes the root: it must end on the backup exactly.
                 restored(&command, self.restore(id, true), "mid-migration")
