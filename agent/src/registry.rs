@@ -48,7 +48,12 @@ pub(crate) fn spawn(
     };
     // Labels and host are the operator's, but a secret value in them is never published.
     let entry = lifecycle.redactor.scrubbed(&entry).unwrap_or(entry);
-    let subject = entry_subject(subjects, &config.service.name, &config.agent.instance);
+    let mut subject = entry_subject(subjects, &config.service.name, &config.agent.instance);
+    // Through a leaf node to a hub's domain, as a key-value put goes there (the hub maps its
+    // domain's API prefix back).
+    if let Some(domain) = &config.nats.domain {
+        subject = format!("$JS.{domain}.API.{subject}");
+    }
     tokio::spawn(keep(js.clone(), subject, entry, shutdown.clone()));
 }
 

@@ -35,8 +35,9 @@ pub fn bucket_config(subjects: &Subjects) -> kv::Config {
 }
 
 /// The subject an agent writes its entry on (`$KV.<bucket>.<service>.<instance>`): a plain
-/// JetStream publish, so that an agent needs no permission but this subject, and a site's
-/// agent reaches the hub's bucket across its leaf node like its events do.
+/// JetStream publish, so that an agent needs no permission but this subject. A site's agent
+/// (a JetStream domain) prefixes it with the domain's API, `$JS.<domain>.API.`, as key-value
+/// puts into another domain go.
 pub fn entry_subject(
     subjects: &Subjects,
     service: &flotilla_schemas::ServiceName,
