@@ -143,6 +143,17 @@ impl BackupStore {
 
     /// Backs `root` up for command `id`, durably. On any error nothing is left behind.
     pub fn take(&self, root: &Path, id: CommandId) -> Result<Backup, BackupError> {
+        let backup = self.take_unsynced(root, id)?;
+        self.sync()?;
+        Ok(backup)
+    }
+
+    /// [`BackupStore::take`] without making it durable: the caller makes it durable with
+    /// [`BackupStore::sync`], together with whatever else it wrote on this file system (the
+    /// journal's `applying` record: one barrier for both). Until then a power loss may leave
+    /// it partly written, even renamed into place with its manifest missing or short; a crash
+    /// of the process alone (kill -9) leaves it whole, for the page cache survives it.
+    pub fn take_unsynced(&self, root: &Path, id: CommandId) -> Result<Backup, BackupError> {
         fs::create_dir_all(&self.dir).map_err(|source| io("create", &self.dir, source))?;
         self.check_space(root)?;
         let partial = self.partial_path(id);
@@ -153,6 +164,32 @@ impl BackupStore {
             let _ = fs::remove_dir_all(&partial);
         }
         result
+    }
+
+    /// One barrier for everything written on the backups' file system: `syncfs` makes every
+    /// backup (its files, manifest, `tree.id`, and its rename into place: directory entries are
+    /// file system metadata, which `syncfs` commits too) durable, and anything else on that
+    /// file system, such as a journal beside it.
+    pub fn sync(&self) -> Result<(), BackupError> {
+        tree::sync_filesystem(&self.dir)?;
+        Ok(())
+    }
+
+    /// Whether `path` is on the backups' file system, so that [`BackupStore::sync`] makes it
+    /// durable too.
+    pub fn shares_file_system_with(&self, path: &Path) -> bool {
+        match (fs::metadata(&self.dir), fs::metadata(path)) {
+            (Ok(dir), Ok(other)) => dir.dev() == other.dev(),
+            _ => false,
+        }
+    }
+
+    /// Whether the backup of `id` is there whole enough to restore from: renamed into place
+    /// with a readable manifest (a restore then checks the tree against it). A journal that
+    /// says `applying` for a backup that is not means the barrier that makes both durable
+    /// never returned, so nothing was applied.
+    pub fn is_complete(&self, id: CommandId) -> bool {
+        self.is_restored(id) || self.load(id).is_ok()
     }
 
     fn write(&self, root: &Path, partial: &Path, id: CommandId) -> Result<Backup, BackupError> {
@@ -166,10 +203,12 @@ impl BackupStore {
             .ino();
         let id_path = partial.join(TREE_ID);
         fs::write(&id_path, ino.to_string()).map_err(|source| io("write", &id_path, source))?;
-        tree::sync_filesystem(partial)?;
+        // Renamed before the one barrier (the caller's `sync`), not after a barrier of its own
+        // with the directory fsynced after it: nothing relies on the rename being durable
+        // before the backup's contents are, for the backup is only used once the journal says
+        // `applying`, which the same barrier makes durable (see `is_complete`).
         let done = self.path(id);
         fs::rename(partial, &done).map_err(|source| io("rename", partial, source))?;
-        tree::sync_dir(&self.dir)?;
         Ok(Backup {
             tree: done.join(TREE),
             manifest,

@@ -294,6 +294,11 @@ impl Journal {
         Ok(())
     }
 
+    /// The journal file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// What the journal knows of command `id`.
     pub fn get(&self, id: CommandId) -> Option<&Entry> {
         self.entries.get(&id)

@@ -23,6 +23,7 @@ pub mod ops;
 mod plan_files;
 mod preview;
 pub mod redact;
+mod registry;
 mod retry;
 mod run_context;
 mod run_vars;

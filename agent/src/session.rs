@@ -98,6 +98,8 @@ pub async fn serve(
         key_id = signer.id(),
         "results are signed with the agent's key"
     );
+    // The agent's entry in the registry, by which discovery knows whom to wait for.
+    crate::registry::spawn(&js, &subjects, &lifecycle, signer.id(), &shutdown);
     let (commands, answering) = match streams(&js, &subjects).await {
         Ok(commands) => (commands, None),
         Err(_) => {

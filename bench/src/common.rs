@@ -468,7 +468,8 @@ pub async fn wait_presence(
     )
 }
 
-/// Creates the commands and events streams as the coordinator does (agents wait for them).
+/// Creates the commands and events streams and the agent registry as the coordinator does
+/// (agents wait for them).
 pub async fn ensure_streams(
     client: &async_nats::Client,
     subjects: &Subjects,
@@ -476,6 +477,10 @@ pub async fn ensure_streams(
     let js = async_nats::jetstream::new(client.clone());
     flotilla_bus::commands_stream(&js, subjects).await?;
     flotilla_bus::events_stream(&js, subjects).await?;
+    if js.get_key_value(subjects.agents_bucket()).await.is_err() {
+        js.create_key_value(flotilla_bus::registry::bucket_config(subjects))
+            .await?;
+    }
     Ok(())
 }
 

@@ -5,6 +5,7 @@ pub mod outage;
 pub mod plan_files;
 mod probe;
 pub mod provision;
+pub mod registry;
 pub mod replication;
 mod servers;
 pub mod signing;

@@ -77,6 +77,10 @@ pub struct GlobalFlags {
     /// How long to wait for agents to answer discovery [default: 2s] [key: discovery_window].
     #[arg(long, global = true, value_parser = humantime::parse_duration, env = "FLOTILLA_DISCOVERY_WINDOW", hide_env_values = true)]
     pub discovery_window: Option<Duration>,
+    /// How long after an agent's last registry refresh discovery stops waiting for it and
+    /// `flotilla agents` shows it inactive [default: 30m] [key: agent_inactive_after].
+    #[arg(long, global = true, value_parser = humantime::parse_duration, env = "FLOTILLA_AGENT_INACTIVE_AFTER", hide_env_values = true)]
+    pub agent_inactive_after: Option<Duration>,
     /// Run against a nats-server older than the supported minimum (not recommended) [key:
     /// nats.allow_old_server].
     #[arg(
@@ -324,11 +328,19 @@ pub enum CommandKind {
         #[arg(long)]
         update: bool,
     },
-    /// List the live agents; none answering exits 3.
+    /// List the live agents (with --all, also the registered agents that did not answer); none
+    /// answering exits 3. `agents forget` removes decommissioned agents from the registry.
     #[command(
-        after_help = "Examples:\n  flotilla agents --output json\n  flotilla agents --service inference,ingest\n  flotilla agents -l region=eu,tier=canary"
+        after_help = "Examples:\n  flotilla agents --output json\n  flotilla agents --service inference,ingest\n  flotilla agents -l region=eu,tier=canary\n  flotilla agents --all\n  flotilla agents forget inference/a1\n  flotilla agents forget --inactive",
+        args_conflicts_with_subcommands = true
     )]
     Agents {
+        #[command(subcommand)]
+        action: Option<AgentsAction>,
+        /// Also the registered agents that did not answer: `silent` (refreshed lately, waited
+        /// for) or `inactive` (not refreshed within --agent-inactive-after, not waited for).
+        #[arg(long)]
+        all: bool,
         #[command(flatten)]
         filter: AgentFilter,
         /// Only the agents whose labels match, in kubectl's `-l` syntax (`region=eu,tier!=canary`);
@@ -490,6 +502,25 @@ pub enum CommandKind {
         /// The directory to write the pages into (created if missing).
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+    },
+}
+
+/// What `flotilla agents` does besides listing.
+#[derive(Debug, Subcommand)]
+pub enum AgentsAction {
+    /// Remove agents from the agent registry (decommissioned ones: discovery waits for a
+    /// registered agent until it is inactive). A live agent registers again at its next refresh.
+    #[command(
+        after_help = "Examples:\n  flotilla agents forget inference/a1 ingest/b\n  flotilla agents forget --inactive"
+    )]
+    Forget {
+        /// The agents, as SERVICE/INSTANCE.
+        #[arg(value_name = "SERVICE/INSTANCE", required_unless_present = "inactive")]
+        agents: Vec<String>,
+        /// Every agent whose entry is inactive (not refreshed within --agent-inactive-after) and
+        /// that does not answer presence.
+        #[arg(long)]
+        inactive: bool,
     },
 }
 

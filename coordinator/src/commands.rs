@@ -30,7 +30,16 @@ mod watch;
 /// Runs the command named on the command line.
 pub(crate) async fn run(cli: Cli, shutdown: CancellationToken) -> Outcome {
     match &cli.command {
-        CommandKind::Agents { filter, selector } => agents::agents(&cli, filter, selector).await,
+        CommandKind::Agents {
+            action: Some(cli::AgentsAction::Forget { agents, inactive }),
+            ..
+        } => agents::forget(&cli, agents, *inactive).await,
+        CommandKind::Agents {
+            action: None,
+            all,
+            filter,
+            selector,
+        } => agents::agents(&cli, filter, selector, *all).await,
         CommandKind::Setup { .. } => setup::setup(&cli).await,
         CommandKind::Migrate {
             plan,

@@ -1,14 +1,15 @@
 //! Finding the live agents: a presence request, every agent answers.
 //!
-//! The bus knows every agent by its durable consumer on the commands stream
-//! (`agent_<service>_<instance>`, a `_` inside a name doubled: see `Subjects::agent_consumer`).
-//! So the consumer list read right after the request is published names every agent that has
-//! been up for a moment, and discovery stops as soon as each of them has answered: a fleet that
-//! answers in milliseconds is found in milliseconds. An agent that is known but silent (restarting, or down) is asked again
-//! until it answers or the window ends. An agent answers presence even while it waits for the
-//! streams (it creates its consumer once they exist), so for [`SETTLING`] after the commands
-//! stream appears its list may be incomplete: discovery then waits for every listed agent and,
-//! in addition, for answers to stop.
+//! The bus knows every agent by its entry in the agent registry (`flotilla_bus::registry`),
+//! which the agent writes when it starts and refreshes rarely. So the entries read right after
+//! the request is published name every agent that has been up for a moment, and discovery stops
+//! as soon as each *active* one (stored within `inactive_after`) has answered: a fleet that
+//! answers in milliseconds is found in milliseconds. An active agent that is silent (restarting,
+//! or down) is asked again until it answers or the window ends; an inactive one (decommissioned,
+//! or down for long) is not waited for. An agent answers presence even while it waits for the
+//! streams and the bucket (it registers once the bucket exists), so for [`SETTLING`] after the
+//! bucket appears the registry may be incomplete: discovery then waits for every active agent
+//! and, in addition, for answers to stop.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -18,10 +19,10 @@ use async_nats::StatusCode;
 use flotilla_schemas::subjects::Subjects;
 use flotilla_schemas::{InstanceId, Presence, ServiceName, decode};
 use futures::StreamExt;
+use time::OffsetDateTime;
 use tokio::time::Instant;
 
-/// How the agents' durable consumers on the commands stream are named: `agent_<service>_<instance>`.
-const AGENT_CONSUMER_PREFIX: &str = "agent_";
+use crate::registry::{self, Registered};
 
 /// How often the request goes out again while a known agent has not answered: one that was
 /// restarting answers the next request, not the one sent before it listened.
@@ -47,46 +48,37 @@ struct Identity {
     instance: InstanceId,
 }
 
-/// How long after the commands stream appears its consumer list is not trusted: agents that
-/// waited for it create their consumers at most 4 s later
+/// How long after the registry bucket appears its entries are not trusted to be complete:
+/// agents that waited for it write theirs at most 4 s later
 /// (`flotilla_bus::provision::waiting_backoff`); this leaves room to spare.
 const SETTLING: Duration = Duration::from_secs(10);
 
-/// The agents the bus knows of: the names of the agents' durable consumers on the commands
-/// stream (empty when the stream cannot be read, e.g. it does not exist yet), and whether that
-/// list is complete: not while the stream is younger than [`SETTLING`] (agents that started
-/// before it may still be creating theirs).
-async fn known_agents(client: &async_nats::Client, subjects: &Subjects) -> (HashSet<String>, bool) {
-    let js = async_nats::jetstream::new(client.clone());
-    let Ok(mut stream) = js.get_stream(subjects.commands_stream()).await else {
-        return (HashSet::new(), false);
-    };
-    let settled = match stream.info().await {
-        Ok(info) => time::OffsetDateTime::now_utc() - info.created >= SETTLING,
-        Err(_) => false,
-    };
-    let mut names = stream.consumer_names();
-    let mut known = HashSet::new();
-    while let Some(name) = names.next().await {
-        let Ok(name) = name else {
-            return (known, false);
-        };
-        if name.starts_with(AGENT_CONSUMER_PREFIX) {
-            known.insert(name);
-        }
-    }
-    (known, settled)
+/// What discovery found: the agents that answered, and the registered agents that did not
+/// (each with whether it is still active, i.e. was waited for).
+#[derive(Debug, Default)]
+pub struct Discovery {
+    pub found: Vec<Presence>,
+    pub silent: Vec<Silent>,
+}
+
+/// A registered agent that did not answer.
+#[derive(Debug, Clone)]
+pub struct Silent {
+    pub registered: Registered,
+    /// Refreshed within the inactivity threshold: waited for, to the end of the window.
+    pub active: bool,
 }
 
 /// Asks every agent to report and gathers the answers for at most `window`. Stops as soon as
-/// every agent the bus knows of has answered; while one has not, asks again every
-/// [`ASK_AGAIN`]. When the bus knows of none, stops [`QUIET`] after the last answer, or at once
-/// when nobody listens.
+/// every active registered agent has answered; while one has not, asks again every
+/// [`ASK_AGAIN`]. When the registry knows of none, stops [`QUIET`] after the last answer, or at
+/// once when nobody listens.
 pub async fn discover(
     client: &async_nats::Client,
     subjects: &Subjects,
     window: Duration,
-) -> Result<Vec<Presence>, DiscoveryError> {
+    inactive_after: Duration,
+) -> Result<Discovery, DiscoveryError> {
     let deadline = Instant::now() + window;
     let inbox = client.new_inbox();
     let mut answers = client
@@ -102,9 +94,18 @@ pub async fn discover(
         Ok::<_, DiscoveryError>(())
     };
     ask().await?;
-    // Read after the request went out, so that an agent whose consumer is listed has had the
-    // request (one that answers without being listed is found all the same).
-    let (known, settled) = known_agents(client, subjects).await;
+    // Read after the request went out, so that an agent whose entry is read has had the
+    // request (one that answers without an entry is found all the same).
+    let js = async_nats::jetstream::new(client.clone());
+    let snapshot = registry::read(&js, subjects, SETTLING).await;
+    let now = OffsetDateTime::now_utc();
+    let known: HashSet<String> = snapshot
+        .entries
+        .iter()
+        .filter(|r| r.active(now, inactive_after))
+        .map(|r| r.key.clone())
+        .collect();
+    let settled = snapshot.settled;
     let mut next_ask = Instant::now() + ASK_AGAIN;
     let mut answered: HashSet<String> = HashSet::new();
     let mut found: Vec<Presence> = Vec::new();
@@ -137,9 +138,7 @@ pub async fn discover(
                 last_answer = Some(Instant::now());
                 // Each request is answered again: take the first answer of each agent.
                 let first = serde_json::from_slice::<Identity>(&message.payload)
-                    .map(|who| {
-                        answered.insert(subjects.agent_consumer(&who.service, &who.instance))
-                    })
+                    .map(|who| answered.insert(subjects.agent_key(&who.service, &who.instance)))
                     .unwrap_or(true);
                 if !first {
                     continue;
@@ -152,17 +151,15 @@ pub async fn discover(
         }
     }
     found.sort_by(|a, b| (&a.service, &a.instance).cmp(&(&b.service, &b.instance)));
-    Ok(found)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn agent_consumers_carry_the_prefix() {
-        let subjects = Subjects::default();
-        let name = subjects.agent_consumer(&"inference".parse().unwrap(), &"a1".parse().unwrap());
-        assert!(name.starts_with(AGENT_CONSUMER_PREFIX), "{name}");
-    }
+    let mut silent: Vec<Silent> = snapshot
+        .entries
+        .into_iter()
+        .filter(|r| !answered.contains(&r.key))
+        .map(|registered| Silent {
+            active: known.contains(&registered.key),
+            registered,
+        })
+        .collect();
+    silent.sort_by(|a, b| a.registered.key.cmp(&b.registered.key));
+    Ok(Discovery { found, silent })
 }

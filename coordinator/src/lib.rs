@@ -15,6 +15,7 @@ pub mod exit;
 pub mod plan;
 mod plan_files;
 mod progress;
+mod registry;
 mod report;
 mod rollout;
 #[cfg(test)]

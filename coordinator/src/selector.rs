@@ -103,10 +103,24 @@ impl Selector {
 
     /// Whether `agent` (its labels, plus `service` and `instance`) matches every requirement.
     pub fn matches(&self, agent: &Presence) -> bool {
+        self.matches_parts(
+            agent.service.as_str(),
+            agent.instance.as_str(),
+            &agent.labels,
+        )
+    }
+
+    /// [`Selector::matches`] for an agent known by its names and labels (a registry entry).
+    pub fn matches_parts(
+        &self,
+        service: &str,
+        instance: &str,
+        labels: &flotilla_schemas::labels::Labels,
+    ) -> bool {
         let lookup = |key: &str| match key {
-            "service" => Some(agent.service.as_str()),
-            "instance" => Some(agent.instance.as_str()),
-            _ => agent.labels.get(key).map(String::as_str),
+            "service" => Some(service),
+            "instance" => Some(instance),
+            _ => labels.get(key).map(String::as_str),
         };
         self.requirements.iter().all(|r| r.holds(lookup(&r.key)))
     }

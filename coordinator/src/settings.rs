@@ -27,6 +27,9 @@ pub struct Settings {
     /// How long to wait for agents to answer discovery.
     #[serde(default = "default_discovery_window", with = "humantime_serde")]
     pub discovery_window: Duration,
+    /// How long after its last registry refresh an agent is inactive: not waited for.
+    #[serde(default = "default_agent_inactive_after", with = "humantime_serde")]
+    pub agent_inactive_after: Duration,
     #[serde(default, deserialize_with = "from_text")]
     pub trace_backend: Backend,
     #[serde(default = "default_verify_wait", with = "humantime_serde")]
@@ -130,6 +133,7 @@ impl Default for Settings {
             nats: NatsSettings::default(),
             output: OutputFormat::default(),
             discovery_window: default_discovery_window(),
+            agent_inactive_after: default_agent_inactive_after(),
             trace_backend: Backend::default(),
             verify_wait: default_verify_wait(),
             no_verify: false,
@@ -156,6 +160,10 @@ impl Default for NatsSettings {
 
 fn default_discovery_window() -> Duration {
     crate::DEFAULT_DISCOVERY_WINDOW
+}
+
+fn default_agent_inactive_after() -> Duration {
+    flotilla_bus::registry::INACTIVE_AFTER
 }
 
 fn default_verify_wait() -> Duration {
@@ -193,6 +201,7 @@ const SECTIONS: &[&str] = &["nats", "report"];
 const TOP_LEVEL: &[&str] = &[
     "output",
     "discovery_window",
+    "agent_inactive_after",
     "trace_backend",
     "verify_wait",
     "no_verify",

@@ -21,8 +21,9 @@ pub use messages::{
     Action, AgentState, Check, CheckVerdict, Command, CommandSchema, ConfigShape, GateReport,
     Gates, HttpCheck, Inconclusive, Inspection, JobOutputReport, JobRun, Measurements,
     MemorySource, Outcome, Phase, PhaseReport, PhaseStatus, PlanFile, Precondition, Presence,
-    Preview, Progress, ProgressSchema, ResultSchema, RunResult, SettingProbe, SettingReport, Step,
-    StepPreview, WireMessage, Workload, WorkloadFigures, WorkloadReport,
+    Preview, Progress, ProgressSchema, Registration, RegistrationSchema, ResultSchema, RunResult,
+    SettingProbe, SettingReport, Step, StepPreview, WireMessage, Workload, WorkloadFigures,
+    WorkloadReport,
 };
 pub use version::SchemaTag;
 

@@ -3,6 +3,7 @@
 mod command;
 mod presence;
 mod progress;
+mod registration;
 mod result;
 
 pub use command::{
@@ -11,6 +12,7 @@ pub use command::{
 };
 pub use presence::{AgentState, Presence, PresenceSchema};
 pub use progress::{Phase, PhaseStatus, Progress, ProgressSchema};
+pub use registration::{Registration, RegistrationSchema};
 pub use result::{
     CheckVerdict, ConfigShape, GateReport, Inspection, JobOutputReport, JobRun, Measurements,
     MemorySource, Outcome, PhaseReport, Preview, ResultSchema, RunResult, SettingReport,

@@ -7,6 +7,7 @@
 //! | `<prefix>.live.<run>.<service>.<instance>` | progress, core NATS only: never stored |
 //! | `<prefix>.presence` | presence requests; every agent answers |
 //! | `<prefix>.agent.<service>.<instance>.status` | one agent's `status` endpoint in the NATS service API |
+//! | `$KV.<prefix>_agents.<service>.<instance>` | the agent registry: one small entry per agent |
 //! | `$O.<prefix>_files.>` | the plan-files object store: template files, each under its digest |
 //!
 //! `docs/wire-protocol.md` is the full contract, and `schemas/asyncapi.json` lists these
@@ -142,6 +143,17 @@ impl Subjects {
         format!("{}_files", self.prefix.replace('-', "_"))
     }
 
+    /// The key-value bucket of the agent registry: one entry per agent, which it writes at
+    /// start and refreshes rarely (`docs/wire-protocol.md`, "The agent registry").
+    pub fn agents_bucket(&self) -> String {
+        format!("{}_agents", self.prefix.replace('-', "_"))
+    }
+
+    /// One agent's key in the registry bucket: `<service>.<instance>` (names hold no `.`).
+    pub fn agent_key(&self, service: &ServiceName, instance: &InstanceId) -> String {
+        format!("{service}.{instance}")
+    }
+
     /// The key-value bucket that holds run records.
     pub fn runs_bucket(&self) -> String {
         format!("{}_runs", self.prefix.replace('-', "_"))
@@ -187,6 +199,7 @@ mod tests {
             s.events_stream(),
             s.files_bucket(),
             s.runs_bucket(),
+            s.agents_bucket(),
             s.all_commands(),
             s.all_events(),
             s.presence(),

@@ -8,7 +8,8 @@
 use std::path::{Path, PathBuf};
 
 use flotilla_schemas::{
-    Command, DecodeError, Presence, Progress, RunResult, SchemaTag, WireMessage, decode, encode,
+    Command, DecodeError, Presence, Progress, Registration, RunResult, SchemaTag, WireMessage,
+    decode, encode,
 };
 
 fn crate_dir() -> PathBuf {
@@ -84,6 +85,7 @@ fn json_schemas_match_the_types() {
     check_schema::<Progress>();
     check_schema::<RunResult>();
     check_schema::<Presence>();
+    check_schema::<Registration>();
 }
 
 #[test]
@@ -92,6 +94,7 @@ fn golden_fixtures_round_trip() {
     check_golden::<Progress>();
     check_golden::<RunResult>();
     check_golden::<Presence>();
+    check_golden::<Registration>();
 }
 
 #[test]

@@ -227,3 +227,39 @@ pub fn assert_demo_migrates(fleet: &crate::Fleet) {
         );
     }
 }
+
+/// As the coordinator: creates the agent registry. As training's agent: writes its own entry
+/// (stored, acknowledged) and is refused ingest's (a permissions violation, nothing stored).
+pub async fn assert_registry_confined(
+    url: &str,
+    coordinator: ConnectOptions,
+    agent: ConnectOptions,
+) {
+    let subjects = Subjects::default();
+    let (coordinator, _) = connect(url, coordinator, "coordinator").await.unwrap();
+    let admin = jetstream::new(coordinator);
+    let registry = admin
+        .create_key_value(flotilla_bus::registry::bucket_config(&subjects))
+        .await
+        .unwrap();
+    let (agent, errors) = connect(url, agent, &agent_user("training")).await.unwrap();
+    let js = jetstream::new(agent.clone());
+    js.publish("$KV.flotilla_agents.training.a", "own entry".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    agent
+        .publish("$KV.flotilla_agents.ingest.a", "forged entry".into())
+        .await
+        .unwrap();
+    let seen = violations_after_flush(&agent, &errors, 1).await;
+    assert!(
+        seen.iter()
+            .any(|e| e.to_lowercase().contains("permissions violation")),
+        "writing another agent's entry was not refused: {seen:?}"
+    );
+    let own = registry.get("training.a").await.unwrap();
+    assert_eq!(own.as_deref(), Some(&b"own entry"[..]));
+    assert_eq!(registry.get("ingest.a").await.unwrap(), None);
+}

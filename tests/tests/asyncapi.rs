@@ -54,6 +54,8 @@ fn template_of(builder: &str) -> Option<String> {
         "Subjects::agent_consumer" => s.agent_consumer(&svc, &inst),
         "Subjects::runs_bucket" => s.runs_bucket(),
         "Subjects::files_bucket" => s.files_bucket(),
+        "Subjects::agents_bucket" => s.agents_bucket(),
+        "Subjects::agent_key" => s.agent_key(&svc, &inst),
         "telemetry::stream_name" => telemetry::stream_name(PREFIX),
         "telemetry::all_subjects" => telemetry::all_subjects(PREFIX),
         "telemetry::traces_subject" => telemetry::traces_subject(PREFIX, TRACE),

@@ -20,11 +20,12 @@ fn listed(out: &Output) -> Vec<String> {
 }
 
 /// Every stream `flotilla setup` makes.
-const STREAMS: [&str; 5] = [
+const STREAMS: [&str; 6] = [
     "FLOTILLA_COMMANDS",
     "FLOTILLA_EVENTS",
     "FLOTILLA_TELEMETRY",
     "KV_flotilla_runs",
+    "KV_flotilla_agents",
     "OBJ_flotilla_files",
 ];
 

@@ -116,9 +116,30 @@ fn the_shipped_hub_and_leaf_files_run_a_site_agent_for_a_coordinator_at_the_hub(
     let (code, report) = fleet.migrate(plan);
     assert_eq!(code, Some(0), "{report:#}");
     assert_eq!(report["status"], "succeeded");
+    // The site's agent wrote its entry in the hub's registry across the leaf node, through the
+    // domain's API prefix (`forget` refuses an agent that is not registered).
+    flotilla_tests::wait_for(
+        "the site's agent in the registry",
+        std::time::Duration::from_secs(20),
+        || {
+            fleet
+                .flotilla(&["agents", "forget", "inference/a"])
+                .status
+                .success()
+        },
+    )
+    .unwrap_or_else(|e| {
+        let out = fleet.flotilla(&["agents", "forget", "inference/a"]);
+        let log = std::fs::read_to_string(fleet.agent_log("inference")).unwrap_or_default();
+        panic!(
+            "{e}: {}\nagent log:\n{log}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
 }
 
-/// The site's agent blocks are nats-server.conf's, for the hub's JetStream domain.
+/// The site's agent blocks are nats-server.conf's, for the hub's JetStream domain (its API and
+/// its key-value puts, which a client of another domain sends through the API prefix).
 #[test]
 fn the_leaf_site_agent_permissions_are_the_hubs_for_its_domain() {
     let read = |file: &str| std::fs::read_to_string(repo_root().join(file)).unwrap();
@@ -131,6 +152,10 @@ fn the_leaf_site_agent_permissions_are_the_hubs_for_its_domain() {
     };
     let hub = block(&read("deploy/nats/nats-server.conf"));
     let site = block(&read("deploy/nats/leaf-site.conf"));
-    assert_eq!(site, hub.replace("$JS.API.", "$JS.hub.API."));
+    assert_eq!(
+        site,
+        hub.replace("$JS.API.", "$JS.hub.API.")
+            .replace("\"$KV.", "\"$JS.hub.API.$KV.")
+    );
     assert!(site.contains("$JS.hub.API.CONSUMER.MSG.NEXT.FLOTILLA_COMMANDS"));
 }

@@ -27,6 +27,7 @@ fn streams() -> Vec<String> {
         subjects.events_stream(),
         flotilla_telemetry::store::stream_name("flotilla"),
         format!("KV_{}", subjects.runs_bucket()),
+        format!("KV_{}", subjects.agents_bucket()),
         format!("OBJ_{}", subjects.files_bucket()),
     ]
 }
@@ -82,7 +83,7 @@ fn setup_on_a_cluster_creates_everything_with_three_replicas() {
     let out = flotilla(&cluster.url_list(), &["setup", "--output", "json"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let created = resources(&out);
-    assert_eq!(created.len(), 5, "{created:?}");
+    assert_eq!(created.len(), 6, "{created:?}");
     assert!(created.iter().all(|(s, _)| s == "created"), "{created:?}");
     for (name, configured, peers) in replicas(&cluster) {
         assert_eq!((configured, peers), (3, 3), "{name}");

@@ -79,6 +79,7 @@ async fn setup_creates_then_finds_then_reports_what_differs() {
         "FLOTILLA_EVENTS",
         "FLOTILLA_TELEMETRY",
         "flotilla_runs",
+        "flotilla_agents",
         "flotilla_files",
     ];
     let all = |status: &str| -> Vec<(String, String)> {

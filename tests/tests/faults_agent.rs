@@ -14,6 +14,11 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 /// kill -9 at `point`, restart; the run must end `expected` for the service, with I1–I6 held
 /// and the counting step run `ran` times.
 fn crash_at(point: &str, expected: &str, ran: usize) {
+    crash_at_then(point, expected, ran, |_| {});
+}
+
+/// [`crash_at`], with `between` done to the dead agent's files before it starts again.
+fn crash_at_then(point: &str, expected: &str, ran: usize, between: impl Fn(&Fleet)) {
     let nats = NatsServer::start().unwrap();
     let mut fleet = Fleet::start_with_env(
         nats.url(),
@@ -38,6 +43,7 @@ fn crash_at(point: &str, expected: &str, ran: usize) {
     .unwrap();
     let run = wait_for_run(&fleet, Duration::from_secs(10)).unwrap();
     fleet.kill_agent("inference");
+    between(&fleet);
     fleet.clear_agent_env("inference");
     fleet.start_agent("inference").unwrap();
     let healed = Instant::now();
@@ -72,6 +78,26 @@ fn kill_9_after_accepting_changes_nothing() {
 #[test]
 fn kill_9_after_the_backup_restores() {
     crash_at("backed_up", "rolled_back", 0);
+}
+
+/// What a power loss before the one barrier that makes the backup and the `applying` record
+/// durable together may leave: the record, and a backup without its manifest (the rename or
+/// the manifest's data lost). Apply waits for that barrier, so the root is untouched: the
+/// restarted agent answers `rolled_back`, "nothing had changed", never a failed restore.
+#[test]
+fn applying_without_a_whole_backup_is_answered_as_nothing_changed() {
+    crash_at_then("backed_up", "rolled_back", 0, |fleet| {
+        let backups = fleet.dir().join("state/inference/backups");
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&backups).unwrap().flatten() {
+            let manifest = entry.path().join("manifest.json");
+            if manifest.exists() {
+                std::fs::remove_file(manifest).unwrap();
+                removed += 1;
+            }
+        }
+        assert_eq!(removed, 1, "one backup in {}", backups.display());
+    });
 }
 
 #[test]

@@ -7,7 +7,9 @@ use async_nats::ConnectOptions;
 use async_nats::jetstream;
 use flotilla_schemas::subjects::Subjects;
 use flotilla_tests::NatsServer;
-use flotilla_tests::confinement::{assert_agent_confined, assert_demo_migrates, connect};
+use flotilla_tests::confinement::{
+    assert_agent_confined, assert_demo_migrates, assert_registry_confined, connect,
+};
 use futures::StreamExt;
 
 fn start() -> NatsServer {
@@ -37,6 +39,17 @@ async fn anonymous_and_wrong_password_clients_are_refused() {
 async fn an_agent_reads_and_writes_only_its_own_subjects() {
     let server = start();
     assert_agent_confined(
+        server.url(),
+        password("coordinator", "coordinator-secret"),
+        password("agent-training-a", "training-secret"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_agent_writes_only_its_own_registry_entry() {
+    let server = start();
+    assert_registry_confined(
         server.url(),
         password("coordinator", "coordinator-secret"),
         password("agent-training-a", "training-secret"),

@@ -125,7 +125,14 @@ fn the_shipped_permissions_are_read_as_expected() {
             .iter()
             .any(|s| s == "$O.flotilla_files.>")
     );
-    assert_eq!(agent.publish.len(), 16, "{agent:?}");
+    // Its own registry entry, and no other.
+    let registry: Vec<&String> = agent
+        .publish
+        .iter()
+        .filter(|s| s.starts_with("$KV."))
+        .collect();
+    assert_eq!(registry, ["$KV.flotilla_agents.training.a"], "{agent:?}");
+    assert_eq!(agent.publish.len(), 17, "{agent:?}");
     assert_eq!(agent.subscribe[0], "_INBOX_agent-training-a.>");
     assert_eq!(agent.responses, Some((1, Duration::from_secs(60))));
 }

@@ -266,3 +266,36 @@ fn a_backup_on_another_file_system_is_copied_and_kept() {
     assert!(same(&before, &root));
     assert!(!sibling(&root, "restore").exists());
 }
+
+/// What a power loss before the one barrier may leave of a backup taken unsynced: nothing, the
+/// partial directory, or the renamed one without a readable manifest. None of them is complete
+/// (recovery then answers "nothing had changed"); the whole backup, synced or not, and a
+/// consumed one are.
+#[test]
+fn only_a_backup_with_its_manifest_in_place_is_complete() {
+    let (tmp, root, store) = setup();
+    let id = CommandId::new();
+    assert!(!store.is_complete(id), "no backup at all");
+    let backup = store.take_unsynced(&root, id).unwrap();
+    assert!(store.is_complete(id));
+    store.sync().unwrap();
+    assert!(store.is_complete(id));
+    assert!(store.shares_file_system_with(tmp.path()));
+
+    let done = backup.tree.parent().unwrap().to_owned();
+    fs::write(done.join(MANIFEST), "{\"entr").unwrap();
+    assert!(!store.is_complete(id), "a torn manifest");
+    fs::remove_file(done.join(MANIFEST)).unwrap();
+    assert!(!store.is_complete(id), "no manifest");
+    fs::rename(&done, store.partial_path(id)).unwrap();
+    assert!(!store.is_complete(id), "the rename lost");
+
+    let consumed = CommandId::new();
+    store.take(&root, consumed).unwrap();
+    change(&root);
+    store.restore(consumed, &root).unwrap();
+    assert!(
+        store.is_complete(consumed),
+        "a consumed backup is restored, not torn"
+    );
+}

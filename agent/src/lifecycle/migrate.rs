@@ -73,8 +73,16 @@ impl Lifecycle {
         };
         findings.measurements.backup_files = Some(backup.manifest.files());
         findings.measurements.backup_bytes = Some(backup.manifest.bytes());
-        // One record, one fsync: the backup is durable and the root is about to change.
-        self.journal.append(Record::Applying { command_id: id })?;
+        // The root is about to change: the backup and the `applying` record must both be
+        // durable first, and one barrier makes them so (see `make_durable`).
+        if let Err(failure) = self.make_durable(id).await? {
+            let _ = self.backups.discard(id);
+            return Ok(refused(
+                command,
+                failure.to_string(),
+                tracker.phases.clone(),
+            ));
+        }
         crashpoint::reached(&self.config.agent.state_dir, "backed_up");
 
         findings.workloads = prepared
@@ -182,11 +190,49 @@ impl Lifecycle {
         })
     }
 
-    /// Backs the service root up for migration `id`.
+    /// Makes the backup of `id` and the journal's `applying` record durable before anything
+    /// changes, with one barrier when the journal is on the backups' file system: the record is
+    /// written (not fsynced), then one `syncfs` commits both. Why that is safe: apply starts only
+    /// once the barrier returned, so after a power loss either the barrier returned (both are
+    /// durable: recovery restores the backup, as before) or the root is untouched; then the
+    /// journal may hold `applying` without a whole backup, which recovery recognises
+    /// (`BackupStore::is_complete`) and answers "nothing had changed". A crash of the process
+    /// alone loses nothing written. Elsewhere: the backups' `syncfs`, then the record's fsync
+    /// (the record durable only after the backup is). The inner error is the backup's
+    /// `syncfs` (refused, the backup dropped); the outer, the journal's (which stops the agent).
+    async fn make_durable(
+        &mut self,
+        id: CommandId,
+    ) -> Result<Result<(), PhaseError>, JournalError> {
+        let shared = self.backups.shares_file_system_with(self.journal.path());
+        let backups = self.backups.clone();
+        let sync = || async move {
+            tokio::task::spawn_blocking(move || backups.sync())
+                .await
+                .map_err(|error| PhaseError::Task {
+                    what: "backup",
+                    error,
+                })?
+                .map_err(PhaseError::Backup)
+        };
+        if shared {
+            self.journal
+                .append_lazily(Record::Applying { command_id: id })?;
+            Ok(sync().await)
+        } else {
+            if let Err(e) = sync().await {
+                return Ok(Err(e));
+            }
+            self.journal.append(Record::Applying { command_id: id })?;
+            Ok(Ok(()))
+        }
+    }
+
+    /// Backs the service root up for migration `id`, not yet durably (`make_durable`).
     async fn back_up(&self, id: CommandId) -> Result<Backup, PhaseError> {
         let (backups, root) = (self.backups.clone(), self.config.service.root.clone());
         // Off the runtime's thread: a big tree takes seconds to copy.
-        let backup = tokio::task::spawn_blocking(move || backups.take(&root, id))
+        let backup = tokio::task::spawn_blocking(move || backups.take_unsynced(&root, id))
             .await
             .map_err(|error| PhaseError::Task {
                 what: "backup",

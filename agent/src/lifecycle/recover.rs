@@ -38,6 +38,22 @@ impl Lifecycle {
         let command = entry.command.expect("unfinished entries have a command");
         let id = command.command_id;
         match &command.action {
+            Action::Migrate { .. } if entry.applying && !self.backups.is_complete(id) => {
+                // `applying` without a whole backup: the one barrier that makes both durable
+                // never returned (a power loss), and apply waits for it: the root is the tree
+                // before the migration, as after a rollback (the outcome the coordinator files
+                // for an acked command; a refusal would need the command's digest).
+                let _ = self.backups.discard(id);
+                recovered(
+                    &command,
+                    Outcome::RolledBack,
+                    PhaseStatus::Succeeded,
+                    "nothing had changed".into(),
+                    "the agent was interrupted before its backup was durable; nothing had \
+                     changed"
+                        .into(),
+                )
+            }
             Action::Migrate { .. } if entry.applying || entry.backed_up => {
                 // Recovery re-hashes the root: it must end on the backup exactly.
                 restored(&command, self.restore(id, true), "mid-migration")

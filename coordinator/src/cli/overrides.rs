@@ -63,6 +63,10 @@ impl GlobalFlags {
                 self.discovery_window.as_ref().map(duration),
             ),
             (
+                "agent_inactive_after",
+                self.agent_inactive_after.as_ref().map(duration),
+            ),
+            (
                 "trace_backend",
                 self.trace_backend.as_ref().map(|b| text(b)),
             ),

@@ -170,9 +170,15 @@ pub(super) async fn migrate(
     }
     check_report_files(files)?;
     let (client, subjects) = connect(cli).await?;
-    let agents = match discovery::discover(&client, &subjects, cli.settings.discovery_window).await
+    let agents = match discovery::discover(
+        &client,
+        &subjects,
+        cli.settings.discovery_window,
+        cli.settings.agent_inactive_after,
+    )
+    .await
     {
-        Ok(found) => found,
+        Ok(discovered) => discovered.found,
         Err(e) => return Err(fail(exit::BUS, error_chain(&e))),
     };
     let targets = preflight(cli, &plan, &agents, options.limit.as_ref())?;

@@ -120,6 +120,18 @@ pub(crate) async fn provision_all(
         )
         .await?,
     );
+    // The agent registry, which agents write and discovery reads.
+    let agents = replication.kv(flotilla_bus::registry::bucket_config(subjects));
+    resources.push(
+        provision_bucket(
+            js,
+            &replication.stream(bucket_as_stream(&agents)),
+            agents.bucket.clone(),
+            js.create_key_value(agents.clone()),
+            update,
+        )
+        .await?,
+    );
     // The object store bucket the plan files are shipped in.
     let files = replication.object_store(flotilla_bus::plan_files::bucket_config(subjects));
     resources.push(
@@ -186,7 +198,7 @@ where
     Ok(Resource::new("bucket", bucket, provisioned))
 }
 
-/// The stream under the runs bucket `config`, as the server keeps it (a key-value bucket is a
+/// The stream under the key-value bucket `config`, as the server keeps it (a key-value bucket is a
 /// stream `KV_<bucket>` whose history is its per-subject limit).
 fn bucket_as_stream(config: &async_nats::jetstream::kv::Config) -> stream::Config {
     stream::Config {

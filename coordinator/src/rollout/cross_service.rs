@@ -32,8 +32,10 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
                 self.client,
                 self.subjects,
                 std::time::Duration::from_secs(1),
+                flotilla_bus::registry::INACTIVE_AFTER,
             )
             .await
+            .map(|discovered| discovered.found)
             .map_err(|e| flotilla_telemetry::error_chain(&e));
             let migrated: Vec<(ServiceName, InstanceId)> = members
                 .iter()
