@@ -201,6 +201,15 @@ pub fn differences(wanted: &stream::Config, found: &stream::Config) -> Vec<Diffe
             duration(found.duplicate_window),
         );
     }
+    // Only where Flotilla reads by direct get (the commands stream): without it, agents
+    // cannot catch up.
+    if wanted.allow_direct {
+        compare(
+            "allow_direct",
+            wanted.allow_direct.to_string(),
+            found.allow_direct.to_string(),
+        );
+    }
     out
 }
 
