@@ -133,7 +133,7 @@ fn the_shipped_permissions_are_read_as_expected() {
             .iter()
             .any(|s| s == "$O.flotilla_files.>")
     );
-    assert_eq!(agent.publish.len(), 15, "{agent:?}");
+    assert_eq!(agent.publish.len(), 11, "{agent:?}");
     assert_eq!(agent.subscribe[0], "_INBOX_agent-training-a.>");
     assert_eq!(agent.responses, Some((1, Duration::from_secs(60))));
 }
