@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 
 use crate::common::{self, Nats, Stats, Sync};
+use crate::cost::{Cost, Fsyncs, Snapshot};
 use crate::sim::SimFleet;
 
 /// One `flotilla migrate` process: wall time, CPU, peak memory, and what it reported.
@@ -95,6 +96,8 @@ struct Row {
     sim_cpu: Stats,
     nats_cpu: Stats,
     agent_phase_ms: Stats,
+    /// What the last timed run asked of the broker, per agent.
+    cost: Cost,
 }
 
 /// One N's measurements, run by run.
@@ -108,19 +111,20 @@ struct Samples {
     agent_phase_ms: Vec<f64>,
 }
 
-pub async fn fleet(counts: &[usize], runs: usize, sync: Sync) -> anyhow::Result<()> {
+pub async fn fleet(counts: &[usize], runs: usize, sync: Sync, fsyncs: bool) -> anyhow::Result<()> {
     let limit = common::raise_fd_limit();
     eprintln!("open-file limit {limit}");
     let mut rows = Vec::new();
     for &n in counts {
-        rows.push(measure(n, runs, sync).await?);
+        rows.push(measure(n, runs, sync, fsyncs).await?);
     }
     print_table(&rows, runs, sync);
+    print_cost(&rows);
     Ok(())
 }
 
 /// `runs` no-op migrations over N simulated agents, on a nats-server of their own.
-async fn measure(n: usize, runs: usize, sync: Sync) -> anyhow::Result<Row> {
+async fn measure(n: usize, runs: usize, sync: Sync, fsyncs: bool) -> anyhow::Result<Row> {
     let nats = Nats::start(sync)?;
     let nats_pid = common::child_named("nats-server")
         .map(|p| p.to_string())
@@ -136,7 +140,13 @@ async fn measure(n: usize, runs: usize, sync: Sync) -> anyhow::Result<Row> {
     std::fs::write(&plan, text.to_string())?;
     let window = if n >= 1000 { "10s" } else { "2s" };
     let mut samples = Samples::default();
+    let mut cost = Cost::default();
+    let monitor_port = nats
+        .server
+        .monitoring_port()
+        .context("nats-server's monitoring port")?;
     for run in 0..runs {
+        let counters = Snapshot::take(monitor_port)?;
         let own = sim.cpu();
         let nats_before = common::cpu_of(&nats_pid).map_or(0.0, |c| c.own);
         let log = sim.dir.path().join(format!("flotilla-{run}.log"));
@@ -145,12 +155,22 @@ async fn measure(n: usize, runs: usize, sync: Sync) -> anyhow::Result<Row> {
         let own_after = sim.cpu();
         let nats_after = common::cpu_of(&nats_pid).map_or(0.0, |c| c.own);
         let slowest = check_run(n, run, &r)?;
+        cost = Cost::between(&counters, &Snapshot::take(monitor_port)?, n);
         samples.wall.push(r.wall.as_secs_f64());
         samples.cpu.push(r.cpu_s);
         samples.rss_mib.push(r.peak_rss_kib as f64 / 1024.0);
         samples.sim_cpu.push(own_after - own);
         samples.nats_cpu.push(nats_after - nats_before);
         samples.agent_phase_ms.push(slowest);
+    }
+    if fsyncs {
+        let traced = Fsyncs::attach(&nats_pid, sim.dir.path())?;
+        let log = sim.dir.path().join("flotilla-fsyncs.log");
+        let extra = ["--discovery-window", window];
+        let r = run_coordinator(nats.url(), &sim.key_path, &plan, &extra, &log).await?;
+        let calls = traced.stop()?;
+        check_run(n, runs, &r)?;
+        cost.fsyncs = Some(calls as f64 / n as f64);
     }
     let row = Row {
         n,
@@ -161,6 +181,7 @@ async fn measure(n: usize, runs: usize, sync: Sync) -> anyhow::Result<Row> {
         sim_cpu: Stats::new(samples.sim_cpu),
         nats_cpu: Stats::new(samples.nats_cpu),
         agent_phase_ms: Stats::new(samples.agent_phase_ms),
+        cost,
     };
     sim.stop().await;
     drop(nats);
@@ -257,6 +278,44 @@ fn print_table(rows: &[Row], runs: usize, sync: Sync) {
             "nats-server CPU s",
             "slowest agent's phases ms",
             "fleet start-up s",
+        ],
+        &table_rows,
+    );
+}
+
+/// The cost model: what one run asked of the broker, per agent.
+fn print_cost(rows: &[Row]) {
+    println!(
+        "\n## fleet: what one no-op run asks of nats-server, per agent (the last timed run)\n"
+    );
+    let table_rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let c = &r.cost;
+            vec![
+                r.n.to_string(),
+                format!("{:.1}", c.in_msgs),
+                format!("{:.1}", c.out_msgs),
+                format!("{:.1}", c.api_calls),
+                format!("{:.1}", c.stored_total()),
+                c.stored_by_stream(),
+                format!("{:.2}", c.consumers),
+                c.fsyncs.map_or("not counted".into(), |f| format!("{f:.1}")),
+                format!("{:.3}", r.nats_cpu.median() * 1000.0 / r.n as f64),
+            ]
+        })
+        .collect();
+    common::table(
+        &[
+            "N",
+            "messages in",
+            "messages out",
+            "JetStream API calls",
+            "stored messages",
+            "stored, by stream",
+            "consumers left",
+            "nats-server fsyncs",
+            "nats-server CPU ms",
         ],
         &table_rows,
     );

@@ -15,6 +15,7 @@
 mod agent;
 mod backup;
 mod common;
+mod cost;
 mod fleet;
 mod footprint;
 mod peers;
@@ -53,6 +54,9 @@ enum Bench {
         /// nats-server with the default sync instead of `sync_interval: always`.
         #[arg(long)]
         default_sync: bool,
+        /// After the timed runs, one more under strace, counting nats-server's fsyncs.
+        #[arg(long)]
+        fsyncs: bool,
     },
     /// Flotilla beside Salt and Ansible (the peer scripts' results) at N = 1, 5, 20, 50.
     Peers {
@@ -153,13 +157,14 @@ fn main() -> anyhow::Result<()> {
                 agents,
                 runs,
                 default_sync,
+                fsyncs,
             } => {
                 let sync = if default_sync {
                     common::Sync::Default
                 } else {
                     common::Sync::Always
                 };
-                fleet::fleet(&agents, runs, sync).await
+                fleet::fleet(&agents, runs, sync, fsyncs).await
             }
             Bench::Peers {
                 agents,

@@ -259,7 +259,7 @@ impl Cluster {
     /// The client connections of node `i` (its `/connz`), each with its `name`; empty when the
     /// node does not answer.
     pub fn connections(&self, i: usize) -> Vec<serde_json::Value> {
-        get_json(self.nodes[i].http_port, "/connz?limit=1000")
+        crate::monitoring::get_json(self.nodes[i].http_port, "/connz?limit=1000")
             .and_then(|connz| connz["connections"].as_array().cloned())
             .unwrap_or_default()
     }
@@ -280,7 +280,7 @@ impl Cluster {
 
     /// Node `i`'s `/jsz` monitoring answer.
     fn jsz(&self, i: usize, query: &str) -> Option<serde_json::Value> {
-        get_json(self.nodes[i].http_port, &format!("/jsz{query}"))
+        crate::monitoring::get_json(self.nodes[i].http_port, &format!("/jsz{query}"))
     }
 
     /// Starts node `i`'s process and waits until it takes client connections.
@@ -344,24 +344,6 @@ impl Drop for Cluster {
             self.kill(i);
         }
     }
-}
-
-/// GET `path` on a monitoring port as JSON. HTTP/1.0, so that a long answer is not chunked.
-fn get_json(port: u16, path: &str) -> Option<serde_json::Value> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect_timeout(
-        &([127, 0, 0, 1], port).into(),
-        Duration::from_secs(1),
-    )
-    .ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.0 200")
-        .then(|| serde_json::from_str(body).ok())
-        .flatten()
 }
 
 /// Node `node`'s configuration file: its ports, its store directory, routes to every peer.

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 mod cluster;
 mod fleet;
+pub mod monitoring;
 mod nats;
 pub mod plan;
 pub mod prometheus;
