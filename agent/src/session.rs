@@ -106,12 +106,22 @@ pub async fn serve(
         signer.clone(),
     )
     .redacting(lifecycle.redactor.clone());
-    // Results that a crash kept from the stream go out before anything new is taken.
+    // Results that a crash kept from the stream go out before anything new is taken. They go
+    // out without the digest of the command they answer (the agent has not received it in this
+    // life): the catch-up read answers them again, with it, so that the coordinator files them.
+    let answered_blind = lifecycle
+        .journal
+        .unpublished()
+        .iter()
+        .map(|r| r.command_id)
+        .collect();
     publish_unpublished(&mut lifecycle, &events).await?;
     let trusted = trusted_keys(&lifecycle);
 
-    let subject = subjects.command(&service, &instance);
-    let delivery = Delivery::subscribe(&client, commands, subject.clone(), reconnected).await?;
+    let subject = subjects.command_delivery(&service, &instance);
+    let stored = subjects.command(&service, &instance);
+    let delivery =
+        Delivery::subscribe(&client, commands, subject.clone(), stored, reconnected).await?;
     // Presence once the subscription exists (unless it answered while waiting for the streams):
     // an agent that answers can take commands.
     let (presence, micro) = answering
@@ -126,6 +136,7 @@ pub async fn serve(
         trusted,
         telemetry,
         caught_up: None,
+        answered_blind,
     };
     let served = session.take_commands(delivery, &shutdown).await;
     session.lifecycle.ops.subscribed(false);
@@ -146,6 +157,9 @@ struct Session<'a> {
     /// The command the last catch-up read handled: its live copy, if one comes too, is the
     /// same delivery twice and is not answered again.
     caught_up: Option<CommandId>,
+    /// Commands whose results this agent published at its start, recovered from the journal,
+    /// without the command's digest (which a signing agent's results must name to be filed).
+    answered_blind: std::collections::HashSet<CommandId>,
 }
 
 impl<'a> Session<'a> {
@@ -334,8 +348,8 @@ impl<'a> Session<'a> {
     }
 
     /// True when `command` needs no answer, because this delivery adds nothing: a catch-up
-    /// read of a command the journal already has (handled, answered, or being recovered), or
-    /// that expired unseen (the coordinator gave up on it; nothing is done or said); or the live
+    /// read of a command the journal already has and answered (unless that answer, recovered at
+    /// start, could not name its digest), or that expired unseen (the coordinator gave up on it; nothing is done or said); or the live
     /// copy of the command a catch-up read just handled. Every other repeat (a coordinator's
     /// re-send) is answered from the journal as before.
     fn already_delivered(&mut self, message: &Delivered, command: &Command) -> bool {
@@ -345,6 +359,10 @@ impl<'a> Session<'a> {
                 && self.lifecycle.journal.get(id).is_some();
         }
         if self.lifecycle.journal.get(id).is_some() {
+            if self.answered_blind.remove(&id) {
+                tracing::info!(command_id = %id, "answering the last stored command again from the journal, now naming its digest");
+                return false;
+            }
             tracing::debug!(command_id = %id, "the last stored command was handled already");
             return true;
         }

@@ -355,9 +355,10 @@ pub fn version_supported(version: &str) -> bool {
 }
 
 /// The commands stream: the last command of each agent, under limits retention
-/// (`flotilla.command.v2`). An agent takes its commands live through a core subscription on its
-/// subject and, after every (re)connect, reads the one stored here with a direct get of the last
-/// message on its subject: the server keeps no consumer, no pull request and no ack state per
+/// (`flotilla.command.v2`). The stream republishes every command it stores to the agent's
+/// delivery subject, where the agent takes it live through a core subscription (so a command the
+/// stream refused reaches nobody); after every (re)connect the agent reads the one stored here
+/// with a direct get of the last message on its subject: the server keeps no consumer, no pull request and no ack state per
 /// agent, only that one message, which the next command replaces. The agent's journal, not the
 /// broker, remembers what was handled. `Nats-Msg-Id` dedupes re-sends by the coordinator
 /// within the window.
@@ -376,6 +377,11 @@ pub fn commands_stream_config(subjects: &Subjects) -> stream::Config {
         duplicate_window: Duration::from_secs(120),
         // The agents' catch-up read, which permissions can grant per agent subject.
         allow_direct: true,
+        republish: Some(stream::Republish {
+            source: subjects.all_commands(),
+            destination: subjects.all_command_deliveries(),
+            headers_only: false,
+        }),
         ..Default::default()
     }
 }

@@ -203,6 +203,18 @@ pub fn differences(wanted: &stream::Config, found: &stream::Config) -> Vec<Diffe
     }
     // Only where Flotilla reads by direct get (the commands stream): without it, agents
     // cannot catch up.
+    if let Some(republish) = &wanted.republish {
+        let text = |r: Option<&stream::Republish>| {
+            r.map_or("none".to_owned(), |r| {
+                format!("{} -> {}", r.source, r.destination)
+            })
+        };
+        compare(
+            "republish",
+            text(Some(republish)),
+            text(found.republish.as_ref()),
+        );
+    }
     if wanted.allow_direct {
         compare(
             "allow_direct",

@@ -3,6 +3,7 @@
 //! | subject | what travels |
 //! |---|---|
 //! | `<prefix>.command.<service>.<instance>` | commands, in the commands stream (the last per agent kept) |
+//! | `<prefix>.delivery.<service>.<instance>` | each stored command, republished by the stream to its agent |
 //! | `<prefix>.evt.<run>.<service>.<instance>` | progress and results, in the events stream |
 //! | `<prefix>.presence` | presence requests; every agent answers |
 //! | `<prefix>.agent.<service>.<instance>.status` | one agent's `status` endpoint in the NATS service API |
@@ -57,13 +58,26 @@ impl Subjects {
         &self.prefix
     }
 
-    /// Where commands for one agent are published (`flotilla.command.v2`): the agent reads them
-    /// live through a core subscription in [`COMMAND_QUEUE`], and catches up on the last one
-    /// stored there ([`Subjects::commands_stream`]) with a direct get after every (re)connect.
-    /// Not under `<prefix>.cmd.`: the v1 work queue ([`Subjects::legacy_commands_stream`]) may
-    /// still hold that, and two streams cannot share subjects.
+    /// Where commands for one agent are published (`flotilla.command.v2`), into the commands
+    /// stream ([`Subjects::commands_stream`]), which keeps the last one; the agent catches up on
+    /// it with a direct get after every (re)connect. Not under `<prefix>.cmd.`: the v1 work queue
+    /// ([`Subjects::legacy_commands_stream`]) may still hold that, and two streams cannot share
+    /// subjects.
     pub fn command(&self, service: &ServiceName, instance: &InstanceId) -> String {
         format!("{}.command.{service}.{instance}", self.prefix)
+    }
+
+    /// Where the commands stream republishes each command it stored for one agent, and where the
+    /// agent receives them live (core NATS, in [`COMMAND_QUEUE`]). Live delivery from the stream,
+    /// not from the publish itself: a command the stream refused (full, a duplicate
+    /// `Nats-Msg-Id`) reaches no agent, so "not delivered" means nothing was done.
+    pub fn command_delivery(&self, service: &ServiceName, instance: &InstanceId) -> String {
+        format!("{}.delivery.{service}.{instance}", self.prefix)
+    }
+
+    /// Every delivery subject (the commands stream's republish destination).
+    pub fn all_command_deliveries(&self) -> String {
+        format!("{}.delivery.>", self.prefix)
     }
 
     /// Every command subject (the commands stream's filter).
@@ -172,6 +186,10 @@ mod tests {
         let svc = ServiceName::parse("inference").unwrap();
         let inst = InstanceId::parse("a1").unwrap();
         assert_eq!(s.command(&svc, &inst), "flotilla.command.inference.a1");
+        assert_eq!(
+            s.command_delivery(&svc, &inst),
+            "flotilla.delivery.inference.a1"
+        );
         assert_eq!(s.commands_stream(), "FLOTILLA_COMMANDS_V2");
         assert_eq!(s.legacy_commands_stream(), "FLOTILLA_COMMANDS");
         assert_eq!(
@@ -190,6 +208,7 @@ mod tests {
             s.files_bucket(),
             s.runs_bucket(),
             s.all_commands(),
+            s.all_command_deliveries(),
             s.all_events(),
             s.presence(),
         ]

@@ -92,10 +92,11 @@ pub async fn assert_agent_confined(url: &str, coordinator: ConnectOptions, agent
         .await
         .unwrap();
     assert_eq!(&own.payload[..], b"command");
-    // Its own subject, live, in the agents' queue group: allowed, and it gets the next command.
+    // Its own delivery subject, live, in the agents' queue group: allowed, and it gets the next
+    // command, as the stream republishes it once stored.
     let mut live = agent
         .queue_subscribe(
-            "flotilla.command.training.a",
+            "flotilla.delivery.training.a",
             flotilla_schemas::subjects::COMMAND_QUEUE.to_owned(),
         )
         .await
@@ -135,9 +136,14 @@ pub async fn assert_agent_confined(url: &str, coordinator: ConnectOptions, agent
         .await;
     assert!(consumer.is_err(), "an agent created a consumer of commands");
 
-    // Reading others' commands, publishing a command, forging another agent's result: refused.
+    // Reading others' commands (as published, or as delivered), its own as published (before
+    // the stream took it), publishing a command, forging another agent's result: refused.
     let _every = agent.subscribe("flotilla.command.>").await.unwrap();
-    let _theirs = agent.subscribe("flotilla.command.ingest.a").await.unwrap();
+    let _theirs = agent.subscribe("flotilla.delivery.ingest.a").await.unwrap();
+    let _unstored = agent
+        .subscribe("flotilla.command.training.a")
+        .await
+        .unwrap();
     agent
         .publish("flotilla.command.ingest.a", "forged command".into())
         .await
@@ -151,6 +157,8 @@ pub async fn assert_agent_confined(url: &str, coordinator: ConnectOptions, agent
         "$JS.API.DIRECT.GET.FLOTILLA_COMMANDS_V2\"",
         "$JS.API.CONSUMER.CREATE.FLOTILLA_COMMANDS_V2",
         "\"flotilla.command.>\"",
+        "\"flotilla.delivery.ingest.a\"",
+        "\"flotilla.command.training.a\"",
         "\"flotilla.command.ingest.a\"",
         "flotilla.evt.run.ingest.a",
     ];

@@ -284,7 +284,9 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Sets the commands stream's size limit (discard new): a full broker refuses new commands.
+/// Sets the commands stream's size limit (discard new), and its message size limit to the same
+/// (-1: none): a full broker refuses new commands. (The stream keeps one command per agent and a
+/// new one replaces it, so the byte limit alone would not refuse a second command to an agent.)
 pub fn limit_commands_stream(nats_url: &str, max_bytes: i64) -> anyhow::Result<()> {
     let url = nats_url.to_owned();
     block_on(async move {
@@ -294,6 +296,7 @@ pub fn limit_commands_stream(nats_url: &str, max_bytes: i64) -> anyhow::Result<(
         let mut stream = flotilla_bus::commands_stream(&js, &subjects).await?;
         let mut config = stream.info().await?.config.clone();
         config.max_bytes = max_bytes;
+        config.max_message_size = i32::try_from(max_bytes).unwrap_or(-1);
         config.discard = jetstream::stream::DiscardPolicy::New;
         js.update_stream(config).await?;
         Ok(())

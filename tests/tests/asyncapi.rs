@@ -40,6 +40,8 @@ fn template_of(builder: &str) -> Option<String> {
     let run: RunId = RUN.parse().unwrap();
     let built = match builder {
         "Subjects::command" => s.command(&svc, &inst),
+        "Subjects::command_delivery" => s.command_delivery(&svc, &inst),
+        "Subjects::all_command_deliveries" => s.all_command_deliveries(),
         "Subjects::all_commands" => s.all_commands(),
         "Subjects::event" => s.event(&run, &svc, &inst),
         "Subjects::run_events" => s.run_events(&run),

@@ -108,7 +108,7 @@ fn the_shipped_permissions_are_read_as_expected() {
         agent
             .subscribe
             .iter()
-            .any(|s| s == "flotilla.command.training.a")
+            .any(|s| s == "flotilla.delivery.training.a")
     );
     assert!(
         agent

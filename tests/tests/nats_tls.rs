@@ -539,7 +539,7 @@ fn the_variants_grant_exactly_the_same_permissions() {
     assert!(
         passwords
             .iter()
-            .any(|l| l.contains("flotilla.command.inference.a"))
+            .any(|l| l.contains("flotilla.delivery.inference.a"))
     );
     for variant in ["nats-server-mtls.conf", "nats-server-nkeys.conf"] {
         let other = rules(variant);

@@ -1,8 +1,10 @@
 //! How the agent's commands reach it (`flotilla.command.v2`), with no state on the server for
 //! it but the last command on its subject.
 //!
-//! - **Live**: a core NATS subscription on the agent's own command subject, in the queue group
-//!   [`COMMAND_QUEUE`]: of two live incarnations of one agent, only one receives each command.
+//! - **Live**: a core NATS subscription on the agent's own delivery subject, where the commands
+//!   stream republishes each command it stored for it, in the queue group [`COMMAND_QUEUE`]: of
+//!   two live incarnations of one agent, only one receives each command. (From the stream, not
+//!   from the publish: a command the stream refused reaches no agent.)
 //! - **Catch-up**: the coordinator publishes every command into the commands stream, which
 //!   keeps the last one per subject. At the start, after every reconnect, and whenever the
 //!   server dropped messages for this client, the agent reads that one with a direct get of the
@@ -36,7 +38,8 @@ pub(super) struct Delivered {
 pub(super) struct Delivery {
     live: Subscriber,
     stream: Stream,
-    subject: String,
+    /// Where the commands are stored (the catch-up read's subject).
+    stored: String,
     reconnected: Arc<Notify>,
     /// A catch-up read is owed: at the start, after a reconnect, or after one that failed.
     owed: bool,
@@ -58,6 +61,7 @@ impl Delivery {
         client: &async_nats::Client,
         stream: Stream,
         subject: String,
+        stored: String,
         reconnected: Arc<Notify>,
     ) -> Result<Self, SessionError> {
         let live = client
@@ -70,7 +74,7 @@ impl Delivery {
         Ok(Self {
             live,
             stream,
-            subject,
+            stored,
             reconnected,
             owed: true,
         })
@@ -105,7 +109,7 @@ impl Delivery {
     /// Reads the last command stored for this agent; a failed read stays owed (the caller
     /// tries again on its retry tick).
     pub(super) async fn catch_up(&mut self) -> CaughtUp {
-        match self.stream.direct_get_last_for_subject(&self.subject).await {
+        match self.stream.direct_get_last_for_subject(&self.stored).await {
             Ok(message) => {
                 self.owed = false;
                 CaughtUp::Found(Delivered {
@@ -120,7 +124,7 @@ impl Delivery {
                 CaughtUp::Nothing
             }
             Err(e) => {
-                tracing::warn!(error = %e, subject = %self.subject, "cannot read the last command yet; trying again");
+                tracing::warn!(error = %e, subject = %self.stored, "cannot read the last command yet; trying again");
                 self.owed = true;
                 CaughtUp::Failed
             }
