@@ -37,12 +37,20 @@ fn cut(
     let roles = ["inference", "ingest"];
     create_streams(nats.url()).unwrap();
     let proxy = Proxy::start(nats.url()).unwrap();
-    let agents_url = if path == Path::Agent {
+    // Before dispatch, only the second wave's agent is behind the proxy: the canary must get
+    // through, or the second wave's command is never sent.
+    let agents_url = if path == Path::Agent && !before_dispatch {
         proxy.url()
     } else {
         nats.url().to_owned()
     };
-    let fleet = Fleet::start(&agents_url, &roles).unwrap();
+    let mut fleet = Fleet::start(&agents_url, &roles).unwrap();
+    if path == Path::Agent && before_dispatch {
+        fleet.stop_agent("ingest");
+        fleet.set_agent_env("ingest", "FLOTILLA_NATS__URL", &proxy.url());
+        fleet.start_agent("ingest").unwrap();
+        fleet.wait_ready(Duration::from_secs(30)).unwrap();
+    }
     let scenario = Scenario::new(&fleet, &roles, COMMAND_TIMEOUT);
     let header = if before_dispatch {
         // The canary keeps the coordinator busy while the second wave's agent is cut off.
