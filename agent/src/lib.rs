@@ -116,7 +116,9 @@ pub async fn run_with(
         service_pid: lifecycle.supervisor.pid(),
     }));
 
-    let client = match connect(&lifecycle.config, &shutdown).await {
+    // Woken at each reconnect: core NATS delivery may have missed a command then.
+    let reconnected = Arc::new(tokio::sync::Notify::new());
+    let client = match connect(&lifecycle.config, reconnected.clone(), &shutdown).await {
         Some(Ok(client)) => client,
         Some(Err(e)) => {
             lifecycle.supervisor.shutdown().await;
@@ -138,6 +140,7 @@ pub async fn run_with(
         .await;
     let served = session::serve(
         client.clone(),
+        reconnected,
         subjects,
         lifecycle,
         status,
@@ -230,6 +233,7 @@ async fn recover_and_boot(lifecycle: &mut Lifecycle) -> Result<(), AgentError> {
 /// `shutdown` came first; an error when waiting would not help.
 async fn connect(
     config: &AgentConfig,
+    reconnected: Arc<tokio::sync::Notify>,
     shutdown: &CancellationToken,
 ) -> Option<Result<async_nats::Client, flotilla_bus::BusError>> {
     let options = BusOptions {
@@ -246,7 +250,7 @@ async fn connect(
     retry::steadily(
         Duration::from_secs(1),
         shutdown,
-        || flotilla_bus::connect(&options),
+        || flotilla_bus::connect_notifying(&options, Some(reconnected.clone())),
         |e| {
             if e.is_transient() {
                 tracing::warn!(error = %error_chain(e), "NATS not reachable yet, retrying");

@@ -1,16 +1,16 @@
-//! The agent's NATS session: reads its own commands through a durable consumer, answers
-//! presence requests, and hands commands to the lifecycle one at a time.
+//! The agent's NATS session: receives its own commands (live, and by a catch-up read of the
+//! last one after each reconnect: `delivery`), answers presence requests, and hands commands to
+//! the lifecycle one at a time.
 
 use std::sync::{Arc, Mutex};
 
-use async_nats::jetstream::{self, AckKind, consumer};
+use async_nats::jetstream;
 use flotilla_bus::{BusError, signing};
 use flotilla_schemas::subjects::Subjects;
 use flotilla_schemas::{
     Action, AgentState, Command, CommandId, HEADER_RUN_TRACEPARENT, InstanceId, Outcome, RunId,
     RunResult, ServiceName, decode,
 };
-use futures::StreamExt;
 use serde::Deserialize;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -19,43 +19,23 @@ use tracing::Instrument;
 use crate::events::Events;
 use crate::journal::Record;
 use crate::lifecycle::{Acceptance, Lifecycle};
+use delivery::{CaughtUp, Delivered, Delivery};
 use flotilla_telemetry::error_chain;
 use presence::answer;
 
-mod command_consumer;
+mod delivery;
 mod presence;
-mod takeover;
 
 /// Why the session ended with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     #[error(transparent)]
     Bus(#[from] BusError),
-    #[error("cannot create the consumer {name}")]
-    Consumer {
-        name: String,
-        #[source]
-        source: jetstream::stream::ConsumerError,
-    },
-    #[error("cannot read commands from {name}")]
-    Messages {
-        name: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
     #[error("cannot subscribe to {subject}")]
     Subscribe {
         subject: String,
         #[source]
         source: async_nats::SubscribeError,
-    },
-    #[error(
-        "the consumer {name} reads {found:?}, not this agent's commands ({wanted:?}): another agent's names map to the same consumer; rename one of them"
-    )]
-    ConsumerTaken {
-        name: String,
-        wanted: String,
-        found: String,
     },
     #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),
@@ -83,6 +63,7 @@ pub struct Status {
 /// Serves commands until `shutdown` is cancelled. The command in hand is always finished first.
 pub async fn serve(
     client: async_nats::Client,
+    reconnected: Arc<tokio::sync::Notify>,
     subjects: Subjects,
     mut lifecycle: Lifecycle,
     status: Arc<Mutex<Status>>,
@@ -127,22 +108,27 @@ pub async fn serve(
         signer.clone(),
     )
     .redacting(lifecycle.redactor.clone());
-    // Results that a crash kept from the stream go out before anything new is taken.
+    // Results that a crash kept from the stream go out before anything new is taken. They go
+    // out without the digest of the command they answer (the agent has not received it in this
+    // life): the catch-up read answers them again, with it, so that the coordinator files them.
+    let answered_blind = lifecycle
+        .journal
+        .unpublished()
+        .iter()
+        .map(|r| r.command_id)
+        .collect();
     publish_unpublished(&mut lifecycle, &events).await?;
     let trusted = trusted_keys(&lifecycle);
 
-    let name = subjects.agent_consumer(&service, &instance);
-    let Some(messages) =
-        command_messages(&commands, &subjects, &name, &lifecycle, &shutdown).await?
-    else {
-        return Ok(lifecycle);
-    };
-    // Presence once the consumer exists (unless it answered while waiting for the streams): the
-    // coordinator's discovery takes the consumers for the list of agents that can answer, and
-    // stops when all of them have.
+    let subject = subjects.command_delivery(&service, &instance);
+    let stored = subjects.command(&service, &instance);
+    let delivery =
+        Delivery::subscribe(&client, commands, subject.clone(), stored, reconnected).await?;
+    // Presence once the subscription exists (unless it answered while waiting for the streams):
+    // an agent that answers can take commands.
     let (presence, micro) = answering
         .unwrap_or_else(|| answer(&client, &subjects, &lifecycle, &signer, &status, &shutdown));
-    tracing::info!(%service, %instance, consumer = %name, "ready for commands");
+    tracing::info!(%service, %instance, %subject, "ready for commands");
     lifecycle.ops.subscribed(true);
 
     let mut session = Session {
@@ -151,45 +137,14 @@ pub async fn serve(
         status,
         trusted,
         telemetry,
+        caught_up: None,
+        answered_blind,
     };
-    let served = session.take_commands(messages, &shutdown).await;
+    let served = session.take_commands(delivery, &shutdown).await;
     session.lifecycle.ops.subscribed(false);
     presence.abort();
     micro.abort();
     served.map(|()| session.lifecycle)
-}
-
-/// The agent's own command consumer (made or taken over from a previous incarnation) and its
-/// message stream; `None` when shut down meanwhile.
-async fn command_messages(
-    commands: &jetstream::stream::Stream,
-    subjects: &Subjects,
-    name: &str,
-    lifecycle: &Lifecycle,
-    shutdown: &CancellationToken,
-) -> Result<Option<jetstream::consumer::pull::Stream>, SessionError> {
-    let Some(mut consumer) =
-        command_consumer::command_consumer(commands, subjects, name, lifecycle, shutdown).await?
-    else {
-        return Ok(None);
-    };
-    if let Err(e) = takeover::take_over(commands, &mut consumer, name, shutdown).await {
-        tracing::warn!(
-            error = %error_chain(&e),
-            "a previous incarnation's pull requests stay registered: the next command may wait for the ack wait"
-        );
-    }
-    if shutdown.is_cancelled() {
-        return Ok(None);
-    }
-    let messages = consumer
-        .messages()
-        .await
-        .map_err(|source| SessionError::Messages {
-            name: name.to_owned(),
-            source: Box::new(source),
-        })?;
-    Ok(Some(messages))
 }
 
 /// What handling a command needs. (The telemetry flush in progress is kept beside it, not in it:
@@ -201,18 +156,27 @@ struct Session<'a> {
     /// Keys whose signatures commands must carry; empty accepts unsigned commands.
     trusted: Vec<signing::TrustedKey>,
     telemetry: &'a flotilla_telemetry::TelemetryGuard,
+    /// The command the last catch-up read handled: its live copy, if one comes too, is the
+    /// same delivery twice and is not answered again.
+    caught_up: Option<CommandId>,
+    /// Commands whose results this agent published at its start, recovered from the journal,
+    /// without the command's digest (which a signing agent's results must name to be filed).
+    answered_blind: std::collections::HashSet<CommandId>,
 }
 
 impl<'a> Session<'a> {
-    /// Takes commands one at a time until `shutdown` or the end of `messages`, retrying
-    /// unpublished results meanwhile.
+    /// Takes commands one at a time until `shutdown` or the end of the subscription, catching
+    /// up when a reconnect may have lost one, and retrying unpublished results meanwhile.
     async fn take_commands(
         &mut self,
-        mut messages: consumer::pull::Stream,
+        mut delivery: Delivery,
         shutdown: &CancellationToken,
     ) -> Result<(), SessionError> {
         let mut retry = tokio::time::interval(RESULT_RETRY);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A failed catch-up read waits for the next retry tick, not a busy loop.
+        let mut read_failed = false;
+        let reconnected = delivery.reconnected();
         // The flush of the last command's spans and logs: it runs alongside whatever comes next
         // (waiting, or the next command), never in front of it.
         let mut flushing: Option<Flush<'a>> = None;
@@ -224,25 +188,36 @@ impl<'a> Session<'a> {
                     continue;
                 }
                 _ = retry.tick() => {
+                    read_failed = false;
                     // Results the broker refused (unreachable, full) go out as soon as it takes
                     // them again, not only at the next start: the coordinator is still waiting.
                     publish_unpublished(&mut self.lifecycle, &self.events).await?;
                     continue;
                 }
-                next = messages.next() => match next {
-                    Some(Ok(message)) => message,
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "command stream hiccup");
-                        continue;
+                () = reconnected.notified(), if !delivery.owed() => {
+                    delivery.owe();
+                    continue;
+                }
+                () = std::future::ready(()), if delivery.owed() && !read_failed => {
+                    match delivery.catch_up().await {
+                        CaughtUp::Found(message) => message,
+                        CaughtUp::Nothing => continue,
+                        CaughtUp::Failed => {
+                            read_failed = true;
+                            continue;
+                        }
                     }
+                }
+                next = delivery.next_live() => match next {
+                    Some(message) => message,
                     None => break,
                 },
             };
             self.handle(message, &mut flushing).await?;
         }
-        // Stop pulling before the last flush: a command sent meanwhile goes to the next
-        // incarnation, not to a request nobody will serve.
-        drop(messages);
+        // Stop receiving before the last flush: a command sent meanwhile waits in the stream for
+        // the next incarnation's catch-up.
+        delivery.close().await;
         if let Some(pending) = flushing {
             pending.await;
         }
@@ -253,34 +228,33 @@ impl<'a> Session<'a> {
     /// written, which stops the agent.
     async fn handle(
         &mut self,
-        message: jetstream::Message,
+        message: Delivered,
         flushing: &mut Option<Flush<'a>>,
     ) -> Result<(), SessionError> {
         let Some(command) = self.authentic(&message).await else {
-            let _ = message.ack_with(AckKind::Term).await;
             self.lifecycle
                 .ops
                 .command(crate::ops::kind(None), Outcome::Refused);
             return Ok(());
         };
+        if self.already_delivered(&message, &command) {
+            return Ok(());
+        }
         self.set_status(AgentState::Busy, Some(command.run_id));
         let span = process_span(&message, &command);
         // A secret file added or rotated since the last command is redacted from now on.
         self.lifecycle.redactor.refresh();
         if matches!(command.action, Action::Preview { .. }) {
-            self.preview(&message, &command, flushing)
-                .instrument(span)
-                .await;
+            self.preview(&command, flushing).instrument(span).await;
             self.set_status(AgentState::Idle, None);
             return Ok(());
         }
         let kind = crate::ops::kind(Some(&command.action));
-        let run = accept_and_run(&mut self.lifecycle, command, &message, &self.events);
+        let run = accept_and_run(&mut self.lifecycle, command, &self.events);
         let handled = alongside(flushing, run.instrument(span.clone())).await;
         let result = handled.inspect_err(|e| {
             tracing::error!(error = %error_chain(e), "journal write failed; stopping");
         })?;
-        let _ = message.ack().await;
         publish_result(&mut self.lifecycle, &self.events, &result)
             .instrument(span)
             .await?;
@@ -310,7 +284,7 @@ impl<'a> Session<'a> {
     /// an unsigned or forged message is trusted, not even its fields (the refusal names only the
     /// IDs it claims, so its sender hears why, and the digest of what was refused, so that it
     /// never counts against a genuine command).
-    async fn authentic(&self, message: &jetstream::Message) -> Option<Command> {
+    async fn authentic(&self, message: &Delivered) -> Option<Command> {
         let header = message
             .headers
             .as_ref()
@@ -337,6 +311,13 @@ impl<'a> Session<'a> {
                 self.events.received(command.command_id, digest);
                 Some(command)
             }
+            // What a catch-up read finds was already received once (and answered then), or
+            // was stored by someone else than the coordinator: only logged, never answered
+            // again at every start.
+            Err(e) if message.caught_up => {
+                tracing::warn!(error = %error_chain(e.as_ref()), "ignoring the last stored command: it cannot be taken");
+                None
+            }
             Err(e) => {
                 refuse(
                     &self.events,
@@ -354,14 +335,8 @@ impl<'a> Session<'a> {
 
     /// Answers a preview. Read-only, so never journalled: a replay runs it again and changes
     /// nothing either.
-    async fn preview(
-        &mut self,
-        message: &jetstream::Message,
-        command: &Command,
-        flushing: &mut Option<Flush<'a>>,
-    ) {
+    async fn preview(&mut self, command: &Command, flushing: &mut Option<Flush<'a>>) {
         let result = alongside(flushing, self.lifecycle.preview(command, &self.events)).await;
-        let _ = message.ack().await;
         let kind = crate::ops::kind(Some(&command.action));
         self.lifecycle.ops.command(kind, result.outcome);
         match self.events.result(&result).await {
@@ -373,36 +348,55 @@ impl<'a> Session<'a> {
     fn set_status(&self, state: AgentState, run: Option<RunId>) {
         set_status(&self.status, state, run, self.lifecycle.supervisor.pid());
     }
+
+    /// True when `command` needs no answer, because this delivery adds nothing: a catch-up
+    /// read of a command the journal already has and answered (unless that answer, recovered at
+    /// start, could not name its digest), or that expired unseen (the coordinator gave up on it; nothing is done or said); or the live
+    /// copy of the command a catch-up read just handled. Every other repeat (a coordinator's
+    /// re-send) is answered from the journal as before.
+    fn already_delivered(&mut self, message: &Delivered, command: &Command) -> bool {
+        let id = command.command_id;
+        if !message.caught_up {
+            return self.caught_up.take_if(|c| *c == id).is_some()
+                && self.lifecycle.journal.get(id).is_some();
+        }
+        if self.lifecycle.journal.get(id).is_some() {
+            if self.answered_blind.remove(&id) {
+                tracing::info!(command_id = %id, "answering the last stored command again from the journal, now naming its digest");
+                return false;
+            }
+            tracing::debug!(command_id = %id, "the last stored command was handled already");
+            return true;
+        }
+        let skew = self.lifecycle.config.security.clock_skew;
+        if command.expires_at + skew < OffsetDateTime::now_utc() {
+            tracing::info!(command_id = %id, expired_at = %command.expires_at, "the last stored command expired before this agent saw it; ignored");
+            return true;
+        }
+        tracing::info!(command_id = %id, "caught up on a command sent while this agent was away");
+        self.caught_up = Some(id);
+        false
+    }
 }
 
 /// Journals `command` and carries it out, or answers it from the journal.
 async fn accept_and_run(
     lifecycle: &mut Lifecycle,
     command: Command,
-    message: &jetstream::Message,
     events: &Events,
 ) -> Result<RunResult, crate::journal::JournalError> {
     tracing::info!(command_id = %command.command_id, "command received");
     match lifecycle.accept(&command)? {
         Acceptance::Done(result) => Ok(*result),
-        Acceptance::Proceed => {
-            // The journal owns the command now: ack so the broker stops redelivering it. A crash
-            // from here on is recovered from the journal; a redelivery anyway (acks are not
-            // durable across a broker crash) is answered from it.
-            if let Err(e) = message.double_ack().await {
-                tracing::warn!(
-                    error = %e,
-                    "ack not confirmed; a redelivery will be answered from the journal"
-                );
-            }
-            lifecycle.execute(command, events).await
-        }
+        // The journal owns the command now: a crash from here on is recovered from it, and a
+        // second delivery is answered from it.
+        Acceptance::Proceed => lifecycle.execute(command, events).await,
     }
 }
 
 /// The consumer span of a command: it continues the coordinator's trace from the message's
 /// traceparent.
-fn process_span(message: &jetstream::Message, command: &Command) -> tracing::Span {
+fn process_span(message: &Delivered, command: &Command) -> tracing::Span {
     let span = tracing::info_span!(
         "process",
         otel.name = format!("{} process", message.subject),
@@ -459,8 +453,8 @@ async fn streams(
 /// Waits until both streams exist; returns the commands stream. A least-privileged agent may not
 /// create the streams (`flotilla setup` or any coordinator command does): it waits for them,
 /// however long, and goes on as soon as they appear. While it waits it answers presence, so that
-/// a coordinator that creates them finds it (the commands sent meanwhile wait in the stream for
-/// its consumer; discovery does not trust the consumer list of a stream that young).
+/// a coordinator that creates them finds it (the last command sent meanwhile waits in the stream
+/// for its catch-up read).
 async fn wait_for_streams(
     js: &jetstream::Context,
     subjects: &Subjects,

@@ -285,10 +285,33 @@ impl Credentials {
 /// by itself to any node it knows (those given and those the cluster announces), with
 /// [`reconnect_delay`] between attempts.
 pub async fn connect(options: &BusOptions) -> Result<async_nats::Client, BusError> {
-    let connect = options
+    connect_notifying(options, None).await
+}
+
+/// [`connect`], and `reconnected` is notified whenever the client (re)connects or the server
+/// dropped messages for it (a slow consumer): the moments when core NATS messages may have been
+/// missed. By then the client has sent its subscriptions again, ahead of anything it sends next.
+pub async fn connect_notifying(
+    options: &BusOptions,
+    reconnected: Option<std::sync::Arc<tokio::sync::Notify>>,
+) -> Result<async_nats::Client, BusError> {
+    let mut connect = options
         .auth
         .apply(async_nats::ConnectOptions::new())
         .await?;
+    if let Some(notify) = reconnected {
+        connect = connect.event_callback(move |event| {
+            let notify = notify.clone();
+            async move {
+                if matches!(
+                    event,
+                    async_nats::Event::Connected | async_nats::Event::SlowConsumer(_)
+                ) {
+                    notify.notify_one();
+                }
+            }
+        });
+    }
     let client = connect
         .name(&options.name)
         .connection_timeout(options.connect_timeout)
@@ -332,21 +355,34 @@ pub fn version_supported(version: &str) -> bool {
     }
 }
 
-/// The commands stream: a work queue, so a command is removed once its agent has acked it
-/// (the agent's journal, not the broker, remembers it from then on). `Nats-Msg-Id` dedupes
-/// re-sends by the coordinator within the window.
+/// The commands stream: the last command of each agent, under limits retention
+/// (`flotilla.command.v2`). The stream republishes every command it stores to the agent's
+/// delivery subject, where the agent takes it live through a core subscription (so a command the
+/// stream refused reaches nobody); after every (re)connect the agent reads the one stored here
+/// with a direct get of the last message on its subject: the server keeps no consumer, no pull request and no ack state per
+/// agent, only that one message, which the next command replaces. The agent's journal, not the
+/// broker, remembers what was handled. `Nats-Msg-Id` dedupes re-sends by the coordinator
+/// within the window.
 pub fn commands_stream_config(subjects: &Subjects) -> stream::Config {
     stream::Config {
         name: subjects.commands_stream(),
-        description: Some("Flotilla commands, one subject per agent; removed once acked".into()),
+        description: Some(
+            "Flotilla commands, one subject per agent; the last command of each agent kept".into(),
+        ),
         subjects: vec![subjects.all_commands()],
-        retention: stream::RetentionPolicy::WorkQueue,
+        retention: stream::RetentionPolicy::Limits,
         storage: stream::StorageType::File,
+        max_messages_per_subject: 1,
+        discard: stream::DiscardPolicy::Old,
         max_age: Duration::from_secs(7 * 24 * 3600),
         duplicate_window: Duration::from_secs(120),
-        // One durable consumer per agent: the server's default cap (1,000) would stop the
-        // 1,001st agent.
-        max_consumers: -1,
+        // The agents' catch-up read, which permissions can grant per agent subject.
+        allow_direct: true,
+        republish: Some(stream::Republish {
+            source: subjects.all_commands(),
+            destination: subjects.all_command_deliveries(),
+            headers_only: false,
+        }),
         ..Default::default()
     }
 }

@@ -201,6 +201,27 @@ pub fn differences(wanted: &stream::Config, found: &stream::Config) -> Vec<Diffe
             duration(found.duplicate_window),
         );
     }
+    // Only where Flotilla reads by direct get (the commands stream): without it, agents
+    // cannot catch up.
+    if let Some(republish) = &wanted.republish {
+        let text = |r: Option<&stream::Republish>| {
+            r.map_or("none".to_owned(), |r| {
+                format!("{} -> {}", r.source, r.destination)
+            })
+        };
+        compare(
+            "republish",
+            text(Some(republish)),
+            text(found.republish.as_ref()),
+        );
+    }
+    if wanted.allow_direct {
+        compare(
+            "allow_direct",
+            wanted.allow_direct.to_string(),
+            found.allow_direct.to_string(),
+        );
+    }
     out
 }
 

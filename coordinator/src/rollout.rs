@@ -84,13 +84,23 @@ pub fn preflight(
                 .iter()
                 .any(|s| s == flotilla_schemas::CommandSchema::VALUE)
             {
+                // v1 agents read a work queue this coordinator no longer writes: say so.
+                let older = agent
+                    .accepts
+                    .iter()
+                    .any(|s| s == flotilla_schemas::LEGACY_COMMAND_SCHEMA);
                 problems.push(format!(
-                    "{}/{}: agent {} does not accept {} (it accepts {})",
+                    "{}/{}: agent {} does not accept {} (it accepts {}){}",
                     agent.service,
                     agent.instance,
                     agent.version,
                     flotilla_schemas::CommandSchema::VALUE,
-                    agent.accepts.join(", ")
+                    agent.accepts.join(", "),
+                    if older {
+                        "; it is older than per-agent command delivery: upgrade it"
+                    } else {
+                        ""
+                    }
                 ));
                 continue;
             }

@@ -19,11 +19,11 @@ pub use codec::{DecodeError, MAX_MESSAGE_BYTES, decode, encode, schema_of};
 pub use ids::{CommandId, IdError, InstanceId, RunId, ServiceName};
 pub use messages::{
     Action, AgentState, Check, CheckVerdict, Command, CommandSchema, ConfigShape, GateReport,
-    Gates, HttpCheck, Inconclusive, Inspection, JobOutputReport, JobRun, Measurements,
-    MemorySource, Outcome, Phase, PhaseReport, PhaseStatus, PlanFile, Precondition, Presence,
-    Preview, Progress, ProgressSchema, Registration, RegistrationSchema, ResultSchema, RunResult,
-    SettingProbe, SettingReport, Step, StepPreview, WireMessage, Workload, WorkloadFigures,
-    WorkloadReport,
+    Gates, HttpCheck, Inconclusive, Inspection, JobOutputReport, JobRun, LEGACY_COMMAND_SCHEMA,
+    Measurements, MemorySource, Outcome, Phase, PhaseReport, PhaseStatus, PlanFile, Precondition,
+    Presence, Preview, Progress, ProgressSchema, Registration, RegistrationSchema, ResultSchema,
+    RunResult, SettingProbe, SettingReport, Step, StepPreview, WireMessage, Workload,
+    WorkloadFigures, WorkloadReport,
 };
 pub use version::SchemaTag;
 

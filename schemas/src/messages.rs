@@ -7,8 +7,8 @@ mod registration;
 mod result;
 
 pub use command::{
-    Action, Check, Command, CommandSchema, Gates, HttpCheck, Inconclusive, PlanFile, Precondition,
-    SettingProbe, Step, Workload,
+    Action, Check, Command, CommandSchema, Gates, HttpCheck, Inconclusive, LEGACY_COMMAND_SCHEMA,
+    PlanFile, Precondition, SettingProbe, Step, Workload,
 };
 pub use presence::{AgentState, Presence, PresenceSchema};
 pub use progress::{Phase, PhaseStatus, Progress, ProgressSchema};

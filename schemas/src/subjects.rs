@@ -2,7 +2,8 @@
 //!
 //! | subject | what travels |
 //! |---|---|
-//! | `<prefix>.cmd.<service>.<instance>` | commands, in the commands stream |
+//! | `<prefix>.command.<service>.<instance>` | commands, in the commands stream (the last per agent kept) |
+//! | `<prefix>.delivery.<service>.<instance>` | each stored command, republished by the stream to its agent |
 //! | `<prefix>.evt.<run>.<service>.<instance>` | results, in the events stream (the audit log) |
 //! | `<prefix>.live.<run>.<service>.<instance>` | progress, core NATS only: never stored |
 //! | `<prefix>.presence` | presence requests; every agent answers |
@@ -17,6 +18,11 @@ use crate::{InstanceId, RunId, ServiceName};
 
 /// The default subject prefix.
 pub const DEFAULT_PREFIX: &str = "flotilla";
+
+/// The queue group every agent subscribes to its command subject in: the subject is the agent's
+/// own, so the group is per agent identity, and of two live incarnations of one agent (a pod
+/// rescheduled while the old one still runs) only one receives each command.
+pub const COMMAND_QUEUE: &str = "agent";
 
 /// Subject and resource names under one prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,14 +60,42 @@ impl Subjects {
         &self.prefix
     }
 
-    /// Where commands for one agent are published.
+    /// Where commands for one agent are published (`flotilla.command.v2`), into the commands
+    /// stream ([`Subjects::commands_stream`]), which keeps the last one; the agent catches up on
+    /// it with a direct get after every (re)connect. Not under `<prefix>.cmd.`: the v1 work queue
+    /// ([`Subjects::legacy_commands_stream`]) may still hold that, and two streams cannot share
+    /// subjects.
     pub fn command(&self, service: &ServiceName, instance: &InstanceId) -> String {
-        format!("{}.cmd.{service}.{instance}", self.prefix)
+        format!("{}.command.{service}.{instance}", self.prefix)
+    }
+
+    /// Where the commands stream republishes each command it stored for one agent, and where the
+    /// agent receives them live (core NATS, in [`COMMAND_QUEUE`]). Live delivery from the stream,
+    /// not from the publish itself: a command the stream refused (full, a duplicate
+    /// `Nats-Msg-Id`) reaches no agent, so "not delivered" means nothing was done.
+    pub fn command_delivery(&self, service: &ServiceName, instance: &InstanceId) -> String {
+        format!("{}.delivery.{service}.{instance}", self.prefix)
+    }
+
+    /// Every delivery subject (the commands stream's republish destination).
+    pub fn all_command_deliveries(&self) -> String {
+        format!("{}.delivery.>", self.prefix)
     }
 
     /// Every command subject (the commands stream's filter).
     pub fn all_commands(&self) -> String {
-        format!("{}.cmd.>", self.prefix)
+        format!("{}.command.>", self.prefix)
+    }
+
+    /// The JetStream API subject of a direct get of the last command stored for one agent:
+    /// the only JetStream request an agent makes for its commands, and one the server's
+    /// permissions can grant per agent (the batch forms carry the subject in the body).
+    pub fn last_command_get(&self, service: &ServiceName, instance: &InstanceId) -> String {
+        format!(
+            "$JS.API.DIRECT.GET.{}.{}",
+            self.commands_stream(),
+            self.command(service, instance)
+        )
     }
 
     /// Where one agent publishes the results of one run (stored: the audit log). Agents older
@@ -107,8 +141,19 @@ impl Subjects {
         format!("{}.agent.{service}.{instance}", self.prefix)
     }
 
-    /// The JetStream stream that holds commands.
+    /// The JetStream stream that holds commands: limits retention, the last command of each
+    /// agent's subject (`flotilla_bus::commands_stream_config`).
     pub fn commands_stream(&self) -> String {
+        format!(
+            "{}_COMMANDS_V2",
+            self.prefix.to_ascii_uppercase().replace('-', "_")
+        )
+    }
+
+    /// The work-queue commands stream of `flotilla.command.v1` (subjects `<prefix>.cmd.>`, one
+    /// durable consumer per agent). Nothing of this version uses it; `flotilla setup` reports
+    /// it as obsolete when it finds it.
+    pub fn legacy_commands_stream(&self) -> String {
         format!(
             "{}_COMMANDS",
             self.prefix.to_ascii_uppercase().replace('-', "_")
@@ -123,7 +168,8 @@ impl Subjects {
         )
     }
 
-    /// The durable consumer through which one agent reads its commands:
+    /// The durable consumer through which a `flotilla.command.v1` agent read its commands on
+    /// the legacy work queue (this version's agents have none):
     /// `agent_<service>_<instance>`, each `_` inside a name doubled. Names may hold `_`, so
     /// without the doubling `a_b`/`c` and `a`/`b_c` would share one consumer (and one agent
     /// would take the other's commands); with it, the single `_` between the names is the only
@@ -169,8 +215,17 @@ mod tests {
         let s = Subjects::default();
         let svc = ServiceName::parse("inference").unwrap();
         let inst = InstanceId::parse("a1").unwrap();
-        assert_eq!(s.command(&svc, &inst), "flotilla.cmd.inference.a1");
-        assert_eq!(s.commands_stream(), "FLOTILLA_COMMANDS");
+        assert_eq!(s.command(&svc, &inst), "flotilla.command.inference.a1");
+        assert_eq!(
+            s.command_delivery(&svc, &inst),
+            "flotilla.delivery.inference.a1"
+        );
+        assert_eq!(s.commands_stream(), "FLOTILLA_COMMANDS_V2");
+        assert_eq!(s.legacy_commands_stream(), "FLOTILLA_COMMANDS");
+        assert_eq!(
+            s.last_command_get(&svc, &inst),
+            "$JS.API.DIRECT.GET.FLOTILLA_COMMANDS_V2.flotilla.command.inference.a1"
+        );
         assert_eq!(s.agent_consumer(&svc, &inst), "agent_inference_a1");
         assert!(Subjects::new("bad.prefix").is_err());
     }
@@ -196,11 +251,13 @@ mod tests {
     fn names(s: &Subjects) -> Vec<String> {
         vec![
             s.commands_stream(),
+            s.legacy_commands_stream(),
             s.events_stream(),
             s.files_bucket(),
             s.runs_bucket(),
             s.agents_bucket(),
             s.all_commands(),
+            s.all_command_deliveries(),
             s.all_events(),
             s.presence(),
         ]

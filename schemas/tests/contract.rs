@@ -111,16 +111,19 @@ fn other_versions_are_refused_by_name() {
     let path = &golden_paths::<Command>()[0];
     let mut value: serde_json::Value =
         serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
-    value["schema"] = "flotilla.command.v2".into();
-    let err = decode::<Command>(&serde_json::to_vec(&value).unwrap()).unwrap_err();
-    assert!(
-        matches!(err, DecodeError::UnsupportedSchema { .. }),
-        "{err:?}"
-    );
-    assert_eq!(
-        err.to_string(),
-        "unsupported schema \"flotilla.command.v2\": this build speaks \"flotilla.command.v1\""
-    );
+    // Both ways: an older coordinator's v1 (delivered through the work queue) and a later v3.
+    for other in ["flotilla.command.v1", "flotilla.command.v3"] {
+        value["schema"] = other.into();
+        let err = decode::<Command>(&serde_json::to_vec(&value).unwrap()).unwrap_err();
+        assert!(
+            matches!(err, DecodeError::UnsupportedSchema { .. }),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!("unsupported schema \"{other}\": this build speaks \"flotilla.command.v2\"")
+        );
+    }
 }
 
 #[test]
@@ -130,7 +133,7 @@ fn malformed_and_oversized_input_is_refused() {
         Err(DecodeError::NoSchema(_))
     ));
     assert!(matches!(
-        decode::<Command>(br#"{"schema":"flotilla.command.v1","command_id":"nope"}"#),
+        decode::<Command>(br#"{"schema":"flotilla.command.v2","command_id":"nope"}"#),
         Err(DecodeError::Malformed { .. })
     ));
     let huge = vec![b' '; flotilla_schemas::MAX_MESSAGE_BYTES + 1];

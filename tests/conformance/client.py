@@ -28,7 +28,7 @@ import nats
 
 HERE = pathlib.Path(__file__).resolve().parent
 SCHEMAS = HERE.parent.parent / "schemas" / "json"
-COMMAND_SCHEMA = "flotilla.command.v1"
+COMMAND_SCHEMA = "flotilla.command.v2"
 MICRO_NAME = "flotilla-agent"
 # RFC 3339, as written by a conforming peer: UTC with the Z designator.
 UTC_DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$")
@@ -235,11 +235,11 @@ class Client:
             # Signed by a stranger, under the trusted key's ID.
             stranger = Signer(os.urandom(32))
             headers["Flotilla-Signature"] = stranger.header(payload, self.signer.key_id)
-        subject = f"{self.prefix}.cmd.{command['service']}.{command['instance']}"
+        subject = f"{self.prefix}.command.{command['service']}.{command['instance']}"
         ack = await self.js.publish(subject, payload, headers=headers)
         if ack.duplicate:
             raise Failure(f"the commands stream took {command['command_id']} for a duplicate")
-        expected_stream = self.prefix.upper().replace("-", "_") + "_COMMANDS"
+        expected_stream = self.prefix.upper().replace("-", "_") + "_COMMANDS_V2"
         if ack.stream != expected_stream:
             raise Failure(f"command stored in stream {ack.stream}, expected {expected_stream}")
 

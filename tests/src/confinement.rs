@@ -58,9 +58,11 @@ pub async fn violations_after_flush(
     }
 }
 
-/// As the coordinator: creates the streams and queues one command each for training and ingest.
-/// As training's agent: pulls and acks its own command; is refused ingest's consumer, reading
-/// `flotilla.cmd.>`, publishing a command and forging ingest's result or progress; its own
+/// As the coordinator: creates the streams and stores one command each for training and ingest.
+/// As training's agent: reads the last command on its own subject (the catch-up direct get) and
+/// receives the next one live through its subscription; is refused ingest's last command, the
+/// batch direct get, any consumer on the commands stream, subscribing to ingest's or every
+/// command subject, publishing a command and forging ingest's result or progress; its own
 /// result is stored, its own live progress reaches the coordinator unstored, and the streams
 /// hold nothing forged.
 pub async fn assert_agent_confined(url: &str, coordinator: ConnectOptions, agent: ConnectOptions) {
@@ -75,7 +77,7 @@ pub async fn assert_agent_confined(url: &str, coordinator: ConnectOptions, agent
         .unwrap();
     for target in ["training.a", "ingest.a"] {
         admin
-            .publish(format!("flotilla.cmd.{target}"), "command".into())
+            .publish(format!("flotilla.command.{target}"), "command".into())
             .await
             .unwrap()
             .await
@@ -85,49 +87,71 @@ pub async fn assert_agent_confined(url: &str, coordinator: ConnectOptions, agent
     let (agent, errors) = connect(url, agent, &agent_user("training")).await.unwrap();
     let js = jetstream::new(agent.clone());
     let stream = js.get_stream(subjects.commands_stream()).await.unwrap();
-    // Its own durable consumer, on its own filter: allowed, and it gets its own command.
+    // Its own last command, by direct get on its own subject: allowed.
     let own = stream
-        .get_or_create_consumer(
-            "agent_training_a",
-            consumer::pull::Config {
-                durable_name: Some("agent_training_a".into()),
-                filter_subject: "flotilla.cmd.training.a".into(),
-                ..Default::default()
-            },
+        .direct_get_last_for_subject("flotilla.command.training.a")
+        .await
+        .unwrap();
+    assert_eq!(&own.payload[..], b"command");
+    // Its own delivery subject, live, in the agents' queue group: allowed, and it gets the next
+    // command, as the stream republishes it once stored.
+    let mut live = agent
+        .queue_subscribe(
+            "flotilla.delivery.training.a",
+            flotilla_schemas::subjects::COMMAND_QUEUE.to_owned(),
         )
         .await
         .unwrap();
-    let mut batch = own
-        .fetch()
-        .max_messages(1)
-        .expires(Duration::from_secs(2))
-        .messages()
+    agent.flush().await.unwrap();
+    admin
+        .publish("flotilla.command.training.a", "next command".into())
+        .await
+        .unwrap()
         .await
         .unwrap();
-    let message = batch.next().await.unwrap().unwrap();
-    assert_eq!(message.subject.as_str(), "flotilla.cmd.training.a");
-    assert_eq!(&message.payload[..], b"command");
-    message.double_ack().await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(5), live.next())
+        .await
+        .expect("the agent's own command arrives live")
+        .unwrap();
+    assert_eq!(&next.payload[..], b"next command");
 
-    // Another agent's consumer: refused.
-    let theirs = stream
+    // Another agent's last command, the batch form of direct get, any consumer: refused (the
+    // requests go unanswered; the server reports the violations).
+    assert!(
+        stream
+            .direct_get_last_for_subject("flotilla.command.ingest.a")
+            .await
+            .is_err(),
+        "an agent read another agent's command"
+    );
+    assert!(
+        stream.direct_get(1).await.is_err(),
+        "an agent read a command by sequence"
+    );
+    let consumer = stream
         .create_consumer(consumer::pull::Config {
             durable_name: Some("agent_ingest_a".into()),
-            filter_subject: "flotilla.cmd.ingest.a".into(),
+            filter_subject: "flotilla.command.ingest.a".into(),
             ..Default::default()
         })
         .await;
-    assert!(theirs.is_err(), "an agent created another agent's consumer");
+    assert!(consumer.is_err(), "an agent created a consumer of commands");
 
     // The coordinator hears live progress (core NATS, never stored).
-    let mut live = admin.client().subscribe("flotilla.live.>").await.unwrap();
+    let mut progress = admin.client().subscribe("flotilla.live.>").await.unwrap();
     admin.client().flush().await.unwrap();
 
-    // Reading commands directly, publishing a command, forging another agent's result or
-    // progress: refused.
-    let _sub = agent.subscribe("flotilla.cmd.>").await.unwrap();
+    // Reading others' commands (as published, or as delivered), its own as published (before
+    // the stream took it), publishing a command, forging another agent's result or progress:
+    // refused.
+    let _every = agent.subscribe("flotilla.command.>").await.unwrap();
+    let _theirs = agent.subscribe("flotilla.delivery.ingest.a").await.unwrap();
+    let _unstored = agent
+        .subscribe("flotilla.command.training.a")
+        .await
+        .unwrap();
     agent
-        .publish("flotilla.cmd.ingest.a", "forged command".into())
+        .publish("flotilla.command.ingest.a", "forged command".into())
         .await
         .unwrap();
     agent
@@ -138,21 +162,23 @@ pub async fn assert_agent_confined(url: &str, coordinator: ConnectOptions, agent
         .publish("flotilla.live.run.ingest.a", "forged progress".into())
         .await
         .unwrap();
-    let seen = violations_after_flush(&agent, &errors, 4).await;
+    let expected = [
+        "$JS.API.DIRECT.GET.FLOTILLA_COMMANDS_V2.flotilla.command.ingest.a",
+        "$JS.API.DIRECT.GET.FLOTILLA_COMMANDS_V2\"",
+        "$JS.API.CONSUMER.CREATE.FLOTILLA_COMMANDS_V2",
+        "\"flotilla.command.>\"",
+        "\"flotilla.delivery.ingest.a\"",
+        "\"flotilla.command.training.a\"",
+        "\"flotilla.command.ingest.a\"",
+        "flotilla.evt.run.ingest.a",
+        "flotilla.live.run.ingest.a",
+    ];
+    let seen = violations_after_flush(&agent, &errors, expected.len() + 1).await;
     let violations: Vec<&String> = seen
         .iter()
         .filter(|e| e.to_lowercase().contains("permissions violation"))
         .collect();
-    assert!(
-        violations.len() >= 4,
-        "expected four permission violations, saw {seen:?}"
-    );
-    for subject in [
-        "flotilla.cmd.>",
-        "flotilla.cmd.ingest.a",
-        "flotilla.evt.run.ingest.a",
-        "flotilla.live.run.ingest.a",
-    ] {
+    for subject in expected {
         assert!(
             violations.iter().any(|v| v.contains(subject)),
             "no violation names {subject}: {violations:?}"
@@ -170,7 +196,7 @@ pub async fn assert_agent_confined(url: &str, coordinator: ConnectOptions, agent
         .publish("flotilla.live.run.training.a", "progress".into())
         .await
         .unwrap();
-    let heard = tokio::time::timeout(Duration::from_secs(5), live.next())
+    let heard = tokio::time::timeout(Duration::from_secs(5), progress.next())
         .await
         .expect("the agent's own progress is heard")
         .unwrap();
@@ -192,13 +218,10 @@ pub async fn assert_agent_confined(url: &str, coordinator: ConnectOptions, agent
         1,
         "only the agent's own result is stored (its progress is not)"
     );
-    // Its own command was consumed (work queue); ingest's is untouched; nothing forged arrived.
+    // The last command of each agent (training's newer one replaced its first); nothing forged.
     let info = commands.info().await.unwrap();
-    assert_eq!(
-        info.state.messages, 1,
-        "the forged command reached the stream"
-    );
-    let left = commands.get_last_raw_message_by_subject("flotilla.cmd.ingest.a");
+    assert_eq!(info.state.messages, 2, "{info:?}");
+    let left = commands.get_last_raw_message_by_subject("flotilla.command.ingest.a");
     assert_eq!(&left.await.unwrap().payload[..], b"command");
 }
 

@@ -36,33 +36,34 @@ pub fn block_on<T: Send + 'static>(
     .map_err(|_| anyhow::anyhow!("the NATS helper panicked"))?
 }
 
-/// Creates the streams and, for each role, the agent's durable consumer with `ack_wait`, before
-/// the agents start: an agent uses an existing consumer as it is (`get_or_create_consumer`), so
-/// this is how a test gets redeliveries within seconds instead of the production 30 s.
-pub fn preset_ack_wait(nats_url: &str, roles: &[&str], ack_wait: Duration) -> anyhow::Result<()> {
+/// Creates the streams before the agents start, as `flotilla setup` does. (With v1's durable
+/// consumers this also preset a short ack wait; per-agent delivery has no ack wait: a command
+/// lost in a dead connection is caught up at the reconnect.)
+pub fn create_streams(nats_url: &str) -> anyhow::Result<()> {
     let url = nats_url.to_owned();
-    let roles: Vec<String> = roles.iter().map(|r| (*r).to_owned()).collect();
     block_on(async move {
         let client = connect(&url).await?;
         let js = jetstream::new(client);
         let subjects = Subjects::default();
-        let commands = flotilla_bus::commands_stream(&js, &subjects).await?;
+        flotilla_bus::commands_stream(&js, &subjects).await?;
         flotilla_bus::events_stream(&js, &subjects).await?;
-        for role in roles {
-            let (service, instance) = (ServiceName::parse(&role)?, InstanceId::parse("a")?);
-            let name = subjects.agent_consumer(&service, &instance);
-            commands
-                .create_consumer(jetstream::consumer::pull::Config {
-                    durable_name: Some(name),
-                    filter_subject: subjects.command(&service, &instance),
-                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                    ack_wait,
-                    ..Default::default()
-                })
-                .await?;
-        }
         Ok(())
     })
+}
+
+/// The last command stored for `service`'s agent (instance `a`), as its catch-up read finds it.
+pub fn last_command(nats_url: &str, service: &str) -> Option<Value> {
+    let (url, service) = (nats_url.to_owned(), service.to_owned());
+    block_on(async move {
+        let client = connect(&url).await?;
+        let js = jetstream::new(client);
+        let subjects = Subjects::default();
+        let stream = js.get_stream(subjects.commands_stream()).await?;
+        let subject = subjects.command(&ServiceName::parse(&service)?, &InstanceId::parse("a")?);
+        let message = stream.direct_get_last_for_subject(subject).await?;
+        Ok(serde_json::from_slice(&message.payload)?)
+    })
+    .ok()
 }
 
 /// Sets the events stream's size limit (discard new): a full broker refuses further events.
@@ -96,7 +97,7 @@ pub fn command_json(
             .expect("formattable")
     };
     json!({
-        "schema": "flotilla.command.v1",
+        "schema": flotilla_schemas::CommandSchema::VALUE,
         "command_id": command_id,
         "run_id": run_id,
         "service": service,
@@ -283,7 +284,9 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Sets the commands stream's size limit (discard new): a full broker refuses new commands.
+/// Sets the commands stream's size limit (discard new), and its message size limit to the same
+/// (-1: none): a full broker refuses new commands. (The stream keeps one command per agent and a
+/// new one replaces it, so the byte limit alone would not refuse a second command to an agent.)
 pub fn limit_commands_stream(nats_url: &str, max_bytes: i64) -> anyhow::Result<()> {
     let url = nats_url.to_owned();
     block_on(async move {
@@ -293,6 +296,7 @@ pub fn limit_commands_stream(nats_url: &str, max_bytes: i64) -> anyhow::Result<(
         let mut stream = flotilla_bus::commands_stream(&js, &subjects).await?;
         let mut config = stream.info().await?.config.clone();
         config.max_bytes = max_bytes;
+        config.max_message_size = i32::try_from(max_bytes).unwrap_or(-1);
         config.discard = jetstream::stream::DiscardPolicy::New;
         js.update_stream(config).await?;
         Ok(())

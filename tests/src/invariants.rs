@@ -23,18 +23,15 @@ use serde_json::Value;
 
 use crate::{Fleet, Snapshot, snapshot};
 
-/// The I6 bound once faults stop: the plan's `command_timeout`, plus one ack wait for a
-/// redelivery, plus this slack for reconnects (the client retries every second or so), the
-/// recovery of an agent and the run's last record writes.
+/// The I6 bound once faults stop: the plan's `command_timeout`, plus this slack for reconnects
+/// (the client retries every second or so) and the catch-up read that follows each, the
+/// recovery of an agent and the run's last record writes. (v1's durable consumers added their
+/// ack wait for a redelivery; per-agent delivery has none.)
 pub const I6_SLACK: Duration = Duration::from_secs(15);
 
-/// The JetStream ack wait of the agents' durable consumers (agent/src/session.rs), unless a
-/// test presets a shorter one with [`crate::faults::preset_ack_wait`].
-pub const AGENT_ACK_WAIT: Duration = Duration::from_secs(30);
-
-/// The documented I6 bound for a plan with `command_timeout` and consumers with `ack_wait`.
-pub fn i6_bound(command_timeout: Duration, ack_wait: Duration) -> Duration {
-    command_timeout + ack_wait + I6_SLACK
+/// The documented I6 bound for a plan with `command_timeout`.
+pub fn i6_bound(command_timeout: Duration) -> Duration {
+    command_timeout + I6_SLACK
 }
 
 /// One broken invariant.
@@ -339,16 +336,6 @@ impl Scenario {
     /// Records the trees of `roles` before anything happens; the plan's counters go to
     /// `<fleet>/counters/`. `command_timeout` is the plan's, for I6's bound.
     pub fn new(fleet: &Fleet, roles: &[&str], command_timeout: Duration) -> Self {
-        Self::with_ack_wait(fleet, roles, command_timeout, AGENT_ACK_WAIT)
-    }
-
-    /// Like [`Scenario::new`], for agents whose consumers have the ack wait `ack_wait`.
-    pub fn with_ack_wait(
-        fleet: &Fleet,
-        roles: &[&str],
-        command_timeout: Duration,
-        ack_wait: Duration,
-    ) -> Self {
         let counters_dir = fleet.dir().join("counters");
         std::fs::create_dir_all(&counters_dir).expect("counters directory");
         let before: BTreeMap<String, Snapshot> = roles
@@ -377,7 +364,7 @@ impl Scenario {
             after,
             counters_dir,
             forbidden: BTreeSet::new(),
-            bound: i6_bound(command_timeout, ack_wait),
+            bound: i6_bound(command_timeout),
             command_timeout,
         }
     }

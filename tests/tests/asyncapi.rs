@@ -30,7 +30,7 @@ fn doc() -> String {
 }
 
 /// What a Rust name builder returns for the sentinel arguments, written back as the template
-/// the AsyncAPI document uses (`{prefix}.cmd.{service}.{instance}`).
+/// the AsyncAPI document uses (`{prefix}.command.{service}.{instance}`).
 fn template_of(builder: &str) -> Option<String> {
     let s = Subjects::new(PREFIX).unwrap();
     let (svc, inst) = (
@@ -40,6 +40,8 @@ fn template_of(builder: &str) -> Option<String> {
     let run: RunId = RUN.parse().unwrap();
     let built = match builder {
         "Subjects::command" => s.command(&svc, &inst),
+        "Subjects::command_delivery" => s.command_delivery(&svc, &inst),
+        "Subjects::all_command_deliveries" => s.all_command_deliveries(),
         "Subjects::all_commands" => s.all_commands(),
         "Subjects::event" => s.event(&run, &svc, &inst),
         "Subjects::run_events" => s.run_events(&run),
@@ -50,6 +52,8 @@ fn template_of(builder: &str) -> Option<String> {
         "Subjects::presence" => s.presence(),
         "Subjects::agent_service_group" => s.agent_service_group(&svc, &inst),
         "Subjects::commands_stream" => s.commands_stream(),
+        "Subjects::legacy_commands_stream" => s.legacy_commands_stream(),
+        "Subjects::last_command_get" => s.last_command_get(&svc, &inst),
         "Subjects::events_stream" => s.events_stream(),
         "Subjects::agent_consumer" => s.agent_consumer(&svc, &inst),
         "Subjects::runs_bucket" => s.runs_bucket(),
@@ -255,8 +259,8 @@ fn values_of(file: &str, definition: &str, property: Option<&str>) -> Vec<String
 fn every_command_kind_outcome_phase_and_status_is_in_the_doc() {
     let doc = doc();
     let enums = [
-        ("flotilla.command.v1.schema.json", "Action", Some("kind")),
-        ("flotilla.command.v1.schema.json", "Step", Some("action")),
+        ("flotilla.command.v2.schema.json", "Action", Some("kind")),
+        ("flotilla.command.v2.schema.json", "Step", Some("action")),
         ("flotilla.result.v1.schema.json", "Outcome", None),
         ("flotilla.result.v1.schema.json", "MemorySource", None),
         ("flotilla.progress.v1.schema.json", "Phase", None),

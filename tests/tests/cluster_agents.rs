@@ -21,7 +21,7 @@ fn listed(out: &Output) -> Vec<String> {
 
 /// Every stream `flotilla setup` makes.
 const STREAMS: [&str; 6] = [
-    "FLOTILLA_COMMANDS",
+    "FLOTILLA_COMMANDS_V2",
     "FLOTILLA_EVENTS",
     "FLOTILLA_TELEMETRY",
     "KV_flotilla_runs",

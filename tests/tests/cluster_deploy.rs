@@ -44,7 +44,11 @@ fn the_shipped_cluster_node_file_runs_a_secure_r3_fleet() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let streams = ["FLOTILLA_COMMANDS", "FLOTILLA_EVENTS", "KV_flotilla_runs"];
+    let streams = [
+        "FLOTILLA_COMMANDS_V2",
+        "FLOTILLA_EVENTS",
+        "KV_flotilla_runs",
+    ];
     for stream in streams {
         assert_eq!(cluster.stream_replicas(stream), Some(3), "{stream}");
     }
@@ -157,5 +161,7 @@ fn the_leaf_site_agent_permissions_are_the_hubs_for_its_domain() {
         hub.replace("$JS.API.", "$JS.hub.API.")
             .replace("\"$KV.", "\"$JS.hub.API.$KV.")
     );
-    assert!(site.contains("$JS.hub.API.CONSUMER.MSG.NEXT.FLOTILLA_COMMANDS"));
+    assert!(
+        site.contains("$JS.hub.API.DIRECT.GET.FLOTILLA_COMMANDS_V2.flotilla.command.inference.a")
+    );
 }

@@ -34,7 +34,7 @@ enum Leader {
 impl Leader {
     fn stream(self) -> &'static str {
         match self {
-            Leader::Commands => "FLOTILLA_COMMANDS",
+            Leader::Commands => "FLOTILLA_COMMANDS_V2",
             Leader::Events => "FLOTILLA_EVENTS",
             Leader::Runs => "KV_flotilla_runs",
             Leader::Telemetry => "FLOTILLA_TELEMETRY",

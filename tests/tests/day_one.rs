@@ -75,7 +75,7 @@ async fn setup_creates_then_finds_then_reports_what_differs() {
             .collect()
     };
     let names = [
-        "FLOTILLA_COMMANDS",
+        "FLOTILLA_COMMANDS_V2",
         "FLOTILLA_EVENTS",
         "FLOTILLA_TELEMETRY",
         "flotilla_runs",

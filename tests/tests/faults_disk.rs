@@ -6,20 +6,19 @@
 
 use std::time::{Duration, Instant};
 
-use flotilla_tests::faults::{Tmpfs, preset_ack_wait};
+use flotilla_tests::faults::{Tmpfs, create_streams};
 use flotilla_tests::invariants::wait_for_run;
 use flotilla_tests::{Evidence, Fleet, NatsServer, Scenario, json_stdout, wait_for};
 
 /// The agent's state directory on a small tmpfs that is then filled: the next journal append
 /// fails, and the agent stops (non-zero) without acting — no step runs, the tree is untouched.
 /// Once there is room again and the agent restarts, the command
-/// (never acked) is redelivered and carried out once, the coordinator hears the outcome, and
+/// (never journalled) is found by its catch-up read and carried out once, the coordinator hears the outcome, and
 /// the agent still starts afterwards (the torn record the failed append left is no obstacle).
 #[test]
 fn a_full_journal_volume_stops_the_agent_before_it_acts_and_it_recovers_once_freed() {
     let nats = NatsServer::start().unwrap();
-    // The unacked command comes back after the ack wait: 2 s here, not the production 30 s.
-    preset_ack_wait(nats.url(), &["inference"], Duration::from_secs(2)).unwrap();
+    create_streams(nats.url()).unwrap();
     let backups = tempfile::tempdir().unwrap();
     let mut fleet = Fleet::start_with_env(
         nats.url(),
@@ -30,12 +29,7 @@ fn a_full_journal_volume_stops_the_agent_before_it_acts_and_it_recovers_once_fre
         )],
     )
     .unwrap();
-    let scenario = Scenario::with_ack_wait(
-        &fleet,
-        &["inference"],
-        Duration::from_secs(40),
-        Duration::from_secs(2),
-    );
+    let scenario = Scenario::new(&fleet, &["inference"], Duration::from_secs(40));
     // Move the state directory onto a 1 MiB tmpfs, with what the agent has written so far.
     fleet.stop_agent("inference");
     let state = fleet.dir().join("state/inference");

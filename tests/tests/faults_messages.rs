@@ -134,7 +134,8 @@ fn duplicated_reordered_and_late_messages_change_nothing_twice() {
         assert_eq!(copies[1]["replayed"], true, "{copies:#?}");
         assert_eq!(copies[1]["outcome"], outcome);
     }
-    // The same message ID again within the broker's duplicate window: dropped by the broker.
+    // The same message ID again within the broker's duplicate window: dropped by the broker (not
+    // stored, so not delivered either: the agent takes its commands from the stream).
     publish_command(
         fleet.nats_url(),
         "training",
@@ -155,6 +156,12 @@ fn duplicated_reordered_and_late_messages_change_nothing_twice() {
         copies.len(),
         2,
         "the broker let a same-ID duplicate through: {copies:#?}"
+    );
+    assert_eq!(
+        flotilla_tests::faults::last_command(fleet.nats_url(), "training")
+            .map(|c| c["command_id"].clone()),
+        Some(finalize["command_id"].clone()),
+        "the broker stored a same-ID duplicate"
     );
     // Reordered and late: a rollback of the migration after its finalize (the backup is gone),
     // and a finalize of a migration the agent never saw.
@@ -214,8 +221,8 @@ fn duplicated_reordered_and_late_messages_change_nothing_twice() {
 }
 
 /// Answers presence requests on `nats_url` as the agent that `presence` describes (another
-/// version's agent), until dropped. Like every agent, it has its durable consumer on the commands
-/// stream before it answers: that is how the bus knows it, and how discovery knows to wait for it.
+/// version's agent), until dropped. (A v1 agent also waits for the v1 work queue, which a v2
+/// deployment does not have; it answers presence meanwhile, which is all a coordinator sees.)
 struct FakeAgent {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -238,21 +245,7 @@ impl FakeAgent {
                     presence["service"].as_str().unwrap(),
                     presence["instance"].as_str().unwrap(),
                 );
-                let name = format!("agent_{service}_{instance}");
-                async_nats::jetstream::new(client.clone())
-                    .get_stream("FLOTILLA_COMMANDS")
-                    .await
-                    .unwrap()
-                    .get_or_create_consumer(
-                        &name,
-                        async_nats::jetstream::consumer::pull::Config {
-                            durable_name: Some(name.clone()),
-                            filter_subject: format!("flotilla.cmd.{service}.{instance}"),
-                            ..Default::default()
-                        },
-                    )
-                    .await
-                    .unwrap();
+                let _ = (service, instance);
                 let mut requests = client.subscribe("flotilla.presence").await.unwrap();
                 client.flush().await.unwrap();
                 ready_tx.send(()).unwrap();
@@ -306,37 +299,70 @@ fn other_schema_versions_fail_closed_with_a_clear_error_and_change_nothing() {
     let nats = NatsServer::start().unwrap();
     let (fleet, mut scenario, run) = after_a_clean_run(&nats, "versions");
 
-    // A newer coordinator's command (v2) to this agent: refused, with the version named.
-    let now = OffsetDateTime::now_utc();
-    let id = new_id();
-    let mut newer = command_json(
-        "training",
-        &run,
-        &id,
-        now,
-        now + time::Duration::minutes(5),
-        counting_action(&scenario.counter("training"), &id),
-    );
-    newer["schema"] = json!("flotilla.command.v2");
-    refused_because(&send(&fleet, &run, &newer), "flotilla.command.v2");
-    scenario.forbid(id);
+    // Commands of other versions to this (v2) agent: an older coordinator's v1 (which would
+    // have gone to v1's work queue, but may be published here) and a newer one's v3. Each is
+    // refused, naming the version; nothing runs.
+    for other in ["flotilla.command.v1", "flotilla.command.v3"] {
+        let now = OffsetDateTime::now_utc();
+        let id = new_id();
+        let mut skewed = command_json(
+            "training",
+            &run,
+            &id,
+            now,
+            now + time::Duration::minutes(5),
+            counting_action(&scenario.counter("training"), &id),
+        );
+        skewed["schema"] = json!(other);
+        refused_because(&send(&fleet, &run, &skewed), other);
+        scenario.forbid(id);
+    }
     let evidence = Evidence::collect(&fleet, &scenario, &run).unwrap();
-    scenario.check(&evidence, None).assert_ok("a v2 command");
+    scenario
+        .check(&evidence, None)
+        .assert_ok("v1 and v3 commands");
 
-    // Agents of another version: one that accepts only v2 commands, one that answers presence
-    // in a v2 schema this coordinator cannot read. The run stops before anything is recorded
-    // or sent (exit 3), naming the version.
+    // What an older coordinator reads of this agent: it accepts v2 only, so an older
+    // coordinator's pre-flight stops with "does not accept flotilla.command.v1 (it accepts
+    // flotilla.command.v2)" instead of sending where no agent reads.
+    let agents = json_stdout(&fleet.flotilla(&["agents", "--output", "json"]));
+    let training = agents
+        .as_array()
+        .or_else(|| agents["agents"].as_array())
+        .and_then(|a| a.iter().find(|a| a["service"] == "training").cloned())
+        .unwrap_or_else(|| panic!("{agents:#}"));
+    assert_eq!(
+        training["accepts"],
+        json!(["flotilla.command.v2"]),
+        "{training:#}"
+    );
+
+    // Agents of another version: an older one (v1 only: it reads a work queue this coordinator
+    // no longer writes), a newer one (v3 only), and one that answers presence in a v2 schema
+    // this coordinator cannot read. The run stops before anything is recorded or sent (exit 3),
+    // naming the version, at once: never a command sent into silence and a timeout.
     let before_runs = json_stdout(&fleet.flotilla(&["runs", "--output", "json"]));
+    let _older_agent = FakeAgent::start(
+        nats.url(),
+        presence("flotilla.presence.v1", "inference", "flotilla.command.v1"),
+    );
     let _newer_agent = FakeAgent::start(
         nats.url(),
-        presence("flotilla.presence.v1", "inference", "flotilla.command.v2"),
+        presence("flotilla.presence.v1", "execution", "flotilla.command.v3"),
     );
     let _unreadable_agent = FakeAgent::start(
         nats.url(),
-        presence("flotilla.presence.v2", "ingest", "flotilla.command.v1"),
+        presence("flotilla.presence.v2", "ingest", "flotilla.command.v2"),
     );
     for (service, expected) in [
-        ("inference", "does not accept flotilla.command.v1"),
+        (
+            "inference",
+            "does not accept flotilla.command.v2 (it accepts flotilla.command.v1); it is older than per-agent command delivery: upgrade it",
+        ),
+        (
+            "execution",
+            "does not accept flotilla.command.v2 (it accepts flotilla.command.v3)",
+        ),
         ("ingest", "no live agent"),
     ] {
         let plan = fleet.write_plan(

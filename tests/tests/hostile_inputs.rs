@@ -432,32 +432,58 @@ async fn agents_whose_names_join_alike_each_get_their_own_commands() {
     tokio::task::block_in_place(|| drop(fleet));
 }
 
-/// An agent upgraded in place finds its consumer under the old name (`_` not doubled): it
-/// removes it and serves the command waiting in the stream under the new one.
+/// A deployment upgraded in place still holds v1's work-queue commands stream with an agent's
+/// durable consumer on it (under the old name of earlier versions, `_` not doubled, too).
+/// `flotilla setup` creates the new commands stream beside it and reports the old one as
+/// obsolete, naming its consumers, changing nothing and failing nothing; the upgraded agent
+/// ignores it and serves its commands through the new delivery.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upgraded_agent_replaces_its_consumer_of_the_old_name() {
+async fn an_upgrade_leaves_the_v1_work_queue_alone_and_setup_reports_it_obsolete() {
     let nats = NatsServer::start().unwrap();
-    let mut fleet = tokio::task::block_in_place(|| {
-        let fleet = Fleet::empty(nats.url(), Vec::new()).unwrap();
-        let out = fleet.flotilla(&["setup"]);
-        assert!(out.status.success(), "{out:?}");
-        fleet
-    });
+    let mut fleet = tokio::task::block_in_place(|| Fleet::empty(nats.url(), Vec::new()).unwrap());
     let (js, key) = (bus(&fleet).await, fleet.signing_key());
     let subjects = Subjects::default();
     let (service, instance) = agent("training", "x_a");
-    let commands = js.get_stream(subjects.commands_stream()).await.unwrap();
-    // The name of earlier versions: `_` inside names not doubled.
-    let legacy = format!("agent_{service}_{instance}");
-    commands
+    // What a v1 deployment left: the work queue on `flotilla.cmd.>` and an agent's consumer.
+    let legacy = js
+        .create_stream(jetstream::stream::Config {
+            name: subjects.legacy_commands_stream(),
+            subjects: vec!["flotilla.cmd.>".into()],
+            retention: jetstream::stream::RetentionPolicy::WorkQueue,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let name = format!("agent_{service}_{instance}");
+    legacy
         .create_consumer(jetstream::consumer::pull::Config {
-            durable_name: Some(legacy.clone()),
-            filter_subject: subjects.command(&service, &instance),
+            durable_name: Some(name.clone()),
+            filter_subject: format!("flotilla.cmd.{service}.{instance}"),
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
             ..Default::default()
         })
         .await
         .unwrap();
+    let out = tokio::task::block_in_place(|| fleet.flotilla(&["setup", "--output", "json"]));
+    assert!(out.status.success(), "{out:?}");
+    let report = flotilla_tests::json_stdout(&out);
+    let resources = report["resources"].as_array().unwrap();
+    let status_of = |name: &str| {
+        resources
+            .iter()
+            .find(|r| r["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} not reported: {report:#}"))
+    };
+    assert_eq!(status_of("FLOTILLA_COMMANDS_V2")["status"], "created");
+    let old = status_of("FLOTILLA_COMMANDS");
+    assert_eq!(old["status"], "obsolete", "{old:#}");
+    let note = old["note"].as_str().unwrap();
+    assert!(
+        note.contains("1 agent consumers") && note.contains("nats stream rm FLOTILLA_COMMANDS"),
+        "{note}"
+    );
+
     let env = |_: &str| vec![("FLOTILLA_AGENT__INSTANCE".into(), "x_a".into())];
     tokio::task::block_in_place(|| fleet.add_and_start(&["training"], &env).unwrap());
     let inspect = Action::Inspect {
@@ -469,9 +495,10 @@ async fn an_upgraded_agent_replaces_its_consumer_of_the_old_name() {
     let sent = command("training", "x_a", RunId::new(), inspect);
     let answer = send(&js, ("training", "x_a"), &sent, &key).await;
     assert_eq!(answer.outcome, Outcome::Succeeded, "{answer:?}");
+    // Left as it was: agents older than v2 may still read it.
     assert!(
-        commands.consumer_info(&legacy).await.is_err(),
-        "the old consumer stays"
+        legacy.consumer_info(&name).await.is_ok(),
+        "the old consumer went"
     );
     tokio::task::block_in_place(|| drop(fleet));
 }
@@ -555,20 +582,14 @@ async fn results_the_engine_refuses_are_shown_neither_live_nor_by_watch() {
     let nats = NatsServer::start().unwrap();
     let fleet = tokio::task::block_in_place(|| Fleet::start(nats.url(), &["training"]).unwrap());
     let js = bus(&fleet).await;
-    let subjects = Subjects::default();
-    let (service, instance) = agent("training", "a");
-    let consumer = subjects.agent_consumer(&service, &instance);
-    let commands = js.get_stream(subjects.commands_stream()).await.unwrap();
-    commands
-        .pause_consumer(
-            &consumer,
-            time::OffsetDateTime::now_utc() + time::Duration::minutes(5),
-        )
-        .await
-        .unwrap();
+    // The step waits for `go`: the forgeries are read before the genuine result exists.
+    let go = fleet.dir().join("go");
     let plan = fleet.write_plan(
         "plan.toml",
-        "name = \"shown\"\n[[service]]\nname = \"training\"\n[[service.step]]\naction = \"run_command\"\nprogram = \"sh\"\nargs = [\"-c\", \"echo applied >> counter.txt\"]\n",
+        &format!(
+            "name = \"shown\"\n[[service]]\nname = \"training\"\n[[service.step]]\naction = \"run_command\"\nprogram = \"sh\"\nargs = [\"-c\", \"while [ ! -f {} ]; do sleep 0.05; done; echo applied >> counter.txt\"]\n",
+            go.display()
+        ),
     );
     let run = fleet.spawn_flotilla(&["migrate", plan.to_str().unwrap(), "--no-verify"]);
     let command = pending_command(&js).await;
@@ -584,7 +605,7 @@ async fn results_the_engine_refuses_are_shown_neither_live_nor_by_watch() {
         Some("not-the-digest"),
     );
     publish_result(&js, &copy, Some(&training_key)).await;
-    commands.resume_consumer(&consumer).await.unwrap();
+    std::fs::write(&go, "").unwrap();
 
     let out = tokio::task::block_in_place(|| run.wait_with_output().unwrap());
     let live = String::from_utf8_lossy(&out.stderr);

@@ -152,17 +152,28 @@ async fn secure_fleet(
 }
 
 /// Under the shipped permissions, an agent restarted while its previous incarnation is frozen
-/// (its connection and pull request alive to the broker) may take its consumer over: the first
-/// migration through it runs at once, not after the 30 s ack wait.
+/// (its connection and subscription alive to the broker, as for a hung process or a host gone
+/// without a TCP reset) shares the queue group of its command subject with it: the migration is
+/// handled by exactly one of the two (the frozen one once it wakes, if the broker handed it the
+/// command), its step runs once, and the run succeeds before its command timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_agent_takes_its_consumer_over_under_the_shipped_permissions() {
+async fn a_restarted_agent_and_its_frozen_predecessor_never_both_handle_a_command() {
     let server = start();
     let role = "inference";
-    let (_coordinator, mut fleet) = secure_fleet(&server, &[role]).await;
+    let (coordinator, mut fleet) = secure_fleet(&server, &[role]).await;
+    let counter = fleet.dir().join("step-ran");
+    let subjects = Subjects::default();
+    let commands = jetstream::new(coordinator)
+        .get_stream(subjects.commands_stream())
+        .await
+        .unwrap();
     tokio::task::block_in_place(|| {
         let plan = fleet.write_plan(
-            "noop.toml",
-            "name = \"noop\"\ncommand_timeout = \"60s\"\n[[service]]\nname = \"inference\"\n[[service.step]]\naction = \"run_command\"\nprogram = \"sh\"\nargs = [\"-c\", \"true\"]\n",
+            "count.toml",
+            &format!(
+                "name = \"count\"\ncommand_timeout = \"60s\"\n[[service]]\nname = \"inference\"\n[[service.step]]\naction = \"run_command\"\nprogram = \"sh\"\nargs = [\"-c\", \"echo ran >> {}\"]\n",
+                counter.display()
+            ),
         );
         let log_path = fleet.agent_log(role);
         let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
@@ -175,21 +186,51 @@ async fn a_restarted_agent_takes_its_consumer_over_under_the_shipped_permissions
         })
         .unwrap();
         let started = std::time::Instant::now();
-        let out = fleet.flotilla(&["migrate", plan.to_str().unwrap()]);
+        let migrate = std::thread::scope(|scope| {
+            let run = scope.spawn(|| fleet.flotilla(&["migrate", plan.to_str().unwrap()]));
+            // Once the command is out (stored, so published to the subscribers too), the
+            // frozen agent wakes: whichever of the two the broker chose handles it.
+            let runtime = tokio::runtime::Handle::current();
+            flotilla_tests::wait_for("the migrate command", Duration::from_secs(30), || {
+                runtime
+                    .block_on(commands.direct_get_last_for_subject("flotilla.command.inference.a"))
+                    .is_ok()
+            })
+            .unwrap();
+            let _ = std::process::Command::new("kill")
+                .arg("-CONT")
+                .arg(frozen.to_string())
+                .status();
+            run.join().unwrap()
+        });
         let took = started.elapsed();
+        assert_eq!(
+            migrate.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&migrate.stderr)
+        );
+        assert!(
+            took < Duration::from_secs(60),
+            "the migration took {took:?}"
+        );
+        // Both stopped: nothing can run the step any more.
         let _ = std::process::Command::new("kill")
             .arg("-KILL")
             .arg(frozen.to_string())
             .status();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(took < Duration::from_secs(5), "the migration took {took:?}");
+        fleet.stop_agent(role);
+        let ran = std::fs::read_to_string(&counter).unwrap_or_default();
+        assert_eq!(ran.lines().count(), 1, "the step ran {ran:?}");
+        // Each command (the migrate, then the finalize) was taken by one of the two, once.
         let log = log();
-        assert_eq!(log.matches("recreating the consumer").count(), 1, "{log}");
+        let received: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("command received"))
+            .filter_map(|l| l.rsplit("command_id=").next())
+            .collect();
+        let distinct: std::collections::BTreeSet<&&str> = received.iter().collect();
+        assert_eq!(received.len(), distinct.len(), "{log}");
         drop(fleet);
     });
 }

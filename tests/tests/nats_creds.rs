@@ -94,7 +94,12 @@ fn go_duration(text: &str) -> Duration {
 #[test]
 fn the_shipped_permissions_are_read_as_expected() {
     let coordinator = shipped_permissions("coordinator");
-    assert!(coordinator.publish.iter().any(|s| s == "flotilla.cmd.>"));
+    assert!(
+        coordinator
+            .publish
+            .iter()
+            .any(|s| s == "flotilla.command.>")
+    );
     assert_eq!(
         coordinator.subscribe,
         ["_INBOX_coordinator.>", "flotilla.live.>"]
@@ -102,6 +107,19 @@ fn the_shipped_permissions_are_read_as_expected() {
     assert!(coordinator.responses.is_none());
     let agent = shipped_permissions(&agent_user(ROLE));
     assert!(agent.publish.iter().all(|s| !s.starts_with("flotilla.cmd")));
+    assert!(
+        agent
+            .subscribe
+            .iter()
+            .any(|s| s == "flotilla.delivery.training.a")
+    );
+    assert!(
+        agent
+            .publish
+            .iter()
+            .all(|s| !s.contains("CONSUMER.") || s.ends_with("OBJ_flotilla_files")),
+        "an agent needs no consumer of its commands: {agent:?}"
+    );
     assert!(
         agent
             .publish
@@ -132,7 +150,7 @@ fn the_shipped_permissions_are_read_as_expected() {
         .filter(|s| s.starts_with("$KV."))
         .collect();
     assert_eq!(registry, ["$KV.flotilla_agents.training.a"], "{agent:?}");
-    assert_eq!(agent.publish.len(), 17, "{agent:?}");
+    assert_eq!(agent.publish.len(), 13, "{agent:?}");
     assert_eq!(agent.subscribe[0], "_INBOX_agent-training-a.>");
     assert_eq!(agent.responses, Some((1, Duration::from_secs(60))));
 }
@@ -345,9 +363,10 @@ async fn creds_are_required_and_must_chain_to_the_operator() {
 }
 
 /// As the coordinator: creates the streams and queues one command each for training and ingest.
-/// As training's agent: connects with its `.creds`, pulls and acks its own command; is refused
-/// ingest's consumer, reading `flotilla.cmd.>`, publishing a command and forging ingest's
-/// result; its own event is stored, and the streams hold nothing forged.
+/// As training's agent: connects with its `.creds`, reads its own last command and the next one
+/// live; is refused ingest's command, any consumer of commands, reading `flotilla.command.>`,
+/// publishing a command and forging ingest's result; its own event is stored, and the streams
+/// hold nothing forged.
 #[tokio::test]
 async fn creds_agent_reads_and_writes_only_its_own_subjects() {
     let trust = Trust::new();

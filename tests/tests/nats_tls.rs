@@ -536,7 +536,11 @@ fn without_identity(line: &str) -> String {
 #[test]
 fn the_variants_grant_exactly_the_same_permissions() {
     let passwords = rules("nats-server.conf");
-    assert!(passwords.iter().any(|l| l.contains("agent_inference_a")));
+    assert!(
+        passwords
+            .iter()
+            .any(|l| l.contains("flotilla.delivery.inference.a"))
+    );
     for variant in ["nats-server-mtls.conf", "nats-server-nkeys.conf"] {
         let other = rules(variant);
         for (i, (a, b)) in passwords.iter().zip(&other).enumerate() {

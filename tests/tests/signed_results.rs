@@ -68,22 +68,6 @@ async fn publish_command(js: &jetstream::Context, role: &str, payload: &[u8], si
     .unwrap();
 }
 
-/// Pauses the consumer of `role`'s agent: it stays live (it answers presence) but takes no
-/// command until resumed. Returns the commands stream.
-async fn pause(js: &jetstream::Context, role: &str) -> jetstream::stream::Stream {
-    let subjects = Subjects::default();
-    let commands = js.get_stream(subjects.commands_stream()).await.unwrap();
-    let (service, instance) = agent_of(role);
-    commands
-        .pause_consumer(
-            &subjects.agent_consumer(&service, &instance),
-            time::OffsetDateTime::now_utc() + time::Duration::minutes(5),
-        )
-        .await
-        .unwrap();
-    commands
-}
-
 fn plan(fleet: &Fleet, script: &str) -> std::path::PathBuf {
     fleet.write_plan(
         "plan.toml",
@@ -128,23 +112,48 @@ fn training_status(report: &serde_json::Value) -> String {
 /// The tester's attack: the coordinator's command re-published unsigned (same bytes, a new
 /// message ID) reaches the agent before the genuine one, and the agent refuses it on the
 /// genuine command's IDs. That refusal answers another copy (its digest) and is not filed; the
-/// genuine command's success is.
+/// genuine command's success is. To put the copy first, the agent is down when the coordinator
+/// sends the genuine command (a canary wave holds its dispatch back until then); the genuine
+/// command is taken out of the stream, and once the agent is back, the copy and then the
+/// genuine command are published to it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_of_an_unsigned_replay_is_not_filed_against_the_genuine_command() {
     let nats = NatsServer::start().unwrap();
-    let fleet = tokio::task::block_in_place(|| Fleet::start(nats.url(), &["training"]).unwrap());
+    let mut fleet = tokio::task::block_in_place(|| {
+        Fleet::start(nats.url(), &["inference", "training"]).unwrap()
+    });
     let js = jetstream::new(async_nats::connect(fleet.nats_url()).await.unwrap());
-    let commands = pause(&js, "training").await;
-    let (service, instance) = agent_of("training");
-    let consumer = Subjects::default().agent_consumer(&service, &instance);
-    let plan = plan(&fleet, "echo applied >> counter.txt");
+    let go = fleet.dir().join("go");
+    let plan = fleet.write_plan(
+        "plan.toml",
+        &format!(
+            "name = \"signed\"\ncommand_timeout = \"60s\"\n[[wave]]\nname = \"canary\"\nservices = [\"inference\"]\n[[wave]]\nname = \"rest\"\nservices = [\"training\"]\n[[service]]\nname = \"inference\"\n[[service.step]]\naction = \"run_command\"\nprogram = \"sh\"\nargs = [\"-c\", \"while [ ! -f {} ]; do sleep 0.05; done\"]\n[[service]]\nname = \"training\"\n[[service.step]]\naction = \"run_command\"\nprogram = \"sh\"\nargs = [\"-c\", \"echo applied >> counter.txt\"]\n",
+            go.display()
+        ),
+    );
     let coordinator = migrate(&fleet, &plan);
+    let inference_log = fleet.agent_log("inference");
+    tokio::task::block_in_place(|| {
+        wait_for("the canary to be running", Duration::from_secs(30), || {
+            std::fs::read_to_string(&inference_log).is_ok_and(|l| l.contains("command received"))
+        })
+        .unwrap();
+        fleet.kill_agent("training");
+    });
+    std::fs::write(&go, "").unwrap();
     let (_, sequence, signature, payload) = pending_command(&js, "training").await;
-    // The replay goes first: the genuine command is taken out and sent again after it.
+    let commands = js
+        .get_stream(Subjects::default().commands_stream())
+        .await
+        .unwrap();
     commands.delete_message(sequence).await.unwrap();
+    tokio::task::block_in_place(|| {
+        fleet.start_agent("training").unwrap();
+        fleet.wait_ready(Duration::from_secs(30)).unwrap();
+    });
+    // The replay goes first, then the genuine command again.
     publish_command(&js, "training", &payload, None).await;
     publish_command(&js, "training", &payload, signature.as_deref()).await;
-    commands.resume_consumer(&consumer).await.unwrap();
 
     let out = tokio::task::block_in_place(|| coordinator.wait_with_output().unwrap());
     let report = json_stdout(&out);
@@ -171,7 +180,6 @@ async fn forged_successes_unsigned_or_signed_by_another_agent_are_ignored_with_a
         Fleet::start(nats.url(), &["training", "inference"]).unwrap()
     });
     let js = jetstream::new(async_nats::connect(fleet.nats_url()).await.unwrap());
-    let commands = pause(&js, "training").await;
     let go = fleet.dir().join("go");
     let plan = plan(
         &fleet,
@@ -181,12 +189,8 @@ async fn forged_successes_unsigned_or_signed_by_another_agent_are_ignored_with_a
         ),
     );
     let coordinator = migrate(&fleet, &plan);
+    // The step waits for `go`: the forgeries are published while the agent works.
     let (command, ..) = pending_command(&js, "training").await;
-    let (service, instance) = agent_of("training");
-    commands
-        .resume_consumer(&Subjects::default().agent_consumer(&service, &instance))
-        .await
-        .unwrap();
     let other_agent = SigningKey::load(&fleet.dir().join("state/inference/agent.key")).unwrap();
     let forged = RunResult::of(
         &command,

@@ -24,6 +24,9 @@ pub(crate) struct Resource {
     status: &'static str,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     differences: Vec<Setting>,
+    /// What to do about it, for a resource Flotilla no longer uses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -60,7 +63,34 @@ impl Resource {
             name,
             status,
             differences,
+            note: None,
         }
+    }
+
+    /// The v1 work-queue commands stream, when it is still there: nothing of this version reads
+    /// or writes it, and its agent consumers (one per agent that ever ran, rescheduled pods
+    /// included) are kept until it is removed. Left alone: agents older than v2 may still run.
+    async fn obsolete_commands_stream(
+        js: &jetstream::Context,
+        subjects: &Subjects,
+    ) -> Option<Self> {
+        let name = subjects.legacy_commands_stream();
+        let mut stream = js.get_stream(&name).await.ok()?;
+        let consumers = stream
+            .info()
+            .await
+            .map(|i| i.state.consumer_count)
+            .unwrap_or(0);
+        Some(Self {
+            kind: "stream",
+            status: "obsolete",
+            differences: Vec::new(),
+            note: Some(format!(
+                "the flotilla.command.v1 work queue ({consumers} agent consumers); once every agent \
+                 accepts flotilla.command.v2 (`flotilla agents`), remove it: `nats stream rm {name}`"
+            )),
+            name,
+        })
     }
 
     /// `max_age: wanted 7days, found 1h; …`
@@ -144,6 +174,7 @@ pub(crate) async fn provision_all(
         )
         .await?,
     );
+    resources.extend(Resource::obsolete_commands_stream(js, subjects).await);
     Ok(resources)
 }
 
@@ -228,6 +259,9 @@ pub(crate) fn placement_failure(
 
 /// Logs what differs, for commands that provision on the way (they go on regardless).
 pub(crate) fn warn_differing(resources: &[Resource]) {
+    for r in resources.iter().filter(|r| r.note.is_some()) {
+        tracing::warn!(kind = r.kind, name = %r.name, note = r.note.as_deref(), "no longer used");
+    }
     for r in resources.iter().filter(|r| !r.differences.is_empty()) {
         tracing::warn!(
             kind = r.kind,
@@ -257,7 +291,7 @@ pub(super) async fn setup(cli: &Cli) -> Outcome {
                     r.status,
                     r.kind,
                     one_line(&r.name),
-                    one_line(&r.differences_text())
+                    one_line(r.note.as_deref().unwrap_or(&r.differences_text()))
                 );
             }
         }

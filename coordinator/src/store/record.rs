@@ -309,6 +309,7 @@ pub struct TargetRecord {
 /// agents dedupe), then when it was sent and how it ended.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct CommandRecord {
+    #[serde(deserialize_with = "command_of_any_version")]
     pub command: Command,
     #[serde(default, with = "time::serde::rfc3339::option")]
     #[schemars(with = "Option<String>", extend("format" = "date-time"))]
@@ -485,9 +486,46 @@ pub(crate) fn coordinator_name() -> String {
     format!("{}:{}", started_by::host(), std::process::id())
 }
 
+/// A recorded command, read also when an older coordinator recorded it as
+/// `flotilla.command.v1` (the same fields; only its delivery changed), so that runs recorded
+/// before an upgrade stay readable, and resumable: a resume sends it as v2.
+fn command_of_any_version<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Command, D::Error> {
+    let mut value = serde_json::Value::deserialize(deserializer)?;
+    if let Some(schema) = value.get_mut("schema")
+        && schema == flotilla_schemas::LEGACY_COMMAND_SCHEMA
+    {
+        *schema = flotilla_schemas::CommandSchema::VALUE.into();
+    }
+    serde_json::from_value(value).map_err(serde::de::Error::custom)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A run recorded by a coordinator before per-agent delivery stays readable: its commands
+    /// read as v2 (and are sent as v2 by a resume). Another version is still refused.
+    #[test]
+    fn commands_recorded_as_v1_read_as_v2() {
+        let record = |schema: &str| {
+            serde_json::json!({
+                "command": {
+                    "schema": schema,
+                    "command_id": "0190b1c2-0000-7000-8000-000000000001",
+                    "run_id": "0190b1c2-0000-7000-8000-000000000002",
+                    "service": "inference", "instance": "a",
+                    "issued_at": "2026-01-01T00:00:00Z", "expires_at": "2026-01-01T01:00:00Z",
+                    "action": { "kind": "finalize", "migration": "0190b1c2-0000-7000-8000-000000000003" },
+                },
+            })
+        };
+        let old: CommandRecord = serde_json::from_value(record("flotilla.command.v1")).unwrap();
+        let sent = serde_json::to_value(&old).unwrap();
+        assert_eq!(sent["command"]["schema"], "flotilla.command.v2");
+        assert!(serde_json::from_value::<CommandRecord>(record("flotilla.command.v3")).is_err());
+    }
 
     #[test]
     fn a_wave_recorded_before_selectors_loads_without_them() {

@@ -9,7 +9,14 @@ use time::OffsetDateTime;
 use crate::version::schema_tag;
 use crate::{CommandId, InstanceId, RunId, SchemaTag, ServiceName};
 
-schema_tag!(CommandSchema, "flotilla.command.v1");
+// v2: delivered on `<prefix>.command.<service>.<instance>` live and by a catch-up read of the
+// last command per agent, instead of v1's work queue and durable consumer per agent
+// (docs/wire-protocol.md, section 3). The body is v1's; the delivery contract is not.
+schema_tag!(CommandSchema, "flotilla.command.v2");
+
+/// The command schema before per-agent delivery: run records written by older coordinators hold
+/// commands under it (the same fields), and read as v2.
+pub const LEGACY_COMMAND_SCHEMA: &str = "flotilla.command.v1";
 
 /// One command, addressed to one agent (service and instance).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

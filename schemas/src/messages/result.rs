@@ -441,7 +441,7 @@ mod tests {
     #[test]
     fn a_bare_result_names_its_command_and_reports_only_its_outcome() {
         let command: Command = crate::decode(include_bytes!(
-            "../../fixtures/flotilla.command.v1.migrate.json"
+            "../../fixtures/flotilla.command.v2.migrate.json"
         ))
         .expect("the fixture decodes");
         let result = RunResult::of(&command, command.issued_at, Outcome::Refused);

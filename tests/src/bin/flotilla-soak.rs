@@ -18,13 +18,13 @@ use std::process::{Child, ExitCode};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use flotilla_tests::faults::{self, preset_ack_wait, rss_bytes};
+use flotilla_tests::faults::{self, rss_bytes};
 use flotilla_tests::invariants::{Violation, journal_path, read_journal};
 use flotilla_tests::{Cluster, Evidence, Fleet, NatsServer, Proxy, ROLES, Scenario};
 use serde_json::Value;
 
-/// The consumers' ack wait during the soak: short, so pauses and cuts cross it.
-const ACK_WAIT: Duration = Duration::from_secs(3);
+/// The shortest agent pause: seconds, against a round trip of milliseconds.
+const PAUSE: Duration = Duration::from_secs(3);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 const CRASH_POINTS: [&str; 5] = [
     "accepted",
@@ -184,7 +184,11 @@ impl Broker {
                 nats.restart()
             }
             Broker::Cluster(cluster) => {
-                let streams = ["FLOTILLA_COMMANDS", "FLOTILLA_EVENTS", "KV_flotilla_runs"];
+                let streams = [
+                    "FLOTILLA_COMMANDS_V2",
+                    "FLOTILLA_EVENTS",
+                    "KV_flotilla_runs",
+                ];
                 let stream = streams[pick % streams.len()];
                 let node = cluster
                     .stream_leader(stream)
@@ -223,15 +227,14 @@ fn main() -> anyhow::Result<ExitCode> {
     let direct = broker.direct();
     let fleet = Fleet::start(&broker.for_agents(), &ROLES).context("starting the demo fleet")?;
     // The streams first, replicated as `flotilla setup` makes them (on a cluster: on all three
-    // nodes), then the agents' consumers with the soak's short ack wait.
+    // nodes).
     let setup = fleet.flotilla_with_env(&["setup"], &[("FLOTILLA_NATS__URL", &direct)]);
     anyhow::ensure!(
         setup.status.success(),
         "flotilla setup: {}",
         String::from_utf8_lossy(&setup.stderr)
     );
-    preset_ack_wait(&direct, &ROLES, ACK_WAIT)?;
-    let scenario = Scenario::with_ack_wait(&fleet, &ROLES, COMMAND_TIMEOUT, ACK_WAIT);
+    let scenario = Scenario::new(&fleet, &ROLES, COMMAND_TIMEOUT);
     let mut soak = Soak {
         broker,
         fleet,
@@ -519,7 +522,7 @@ impl Soak {
                     .map_err(|e| with_output(&mut child, e))?;
                 self.fleet.signal_agent(role, "STOP");
                 std::thread::sleep(
-                    ACK_WAIT + Duration::from_millis(500 + self.rng.below(2000) as u64),
+                    PAUSE + Duration::from_millis(500 + self.rng.below(2000) as u64),
                 );
                 self.fleet.signal_agent(role, "CONT");
                 healed = Instant::now();

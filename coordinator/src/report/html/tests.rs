@@ -24,7 +24,7 @@ fn markdown_subset_is_escaped_and_structured() {
 
 fn command(run: &str, id: &str, service: &str) -> serde_json::Value {
     serde_json::json!({
-        "schema": "flotilla.command.v1", "command_id": id, "run_id": run,
+        "schema": "flotilla.command.v2", "command_id": id, "run_id": run,
         "service": service, "instance": "a",
         "issued_at": "2026-01-01T00:00:00Z", "expires_at": "2026-01-01T01:00:00Z",
         "action": { "kind": "finalize", "migration": id },
