@@ -309,8 +309,10 @@ class Client:
         self.js = self.nc.jetstream()
         try:
             await self.discover()
+            # Results are stored on the run's event subjects; progress travels live, unstored.
             events = f"{self.prefix}.evt.{self.run_id}.>"
             sub = await self.nc.subscribe(events, cb=self.on_event)
+            live = await self.nc.subscribe(f"{self.prefix}.live.{self.run_id}.>", cb=self.on_event)
 
             await self.refused("unsigned")
             await self.refused("forged")
@@ -343,6 +345,7 @@ class Client:
                 raise Failure(f"rollback: no succeeded rollback progress: {self.progress_of(rollback['command_id'])}")
 
             await sub.unsubscribe()
+            await live.unsubscribe()
             self.check_valid()
             self.check_event_headers()
             await self.check_audit_log()
@@ -352,7 +355,7 @@ class Client:
     def check_event_headers(self) -> None:
         for subject, headers in self.event_headers:
             parts = subject.split(".")
-            if parts[:3] != [self.prefix, "evt", self.run_id] or parts[3:] != [
+            if parts[0] != self.prefix or parts[1] not in ("evt", "live") or parts[2] != self.run_id or parts[3:] != [
                 self.args.service,
                 self.args.instance,
             ]:
@@ -361,7 +364,7 @@ class Client:
                 raise Failure(f"event on {subject} carries Flotilla-Run-Id {headers.get('Flotilla-Run-Id')!r}")
 
     async def check_audit_log(self) -> None:
-        """The events stream holds every event of the run, each valid."""
+        """The events stream holds every result of the run, each valid, and no progress."""
         stream = self.prefix.upper().replace("-", "_") + "_EVENTS"
         subject = f"{self.prefix}.evt.{self.run_id}.>"
         sub = await self.js.subscribe(subject, stream=stream, ordered_consumer=True)
@@ -376,6 +379,8 @@ class Client:
         finally:
             await sub.unsubscribe()
         results = [e for e in stored if e["schema"] == "flotilla.result.v1"]
+        if len(results) != len(stored):
+            raise Failure(f"the events stream {stream} holds progress: it travels live, unstored")
         if len(results) != 5:
             raise Failure(f"the events stream {stream} holds {len(results)} results of the run, expected 5")
         self.log(f"audit log {stream}: {len(stored)} events of the run")

@@ -70,7 +70,13 @@ fn a_full_journal_volume_stops_the_agent_before_it_acts_and_it_recovers_once_fre
     );
     let filler = volume.fill("filler").unwrap();
 
-    let plan = fleet.write_plan("full.toml", &scenario.plan(&fleet, "full", "", ""));
+    // The command is journalled whole: a 16 KiB argument makes its record need pages the full
+    // volume no longer has, whatever room the journal's last page has left.
+    let padding = format!(
+        "[[service.step]]\naction = \"run_command\"\nprogram = \"true\"\nargs = [\"{}\"]\n",
+        "x".repeat(16 * 1024)
+    );
+    let plan = fleet.write_plan("full.toml", &scenario.plan(&fleet, "full", "", &padding));
     let coordinator =
         fleet.spawn_flotilla(&["migrate", plan.to_str().unwrap(), "--output", "json"]);
     let run = wait_for_run(&fleet, Duration::from_secs(20)).unwrap();

@@ -55,7 +55,7 @@ proptest! {
     }
 
     #[test]
-    fn the_command_decoder_never_panics_on_mutated_commands(bytes in mutated(fixture("flotilla.command.v1.migrate.json"))) {
+    fn the_command_decoder_never_panics_on_mutated_commands(bytes in mutated(fixture("flotilla.command.v2.migrate.json"))) {
         let _ = decode::<Command>(&bytes);
     }
 
