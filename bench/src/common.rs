@@ -45,11 +45,14 @@ impl Nats {
         // nats-server ≥ 2.15 caps a stream at 1,000 consumers unless told otherwise, and every
         // agent holds one durable consumer on the commands stream.
         let limits = "  limits {\n    default_max_consumers: -1\n  }\n";
+        // A run's header names every target (~115 bytes each): 10,000 agents take 1.15 MB, over
+        // the default 1 MiB (docs/performance.md, issue 18).
+        let payload = "max_payload: 8MB\n";
         let text = match sync {
             Sync::Always => format!("jetstream {{\n  sync_interval: always\n{limits}}}\n"),
             Sync::Default => format!("jetstream {{\n{limits}}}\n"),
         };
-        std::fs::write(&config, text)?;
+        std::fs::write(&config, format!("{payload}{text}"))?;
         let server = NatsServer::start_with_config(&config, &[])?;
         Ok(Self {
             server,

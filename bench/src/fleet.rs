@@ -154,7 +154,7 @@ async fn measure(n: usize, runs: usize, sync: Sync, fsyncs: bool) -> anyhow::Res
         let r = run_coordinator(nats.url(), &sim.key_path, &plan, &extra, &log).await?;
         let own_after = sim.cpu();
         let nats_after = common::cpu_of(&nats_pid).map_or(0.0, |c| c.own);
-        let slowest = check_run(n, run, &r)?;
+        let slowest = check_run(n, run, &r).map_err(|e| e.context(log_tail(&log)))?;
         cost = Cost::between(&counters, &Snapshot::take(monitor_port)?, n);
         samples.wall.push(r.wall.as_secs_f64());
         samples.cpu.push(r.cpu_s);
@@ -319,6 +319,16 @@ fn print_cost(rows: &[Row]) {
         ],
         &table_rows,
     );
+}
+
+/// The coordinator's last log lines, for the error of a run that failed.
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    format!(
+        "flotilla's log ends:\n{}",
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    )
 }
 
 /// The first few distinct failure reasons of a report, for an error message.

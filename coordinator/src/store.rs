@@ -71,6 +71,14 @@ pub enum StoreError {
         "run {key} was changed by someone else (another coordinator resumed it?); stopping so that two coordinators never drive one run"
     )]
     Conflict { key: String },
+    #[error(
+        "run record {key} is {size} bytes, over the NATS server's max_payload of {limit}: the run's header names every target (about 115 bytes each), so a run this large needs a larger max_payload in nats-server.conf (up to 8 MB) or a smaller fleet per run (migrate -l)"
+    )]
+    TooLarge {
+        key: String,
+        size: usize,
+        limit: usize,
+    },
     #[error("run record {key} is unreadable: {reason}")]
     Corrupt { key: String, reason: String },
 }
@@ -120,6 +128,9 @@ const WRITE_CONCURRENCY: usize = 256;
 #[derive(Clone)]
 pub struct Store {
     kv: kv::Store,
+    /// The server's largest message: a bigger write can never succeed, so it is refused at
+    /// once instead of retried through an outage window.
+    max_payload: usize,
 }
 
 // === impl Store ===
@@ -146,9 +157,10 @@ impl Store {
             }
             js.create_key_value(Self::bucket_config(subjects)).await
         };
+        let max_payload = js.client().server_info().max_payload;
         retry_until("opening the run store", deadline, attempt, |_| true)
             .await
-            .map(|kv| Self { kv })
+            .map(|kv| Self { kv, max_payload })
             .map_err(|e| StoreError::Open {
                 bucket,
                 source: Box::new(e),
@@ -234,6 +246,14 @@ impl Store {
         value: bytes::Bytes,
         revision: Option<u64>,
     ) -> Result<u64, StoreError> {
+        // A KV message carries the key in its subject; the payload is the value alone.
+        if self.max_payload > 0 && value.len() > self.max_payload {
+            return Err(StoreError::TooLarge {
+                key: key.to_owned(),
+                size: value.len(),
+                limit: self.max_payload,
+            });
+        }
         let deadline = outage_deadline();
         let mut pauses = flotilla_bus::outage::backoff().build();
         loop {

@@ -73,6 +73,17 @@ fn plan(fleet: &Fleet, ports: &BTreeMap<String, u16>, pause: &str) -> String {
     path.to_str().unwrap().to_owned()
 }
 
+/// Each service's files, by service name.
+fn every_tree(
+    fleet: &Fleet,
+    ports: &BTreeMap<String, u16>,
+) -> BTreeMap<String, BTreeMap<String, Vec<u8>>> {
+    ports
+        .keys()
+        .map(|n| (n.clone(), files(&fleet.root(n))))
+        .collect()
+}
+
 /// Every file under `root` with its content.
 fn files(root: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut found = BTreeMap::new();
@@ -145,10 +156,7 @@ fn assert_rolled_back(
 fn a_canary_whose_memory_grows_past_the_gate_during_the_bake_fails_the_wave_and_rolls_back() {
     let nats = NatsServer::start().unwrap();
     let (fleet, ports) = start(&nats, &[CANARY, "ledger"]);
-    let before: BTreeMap<_, _> = ports
-        .keys()
-        .map(|n| (n.clone(), files(&fleet.root(n))))
-        .collect();
+    let before = every_tree(&fleet, &ports);
     let plan = plan(&fleet, &ports, "10m");
     let coordinator = fleet.spawn_flotilla(&["migrate", &plan, "--output", "json"]);
     let run = fleet.only_run();
@@ -196,10 +204,7 @@ fn a_canary_whose_memory_grows_past_the_gate_during_the_bake_fails_the_wave_and_
 fn a_canary_that_starts_failing_during_a_manual_pause_is_not_promoted_and_rolls_back() {
     let nats = NatsServer::start().unwrap();
     let (fleet, ports) = start(&nats, &[CANARY, "ledger"]);
-    let before: BTreeMap<_, _> = ports
-        .keys()
-        .map(|n| (n.clone(), files(&fleet.root(n))))
-        .collect();
+    let before = every_tree(&fleet, &ports);
     let plan = plan(&fleet, &ports, "manual");
     let out = fleet.flotilla(&["migrate", &plan, "--output", "json"]);
     let report = json_stdout(&out);

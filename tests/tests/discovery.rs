@@ -52,6 +52,24 @@ fn an_agent_that_comes_up_during_the_window_is_found() {
 }
 
 /// The services and states `flotilla agents --all --output json` lists.
+/// `out`, once it exited 0 (its stderr otherwise).
+fn succeeded(out: std::process::Output) -> std::process::Output {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `flotilla ARGS` (an agent listing that must succeed): how long it took, and its rows.
+fn timed_listing(fleet: &Fleet, args: &[&str]) -> (Duration, Vec<(String, String)>) {
+    let started = Instant::now();
+    let out = succeeded(fleet.flotilla(args));
+    (started.elapsed(), rows(&out))
+}
+
 fn rows(out: &std::process::Output) -> Vec<(String, String)> {
     let listed = json_stdout(out);
     listed
@@ -104,17 +122,12 @@ fn a_decommissioned_agent_goes_inactive_stops_slowing_discovery_and_is_forgotten
     fleet.kill_agent("ingest");
 
     // Fresh entries: waited for to the end of the window.
-    let started = Instant::now();
-    let out = fleet.flotilla(&["agents", "--all", "-o", "json", "--discovery-window", "2s"]);
-    let took = started.elapsed();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (took, listed) = timed_listing(
+        &fleet,
+        &["agents", "--all", "-o", "json", "--discovery-window", "2s"],
     );
     assert_eq!(
-        rows(&out),
+        listed,
         [
             ("inference/a".to_owned(), "idle".to_owned()),
             ("ingest/a".to_owned(), "silent".to_owned()),
@@ -137,17 +150,9 @@ fn a_decommissioned_agent_goes_inactive_stops_slowing_discovery_and_is_forgotten
         "--agent-inactive-after",
         "1s",
     ];
-    let started = Instant::now();
-    let out = fleet.flotilla(&listing);
-    let took = started.elapsed();
+    let (took, listed) = timed_listing(&fleet, &listing);
     assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        rows(&out),
+        listed,
         [
             ("inference/a".to_owned(), "idle".to_owned()),
             ("ingest/a".to_owned(), "inactive".to_owned()),
@@ -176,20 +181,14 @@ fn a_decommissioned_agent_goes_inactive_stops_slowing_discovery_and_is_forgotten
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = fleet.flotilla(&["agents", "forget", "training/a", "-o", "json"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = succeeded(fleet.flotilla(&["agents", "forget", "training/a", "-o", "json"]));
     assert_eq!(
         json_stdout(&out)["forgotten"],
         serde_json::json!(["training/a"])
     );
     // Every inactive one that does not answer: ingest, not the live inference (whose entry is
     // as old).
-    let out = fleet.flotilla(&[
+    let out = succeeded(fleet.flotilla(&[
         "agents",
         "forget",
         "--inactive",
@@ -197,22 +196,17 @@ fn a_decommissioned_agent_goes_inactive_stops_slowing_discovery_and_is_forgotten
         "1s",
         "-o",
         "json",
-    ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ]));
     assert_eq!(
         json_stdout(&out)["forgotten"],
         serde_json::json!(["ingest/a"])
     );
 
     // Nothing left to wait for, even with the default threshold: milliseconds.
-    let started = Instant::now();
-    let out = fleet.flotilla(&["agents", "--all", "-o", "json", "--discovery-window", "20s"]);
-    let took = started.elapsed();
-    assert_eq!(rows(&out), [("inference/a".to_owned(), "idle".to_owned())]);
+    let (took, listed) = timed_listing(
+        &fleet,
+        &["agents", "--all", "-o", "json", "--discovery-window", "20s"],
+    );
+    assert_eq!(listed, [("inference/a".to_owned(), "idle".to_owned())]);
     assert!(took < Duration::from_secs(2), "discovery waited: {took:?}");
 }

@@ -243,3 +243,30 @@ async fn a_record_older_than_chunks_is_read_and_written_per_target() {
     assert_eq!(failures(&reloaded), failures(&loaded));
     assert_eq!(store.list().await.unwrap().runs.len(), 1);
 }
+
+/// A header over the server's `max_payload` can never be written: it is refused at once, with
+/// the limit named, instead of retried for the outage window; nothing is stored.
+#[tokio::test]
+async fn a_run_header_over_the_servers_max_payload_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("nats.conf");
+    std::fs::write(&config, "max_payload: 65536\njetstream {}\n").unwrap();
+    let nats = NatsServer::start_with_config(&config, &[]).unwrap();
+    let (store, mut stream) = open(&nats).await;
+    // The header names every target: 5,000 of them are well over 64 KiB.
+    let record = run(5000, 0, true);
+    let started = std::time::Instant::now();
+    let refused = store.create(&record).await;
+    assert!(
+        matches!(refused, Err(StoreError::TooLarge { limit: 65536, .. })),
+        "{refused:?}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "retried: {:?}",
+        started.elapsed()
+    );
+    let message = refused.unwrap_err().to_string();
+    assert!(message.contains("max_payload"), "{message}");
+    assert_eq!(stream.info().await.unwrap().state.messages, 0);
+}
