@@ -66,7 +66,14 @@ impl Cluster {
         let mut tries = 0;
         loop {
             match Self::start_on_fresh_ports(n, options) {
-                Err(e) if e.downcast_ref::<ExitedAtOnce>().is_some() && tries < 4 => tries += 1,
+                Err(e)
+                    if (e.downcast_ref::<ExitedAtOnce>().is_some()
+                        || e.downcast_ref::<NeverFormed>().is_some())
+                        && tries < 4 =>
+                {
+                    eprintln!("cluster harness: {e}; starting again on fresh ports");
+                    tries += 1
+                }
                 started => return started,
             }
         }
@@ -75,7 +82,12 @@ impl Cluster {
     fn start_on_fresh_ports(n: usize, options: &ClusterOptions) -> anyhow::Result<Self> {
         anyhow::ensure!(n > 0, "a cluster has at least one node");
         let dir = tempfile::tempdir()?;
-        let name = "flotilla-test".to_owned();
+        // A name of its own: were a port chosen for this cluster taken by a node of another
+        // cluster starting beside it, the two would refuse each other's routes rather than
+        // merge into one cluster with two meta groups.
+        static CLUSTERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let serial = CLUSTERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("flotilla-test-{}-{serial}", std::process::id());
         let route_ports: Vec<u16> = (0..n).map(|_| crate::free_port()).collect();
         let mut nodes = Vec::with_capacity(n);
         for (i, &route_port) in route_ports.iter().enumerate() {
@@ -103,7 +115,11 @@ impl Cluster {
         for i in 0..n {
             cluster.spawn(i)?;
         }
-        cluster.wait_ready(Duration::from_secs(30))?;
+        // Its nodes are killed on drop when it never formed (a route port taken by a node
+        // starting beside it, say); the next try has fresh ports.
+        cluster
+            .wait_ready(Duration::from_secs(30))
+            .map_err(|e| NeverFormed(e.to_string()))?;
         Ok(cluster)
     }
 
@@ -337,6 +353,18 @@ impl std::fmt::Display for ExitedAtOnce {
 }
 
 impl std::error::Error for ExitedAtOnce {}
+
+/// A cluster whose nodes all started but never elected a meta leader.
+#[derive(Debug)]
+struct NeverFormed(String);
+
+impl std::fmt::Display for NeverFormed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the cluster never formed: {}", self.0)
+    }
+}
+
+impl std::error::Error for NeverFormed {}
 
 impl Drop for Cluster {
     fn drop(&mut self) {

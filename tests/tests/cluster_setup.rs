@@ -101,7 +101,10 @@ fn more_replicas_than_nodes_is_refused_and_creates_nothing() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let said = stderr(&out);
     assert!(
-        said.contains("4 replicas asked, but the NATS cluster flotilla-test cannot place them"),
+        said.contains(&format!(
+            "4 replicas asked, but the NATS cluster {} cannot place them",
+            cluster.name()
+        )),
         "{said}"
     );
     let out = flotilla(&cluster.url_list(), &["setup", "--replicas", "6"]);
