@@ -200,10 +200,12 @@ impl Cluster {
     }
 
     /// Waits until every running node knows the same JetStream meta leader, a running one (a
-    /// node just killed is still the leader to its peers until they elect another).
+    /// node just killed is still the leader to its peers until they elect another), and that
+    /// leader counts every other running node a current peer: until then an R3 stream is
+    /// refused with "no suitable peers for placement".
     pub fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let running: Vec<usize> = (0..self.len()).filter(|&i| self.is_running(i)).collect();
-        crate::wait_for("a running JetStream meta leader", timeout, || {
+        crate::wait_for("a meta leader with current peers", timeout, || {
             let leaders: Vec<Option<usize>> = running
                 .iter()
                 .map(|&i| {
@@ -211,9 +213,27 @@ impl Cluster {
                     self.index_of(jsz["meta_cluster"]["leader"].as_str()?)
                 })
                 .collect();
-            leaders[0].is_some_and(|leader| running.contains(&leader))
-                && leaders.iter().all(|l| *l == leaders[0])
+            let Some(leader) = leaders[0].filter(|l| running.contains(l)) else {
+                return false;
+            };
+            leaders.iter().all(|l| *l == Some(leader)) && self.peers_current(leader, &running)
         })
+    }
+
+    /// Whether the meta leader `leader` reports every other node in `running` as a current
+    /// replica of the meta group.
+    fn peers_current(&self, leader: usize, running: &[usize]) -> bool {
+        let Some(jsz) = self.jsz(leader, "") else {
+            return false;
+        };
+        let replicas = jsz["meta_cluster"]["replicas"].as_array();
+        let current: Vec<usize> = replicas
+            .into_iter()
+            .flatten()
+            .filter(|r| r["current"].as_bool() == Some(true))
+            .filter_map(|r| self.index_of(r["name"].as_str()?))
+            .collect();
+        running.iter().all(|i| *i == leader || current.contains(i))
     }
 
     /// The node that leads `stream` (a KV bucket `b` is the stream `KV_b`, an object store `o`

@@ -687,6 +687,10 @@ impl View {
                 crate::report::gate::compact(&row.gates)
             )));
         }
+        // Each line's update above is drawn only as the terminal's rate limit allows (20 a
+        // second, bursts of 20): a 40-line view's last update could stay undrawn until the next
+        // tick, leaving a frame whose rows do not match its counters. One forced draw shows it whole.
+        screen.more.force_draw();
     }
 
     /// The run ended: the last word, and the run's exit code.
