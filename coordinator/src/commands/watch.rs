@@ -693,9 +693,41 @@ impl View {
         screen.more.force_draw();
     }
 
+    /// Rows whose last result was not heard (the event stream still behind when the drain gave
+    /// up, on a loaded machine) take it from the record, which is the truth: the last view
+    /// never shows a finished command in flight.
+    fn settle(&mut self, record: &RunRecord) {
+        for (row, target) in self.rows.iter_mut().zip(&record.targets) {
+            let last = target
+                .commands()
+                .filter_map(|c| Some((c.command.command_id, c.result.as_ref()?)))
+                .max_by_key(|(_, r)| r.at);
+            let Some((command, result)) = last else {
+                continue;
+            };
+            if row.command == Some(command) && row.outcome.is_some() {
+                continue;
+            }
+            if row.command != Some(command) {
+                row.command = Some(command);
+                row.kind = target.kind_of(command);
+                row.started = result.phases.first().and_then(|p| p.started_at);
+            }
+            if let Some(p) = result.phases.last() {
+                row.phase = Some((p.phase.as_str(), p.status));
+            }
+            row.ended = Some(result.at);
+            row.outcome = Some(result.outcome.as_str().to_owned());
+            if !result.gates.is_empty() {
+                row.gates = result.gates.clone();
+            }
+        }
+    }
+
     /// The run ended: the last word, and the run's exit code.
     fn finish(mut self, record: &RunRecord) -> u8 {
         self.record(record);
+        self.settle(record);
         self.redraw(record);
         self.close();
         let report = RunReport::from_record(record);
