@@ -1,7 +1,9 @@
-//! The targets' commands and results kept in chunks: `<run>.c.<first>` holds the targets
-//! `first..first + n` (a [`RunRecord`]'s `chunked_targets`). A batch of dispatches or results
-//! costs one compare-and-set write per chunk it touches, not one per target, and a chunk is
-//! split by size, so a run is not capped by the server's maximum message size.
+//! The targets kept in chunks: `<run>.c.<first>` holds the targets `first..first + n` (a
+//! [`RunRecord`]'s `chunked_targets`), each whole: who it is, its commands and results. A batch
+//! of dispatches or results costs one compare-and-set write per chunk it touches, not one per
+//! target, and a chunk is split by size, so a run is not capped by the server's maximum message
+//! size. A run created with `target_count` has its chunks written before its header, so a
+//! header never counts targets that no chunk holds; a header found without them is an error.
 //!
 //! The chunks form a chain: the one at 0, then the one where it ends, and so on. A chunk that
 //! grows past [`CHUNK_BYTES`] is split: its new pieces are written first (new keys, which the
@@ -201,21 +203,30 @@ impl Store {
         self.cas(&key, value, left).await
     }
 
-    /// Reads the chain of `record`'s chunks into its targets; returns the chain.
-    pub(super) async fn load_chunks(&self, record: &mut RunRecord) -> Result<Chain, StoreError> {
-        let n = record.targets.len();
+    /// Reads the chain of the chunks of `run`, whose header counts `n` targets: the targets in
+    /// order and the chain; no targets when there is no chunk at 0 (the caller decides whether
+    /// that may be). A chain that breaks before `n` is an error, never fewer targets.
+    pub(super) async fn load_chunks(
+        &self,
+        run: &RunId,
+        n: usize,
+    ) -> Result<(Vec<TargetRecord>, Chain), StoreError> {
+        let mut targets = Vec::with_capacity(n);
         let mut chain = Chain::new();
-        let mut at = 0;
-        while at < n {
-            let key = chunk_key(&record.run_id, at);
+        while targets.len() < n {
+            let at = targets.len();
+            let key = chunk_key(run, at);
             let entry = self.read(&key).await?;
             let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
                 if at == 0 {
-                    break; // nothing dispatched yet
+                    break;
                 }
                 return Err(StoreError::Corrupt {
                     key,
-                    reason: "the chain of chunks breaks here".into(),
+                    reason: format!(
+                        "the chain of chunks breaks here: targets {at} to {} of {n} are missing",
+                        n - 1
+                    ),
                 });
             };
             let corrupt = |reason: String| StoreError::Corrupt {
@@ -231,9 +242,7 @@ impl Store {
                     chunk.first
                 )));
             }
-            for (i, target) in chunk.targets.into_iter().enumerate() {
-                record.targets[at + i] = target;
-            }
+            targets.extend(chunk.targets);
             chain.insert(
                 at,
                 Span {
@@ -241,9 +250,8 @@ impl Store {
                     revision: entry.revision,
                 },
             );
-            at += len;
         }
-        Ok(chain)
+        Ok((targets, chain))
     }
 }
 
