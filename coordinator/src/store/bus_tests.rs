@@ -260,7 +260,8 @@ async fn a_record_older_than_chunks_is_read_and_written_per_target() {
 }
 
 /// A header over the server's `max_payload` can never be written: it is refused at once, with
-/// the limit named, instead of retried for the outage window; nothing is stored.
+/// the limit named, instead of retried for the outage window; nothing is stored. Chunks are cut
+/// to a quarter of a small `max_payload`, so a run whose header counts its targets still fits.
 #[tokio::test]
 async fn a_run_header_over_the_servers_max_payload_is_refused_at_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -285,6 +286,13 @@ async fn a_run_header_over_the_servers_max_payload_is_refused_at_once() {
     let message = refused.unwrap_err().to_string();
     assert!(message.contains("max_payload"), "{message}");
     assert_eq!(stream.info().await.unwrap().state.messages, 0);
+
+    // Counted, the same run fits: its header is small, its chunks a quarter of the limit.
+    let record = fleet_run(5000, 2);
+    let revisions = store.create(&record).await.unwrap();
+    assert!(revisions.chunks.len() > 10, "{:?}", revisions.chunks.len());
+    let (loaded, _) = store.load(&record.run_id).await.unwrap().unwrap();
+    assert_eq!(loaded.targets.len(), 5000);
 }
 
 /// A migrate command for target `t` of `record`, with its result.
