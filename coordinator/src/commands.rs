@@ -348,19 +348,21 @@ async fn runs(cli: &Cli, limit: Option<usize>, statuses: &[RunStatus]) -> Outcom
         Err(e) => return Err(fail(exit::BUS, error_chain(&e))),
     };
     warn_unreadable(&listing.unreadable);
-    let reports: Vec<RunReport> = listing
+    // Headers: a report of one has no services; the header counts them.
+    let (reports, counts): (Vec<RunReport>, Vec<usize>) = listing
         .runs
         .iter()
         .rev()
         .filter(|r| statuses.is_empty() || statuses.contains(&r.status))
         .take(limit.unwrap_or(usize::MAX))
-        .map(RunReport::from_record)
-        .collect();
+        .map(|r| (RunReport::from_record(r), r.target_total()))
+        .unzip();
     match cli.output {
         OutputFormat::Json => {
             let rows: Vec<serde_json::Value> = reports
                 .iter()
-                .map(|r| {
+                .zip(&counts)
+                .map(|(r, services)| {
                     let started_at = r
                         .started_at
                         .format(&time::format_description::well_known::Rfc3339)
@@ -373,7 +375,7 @@ async fn runs(cli: &Cli, limit: Option<usize>, statuses: &[RunStatus]) -> Outcom
                         "rehearsal": r.rehearsal,
                         "started_at": started_at,
                         "duration_ms": r.duration_ms,
-                        "services": r.services.len(),
+                        "services": services,
                         "coordinator": r.coordinator,
                     })
                 })
@@ -391,7 +393,7 @@ async fn runs(cli: &Cli, limit: Option<usize>, statuses: &[RunStatus]) -> Outcom
                 "{:36}  {:20}  {:23}  {:>8}  {:>8}  PLAN",
                 "RUN", "STARTED", "STATUS", "SERVICES", "TIME"
             );
-            for r in &reports {
+            for (r, services) in reports.iter().zip(&counts) {
                 let started = r
                     .started_at
                     .replace_nanosecond(0)
@@ -403,7 +405,7 @@ async fn runs(cli: &Cli, limit: Option<usize>, statuses: &[RunStatus]) -> Outcom
                     r.run_id.to_string(),
                     started,
                     status_name(r.status),
-                    r.services.len(),
+                    services,
                     format!("{:.1}s", r.duration_ms as f64 / 1000.0),
                     one_line(&r.plan)
                 );

@@ -3,11 +3,13 @@
 //! machine and after the coordinator was killed.
 //!
 //! Keys: `<run_id>` holds the run's header, a [`RunRecord`] (JSON, schema `flotilla.run.v1`)
-//! whose targets carry no commands; `<run_id>.c.<first>` holds a chunk of targets with their
-//! commands and results (`chunks.rs`), so that a batch of dispatches or results costs one
-//! write per chunk it touches and a run is not capped by the server's maximum message size
-//! (records older than chunks keep one target per key, `<run_id>.t.<index>`, and are still
-//! read and written so); `<run_id>.cancel` exists while a cancel is requested, and
+//! that names no target, only counts them (`target_count`), so that its size, rewritten at
+//! every change of stage or wave, does not grow with the fleet; `<run_id>.c.<first>` holds a
+//! chunk of targets, each whole, with its commands and results (`chunks.rs`), so that a batch
+//! of dispatches or results costs one write per chunk it touches and a run is not capped by
+//! the server's maximum message size. Older records are still read and written as they were:
+//! a header listing every target without commands, beside the chunks; or, older still, one
+//! target per key, `<run_id>.t.<index>`. `<run_id>.cancel` exists while a cancel is requested, and
 //! `<run_id>.promote` while a promote of a bake is. The
 //! cancel flag has its own key so that the engine, which rewrites the header, can never
 //! overwrite a request it has not seen. Every write is a compare-and-set on the key's
@@ -72,7 +74,7 @@ pub enum StoreError {
     )]
     Conflict { key: String },
     #[error(
-        "run record {key} is {size} bytes, over the NATS server's max_payload of {limit}: the run's header names every target (about 115 bytes each), so a run this large needs a larger max_payload in nats-server.conf (up to 8 MB) or a smaller fleet per run (migrate -l)"
+        "run record {key} is {size} bytes, over the NATS server's max_payload of {limit}: a run's header holds its plan's text and notes (and, in runs recorded before headers only counted their targets, about 115 bytes per target), a chunk at least one target with its results; raise max_payload in nats-server.conf (up to 8 MB), or run a smaller plan or fleet (migrate -l)"
     )]
     TooLarge {
         key: String,
@@ -167,12 +169,21 @@ impl Store {
             })
     }
 
-    /// Writes a new run's header; fails if the run already exists.
+    /// Writes a new run; fails if the run already exists. A header that only counts its
+    /// targets comes last, after the chunks that hold them: a coordinator killed in between
+    /// leaves chunks that no header reaches (never listed, never loaded), not a header that
+    /// counts targets no chunk holds.
     pub async fn create(&self, record: &RunRecord) -> Result<Revisions, StoreError> {
         let key = record.run_id.to_string();
+        let mut chunks = chunks::Chain::new();
+        if record.target_count.is_some() {
+            let all: Vec<usize> = (0..record.targets.len()).collect();
+            self.save_chunks(record, &all, &mut chunks).await?;
+        }
         let header = self.cas(&key, encode(&header_of(record)), None).await?;
         Ok(Revisions {
             header,
+            chunks,
             ..Revisions::default()
         })
     }
@@ -345,7 +356,8 @@ impl Store {
         Ok(all)
     }
 
-    /// The header of `run` (targets without their commands).
+    /// The header of `run`: no targets (`target_count` says how many), or in an older record
+    /// the targets without their commands.
     async fn load_header(&self, run: &RunId) -> Result<Option<(RunRecord, u64)>, StoreError> {
         let key = run.to_string();
         let entry = self.read(&key).await?;
@@ -365,8 +377,19 @@ impl Store {
             header,
             ..Revisions::default()
         };
+        if let Some(n) = record.target_count {
+            let (targets, chain) = self.load_chunks(run, n).await?;
+            revisions.chunks = chain;
+            record.targets = targets;
+            targets_into_waves(&mut record, n)?;
+            return Ok(Some((record, revisions)));
+        }
         if record.chunked_targets {
-            revisions.chunks = self.load_chunks(&mut record).await?;
+            let (targets, chain) = self.load_chunks(run, record.targets.len()).await?;
+            revisions.chunks = chain;
+            if !targets.is_empty() {
+                record.targets = targets;
+            }
             return Ok(Some((record, revisions)));
         }
         for index in 0..record.targets.len() {
@@ -388,7 +411,8 @@ impl Store {
 
     /// Every readable run's header, oldest first, and the entries skipped because they cannot
     /// be read (a newer coordinator's schema during a rolling upgrade, or damage): one bad
-    /// entry never hides the others.
+    /// entry never hides the others. A header names no targets (older ones: no commands);
+    /// [`RunRecord::target_total`] counts them.
     pub async fn list(&self) -> Result<Listing, StoreError> {
         let read = |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Read {
             key: "*".into(),
@@ -545,15 +569,122 @@ fn is_target_key(key: &str) -> bool {
         .is_some_and(|(run, index)| run.parse::<RunId>().is_ok() && index.parse::<usize>().is_ok())
 }
 
-/// The record without the targets' commands: those live under their own keys.
+/// What the header key holds: the record without its targets when it counts them
+/// (`target_count`), else (older records) with its targets but not their commands.
 fn header_of(record: &RunRecord) -> RunRecord {
-    let mut header = record.clone();
-    for target in &mut header.targets {
-        target.migrate = None;
-        target.rollback = None;
-        target.finalize = None;
+    // Every field named, so that a new one is a decision here, and the targets are not
+    // cloned only to be dropped.
+    let RunRecord {
+        schema,
+        run_id,
+        plan_name,
+        plan_path,
+        plan_text,
+        plan_digest,
+        started_by,
+        plan_files,
+        rehearse,
+        finalize,
+        status,
+        stage,
+        started_at,
+        updated_at,
+        finished_at,
+        coordinator,
+        notes,
+        waves,
+        targets,
+        trace_parent,
+        correlation,
+        cross_service,
+        chunked_targets,
+        target_count,
+    } = record;
+    let counted = target_count.is_some();
+    let waves = waves
+        .iter()
+        .map(|w| {
+            let mut wave = w.clone();
+            if counted {
+                wave.targets = Vec::new();
+            }
+            wave
+        })
+        .collect();
+    let targets = if counted {
+        Vec::new()
+    } else {
+        targets
+            .iter()
+            .map(|t| TargetRecord {
+                migrate: None,
+                rollback: None,
+                finalize: None,
+                ..t.clone()
+            })
+            .collect()
+    };
+    RunRecord {
+        schema: schema.clone(),
+        run_id: *run_id,
+        plan_name: plan_name.clone(),
+        plan_path: plan_path.clone(),
+        plan_text: plan_text.clone(),
+        plan_digest: plan_digest.clone(),
+        started_by: started_by.clone(),
+        plan_files: plan_files.clone(),
+        rehearse: *rehearse,
+        finalize: *finalize,
+        status: *status,
+        stage: *stage,
+        started_at: *started_at,
+        updated_at: *updated_at,
+        finished_at: *finished_at,
+        coordinator: coordinator.clone(),
+        notes: notes.clone(),
+        waves,
+        targets,
+        trace_parent: trace_parent.clone(),
+        correlation: correlation.clone(),
+        cross_service: cross_service.clone(),
+        chunked_targets: *chunked_targets,
+        target_count: counted.then_some(record.targets.len()),
     }
-    header
+}
+
+/// Gives each wave of a record read from chunks its targets again (those whose `wave` is its
+/// index, in order), which its header leaves out; a target of no wave is damage.
+fn targets_into_waves(record: &mut RunRecord, n: usize) -> Result<(), StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        key: record.run_id.to_string(),
+        reason,
+    };
+    if !record.chunked_targets {
+        return Err(corrupt(
+            "counts its targets but does not keep them in chunks".into(),
+        ));
+    }
+    if record.targets.len() != n {
+        return Err(corrupt(format!(
+            "counts {n} targets, but no chunk {} holds the first of them: the run was not fully written, or its chunks were removed",
+            chunks::chunk_key(&record.run_id, 0)
+        )));
+    }
+    let mut members = vec![Vec::new(); record.waves.len()];
+    for (i, target) in record.targets.iter().enumerate() {
+        let Some(wave) = members.get_mut(target.wave) else {
+            return Err(corrupt(format!(
+                "target {i} is in wave {}, of {}",
+                target.wave,
+                record.waves.len()
+            )));
+        };
+        wave.push(i);
+    }
+    for (wave, targets) in record.waves.iter_mut().zip(members) {
+        wave.targets = targets;
+    }
+    Ok(())
 }
 
 fn encode<T: Serialize>(value: &T) -> bytes::Bytes {

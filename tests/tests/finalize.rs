@@ -193,3 +193,96 @@ fn no_finalize_survives_a_kill_9_of_the_coordinator_and_finalize_works_after_it(
 
     finalize_and_check(&fleet, &run, &roles);
 }
+
+/// The run store's header of `run`, as stored.
+fn stored_header(nats_url: &str, run: &str) -> Value {
+    let (url, run) = (nats_url.to_owned(), run.to_owned());
+    flotilla_tests::faults::block_on(async move {
+        let js = async_nats::jetstream::new(async_nats::connect(&url).await?);
+        let kv = js
+            .get_key_value(flotilla_schemas::subjects::Subjects::default().runs_bucket())
+            .await?;
+        let bytes = kv.get(&run).await?.expect("the run's header");
+        Ok(serde_json::from_slice(&bytes)?)
+    })
+    .unwrap()
+}
+
+/// Rewrites the header of `run` as a coordinator from before `target_count` wrote it: every
+/// target listed without its commands, each wave's target indices, the chunks as they are.
+fn rewrite_header_listing_targets(nats_url: &str, run: &str) {
+    let (url, run) = (nats_url.to_owned(), run.to_owned());
+    flotilla_tests::faults::block_on(async move {
+        let js = async_nats::jetstream::new(async_nats::connect(&url).await?);
+        let kv = js
+            .get_key_value(flotilla_schemas::subjects::Subjects::default().runs_bucket())
+            .await?;
+        let mut header: Value = serde_json::from_slice(&kv.get(&run).await?.unwrap())?;
+        let mut targets = flotilla_tests::run_store::target_records(&kv, &run).await?;
+        anyhow::ensure!(header["target_count"] == targets.len(), "{header}");
+        for target in &mut targets {
+            for kind in ["migrate", "rollback", "finalize"] {
+                target.as_object_mut().unwrap().remove(kind);
+            }
+        }
+        for (w, wave) in header["waves"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .enumerate()
+        {
+            let members: Vec<usize> = (0..targets.len())
+                .filter(|&t| targets[t]["wave"] == w)
+                .collect();
+            wave["targets"] = serde_json::json!(members);
+        }
+        let object = header.as_object_mut().unwrap();
+        object.remove("target_count");
+        object.insert("targets".into(), Value::Array(targets));
+        kv.put(&run, serde_json::to_vec(&header)?.into()).await?;
+        Ok(())
+    })
+    .unwrap();
+}
+
+/// A run recorded before headers counted their targets (its header lists them, beside the
+/// chunks) is listed, finalized by this coordinator, and written on in its own format, so a
+/// coordinator of its own version can still read it.
+#[test]
+fn a_run_whose_header_lists_its_targets_is_finalized_and_kept_in_its_format() {
+    let nats = NatsServer::start().unwrap();
+    let roles = ["inference", "training"];
+    let fleet = Fleet::start(nats.url(), &roles).unwrap();
+    let (code, report) = fleet.migrate_with(demo_plan_text(&roles), &["--no-finalize"]);
+    assert_eq!(code, Some(0), "{report:#}");
+    let run = report["run_id"].as_str().unwrap().to_owned();
+    let header = stored_header(nats.url(), &run);
+    assert_eq!(header["target_count"], 2, "{header:#}");
+    assert!(header.get("targets").is_none(), "{header:#}");
+
+    rewrite_header_listing_targets(nats.url(), &run);
+    let runs = json_stdout(&fleet.flotilla(&["runs", "--output", "json"]));
+    let row = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["run_id"] == run.as_str())
+        .cloned();
+    assert_eq!(
+        row.map(|r| r["services"].clone()),
+        Some(2.into()),
+        "{runs:#}"
+    );
+    let status = json_stdout(&fleet.flotilla(&["status", &run, "--output", "json"]));
+    assert_awaiting(&fleet, &status, &roles);
+
+    finalize_and_check(&fleet, &run, &roles);
+    let header = stored_header(nats.url(), &run);
+    assert!(header.get("target_count").is_none(), "{header:#}");
+    assert_eq!(
+        header["targets"].as_array().map(Vec::len),
+        Some(2),
+        "{header:#}"
+    );
+    assert_eq!(header["status"], "succeeded", "{header:#}");
+}

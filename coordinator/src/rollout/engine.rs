@@ -60,9 +60,9 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             .map(|t| format!("{}/{}", t.service, t.instance))
             .collect();
         if !unsigned.is_empty() {
+            let named = first_named(&unsigned);
             let note = format!(
-                "results of {} are accepted unverified: their agents sign nothing (older than signed results); upgrade them",
-                unsigned.join(", ")
+                "results of {named} are accepted unverified: their agents sign nothing (older than signed results); upgrade them"
             );
             tracing::warn!("{note}");
             record.notes.push(note);
@@ -247,7 +247,7 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         let run = self.record.run_id;
         let note = format!(
             "unresolved: no agent confirmed the rollback of {} (not delivered, or no answer): those services may still be migrated; `flotilla rollback {run}` (or `resume`) sends the rollbacks again",
-            names.join(", ")
+            first_named(&names)
         );
         self.sink.note(&note);
         self.record.notes.push(note);
@@ -504,5 +504,31 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         self.plan
             .service(&self.record.targets[t].service)
             .map_or(self.plan.command_timeout, |s| s.command_timeout)
+    }
+}
+
+/// How many agents a note names before it counts the rest.
+const NAMED: usize = 20;
+
+/// `names` joined, the first [`NAMED`] of them, and how many more: a note lives in the run's
+/// header, whose size must not grow with the fleet (each target, in the chunks, tells the rest).
+fn first_named(names: &[String]) -> String {
+    let mut named = names[..names.len().min(NAMED)].join(", ");
+    if names.len() > NAMED {
+        named.push_str(&format!(" and {} more", names.len() - NAMED));
+    }
+    named
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_note_names_the_first_agents_and_counts_the_rest() {
+        let names: Vec<String> = (0..50_000).map(|i| format!("svc/agent-{i}")).collect();
+        assert_eq!(super::first_named(&names[..2]), "svc/agent-0, svc/agent-1");
+        let named = super::first_named(&names);
+        assert!(named.starts_with("svc/agent-0, "), "{named}");
+        assert!(named.ends_with("svc/agent-19 and 49980 more"), "{named}");
+        assert!(named.len() < 400, "{}", named.len());
     }
 }

@@ -1,7 +1,9 @@
-//! The targets' commands and results kept in chunks: `<run>.c.<first>` holds the targets
-//! `first..first + n` (a [`RunRecord`]'s `chunked_targets`). A batch of dispatches or results
-//! costs one compare-and-set write per chunk it touches, not one per target, and a chunk is
-//! split by size, so a run is not capped by the server's maximum message size.
+//! The targets kept in chunks: `<run>.c.<first>` holds the targets `first..first + n` (a
+//! [`RunRecord`]'s `chunked_targets`), each whole: who it is, its commands and results. A batch
+//! of dispatches or results costs one compare-and-set write per chunk it touches, not one per
+//! target, and a chunk is split by size, so a run is not capped by the server's maximum message
+//! size. A run created with `target_count` has its chunks written before its header, so a
+//! header never counts targets that no chunk holds; a header found without them is an error.
 //!
 //! The chunks form a chain: the one at 0, then the one where it ends, and so on. A chunk that
 //! grows past [`CHUNK_BYTES`] is split: its new pieces are written first (new keys, which the
@@ -19,8 +21,9 @@ use serde::{Deserialize, Serialize};
 use super::{RunRecord, Store, StoreError, TargetRecord, WRITE_CONCURRENCY};
 
 /// The most a chunk holds, in bytes of JSON: a quarter of the server's default maximum message
-/// size (1 MiB), so that it fits with room to spare. A target alone larger than this is a chunk
-/// of its own, as it was a key of its own before chunks.
+/// size (1 MiB), so that it fits with room to spare (a quarter of a smaller `max_payload` on a
+/// server that sets one). A target alone larger than this is a chunk of its own, as it was a
+/// key of its own before chunks.
 pub(super) const CHUNK_BYTES: usize = 256 * 1024;
 
 /// Where one chunk ends, and its revision: the chain is keyed by each chunk's first target.
@@ -56,15 +59,15 @@ pub(super) fn is_chunk_key(key: &str) -> bool {
         .is_some_and(|(run, first)| run.parse::<RunId>().is_ok() && first.parse::<usize>().is_ok())
 }
 
-/// `targets` (the first being number `first`) cut into runs of at most [`CHUNK_BYTES`] each:
+/// `targets` (the first being number `first`) cut into runs of at most `limit` bytes each:
 /// `(first, len)` of every piece, in order; never an empty one.
-pub(super) fn pieces(targets: &[TargetRecord], first: usize) -> Vec<(usize, usize)> {
+pub(super) fn pieces(targets: &[TargetRecord], first: usize, limit: usize) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     let (mut start, mut bytes) = (first, 0);
     for (i, target) in targets.iter().enumerate() {
         let size = serde_json::to_vec(target).map_or(0, |v| v.len()) + 1;
         let at = first + i;
-        if at > start && bytes + size > CHUNK_BYTES {
+        if at > start && bytes + size > limit {
             out.push((start, at - start));
             (start, bytes) = (at, 0);
         }
@@ -85,6 +88,15 @@ fn encode(first: usize, targets: &[TargetRecord]) -> bytes::Bytes {
 // === impl Store ===
 
 impl Store {
+    /// The most a chunk holds on this server: [`CHUNK_BYTES`], or a quarter of a smaller
+    /// `max_payload`.
+    pub(super) fn chunk_bytes(&self) -> usize {
+        match self.max_payload {
+            0 => CHUNK_BYTES,
+            max => CHUNK_BYTES.min(max / 4),
+        }
+    }
+
     /// Writes the chunks that hold the targets `indices`, one write per chunk (more when one
     /// is split), concurrently; `chain` follows every chunk written whole.
     pub(super) async fn save_chunks(
@@ -142,7 +154,11 @@ impl Store {
         revision: Option<u64>,
     ) -> Result<Vec<(usize, Span)>, StoreError> {
         let run = &record.run_id;
-        let split = pieces(&record.targets[first..first + len], first);
+        let split = pieces(
+            &record.targets[first..first + len],
+            first,
+            self.chunk_bytes(),
+        );
         // The new pieces first: the chain reaches them only once the chunk is rewritten.
         let new_pieces = split[1..].iter().map(|&(start, len)| async move {
             let value = encode(start, &record.targets[start..start + len]);
@@ -201,21 +217,30 @@ impl Store {
         self.cas(&key, value, left).await
     }
 
-    /// Reads the chain of `record`'s chunks into its targets; returns the chain.
-    pub(super) async fn load_chunks(&self, record: &mut RunRecord) -> Result<Chain, StoreError> {
-        let n = record.targets.len();
+    /// Reads the chain of the chunks of `run`, whose header counts `n` targets: the targets in
+    /// order and the chain; no targets when there is no chunk at 0 (the caller decides whether
+    /// that may be). A chain that breaks before `n` is an error, never fewer targets.
+    pub(super) async fn load_chunks(
+        &self,
+        run: &RunId,
+        n: usize,
+    ) -> Result<(Vec<TargetRecord>, Chain), StoreError> {
+        let mut targets = Vec::with_capacity(n);
         let mut chain = Chain::new();
-        let mut at = 0;
-        while at < n {
-            let key = chunk_key(&record.run_id, at);
+        while targets.len() < n {
+            let at = targets.len();
+            let key = chunk_key(run, at);
             let entry = self.read(&key).await?;
             let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
                 if at == 0 {
-                    break; // nothing dispatched yet
+                    break;
                 }
                 return Err(StoreError::Corrupt {
                     key,
-                    reason: "the chain of chunks breaks here".into(),
+                    reason: format!(
+                        "the chain of chunks breaks here: targets {at} to {} of {n} are missing",
+                        n - 1
+                    ),
                 });
             };
             let corrupt = |reason: String| StoreError::Corrupt {
@@ -231,9 +256,7 @@ impl Store {
                     chunk.first
                 )));
             }
-            for (i, target) in chunk.targets.into_iter().enumerate() {
-                record.targets[at + i] = target;
-            }
+            targets.extend(chunk.targets);
             chain.insert(
                 at,
                 Span {
@@ -241,9 +264,8 @@ impl Store {
                     revision: entry.revision,
                 },
             );
-            at += len;
         }
-        Ok(chain)
+        Ok((targets, chain))
     }
 }
 
@@ -262,11 +284,11 @@ mod tests {
     #[test]
     fn pieces_are_cut_by_size_and_cover_every_target() {
         let small: Vec<TargetRecord> = (0..10).map(|_| target(10)).collect();
-        assert_eq!(pieces(&small, 0), [(0, 10)]);
-        assert_eq!(pieces(&small, 7), [(7, 10)]);
+        assert_eq!(pieces(&small, 0, CHUNK_BYTES), [(0, 10)]);
+        assert_eq!(pieces(&small, 7, CHUNK_BYTES), [(7, 10)]);
         // Each about a third of a chunk: three to a chunk at most.
         let big: Vec<TargetRecord> = (0..7).map(|_| target(CHUNK_BYTES / 3 - 200)).collect();
-        let cut = pieces(&big, 5);
+        let cut = pieces(&big, 5, CHUNK_BYTES);
         assert!(cut.len() >= 3, "{cut:?}");
         let mut next = 5;
         for &(start, len) in &cut {
@@ -282,7 +304,7 @@ mod tests {
         assert_eq!(next, 12);
         // A target larger than a chunk is one of its own.
         let huge = vec![target(10), target(CHUNK_BYTES * 2), target(10)];
-        assert_eq!(pieces(&huge, 0), [(0, 1), (1, 1), (2, 1)]);
+        assert_eq!(pieces(&huge, 0, CHUNK_BYTES), [(0, 1), (1, 1), (2, 1)]);
     }
 
     #[test]

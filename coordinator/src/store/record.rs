@@ -103,6 +103,9 @@ pub struct RunRecord {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
     pub waves: Vec<WaveRecord>,
+    /// Every target of the run. A header with `target_count` names none (the field is absent):
+    /// the targets, who they are and their commands, are read from the chunks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<TargetRecord>,
     /// W3C `traceparent` of the run's root span: every span of the run, also after a resume,
     /// joins this one trace.
@@ -119,6 +122,12 @@ pub struct RunRecord {
     /// false (absent) in records older than chunks, one key per target (`<run>.t.<index>`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub chunked_targets: bool,
+    /// How many targets the run has, set when its header names none (so that its size does
+    /// not grow with the fleet): each target, who it is as well as its commands, is kept in
+    /// the chunks alone, and a wave's targets are those whose `wave` is its index. Absent in
+    /// records whose header lists every target (older ones), which are read and written so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_count: Option<usize>,
 }
 
 /// One wave's progress.
@@ -126,7 +135,9 @@ pub struct RunRecord {
 pub struct WaveRecord {
     pub name: String,
     pub max_parallel: Option<u32>,
-    /// Indices into [`RunRecord::targets`].
+    /// Indices into [`RunRecord::targets`], ascending. Empty in a header with `target_count`:
+    /// the loaded record has them again, from each target's `wave`.
+    #[serde(default)]
     pub targets: Vec<usize>,
     /// The wave's own selector (the plan's `[[wave]] selector`), which picked its targets;
     /// absent for a wave of named services (and in records older than selectors).
@@ -387,7 +398,10 @@ impl RunRecord {
             correlation: None,
             cross_service: None,
             chunked_targets: true,
+            target_count: None,
         };
+        // A set, not `targets.contains`: tens of thousands of agents, several waves.
+        let known: std::collections::HashSet<&(ServiceName, InstanceId)> = targets.iter().collect();
         for (w, wave) in waves.iter().enumerate() {
             let mut members = Vec::new();
             // Placed waves list their agents; unplaced ones take every agent of their services.
@@ -395,7 +409,7 @@ impl RunRecord {
                 Some(placed) => placed
                     .targets
                     .iter()
-                    .filter(|t| targets.contains(t))
+                    .filter(|t| known.contains(t))
                     .collect(),
                 None => wave
                     .services
@@ -435,7 +449,13 @@ impl RunRecord {
                 analysis: Vec::new(),
             });
         }
+        record.target_count = Some(record.targets.len());
         record
+    }
+
+    /// How many targets the run has, also from a header alone (a [`super::Store::list`]).
+    pub fn target_total(&self) -> usize {
+        self.target_count.unwrap_or(self.targets.len())
     }
 
     /// The index of the target that `command_id` was sent to.
