@@ -216,7 +216,8 @@ impl Lifecycle {
     /// journal may hold `applying` without a whole backup, which recovery recognises
     /// (`BackupStore::is_complete`) and answers "nothing had changed". A crash of the process
     /// alone loses nothing written. Elsewhere: the backups' `syncfs`, then the record's fsync
-    /// (the record durable only after the backup is). The inner error is the backup's
+    /// (the record durable only after the backup is). Either way the barrier also commits the
+    /// command's `accepted` record, written before it without an fsync (`durable_later`). The inner error is the backup's
     /// `syncfs` (refused, the backup dropped); the outer, the journal's (which stops the agent).
     async fn make_durable(
         &mut self,
