@@ -1,5 +1,6 @@
-//! The agent's write-ahead journal: one JSON record per line, fsynced before the agent acts on
-//! it. It is the agent's memory of the commands it accepted, so a command is never applied
+//! The agent's write-ahead journal: one JSON record per line, durable before the agent acts on
+//! it (fsynced, or committed by the barrier that precedes the act: see
+//! [`Journal::append_lazily`]). It is the agent's memory of the commands it accepted, so a command is never applied
 //! twice (whatever the broker redelivers) and a migration cut short by a crash is finished or
 //! undone on the next start.
 //!
@@ -247,7 +248,10 @@ impl Journal {
 
     /// Appends `record` without waiting for it to be durable: for records whose loss only
     /// repeats harmless work (`Published`: a result sent again, which the coordinator files
-    /// once by command ID). The next durable append makes it durable too.
+    /// once by command ID), or that a barrier commits before anything acts on them (a
+    /// service's migrate's `Accepted` and its `Applying`: see `Lifecycle::durable_later` and
+    /// `make_durable`). The next durable append makes it durable too (one file, appended in
+    /// order: its `fdatasync` commits every line before it).
     pub fn append_lazily(&mut self, record: Record) -> Result<(), JournalError> {
         self.write(vec![record], false)
     }

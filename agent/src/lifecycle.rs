@@ -90,11 +90,30 @@ impl Lifecycle {
             ])?;
             return Ok(Acceptance::Done(Box::new(result)));
         }
-        self.journal.append(Record::Accepted {
+        let accepted = Record::Accepted {
             command: command.clone(),
-        })?;
+        };
+        if self.durable_later(command) {
+            self.journal.append_lazily(accepted)?;
+        } else {
+            self.journal.append(accepted)?;
+        }
         crashpoint::reached(&self.config.agent.state_dir, "accepted");
         Ok(Acceptance::Proceed)
+    }
+
+    /// Whether the `accepted` record of `command` needs no fsync of its own: a migration of a
+    /// service (not a job) changes nothing before `make_durable`, whose barrier commits the
+    /// journal up to its `applying` record, `accepted` included (one file, appended in order),
+    /// and a migration that ends before it is answered only once its `finished` record is
+    /// fsynced, which commits `accepted` with it. Until then a crash of the process alone loses
+    /// nothing (the page cache survives it); a power loss may lose the record, and then nothing
+    /// had changed: the restarted agent's catch-up read finds the command in the commands
+    /// stream, which keeps the last one per agent and never waited for an ack, and the journal,
+    /// not knowing it, carries it out then, once. A job's precheck may run the job (its
+    /// baseline), and other commands act at once: their `accepted` is fsynced first.
+    fn durable_later(&self, command: &Command) -> bool {
+        matches!(command.action, Action::Migrate { .. }) && self.job_config().is_none()
     }
 
     /// Carries out a command that [`Lifecycle::accept`] took; returns its journalled result.

@@ -67,7 +67,17 @@ fn io<'a>(op: &'static str, path: &'a str) -> impl FnOnce(std::io::Error) -> Ste
 /// File operations confined to one service root.
 pub struct RootDir {
     dir: Dir,
+    /// Files written and not yet fsynced, when their fsync is left to [`Unsynced::sync`].
+    deferred: Option<std::sync::Mutex<Unsynced>>,
 }
+
+/// Files a [`RootDir`] wrote without fsyncing them, each with its step path (for errors).
+#[derive(Default)]
+pub struct Unsynced(Vec<(String, cap_std::fs::File)>);
+
+/// At most this many written files wait for [`Unsynced::sync`], each holding a descriptor;
+/// past it they are fsynced at once.
+const MAX_UNSYNCED: usize = 64;
 
 impl RootDir {
     /// Opens the service root.
@@ -77,7 +87,27 @@ impl RootDir {
                 path: root.to_owned(),
                 source,
             })?;
-        Ok(Self { dir })
+        Ok(Self {
+            dir,
+            deferred: None,
+        })
+    }
+
+    /// Opens the service root for steps whose written files are fsynced later, all at once,
+    /// by [`Unsynced::sync`] on what [`RootDir::into_unsynced`] returns: until then they are
+    /// in place (renamed over) but may not survive a power loss.
+    pub fn open_deferring_fsync(root: &Path) -> Result<Self, StepError> {
+        Ok(Self {
+            deferred: Some(Default::default()),
+            ..Self::open(root)?
+        })
+    }
+
+    /// The files written and not yet fsynced.
+    pub fn into_unsynced(self) -> Unsynced {
+        self.deferred
+            .map(|d| d.into_inner().unwrap_or_else(|e| e.into_inner()))
+            .unwrap_or_default()
     }
 
     /// Writes `content` to `path` (write to a temporary name, then rename over), creating parent
@@ -110,8 +140,17 @@ impl RootDir {
         self.dir
             .set_permissions(&temp, Permissions::from_mode(mode))
             .map_err(io("chmod", path))?;
-        let synced = self.dir.open(&temp).and_then(|f| f.sync_all());
-        synced.map_err(io("fsync", path))?;
+        let file = self.dir.open(&temp).map_err(io("fsync", path))?;
+        match &self.deferred {
+            Some(pending) => {
+                let mut pending = pending.lock().unwrap_or_else(|e| e.into_inner());
+                pending.0.push((path.to_owned(), file));
+                if pending.0.len() >= MAX_UNSYNCED {
+                    std::mem::take(&mut *pending).sync()?;
+                }
+            }
+            None => file.sync_all().map_err(io("fsync", path))?,
+        }
         self.dir
             .rename(&temp, &self.dir, &relative)
             .map_err(io("rename into", path))?;
@@ -202,6 +241,16 @@ impl RootDir {
         } else {
             self.dir.remove_file(&relative).map_err(io("delete", path))
         }
+    }
+}
+
+impl Unsynced {
+    /// fsyncs every file, in the order written; the first failure ends it.
+    pub fn sync(self) -> Result<(), StepError> {
+        for (path, file) in self.0 {
+            file.sync_all().map_err(io("fsync", &path))?;
+        }
+        Ok(())
     }
 }
 
@@ -343,6 +392,30 @@ mod tests {
             root.delete("config"),
             Err(StepError::NothingToDelete(_))
         ));
+    }
+
+    #[test]
+    fn deferred_writes_are_in_place_at_once_and_fsynced_later_in_bounded_batches() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = RootDir::open_deferring_fsync(tmp.path()).unwrap();
+        root.write_file("a.conf", b"1\n", None).unwrap();
+        root.replace_text("a.conf", "1", "2").unwrap();
+        // Readable (renamed into place) before any fsync: restart and validate read it so.
+        assert_eq!(
+            std::fs::read_to_string(tmp.path().join("a.conf")).unwrap(),
+            "2\n"
+        );
+        for i in 0..MAX_UNSYNCED + 1 {
+            root.write_file(&format!("many/{i}"), b"x", None).unwrap();
+        }
+        // The 64th pending file fsynced the batch: only what came after still waits.
+        let unsynced = root.into_unsynced();
+        assert_eq!(unsynced.0.len(), 3);
+        unsynced.sync().unwrap();
+        // A root opened plainly fsyncs each file itself and leaves nothing to sync.
+        let plain = RootDir::open(tmp.path()).unwrap();
+        plain.write_file("b.conf", b"b", None).unwrap();
+        assert!(plain.into_unsynced().0.is_empty());
     }
 
     #[test]

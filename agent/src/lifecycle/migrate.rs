@@ -95,14 +95,32 @@ impl Lifecycle {
             })
             .collect();
         let change = async {
-            tracker
+            let applied = tracker
                 .run(
                     Phase::Apply,
                     self.apply(&prepared.steps, &prepared.contents),
                 )
                 .await?;
-            self.restart_and_validate(command, spec, &prepared, &mut findings, tracker)
-                .await
+            // The written files' fsyncs run while the service restarts and is validated
+            // (see `apply`); `finished` is written only once they returned.
+            let durable = tokio::task::spawn_blocking(move || applied.sync());
+            let validated = self
+                .restart_and_validate(command, spec, &prepared, &mut findings, tracker)
+                .await;
+            let synced = durable.await;
+            validated?;
+            let error = match synced {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => PhaseError::Step(e),
+                Err(error) => PhaseError::Task {
+                    what: "apply",
+                    error,
+                },
+            };
+            Err(PhaseFailure {
+                phase: Phase::Apply,
+                error,
+            })
         };
         let outcome = change.await;
         let Findings {
@@ -198,7 +216,8 @@ impl Lifecycle {
     /// journal may hold `applying` without a whole backup, which recovery recognises
     /// (`BackupStore::is_complete`) and answers "nothing had changed". A crash of the process
     /// alone loses nothing written. Elsewhere: the backups' `syncfs`, then the record's fsync
-    /// (the record durable only after the backup is). The inner error is the backup's
+    /// (the record durable only after the backup is). Either way the barrier also commits the
+    /// command's `accepted` record, written before it without an fsync (`durable_later`). The inner error is the backup's
     /// `syncfs` (refused, the backup dropped); the outer, the journal's (which stops the agent).
     async fn make_durable(
         &mut self,
@@ -294,13 +313,22 @@ impl Lifecycle {
         figures
     }
 
-    /// Carries out the steps in order, with the content precheck rendered.
+    /// Carries out the steps in order, with the content precheck rendered. Returns the files
+    /// written, not yet fsynced: the caller fsyncs them while the service restarts and is
+    /// validated, and writes `finished` only after. Why that is safe: what runs meanwhile reads
+    /// the files from the page cache, which a crash of the process alone (kill -9) keeps, so
+    /// only a power loss can lose them, and a power loss before `finished` is durable leaves
+    /// the journal at `applying`, which recovery answers by restoring the backup (made
+    /// durable before the first step), as it did when each file was fsynced by its step. The
+    /// order that matters is unchanged: every file durable before `finished` is. A failed
+    /// fsync fails the migration (`apply: …`), which is rolled back.
     pub(super) async fn apply(
         &mut self,
         steps: &[Step],
         rendered: &Rendered,
-    ) -> Result<(), PhaseError> {
-        let root = RootDir::open(&self.config.service.root).map_err(PhaseError::Root)?;
+    ) -> Result<steps::Unsynced, PhaseError> {
+        let root =
+            RootDir::open_deferring_fsync(&self.config.service.root).map_err(PhaseError::Root)?;
         for (index, (step, content)) in steps.iter().zip(rendered).enumerate() {
             let outcome = match step {
                 Step::WriteFile { path, mode, .. } => {
@@ -345,7 +373,7 @@ impl Lifecycle {
                 crashpoint::reached(&self.config.agent.state_dir, "applying");
             }
         }
-        Ok(())
+        Ok(root.into_unsynced())
     }
 
     /// Health checks, functional checks, then the regression gates against the baseline.
