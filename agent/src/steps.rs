@@ -67,13 +67,21 @@ fn io<'a>(op: &'static str, path: &'a str) -> impl FnOnce(std::io::Error) -> Ste
 /// File operations confined to one service root.
 pub struct RootDir {
     dir: Dir,
-    /// Files written and not yet fsynced, when their fsync is left to [`Unsynced::sync`].
+    /// Files written and not yet fsynced, when their fsync is left to [`Pending::sync`].
     deferred: Option<std::sync::Mutex<Unsynced>>,
 }
 
 /// Files a [`RootDir`] wrote without fsyncing them, each with its step path (for errors).
 #[derive(Default)]
 pub struct Unsynced(Vec<(String, cap_std::fs::File)>);
+
+/// What [`RootDir::into_unsynced`] leaves to make durable: the files written, and the root, whose
+/// file system holds what no file's fsync covers (renames, created directories, deletions, what
+/// a `run_command` wrote).
+pub struct Pending {
+    files: Unsynced,
+    root: Dir,
+}
 
 /// At most this many written files wait for [`Unsynced::sync`], each holding a descriptor;
 /// past it they are fsynced at once.
@@ -94,7 +102,7 @@ impl RootDir {
     }
 
     /// Opens the service root for steps whose written files are fsynced later, all at once,
-    /// by [`Unsynced::sync`] on what [`RootDir::into_unsynced`] returns: until then they are
+    /// by [`Pending::sync`] on what [`RootDir::into_unsynced`] returns: until then they are
     /// in place (renamed over) but may not survive a power loss.
     pub fn open_deferring_fsync(root: &Path) -> Result<Self, StepError> {
         Ok(Self {
@@ -103,11 +111,16 @@ impl RootDir {
         })
     }
 
-    /// The files written and not yet fsynced.
-    pub fn into_unsynced(self) -> Unsynced {
-        self.deferred
+    /// What the steps changed and is not durable yet.
+    pub fn into_unsynced(self) -> Pending {
+        let files = self
+            .deferred
             .map(|d| d.into_inner().unwrap_or_else(|e| e.into_inner()))
-            .unwrap_or_default()
+            .unwrap_or_default();
+        Pending {
+            files,
+            root: self.dir,
+        }
     }
 
     /// Writes `content` to `path` (write to a temporary name, then rename over), creating parent
@@ -251,6 +264,23 @@ impl Unsynced {
             file.sync_all().map_err(io("fsync", &path))?;
         }
         Ok(())
+    }
+}
+
+impl Pending {
+    /// fsyncs every file written (the first failure names its step path), then commits the
+    /// root's file system with one `syncfs`: a file's fsync makes its data durable, not the
+    /// rename that put it in place (that is its directory's), and a deletion or a
+    /// `run_command`'s writes have no file of ours to fsync.
+    pub fn sync(self) -> Result<(), StepError> {
+        self.files.sync()?;
+        // `Dir`'s own descriptor is `O_PATH`, which `syncfs` refuses: open the root for reading.
+        let root = self.root.open(".").map_err(io("open", "."))?;
+        rustix::fs::syncfs(&root).map_err(|e| StepError::Io {
+            op: "syncfs",
+            path: ".".to_owned(),
+            source: e.into(),
+        })
     }
 }
 
@@ -410,12 +440,12 @@ mod tests {
         }
         // The 64th pending file fsynced the batch: only what came after still waits.
         let unsynced = root.into_unsynced();
-        assert_eq!(unsynced.0.len(), 3);
+        assert_eq!(unsynced.files.0.len(), 3);
         unsynced.sync().unwrap();
         // A root opened plainly fsyncs each file itself and leaves nothing to sync.
         let plain = RootDir::open(tmp.path()).unwrap();
         plain.write_file("b.conf", b"b", None).unwrap();
-        assert!(plain.into_unsynced().0.is_empty());
+        assert!(plain.into_unsynced().files.0.is_empty());
     }
 
     #[test]

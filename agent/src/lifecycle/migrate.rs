@@ -326,7 +326,7 @@ impl Lifecycle {
         &mut self,
         steps: &[Step],
         rendered: &Rendered,
-    ) -> Result<steps::Unsynced, PhaseError> {
+    ) -> Result<steps::Pending, PhaseError> {
         let root =
             RootDir::open_deferring_fsync(&self.config.service.root).map_err(PhaseError::Root)?;
         for (index, (step, content)) in steps.iter().zip(rendered).enumerate() {
