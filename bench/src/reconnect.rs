@@ -36,7 +36,9 @@ struct Restart {
     /// Messages into and out of the new server until every agent answered, per agent.
     in_per_agent: f64,
     out_per_agent: f64,
-    /// JetStream API calls until every agent answered, per agent (the agents' catch-up reads).
+    /// JetStream API calls until every agent answered, per agent. The agents' catch-up reads
+    /// (a direct get of the last command on their subject) are not API calls: they count in
+    /// messages in.
     api_per_agent: f64,
 }
 
@@ -192,6 +194,7 @@ fn print_table(rows: &[(usize, Vec<Restart>)], runs: usize, sync: Sync) {
     println!(
         "Connections accepted counts the successful ones (the fleet's, the simulator processes' own and the bench's); \
          attempts refused while the server was down never reach it, so they are not counted. \
-         Messages and API calls run from the new server's start until every agent answered (one presence broadcast per second included).\n"
+         Messages and API calls run from the new server's start until every agent answered (one presence broadcast per second included); \
+         each agent's catch-up read of its last command is a direct get, counted in messages in (one each), not among the API calls.\n"
     );
 }
