@@ -150,4 +150,8 @@ fn print_table(n: usize, samples: &[Sample], elapsed: Duration, sync: Sync) {
         writes as f64 / minutes,
         REFRESH.as_secs() / 60,
     );
+    println!(
+        "Minute 1 may hold the tail of the fleet's first registry writes (stored, with their acknowledgements, after every agent answered presence). \
+         Pings (nats-server's to each client every 2 min, and the clients') are not messages: they show only in CPU.\n"
+    );
 }
