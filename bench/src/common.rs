@@ -182,6 +182,36 @@ pub fn raise_fd_limit() -> u64 {
     current.current.unwrap_or(0)
 }
 
+/// The soft open-file limit of process `pid`, from `/proc/<pid>/limits`.
+pub fn fd_limit_of(pid: &str) -> Option<u64> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))?
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()
+}
+
+/// Fails at once when nats-server `pid` could not hold `n` agents' connections (one file each,
+/// plus its store's files): without this, the agents past the limit would retry their connects
+/// for ever and the fleet would never be ready. Raising the limit past the hard one needs
+/// `CAP_SYS_RESOURCE` (e.g. `ulimit -Hn` as root outside a container).
+pub fn ensure_room_for(pid: &str, n: usize) -> anyhow::Result<()> {
+    let Some(limit) = fd_limit_of(pid) else {
+        return Ok(());
+    };
+    let needed = n as u64 + 1000;
+    anyhow::ensure!(
+        needed <= limit,
+        "nats-server's open-file limit is {limit}, and {n} agents need about {needed} \
+         (a connection each, plus the store's files): raise the hard limit (`ulimit -Hn`, which \
+         needs CAP_SYS_RESOURCE) or split the fleet over several servers"
+    );
+    Ok(())
+}
+
 /// CPU seconds (user + system) of a process, and of its waited-for children.
 pub struct Cpu {
     pub own: f64,

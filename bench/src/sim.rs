@@ -7,6 +7,9 @@
 //! Agents run in worker processes (this binary's hidden `sim-worker` command) of at most
 //! [`PER_PROCESS`] agents each: an agent holds about two file descriptors (its connection and its
 //! journal) plus its health checks' sockets, and this machine's hard open-file limit is 20,000.
+//! [`STARTING`] workers start at once; each reports on stdout when every one of its agents
+//! answers its own status endpoint (one request per agent, not a broadcast), and the fleet is
+//! ready when, after that, every agent answers one presence broadcast, as discovery would ask.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -16,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use flotilla_agent::AgentConfig;
 use flotilla_schemas::subjects::Subjects;
-use futures::StreamExt;
+use flotilla_schemas::{InstanceId, ServiceName};
 use tokio_util::sync::CancellationToken;
 
 use crate::common;
@@ -26,6 +29,17 @@ use crate::common;
 /// one agent's blocking work (fsyncs, the backup) from starving the others' health checks, as
 /// separate hosts would.
 pub const PER_PROCESS: usize = 250;
+
+/// Worker processes starting their agents at once (each reports on stdout when all its agents
+/// answer). Before, workers started one after another and each waited with presence broadcasts
+/// that every agent already up answered: quadratic in N (10,000 took 113–139 s).
+const STARTING: usize = 4;
+
+/// How long one worker may take until all its agents answer.
+const WORKER_READY_WITHIN: Duration = Duration::from_secs(300);
+
+/// The line a worker prints on stdout once all its agents answer their status endpoint.
+const READY_LINE: &str = "ready";
 
 /// A running simulated fleet; [`SimFleet::stop`] stops every agent.
 pub struct SimFleet {
@@ -54,44 +68,58 @@ impl SimFleet {
 
         let started = Instant::now();
         let mut workers = Vec::new();
+        let mut starting = std::collections::VecDeque::new();
         let mut first = 1;
-        while first <= n {
-            let count = PER_PROCESS.min(n + 1 - first);
-            let child = tokio::process::Command::new(std::env::current_exe()?)
-                .arg("sim-worker")
-                .args(["--nats", nats_url, "--service", service])
-                .args(["--first", &first.to_string(), "--count", &count.to_string()])
-                .args(["--trusted", &key.public_key_text()])
-                .arg("--dir")
-                .arg(dir.path())
-                .args(allow.iter().flat_map(|a| ["--allow", a]))
-                .env(
-                    "RUST_LOG",
-                    std::env::var("RUST_LOG").unwrap_or("warn".into()),
-                )
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(
-                    dir.path().join(format!("sim-{first}.log")),
-                )?)
-                .kill_on_drop(true)
-                .spawn()
-                .context("starting a simulator process")?;
-            // Workers start one after the other: each waits for its agents' presence first.
-            workers.push(child);
-            wait_presence_of(
-                &client,
-                &subjects,
-                |instance| {
-                    instance_number(instance).is_some_and(|i| i >= first && i < first + count)
-                },
-                count,
-                Duration::from_secs(600),
-            )
-            .await
-            .with_context(|| format!("agents {first}..{} of {n}", first + count - 1))?;
-            first += count;
+        while first <= n || !starting.is_empty() {
+            // Up to STARTING workers connect their agents at once; the next starts when one
+            // reports ready.
+            if first <= n && starting.len() < STARTING {
+                let count = PER_PROCESS.min(n + 1 - first);
+                let mut child = tokio::process::Command::new(std::env::current_exe()?)
+                    .arg("sim-worker")
+                    .args(["--nats", nats_url, "--service", service])
+                    .args(["--first", &first.to_string(), "--count", &count.to_string()])
+                    .args(["--trusted", &key.public_key_text()])
+                    .arg("--dir")
+                    .arg(dir.path())
+                    .args(allow.iter().flat_map(|a| ["--allow", a]))
+                    .env(
+                        "RUST_LOG",
+                        std::env::var("RUST_LOG").unwrap_or("warn".into()),
+                    )
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(std::fs::File::create(
+                        dir.path().join(format!("sim-{first}.log")),
+                    )?)
+                    .kill_on_drop(true)
+                    .spawn()
+                    .context("starting a simulator process")?;
+                let stdout = child.stdout.take().context("a worker's stdout")?;
+                let range = format!("agents {first}..{} of {n}", first + count - 1);
+                starting.push_back(tokio::spawn(async move {
+                    worker_ready(stdout, WORKER_READY_WITHIN)
+                        .await
+                        .context(range)
+                }));
+                workers.push(child);
+                first += count;
+                continue;
+            }
+            if let Some(next) = starting.pop_front() {
+                next.await??;
+            }
         }
+        // What discovery will see: every agent answers one broadcast.
+        common::wait_presence(
+            &client,
+            &subjects,
+            n,
+            Duration::from_secs(2),
+            Duration::from_secs(120),
+        )
+        .await
+        .context("the whole fleet's presence")?;
         let ready_after = started.elapsed();
         Ok(Self {
             dir,
@@ -134,52 +162,50 @@ impl SimFleet {
     }
 }
 
-fn instance_number(instance: &str) -> Option<usize> {
-    instance.strip_prefix('i')?.parse().ok()
+/// Waits until a worker prints [`READY_LINE`] (or fails when it exits or `within` passes).
+async fn worker_ready(stdout: tokio::process::ChildStdout, within: Duration) -> anyhow::Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(within, lines.next_line())
+        .await
+        .with_context(|| format!("not ready within {within:?}"))??;
+    anyhow::ensure!(
+        line.as_deref() == Some(READY_LINE),
+        "the simulator process ended before its agents were ready (its sim-*.log says why)"
+    );
+    Ok(())
 }
 
-/// Sends presence requests until `count` distinct agents whose instance passes `mine` answered.
-async fn wait_presence_of(
+/// Waits until agent `instance` answers its own status endpoint (the NATS service API's
+/// `<group>.status`, started beside its presence responder once its command subscription
+/// exists): one request per agent and retry, not a broadcast every agent answers.
+async fn agent_answers(
     client: &async_nats::Client,
     subjects: &Subjects,
-    mine: impl Fn(&str) -> bool,
-    count: usize,
-    timeout: Duration,
+    service: &ServiceName,
+    instance: &InstanceId,
+    deadline: tokio::time::Instant,
 ) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let inbox = client.new_inbox();
-    let mut answers = client.subscribe(inbox.clone()).await?;
-    let mut seen = std::collections::HashSet::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    while started.elapsed() < timeout {
-        tokio::select! {
-            _ = tick.tick() => {
-                client
-                    .publish_with_reply(subjects.presence(), inbox.clone(), Vec::new().into())
-                    .await?;
-            }
-            Some(message) = answers.next() => {
-                if let Ok(p) = serde_json::from_slice::<serde_json::Value>(&message.payload)
-                    && let Some(instance) = p["instance"].as_str()
-                    && mine(instance)
-                {
-                    seen.insert(instance.to_owned());
-                    if seen.len() >= count {
-                        return Ok(());
-                    }
-                }
-            }
+    let subject = format!("{}.status", subjects.agent_service_group(service, instance));
+    loop {
+        let asked = tokio::time::timeout(
+            Duration::from_secs(2),
+            client.request(subject.clone(), Vec::new().into()),
+        );
+        if let Ok(Ok(_)) = asked.await {
+            return Ok(());
         }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "agent {instance} did not answer its status endpoint in time"
+        );
+        // No responders yet: the agent is still connecting. Polling interval, under a deadline.
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    anyhow::bail!(
-        "only {} of {count} agents answered presence within {timeout:?}",
-        seen.len()
-    )
 }
 
 /// The `sim-worker` command: runs `count` agents from instance number `first` until stdin
-/// closes. Agents start in batches of 250, each batch once the previous one answers presence,
-/// so that thousands of connects and consumer creations do not trip their timeouts.
+/// closes; prints [`READY_LINE`] once every one of them answers its status endpoint.
 #[allow(clippy::too_many_arguments)]
 pub async fn worker(
     nats_url: &str,
@@ -198,51 +224,53 @@ pub async fn worker(
     let allow: Vec<&str> = allow.iter().map(String::as_str).collect();
     let shutdown = CancellationToken::new();
     let mut agents = Vec::with_capacity(count);
-    let numbers: Vec<usize> = (first..first + count).collect();
-    for chunk in numbers.chunks(250) {
-        for &i in chunk {
-            let instance = format!("i{i:05}");
-            let text = common::agent_toml(
-                nats_url,
-                service,
-                &instance,
-                dir,
-                health_port,
-                trusted,
-                &allow,
-            )?;
-            let config: AgentConfig =
-                toml::from_str(&text).context("simulated agent configuration")?;
-            let telemetry = telemetry.clone();
-            let shutdown = shutdown.child_token();
-            // An agent that stops with an error (e.g. its consumer could not be created while
-            // the server was saturated by thousands of others starting) is started again after
-            // a second, as systemd's `Restart=on-failure` would restart the binary.
-            agents.push(tokio::spawn(async move {
-                loop {
-                    match flotilla_agent::run(config.clone(), &telemetry, shutdown.clone()).await {
-                        Ok(()) => return,
-                        Err(e) => eprintln!(
-                            "agent {instance} stopped, restarting it: {}",
-                            flotilla_agent::error_chain(&e)
-                        ),
-                    }
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
+    let mut names = Vec::with_capacity(count);
+    for i in first..first + count {
+        let instance = format!("i{i:05}");
+        let text = common::agent_toml(
+            nats_url,
+            service,
+            &instance,
+            dir,
+            health_port,
+            trusted,
+            &allow,
+        )?;
+        let config: AgentConfig = toml::from_str(&text).context("simulated agent configuration")?;
+        names.push((config.service.name.clone(), config.agent.instance.clone()));
+        let telemetry = telemetry.clone();
+        let shutdown = shutdown.child_token();
+        // An agent that stops with an error (e.g. its first registry write or stream lookup
+        // timed out while the server was saturated by thousands of others starting) is started
+        // again after a second, as systemd's `Restart=on-failure` would restart the binary.
+        agents.push(tokio::spawn(async move {
+            loop {
+                match flotilla_agent::run(config.clone(), &telemetry, shutdown.clone()).await {
+                    Ok(()) => return,
+                    Err(e) => eprintln!(
+                        "agent {instance} stopped, restarting it: {}",
+                        flotilla_agent::error_chain(&e)
+                    ),
                 }
-            }));
-        }
-        let (lo, hi) = (chunk[0], chunk[chunk.len() - 1]);
-        wait_presence_of(
-            &client,
-            &subjects,
-            |instance| instance_number(instance).is_some_and(|i| i >= lo && i <= hi),
-            chunk.len(),
-            Duration::from_secs(300),
-        )
-        .await?;
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }));
+    }
+    let deadline = tokio::time::Instant::now() + WORKER_READY_WITHIN;
+    futures::future::try_join_all(
+        names.iter().map(|(service, instance)| {
+            agent_answers(&client, &subjects, service, instance, deadline)
+        }),
+    )
+    .await?;
+    {
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{READY_LINE}")?;
+        stdout.flush()?;
     }
     // Run until the parent closes our stdin (or dies).
     let _ = tokio::task::spawn_blocking(|| {
