@@ -39,20 +39,27 @@ pub struct Nats {
 }
 
 impl Nats {
+    /// A JetStream server: the only one of a small fleet, the hub of a large one.
     pub fn start(sync: Sync) -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let config = dir.path().join("nats.conf");
-        // nats-server ≥ 2.15 caps a stream at 1,000 consumers unless told otherwise, and every
-        // agent holds one durable consumer on the commands stream.
+        Self::start_config(&Self::jetstream_config(sync))
+    }
+
+    /// The configuration of a JetStream server with `sync`.
+    pub fn jetstream_config(sync: Sync) -> String {
+        // nats-server ≥ 2.15 caps a stream at 1,000 consumers unless told otherwise; agents of
+        // the v1 protocol (the before column of docs/performance.md) held one each.
         let limits = "  limits {\n    default_max_consumers: -1\n  }\n";
-        // A run's header names every target (~115 bytes each): 10,000 agents take 1.15 MB, over
-        // the default 1 MiB (docs/performance.md, issue 18).
-        let payload = "max_payload: 8MB\n";
-        let text = match sync {
+        match sync {
             Sync::Always => format!("jetstream {{\n  sync_interval: always\n{limits}}}\n"),
             Sync::Default => format!("jetstream {{\n{limits}}}\n"),
-        };
-        std::fs::write(&config, format!("{payload}{text}"))?;
+        }
+    }
+
+    /// A server with the configuration `text`.
+    pub fn start_config(text: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join("nats.conf");
+        std::fs::write(&config, text)?;
         let server = NatsServer::start_with_config(&config, &[])?;
         Ok(Self {
             server,
@@ -207,7 +214,7 @@ pub fn ensure_room_for(pid: &str, n: usize) -> anyhow::Result<()> {
         needed <= limit,
         "nats-server's open-file limit is {limit}, and {n} agents need about {needed} \
          (a connection each, plus the store's files): raise the hard limit (`ulimit -Hn`, which \
-         needs CAP_SYS_RESOURCE) or split the fleet over several servers"
+         needs CAP_SYS_RESOURCE) or split the fleet over several servers (`fleet --leaves K`)"
     );
     Ok(())
 }
@@ -247,17 +254,31 @@ pub fn status_kib(pid: &str, field: &str) -> Option<u64> {
 
 /// The PID of this process's child named `comm` (e.g. the nats-server the harness started).
 pub fn child_named(comm: &str) -> Option<u32> {
-    let me = std::process::id().to_string();
-    std::fs::read_dir("/proc").ok()?.find_map(|entry| {
-        let entry = entry.ok()?;
-        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-        let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-        let (head, rest) = stat.rsplit_once(')')?;
-        let name = head.split_once('(')?.1;
-        let ppid = rest.split_whitespace().nth(1)?;
-        (name == comm && ppid == me).then_some(pid)
-    })
+    children_named(comm).into_iter().next()
 }
+
+/// The PIDs of this process's children named `comm`.
+pub fn children_named(comm: &str) -> Vec<u32> {
+    let me = std::process::id().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            let (head, rest) = stat.rsplit_once(')')?;
+            let name = head.split_once('(')?.1;
+            let ppid = rest.split_whitespace().nth(1)?;
+            (name == comm && ppid == me).then_some(pid)
+        })
+        .collect()
+}
+
+/// What the simulated services' health endpoint answers.
+const HEALTH_RESPONSE: &[u8] =
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 15\r\n\r\n{\"status\":\"ok\"}";
 
 /// A tiny HTTP/1.1 server answering `200 {"status":"ok"}` to every request, with keep-alive:
 /// the health endpoint of every simulated service. Returns its port.
@@ -270,6 +291,7 @@ pub async fn health_server() -> anyhow::Result<u16> {
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             };
+            let _ = stream.set_nodelay(true);
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 4096];
                 let mut have = 0usize;
@@ -283,14 +305,9 @@ pub async fn health_server() -> anyhow::Result<u16> {
                     have += n;
                     // Requests carry no body (GET): answer at each end of headers.
                     while let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") {
-                        let body = br#"{"status":"ok"}"#;
-                        let head = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-                            body.len()
-                        );
-                        if stream.write_all(head.as_bytes()).await.is_err()
-                            || stream.write_all(body).await.is_err()
-                        {
+                        // One write: headers and body in two would leave the body behind
+                        // Nagle's algorithm until the client acknowledges the headers.
+                        if stream.write_all(HEALTH_RESPONSE).await.is_err() {
                             return;
                         }
                         buf.copy_within(end + 4..have, 0);

@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 
-use crate::common::{self, Nats, Stats, Sync};
+use crate::common::{self, Stats, Sync};
 use crate::cost::{Cost, Fsyncs, Snapshot};
+use crate::servers::{self, Servers};
 use crate::sim::SimFleet;
 
 /// One `flotilla migrate` process: wall time, CPU, peak memory, and what it reported.
@@ -95,6 +96,10 @@ struct Row {
     rss_mib: Stats,
     sim_cpu: Stats,
     nats_cpu: Stats,
+    hub_cpu: Stats,
+    leaf_cpu: Stats,
+    /// `one server` or `hub + K leaf nodes`.
+    servers: String,
     agent_phase_ms: Stats,
     /// What the last timed run asked of the broker, per agent.
     cost: Cost,
@@ -108,6 +113,8 @@ struct Samples {
     rss_mib: Vec<f64>,
     sim_cpu: Vec<f64>,
     nats_cpu: Vec<f64>,
+    hub_cpu: Vec<f64>,
+    leaf_cpu: Vec<f64>,
     agent_phase_ms: Vec<f64>,
 }
 
@@ -123,6 +130,8 @@ pub struct Options {
     /// 10,000 dispatched at once their health servers missed the agent's 2 s precheck probe,
     /// and the run measured the simulator, not the protocol.
     pub max_parallel: usize,
+    /// Leaf-node servers for the agents; `None`: [`servers::leaves_for`].
+    pub leaves: Option<usize>,
 }
 
 impl Options {
@@ -137,7 +146,17 @@ pub async fn fleet(counts: &[usize], options: Options) -> anyhow::Result<()> {
     eprintln!("open-file limit {limit}");
     let mut rows = Vec::new();
     for &n in counts {
-        rows.push(measure(n, &options).await?);
+        let leaves = options
+            .leaves
+            .unwrap_or_else(|| servers::leaves_for(n, limit));
+        if options.leaves.is_none() && leaves > 0 {
+            eprintln!(
+                "fleet N={n}: more agents than one nats-server's {limit} open files hold: \
+                 a JetStream hub and {leaves} leaf nodes (about {} agents per leaf)",
+                servers::AGENTS_PER_LEAF
+            );
+        }
+        rows.push(measure(n, leaves, &options).await?);
     }
     print_table(&rows, &options);
     print_cost(&rows);
@@ -145,17 +164,26 @@ pub async fn fleet(counts: &[usize], options: Options) -> anyhow::Result<()> {
 }
 
 /// `runs` no-op migrations over N simulated agents, on a nats-server of their own.
-async fn measure(n: usize, options: &Options) -> anyhow::Result<Row> {
+async fn measure(n: usize, leaves: usize, options: &Options) -> anyhow::Result<Row> {
     let Options {
         runs, sync, fsyncs, ..
     } = *options;
-    let nats = Nats::start(sync)?;
-    let nats_pid = common::child_named("nats-server")
-        .map(|p| p.to_string())
-        .context("nats-server pid")?;
-    common::ensure_room_for(&nats_pid, n)?;
-    eprintln!("fleet N={n}: starting {n} simulated agents");
-    let sim = SimFleet::start(nats.url(), "noop", n, &[]).await?;
+    let servers = Servers::start(sync, leaves)?;
+    servers.ensure_room_for(n)?;
+    let nats_pid = servers.hub.pid.clone();
+    eprintln!(
+        "fleet N={n}: starting {n} simulated agents ({})",
+        servers.label()
+    );
+    let sim = SimFleet::start_over(
+        servers.hub_url(),
+        &servers.agent_urls(),
+        servers.agent_domain(),
+        "noop",
+        n,
+        &[],
+    )
+    .await?;
     eprintln!(
         "fleet N={n}: all agents ready after {:.1} s",
         sim.ready_after.as_secs_f64()
@@ -169,33 +197,38 @@ async fn measure(n: usize, options: &Options) -> anyhow::Result<Row> {
     let window = if n >= 1000 { "10s" } else { "2s" };
     let mut samples = Samples::default();
     let mut cost = Cost::default();
-    let monitor_port = nats
-        .server
-        .monitoring_port()
-        .context("nats-server's monitoring port")?;
+    let monitor_port = servers.hub_monitoring_port()?;
     for run in 0..runs {
         let counters = Snapshot::take(monitor_port)?;
         let own = sim.cpu();
-        let nats_before = common::cpu_of(&nats_pid).map_or(0.0, |c| c.own);
+        let (hub_before, leaves_before) = servers.cpu();
         let log = sim.dir.path().join(format!("flotilla-{run}.log"));
         let extra = ["--discovery-window", window];
-        let r = run_coordinator(nats.url(), &sim.key_path, &plan, &extra, &log).await?;
+        let r = run_coordinator(servers.hub_url(), &sim.key_path, &plan, &extra, &log).await?;
         let own_after = sim.cpu();
-        let nats_after = common::cpu_of(&nats_pid).map_or(0.0, |c| c.own);
+        let (hub_after, leaves_after) = servers.cpu();
+        let (hub, leaf) = (hub_after - hub_before, leaves_after - leaves_before);
+        eprintln!(
+            "fleet N={n} run {}: nats-server CPU {:.1} s (hub {hub:.1} s, leaves {leaf:.1} s)",
+            run + 1,
+            hub + leaf
+        );
         let slowest = check_run(n, run, &r).map_err(|e| e.context(log_tail(&log)))?;
         cost = Cost::between(&counters, &Snapshot::take(monitor_port)?, n);
         samples.wall.push(r.wall.as_secs_f64());
         samples.cpu.push(r.cpu_s);
         samples.rss_mib.push(r.peak_rss_kib as f64 / 1024.0);
         samples.sim_cpu.push(own_after - own);
-        samples.nats_cpu.push(nats_after - nats_before);
+        samples.nats_cpu.push(hub + leaf);
+        samples.hub_cpu.push(hub);
+        samples.leaf_cpu.push(leaf);
         samples.agent_phase_ms.push(slowest);
     }
     if fsyncs {
         let traced = Fsyncs::attach(&nats_pid, sim.dir.path())?;
         let log = sim.dir.path().join("flotilla-fsyncs.log");
         let extra = ["--discovery-window", window];
-        let r = run_coordinator(nats.url(), &sim.key_path, &plan, &extra, &log).await?;
+        let r = run_coordinator(servers.hub_url(), &sim.key_path, &plan, &extra, &log).await?;
         let calls = traced.stop()?;
         check_run(n, runs, &r)?;
         cost.fsyncs = Some(calls as f64 / n as f64);
@@ -208,11 +241,14 @@ async fn measure(n: usize, options: &Options) -> anyhow::Result<Row> {
         rss_mib: Stats::new(samples.rss_mib),
         sim_cpu: Stats::new(samples.sim_cpu),
         nats_cpu: Stats::new(samples.nats_cpu),
+        hub_cpu: Stats::new(samples.hub_cpu),
+        leaf_cpu: Stats::new(samples.leaf_cpu),
+        servers: servers.label(),
         agent_phase_ms: Stats::new(samples.agent_phase_ms),
         cost,
     };
     sim.stop().await;
-    drop(nats);
+    drop(servers);
     Ok(row)
 }
 
@@ -302,6 +338,8 @@ fn print_table(rows: &[Row], options: &Options) {
                 r.rss_mib.mmm(1),
                 r.sim_cpu.mmm(1),
                 r.nats_cpu.mmm(1),
+                format!("{:.1} / {:.1}", r.hub_cpu.median(), r.leaf_cpu.median()),
+                r.servers.clone(),
                 format!("{:.0}", r.agent_phase_ms.median()),
                 format!("{:.1}", r.ready_s),
                 options
@@ -319,7 +357,9 @@ fn print_table(rows: &[Row], options: &Options) {
             "coordinator CPU s",
             "coordinator peak RSS MiB",
             "agents' CPU s (simulator processes)",
-            "nats-server CPU s",
+            "nats-server CPU s (all servers)",
+            "of which hub / leaves s",
+            "servers",
             "slowest agent's phases ms",
             "fleet start-up s",
             "plan's max_parallel",
@@ -333,6 +373,12 @@ fn print_cost(rows: &[Row]) {
     println!(
         "\n## fleet: what one no-op run asks of nats-server, per agent (the last timed run)\n"
     );
+    if rows.iter().any(|r| r.servers != "one server") {
+        println!(
+            "With leaf nodes, the counters are the hub's (JetStream and what reaches it through \
+             the leaves); the CPU is every server's.\n"
+        );
+    }
     let table_rows: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {

@@ -5,7 +5,7 @@
 //! ```text
 //! cargo build --release -p flotilla-bench -p flotilla-agent -p flotilla-coordinator
 //! target/release/flotilla-bench roundtrip [--runs 1000]
-//! target/release/flotilla-bench fleet --agents 5,50,1000,10000 [--runs 3] [--max-parallel 500]
+//! target/release/flotilla-bench fleet --agents 5,50,1000,10000 [--runs 3] [--max-parallel 500] [--leaves K]
 //! target/release/flotilla-bench reconnect [--agents 1000,10000] [--runs 3]
 //! target/release/flotilla-bench idle [--agents 10000] [--minutes 10]
 //! target/release/flotilla-bench peers [--agents 1,5,20,50] [--peer-results DIR]
@@ -24,6 +24,7 @@ mod idle;
 mod peers;
 mod reconnect;
 mod roundtrip;
+mod servers;
 mod sim;
 mod verify;
 
@@ -66,6 +67,11 @@ enum Bench {
         /// (1,000 at once passed at 10,000, the slowest precheck at 1.8 s of its 2 s; 500: 1.2 s).
         #[arg(long, default_value_t = 500)]
         max_parallel: usize,
+        /// Leaf-node servers (no JetStream) for the agents to connect to, beside the JetStream
+        /// hub the coordinator uses. Default: none while one server's open-file limit holds the
+        /// fleet, else one per 15,000 agents.
+        #[arg(long)]
+        leaves: Option<usize>,
     },
     /// N idle simulated agents; nats-server killed (SIGKILL) and restarted on the same port and
     /// store: time until every connection is back and every agent answers presence.
@@ -140,6 +146,9 @@ enum Bench {
         dir: PathBuf,
         #[arg(long)]
         allow: Vec<String>,
+        /// The JetStream domain the agents reach through a leaf node.
+        #[arg(long)]
+        domain: Option<String>,
     },
     /// Default-store fetch and correlation check of a synthetic run.
     Verify {
@@ -196,12 +205,14 @@ fn main() -> anyhow::Result<()> {
                 default_sync,
                 fsyncs,
                 max_parallel,
+                leaves,
             } => {
                 let options = fleet::Options {
                     runs,
                     sync: sync_of(default_sync),
                     fsyncs,
                     max_parallel,
+                    leaves,
                 };
                 fleet::fleet(&agents, options).await
             }
@@ -229,9 +240,18 @@ fn main() -> anyhow::Result<()> {
                 trusted,
                 dir,
                 allow,
+                domain,
             } => {
                 sim::worker(
-                    &nats, &service, first, count, &trusted, &dir, &allow, telemetry,
+                    &nats,
+                    &service,
+                    first,
+                    count,
+                    &trusted,
+                    &dir,
+                    &allow,
+                    domain.as_deref(),
+                    telemetry,
                 )
                 .await
             }

@@ -58,11 +58,26 @@ impl SimFleet {
         n: usize,
         allow: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::start_over(nats_url, &[nats_url.to_owned()], None, service, n, allow).await
+    }
+
+    /// As [`SimFleet::start`], with the workers' agents connecting to `agent_urls` in turn (the
+    /// leaf nodes of `hub_url`, where the streams are and the presence broadcast is sent), and
+    /// reaching JetStream in `domain` (the hub's, through the leaves).
+    pub async fn start_over(
+        hub_url: &str,
+        agent_urls: &[String],
+        domain: Option<&str>,
+        service: &str,
+        n: usize,
+        allow: &[&str],
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(!agent_urls.is_empty(), "no URL for the agents");
         let dir = tempfile::Builder::new()
             .prefix("flotilla-bench-fleet-")
             .tempdir_in(std::env::var_os("TMPDIR").unwrap_or_else(|| "/var/tmp".into()))?;
         let (key, key_path) = common::signing_key(dir.path())?;
-        let client = async_nats::connect(nats_url).await?;
+        let client = async_nats::connect(hub_url).await?;
         let subjects = Subjects::new(flotilla_schemas::subjects::DEFAULT_PREFIX)?;
         common::ensure_streams(&client, &subjects).await?;
 
@@ -75,6 +90,7 @@ impl SimFleet {
             // reports ready.
             if first <= n && starting.len() < STARTING {
                 let count = PER_PROCESS.min(n + 1 - first);
+                let nats_url = &agent_urls[workers.len() % agent_urls.len()];
                 let mut child = tokio::process::Command::new(std::env::current_exe()?)
                     .arg("sim-worker")
                     .args(["--nats", nats_url, "--service", service])
@@ -83,6 +99,7 @@ impl SimFleet {
                     .arg("--dir")
                     .arg(dir.path())
                     .args(allow.iter().flat_map(|a| ["--allow", a]))
+                    .args(domain.iter().flat_map(|d| ["--domain", d]))
                     .env(
                         "RUST_LOG",
                         std::env::var("RUST_LOG").unwrap_or("warn".into()),
@@ -215,6 +232,7 @@ pub async fn worker(
     trusted: &str,
     dir: &Path,
     allow: &[String],
+    domain: Option<&str>,
     telemetry: Arc<flotilla_telemetry::TelemetryGuard>,
 ) -> anyhow::Result<()> {
     common::raise_fd_limit();
@@ -236,7 +254,9 @@ pub async fn worker(
             trusted,
             &allow,
         )?;
-        let config: AgentConfig = toml::from_str(&text).context("simulated agent configuration")?;
+        let mut config: AgentConfig =
+            toml::from_str(&text).context("simulated agent configuration")?;
+        config.nats.domain = domain.map(str::to_owned);
         names.push((config.service.name.clone(), config.agent.instance.clone()));
         let telemetry = telemetry.clone();
         let shutdown = shutdown.child_token();
