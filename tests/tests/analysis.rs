@@ -65,6 +65,13 @@ fn verdicts(report: &Value, w: usize) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// A timestamp of wave `w` in a report (`paused_until`, `pause_ended_at`, …), if recorded.
+fn wave_time(report: &Value, w: usize, key: &str) -> Option<time::OffsetDateTime> {
+    report["waves"][w][key].as_str().map(|t| {
+        time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).unwrap()
+    })
+}
+
 fn run_id(report: &Value) -> String {
     report["run_id"]
         .as_str()
@@ -173,17 +180,18 @@ max = 0.5
     );
 }
 
-/// The canary bakes 4 s after its wave, its health checked every second (an inspect command to
-/// its agent each time). The gate holds right after the wave (no inspect yet) and is crossed by
-/// the end of the bake (the agent's own counter of inspects, scraped by Prometheus): read again
-/// over the bake, it fails the wave, and the fleet is rolled back before the next wave.
+/// The canary bakes 10 minutes after its wave, its health checked every second (an inspect
+/// command to its agent each time). The gate holds right after the wave (no inspect yet) and is
+/// crossed once Prometheus scrapes the agent's own counter of inspects: read again at each round
+/// of the bake, it fails the wave then, long before the bake's end, and the fleet is rolled back
+/// before the next wave.
 #[test]
-fn a_gate_crossed_during_the_bake_fails_the_wave_at_its_end() {
+fn a_gate_crossed_during_the_bake_fails_the_wave_before_its_end() {
     let nats = NatsServer::start().unwrap();
     let (fleet, targets) = fleet(&nats);
     let prometheus = prometheus(&targets);
     let url = format!("http://127.0.0.1:{}", prometheus.port());
-    let gates = r#"pause = "4s"
+    let gates = r#"pause = "10m"
 [[wave.analysis]]
 name = "quiet"
 query = 'sum(flotilla_agent_commands_total{job="${service:name}",kind="inspect"})'
@@ -202,8 +210,14 @@ max = 0
         canary[0]["passed"], true,
         "right after the wave: {canary:#?}"
     );
-    assert_eq!(canary[1]["name"], "quiet (after the bake)");
+    assert_eq!(canary[1]["name"], "quiet (during the bake)");
     assert_eq!(canary[1]["passed"], false, "over the bake: {canary:#?}");
+    let ended = wave_time(&report, 0, "pause_ended_at").expect("the bake's end recorded");
+    let until = wave_time(&report, 0, "paused_until").expect("the bake's planned end");
+    assert!(
+        ended + time::Duration::minutes(5) < until,
+        "the bake ran until {ended}, planned until {until}: {report:#}"
+    );
     assert_eq!(
         service(&report, "ingest")["status"],
         "rolled_back",

@@ -61,6 +61,25 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
     /// error rate that rose while the canary soaked) fails the wave as a failure right after it
     /// would. True when a verdict failed.
     pub(super) async fn analyse_after_bake(&mut self, w: usize) -> bool {
+        // A manual pause is read when it is promoted: no coordinator watched it before.
+        let when = match self.record.waves[w].pause {
+            Some(crate::plan::Pause::Manual) => "at the promote",
+            _ => "after the bake",
+        };
+        self.analyse_again(w, when, true).await
+    }
+
+    /// At a round of the bake after wave `w`: its gates read again as at the bake's end, so a
+    /// regression fails the wave when it shows, not when the bake is over. Only a verdict that
+    /// failed or warns is recorded (`<name> (during the bake)`): a passing reading every
+    /// `bake_health_every` of a long bake would only grow the run record. True when one failed.
+    pub(super) async fn analyse_during_bake(&mut self, w: usize) -> bool {
+        self.analyse_again(w, "during the bake", false).await
+    }
+
+    /// Wave `w`'s gates read again against their baselines, the verdicts named `<name> (when)`
+    /// and recorded (the passing ones only with `keep_passing`). True when a verdict failed.
+    async fn analyse_again(&mut self, w: usize, when: &str, keep_passing: bool) -> bool {
         let Some(analysis) = self.plan.analysis.clone() else {
             return false;
         };
@@ -68,11 +87,6 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         let services = self.wave_services(&members);
         let run_id = self.record.run_id.to_string();
         let queries = analysis.queries(&self.record.waves[w].name, &run_id, &services);
-        // A manual pause is read when it is promoted: no coordinator watched it before.
-        let when = match self.record.waves[w].pause {
-            Some(crate::plan::Pause::Manual) => "at the promote",
-            _ => "after the bake",
-        };
         let client = prometheus::client();
         let mut verdicts = Vec::with_capacity(queries.len());
         for q in &queries {
@@ -93,7 +107,11 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         }
         self.note_verdicts(w, &verdicts);
         let failed = verdicts.iter().any(|v| !v.passed);
-        self.record.waves[w].analysis.extend(verdicts);
+        self.record.waves[w].analysis.extend(
+            verdicts
+                .into_iter()
+                .filter(|v| keep_passing || !v.passed || v.inconclusive),
+        );
         failed
     }
 

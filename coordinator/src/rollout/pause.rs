@@ -109,13 +109,14 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
 
     /// A bake: waits until its recorded end, or a promote, or a cancel (or Ctrl-C), validating
     /// the migrated services again every `bake_health_every` (health, gates, functional
-    /// checks); `Stopped` once failures broke the failure budget.
+    /// checks, and the wave's analysis gates); `Stopped` once failures broke the failure budget
+    /// or an analysis gate failed.
     async fn bake(&mut self, w: usize) -> Result<Flow, RolloutError> {
         let run = self.record.run_id;
         let mut next_health = Instant::now() + self.plan.bake_health_every;
         loop {
             if Instant::now() >= next_health {
-                if let Some(flow) = self.bake_round(w).await? {
+                if let Some(flow) = self.bake_round(w, true).await? {
                     return Ok(flow);
                 }
                 next_health = Instant::now() + self.plan.bake_health_every;
@@ -150,14 +151,20 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         }
     }
 
-    /// One round of the bake after wave `w`; `Some(Stopped)` (the pause ended) once failures
-    /// broke the failure budget.
-    async fn bake_round(&mut self, w: usize) -> Result<Option<Flow>, RolloutError> {
-        if self.pause_round(w).await? == 0 || !self.budget_broken() {
+    /// One round of the bake after wave `w` (with its analysis gates read again when
+    /// `analysis`); `Some(Stopped)` (the pause ended) once failures broke the failure budget or
+    /// a gate failed.
+    async fn bake_round(&mut self, w: usize, analysis: bool) -> Result<Option<Flow>, RolloutError> {
+        let broken = self.pause_round(w).await? > 0 && self.budget_broken();
+        let why = if broken {
+            "services that failed their validation during it broke the failure budget"
+        } else if analysis && self.analyse_during_bake(w).await {
+            "it failed its analysis"
+        } else {
             return Ok(None);
-        }
+        };
         let note = format!(
-            "the bake after wave {:?} stopped: services that failed their validation during it broke the failure budget",
+            "the bake after wave {:?} stopped: {why}",
             self.record.waves[w].name
         );
         self.sink.note(&note);
@@ -171,7 +178,7 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
     /// the bake showed; a failed one stops the run as a broken budget does (`Stopped`: it rolls
     /// back).
     async fn bake_over(&mut self, w: usize) -> Result<Flow, RolloutError> {
-        if let Some(flow) = self.bake_round(w).await? {
+        if let Some(flow) = self.bake_round(w, false).await? {
             return Ok(flow);
         }
         let failed = self.analyse_after_bake(w).await;
