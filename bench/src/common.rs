@@ -41,18 +41,20 @@ pub struct Nats {
 impl Nats {
     /// A JetStream server: the only one of a small fleet, the hub of a large one.
     pub fn start(sync: Sync) -> anyhow::Result<Self> {
-        Self::start_config(&Self::jetstream_config(sync))
+        Self::start_config(&Self::jetstream_config(sync, None))
     }
 
-    /// The configuration of a JetStream server with `sync`.
-    pub fn jetstream_config(sync: Sync) -> String {
+    /// The configuration of a JetStream server with `sync`, in JetStream `domain` if any.
+    pub fn jetstream_config(sync: Sync, domain: Option<&str>) -> String {
         // nats-server ≥ 2.15 caps a stream at 1,000 consumers unless told otherwise; agents of
         // the v1 protocol (the before column of docs/performance.md) held one each.
         let limits = "  limits {\n    default_max_consumers: -1\n  }\n";
-        match sync {
-            Sync::Always => format!("jetstream {{\n  sync_interval: always\n{limits}}}\n"),
-            Sync::Default => format!("jetstream {{\n{limits}}}\n"),
-        }
+        let sync = match sync {
+            Sync::Always => "  sync_interval: always\n",
+            Sync::Default => "",
+        };
+        let domain = domain.map_or(String::new(), |d| format!("  domain: {d}\n"));
+        format!("jetstream {{\n{domain}{sync}{limits}}}\n")
     }
 
     /// A server with the configuration `text`.
@@ -254,26 +256,16 @@ pub fn status_kib(pid: &str, field: &str) -> Option<u64> {
 
 /// The PID of this process's child named `comm` (e.g. the nats-server the harness started).
 pub fn child_named(comm: &str) -> Option<u32> {
-    children_named(comm).into_iter().next()
-}
-
-/// The PIDs of this process's children named `comm`.
-pub fn children_named(comm: &str) -> Vec<u32> {
     let me = std::process::id().to_string();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|entry| {
-            let entry = entry.ok()?;
-            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-            let (head, rest) = stat.rsplit_once(')')?;
-            let name = head.split_once('(')?.1;
-            let ppid = rest.split_whitespace().nth(1)?;
-            (name == comm && ppid == me).then_some(pid)
-        })
-        .collect()
+    std::fs::read_dir("/proc").ok()?.find_map(|entry| {
+        let entry = entry.ok()?;
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+        let (head, rest) = stat.rsplit_once(')')?;
+        let name = head.split_once('(')?.1;
+        let ppid = rest.split_whitespace().nth(1)?;
+        (name == comm && ppid == me).then_some(pid)
+    })
 }
 
 /// What the simulated services' health endpoint answers.

@@ -98,8 +98,8 @@ struct Row {
     nats_cpu: Stats,
     hub_cpu: Stats,
     leaf_cpu: Stats,
-    /// `one server` or `hub + K leaf nodes`.
-    servers: String,
+    /// The leaf-node servers the agents were on (0: one server).
+    leaves: usize,
     agent_phase_ms: Stats,
     /// What the last timed run asked of the broker, per agent.
     cost: Cost,
@@ -243,7 +243,7 @@ async fn measure(n: usize, leaves: usize, options: &Options) -> anyhow::Result<R
         nats_cpu: Stats::new(samples.nats_cpu),
         hub_cpu: Stats::new(samples.hub_cpu),
         leaf_cpu: Stats::new(samples.leaf_cpu),
-        servers: servers.label(),
+        leaves,
         agent_phase_ms: Stats::new(samples.agent_phase_ms),
         cost,
     };
@@ -339,7 +339,7 @@ fn print_table(rows: &[Row], options: &Options) {
                 r.sim_cpu.mmm(1),
                 r.nats_cpu.mmm(1),
                 format!("{:.1} / {:.1}", r.hub_cpu.median(), r.leaf_cpu.median()),
-                r.servers.clone(),
+                servers::label(r.leaves),
                 format!("{:.0}", r.agent_phase_ms.median()),
                 format!("{:.1}", r.ready_s),
                 options
@@ -373,7 +373,7 @@ fn print_cost(rows: &[Row]) {
     println!(
         "\n## fleet: what one no-op run asks of nats-server, per agent (the last timed run)\n"
     );
-    if rows.iter().any(|r| r.servers != "one server") {
+    if rows.iter().any(|r| r.leaves > 0) {
         println!(
             "With leaf nodes, the counters are the hub's (JetStream and what reaches it through \
              the leaves); the CPU is every server's.\n"

@@ -44,13 +44,8 @@ pub struct Server {
 
 impl Server {
     fn start(text: &str) -> anyhow::Result<Self> {
-        let before = common::children_named("nats-server");
         let nats = Nats::start_config(text)?;
-        let pid = common::children_named("nats-server")
-            .into_iter()
-            .find(|p| !before.contains(p))
-            .map(|p| p.to_string())
-            .context("the new nats-server's pid")?;
+        let pid = nats.server.pid().to_string();
         Ok(Self { nats, pid })
     }
 
@@ -69,14 +64,10 @@ impl Servers {
     /// Starts the hub, then `leaves` leaf nodes, and waits until the hub counts every leaf
     /// connection (`/leafz`).
     pub fn start(sync: Sync, leaves: usize) -> anyhow::Result<Self> {
-        let mut hub_config = Nats::jetstream_config(sync);
+        let domain = (leaves > 0).then_some(HUB_DOMAIN);
+        let mut hub_config = Nats::jetstream_config(sync, domain);
         let leaf_port = flotilla_testkit::free_port();
         if leaves > 0 {
-            hub_config = hub_config.replacen(
-                "jetstream {\n",
-                &format!("jetstream {{\n  domain: {HUB_DOMAIN}\n"),
-                1,
-            );
             hub_config.push_str(&format!(
                 "leafnodes {{\n  listen: \"127.0.0.1:{leaf_port}\"\n}}\n"
             ));
@@ -161,11 +152,16 @@ impl Servers {
         )
     }
 
-    /// `hub` or `hub + K leaves`.
+    /// `one server` or `hub + K leaf nodes`.
     pub fn label(&self) -> String {
-        match self.leaves.len() {
-            0 => "one server".into(),
-            k => format!("hub + {k} leaf nodes"),
-        }
+        label(self.leaves.len())
+    }
+}
+
+/// `one server` or `hub + K leaf nodes`, for a fleet on `leaves` leaf nodes.
+pub fn label(leaves: usize) -> String {
+    match leaves {
+        0 => "one server".into(),
+        k => format!("hub + {k} leaf nodes"),
     }
 }

@@ -98,6 +98,11 @@ impl NatsServer {
         &self.url
     }
 
+    /// The process ID of the running server (a new one after [`NatsServer::restart`]).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The monitoring (HTTP) port of the running server, from its ports file; `None` when the
     /// configuration disables monitoring.
     pub fn monitoring_port(&self) -> Option<u16> {

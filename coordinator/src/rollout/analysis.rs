@@ -66,20 +66,21 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             Some(crate::plan::Pause::Manual) => "at the promote",
             _ => "after the bake",
         };
-        self.analyse_again(w, when, true).await
+        self.analyse_again(w, when, false).await
     }
 
     /// At a round of the bake after wave `w`: its gates read again as at the bake's end, so a
-    /// regression fails the wave when it shows, not when the bake is over. Only a verdict that
-    /// failed or warns is recorded (`<name> (during the bake)`): a passing reading every
-    /// `bake_health_every` of a long bake would only grow the run record. True when one failed.
+    /// regression fails the wave when it shows, not when the bake is over. Only a failed verdict
+    /// is recorded and noted (`<name> (during the bake)`; it ends the bake): a passing or a
+    /// warning reading every `bake_health_every` of a long bake would only grow the run record,
+    /// and the reading at the bake's end records those once. True when one failed.
     pub(super) async fn analyse_during_bake(&mut self, w: usize) -> bool {
-        self.analyse_again(w, "during the bake", false).await
+        self.analyse_again(w, "during the bake", true).await
     }
 
     /// Wave `w`'s gates read again against their baselines, the verdicts named `<name> (when)`
-    /// and recorded (the passing ones only with `keep_passing`). True when a verdict failed.
-    async fn analyse_again(&mut self, w: usize, when: &str, keep_passing: bool) -> bool {
+    /// and recorded (only the failed ones with `only_failed`). True when a verdict failed.
+    async fn analyse_again(&mut self, w: usize, when: &str, only_failed: bool) -> bool {
         let Some(analysis) = self.plan.analysis.clone() else {
             return false;
         };
@@ -105,13 +106,12 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             verdict.name = format!("{} ({when})", verdict.name);
             verdicts.push(verdict);
         }
+        if only_failed {
+            verdicts.retain(|v| !v.passed);
+        }
         self.note_verdicts(w, &verdicts);
         let failed = verdicts.iter().any(|v| !v.passed);
-        self.record.waves[w].analysis.extend(
-            verdicts
-                .into_iter()
-                .filter(|v| keep_passing || !v.passed || v.inconclusive),
-        );
+        self.record.waves[w].analysis.extend(verdicts);
         failed
     }
 
