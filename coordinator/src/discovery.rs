@@ -15,6 +15,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use async_nats::StatusCode;
+use backon::{BackoffBuilder, ExponentialBuilder};
 
 use flotilla_schemas::subjects::Subjects;
 use flotilla_schemas::{InstanceId, Presence, ServiceName, decode};
@@ -24,9 +25,24 @@ use tokio::time::Instant;
 
 use crate::registry::{self, Registered};
 
-/// How often the request goes out again while a known agent has not answered: one that was
-/// restarting answers the next request, not the one sent before it listened.
+/// The first pause before the request goes out again while a known agent has not answered:
+/// one that was restarting answers the next request, not the one sent before it listened.
 const ASK_AGAIN: Duration = Duration::from_millis(250);
+
+/// The longest pause between two requests.
+const ASK_AGAIN_MAX: Duration = Duration::from_secs(2);
+
+/// The pauses between requests: from [`ASK_AGAIN`] doubling to [`ASK_AGAIN_MAX`], with jitter.
+/// Every agent answers every request: at 50,000 agents a request every 250 ms was 200,000
+/// answers a second, which kept the broker too busy to deliver them.
+fn asking_again() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(ASK_AGAIN)
+        .with_max_delay(ASK_AGAIN_MAX)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
 
 /// When the bus knows of no agent: stop this long after the last answer.
 const QUIET: Duration = Duration::from_millis(250);
@@ -106,7 +122,8 @@ pub async fn discover(
         .map(|r| r.key.clone())
         .collect();
     let settled = snapshot.settled;
-    let mut next_ask = Instant::now() + ASK_AGAIN;
+    let mut pauses = asking_again();
+    let mut next_ask = Instant::now() + pauses.next().unwrap_or(ASK_AGAIN_MAX);
     let mut answered: HashSet<String> = HashSet::new();
     let mut found: Vec<Presence> = Vec::new();
     let mut last_answer: Option<Instant> = None;
@@ -114,8 +131,11 @@ pub async fn discover(
         // Every known agent is waited for (asked again while silent); when the list may be
         // incomplete (a young stream) or empty, answers must also have stopped for QUIET.
         let waiting_for_known = !known.is_subset(&answered);
+        // Asked again only once answers have stopped coming: every agent answers every request,
+        // and a big fleet's answers to the last one may still be on their way.
+        let ask_at = last_answer.map_or(next_ask, |last| next_ask.max(last + QUIET));
         let wait_until = match last_answer {
-            _ if waiting_for_known => deadline.min(next_ask),
+            _ if waiting_for_known => deadline.min(ask_at),
             _ if settled && !known.is_empty() => break,
             Some(last) => deadline.min(last + QUIET),
             None => deadline,
@@ -123,7 +143,7 @@ pub async fn discover(
         match tokio::time::timeout_at(wait_until, answers.next()).await {
             Err(_) if waiting_for_known && Instant::now() < deadline => {
                 ask().await?;
-                next_ask = Instant::now() + ASK_AGAIN;
+                next_ask = Instant::now() + pauses.next().unwrap_or(ASK_AGAIN_MAX);
             }
             Ok(None) | Err(_) => break,
             // "No responders": nobody listens now. When the bus knows of agents, one may be
@@ -162,4 +182,26 @@ pub async fn discover(
         .collect();
     silent.sort_by(|a, b| a.registered.key.cmp(&b.registered.key));
     Ok(Discovery { found, silent })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_go_out_again_ever_more_slowly_up_to_a_cap() {
+        let pauses: Vec<Duration> = asking_again().take(12).collect();
+        assert_eq!(pauses.len(), 12, "the pauses never run out");
+        // Jitter adds up to as much again as each pause.
+        assert!(
+            (ASK_AGAIN..=2 * ASK_AGAIN).contains(&pauses[0]),
+            "{pauses:?}"
+        );
+        assert!(
+            pauses[6..]
+                .iter()
+                .all(|p| (ASK_AGAIN_MAX..=2 * ASK_AGAIN_MAX).contains(p)),
+            "{pauses:?}"
+        );
+    }
 }
