@@ -1,5 +1,6 @@
 //! `fleet`: the real `flotilla migrate` over N simulated agents (see [`crate::sim`]).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -219,7 +220,8 @@ async fn measure(n: usize, leaves: usize, options: &Options) -> anyhow::Result<R
             run + 1,
             hub + leaf
         );
-        let slowest = check_run(n, run, &r).map_err(|e| e.context(log_tail(&log)))?;
+        let slowest = check_run(n, run, &r)
+            .map_err(|e| e.context(format!("{}\n{}", log_tail(&log), keep_evidence(&log, &r))))?;
         cost = Cost::between(&counters, &Snapshot::take(monitor_port)?, n);
         samples.wall.push(r.wall.as_secs_f64());
         samples.cpu.push(r.cpu_s);
@@ -428,28 +430,61 @@ fn log_tail(log: &Path) -> String {
     )
 }
 
-/// The first few distinct failure reasons of a report, for an error message.
+/// What a report says went wrong, for an error message: the run's status, how many services
+/// ended in each status, and the three most common reasons with their counts (or the start of
+/// what the coordinator printed, when that was no report).
 pub fn reasons(json: &serde_json::Value) -> String {
-    let mut seen: Vec<String> = Vec::new();
-    for s in json["services"].as_array().into_iter().flatten() {
-        if s["status"] != "succeeded" {
-            let why = format!("{}: {}", s["status"], s["reason"]);
-            if !seen.contains(&why) && seen.len() < 3 {
-                seen.push(why);
-            }
+    let Some(services) = json["services"].as_array() else {
+        let printed: String = json.to_string().chars().take(500).collect();
+        return format!("no report printed: {printed}");
+    };
+    let mut statuses: BTreeMap<String, usize> = BTreeMap::new();
+    let mut why: BTreeMap<String, usize> = BTreeMap::new();
+    for s in services {
+        let status = s["status"].as_str().unwrap_or("(none)");
+        *statuses.entry(status.to_owned()).or_default() += 1;
+        if status != "succeeded" {
+            *why.entry(format!("{status}: {}", s["reason"])).or_default() += 1;
         }
     }
-    if seen.is_empty() {
-        json.to_string().chars().take(500).collect()
-    } else {
-        seen.join(" | ")
+    let mut why: Vec<(String, usize)> = why.into_iter().collect();
+    why.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    let counts: Vec<String> = statuses.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    let top: Vec<String> = why
+        .iter()
+        .take(3)
+        .map(|(w, n)| format!("{n}× {w}"))
+        .collect();
+    format!(
+        "run {}, services: {}; {}",
+        json["status"],
+        counts.join(", "),
+        top.join(" | ")
+    )
+}
+
+/// Copies a failed run's log and report out of the simulator's directory (which goes with it)
+/// to a directory of its own under the system's temporary one, and says where.
+fn keep_evidence(log: &Path, r: &CoordinatorRun) -> String {
+    let kept = tempfile::Builder::new()
+        .prefix("flotilla-bench-failed-")
+        .tempdir()
+        .map(tempfile::TempDir::keep);
+    let copied = kept.and_then(|kept| {
+        std::fs::copy(log, kept.join("flotilla.log"))?;
+        std::fs::write(kept.join("report.json"), r.json.to_string())?;
+        Ok(kept)
+    });
+    match copied {
+        Ok(kept) => format!("its log and report are kept in {}", kept.display()),
+        Err(e) => format!("could not keep its log and report: {e}"),
     }
 }
 
 /// Each phase's median and maximum duration over the run's services, in ms: where the agents'
 /// time went.
 fn phase_spread(json: &serde_json::Value) -> String {
-    let mut by_phase: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+    let mut by_phase: BTreeMap<String, Vec<f64>> = Default::default();
     for phase in json["services"]
         .as_array()
         .into_iter()

@@ -72,6 +72,13 @@ impl Replication {
         })
     }
 
+    /// Whether the cluster refused a stream of `error` for want of peers (JetStream error
+    /// 10005): too few nodes, or a cluster still forming (seen on three nodes a moment after their
+    /// meta leader counted every peer current).
+    pub fn refused_placement(error: &BusError) -> bool {
+        no_suitable_peers(error)
+    }
+
     /// `error`, or, when the cluster refused a stream for want of peers (JetStream error
     /// 10005), the clear error that says how many replicas were asked and what to do.
     pub fn explain(&self, error: BusError, info: &async_nats::ServerInfo) -> BusError {

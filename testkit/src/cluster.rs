@@ -31,6 +31,9 @@ pub struct ClusterOptions {
     pub include: Option<PathBuf>,
     /// A file included inside each node's `leafnodes {}` block (e.g. a shipped authorization).
     pub leafnode_include: Option<PathBuf>,
+    /// How many of the last nodes are not started (the others form the cluster without them):
+    /// a cluster still forming; [`Cluster::restart`] starts one.
+    pub held_back: usize,
 }
 
 /// One node: its fixed ports, its configuration file and its process (none while killed).
@@ -112,7 +115,7 @@ impl Cluster {
             env: options.env.clone(),
             _dir: dir,
         };
-        for i in 0..n {
+        for i in 0..n.saturating_sub(options.held_back) {
             cluster.spawn(i)?;
         }
         // Its nodes are killed on drop when it never formed (a route port taken by a node

@@ -56,6 +56,11 @@ pub fn binary(name: &str) -> PathBuf {
 /// `flotilla ARGS` against the NATS server(s) at `url`, outside any fleet: no inherited
 /// `FLOTILLA_…` variable, no colour, no telemetry.
 pub fn flotilla_against(url: &str, args: &[&str]) -> std::process::Output {
+    flotilla_command(url, args).output().expect("flotilla runs")
+}
+
+/// [`flotilla_against`]'s command, not yet started.
+pub fn flotilla_command(url: &str, args: &[&str]) -> std::process::Command {
     let mut command = std::process::Command::new(binary("flotilla"));
     for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("FLOTILLA_")) {
         command.env_remove(name);
@@ -64,9 +69,8 @@ pub fn flotilla_against(url: &str, args: &[&str]) -> std::process::Output {
         .args(args)
         .env("FLOTILLA_NATS__URL", url)
         .env("NO_COLOR", "1")
-        .env("OTEL_SDK_DISABLED", "true")
-        .output()
-        .expect("flotilla runs")
+        .env("OTEL_SDK_DISABLED", "true");
+    command
 }
 
 /// A TCP port that was free a moment ago.

@@ -16,8 +16,8 @@ pub mod tap;
 
 pub use flotilla_testkit::{
     Cluster, ClusterOptions, Fleet, NatsServer, Plan, Prometheus, ROLES, Service, binary,
-    demo_plan_text, flotilla_against, free_port, http_get, json_stdout, plan, repo_root, report,
-    standard_config_step, wait_for,
+    demo_plan_text, flotilla_against, flotilla_command, free_port, http_get, json_stdout, plan,
+    repo_root, report, standard_config_step, wait_for,
 };
 pub use invariants::{Evidence, Scenario, Verdict};
 pub use proxy::Proxy;

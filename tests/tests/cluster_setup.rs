@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use flotilla_schemas::subjects::Subjects;
-use flotilla_tests::{Cluster, Fleet, NatsServer, Plan, Service, json_stdout, wait_for};
+use flotilla_tests::{
+    Cluster, ClusterOptions, Fleet, NatsServer, Plan, Service, json_stdout, wait_for,
+};
 use serde_json::Value;
 
 fn flotilla(url: &str, args: &[&str]) -> Output {
@@ -128,6 +130,38 @@ fn more_replicas_than_nodes_is_refused_and_creates_nothing() {
 /// The R1 → R3 move on a deployment that holds a run: `setup` reports the difference (exit 3),
 /// `setup --update` makes every stream R3 in place, and the run record then survives the death
 /// of the node that held the only copy.
+/// A cluster that cannot place the replicas yet is given a moment: `setup` started while the
+/// third node of a cluster has not joined yet says it waits, and succeeds with three replicas
+/// once the node is there.
+#[test]
+fn setup_waits_for_a_cluster_still_forming() {
+    let options = ClusterOptions {
+        held_back: 1,
+        ..Default::default()
+    };
+    let mut cluster = Cluster::start_with(3, &options).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let said = dir.path().join("setup.stderr");
+    let mut setup = flotilla_tests::flotilla_command(&cluster.url_list(), &["setup"]);
+    let setup = setup
+        .stderr(std::fs::File::create(&said).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for("setup to say it waits", Duration::from_secs(30), || {
+        std::fs::read_to_string(&said)
+            .unwrap_or_default()
+            .contains("cannot place 3 replicas yet")
+    })
+    .unwrap();
+    cluster.restart(2).unwrap();
+    let out = setup.wait_with_output().unwrap();
+    let said = std::fs::read_to_string(&said).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    for (name, configured, peers) in replicas(&cluster) {
+        assert_eq!((configured, peers), (3, 3), "{name}");
+    }
+}
+
 #[test]
 fn update_moves_an_r1_deployment_to_r3_and_its_run_survives_the_old_node() {
     let mut cluster = Cluster::start(3).unwrap();

@@ -2,7 +2,10 @@
 //! least-privileged agents find it from their first start. Every other command creates what is
 //! missing too (the order of operations never matters); this one reports what it found.
 
+use std::time::Duration;
+
 use async_nats::jetstream::{self, stream};
+use backon::{ExponentialBuilder, Retryable};
 use flotilla_bus::BusError;
 use flotilla_bus::provision::{self, Difference, Provisioned};
 use flotilla_bus::replication::{self, Replication};
@@ -118,10 +121,44 @@ pub(crate) fn replication(
     .map_err(|e| fail(exit::USAGE, error_chain(&e)))
 }
 
+/// How long provisioning waits for a cluster to place the replicas it refused: a cluster just
+/// started refuses them for a moment, one too small for good (then the error says so).
+const PLACEMENT_GRACE: Duration = Duration::from_secs(10);
+
 /// Creates what is missing of the streams and the buckets, with `replication`; reports each.
 /// One that exists is never changed, but with `update` its replicas and placement are made
-/// `replication`'s.
+/// `replication`'s. Refused placement is tried again, with backoff, for [`PLACEMENT_GRACE`]:
+/// what was made before the refusal is found the next time.
 pub(crate) async fn provision_all(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    replication: &Replication,
+    update: bool,
+) -> Result<Vec<Resource>, BusError> {
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(1))
+        .with_jitter()
+        .with_total_delay(Some(PLACEMENT_GRACE))
+        .without_max_times();
+    let mut said = false;
+    (|| provision_once(js, subjects, replication, update))
+        .retry(backoff)
+        .when(Replication::refused_placement)
+        .notify(|_, _| {
+            if !std::mem::replace(&mut said, true) {
+                tracing::warn!(
+                    "the cluster cannot place {} replicas yet; trying again for up to {:?}",
+                    replication.replicas,
+                    PLACEMENT_GRACE
+                );
+            }
+        })
+        .await
+}
+
+/// [`provision_all`], tried once.
+async fn provision_once(
     js: &jetstream::Context,
     subjects: &Subjects,
     replication: &Replication,
