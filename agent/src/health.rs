@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use backon::{ConstantBuilder, Retryable};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 use flotilla_schemas::{HTTP_CORRELATION_HEADER, HttpCheck, RunId};
@@ -11,6 +12,15 @@ use flotilla_telemetry::error_chain;
 
 /// How often a check is retried until its deadline.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Probes a precheck makes before it calls the service unhealthy, [`PRECHECK_PAUSE`] apart. One
+/// missed probe is no verdict on a busy service (at 50,000 simulated agents, 21 prechecks out
+/// of 6,669 missed their one 2 s probe, and a budget of 0 rolled the run back); Kubernetes'
+/// probes have the same default failure threshold.
+pub const PRECHECK_PROBES: usize = 3;
+
+/// The pause between two precheck probes.
+pub const PRECHECK_PAUSE: Duration = Duration::from_millis(500);
 
 /// Why a health check failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -74,6 +84,19 @@ pub async fn probe(
         &BTreeMap::new(),
     )
     .await
+}
+
+/// The precheck's probe: a GET that must answer 200, asked up to [`PRECHECK_PROBES`] times;
+/// returns the last failure. A header that cannot be sent is not asked again.
+pub async fn precheck(http: &reqwest::Client, url: &str, run_id: RunId) -> Result<(), HealthError> {
+    (|| probe(http, url, Some(200), None, Some(run_id)))
+        .retry(
+            ConstantBuilder::new()
+                .with_delay(PRECHECK_PAUSE)
+                .with_max_times(PRECHECK_PROBES - 1),
+        )
+        .when(|e| !matches!(e, HealthError::Header { .. }))
+        .await
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -155,5 +178,69 @@ pub async fn check(
             Err(e) if Instant::now() >= deadline => return Err(e),
             Err(_) => tokio::time::sleep(POLL_INTERVAL).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A loopback endpoint answering 503 to its first `failing` requests and 200 after; returns
+    /// its URL and the count of requests it answered.
+    async fn endpoint(failing: usize) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/health", listener.local_addr().unwrap());
+        let answered = Arc::new(AtomicUsize::new(0));
+        let count = answered.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let status = if count.fetch_add(1, Ordering::SeqCst) < failing {
+                    "503 Service Unavailable"
+                } else {
+                    "200 OK"
+                };
+                let response =
+                    format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                let _ = stream.write_all(response.as_bytes()).await;
+            }
+        });
+        (url, answered)
+    }
+
+    #[tokio::test]
+    async fn a_precheck_passes_when_a_later_probe_answers_200() {
+        let (url, answered) = endpoint(PRECHECK_PROBES - 1).await;
+        let http = reqwest::Client::new();
+        precheck(&http, &url, RunId::new()).await.unwrap();
+        assert_eq!(answered.load(Ordering::SeqCst), PRECHECK_PROBES);
+    }
+
+    #[tokio::test]
+    async fn a_precheck_fails_with_the_last_answer_once_every_probe_failed() {
+        let (url, answered) = endpoint(usize::MAX).await;
+        let http = reqwest::Client::new();
+        let error = precheck(&http, &url, RunId::new()).await.unwrap_err();
+        assert_eq!(
+            error,
+            HealthError::Status {
+                url,
+                status: 503,
+                expected: 200
+            }
+        );
+        assert_eq!(answered.load(Ordering::SeqCst), PRECHECK_PROBES);
     }
 }

@@ -88,15 +88,9 @@ impl Lifecycle {
             self.job_precheck(&job, spec.steps).await?;
             return Ok(checked);
         }
-        health::probe(
-            &self.http,
-            &self.config.service.health_url,
-            Some(200),
-            None,
-            Some(command_run_id),
-        )
-        .await
-        .map_err(PhaseError::UnhealthyBefore)?;
+        health::precheck(&self.http, &self.config.service.health_url, command_run_id)
+            .await
+            .map_err(PhaseError::UnhealthyBefore)?;
         Ok(checked)
     }
 

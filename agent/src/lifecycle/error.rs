@@ -44,6 +44,7 @@ pub(crate) enum PhaseError {
     /// A step failed, or a program is not allowed (as shown).
     #[error("{0}")]
     Step(StepError),
+    /// Every precheck probe failed ([`crate::health::PRECHECK_PROBES`]); the last failure.
     #[error("the service is not healthy before the migration: {0}")]
     UnhealthyBefore(HealthError),
     /// A blocking task of the phase did not finish (a panic, or the runtime shutting down).
