@@ -65,6 +65,10 @@ impl TerminalProgress {
 }
 
 impl ProgressSink for TerminalProgress {
+    fn shows_progress(&self) -> bool {
+        !self.quiet
+    }
+
     fn progress(&mut self, p: &Progress) {
         let key = format!("{}/{}", p.service, p.instance);
         if let Some(bars) = &self.bars {

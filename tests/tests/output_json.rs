@@ -213,3 +213,73 @@ fn every_command_that_prints_a_result_prints_one_json_document() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.starts_with("error: "), "{stderr}");
 }
+
+/// The subjects every client of `nats` subscribes to, from its monitoring endpoint.
+fn subscriptions(nats: &NatsServer) -> Vec<String> {
+    let port = nats
+        .monitoring_port()
+        .expect("the test server serves monitoring");
+    let connz = flotilla_testkit::monitoring::get_json(port, "/connz?subs=1&limit=1000")
+        .expect("nats-server answers /connz");
+    connz["connections"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| {
+            c["subscriptions_list"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|s| s.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// A migration that prints JSON shows no progress, so it does not subscribe to it: checking the
+/// signature of every live progress message was most of the coordinator's CPU at 10,000 agents.
+/// One that prints lines does, and shows them.
+#[test]
+fn a_migration_printing_json_does_not_listen_to_live_progress() {
+    let nats = NatsServer::start().unwrap();
+    let fleet = Fleet::start(nats.url(), &["ingest"]).unwrap();
+    let held = fleet.root("ingest").join("held");
+    let release = fleet.dir().join("release");
+    let plan = fleet.write_plan(
+        "held.toml",
+        &format!(
+            "name = \"held\"\n[[service]]\nname = \"ingest\"\n[[service.step]]\naction = \"run_command\"\nprogram = \"sh\"\nargs = [\"-c\", \"touch held; while [ ! -e {} ]; do sleep 0.05; done; rm held\"]\n",
+            release.display()
+        ),
+    );
+    for (json_output, listens) in [(false, true), (true, false)] {
+        let mut args = vec!["migrate", plan.to_str().unwrap()];
+        if json_output {
+            args.extend(["--output", "json"]);
+        }
+        let coordinator = fleet.spawn_flotilla(&args);
+        wait_for(
+            "the migration to hold in its step",
+            Duration::from_secs(30),
+            || held.exists(),
+        )
+        .unwrap();
+        // The coordinator subscribes before it sends the command, on the connection it sends it
+        // on: a subscription it made is listed by now.
+        let subjects = subscriptions(&nats);
+        let live = subjects.iter().any(|s| s.starts_with("flotilla.live."));
+        std::fs::write(&release, "").unwrap();
+        let out = coordinator.wait_with_output().unwrap();
+        std::fs::remove_file(&release).unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        assert_eq!(
+            live, listens,
+            "json output {json_output}: subscriptions {subjects:?}"
+        );
+        assert_eq!(
+            stderr.contains("ingest/") && stderr.contains(" apply ok"),
+            listens,
+            "json output {json_output}: {stderr}"
+        );
+    }
+}

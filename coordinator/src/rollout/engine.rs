@@ -101,10 +101,12 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
         let js = jetstream::new(parts.client.clone());
         flotilla_bus::commands_stream(&js, parts.subjects).await?;
         let events = flotilla_bus::events_stream(&js, parts.subjects).await?;
-        let follower = Follower::new(&events, parts.subjects, &record)
-            .await?
-            .hear_progress(parts.client)
-            .await;
+        let follower = Follower::new(&events, parts.subjects, &record).await?;
+        let follower = if parts.sink.shows_progress() {
+            follower.hear_progress(parts.client).await
+        } else {
+            follower
+        };
         Ok(Self {
             client: parts.client,
             js,

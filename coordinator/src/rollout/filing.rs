@@ -187,6 +187,9 @@ pub(super) struct Quiet;
 
 impl ProgressSink for Quiet {
     fn progress(&mut self, _progress: &Progress) {}
+    fn shows_progress(&self) -> bool {
+        false
+    }
     fn result(&mut self, _result: &RunResult) {}
 }
 
