@@ -51,7 +51,9 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
             self.resend(&flying, kind).await;
         }
         loop {
-            if flow == Flow::Done && !queue.is_empty() && flying.len() < cap {
+            let now_due =
+                super::decisions::dispatch_now(cap, flying.len(), queue.len(), DISPATCH_BATCH);
+            if flow == Flow::Done && now_due > 0 {
                 if stop_on_budget
                     && super::decisions::stops_dispatch(self.budget_broken(), self.plan.on_failure)
                 {
@@ -61,8 +63,7 @@ impl<'a, P: ProgressSink> Engine<'a, P> {
                         .note("cancel requested: no new dispatches, waiting for those in flight");
                     flow = Flow::Cancelled;
                 } else {
-                    let room = (cap - flying.len()).min(DISPATCH_BATCH).min(queue.len());
-                    let batch: Vec<usize> = queue.drain(..room).collect();
+                    let batch: Vec<usize> = queue.drain(..now_due).collect();
                     flying.extend(self.dispatch(&batch, kind, cause).await?);
                     continue;
                 }

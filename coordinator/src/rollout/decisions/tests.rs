@@ -249,3 +249,24 @@ fn a_run_is_unresolved_while_a_rollback_it_needs_has_no_answer() {
     run.targets[0].rollback = Some(command(&run.targets[0], true, Some(Outcome::RolledBack)));
     assert!(unresolved_rollbacks(&run, None).is_empty());
 }
+
+#[test]
+fn dispatch_waits_for_a_tenth_of_the_cap_unless_what_is_left_fits() {
+    // No cap: everything queued, a batch at a time.
+    assert_eq!(dispatch_now(usize::MAX, 0, 1200, 500), 500);
+    assert_eq!(dispatch_now(usize::MAX, 700, 3, 500), 3);
+    // Cap 500: the first batch fills it; then nothing until 50 are free.
+    assert_eq!(dispatch_now(500, 0, 50_000, 500), 500);
+    assert_eq!(dispatch_now(500, 499, 50_000, 500), 0);
+    assert_eq!(dispatch_now(500, 451, 50_000, 500), 0);
+    assert_eq!(dispatch_now(500, 450, 50_000, 500), 50);
+    // The last few go once they all fit.
+    assert_eq!(dispatch_now(500, 490, 7, 500), 7);
+    assert_eq!(dispatch_now(500, 495, 7, 500), 0);
+    // Small caps are refilled slot by slot, as before.
+    assert_eq!(dispatch_now(1, 0, 5, 500), 1);
+    assert_eq!(dispatch_now(1, 1, 5, 500), 0);
+    assert_eq!(dispatch_now(5, 4, 5, 500), 1);
+    // Nothing queued, nothing sent.
+    assert_eq!(dispatch_now(500, 0, 0, 500), 0);
+}
