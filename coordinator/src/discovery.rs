@@ -113,7 +113,8 @@ pub async fn discover(
     // Read after the request went out, so that an agent whose entry is read has had the
     // request (one that answers without an entry is found all the same).
     let js = async_nats::jetstream::new(client.clone());
-    let snapshot = registry::read(&js, subjects, SETTLING).await;
+    let within = registry::READ_TIMEOUT.max(deadline.saturating_duration_since(Instant::now()));
+    let snapshot = registry::read(&js, subjects, SETTLING, within).await;
     let now = OffsetDateTime::now_utc();
     let known: HashSet<String> = snapshot
         .entries

@@ -35,8 +35,11 @@ pub struct Snapshot {
     pub settled: bool,
 }
 
-/// How long one read of the whole registry may take before discovery goes on without it.
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// The least time one read of the whole registry is given before discovery goes on without it
+/// (a longer discovery window gives it the whole window: at 50,000 agents, whose answers
+/// arrive on the same connection meanwhile, 5 s was not always enough, and discovery then
+/// stopped at the first pause in the answers, with a quarter of the fleet).
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the registry could not be changed.
 #[derive(Debug, thiserror::Error)]
@@ -55,10 +58,16 @@ pub enum RegistryError {
     },
 }
 
-/// Every agent's latest entry (an empty, unsettled snapshot when the bucket cannot be read, e.g.
-/// it does not exist yet): one ordered consumer delivering the last message per key.
-pub async fn read(js: &jetstream::Context, subjects: &Subjects, settling: Duration) -> Snapshot {
-    match tokio::time::timeout(READ_TIMEOUT, read_all(js, subjects, settling)).await {
+/// Every agent's latest entry (an empty, unsettled snapshot when the bucket cannot be read
+/// `within` that time, e.g. it does not exist yet): one ordered consumer delivering the last
+/// message per key.
+pub async fn read(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    settling: Duration,
+    within: Duration,
+) -> Snapshot {
+    match tokio::time::timeout(within, read_all(js, subjects, settling)).await {
         Ok(Ok(snapshot)) => snapshot,
         Ok(Err(e)) => {
             tracing::debug!(error = %flotilla_telemetry::error_chain(e.as_ref()), "agent registry unreadable");

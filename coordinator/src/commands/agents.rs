@@ -240,7 +240,13 @@ pub(super) async fn forget(cli: &Cli, names: &[String], inactive: bool) -> Outco
         keys.push(subjects.agent_key(&service, &instance));
     }
     let js = async_nats::jetstream::new(client);
-    let snapshot = registry::read(&js, &subjects, std::time::Duration::ZERO).await;
+    let snapshot = registry::read(
+        &js,
+        &subjects,
+        std::time::Duration::ZERO,
+        registry::READ_TIMEOUT,
+    )
+    .await;
     let registered: Vec<&str> = snapshot.entries.iter().map(|r| r.key.as_str()).collect();
     if let Some(missing) = keys.iter().find(|k| !registered.contains(&k.as_str())) {
         return Err(fail(
